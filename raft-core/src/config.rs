@@ -1,0 +1,91 @@
+//! Static configuration of one node: who it is, who its peers are, its
+//! timeouts, and a limit on everything that can grow.
+
+use core::time::Duration;
+
+use crate::types::NodeId;
+
+/// A node's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// This node's id; must appear in `members`.
+    pub id: NodeId,
+    /// Every member of the cluster, this node included, without duplicates.
+    pub members: Vec<NodeId>,
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min: Duration,
+    /// Upper bound (exclusive) of the randomized election timeout.
+    pub election_timeout_max: Duration,
+    /// How often a leader sends heartbeats (at most 10 per second in the lab).
+    pub heartbeat_interval: Duration,
+    /// Most entries in one AppendEntries.
+    pub max_entries_per_append: usize,
+    /// Most entry bytes (by [`crate::Entry::size_hint`]) in one AppendEntries;
+    /// a single larger entry is still sent alone.
+    pub max_append_bytes: usize,
+    /// Most AppendEntries with entries in flight to one peer.
+    pub max_inflight_appends: usize,
+    /// Most entries a leader holds that are not yet committed; more proposals
+    /// are rejected with `RejectReason::TooManyUncommitted`.
+    pub max_uncommitted_entries: u64,
+}
+
+impl Config {
+    /// The defaults used by the lab harness: 100 ms heartbeats, 300–600 ms
+    /// election timeouts, 256 entries or 1 MiB per append, 16 appends in
+    /// flight per peer, 10 000 uncommitted entries.
+    pub fn new(id: NodeId, members: Vec<NodeId>) -> Self {
+        Config {
+            id,
+            members,
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(600),
+            heartbeat_interval: Duration::from_millis(100),
+            max_entries_per_append: 256,
+            max_append_bytes: 1 << 20,
+            max_inflight_appends: 16,
+            max_uncommitted_entries: 10_000,
+        }
+    }
+
+    /// Checks the configuration, naming the first problem found.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let bad = |why: &str| Err(crate::Error::InvalidConfig(why.to_string()));
+        if !self.members.contains(&self.id) {
+            return bad("members must contain id");
+        }
+        let mut sorted = self.members.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != self.members.len() {
+            return bad("members must not repeat");
+        }
+        if self.election_timeout_min.is_zero()
+            || self.election_timeout_max <= self.election_timeout_min
+        {
+            return bad("need 0 < election_timeout_min < election_timeout_max");
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.election_timeout_min
+        {
+            return bad("need 0 < heartbeat_interval < election_timeout_min");
+        }
+        if self.max_entries_per_append == 0
+            || self.max_append_bytes == 0
+            || self.max_inflight_appends == 0
+            || self.max_uncommitted_entries == 0
+        {
+            return bad("limits must be positive");
+        }
+        Ok(())
+    }
+
+    /// How many votes (or acknowledgements) make a majority.
+    pub fn quorum(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+
+    /// The members other than this node, in configuration order.
+    pub fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members.iter().copied().filter(move |&m| m != self.id)
+    }
+}

@@ -1,0 +1,211 @@
+//! The contract between the core and its driver: `Event`s in (facts, past
+//! tense), `Action`s out (commands, imperative), and the durable image that a
+//! driver rebuilds from `Persist` actions.
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::Message;
+use crate::types::{Entry, HardState, Index, NodeId, Snapshot, SnapshotMeta, Term};
+
+/// An input to [`crate::RaftNode::step`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A peer's message arrived.
+    MessageReceived {
+        /// The sender.
+        from: NodeId,
+        /// What it sent.
+        message: Message,
+    },
+    /// A client command to replicate. Only a leader accepts it.
+    ProposalReceived {
+        /// The caller's id for this proposal, echoed in the answer.
+        id: u64,
+        /// The opaque command bytes.
+        command: Vec<u8>,
+    },
+    /// The deadline of the last `SetTimer` has passed. Early or repeated
+    /// firings are harmless.
+    TimerFired,
+    /// Every `Persist` whose id is `<= upto` is durable.
+    Persisted {
+        /// The highest durable persist id.
+        upto: u64,
+    },
+    /// The service snapshotted its state through `index` (which it has been
+    /// given in an `Apply`); the log up to there may be discarded.
+    SnapshotTaken {
+        /// The last index the snapshot covers.
+        index: Index,
+        /// The service's snapshot bytes.
+        data: Vec<u8>,
+    },
+}
+
+/// Why a proposal was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    /// This node is not the leader; `leader_hint` is who it believes is.
+    NotLeader {
+        /// The leader of the current term, if known.
+        leader_hint: Option<NodeId>,
+    },
+    /// The leader has `Config::max_uncommitted_entries` entries waiting to
+    /// commit; try again later.
+    TooManyUncommitted,
+}
+
+/// An output of [`crate::RaftNode::step`]. Execute them in the order given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send now. The network may drop, delay, duplicate or reorder it.
+    Send {
+        /// The destination.
+        to: NodeId,
+        /// The message.
+        message: Message,
+    },
+    /// Make this write durable, atomically, after every earlier `Persist`.
+    /// Only once it is durable, send `then_send` and report
+    /// `Event::Persisted { upto: id }` (ids only grow).
+    Persist(Persist),
+    /// Committed, locally durable entries for the service, in index order,
+    /// continuing exactly where the previous `Apply` or `ApplySnapshot` ended.
+    Apply {
+        /// The entries, consecutive.
+        entries: Vec<Entry>,
+    },
+    /// Replace the service's state with this snapshot from the leader. The
+    /// next `Apply` continues at `snapshot.meta.index + 1`.
+    ApplySnapshot {
+        /// The snapshot.
+        snapshot: Snapshot,
+    },
+    /// Arm the driver's one timer for `deadline`; the last one set wins.
+    SetTimer {
+        /// When to report `Event::TimerFired`.
+        deadline: crate::Instant,
+    },
+    /// The leader appended the proposal at `index` in `term`. It is not yet
+    /// committed: watch `Apply` for that index (another command may end up
+    /// there if leadership is lost).
+    AcceptProposal {
+        /// The proposal's id.
+        id: u64,
+        /// Where it was placed.
+        index: Index,
+        /// The leader's term.
+        term: Term,
+    },
+    /// This node cannot take the proposal.
+    RejectProposal {
+        /// The proposal's id.
+        id: u64,
+        /// Why.
+        reason: RejectReason,
+    },
+}
+
+/// One atomic durable write. Applied to the stored image in this order:
+/// replace the hard state; install the snapshot (dropping entries it covers);
+/// drop entries from `truncate_from` on; append `entries`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Persist {
+    /// Completion is reported with this id; ids grow by one per `Persist`.
+    pub id: u64,
+    /// The new hard state, if it changed.
+    pub hard_state: Option<HardState>,
+    /// A new snapshot, if one was taken or installed.
+    pub snapshot: Option<Snapshot>,
+    /// Drop every stored entry with index `>=` this.
+    pub truncate_from: Option<Index>,
+    /// Entries to append, consecutive, starting right after the stored log.
+    pub entries: Vec<Entry>,
+    /// Messages that may leave only once this write is durable.
+    pub then_send: Vec<(NodeId, Message)>,
+}
+
+impl Persist {
+    /// True when the write changes nothing (it is only an ordering barrier
+    /// for `then_send`).
+    pub fn is_barrier(&self) -> bool {
+        self.hard_state.is_none()
+            && self.snapshot.is_none()
+            && self.truncate_from.is_none()
+            && self.entries.is_empty()
+    }
+}
+
+/// Everything a node persists except the snapshot bytes: what a driver loads
+/// on restart and passes to [`crate::RaftNode::recover`]. Drivers may store it
+/// however they like; [`DurableState::apply`] shows the exact semantics of a
+/// `Persist` and is what the simulator's persister uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DurableState {
+    /// Term and vote.
+    pub hard_state: HardState,
+    /// Where the stored snapshot ends (none before the first one).
+    pub snapshot: Option<SnapshotMeta>,
+    /// The log after the snapshot, consecutive.
+    pub entries: Vec<Entry>,
+}
+
+impl DurableState {
+    /// The index of the last stored entry (or of the snapshot, or 0).
+    pub fn last_index(&self) -> Index {
+        match self.entries.last() {
+            Some(e) => e.index,
+            None => self.snapshot.map_or(0, |s| s.index),
+        }
+    }
+
+    /// The term of the stored entry at `index`, if it is stored (the
+    /// snapshot's last entry counts).
+    pub fn term_at(&self, index: Index) -> Option<Term> {
+        let snap = self.snapshot.unwrap_or_default();
+        if index == snap.index {
+            return Some(snap.term);
+        }
+        if index < snap.index {
+            return None;
+        }
+        let offset = usize::try_from(index - snap.index - 1).ok()?;
+        self.entries.get(offset).map(|e| e.term)
+    }
+
+    /// Applies one write, returning the snapshot bytes it carried, if any.
+    /// Panics if the write does not continue the stored log: the core never
+    /// emits such a write, so it would be a bug in the core or the driver.
+    pub fn apply(&mut self, persist: &Persist) -> Option<Vec<u8>> {
+        if let Some(hs) = persist.hard_state {
+            self.hard_state = hs;
+        }
+        let mut snapshot_data = None;
+        if let Some(snap) = &persist.snapshot {
+            let first = self.entries.first().map(|e| e.index);
+            if let Some(first) = first {
+                let drop = snap.meta.index.saturating_sub(first - 1);
+                let drop = usize::try_from(drop).unwrap_or(usize::MAX).min(self.entries.len());
+                self.entries.drain(..drop);
+            }
+            self.snapshot = Some(snap.meta);
+            if self.entries.first().is_some_and(|e| e.index != snap.meta.index + 1) {
+                // The snapshot lies beyond the stored log: nothing stored survives.
+                self.entries.clear();
+            }
+            snapshot_data = Some(snap.data.clone());
+        }
+        if let Some(from) = persist.truncate_from {
+            self.entries.retain(|e| e.index < from);
+        }
+        for entry in &persist.entries {
+            assert_eq!(
+                entry.index,
+                self.last_index() + 1,
+                "persisted entries must continue the stored log"
+            );
+            self.entries.push(entry.clone());
+        }
+        snapshot_data
+    }
+}

@@ -1,0 +1,136 @@
+//! The wire messages between Raft peers (Raft paper, Figure 2 and §7). One
+//! variant per RPC and per reply, each with only its own fields. Every message
+//! carries the sender's term; the envelope (`Event::MessageReceived`) carries
+//! the sender's id.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Entry, Index, Term};
+
+/// A message between two Raft peers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// A candidate asks for a vote.
+    RequestVote(RequestVote),
+    /// The answer to a `RequestVote`.
+    RequestVoteReply(RequestVoteReply),
+    /// A leader replicates entries (or, with none, asserts its leadership).
+    AppendEntries(AppendEntries),
+    /// The answer to an `AppendEntries`.
+    AppendEntriesReply(AppendEntriesReply),
+    /// A leader sends its snapshot to a follower whose next entry it compacted.
+    InstallSnapshot(InstallSnapshot),
+    /// The answer to an `InstallSnapshot`.
+    InstallSnapshotReply(InstallSnapshotReply),
+}
+
+impl Message {
+    /// The sender's current term.
+    pub fn term(&self) -> Term {
+        match self {
+            Message::RequestVote(m) => m.term,
+            Message::RequestVoteReply(m) => m.term,
+            Message::AppendEntries(m) => m.term,
+            Message::AppendEntriesReply(m) => m.term,
+            Message::InstallSnapshot(m) => m.term,
+            Message::InstallSnapshotReply(m) => m.term,
+        }
+    }
+
+    /// True for the three requests, false for their replies. RPC-style
+    /// transports (like the lab's) pair each reply with the request it answers.
+    pub fn is_request(&self) -> bool {
+        matches!(
+            self,
+            Message::RequestVote(_) | Message::AppendEntries(_) | Message::InstallSnapshot(_)
+        )
+    }
+}
+
+/// A candidate's request for a vote (Figure 2, RequestVote RPC).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestVote {
+    /// The candidate's term.
+    pub term: Term,
+    /// Index of the candidate's last log entry.
+    pub last_log_index: Index,
+    /// Term of the candidate's last log entry.
+    pub last_log_term: Term,
+}
+
+/// The answer to a `RequestVote`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestVoteReply {
+    /// The voter's current term, for the candidate to update itself.
+    pub term: Term,
+    /// True when the vote was granted.
+    pub vote_granted: bool,
+}
+
+/// A leader's AppendEntries (Figure 2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendEntries {
+    /// The leader's term.
+    pub term: Term,
+    /// Index of the entry immediately before `entries`.
+    pub prev_log_index: Index,
+    /// Term of that entry.
+    pub prev_log_term: Term,
+    /// Entries to store, in index order starting at `prev_log_index + 1`.
+    pub entries: Vec<Entry>,
+    /// The leader's commit index.
+    pub leader_commit: Index,
+}
+
+/// The answer to an `AppendEntries`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendEntriesReply {
+    /// The follower's current term.
+    pub term: Term,
+    /// Whether the entries were accepted, and what the follower now holds.
+    pub outcome: AppendOutcome,
+}
+
+/// What a follower did with an `AppendEntries`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppendOutcome {
+    /// The follower's log matches the leader's through `match_index`.
+    Accepted {
+        /// The last index known to match (prev_log_index + entries sent).
+        match_index: Index,
+    },
+    /// The follower does not hold `prev_log_index` with `prev_log_term`. The
+    /// hint lets the leader skip a whole conflicting term per round trip.
+    Rejected {
+        /// The `prev_log_index` of the rejected request (to drop stale replies).
+        rejected_prev: Index,
+        /// The term the follower holds at `rejected_prev`, if it holds that index.
+        conflict_term: Option<Term>,
+        /// The first index of `conflict_term` in the follower's log, or, if
+        /// the follower's log is too short, its last index + 1.
+        conflict_index: Index,
+    },
+}
+
+/// A leader's snapshot, sent whole (Figure 13 without chunking).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallSnapshot {
+    /// The leader's term.
+    pub term: Term,
+    /// The last index the snapshot covers.
+    pub last_included_index: Index,
+    /// The term of that entry.
+    pub last_included_term: Term,
+    /// The service's snapshot bytes.
+    pub data: Vec<u8>,
+}
+
+/// The answer to an `InstallSnapshot`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallSnapshotReply {
+    /// The follower's current term.
+    pub term: Term,
+    /// The snapshot's last included index, echoed, so the leader can advance
+    /// the follower's match index.
+    pub last_included_index: Index,
+}

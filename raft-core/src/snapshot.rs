@@ -1,0 +1,86 @@
+//! Log compaction (Raft paper §7): the service's snapshots, and
+//! InstallSnapshot for followers whose next entry was compacted away.
+
+use crate::message::{InstallSnapshot, InstallSnapshotReply, Message};
+use crate::node::{RaftNode, Role};
+use crate::progress::ProgressState;
+use crate::types::{Index, NodeId, Snapshot, SnapshotMeta};
+
+impl RaftNode {
+    /// The service snapshotted through `index` (checked `<= last_applied` by
+    /// `step`): discard the log up to there and persist the snapshot with it.
+    pub(crate) fn on_snapshot_taken(&mut self, index: Index, data: Vec<u8>) {
+        if index <= self.snapshot_meta().index {
+            return; // older than what we hold: nothing to do
+        }
+        let term = self.log.term_at(index).expect("applied entries are held");
+        let meta = SnapshotMeta { index, term };
+        self.log.compact_to(meta);
+        self.snapshot_data = Some(data.clone());
+        self.pending.snapshot = Some(Snapshot { meta, data });
+    }
+
+    /// Leader side: send the whole snapshot and wait for its answer (resent
+    /// on each heartbeat until answered).
+    pub(crate) fn send_snapshot(&mut self, peer: NodeId) {
+        let meta = self.snapshot_meta();
+        let data = self.snapshot_data.clone().expect("a compacted log has a snapshot");
+        let pr = self.progress.get_mut(&peer).expect("leader tracks every peer");
+        pr.state = ProgressState::Snapshot { index: meta.index };
+        pr.paused = true;
+        pr.inflight.clear();
+        let message = InstallSnapshot {
+            term: self.hard.term,
+            last_included_index: meta.index,
+            last_included_term: meta.term,
+            data,
+        };
+        self.send(peer, Message::InstallSnapshot(message));
+    }
+
+    /// Follower side: adopt a snapshot that goes beyond our commit index. If
+    /// our log holds its last entry, keep what follows; otherwise discard the
+    /// whole log. The service is told to load it.
+    pub(crate) fn on_install_snapshot(&mut self, from: NodeId, m: InstallSnapshot) {
+        match self.role {
+            Role::Leader => return,
+            Role::Candidate => self.become_follower(m.term, Some(from)),
+            Role::Follower => self.leader_hint = Some(from),
+        }
+        self.reset_election_deadline();
+        let meta = SnapshotMeta { index: m.last_included_index, term: m.last_included_term };
+        if meta.index > self.commit_index {
+            let keeps_suffix = self.log.term_at(meta.index) == Some(meta.term);
+            self.log.compact_to(meta);
+            if !keeps_suffix {
+                self.pending.entries.clear();
+                self.pending.truncate_from = Some(meta.index + 1);
+                self.lower_durable_index(meta.index);
+            }
+            let snapshot = Snapshot { meta, data: m.data };
+            self.snapshot_data = Some(snapshot.data.clone());
+            self.pending.snapshot = Some(snapshot.clone());
+            self.commit_index = meta.index;
+            self.last_applied = meta.index;
+            self.pending_apply_snapshot = Some(snapshot);
+        }
+        let reply = InstallSnapshotReply { term: self.hard.term, last_included_index: meta.index };
+        self.send_durable(from, Message::InstallSnapshotReply(reply));
+    }
+
+    pub(crate) fn on_install_snapshot_reply(&mut self, from: NodeId, m: InstallSnapshotReply) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        if m.last_included_index > self.log.last_index() {
+            return; // not a snapshot we could have sent
+        }
+        pr.acknowledge(m.last_included_index);
+        if let ProgressState::Snapshot { .. } = pr.state {
+            pr.become_probe(pr.match_index + 1);
+        }
+        self.maybe_commit();
+        self.send_append(from, false);
+    }
+}
