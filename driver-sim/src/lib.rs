@@ -1,1 +1,55 @@
-//! sim
+//! Deterministic simulation of `raft-core`: a virtual clock that jumps to the
+//! next event, one seeded generator for every random draw, the lab's labrpc
+//! network, in-memory persisters holding encoded state, crash and restart, the
+//! MIT 6.5840 Raft lab harness, and a cluster safety checker run after every
+//! step.
+//!
+//! The seed comes from `SIM_SEED` ([`seed_from_env`]); [`run_test`] prints it
+//! with the test's name whenever a test fails, and running again with that
+//! seed replays the identical run.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod executor;
+pub mod network;
+pub mod persister;
+pub mod raft_harness;
+pub mod safety;
+
+pub use executor::{ms, now, run, sleep, spawn, JoinHandle};
+pub use raft_harness::{Cfg, Cmd, RAFT_ELECTION_TIMEOUT};
+
+use std::future::Future;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+
+/// The seed used when `SIM_SEED` is not set.
+pub const DEFAULT_SEED: u64 = 1;
+
+/// The seed from `SIM_SEED`, or [`DEFAULT_SEED`]. Panics on a value that is
+/// not a number, rather than silently running another seed.
+pub fn seed_from_env() -> u64 {
+    match std::env::var("SIM_SEED") {
+        Ok(s) => s.trim().parse().unwrap_or_else(|_| panic!("SIM_SEED={s:?} is not a number")),
+        Err(_) => DEFAULT_SEED,
+    }
+}
+
+/// Runs one simulated test body under the seed from `SIM_SEED`. On failure
+/// prints the test's name, its seed and the command that replays it, then
+/// fails with the original panic.
+pub fn run_test<F, Fut>(name: &str, body: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()> + 'static,
+{
+    let seed = seed_from_env();
+    let result = catch_unwind(AssertUnwindSafe(|| run(seed, body())));
+    if let Err(panic) = result {
+        eprintln!(
+            "FAILED {name} with SIM_SEED={seed} (virtual time {:.3} s); replay with:\n  SIM_SEED={seed} cargo test --release -p lab-tests -- --exact {name}",
+            executor::last_virtual_time().as_nanos() as f64 / 1e9
+        );
+        resume_unwind(panic);
+    }
+}
+

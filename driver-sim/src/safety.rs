@@ -1,0 +1,137 @@
+//! The cluster safety checker, run after every step of every node (Raft
+//! paper, Figure 3): election safety, log matching, leader completeness,
+//! state machine safety, and the persist-before-send contract. A violation
+//! panics with what broke, so the test fails with its seed.
+
+use std::collections::BTreeMap;
+
+use raft_core::{AppendOutcome, Entry, Index, Message, NodeId, RaftNode, Term};
+
+use crate::persister::Persister;
+
+/// 64-bit FNV-1a, for fingerprints of commands and traces.
+pub fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    if hash == 0 {
+        hash = 0xcbf2_9ce4_8422_2325;
+    }
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// What the checker has seen across the whole run, every incarnation of
+/// every node included.
+#[derive(Debug, Default)]
+pub struct SafetyChecker {
+    /// The leader of each term.
+    leaders: BTreeMap<Term, NodeId>,
+    /// Every entry ever written to a log, by (index, term): its command's
+    /// fingerprint and the term of the entry before it (when known).
+    entries: BTreeMap<(Index, Term), (u64, Option<Term>)>,
+    /// Every entry ever applied, by index: (term, fingerprint).
+    committed: BTreeMap<Index, (Term, u64)>,
+    /// Who was leader in which term after its previous step.
+    was_leader: BTreeMap<NodeId, Term>,
+}
+
+impl SafetyChecker {
+    /// Called after node `id` stepped.
+    pub fn after_step(&mut self, node: &RaftNode) {
+        let id = node.id();
+        if !node.is_leader() {
+            self.was_leader.remove(&id);
+            return;
+        }
+        let term = node.term();
+        let holder = *self.leaders.entry(term).or_insert(id);
+        assert_eq!(holder, id, "election safety: nodes {holder} and {id} both lead term {term}");
+        if self.was_leader.insert(id, term) != Some(term) {
+            self.check_leader_completeness(node);
+        }
+    }
+
+    /// A new leader holds every entry ever committed (§5.4, Leader
+    /// Completeness).
+    fn check_leader_completeness(&self, node: &RaftNode) {
+        let log = node.log();
+        for (&index, &(term, _)) in self.committed.range(log.snapshot().index + 1..) {
+            assert_eq!(
+                log.term_at(index),
+                Some(term),
+                "leader completeness: node {} leads term {} without committed entry {index} (term {term})",
+                node.id(),
+                node.term()
+            );
+        }
+    }
+
+    /// Node `id` wrote `entries` to its log; `prev_term` is the term of the
+    /// entry before the first one, if the node still holds it.
+    pub fn entries_written(&mut self, id: NodeId, entries: &[Entry], mut prev_term: Option<Term>) {
+        for e in entries {
+            let fp = fnv1a(0, &e.command);
+            let seen = *self.entries.entry((e.index, e.term)).or_insert((fp, prev_term));
+            assert_eq!(
+                seen.0, fp,
+                "log matching: node {id} holds a different command at index {} term {}",
+                e.index, e.term
+            );
+            if let (Some(a), Some(b)) = (seen.1, prev_term) {
+                assert_eq!(
+                    a, b,
+                    "log matching: node {id}'s entry {} term {} follows a different history",
+                    e.index, e.term
+                );
+            }
+            prev_term = Some(e.term);
+        }
+    }
+
+    /// Node `id` applied `entries` (committed, by the core's account).
+    pub fn entries_applied(&mut self, id: NodeId, entries: &[Entry]) {
+        for e in entries {
+            let fp = fnv1a(0, &e.command);
+            let seen = *self.committed.entry(e.index).or_insert((e.term, fp));
+            assert_eq!(
+                seen,
+                (e.term, fp),
+                "state machine safety: node {id} applied a different entry at index {}",
+                e.index
+            );
+        }
+    }
+
+    /// Persist before send: a message that claims durable state may leave
+    /// only once that state is in the sender's persister.
+    pub fn check_send(&self, from: NodeId, to: NodeId, message: &Message, persister: &Persister) {
+        let durable = persister.state();
+        match message {
+            Message::RequestVote(m) => {
+                assert!(
+                    durable.hard_state.term == m.term && durable.hard_state.voted_for == Some(from),
+                    "persist before send: node {from} asked for votes in term {} before its own vote was durable",
+                    m.term
+                );
+            }
+            Message::RequestVoteReply(m) if m.vote_granted => {
+                assert!(
+                    durable.hard_state.term == m.term && durable.hard_state.voted_for == Some(to),
+                    "persist before send: node {from} granted {to} a vote in term {} before it was durable",
+                    m.term
+                );
+            }
+            Message::AppendEntriesReply(m) => {
+                if let AppendOutcome::Accepted { match_index } = m.outcome {
+                    let snap = durable.snapshot.map_or(0, |s| s.index);
+                    assert!(
+                        match_index <= snap || durable.term_at(match_index).is_some(),
+                        "persist before send: node {from} acknowledged index {match_index} before it was durable"
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+}
