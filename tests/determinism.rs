@@ -55,9 +55,24 @@ fn same_seed_replays_identically_and_seeds_differ() {
     let seed = driver_sim::seed_from_env();
     let a = scenario(seed);
     let b = scenario(seed);
-    assert_eq!(a, b, "SIM_SEED={seed}: two runs with the same seed diverged");
+    assert_eq!(
+        a, b,
+        "SIM_SEED={seed}: two runs with the same seed diverged"
+    );
     assert!(a.2 > 100, "the scenario must actually exchange messages");
     let c = scenario(seed + 1);
-    assert_ne!(a.0, c.0, "seeds {seed} and {} produced the same trace", seed + 1);
-    println!("seed {seed}: trace {:016x}, {} RPCs, {} events; seed {}: trace {:016x}", a.0, a.2, a.4, seed + 1, c.0);
+    assert_ne!(
+        a.0,
+        c.0,
+        "seeds {seed} and {} produced the same trace",
+        seed + 1
+    );
+    println!(
+        "seed {seed}: trace {:016x}, {} RPCs, {} events; seed {}: trace {:016x}",
+        a.0,
+        a.2,
+        a.4,
+        seed + 1,
+        c.0
+    );
 }

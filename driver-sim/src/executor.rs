@@ -51,7 +51,9 @@ pub fn last_virtual_time() -> Instant {
 }
 
 fn runtime() -> Rc<Runtime> {
-    RUNTIME.with(|r| r.borrow().clone()).expect("not inside a simulation (driver_sim::run)")
+    RUNTIME
+        .with(|r| r.borrow().clone())
+        .expect("not inside a simulation (driver_sim::run)")
 }
 
 struct TaskWaker {
@@ -113,8 +115,15 @@ where
             let Some(id) = next else { break };
             let task = rt.tasks.borrow_mut().remove(&id);
             let Some(mut task) = task else { continue };
-            let waker = Waker::from(Arc::new(TaskWaker { id, ready: rt.ready.clone() }));
-            if task.as_mut().poll(&mut Context::from_waker(&waker)).is_pending() {
+            let waker = Waker::from(Arc::new(TaskWaker {
+                id,
+                ready: rt.ready.clone(),
+            }));
+            if task
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+            {
                 rt.tasks.borrow_mut().insert(id, task);
             }
         }
@@ -165,7 +174,9 @@ pub fn schedule_at(at: Instant, f: impl FnOnce() + 'static) {
     let at = at.max(rt.now.get());
     let seq = rt.seq.get();
     rt.seq.set(seq + 1);
-    rt.queue.borrow_mut().insert((at, seq), Scheduled::Call(Box::new(f)));
+    rt.queue
+        .borrow_mut()
+        .insert((at, seq), Scheduled::Call(Box::new(f)));
 }
 
 /// Runs `f` after `delay` of virtual time.
@@ -177,7 +188,9 @@ fn schedule_wake(at: Instant, waker: Waker) {
     let rt = runtime();
     let seq = rt.seq.get();
     rt.seq.set(seq + 1);
-    rt.queue.borrow_mut().insert((at, seq), Scheduled::Wake(waker));
+    rt.queue
+        .borrow_mut()
+        .insert((at, seq), Scheduled::Wake(waker));
 }
 
 /// The result of a spawned task.
@@ -222,7 +235,10 @@ where
     F::Output: 'static,
 {
     let rt = runtime();
-    let state = Rc::new(RefCell::new(JoinState { output: None, waiter: None }));
+    let state = Rc::new(RefCell::new(JoinState {
+        output: None,
+        waiter: None,
+    }));
     let done = state.clone();
     let task: Task = Box::pin(async move {
         let v = future.await;
@@ -244,7 +260,10 @@ where
 
 /// Completes once `duration` of virtual time has passed.
 pub fn sleep(duration: Duration) -> Sleep {
-    Sleep { deadline: now() + duration, registered: false }
+    Sleep {
+        deadline: now() + duration,
+        registered: false,
+    }
 }
 
 /// The future returned by [`sleep`].

@@ -29,7 +29,10 @@ pub const DEFAULT_SEED: u64 = 1;
 /// not a number, rather than silently running another seed.
 pub fn seed_from_env() -> u64 {
     match std::env::var("SIM_SEED") {
-        Ok(s) => s.trim().parse().unwrap_or_else(|_| panic!("SIM_SEED={s:?} is not a number")),
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("SIM_SEED={s:?} is not a number")),
         Err(_) => DEFAULT_SEED,
     }
 }
@@ -52,4 +55,3 @@ where
         resume_unwind(panic);
     }
 }
-

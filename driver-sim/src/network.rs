@@ -48,7 +48,12 @@ pub struct Network {
 
 impl Default for Network {
     fn default() -> Self {
-        Network { reliable: true, long_reordering: false, rpc_total: 0, bytes_total: 0 }
+        Network {
+            reliable: true,
+            long_reordering: false,
+            rpc_total: 0,
+            bytes_total: 0,
+        }
     }
 }
 
@@ -61,8 +66,14 @@ impl Network {
         if !enabled {
             return RequestFate::Fail;
         }
-        let delay = if self.reliable { 0 } else { with_rng(|r| r.below(27)) };
-        RequestFate::Deliver { delay: Duration::from_millis(delay) }
+        let delay = if self.reliable {
+            0
+        } else {
+            with_rng(|r| r.below(27))
+        };
+        RequestFate::Deliver {
+            delay: Duration::from_millis(delay),
+        }
     }
 
     /// After the short delay: is the request dropped before its handler runs?
@@ -86,9 +97,13 @@ impl Network {
                 let upper = r.below(2000);
                 200 + r.below(1 + upper)
             });
-            return ReplyFate::Deliver { delay: Duration::from_millis(ms) };
+            return ReplyFate::Deliver {
+                delay: Duration::from_millis(ms),
+            };
         }
-        ReplyFate::Deliver { delay: Duration::ZERO }
+        ReplyFate::Deliver {
+            delay: Duration::ZERO,
+        }
     }
 
     /// A reply of `bytes` reached its caller.

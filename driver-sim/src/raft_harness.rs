@@ -126,7 +126,10 @@ impl Cfg {
             gens: vec![0; n],
             persisters: vec![Persister::new(); n],
             connected: vec![false; n],
-            net: Network { reliable: !unreliable, ..Network::default() },
+            net: Network {
+                reliable: !unreliable,
+                ..Network::default()
+            },
             rpc_count: vec![0; n],
             snapshot_applier: snapshot,
             logs: vec![BTreeMap::new(); n],
@@ -138,7 +141,9 @@ impl Cfg {
             start: now(),
             begin: None,
         };
-        let cfg = Cfg { world: Rc::new(RefCell::new(world)) };
+        let cfg = Cfg {
+            world: Rc::new(RefCell::new(world)),
+        };
         for i in 0..n {
             cfg.start1(i);
         }
@@ -185,7 +190,11 @@ impl Cfg {
                 .expect("a node recovers from what it persisted");
             (node, w.gens[i])
         };
-        self.world.borrow_mut().slots[i] = Some(Slot { node, gen, timer: None });
+        self.world.borrow_mut().slots[i] = Some(Slot {
+            node,
+            gen,
+            timer: None,
+        });
         self.step(i, Event::TimerFired, None);
     }
 
@@ -233,7 +242,11 @@ impl Cfg {
         let command = encode_cmd(&cmd.into());
         let actions = self.step(i, Event::ProposalReceived { id, command }, None);
         actions.iter().find_map(|a| match *a {
-            Action::AcceptProposal { id: aid, index, term } if aid == id => Some((index, term)),
+            Action::AcceptProposal {
+                id: aid,
+                index,
+                term,
+            } if aid == id => Some((index, term)),
             _ => None,
         })
     }
@@ -242,7 +255,9 @@ impl Cfg {
     /// answers `(0, false)`.
     pub fn get_state(&self, i: usize) -> (Term, bool) {
         let w = self.world.borrow();
-        w.slots[i].as_ref().map_or((0, false), |s| (s.node.term(), s.node.is_leader()))
+        w.slots[i]
+            .as_ref()
+            .map_or((0, false), |s| (s.node.term(), s.node.is_leader()))
     }
 
     // ----- tester helpers (config.go) ------------------------------------
@@ -264,7 +279,10 @@ impl Cfg {
     pub fn end(&self) {
         let w = self.world.borrow();
         let elapsed = now() - w.start;
-        assert!(elapsed <= TEST_TIME_LIMIT, "test took longer than 120 seconds");
+        assert!(
+            elapsed <= TEST_TIME_LIMIT,
+            "test took longer than 120 seconds"
+        );
         let b = w.begin.as_ref().expect("begin() before end()");
         println!(
             "{} ... Passed -- {:4.1} {} {:4} {:7} {:4}",
@@ -322,7 +340,10 @@ impl Cfg {
         for i in 0..self.n() {
             if self.is_connected(i) {
                 let (_, leader) = self.get_state(i);
-                assert!(!leader, "expected no leader among connected servers, but {i} claims to be leader");
+                assert!(
+                    !leader,
+                    "expected no leader among connected servers, but {i} claims to be leader"
+                );
             }
         }
     }
@@ -424,13 +445,21 @@ impl Cfg {
     /// The largest encoded Raft state over all servers.
     pub fn log_size(&self) -> usize {
         let w = self.world.borrow();
-        w.persisters.iter().map(Persister::raft_state_size).max().unwrap_or(0)
+        w.persisters
+            .iter()
+            .map(Persister::raft_state_size)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The largest snapshot over all servers.
     pub fn snapshot_size(&self) -> usize {
         let w = self.world.borrow();
-        w.persisters.iter().map(Persister::snapshot_size).max().unwrap_or(0)
+        w.persisters
+            .iter()
+            .map(Persister::snapshot_size)
+            .max()
+            .unwrap_or(0)
     }
 
     /// A fingerprint of every message delivered so far and when: equal for
@@ -462,8 +491,13 @@ impl Cfg {
             let actions = {
                 let mut w = self.world.borrow_mut();
                 let w = &mut *w;
-                let Some(slot) = w.slots[i].as_mut() else { break };
-                let actions = slot.node.step(now(), event).expect("the harness uses the node correctly");
+                let Some(slot) = w.slots[i].as_mut() else {
+                    break;
+                };
+                let actions = slot
+                    .node
+                    .step(now(), event)
+                    .expect("the harness uses the node correctly");
                 w.safety.after_step(&slot.node);
                 actions
             };
@@ -488,7 +522,8 @@ impl Cfg {
                         let mut w = self.world.borrow_mut();
                         let w = &mut *w;
                         w.persisters[i].save(p);
-                        if let (Some(first), Some(slot)) = (p.entries.first(), w.slots[i].as_ref()) {
+                        if let (Some(first), Some(slot)) = (p.entries.first(), w.slots[i].as_ref())
+                        {
                             let prev = slot.node.log().term_at(first.index - 1);
                             w.safety.entries_written(i as u64, &p.entries, prev);
                         }
@@ -508,7 +543,9 @@ impl Cfg {
                 Action::ApplySnapshot { snapshot } => {
                     let mut w = self.world.borrow_mut();
                     if w.snapshot_applier {
-                        if let Err(e) = w.ingest_snapshot(i, &snapshot.data, Some(snapshot.meta.index)) {
+                        if let Err(e) =
+                            w.ingest_snapshot(i, &snapshot.data, Some(snapshot.meta.index))
+                        {
                             panic!("{e}");
                         }
                     }
@@ -523,7 +560,9 @@ impl Cfg {
     fn set_timer(&self, i: usize, deadline: Instant) {
         let gen = {
             let mut w = self.world.borrow_mut();
-            let Some(slot) = w.slots[i].as_mut() else { return };
+            let Some(slot) = w.slots[i].as_mut() else {
+                return;
+            };
             slot.timer = Some(deadline);
             slot.gen
         };
@@ -531,7 +570,9 @@ impl Cfg {
         schedule_at(deadline, move || {
             let current = {
                 let w = cfg.world.borrow();
-                w.slots[i].as_ref().is_some_and(|s| s.gen == gen && s.timer == Some(deadline))
+                w.slots[i]
+                    .as_ref()
+                    .is_some_and(|s| s.gen == gen && s.timer == Some(deadline))
             };
             if current {
                 cfg.step(i, Event::TimerFired, None);
@@ -544,7 +585,8 @@ impl Cfg {
     fn send(&self, from: usize, to: usize, message: &Message, caller: Option<(usize, u64)>) {
         let bytes = postcard::to_allocvec(message).expect("messages encode");
         let mut w = self.world.borrow_mut();
-        w.safety.check_send(from as u64, to as u64, message, &w.persisters[from]);
+        w.safety
+            .check_send(from as u64, to as u64, message, &w.persisters[from]);
         let from_gen = w.gens[from];
         if message.is_request() {
             let enabled = w.connected[from] && w.connected[to] && w.slots[to].is_some();
@@ -553,7 +595,9 @@ impl Cfg {
                 RequestFate::Fail => {}
                 RequestFate::Deliver { delay } => {
                     let cfg = self.clone();
-                    schedule_after(delay, move || cfg.request_arrived(from, from_gen, to, to_gen, bytes));
+                    schedule_after(delay, move || {
+                        cfg.request_arrived(from, from_gen, to, to_gen, bytes)
+                    });
                 }
             }
         } else {
@@ -569,7 +613,9 @@ impl Cfg {
                 ReplyFate::Drop => {}
                 ReplyFate::Deliver { delay } => {
                     let cfg = self.clone();
-                    schedule_after(delay, move || cfg.reply_arrived(from, to, caller_gen, bytes));
+                    schedule_after(delay, move || {
+                        cfg.reply_arrived(from, to, caller_gen, bytes)
+                    });
                 }
             }
         }
@@ -592,7 +638,14 @@ impl Cfg {
             w.trace = fnv1a(w.trace, &bytes);
         }
         let message: Message = postcard::from_bytes(&bytes).expect("messages decode");
-        self.step(to, Event::MessageReceived { from: from as u64, message }, Some((from, from_gen)));
+        self.step(
+            to,
+            Event::MessageReceived {
+                from: from as u64,
+                message,
+            },
+            Some((from, from_gen)),
+        );
     }
 
     fn reply_arrived(&self, from: usize, to: usize, to_gen: u64, bytes: Vec<u8>) {
@@ -607,7 +660,14 @@ impl Cfg {
             w.trace = fnv1a(w.trace, &bytes);
         }
         let message: Message = postcard::from_bytes(&bytes).expect("messages decode");
-        self.step(to, Event::MessageReceived { from: from as u64, message }, None);
+        self.step(
+            to,
+            Event::MessageReceived {
+                from: from as u64,
+                message,
+            },
+            None,
+        );
     }
 }
 
@@ -652,8 +712,9 @@ impl World {
             }
             self.last_applied[i] = e.index;
             if self.snapshot_applier && (e.index + 1) % SNAPSHOT_INTERVAL == 0 {
-                let xlog: Vec<Option<Cmd>> =
-                    (0..=e.index).map(|k| self.logs[i].get(&k).cloned()).collect();
+                let xlog: Vec<Option<Cmd>> = (0..=e.index)
+                    .map(|k| self.logs[i].get(&k).cloned())
+                    .collect();
                 let data = postcard::to_allocvec(&(e.index, xlog)).expect("snapshots encode");
                 snap = Some(FollowUp::Snapshot(e.index, data));
             }
@@ -662,7 +723,12 @@ impl World {
     }
 
     /// The Go `ingestSnap`: load the tester's snapshot into server `i`'s log.
-    fn ingest_snapshot(&mut self, i: usize, data: &[u8], index: Option<Index>) -> Result<(), String> {
+    fn ingest_snapshot(
+        &mut self,
+        i: usize,
+        data: &[u8],
+        index: Option<Index>,
+    ) -> Result<(), String> {
         let (last_included, xlog): (Index, Vec<Option<Cmd>>) =
             postcard::from_bytes(data).map_err(|e| format!("snapshot decode error: {e}"))?;
         if let Some(index) = index {

@@ -46,7 +46,10 @@ impl SafetyChecker {
         }
         let term = node.term();
         let holder = *self.leaders.entry(term).or_insert(id);
-        assert_eq!(holder, id, "election safety: nodes {holder} and {id} both lead term {term}");
+        assert_eq!(
+            holder, id,
+            "election safety: nodes {holder} and {id} both lead term {term}"
+        );
         if self.was_leader.insert(id, term) != Some(term) {
             self.check_leader_completeness(node);
         }
@@ -72,7 +75,10 @@ impl SafetyChecker {
     pub fn entries_written(&mut self, id: NodeId, entries: &[Entry], mut prev_term: Option<Term>) {
         for e in entries {
             let fp = fnv1a(0, &e.command);
-            let seen = *self.entries.entry((e.index, e.term)).or_insert((fp, prev_term));
+            let seen = *self
+                .entries
+                .entry((e.index, e.term))
+                .or_insert((fp, prev_term));
             assert_eq!(
                 seen.0, fp,
                 "log matching: node {id} holds a different command at index {} term {}",

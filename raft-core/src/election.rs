@@ -11,7 +11,10 @@ impl RaftNode {
     /// next term. The vote for itself is durable before any request leaves.
     pub(crate) fn start_election(&mut self) {
         let term = self.hard.term + 1;
-        self.hard = HardState { term, voted_for: Some(self.config.id) };
+        self.hard = HardState {
+            term,
+            voted_for: Some(self.config.id),
+        };
         self.pending.hard_state_dirty = true;
         self.role = Role::Candidate;
         self.leader_hint = None;
@@ -49,7 +52,10 @@ impl RaftNode {
             // Granting a vote defers our own candidacy (Figure 2, Followers).
             self.reset_election_deadline();
         }
-        let reply = RequestVoteReply { term: self.hard.term, vote_granted: grant };
+        let reply = RequestVoteReply {
+            term: self.hard.term,
+            vote_granted: grant,
+        };
         self.send_durable(from, Message::RequestVoteReply(reply));
     }
 
@@ -71,7 +77,11 @@ impl RaftNode {
         self.leader_hint = Some(self.config.id);
         self.votes.clear();
         let last = self.log.last_index();
-        self.progress = self.config.peers().map(|p| (p, Progress::new(last))).collect();
+        self.progress = self
+            .config
+            .peers()
+            .map(|p| (p, Progress::new(last)))
+            .collect();
         self.heartbeat_deadline = self.now + self.config.heartbeat_interval;
         self.broadcast_heartbeat();
         // A single-member cluster commits on its own durability.

@@ -185,11 +185,17 @@ impl DurableState {
             let first = self.entries.first().map(|e| e.index);
             if let Some(first) = first {
                 let drop = snap.meta.index.saturating_sub(first - 1);
-                let drop = usize::try_from(drop).unwrap_or(usize::MAX).min(self.entries.len());
+                let drop = usize::try_from(drop)
+                    .unwrap_or(usize::MAX)
+                    .min(self.entries.len());
                 self.entries.drain(..drop);
             }
             self.snapshot = Some(snap.meta);
-            if self.entries.first().is_some_and(|e| e.index != snap.meta.index + 1) {
+            if self
+                .entries
+                .first()
+                .is_some_and(|e| e.index != snap.meta.index + 1)
+            {
                 // The snapshot lies beyond the stored log: nothing stored survives.
                 self.entries.clear();
             }

@@ -21,13 +21,11 @@ impl RaftLog {
     /// A log that continues `snapshot` with `entries`, if they are
     /// consecutive and their terms never decrease.
     pub fn restore(snapshot: SnapshotMeta, entries: Vec<Entry>) -> Option<Self> {
-        let mut expected = snapshot.index + 1;
         let mut term = snapshot.term;
-        for e in &entries {
+        for (expected, e) in (snapshot.index + 1..).zip(entries.iter()) {
             if e.index != expected || e.term < term {
                 return None;
             }
-            expected += 1;
             term = e.term;
         }
         Some(RaftLog { snapshot, entries })
@@ -101,14 +99,24 @@ impl RaftLog {
     /// Appends one entry. Panics if it does not continue the log: callers
     /// have already checked.
     pub fn append(&mut self, entry: Entry) {
-        assert_eq!(entry.index, self.last_index() + 1, "append must continue the log");
-        assert!(entry.term >= self.last_term(), "terms never decrease along the log");
+        assert_eq!(
+            entry.index,
+            self.last_index() + 1,
+            "append must continue the log"
+        );
+        assert!(
+            entry.term >= self.last_term(),
+            "terms never decrease along the log"
+        );
         self.entries.push(entry);
     }
 
     /// Drops every entry with index `>= from` (`from` past the snapshot).
     pub fn truncate_from(&mut self, from: Index) {
-        assert!(from > self.snapshot.index, "cannot truncate into the snapshot");
+        assert!(
+            from > self.snapshot.index,
+            "cannot truncate into the snapshot"
+        );
         if let Some(o) = self.offset(from) {
             self.entries.truncate(o);
         }
@@ -159,6 +167,7 @@ impl RaftLog {
     /// True if a log ending at (`last_index`, `last_term`) is at least as
     /// up-to-date as this one (Raft paper §5.4.1, the election restriction).
     pub fn is_up_to_date(&self, last_index: Index, last_term: Term) -> bool {
-        last_term > self.last_term() || (last_term == self.last_term() && last_index >= self.last_index())
+        last_term > self.last_term()
+            || (last_term == self.last_term() && last_index >= self.last_index())
     }
 }

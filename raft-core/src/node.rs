@@ -123,7 +123,9 @@ impl RaftNode {
         let bad = |why: &str| Error::InvalidDurableState(why.to_string());
         let meta = durable.snapshot.unwrap_or_default();
         if durable.snapshot.is_some() && snapshot_data.is_none() {
-            return Err(bad("the durable state names a snapshot but no snapshot bytes were given"));
+            return Err(bad(
+                "the durable state names a snapshot but no snapshot bytes were given",
+            ));
         }
         if let Some(v) = durable.hard_state.voted_for {
             if !config.members.contains(&v) {
@@ -171,7 +173,10 @@ impl RaftNode {
     #[must_use = "the actions must be executed"]
     pub fn step(&mut self, now: Instant, event: Event) -> Result<Vec<Action>, Error> {
         if self.started && now < self.now {
-            return Err(Error::TimeWentBackwards { now, last: self.now });
+            return Err(Error::TimeWentBackwards {
+                now,
+                last: self.now,
+            });
         }
         self.validate_event(&event)?;
         let before = (self.hard, self.role, self.log.last_index());
@@ -199,7 +204,10 @@ impl RaftNode {
                 Err(Error::UnknownPersist { id: upto })
             }
             Event::SnapshotTaken { index, .. } if index > self.last_applied => {
-                Err(Error::SnapshotBeyondApplied { index, applied: self.last_applied })
+                Err(Error::SnapshotBeyondApplied {
+                    index,
+                    applied: self.last_applied,
+                })
             }
             _ => Ok(()),
         }
@@ -294,10 +302,12 @@ impl RaftNode {
     fn reply_stale(&mut self, to: NodeId, message: &Message) {
         let term = self.hard.term;
         let reply = match message {
-            Message::RequestVote(_) => Message::RequestVoteReply(crate::message::RequestVoteReply {
-                term,
-                vote_granted: false,
-            }),
+            Message::RequestVote(_) => {
+                Message::RequestVoteReply(crate::message::RequestVoteReply {
+                    term,
+                    vote_granted: false,
+                })
+            }
             Message::AppendEntries(m) => {
                 Message::AppendEntriesReply(crate::message::AppendEntriesReply {
                     term,
@@ -322,7 +332,10 @@ impl RaftNode {
     /// Adopt `term` (if newer) as a follower of `leader`.
     pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
         if term > self.hard.term {
-            self.hard = HardState { term, voted_for: None };
+            self.hard = HardState {
+                term,
+                voted_for: None,
+            };
             self.pending.hard_state_dirty = true;
         }
         if self.role != Role::Follower {
@@ -377,8 +390,15 @@ impl RaftNode {
 
     /// Drop log entries from `from` on, here and in the durable image.
     pub(crate) fn truncate_log(&mut self, from: Index) {
-        assert_ne!(self.role, Role::Leader, "a leader never truncates its own log");
-        assert!(from > self.commit_index, "committed entries are never truncated");
+        assert_ne!(
+            self.role,
+            Role::Leader,
+            "a leader never truncates its own log"
+        );
+        assert!(
+            from > self.commit_index,
+            "committed entries are never truncated"
+        );
         self.log.truncate_from(from);
         self.pending.entries.retain(|e| e.index < from);
         self.pending.truncate_from = Some(self.pending.truncate_from.map_or(from, |t| t.min(from)));
@@ -435,7 +455,11 @@ impl RaftNode {
         let apply_to = self.commit_index.min(self.durable_index);
         if apply_to > self.last_applied {
             let entries = self.log.slice(self.last_applied + 1, apply_to).to_vec();
-            assert_eq!(entries.len() as u64, apply_to - self.last_applied, "applied entries must be held");
+            assert_eq!(
+                entries.len() as u64,
+                apply_to - self.last_applied,
+                "applied entries must be held"
+            );
             self.last_applied = apply_to;
             self.out.push(Action::Apply { entries });
         }
@@ -454,18 +478,44 @@ impl RaftNode {
     fn check_invariants(&self, (hard_before, role_before, last_before): (HardState, Role, Index)) {
         assert!(self.hard.term >= hard_before.term, "term never decreases");
         if self.hard.term == hard_before.term && hard_before.voted_for.is_some() {
-            assert_eq!(self.hard.voted_for, hard_before.voted_for, "at most one vote per term");
+            assert_eq!(
+                self.hard.voted_for, hard_before.voted_for,
+                "at most one vote per term"
+            );
         }
-        assert!(self.commit_index <= self.log.last_index(), "commit <= last index");
+        assert!(
+            self.commit_index <= self.log.last_index(),
+            "commit <= last index"
+        );
         assert!(self.last_applied <= self.commit_index, "applied <= commit");
-        assert!(self.log.snapshot().index <= self.last_applied, "snapshot <= applied");
-        assert!(self.durable_index <= self.log.last_index(), "durable <= last index");
-        assert!(self.log.last_term() <= self.hard.term, "no entry from a future term");
+        assert!(
+            self.log.snapshot().index <= self.last_applied,
+            "snapshot <= applied"
+        );
+        assert!(
+            self.durable_index <= self.log.last_index(),
+            "durable <= last index"
+        );
+        assert!(
+            self.log.last_term() <= self.hard.term,
+            "no entry from a future term"
+        );
         if self.role == Role::Leader {
-            assert_eq!(self.hard.voted_for, Some(self.config.id), "a leader voted for itself");
-            assert_eq!(self.leader_hint, Some(self.config.id), "a leader knows it leads");
+            assert_eq!(
+                self.hard.voted_for,
+                Some(self.config.id),
+                "a leader voted for itself"
+            );
+            assert_eq!(
+                self.leader_hint,
+                Some(self.config.id),
+                "a leader knows it leads"
+            );
             if role_before == Role::Leader && hard_before.term == self.hard.term {
-                assert!(self.log.last_index() >= last_before, "a leader never truncates its log");
+                assert!(
+                    self.log.last_index() >= last_before,
+                    "a leader never truncates its log"
+                );
             }
         }
     }

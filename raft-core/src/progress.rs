@@ -84,7 +84,10 @@ impl Progress {
 /// at position `quorum - 1`. The caller must still check that the entry there
 /// is of the current term (Figure 8's rule) before committing it.
 pub fn quorum_index(match_indices: &[Index]) -> Index {
-    assert!(!match_indices.is_empty(), "a cluster has at least one member");
+    assert!(
+        !match_indices.is_empty(),
+        "a cluster has at least one member"
+    );
     let mut sorted = match_indices.to_vec();
     sorted.sort_unstable_by(|a, b| b.cmp(a));
     sorted[match_indices.len() / 2]

@@ -12,7 +12,9 @@ impl RaftNode {
     /// follower that can take it (not on the next heartbeat).
     pub(crate) fn on_proposal(&mut self, id: u64, command: Vec<u8>) {
         if self.role != Role::Leader {
-            let reason = RejectReason::NotLeader { leader_hint: self.leader_hint };
+            let reason = RejectReason::NotLeader {
+                leader_hint: self.leader_hint,
+            };
             self.out.push(Action::RejectProposal { id, reason });
             return;
         }
@@ -23,7 +25,11 @@ impl RaftNode {
         }
         let index = self.log.last_index() + 1;
         let term = self.hard.term;
-        self.append_entry(Entry { index, term, command });
+        self.append_entry(Entry {
+            index,
+            term,
+            command,
+        });
         self.out.push(Action::AcceptProposal { id, index, term });
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for peer in peers {
@@ -87,7 +93,11 @@ impl RaftNode {
         let prev_log_index = next - 1;
         let prev_log_term = self.log.term_at(prev_log_index).expect("prev is held");
         let entries = if with_entries {
-            self.log.entries_from(next, self.config.max_entries_per_append, self.config.max_append_bytes)
+            self.log.entries_from(
+                next,
+                self.config.max_entries_per_append,
+                self.config.max_append_bytes,
+            )
         } else {
             Vec::new()
         };
@@ -163,7 +173,10 @@ impl RaftNode {
         if new_commit > self.commit_index {
             self.commit_index = new_commit;
         }
-        let reply = AppendEntriesReply { term, outcome: AppendOutcome::Accepted { match_index } };
+        let reply = AppendEntriesReply {
+            term,
+            outcome: AppendOutcome::Accepted { match_index },
+        };
         self.send_durable(from, Message::AppendEntriesReply(reply));
     }
 
@@ -173,7 +186,9 @@ impl RaftNode {
         if self.role != Role::Leader {
             return;
         }
-        let Some(pr) = self.progress.get_mut(&from) else { return };
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
         match m.outcome {
             AppendOutcome::Accepted { match_index } => {
                 if match_index > self.log.last_index() {
@@ -196,7 +211,11 @@ impl RaftNode {
                 }
                 self.send_append(from, false);
             }
-            AppendOutcome::Rejected { rejected_prev, conflict_term, conflict_index } => {
+            AppendOutcome::Rejected {
+                rejected_prev,
+                conflict_term,
+                conflict_index,
+            } => {
                 let stale = match pr.state {
                     ProgressState::Probe => rejected_prev + 1 != pr.next_index,
                     ProgressState::Replicate => rejected_prev < pr.match_index,

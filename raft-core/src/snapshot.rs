@@ -24,8 +24,14 @@ impl RaftNode {
     /// on each heartbeat until answered).
     pub(crate) fn send_snapshot(&mut self, peer: NodeId) {
         let meta = self.snapshot_meta();
-        let data = self.snapshot_data.clone().expect("a compacted log has a snapshot");
-        let pr = self.progress.get_mut(&peer).expect("leader tracks every peer");
+        let data = self
+            .snapshot_data
+            .clone()
+            .expect("a compacted log has a snapshot");
+        let pr = self
+            .progress
+            .get_mut(&peer)
+            .expect("leader tracks every peer");
         pr.state = ProgressState::Snapshot { index: meta.index };
         pr.paused = true;
         pr.inflight.clear();
@@ -48,7 +54,10 @@ impl RaftNode {
             Role::Follower => self.leader_hint = Some(from),
         }
         self.reset_election_deadline();
-        let meta = SnapshotMeta { index: m.last_included_index, term: m.last_included_term };
+        let meta = SnapshotMeta {
+            index: m.last_included_index,
+            term: m.last_included_term,
+        };
         if meta.index > self.commit_index {
             let keeps_suffix = self.log.term_at(meta.index) == Some(meta.term);
             self.log.compact_to(meta);
@@ -64,7 +73,10 @@ impl RaftNode {
             self.last_applied = meta.index;
             self.pending_apply_snapshot = Some(snapshot);
         }
-        let reply = InstallSnapshotReply { term: self.hard.term, last_included_index: meta.index };
+        let reply = InstallSnapshotReply {
+            term: self.hard.term,
+            last_included_index: meta.index,
+        };
         self.send_durable(from, Message::InstallSnapshotReply(reply));
     }
 
@@ -72,7 +84,9 @@ impl RaftNode {
         if self.role != Role::Leader {
             return;
         }
-        let Some(pr) = self.progress.get_mut(&from) else { return };
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
         if m.last_included_index > self.log.last_index() {
             return; // not a snapshot we could have sent
         }

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 /// A point in time, in nanoseconds since an epoch the driver chooses (the
 /// simulator starts at zero; a real driver uses its process start).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Instant(u64);
 
 impl Instant {
