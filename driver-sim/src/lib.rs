@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod executor;
+pub mod linearizability;
 pub mod network;
 pub mod persister;
 pub mod raft_harness;

@@ -1,0 +1,1 @@
+//! A porcupine-style linearizability checker (being written).

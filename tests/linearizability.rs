@@ -1,0 +1,1 @@
+//! Reference histories (being written).
