@@ -1,2 +1,33 @@
-//! The deduplicating key/value state machine with client sessions, and the sans-IO KV server node and clerk built on `raft-core` (to come, issue 3).
+//! The replicated key/value service's logic, free of I/O:
+//!
+//! - [`KvStore`]: Get / Put / Append on string keys, with client sessions so
+//!   that a retried request is never applied twice; snapshot and restore.
+//! - [`KvServer`]: the sans-IO server node, a `RaftNode` plus a `KvStore`
+//!   plus the requests waiting to be applied; it decides when to snapshot.
+//! - [`Clerk`]: the sans-IO client (request numbers, leader guess, retries).
+//!
+//! Drivers move bytes, keep time and write storage; every decision is here or
+//! in `raft-core`.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod clerk;
+mod command;
+mod server;
+mod store;
+
+pub use clerk::{Attempt, Clerk, Progress};
+pub use command::{ClientId, Command, Op, Outcome, Reply};
+pub use server::{KvServer, ServerAction, ServerConfig, ServerEvent};
+pub use store::{KvStore, DEFAULT_MAX_SESSIONS};
+
+/// What can go wrong in the KV core.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The Raft node was misused.
+    #[error(transparent)]
+    Raft(#[from] raft_core::Error),
+    /// A snapshot did not decode.
+    #[error("snapshot does not decode: {0}")]
+    BadSnapshot(String),
+}

@@ -1,0 +1,213 @@
+//! The replicated state machine: string keys and values, plus the client
+//! session table that makes every request take effect exactly once.
+//!
+//! # Sessions and their bound
+//!
+//! Each client numbers its requests 1, 2, 3, … and has at most one
+//! outstanding, so the table keeps one entry per client: the last request
+//! number applied and its outcome. A request numbered at or below it is a
+//! retry: it is answered from the table (the last one) or ignored (older
+//! ones, whose answer the client has already seen) and never applied twice.
+//!
+//! The table holds at most `max_sessions` clients. When full, the session
+//! least recently used (by log index of its last request) is evicted. A later
+//! request from an evicted client with number > 1 is answered
+//! `SessionExpired` and not applied, since it might be a retry. Eviction is
+//! therefore safe unless `max_sessions` other clients act while one client's
+//! first request is still being retried; the default (100 000) makes that a
+//! non-issue for any cluster this code serves. Eviction depends only on the
+//! log, so every replica evicts the same sessions at the same index.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{ClientId, Command, Op, Outcome};
+
+/// The default bound on the session table.
+pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Session {
+    last_seq: u64,
+    last_outcome: Outcome,
+    last_index: u64,
+}
+
+/// The key/value store with its session table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvStore {
+    data: BTreeMap<String, String>,
+    sessions: BTreeMap<ClientId, Session>,
+    /// Sessions by last use, for eviction: (last index, client).
+    by_use: BTreeMap<(u64, ClientId), ()>,
+    max_sessions: usize,
+}
+
+impl Default for KvStore {
+    fn default() -> Self {
+        KvStore::new(DEFAULT_MAX_SESSIONS)
+    }
+}
+
+impl KvStore {
+    /// An empty store keeping at most `max_sessions` client sessions.
+    pub fn new(max_sessions: usize) -> Self {
+        assert!(max_sessions > 0, "max_sessions must be positive");
+        KvStore {
+            data: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            by_use: BTreeMap::new(),
+            max_sessions,
+        }
+    }
+
+    /// Applies the command at log `index`, exactly once per (client, seq).
+    pub fn apply(&mut self, index: u64, command: &Command) -> Outcome {
+        if let Some(s) = self.sessions.get(&command.client) {
+            if command.seq == s.last_seq {
+                return s.last_outcome.clone();
+            }
+            if command.seq < s.last_seq {
+                // An older retry: its answer was already received.
+                return Outcome::Done;
+            }
+        } else if command.seq > 1 {
+            return Outcome::SessionExpired;
+        }
+        let outcome = self.execute(&command.op);
+        if let Some(old) = self.sessions.get(&command.client) {
+            self.by_use.remove(&(old.last_index, command.client));
+        } else if self.sessions.len() >= self.max_sessions {
+            let ((_, evict), ()) = self.by_use.pop_first().expect("a full table has a session");
+            self.sessions.remove(&evict);
+        }
+        self.by_use.insert((index, command.client), ());
+        let session = Session { last_seq: command.seq, last_outcome: outcome.clone(), last_index: index };
+        self.sessions.insert(command.client, session);
+        outcome
+    }
+
+    fn execute(&mut self, op: &Op) -> Outcome {
+        match op {
+            Op::Get { key } => Outcome::Value(self.data.get(key).cloned().unwrap_or_default()),
+            Op::Put { key, value } => {
+                self.data.insert(key.clone(), value.clone());
+                Outcome::Done
+            }
+            Op::Append { key, value } => {
+                self.data.entry(key.clone()).or_default().push_str(value);
+                Outcome::Done
+            }
+        }
+    }
+
+    /// A key's value, if set.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.data.get(key).map(String::as_str)
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// True if no key is set.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Number of client sessions held.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The store and its sessions, encoded.
+    pub fn snapshot(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("the store encodes")
+    }
+
+    /// Replaces the store with a decoded snapshot.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), crate::Error> {
+        *self = postcard::from_bytes(bytes).map_err(|e| crate::Error::BadSnapshot(e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quickcheck::quickcheck;
+    use std::collections::HashMap;
+
+    fn cmd(client: ClientId, seq: u64, op: Op) -> Command {
+        Command { client, seq, op }
+    }
+
+    #[test]
+    fn retries_are_answered_from_the_session_not_reapplied() {
+        let mut s = KvStore::default();
+        let a = cmd(1, 1, Op::Append { key: "k".into(), value: "x".into() });
+        assert_eq!(s.apply(1, &a), Outcome::Done);
+        assert_eq!(s.apply(2, &a), Outcome::Done);
+        assert_eq!(s.get("k"), Some("x"));
+        let g = cmd(1, 2, Op::Get { key: "k".into() });
+        assert_eq!(s.apply(3, &g), Outcome::Value("x".into()));
+        s.apply(4, &cmd(2, 1, Op::Append { key: "k".into(), value: "y".into() }));
+        // The retried Get returns its first answer.
+        assert_eq!(s.apply(5, &g), Outcome::Value("x".into()));
+        // An older retry does nothing.
+        assert_eq!(s.apply(6, &a), Outcome::Done);
+        assert_eq!(s.get("k"), Some("xy"));
+    }
+
+    #[test]
+    fn eviction_is_lru_by_index_and_expired_sessions_are_refused() {
+        let mut s = KvStore::new(2);
+        let put = |c, seq| cmd(c, seq, Op::Append { key: "k".into(), value: c.to_string() });
+        s.apply(1, &put(1, 1));
+        s.apply(2, &put(2, 1));
+        s.apply(3, &put(1, 2)); // client 1 used more recently than 2
+        s.apply(4, &put(3, 1)); // evicts client 2
+        assert_eq!(s.session_count(), 2);
+        assert_eq!(s.apply(5, &put(2, 2)), Outcome::SessionExpired);
+        assert_eq!(s.get("k"), Some("1213"));
+    }
+
+    #[test]
+    fn snapshot_round_trips_data_and_sessions() {
+        let mut s = KvStore::new(10);
+        let a = cmd(9, 1, Op::Put { key: "a".into(), value: "1".into() });
+        s.apply(1, &a);
+        let mut t = KvStore::new(1);
+        t.restore(&s.snapshot()).unwrap();
+        assert_eq!(t, s);
+        assert_eq!(t.apply(2, &a), Outcome::Done);
+        assert!(t.restore(b"\xff\xff\xff").is_err());
+    }
+
+    quickcheck! {
+        /// Against a HashMap model: applying a random stream with random
+        /// duplicate deliveries gives the model's state and answers.
+        fn matches_a_hashmap_model(ops: Vec<(u8, u8, bool, bool)>) -> bool {
+            let mut store = KvStore::default();
+            let mut model: HashMap<String, String> = HashMap::new();
+            let mut seqs: HashMap<u64, u64> = HashMap::new();
+            let mut index = 0;
+            for (client, key, is_put, dup) in ops {
+                let client = u64::from(client % 4);
+                let key = format!("k{}", key % 3);
+                let seq = { let s = seqs.entry(client).or_insert(0); *s += 1; *s };
+                let value = format!("{client}.{seq};");
+                let op = if is_put { Op::Put { key: key.clone(), value: value.clone() } }
+                         else { Op::Append { key: key.clone(), value: value.clone() } };
+                let c = cmd(client, seq, op);
+                index += 1;
+                store.apply(index, &c);
+                if dup { index += 1; store.apply(index, &c); }
+                if is_put { model.insert(key, value); } else { model.entry(key).or_default().push_str(&value); }
+            }
+            model.iter().all(|(k, v)| store.get(k) == Some(v.as_str())) && model.len() == store.len()
+        }
+    }
+}
