@@ -43,6 +43,11 @@ mod snapshot;
 mod time;
 mod types;
 
+#[cfg(test)]
+mod tests_handlers;
+#[cfg(test)]
+mod tests_props;
+
 pub use config::Config;
 pub use io::{Action, DurableState, Event, Persist, RejectReason};
 pub use log::RaftLog;
