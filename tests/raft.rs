@@ -946,10 +946,7 @@ fn snapshot_all_crash_2d() {
                 cfg.connect(i);
             }
             let index2 = cfg.one(int(cfg.rand_int()), servers, true).await;
-            assert!(
-                index2 > index1,
-                "index decreased from {index1} to {index2}"
-            );
+            assert!(index2 > index1, "index decreased from {index1} to {index2}");
         }
         cfg.end();
     });

@@ -109,6 +109,7 @@ where
     });
     let _installed = Installed;
     let main = spawn(future);
+    let progress = std::env::var_os("SIM_PROGRESS").is_some();
     loop {
         loop {
             let next = rt.ready.lock().unwrap().pop_front();
@@ -138,6 +139,16 @@ where
         rt.now.set(at);
         LAST_NOW.with(|n| n.set(at));
         rt.events_run.set(rt.events_run.get() + 1);
+        if progress && rt.events_run.get().is_multiple_of(1_000_000) {
+            eprintln!(
+                "[sim seed {}] {} M events, virtual time {:.3} s, {} queued, {} tasks",
+                rt.seed,
+                rt.events_run.get() / 1_000_000,
+                at.as_nanos() as f64 / 1e9,
+                rt.queue.borrow().len(),
+                rt.tasks.borrow().len()
+            );
+        }
         match item {
             Scheduled::Wake(w) => w.wake(),
             Scheduled::Call(f) => f(),
@@ -282,6 +293,112 @@ impl Future for Sleep {
             self.registered = true;
             schedule_wake(self.deadline, cx.waker().clone());
         }
+        Poll::Pending
+    }
+}
+
+/// Runs `future` for at most `duration` of virtual time: `Some(output)` if
+/// it finished, `None` if time ran out first (the future is dropped).
+pub async fn timeout<F: Future>(duration: Duration, future: F) -> Option<F::Output> {
+    let mut future = Box::pin(future);
+    let mut timer = sleep(duration);
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(v) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        match Pin::new(&mut timer).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+struct OneshotState<T> {
+    value: Option<T>,
+    waiter: Option<Waker>,
+    closed: bool,
+    receiver_gone: bool,
+}
+
+/// The sending half of a [`oneshot`] channel.
+pub struct OneshotSender<T> {
+    state: Rc<RefCell<OneshotState<T>>>,
+}
+
+/// The receiving half of a [`oneshot`] channel: resolves to `Some(value)`,
+/// or `None` if the sender was dropped without sending.
+pub struct OneshotReceiver<T> {
+    state: Rc<RefCell<OneshotState<T>>>,
+}
+
+/// A single-value channel between tasks (or from a scheduled event to a task).
+pub fn oneshot<T>() -> (OneshotSender<T>, OneshotReceiver<T>) {
+    let state = Rc::new(RefCell::new(OneshotState {
+        value: None,
+        waiter: None,
+        closed: false,
+        receiver_gone: false,
+    }));
+    (
+        OneshotSender {
+            state: state.clone(),
+        },
+        OneshotReceiver { state },
+    )
+}
+
+impl<T> OneshotSender<T> {
+    /// Delivers `value` and wakes the receiver.
+    pub fn send(self, value: T) {
+        let waiter = {
+            let mut s = self.state.borrow_mut();
+            s.value = Some(value);
+            s.waiter.take()
+        };
+        if let Some(w) = waiter {
+            w.wake();
+        }
+    }
+}
+
+impl<T> OneshotSender<T> {
+    /// True once the receiver was dropped: nobody waits for the value.
+    pub fn is_abandoned(&self) -> bool {
+        self.state.borrow().receiver_gone
+    }
+}
+
+impl<T> Drop for OneshotReceiver<T> {
+    fn drop(&mut self) {
+        self.state.borrow_mut().receiver_gone = true;
+    }
+}
+
+impl<T> Drop for OneshotSender<T> {
+    fn drop(&mut self) {
+        let waiter = {
+            let mut s = self.state.borrow_mut();
+            s.closed = true;
+            s.waiter.take()
+        };
+        if let Some(w) = waiter {
+            w.wake();
+        }
+    }
+}
+
+impl<T> Future for OneshotReceiver<T> {
+    type Output = Option<T>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let mut s = self.state.borrow_mut();
+        if let Some(v) = s.value.take() {
+            return Poll::Ready(Some(v));
+        }
+        if s.closed {
+            return Poll::Ready(None);
+        }
+        s.waiter = Some(cx.waker().clone());
         Poll::Pending
     }
 }

@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod executor;
+pub mod kv_harness;
 pub mod linearizability;
 pub mod network;
 pub mod persister;
@@ -18,10 +19,20 @@ pub mod raft_harness;
 pub mod safety;
 
 pub use executor::{ms, now, run, sleep, spawn, JoinHandle};
+pub use kv_harness::{KvCfg, SimClerk, KV_ELECTION_TIMEOUT};
 pub use raft_harness::{Cfg, Cmd, RAFT_ELECTION_TIMEOUT};
 
 use std::future::Future;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+
+thread_local! {
+    static TEST_NAME: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// The name of the test [`run_test`] is running on this thread ("" outside).
+pub fn current_test_name() -> String {
+    TEST_NAME.with(|n| n.borrow().clone())
+}
 
 /// The seed used when `SIM_SEED` is not set.
 pub const DEFAULT_SEED: u64 = 1;
@@ -47,6 +58,7 @@ where
     Fut: Future<Output = ()> + 'static,
 {
     let seed = seed_from_env();
+    TEST_NAME.with(|n| *n.borrow_mut() = name.to_string());
     let result = catch_unwind(AssertUnwindSafe(|| run(seed, body())));
     if let Err(panic) = result {
         eprintln!(

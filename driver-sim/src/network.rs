@@ -7,13 +7,24 @@ use std::time::Duration;
 
 use crate::executor::with_rng;
 
+/// The one-way time every delivered message takes, on top of labrpc's own
+/// delays. labrpc adds none on a reliable network, but in the Go lab a call
+/// costs real time (gob encoding and decoding, goroutine and channel
+/// hand-offs): on the order of a millisecond per hop. Without some cost an
+/// operation could complete within one virtual instant, a client loop would
+/// never let time advance, and latencies (the lab's ms-per-op bound) would
+/// read zero; with too little, the KV tests' clients issue an order of
+/// magnitude more operations than the Go suite's. A fixed value keeps the
+/// random stream unchanged.
+pub const HOP_LATENCY: Duration = Duration::from_millis(1);
+
 /// What happens to a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestFate {
     /// The handler runs after `delay`, unless the request is then dropped
     /// (decided at that moment by [`Network::drop_request_now`]).
     Deliver {
-        /// The short delay before the handler runs.
+        /// [`HOP_LATENCY`] plus the short delay before the handler runs.
         delay: Duration,
     },
     /// The end is disabled or the server is gone: the handler never runs.
@@ -25,7 +36,7 @@ pub enum RequestFate {
 pub enum ReplyFate {
     /// The caller gets it after `delay`.
     Deliver {
-        /// Zero, or a long-reordering delay of 200–2200 ms.
+        /// [`HOP_LATENCY`], plus a long-reordering delay of 200–2200 ms.
         delay: Duration,
     },
     /// Lost.
@@ -72,7 +83,7 @@ impl Network {
             with_rng(|r| r.below(27))
         };
         RequestFate::Deliver {
-            delay: Duration::from_millis(delay),
+            delay: HOP_LATENCY + Duration::from_millis(delay),
         }
     }
 
@@ -98,12 +109,10 @@ impl Network {
                 200 + r.below(1 + upper)
             });
             return ReplyFate::Deliver {
-                delay: Duration::from_millis(ms),
+                delay: HOP_LATENCY + Duration::from_millis(ms),
             };
         }
-        ReplyFate::Deliver {
-            delay: Duration::ZERO,
-        }
+        ReplyFate::Deliver { delay: HOP_LATENCY }
     }
 
     /// A reply of `bytes` reached its caller.

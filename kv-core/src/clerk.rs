@@ -3,7 +3,14 @@
 //! where to retry. The driver sends, waits (with its own timeout) and reports
 //! back.
 
+use std::time::Duration;
+
 use crate::command::{ClientId, Command, Op, Outcome, Reply};
+
+/// How long a clerk pauses after every server in turn failed to take its
+/// request (no leader yet, or a partition): long enough for an election to
+/// make progress, short next to an election timeout.
+pub const ROUND_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Where to send the current request next.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,6 +19,8 @@ pub struct Attempt {
     pub server: usize,
     /// The request, identical on every retry.
     pub command: Command,
+    /// Wait this long before sending (after a full round of failures).
+    pub delay: Option<Duration>,
 }
 
 /// What the clerk makes of a reply.
@@ -31,13 +40,22 @@ pub struct Clerk {
     servers: usize,
     leader: usize,
     current: Option<Command>,
+    /// Failed attempts since the last success.
+    failures: usize,
 }
 
 impl Clerk {
     /// A clerk with a unique `id`, first trying server `first_guess`.
     pub fn new(id: ClientId, servers: usize, first_guess: usize) -> Self {
         assert!(servers > 0, "a cluster has servers");
-        Clerk { id, seq: 0, servers, leader: first_guess % servers, current: None }
+        Clerk {
+            id,
+            seq: 0,
+            servers,
+            leader: first_guess % servers,
+            current: None,
+            failures: 0,
+        }
     }
 
     /// The client id.
@@ -49,9 +67,17 @@ impl Clerk {
     pub fn begin(&mut self, op: Op) -> Attempt {
         assert!(self.current.is_none(), "one outstanding request per clerk");
         self.seq += 1;
-        let command = Command { client: self.id, seq: self.seq, op };
+        let command = Command {
+            client: self.id,
+            seq: self.seq,
+            op,
+        };
         self.current = Some(command.clone());
-        Attempt { server: self.leader, command }
+        Attempt {
+            server: self.leader,
+            command,
+            delay: None,
+        }
     }
 
     /// The server answered.
@@ -60,6 +86,7 @@ impl Clerk {
             Reply::Applied(outcome) => {
                 self.leader = server;
                 self.current = None;
+                self.failures = 0;
                 Progress::Done(outcome)
             }
             Reply::WrongLeader { leader_hint } => {
@@ -78,8 +105,14 @@ impl Clerk {
         self.attempt()
     }
 
-    fn attempt(&self) -> Attempt {
+    fn attempt(&mut self) -> Attempt {
         let command = self.current.clone().expect("a request is outstanding");
-        Attempt { server: self.leader, command }
+        self.failures += 1;
+        let delay = self.failures.is_multiple_of(self.servers).then_some(ROUND_BACKOFF);
+        Attempt {
+            server: self.leader,
+            command,
+            delay,
+        }
     }
 }

@@ -16,7 +16,7 @@ mod command;
 mod server;
 mod store;
 
-pub use clerk::{Attempt, Clerk, Progress};
+pub use clerk::{Attempt, Clerk, Progress, ROUND_BACKOFF};
 pub use command::{ClientId, Command, Op, Outcome, Reply};
 pub use server::{KvServer, ServerAction, ServerConfig, ServerEvent};
 pub use store::{KvStore, DEFAULT_MAX_SESSIONS};

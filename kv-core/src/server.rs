@@ -14,7 +14,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use raft_core::{Action, DurableState, Event, Index, Instant, Message, NodeId, Persist, RaftNode, RejectReason, Term};
+use raft_core::{
+    Action, DurableState, Event, Index, Instant, Message, NodeId, Persist, RaftNode, RejectReason,
+    Term,
+};
 
 use crate::command::{Command, Reply};
 use crate::store::KvStore;
@@ -35,7 +38,11 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// Defaults around a Raft configuration.
     pub fn new(raft: raft_core::Config, max_raft_state: Option<usize>) -> Self {
-        ServerConfig { raft, max_raft_state, max_sessions: crate::store::DEFAULT_MAX_SESSIONS }
+        ServerConfig {
+            raft,
+            max_raft_state,
+            max_sessions: crate::store::DEFAULT_MAX_SESSIONS,
+        }
     }
 }
 
@@ -163,9 +170,14 @@ impl KvServer {
     pub fn step(&mut self, now: Instant, event: ServerEvent) -> Result<Vec<ServerAction>, Error> {
         let mut out = Vec::new();
         let raft_event = match event {
-            ServerEvent::MessageReceived { from, message } => Event::MessageReceived { from, message },
+            ServerEvent::MessageReceived { from, message } => {
+                Event::MessageReceived { from, message }
+            }
             ServerEvent::TimerFired => Event::TimerFired,
-            ServerEvent::Persisted { upto, raft_state_bytes } => {
+            ServerEvent::Persisted {
+                upto,
+                raft_state_bytes,
+            } => {
                 self.raft_state_bytes = raft_state_bytes;
                 Event::Persisted { upto }
             }
@@ -174,16 +186,27 @@ impl KvServer {
                 let proposal = self.next_proposal;
                 let bytes = postcard::to_allocvec(&command).expect("commands encode");
                 self.proposals.insert(proposal, (id, command));
-                Event::ProposalReceived { id: proposal, command: bytes }
+                Event::ProposalReceived {
+                    id: proposal,
+                    command: bytes,
+                }
             }
         };
         self.step_raft(now, raft_event, &mut out)?;
         self.release_if_deposed(&mut out);
-        debug_assert!(self.proposals.is_empty(), "every proposal is answered in its step");
+        debug_assert!(
+            self.proposals.is_empty(),
+            "every proposal is answered in its step"
+        );
         Ok(out)
     }
 
-    fn step_raft(&mut self, now: Instant, event: Event, out: &mut Vec<ServerAction>) -> Result<(), Error> {
+    fn step_raft(
+        &mut self,
+        now: Instant,
+        event: Event,
+        out: &mut Vec<ServerAction>,
+    ) -> Result<(), Error> {
         let mut queue = VecDeque::from([event]);
         while let Some(event) = queue.pop_front() {
             for action in self.raft.step(now, event)? {
@@ -201,8 +224,11 @@ impl KvServer {
                     }
                     Action::ApplySnapshot { snapshot } => {
                         self.store.restore(&snapshot.data)?;
-                        let covered: Vec<Index> =
-                            self.waiting.range(..=snapshot.meta.index).map(|(&i, _)| i).collect();
+                        let covered: Vec<Index> = self
+                            .waiting
+                            .range(..=snapshot.meta.index)
+                            .map(|(&i, _)| i)
+                            .collect();
                         for index in covered {
                             let w = self.waiting.remove(&index).expect("listed");
                             out.push(self.wrong_leader(w.id));
@@ -210,7 +236,12 @@ impl KvServer {
                     }
                     Action::AcceptProposal { id, index, term } => {
                         let (rid, command) = self.proposals.remove(&id).expect("our proposal");
-                        let w = Waiting { id: rid, client: command.client, seq: command.seq, term };
+                        let w = Waiting {
+                            id: rid,
+                            client: command.client,
+                            seq: command.seq,
+                            term,
+                        };
                         if let Some(old) = self.waiting.insert(index, w) {
                             out.push(self.wrong_leader(old.id));
                         }
@@ -221,7 +252,10 @@ impl KvServer {
                             RejectReason::NotLeader { leader_hint } => leader_hint,
                             RejectReason::TooManyUncommitted => Some(self.raft.id()),
                         };
-                        out.push(ServerAction::Reply { id: rid, reply: Reply::WrongLeader { leader_hint } });
+                        out.push(ServerAction::Reply {
+                            id: rid,
+                            reply: Reply::WrongLeader { leader_hint },
+                        });
                     }
                 }
             }
@@ -235,7 +269,10 @@ impl KvServer {
         if let Some(w) = self.waiting.remove(&index) {
             match (command, outcome) {
                 (Some(c), Some(outcome)) if c.client == w.client && c.seq == w.seq => {
-                    out.push(ServerAction::Reply { id: w.id, reply: Reply::Applied(outcome) });
+                    out.push(ServerAction::Reply {
+                        id: w.id,
+                        reply: Reply::Applied(outcome),
+                    });
                 }
                 // Another leader's entry took this index.
                 _ => out.push(self.wrong_leader(w.id)),
@@ -254,15 +291,22 @@ impl KvServer {
         // Unknown until the next Persisted report: don't snapshot again on a
         // stale size.
         self.raft_state_bytes = 0;
-        Some(Event::SnapshotTaken { index: applied, data: self.store.snapshot() })
+        Some(Event::SnapshotTaken {
+            index: applied,
+            data: self.store.snapshot(),
+        })
     }
 
     /// A request can only be answered by the leader of the term it was
     /// proposed in: if that is no longer us, let the client move on.
     fn release_if_deposed(&mut self, out: &mut Vec<ServerAction>) {
         let (leader, term) = (self.raft.is_leader(), self.raft.term());
-        let stale: Vec<Index> =
-            self.waiting.iter().filter(|(_, w)| !leader || w.term != term).map(|(&i, _)| i).collect();
+        let stale: Vec<Index> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| !leader || w.term != term)
+            .map(|(&i, _)| i)
+            .collect();
         for index in stale {
             let w = self.waiting.remove(&index).expect("listed");
             out.push(self.wrong_leader(w.id));
@@ -271,6 +315,9 @@ impl KvServer {
 
     fn wrong_leader(&self, id: u64) -> ServerAction {
         let leader_hint = self.raft.leader_hint().filter(|&l| l != self.raft.id());
-        ServerAction::Reply { id, reply: Reply::WrongLeader { leader_hint } }
+        ServerAction::Reply {
+            id,
+            reply: Reply::WrongLeader { leader_hint },
+        }
     }
 }

@@ -83,7 +83,11 @@ impl KvStore {
             self.sessions.remove(&evict);
         }
         self.by_use.insert((index, command.client), ());
-        let session = Session { last_seq: command.seq, last_outcome: outcome.clone(), last_index: index };
+        let session = Session {
+            last_seq: command.seq,
+            last_outcome: outcome.clone(),
+            last_index: index,
+        };
         self.sessions.insert(command.client, session);
         outcome
     }
@@ -129,7 +133,8 @@ impl KvStore {
 
     /// Replaces the store with a decoded snapshot.
     pub fn restore(&mut self, bytes: &[u8]) -> Result<(), crate::Error> {
-        *self = postcard::from_bytes(bytes).map_err(|e| crate::Error::BadSnapshot(e.to_string()))?;
+        *self =
+            postcard::from_bytes(bytes).map_err(|e| crate::Error::BadSnapshot(e.to_string()))?;
         Ok(())
     }
 }
@@ -147,13 +152,30 @@ mod tests {
     #[test]
     fn retries_are_answered_from_the_session_not_reapplied() {
         let mut s = KvStore::default();
-        let a = cmd(1, 1, Op::Append { key: "k".into(), value: "x".into() });
+        let a = cmd(
+            1,
+            1,
+            Op::Append {
+                key: "k".into(),
+                value: "x".into(),
+            },
+        );
         assert_eq!(s.apply(1, &a), Outcome::Done);
         assert_eq!(s.apply(2, &a), Outcome::Done);
         assert_eq!(s.get("k"), Some("x"));
         let g = cmd(1, 2, Op::Get { key: "k".into() });
         assert_eq!(s.apply(3, &g), Outcome::Value("x".into()));
-        s.apply(4, &cmd(2, 1, Op::Append { key: "k".into(), value: "y".into() }));
+        s.apply(
+            4,
+            &cmd(
+                2,
+                1,
+                Op::Append {
+                    key: "k".into(),
+                    value: "y".into(),
+                },
+            ),
+        );
         // The retried Get returns its first answer.
         assert_eq!(s.apply(5, &g), Outcome::Value("x".into()));
         // An older retry does nothing.
@@ -164,7 +186,16 @@ mod tests {
     #[test]
     fn eviction_is_lru_by_index_and_expired_sessions_are_refused() {
         let mut s = KvStore::new(2);
-        let put = |c, seq| cmd(c, seq, Op::Append { key: "k".into(), value: c.to_string() });
+        let put = |c, seq| {
+            cmd(
+                c,
+                seq,
+                Op::Append {
+                    key: "k".into(),
+                    value: c.to_string(),
+                },
+            )
+        };
         s.apply(1, &put(1, 1));
         s.apply(2, &put(2, 1));
         s.apply(3, &put(1, 2)); // client 1 used more recently than 2
@@ -177,7 +208,14 @@ mod tests {
     #[test]
     fn snapshot_round_trips_data_and_sessions() {
         let mut s = KvStore::new(10);
-        let a = cmd(9, 1, Op::Put { key: "a".into(), value: "1".into() });
+        let a = cmd(
+            9,
+            1,
+            Op::Put {
+                key: "a".into(),
+                value: "1".into(),
+            },
+        );
         s.apply(1, &a);
         let mut t = KvStore::new(1);
         t.restore(&s.snapshot()).unwrap();

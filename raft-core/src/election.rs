@@ -77,6 +77,7 @@ impl RaftNode {
         self.leader_hint = Some(self.config.id);
         self.votes.clear();
         let last = self.log.last_index();
+        self.term_start_index = last;
         self.progress = self
             .config
             .peers()

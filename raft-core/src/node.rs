@@ -85,6 +85,8 @@ pub struct RaftNode {
     pub(crate) role: Role,
     pub(crate) leader_hint: Option<NodeId>,
     pub(crate) commit_index: Index,
+    /// A leader's last index when it took office: entries after it are its own.
+    pub(crate) term_start_index: Index,
     pub(crate) last_applied: Index,
     pub(crate) votes: BTreeSet<NodeId>,
     pub(crate) progress: BTreeMap<NodeId, Progress>,
@@ -149,6 +151,7 @@ impl RaftNode {
             role: Role::Follower,
             leader_hint: None,
             commit_index: meta.index,
+            term_start_index: 0,
             last_applied: meta.index,
             votes: BTreeSet::new(),
             progress: BTreeMap::new(),

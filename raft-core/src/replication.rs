@@ -18,7 +18,11 @@ impl RaftNode {
             self.out.push(Action::RejectProposal { id, reason });
             return;
         }
-        if self.log.last_index() - self.commit_index >= self.config.max_uncommitted_entries {
+        // Only this term's entries count: older ones commit only once one of
+        // ours does (Figure 8), so refusing proposals because of them could
+        // leave a new leader unable to ever commit again.
+        let uncommitted = self.log.last_index() - self.commit_index.max(self.term_start_index);
+        if uncommitted >= self.config.max_uncommitted_entries {
             let reason = RejectReason::TooManyUncommitted;
             self.out.push(Action::RejectProposal { id, reason });
             return;
@@ -116,6 +120,9 @@ impl RaftNode {
     /// Follower side: check that the log holds `prev`, drop any conflicting
     /// suffix, append what is new, and acknowledge once it is durable.
     pub(crate) fn on_append_entries(&mut self, from: NodeId, mut m: AppendEntries) {
+        if !well_formed(&m) {
+            return; // not from a correct leader: drop
+        }
         match self.role {
             Role::Leader => return, // a second leader in our term: impossible, drop
             Role::Candidate => self.become_follower(m.term, Some(from)),
@@ -221,7 +228,7 @@ impl RaftNode {
                     ProgressState::Replicate => rejected_prev < pr.match_index,
                     ProgressState::Snapshot { .. } => true,
                 };
-                if stale || rejected_prev == 0 {
+                if stale || rejected_prev == 0 || rejected_prev > self.log.last_index() {
                     return;
                 }
                 // Skip the follower's whole conflicting term: if we hold that
@@ -250,4 +257,21 @@ impl RaftNode {
             self.commit_index = candidate;
         }
     }
+}
+
+/// An AppendEntries a correct leader could have sent: its entries continue
+/// `prev_log_index` one by one, with terms that never decrease, never below
+/// the previous entry's and never above the message's own term.
+fn well_formed(m: &AppendEntries) -> bool {
+    if m.prev_log_term > m.term {
+        return false;
+    }
+    let mut term = m.prev_log_term;
+    for (expected, e) in (m.prev_log_index + 1..).zip(m.entries.iter()) {
+        if e.index != expected || e.term < term || e.term > m.term {
+            return false;
+        }
+        term = e.term;
+    }
+    true
 }
