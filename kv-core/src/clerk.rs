@@ -108,7 +108,10 @@ impl Clerk {
     fn attempt(&mut self) -> Attempt {
         let command = self.current.clone().expect("a request is outstanding");
         self.failures += 1;
-        let delay = self.failures.is_multiple_of(self.servers).then_some(ROUND_BACKOFF);
+        let delay = self
+            .failures
+            .is_multiple_of(self.servers)
+            .then_some(ROUND_BACKOFF);
         Attempt {
             server: self.leader,
             command,
