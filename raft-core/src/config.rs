@@ -23,7 +23,11 @@ pub struct Config {
     /// Most entry bytes (by [`crate::Entry::size_hint`]) in one AppendEntries;
     /// a single larger entry is still sent alone.
     pub max_append_bytes: usize,
-    /// Most AppendEntries with entries in flight to one peer.
+    /// Most AppendEntries with entries in flight to one peer. With 1 (the
+    /// default), a proposal is sent at once when the follower has nothing
+    /// outstanding; proposals made while an append is out are batched into
+    /// the next one, sent when it is answered. Raise it to pipeline deeper
+    /// on high-latency links.
     pub max_inflight_appends: usize,
     /// Most entries a leader holds that are not yet committed; more proposals
     /// are rejected with `RejectReason::TooManyUncommitted`.
@@ -32,7 +36,7 @@ pub struct Config {
 
 impl Config {
     /// The defaults used by the lab harness: 100 ms heartbeats, 300–600 ms
-    /// election timeouts, 256 entries or 1 MiB per append, 16 appends in
+    /// election timeouts, 256 entries or 1 MiB per append, 1 append in
     /// flight per peer, 10 000 uncommitted entries.
     pub fn new(id: NodeId, members: Vec<NodeId>) -> Self {
         Config {
@@ -43,7 +47,7 @@ impl Config {
             heartbeat_interval: Duration::from_millis(100),
             max_entries_per_append: 256,
             max_append_bytes: 1 << 20,
-            max_inflight_appends: 16,
+            max_inflight_appends: 1,
             max_uncommitted_entries: 10_000,
         }
     }

@@ -1533,7 +1533,10 @@ fn leader_sends_install_snapshot_to_a_follower_behind_its_snapshot() {
 
 #[test]
 fn leader_compacting_past_a_followers_next_entry_switches_it_to_snapshot() {
-    let mut n = fresh(1, 3);
+    // Pipelining: the three appends all leave before any answer.
+    let mut c = config(1, 3);
+    c.max_inflight_appends = 16;
+    let mut n = RaftNode::new(c, SEED).expect("valid config");
     let t = elect(&mut n);
     ack_probes(&mut n, t, 0);
     for id in 0..3 {
@@ -2145,4 +2148,53 @@ fn a_restart_replays_to_the_same_image_the_writes_describe() {
     assert_eq!((r.term(), r.voted_for()), (2, None));
     assert_eq!(r.commit_index(), 2);
     assert_eq!(image.last_index(), 3);
+}
+
+#[test]
+fn proposals_while_an_append_is_in_flight_ride_together_in_the_next_one() {
+    // The default: one append in flight per follower; whatever is proposed
+    // meanwhile is batched into the next append, sent when the answer comes.
+    let mut n = fresh(1, 3);
+    assert_eq!(n.config().max_inflight_appends, 1);
+    let t = elect(&mut n);
+    ack_probes(&mut n, t, 0);
+    let first = step(
+        &mut n,
+        t,
+        Event::ProposalReceived {
+            id: 0,
+            command: vec![0],
+        },
+    );
+    assert_eq!(sends(&first).len(), 2, "the first proposal leaves at once");
+    for id in 1..4 {
+        let more = step(
+            &mut n,
+            t,
+            Event::ProposalReceived {
+                id,
+                command: vec![id as u8],
+            },
+        );
+        assert!(
+            sends(&more).is_empty(),
+            "held back while an append is in flight"
+        );
+    }
+    let actions = recv(&mut n, t, 2, accepted(1, 1));
+    let batch: Vec<_> = sends(&actions)
+        .into_iter()
+        .filter(|(to, _)| *to == 2)
+        .collect();
+    assert_eq!(batch.len(), 1);
+    match &batch[0].1 {
+        Message::AppendEntries(m) => {
+            assert_eq!(m.prev_log_index, 1);
+            assert_eq!(
+                m.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+                vec![2, 3, 4]
+            );
+        }
+        other => panic!("expected AppendEntries, got {other:?}"),
+    }
 }
