@@ -1,1 +1,5 @@
-//! The deployable KV service: tokio, TCP between nodes and clients, a durable log and snapshots on disk, the server binary and its CLI (to come, issue 4).
+//! The deployable KV service on tokio: TCP between nodes and to clients, the
+//! Raft log and snapshots durable on disk, the `rkv` server binary and CLI.
+#![forbid(unsafe_code)]
+
+pub mod storage;
