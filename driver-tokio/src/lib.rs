@@ -1,5 +1,20 @@
 //! The deployable KV service on tokio: TCP between nodes and to clients, the
 //! Raft log and snapshots durable on disk, the `rkv` server binary and CLI.
+//!
+//! - [`node`]: one server (event loop, group-commit storage thread, TCP).
+//! - [`client`]: the async client over the sans-IO clerk.
+//! - [`storage`]: the on-disk log and snapshots.
+//! - [`wire`] and [`transport`]: frames, handshake, connections.
+//!
+//! No consensus or KV logic lives here: it moves bytes, keeps time and writes
+//! storage; `raft-core` and `kv-core` decide.
 #![forbid(unsafe_code)]
 
+pub mod client;
+pub mod node;
 pub mod storage;
+pub mod transport;
+pub mod wire;
+
+pub use client::{Client, ClientError};
+pub use node::{start_node, start_node_with, NodeConfig, NodeError, NodeHandle};

@@ -1,0 +1,219 @@
+//! TCP connections. Each node dials every peer (one outgoing connection per
+//! peer, carrying this node's messages to it) and accepts its peers' dials
+//! and its clients on two listeners.
+//!
+//! - Outgoing: a bounded queue per peer. When it is full, or the connection
+//!   is down, messages are dropped: Raft retries what matters. A lost
+//!   connection is redialled with exponential backoff (50 ms to 1 s).
+//! - Incoming: the first frame must be a [`Hello`] with our cluster id (and,
+//!   for peers, a member id other than ours); anything else, an oversized
+//!   frame or an undecodable one closes that connection with a logged reason.
+//!   Nothing a connection sends can panic or stop the node.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use raft_core::{Message, NodeId};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::node::Input;
+use crate::wire::{read_frame, write_frame, ClientRequest, ClientResponse, Hello, PROTOCOL_VERSION};
+
+/// Messages queued per peer before new ones are dropped.
+pub const PEER_QUEUE: usize = 4096;
+/// Responses queued per client connection.
+const CLIENT_QUEUE: usize = 1024;
+/// How long a new connection has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Dials `addr` forever, sending what arrives on `rx` as frames.
+pub async fn run_outgoing(
+    me: NodeId,
+    cluster_id: u64,
+    peer: NodeId,
+    addr: SocketAddr,
+    mut rx: mpsc::Receiver<Message>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let stream = match TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(peer, %addr, error = %e, "dial failed");
+                // Drop what queued up meanwhile: it is stale by now.
+                while rx.try_recv().is_ok() {}
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut w = BufWriter::new(stream);
+        let hello = Hello::Peer { version: PROTOCOL_VERSION, cluster_id, node_id: me };
+        if write_frame(&mut w, &hello).await.is_err() || w.flush().await.is_err() {
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        info!(peer, %addr, "connected to peer");
+        backoff = Duration::from_millis(50);
+        loop {
+            let Some(msg) = rx.recv().await else { return };
+            if write_frame(&mut w, &msg).await.is_err() {
+                break;
+            }
+            // Batch whatever else is queued into the same flush.
+            let mut ok = true;
+            while let Ok(msg) = rx.try_recv() {
+                if write_frame(&mut w, &msg).await.is_err() {
+                    ok = false;
+                    break;
+                }
+            }
+            if !ok || w.flush().await.is_err() {
+                break;
+            }
+        }
+        warn!(peer, %addr, "connection to peer lost; redialling");
+    }
+}
+
+/// Accepts peers on `listener`, forwarding their messages to the node.
+pub async fn run_peer_listener(
+    listener: TcpListener,
+    me: NodeId,
+    cluster_id: u64,
+    members: Vec<NodeId>,
+    node: mpsc::Sender<Input>,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "peer accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (node, members) = (node.clone(), members.clone());
+        conns.spawn(async move {
+            if let Err(reason) = serve_peer(stream, me, cluster_id, &members, node).await {
+                warn!(%addr, %reason, "closed peer connection");
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
+}
+
+async fn serve_peer(
+    stream: TcpStream,
+    me: NodeId,
+    cluster_id: u64,
+    members: &[NodeId],
+    node: mpsc::Sender<Input>,
+) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let mut r = BufReader::new(stream);
+    let hello: Hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut r))
+        .await
+        .map_err(|_| "no hello in time".to_string())?
+        .map_err(|e| format!("bad hello: {e}"))?;
+    let from = match hello {
+        Hello::Peer { version, cluster_id: c, node_id } => {
+            if version != PROTOCOL_VERSION {
+                return Err(format!("protocol version {version}, we speak {PROTOCOL_VERSION}"));
+            }
+            if c != cluster_id {
+                return Err(format!("cluster id {c} is not ours ({cluster_id})"));
+            }
+            if node_id == me || !members.contains(&node_id) {
+                return Err(format!("node id {node_id} is not a peer of node {me}"));
+            }
+            node_id
+        }
+        Hello::Client { .. } => return Err("a client on the peer port".to_string()),
+    };
+    loop {
+        let message: Message = read_frame(&mut r).await.map_err(|e| e.to_string())?;
+        if node.send(Input::Peer { from, message }).await.is_err() {
+            return Ok(()); // node stopped
+        }
+    }
+}
+
+/// Accepts clients on `listener`.
+pub async fn run_client_listener(listener: TcpListener, cluster_id: u64, node: mpsc::Sender<Input>) {
+    let mut conns = JoinSet::new();
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "client accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let node = node.clone();
+        conns.spawn(async move {
+            if let Err(reason) = serve_client(stream, cluster_id, node).await {
+                debug!(%addr, %reason, "closed client connection");
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
+}
+
+async fn serve_client(stream: TcpStream, cluster_id: u64, node: mpsc::Sender<Input>) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let hello: Hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut r))
+        .await
+        .map_err(|_| "no hello in time".to_string())?
+        .map_err(|e| format!("bad hello: {e}"))?;
+    match hello {
+        Hello::Client { version, cluster_id: c } if version == PROTOCOL_VERSION && c == cluster_id => {}
+        other => {
+            let reason = format!("refused hello {other:?} (cluster {cluster_id}, version {PROTOCOL_VERSION})");
+            warn!("{reason}");
+            return Err(reason);
+        }
+    }
+    let (tx, mut rx) = mpsc::channel::<ClientResponse>(CLIENT_QUEUE);
+    let writer = tokio::spawn(async move {
+        let mut w = BufWriter::new(w);
+        while let Some(resp) = rx.recv().await {
+            if write_frame(&mut w, &resp).await.is_err() {
+                return;
+            }
+            while let Ok(resp) = rx.try_recv() {
+                if write_frame(&mut w, &resp).await.is_err() {
+                    return;
+                }
+            }
+            if w.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let result = loop {
+        let request: ClientRequest = match read_frame(&mut r).await {
+            Ok(req) => req,
+            Err(e) => break Err(e.to_string()),
+        };
+        if node.send(Input::Client { request, respond: tx.clone() }).await.is_err() {
+            break Ok(());
+        }
+    };
+    drop(tx);
+    let _ = writer.await;
+    result
+}
+
+/// The outgoing queues, by peer.
+pub type PeerQueues = BTreeMap<NodeId, mpsc::Sender<Message>>;

@@ -1,0 +1,392 @@
+//! End-to-end tests of the deployable service: `rkv serve` processes started
+//! from the built binary, on loopback, talking over real TCP and writing real
+//! files. Each test is bounded in time.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use driver_sim::linearizability::{check, KvInput, KvModel, KvOutput, Operation, Verdict, UNKNOWN_RETURN};
+use driver_tokio::wire::{encode_frame, Hello, PROTOCOL_VERSION};
+use driver_tokio::Client;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const CLUSTER_ID: u64 = 77;
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// Three `rkv serve` processes sharing a temporary directory.
+struct ProcCluster {
+    dir: tempfile::TempDir,
+    peers: Vec<SocketAddr>,
+    clients: Vec<SocketAddr>,
+    procs: Vec<Option<Child>>,
+}
+
+impl ProcCluster {
+    fn new(n: usize) -> ProcCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let peers = (0..n).map(|_| free_addr()).collect();
+        let clients = (0..n).map(|_| free_addr()).collect();
+        let mut c = ProcCluster { dir, peers, clients, procs: (0..n).map(|_| None).collect() };
+        for i in 0..n {
+            c.start(i);
+        }
+        c
+    }
+
+    fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{i}"))
+    }
+
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{i}.log"))
+    }
+
+    fn command(&self, i: usize) -> Command {
+        let peers: Vec<String> = self.peers.iter().enumerate().map(|(j, a)| format!("{j}={a}")).collect();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rkv"));
+        cmd.arg("serve")
+            .args(["--id", &i.to_string(), "--cluster-id", &CLUSTER_ID.to_string()])
+            .args(["--peers", &peers.join(",")])
+            .args(["--client-addr", &self.clients[i].to_string()])
+            .arg("--data-dir")
+            .arg(self.data_dir(i))
+            .args(["--max-raft-state", "65536"])
+            .env("RKV_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        cmd
+    }
+
+    fn start(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(i)).expect("log");
+        let child = self.command(i).stderr(log).spawn().expect("spawn rkv serve");
+        self.procs[i] = Some(child);
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.procs[i].take() {
+            c.kill().expect("kill");
+            c.wait().expect("wait");
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for i in 0..self.procs.len() {
+            self.kill(i);
+        }
+    }
+
+    async fn client(&self) -> Client {
+        let mut c = Client::connect(CLUSTER_ID, self.clients.clone()).await.expect("client");
+        c.op_timeout = Duration::from_secs(20);
+        c
+    }
+
+    /// Waits (up to 15 s) for some node to report itself leader.
+    async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut c = self.client().await;
+        c.attempt_timeout = Duration::from_millis(300);
+        loop {
+            for i in 0..self.clients.len() {
+                if let Ok(s) = c.status(i).await {
+                    if s.role == "leader" {
+                        return i;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within 15 s; logs in {}", self.dir.path().display());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// The newest log segment in a node's data directory.
+fn newest_segment(dir: &Path) -> PathBuf {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("data dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("log.")))
+        .collect();
+    segs.sort();
+    segs.pop().expect("a log segment")
+}
+
+fn run<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(async {
+        tokio::time::timeout(limit, f).await.expect("test exceeded its time limit");
+    });
+}
+
+#[test]
+fn cluster_basic_ops() {
+    run(Duration::from_secs(60), async {
+        let cluster = ProcCluster::new(3);
+        cluster.leader().await;
+        let mut c = cluster.client().await;
+        assert_eq!(c.get("missing").await.unwrap(), "");
+        c.put("a", "1").await.unwrap();
+        assert_eq!(c.get("a").await.unwrap(), "1");
+        c.append("a", "2").await.unwrap();
+        c.append("b", "x").await.unwrap();
+        assert_eq!(c.get("a").await.unwrap(), "12");
+        assert_eq!(c.get("b").await.unwrap(), "x");
+        c.put("a", "3").await.unwrap();
+        assert_eq!(c.get("a").await.unwrap(), "3");
+        // Every node catches up, and exactly one leads.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut statuses = Vec::new();
+            for i in 0..3 {
+                statuses.push(c.status(i).await.expect("status"));
+            }
+            let leaders = statuses.iter().filter(|s| s.role == "leader").count();
+            let applied: Vec<u64> = statuses.iter().map(|s| s.last_applied).collect();
+            if leaders == 1 && applied.iter().all(|&a| a == applied[0]) && applied[0] >= 7 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "nodes did not converge: {statuses:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
+
+#[derive(Clone)]
+struct Record {
+    client: u64,
+    call: u64,
+    ret: Option<u64>,
+    input: KvInput,
+    output: Option<String>,
+}
+
+#[test]
+fn kill_leader_under_load_loses_nothing() {
+    run(Duration::from_secs(120), async {
+        let mut cluster = ProcCluster::new(3);
+        cluster.leader().await;
+        let t0 = Instant::now();
+        let history: Arc<Mutex<Vec<Record>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for cli in 0..4u64 {
+            let (history, stop, servers) = (history.clone(), stop.clone(), cluster.clients.clone());
+            workers.push(tokio::spawn(async move {
+                let mut c = Client::connect(CLUSTER_ID, servers.clone()).await.expect("client");
+                c.op_timeout = Duration::from_secs(15);
+                let key = format!("k{cli}");
+                let mut acked = Vec::new();
+                let mut j = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let value = format!("x {cli} {j} y");
+                    let (input, is_get) = if j % 4 == 3 {
+                        (KvInput::get(key.clone()), true)
+                    } else {
+                        (KvInput::append(key.clone(), value.clone()), false)
+                    };
+                    let call = t0.elapsed().as_nanos() as u64;
+                    let result = if is_get {
+                        c.get(&key).await.map(Some)
+                    } else {
+                        c.append(&key, &value).await.map(|()| None)
+                    };
+                    let ret = t0.elapsed().as_nanos() as u64;
+                    let record = match result {
+                        Ok(out) => {
+                            if !is_get {
+                                acked.push(value);
+                            }
+                            Record { client: cli, call, ret: Some(ret), input, output: Some(out.unwrap_or_default()) }
+                        }
+                        Err(_) => {
+                            // Outcome unknown: a fresh session for the next op.
+                            c = Client::connect(CLUSTER_ID, servers.clone()).await.expect("client");
+                            c.op_timeout = Duration::from_secs(15);
+                            Record { client: cli, call, ret: None, input, output: None }
+                        }
+                    };
+                    history.lock().unwrap().push(record);
+                    j += 1;
+                }
+                acked
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let leader = cluster.leader().await;
+        cluster.kill(leader);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cluster.start(leader);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut acked = Vec::new();
+        for w in workers {
+            acked.push(w.await.expect("worker"));
+        }
+        // Every acknowledged append is present, exactly once, in order.
+        let mut c = cluster.client().await;
+        let mut total = 0;
+        for (cli, values) in acked.iter().enumerate() {
+            let v = c.get(&format!("k{cli}")).await.expect("final get");
+            let mut last = 0;
+            for value in values {
+                let off = v.find(value.as_str()).unwrap_or_else(|| panic!("acknowledged {value:?} lost"));
+                assert_eq!(v.rfind(value.as_str()), Some(off), "{value:?} applied twice");
+                assert!(off >= last, "{value:?} out of order");
+                last = off;
+            }
+            total += values.len();
+        }
+        assert!(total > 50, "the workload must actually run ({total} acknowledged appends)");
+        // The whole history is linearizable.
+        let ops: Vec<Operation<KvInput, KvOutput>> = history
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| Operation {
+                client: r.client,
+                call: r.call,
+                ret: r.ret.unwrap_or(UNKNOWN_RETURN),
+                input: r.input.clone(),
+                output: r.output.clone().map_or(KvOutput::Unknown, KvOutput::Value),
+            })
+            .collect();
+        let n = ops.len();
+        match check(&KvModel, &ops, Duration::from_secs(10)) {
+            Verdict::Linearizable => {}
+            other => panic!("history of {n} operations: {}", other.name()),
+        }
+        println!("{n} operations, {total} acknowledged appends, leader {leader} killed and restarted");
+    });
+}
+
+#[test]
+fn restart_all_recovers_from_disk() {
+    run(Duration::from_secs(90), async {
+        let mut cluster = ProcCluster::new(3);
+        cluster.leader().await;
+        let mut c = cluster.client().await;
+        for i in 0..300 {
+            c.put(&format!("key{i}"), &format!("value{i}")).await.unwrap();
+        }
+        cluster.kill_all();
+        for i in 0..3 {
+            cluster.start(i);
+        }
+        cluster.leader().await;
+        let mut c = cluster.client().await;
+        for i in (0..300).step_by(7) {
+            assert_eq!(c.get(&format!("key{i}")).await.unwrap(), format!("value{i}"));
+        }
+        assert_eq!(c.get("key299").await.unwrap(), "value299");
+    });
+}
+
+#[test]
+fn recovers_torn_tail() {
+    run(Duration::from_secs(90), async {
+        let mut cluster = ProcCluster::new(3);
+        cluster.leader().await;
+        let mut c = cluster.client().await;
+        for i in 0..50 {
+            c.put(&format!("t{i}"), &i.to_string()).await.unwrap();
+        }
+        cluster.kill_all();
+        // A write cut short: a record header promising 1000 bytes, then 10.
+        let seg = newest_segment(&cluster.data_dir(0));
+        let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&1000u32.to_le_bytes()).unwrap();
+        f.write_all(&[0xAB; 14]).unwrap();
+        drop(f);
+        for i in 0..3 {
+            cluster.start(i);
+        }
+        cluster.leader().await;
+        let mut c = cluster.client().await;
+        for i in 0..50 {
+            assert_eq!(c.get(&format!("t{i}")).await.unwrap(), i.to_string());
+        }
+        c.put("after", "ok").await.unwrap();
+        let log = std::fs::read_to_string(cluster.log_path(0)).unwrap();
+        assert!(log.contains("torn"), "node 0 should report the truncated tail:\n{log}");
+        let mut s = cluster.client().await;
+        assert!(s.status(0).await.is_ok(), "node 0 serves after recovery");
+    });
+}
+
+#[test]
+fn refuses_corrupt_log() {
+    run(Duration::from_secs(90), async {
+        let mut cluster = ProcCluster::new(3);
+        cluster.leader().await;
+        let mut c = cluster.client().await;
+        for i in 0..100 {
+            c.put(&format!("c{i}"), &"v".repeat(50)).await.unwrap();
+        }
+        cluster.kill_all();
+        let seg = newest_segment(&cluster.data_dir(0));
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xFF;
+        std::fs::write(&seg, &bytes).unwrap();
+        let out = cluster.command(0).stderr(Stdio::piped()).output().expect("run rkv serve");
+        assert!(!out.status.success(), "a corrupt log must stop start-up");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let name = seg.file_name().unwrap().to_string_lossy().to_string();
+        assert!(err.contains(&name) && err.contains("offset"), "the error must name the file and offset:\n{err}");
+    });
+}
+
+#[test]
+fn rejects_malformed_frames() {
+    run(Duration::from_secs(60), async {
+        let cluster = ProcCluster::new(3);
+        cluster.leader().await;
+        // Each of these must make the node close the connection.
+        let garbage = vec![0xFFu8; 64];
+        let oversized = u32::MAX.to_le_bytes().to_vec();
+        let wrong_cluster = encode_frame(&Hello::Client { version: PROTOCOL_VERSION, cluster_id: CLUSTER_ID + 1 });
+        let wrong_peer_cluster =
+            encode_frame(&Hello::Peer { version: PROTOCOL_VERSION, cluster_id: CLUSTER_ID + 1, node_id: 1 });
+        let mut bad_after_hello = encode_frame(&Hello::Client { version: PROTOCOL_VERSION, cluster_id: CLUSTER_ID });
+        bad_after_hello.extend_from_slice(&5u32.to_le_bytes());
+        bad_after_hello.extend_from_slice(&[0xFF; 5]);
+        let cases = [
+            (cluster.clients[0], garbage.clone(), "garbage to the client port"),
+            (cluster.clients[0], oversized.clone(), "oversized length to the client port"),
+            (cluster.clients[0], wrong_cluster, "wrong cluster id to the client port"),
+            (cluster.clients[0], bad_after_hello, "an undecodable request after a good hello"),
+            (cluster.peers[0], garbage, "garbage to the peer port"),
+            (cluster.peers[0], oversized, "oversized length to the peer port"),
+            (cluster.peers[0], wrong_peer_cluster, "wrong cluster id to the peer port"),
+        ];
+        for (addr, bytes, what) in cases {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            s.write_all(&bytes).await.expect("write");
+            let mut buf = [0u8; 16];
+            let closed = tokio::time::timeout(Duration::from_secs(6), s.read(&mut buf)).await;
+            assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{what}: connection not closed");
+        }
+        // The node still serves.
+        let mut c = cluster.client().await;
+        c.put("still", "alive").await.unwrap();
+        assert_eq!(c.get("still").await.unwrap(), "alive");
+        assert!(c.status(0).await.is_ok());
+    });
+}
