@@ -21,7 +21,11 @@ use driver_tokio::{start_node, Client, NodeConfig};
 use serde::Deserialize;
 
 #[derive(Parser)]
-#[command(name = "rkv", version, about = "A replicated, linearizable key/value store on Raft")]
+#[command(
+    name = "rkv",
+    version,
+    about = "A replicated, linearizable key/value store on Raft"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -116,20 +120,31 @@ struct FileConfig {
 fn node_config(args: ServeArgs) -> Result<NodeConfig, String> {
     let file: FileConfig = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
         }
         None => FileConfig::default(),
     };
     let mut peers = BTreeMap::new();
     for (id, addr) in file.peers.unwrap_or_default() {
-        let id: u64 = id.parse().map_err(|_| format!("peers: {id:?} is not a node id"))?;
+        let id: u64 = id
+            .parse()
+            .map_err(|_| format!("peers: {id:?} is not a node id"))?;
         peers.insert(id, addr);
     }
     for spec in &args.peers {
-        let (id, addr) = spec.split_once('=').ok_or_else(|| format!("--peers: expected ID=HOST:PORT, got {spec:?}"))?;
-        let id: u64 = id.trim().parse().map_err(|_| format!("--peers: {id:?} is not a node id"))?;
-        let addr: SocketAddr = addr.trim().parse().map_err(|_| format!("--peers: {addr:?} is not HOST:PORT"))?;
+        let (id, addr) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("--peers: expected ID=HOST:PORT, got {spec:?}"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("--peers: {id:?} is not a node id"))?;
+        let addr: SocketAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("--peers: {addr:?} is not HOST:PORT"))?;
         peers.insert(id, addr);
     }
     let id = args.id.or(file.id).ok_or("--id is required")?;
@@ -139,13 +154,22 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, String> {
     if !peers.contains_key(&id) {
         return Err(format!("--peers must include this node ({id})"));
     }
-    let max = args.max_raft_state.or(file.max_raft_state).unwrap_or(4 << 20);
+    let max = args
+        .max_raft_state
+        .or(file.max_raft_state)
+        .unwrap_or(4 << 20);
     Ok(NodeConfig {
         id,
         cluster_id: args.cluster_id.or(file.cluster_id).unwrap_or(1),
         peers,
-        client_addr: args.client_addr.or(file.client_addr).ok_or("--client-addr is required")?,
-        data_dir: args.data_dir.or(file.data_dir).ok_or("--data-dir is required")?,
+        client_addr: args
+            .client_addr
+            .or(file.client_addr)
+            .ok_or("--client-addr is required")?,
+        data_dir: args
+            .data_dir
+            .or(file.data_dir)
+            .ok_or("--data-dir is required")?,
         max_raft_state: (max > 0).then_some(max),
     })
 }
@@ -182,7 +206,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
 }
 
 async fn client(target: &Target) -> Result<Client, String> {
-    let mut c = Client::connect(target.cluster_id, target.servers.clone()).await.map_err(|e| e.to_string())?;
+    let mut c = Client::connect(target.cluster_id, target.servers.clone())
+        .await
+        .map_err(|e| e.to_string())?;
     c.op_timeout = Duration::from_secs(target.timeout_secs);
     Ok(c)
 }
@@ -190,21 +216,40 @@ async fn client(target: &Target) -> Result<Client, String> {
 async fn run_client_command(command: Command) -> Result<(), String> {
     match command {
         Command::Serve(_) => unreachable!("handled by main"),
-        Command::Put { key, value, target } => {
-            client(&target).await?.put(&key, &value).await.map_err(|e| e.to_string())
-        }
-        Command::Append { key, value, target } => {
-            client(&target).await?.append(&key, &value).await.map_err(|e| e.to_string())
-        }
+        Command::Put { key, value, target } => client(&target)
+            .await?
+            .put(&key, &value)
+            .await
+            .map_err(|e| e.to_string()),
+        Command::Append { key, value, target } => client(&target)
+            .await?
+            .append(&key, &value)
+            .await
+            .map_err(|e| e.to_string()),
         Command::Get { key, target } => {
-            let v = client(&target).await?.get(&key).await.map_err(|e| e.to_string())?;
+            let v = client(&target)
+                .await?
+                .get(&key)
+                .await
+                .map_err(|e| e.to_string())?;
             println!("{v}");
             Ok(())
         }
         Command::Status { target } => {
             let mut c = client(&target).await?;
             c.attempt_timeout = Duration::from_millis(700);
-            println!("{:<5} {:<22} {:<10} {:>5} {:>7} {:>10} {:>10} {:>10} {:>9}", "node", "address", "role", "term", "leader", "commit", "applied", "last", "snapshot");
+            println!(
+                "{:<5} {:<22} {:<10} {:>5} {:>7} {:>10} {:>10} {:>10} {:>9}",
+                "node",
+                "address",
+                "role",
+                "term",
+                "leader",
+                "commit",
+                "applied",
+                "last",
+                "snapshot"
+            );
             for (i, addr) in target.servers.iter().enumerate() {
                 match c.status(i).await {
                     Ok(s) => println!(
@@ -231,11 +276,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RKV_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("RKV_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,
