@@ -42,15 +42,23 @@ impl Cluster {
     }
 
     async fn start(&mut self, id: u64) -> Result<(), String> {
-        let peer = TcpListener::bind(self.peers[&id]).await.map_err(|e| e.to_string())?;
-        let client = TcpListener::bind(self.clients[id as usize]).await.map_err(|e| e.to_string())?;
-        let node = start_node_with(self.config(id), peer, client).await.map_err(|e| e.to_string())?;
+        let peer = TcpListener::bind(self.peers[&id])
+            .await
+            .map_err(|e| e.to_string())?;
+        let client = TcpListener::bind(self.clients[id as usize])
+            .await
+            .map_err(|e| e.to_string())?;
+        let node = start_node_with(self.config(id), peer, client)
+            .await
+            .map_err(|e| e.to_string())?;
         self.nodes.insert(id, node);
         Ok(())
     }
 
     async fn leader(&self) -> Option<u64> {
-        let mut c = Client::connect(CLUSTER_ID, self.clients.clone()).await.ok()?;
+        let mut c = Client::connect(CLUSTER_ID, self.clients.clone())
+            .await
+            .ok()?;
         c.attempt_timeout = Duration::from_millis(300);
         for i in 0..self.clients.len() {
             if let Ok(s) = c.status(i).await {
@@ -63,7 +71,9 @@ impl Cluster {
     }
 
     async fn print_status(&self) {
-        let Ok(mut c) = Client::connect(CLUSTER_ID, self.clients.clone()).await else { return };
+        let Ok(mut c) = Client::connect(CLUSTER_ID, self.clients.clone()).await else {
+            return;
+        };
         c.attempt_timeout = Duration::from_millis(300);
         for i in 0..self.clients.len() {
             match c.status(i).await {
@@ -78,20 +88,30 @@ impl Cluster {
 }
 
 async fn free_addr() -> Result<SocketAddr, String> {
-    let l = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
     l.local_addr().map_err(|e| e.to_string())
 }
 
-async fn workload(servers: Vec<SocketAddr>, round: usize) -> Result<(usize, Vec<Duration>), String> {
+async fn workload(
+    servers: Vec<SocketAddr>,
+    round: usize,
+) -> Result<(usize, Vec<Duration>), String> {
     let mut tasks = Vec::new();
     for c in 0..CLIENTS {
         let servers = servers.clone();
         tasks.push(tokio::spawn(async move {
-            let mut client = Client::connect(CLUSTER_ID, servers).await.map_err(|e| e.to_string())?;
+            let mut client = Client::connect(CLUSTER_ID, servers)
+                .await
+                .map_err(|e| e.to_string())?;
             let mut latencies = Vec::with_capacity(OPS_PER_CLIENT);
             for i in 0..OPS_PER_CLIENT {
                 let t = Instant::now();
-                client.append(&format!("k{c}"), &format!("[{round}.{i}]")).await.map_err(|e| e.to_string())?;
+                client
+                    .append(&format!("k{c}"), &format!("[{round}.{i}]"))
+                    .await
+                    .map_err(|e| e.to_string())?;
                 latencies.push(t.elapsed());
             }
             Ok::<_, String>(latencies)
@@ -125,11 +145,22 @@ async fn run() -> Result<(), String> {
         peers.insert(id, free_addr().await?);
         clients.push(free_addr().await?);
     }
-    let mut cluster = Cluster { dir: dir.clone(), peers, clients, nodes: BTreeMap::new() };
-    println!("starting {NODES} nodes on loopback, data under {}", dir.display());
+    let mut cluster = Cluster {
+        dir: dir.clone(),
+        peers,
+        clients,
+        nodes: BTreeMap::new(),
+    };
+    println!(
+        "starting {NODES} nodes on loopback, data under {}",
+        dir.display()
+    );
     for id in 0..NODES {
         cluster.start(id).await?;
-        println!("  node {id}: peers on {}, clients on {}", cluster.peers[&id], cluster.clients[id as usize]);
+        println!(
+            "  node {id}: peers on {}, clients on {}",
+            cluster.peers[&id], cluster.clients[id as usize]
+        );
     }
     let t = Instant::now();
     let leader = loop {
@@ -141,42 +172,65 @@ async fn run() -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    println!("  node {leader} was elected leader after {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "  node {leader} was elected leader after {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
 
     let t = Instant::now();
     let (ops, lat) = workload(cluster.clients.clone(), 1).await?;
     summarize("round 1", ops, t.elapsed(), lat);
 
     println!("  stopping the leader, node {leader}");
-    cluster.nodes.remove(&leader).expect("running").shutdown().await;
+    cluster
+        .nodes
+        .remove(&leader)
+        .expect("running")
+        .shutdown()
+        .await;
     let t = Instant::now();
     let (ops, lat) = workload(cluster.clients.clone(), 2).await?;
     summarize("round 2 (one node down)", ops, t.elapsed(), lat);
 
-    println!("  restarting node {leader} from {}", cluster.config(leader).data_dir.display());
+    println!(
+        "  restarting node {leader} from {}",
+        cluster.config(leader).data_dir.display()
+    );
     cluster.start(leader).await?;
     let t = Instant::now();
     let (ops, lat) = workload(cluster.clients.clone(), 3).await?;
     summarize("round 3", ops, t.elapsed(), lat);
 
     // Every append is there exactly once and in order.
-    let mut c = Client::connect(CLUSTER_ID, cluster.clients.clone()).await.map_err(|e| e.to_string())?;
+    let mut c = Client::connect(CLUSTER_ID, cluster.clients.clone())
+        .await
+        .map_err(|e| e.to_string())?;
     for k in 0..CLIENTS {
         let v = c.get(&format!("k{k}")).await.map_err(|e| e.to_string())?;
         let expected: String = (1..=3)
             .flat_map(|round| (0..OPS_PER_CLIENT).map(move |i| format!("[{round}.{i}]")))
             .collect();
         if v != expected {
-            return Err(format!("k{k} holds {} bytes, expected {}", v.len(), expected.len()));
+            return Err(format!(
+                "k{k} holds {} bytes, expected {}",
+                v.len(),
+                expected.len()
+            ));
         }
     }
-    println!("  checked: all {} appends present exactly once, in order", 3 * CLIENTS * OPS_PER_CLIENT);
+    println!(
+        "  checked: all {} appends present exactly once, in order",
+        3 * CLIENTS * OPS_PER_CLIENT
+    );
     tokio::time::sleep(Duration::from_millis(300)).await; // let followers learn the last commit
     cluster.print_status().await;
     for (_, node) in std::mem::take(&mut cluster.nodes) {
         node.shutdown().await;
     }
-    println!("done; the nodes' logs and snapshots are in {} (safe to delete)", dir.display());
+    println!(
+        "done; the nodes' logs and snapshots are in {} (safe to delete)",
+        dir.display()
+    );
     Ok(())
 }
 

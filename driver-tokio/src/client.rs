@@ -10,7 +10,9 @@ use kv_core::{Attempt, Clerk, Op, Outcome, Progress, Reply};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::wire::{read_frame, write_frame, ClientRequest, ClientResponse, Hello, NodeStatus, PROTOCOL_VERSION};
+use crate::wire::{
+    read_frame, write_frame, ClientRequest, ClientResponse, Hello, NodeStatus, PROTOCOL_VERSION,
+};
 
 /// How long to wait for a connection to a server.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -78,7 +80,12 @@ impl Client {
 
     /// The value of `key` ("" if it was never set).
     pub async fn get(&mut self, key: &str) -> Result<String, ClientError> {
-        match self.execute(Op::Get { key: key.to_string() }).await? {
+        match self
+            .execute(Op::Get {
+                key: key.to_string(),
+            })
+            .await?
+        {
             Outcome::Value(v) => Ok(v),
             _ => Ok(String::new()),
         }
@@ -86,12 +93,22 @@ impl Client {
 
     /// Sets `key` to `value`.
     pub async fn put(&mut self, key: &str, value: &str) -> Result<(), ClientError> {
-        self.execute(Op::Put { key: key.to_string(), value: value.to_string() }).await.map(drop)
+        self.execute(Op::Put {
+            key: key.to_string(),
+            value: value.to_string(),
+        })
+        .await
+        .map(drop)
     }
 
     /// Appends `value` to `key`.
     pub async fn append(&mut self, key: &str, value: &str) -> Result<(), ClientError> {
-        self.execute(Op::Append { key: key.to_string(), value: value.to_string() }).await.map(drop)
+        self.execute(Op::Append {
+            key: key.to_string(),
+            value: value.to_string(),
+        })
+        .await
+        .map(drop)
     }
 
     /// Asks server `index` (in the order given to `connect`) for its state.
@@ -105,7 +122,9 @@ impl Client {
             conn.writer.flush().await?;
             loop {
                 match read_frame::<ClientResponse, _>(&mut conn.reader).await {
-                    Ok(ClientResponse::Status { id: rid, status }) if rid == id => return Ok(status),
+                    Ok(ClientResponse::Status { id: rid, status }) if rid == id => {
+                        return Ok(status)
+                    }
                     Ok(_) => continue, // a stale answer to an earlier request
                     Err(e) => return Err(std::io::Error::other(e.to_string())),
                 }
@@ -116,11 +135,17 @@ impl Client {
             Ok(Ok(status)) => Ok(status),
             Ok(Err(e)) => {
                 self.conns[index] = None;
-                Err(ClientError::Unreachable { addr, reason: e.to_string() })
+                Err(ClientError::Unreachable {
+                    addr,
+                    reason: e.to_string(),
+                })
             }
             Err(_) => {
                 self.conns[index] = None;
-                Err(ClientError::Unreachable { addr, reason: "no answer in time".into() })
+                Err(ClientError::Unreachable {
+                    addr,
+                    reason: "no answer in time".into(),
+                })
             }
         }
     }
@@ -142,7 +167,9 @@ impl Client {
             let server = attempt.server;
             attempt = match self.try_once(&attempt).await {
                 Some(reply) => match self.clerk.on_reply(server, reply) {
-                    Progress::Done(Outcome::SessionExpired) => return Err(ClientError::SessionExpired),
+                    Progress::Done(Outcome::SessionExpired) => {
+                        return Err(ClientError::SessionExpired)
+                    }
                     Progress::Done(outcome) => return Ok(outcome),
                     Progress::Retry(next) => next,
                 },
@@ -156,7 +183,10 @@ impl Client {
         self.next_id += 1;
         let id = self.next_id;
         let index = attempt.server;
-        let request = ClientRequest::Command { id, command: attempt.command.clone() };
+        let request = ClientRequest::Command {
+            id,
+            command: attempt.command.clone(),
+        };
         let result = tokio::time::timeout(self.attempt_timeout, async {
             let conn = self.conn(index).await?;
             write_frame(&mut conn.writer, &request).await?;
@@ -184,12 +214,20 @@ impl Client {
             let addr = self.servers[index];
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
                 .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                })??;
             stream.set_nodelay(true)?;
             let (r, mut w) = stream.into_split();
-            let hello = Hello::Client { version: PROTOCOL_VERSION, cluster_id: self.cluster_id };
+            let hello = Hello::Client {
+                version: PROTOCOL_VERSION,
+                cluster_id: self.cluster_id,
+            };
             write_frame(&mut w, &hello).await?;
-            self.conns[index] = Some(Conn { reader: BufReader::new(r), writer: w });
+            self.conns[index] = Some(Conn {
+                reader: BufReader::new(r),
+                writer: w,
+            });
         }
         Ok(self.conns[index].as_mut().expect("just connected"))
     }

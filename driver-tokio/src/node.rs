@@ -129,11 +129,18 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         .peers
         .get(&config.id)
         .ok_or_else(|| NodeError::Config(format!("node {} is not among the peers", config.id)))?;
-    let peer_listener =
-        TcpListener::bind(peer_addr).await.map_err(|source| NodeError::Bind { addr: peer_addr, source })?;
+    let peer_listener = TcpListener::bind(peer_addr)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: peer_addr,
+            source,
+        })?;
     let client_listener = TcpListener::bind(config.client_addr)
         .await
-        .map_err(|source| NodeError::Bind { addr: config.client_addr, source })?;
+        .map_err(|source| NodeError::Bind {
+            addr: config.client_addr,
+            source,
+        })?;
     start_node_with(config, peer_listener, client_listener).await
 }
 
@@ -145,7 +152,10 @@ pub async fn start_node_with(
     client_listener: TcpListener,
 ) -> Result<NodeHandle, NodeError> {
     if !config.peers.contains_key(&config.id) {
-        return Err(NodeError::Config(format!("node {} is not among the peers", config.id)));
+        return Err(NodeError::Config(format!(
+            "node {} is not among the peers",
+            config.id
+        )));
     }
     let (storage, recovered) = Storage::open(&config.data_dir)?;
     if let Some((path, offset)) = &recovered.truncated_torn_tail {
@@ -179,8 +189,18 @@ pub async fn start_node_with(
         peers.insert(peer, tx);
         tasks.spawn(run_outgoing(config.id, config.cluster_id, peer, addr, rx));
     }
-    tasks.spawn(run_peer_listener(peer_listener, config.id, config.cluster_id, members, input_tx.clone()));
-    tasks.spawn(run_client_listener(client_listener, config.cluster_id, input_tx.clone()));
+    tasks.spawn(run_peer_listener(
+        peer_listener,
+        config.id,
+        config.cluster_id,
+        members,
+        input_tx.clone(),
+    ));
+    tasks.spawn(run_client_listener(
+        client_listener,
+        config.cluster_id,
+        input_tx.clone(),
+    ));
 
     let (storage_tx, storage_rx) = std_mpsc::channel::<Persist>();
     let storage_thread = {
@@ -208,7 +228,11 @@ pub async fn start_node_with(
         }
         let _ = done_tx.send(result);
     });
-    Ok(NodeHandle { tasks, done: done_rx, storage_thread: Some(storage_thread) })
+    Ok(NodeHandle {
+        tasks,
+        done: done_rx,
+        storage_thread: Some(storage_thread),
+    })
 }
 
 /// Group commit: block for one write, take every other write already queued,
@@ -284,35 +308,55 @@ impl EventLoop {
 
     fn handle(&mut self, input: Input) -> Result<(), String> {
         match input {
-            Input::Peer { from, message } => self.step(ServerEvent::MessageReceived { from, message }),
-            Input::Client { request: ClientRequest::Command { id, command }, respond } => {
+            Input::Peer { from, message } => {
+                self.step(ServerEvent::MessageReceived { from, message })
+            }
+            Input::Client {
+                request: ClientRequest::Command { id, command },
+                respond,
+            } => {
                 self.next_request += 1;
                 let ours = self.next_request;
                 self.waiting.insert(ours, (id, respond));
                 self.step(ServerEvent::RequestReceived { id: ours, command })
             }
-            Input::Client { request: ClientRequest::Status { id }, respond } => {
+            Input::Client {
+                request: ClientRequest::Status { id },
+                respond,
+            } => {
                 let status = self.status();
                 let _ = respond.try_send(ClientResponse::Status { id, status });
                 Ok(())
             }
-            Input::Persisted { upto, then_send, raft_state_bytes } => {
+            Input::Persisted {
+                upto,
+                then_send,
+                raft_state_bytes,
+            } => {
                 for (to, message) in then_send {
                     self.send(to, message);
                 }
-                self.step(ServerEvent::Persisted { upto, raft_state_bytes })
+                self.step(ServerEvent::Persisted {
+                    upto,
+                    raft_state_bytes,
+                })
             }
             Input::StorageFailed(why) => Err(format!("storage failed: {why}")),
         }
     }
 
     fn step(&mut self, event: ServerEvent) -> Result<(), String> {
-        let actions = self.server.step(self.now(), event).map_err(|e| e.to_string())?;
+        let actions = self
+            .server
+            .step(self.now(), event)
+            .map_err(|e| e.to_string())?;
         for action in actions {
             match action {
                 ServerAction::Send { to, message } => self.send(to, message),
                 ServerAction::Persist(p) => {
-                    self.storage.send(p).map_err(|_| "storage thread is gone".to_string())?;
+                    self.storage
+                        .send(p)
+                        .map_err(|_| "storage thread is gone".to_string())?;
                 }
                 ServerAction::SetTimer { deadline } => {
                     self.deadline = Some(self.epoch + Duration::from_nanos(deadline.as_nanos()));
@@ -332,7 +376,10 @@ impl EventLoop {
 
     fn reply(&mut self, id: u64, reply: Reply) {
         if let Some((their_id, respond)) = self.waiting.remove(&id) {
-            let _ = respond.try_send(ClientResponse::Reply { id: their_id, reply });
+            let _ = respond.try_send(ClientResponse::Reply {
+                id: their_id,
+                reply,
+            });
         }
     }
 
@@ -362,7 +409,11 @@ pub fn seed_from_entropy(salt: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(salt);
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     h.write_u32(std::process::id());
     h.finish()
 }

@@ -22,7 +22,9 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::node::Input;
-use crate::wire::{read_frame, write_frame, ClientRequest, ClientResponse, Hello, PROTOCOL_VERSION};
+use crate::wire::{
+    read_frame, write_frame, ClientRequest, ClientResponse, Hello, PROTOCOL_VERSION,
+};
 
 /// Messages queued per peer before new ones are dropped.
 pub const PEER_QUEUE: usize = 4096;
@@ -54,7 +56,11 @@ pub async fn run_outgoing(
         };
         let _ = stream.set_nodelay(true);
         let mut w = BufWriter::new(stream);
-        let hello = Hello::Peer { version: PROTOCOL_VERSION, cluster_id, node_id: me };
+        let hello = Hello::Peer {
+            version: PROTOCOL_VERSION,
+            cluster_id,
+            node_id: me,
+        };
         if write_frame(&mut w, &hello).await.is_err() || w.flush().await.is_err() {
             tokio::time::sleep(backoff).await;
             continue;
@@ -124,9 +130,15 @@ async fn serve_peer(
         .map_err(|_| "no hello in time".to_string())?
         .map_err(|e| format!("bad hello: {e}"))?;
     let from = match hello {
-        Hello::Peer { version, cluster_id: c, node_id } => {
+        Hello::Peer {
+            version,
+            cluster_id: c,
+            node_id,
+        } => {
             if version != PROTOCOL_VERSION {
-                return Err(format!("protocol version {version}, we speak {PROTOCOL_VERSION}"));
+                return Err(format!(
+                    "protocol version {version}, we speak {PROTOCOL_VERSION}"
+                ));
             }
             if c != cluster_id {
                 return Err(format!("cluster id {c} is not ours ({cluster_id})"));
@@ -147,7 +159,11 @@ async fn serve_peer(
 }
 
 /// Accepts clients on `listener`.
-pub async fn run_client_listener(listener: TcpListener, cluster_id: u64, node: mpsc::Sender<Input>) {
+pub async fn run_client_listener(
+    listener: TcpListener,
+    cluster_id: u64,
+    node: mpsc::Sender<Input>,
+) {
     let mut conns = JoinSet::new();
     loop {
         let (stream, addr) = match listener.accept().await {
@@ -168,7 +184,11 @@ pub async fn run_client_listener(listener: TcpListener, cluster_id: u64, node: m
     }
 }
 
-async fn serve_client(stream: TcpStream, cluster_id: u64, node: mpsc::Sender<Input>) -> Result<(), String> {
+async fn serve_client(
+    stream: TcpStream,
+    cluster_id: u64,
+    node: mpsc::Sender<Input>,
+) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let mut r = BufReader::new(r);
@@ -177,9 +197,14 @@ async fn serve_client(stream: TcpStream, cluster_id: u64, node: mpsc::Sender<Inp
         .map_err(|_| "no hello in time".to_string())?
         .map_err(|e| format!("bad hello: {e}"))?;
     match hello {
-        Hello::Client { version, cluster_id: c } if version == PROTOCOL_VERSION && c == cluster_id => {}
+        Hello::Client {
+            version,
+            cluster_id: c,
+        } if version == PROTOCOL_VERSION && c == cluster_id => {}
         other => {
-            let reason = format!("refused hello {other:?} (cluster {cluster_id}, version {PROTOCOL_VERSION})");
+            let reason = format!(
+                "refused hello {other:?} (cluster {cluster_id}, version {PROTOCOL_VERSION})"
+            );
             warn!("{reason}");
             return Err(reason);
         }
@@ -206,7 +231,14 @@ async fn serve_client(stream: TcpStream, cluster_id: u64, node: mpsc::Sender<Inp
             Ok(req) => req,
             Err(e) => break Err(e.to_string()),
         };
-        if node.send(Input::Client { request, respond: tx.clone() }).await.is_err() {
+        if node
+            .send(Input::Client {
+                request,
+                respond: tx.clone(),
+            })
+            .await
+            .is_err()
+        {
             break Ok(());
         }
     };

@@ -9,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use driver_sim::linearizability::{check, KvInput, KvModel, KvOutput, Operation, Verdict, UNKNOWN_RETURN};
+use driver_sim::linearizability::{
+    check, KvInput, KvModel, KvOutput, Operation, Verdict, UNKNOWN_RETURN,
+};
 use driver_tokio::wire::{encode_frame, Hello, PROTOCOL_VERSION};
 use driver_tokio::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,7 +37,12 @@ impl ProcCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let peers = (0..n).map(|_| free_addr()).collect();
         let clients = (0..n).map(|_| free_addr()).collect();
-        let mut c = ProcCluster { dir, peers, clients, procs: (0..n).map(|_| None).collect() };
+        let mut c = ProcCluster {
+            dir,
+            peers,
+            clients,
+            procs: (0..n).map(|_| None).collect(),
+        };
         for i in 0..n {
             c.start(i);
         }
@@ -51,10 +58,20 @@ impl ProcCluster {
     }
 
     fn command(&self, i: usize) -> Command {
-        let peers: Vec<String> = self.peers.iter().enumerate().map(|(j, a)| format!("{j}={a}")).collect();
+        let peers: Vec<String> = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(j, a)| format!("{j}={a}"))
+            .collect();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rkv"));
         cmd.arg("serve")
-            .args(["--id", &i.to_string(), "--cluster-id", &CLUSTER_ID.to_string()])
+            .args([
+                "--id",
+                &i.to_string(),
+                "--cluster-id",
+                &CLUSTER_ID.to_string(),
+            ])
             .args(["--peers", &peers.join(",")])
             .args(["--client-addr", &self.clients[i].to_string()])
             .arg("--data-dir")
@@ -67,8 +84,16 @@ impl ProcCluster {
     }
 
     fn start(&mut self, i: usize) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(i)).expect("log");
-        let child = self.command(i).stderr(log).spawn().expect("spawn rkv serve");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .expect("log");
+        let child = self
+            .command(i)
+            .stderr(log)
+            .spawn()
+            .expect("spawn rkv serve");
         self.procs[i] = Some(child);
     }
 
@@ -87,7 +112,9 @@ impl ProcCluster {
     }
 
     async fn client(&self) -> Client {
-        let mut c = Client::connect(CLUSTER_ID, self.clients.clone()).await.expect("client");
+        let mut c = Client::connect(CLUSTER_ID, self.clients.clone())
+            .await
+            .expect("client");
         c.op_timeout = Duration::from_secs(20);
         c
     }
@@ -105,7 +132,11 @@ impl ProcCluster {
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "no leader within 15 s; logs in {}", self.dir.path().display());
+            assert!(
+                Instant::now() < deadline,
+                "no leader within 15 s; logs in {}",
+                self.dir.path().display()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -122,16 +153,26 @@ fn newest_segment(dir: &Path) -> PathBuf {
     let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("data dir")
         .map(|e| e.expect("entry").path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("log.")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("log."))
+        })
         .collect();
     segs.sort();
     segs.pop().expect("a log segment")
 }
 
 fn run<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
-        tokio::time::timeout(limit, f).await.expect("test exceeded its time limit");
+        tokio::time::timeout(limit, f)
+            .await
+            .expect("test exceeded its time limit");
     });
 }
 
@@ -162,7 +203,10 @@ fn cluster_basic_ops() {
             if leaders == 1 && applied.iter().all(|&a| a == applied[0]) && applied[0] >= 7 {
                 break;
             }
-            assert!(Instant::now() < deadline, "nodes did not converge: {statuses:?}");
+            assert!(
+                Instant::now() < deadline,
+                "nodes did not converge: {statuses:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
@@ -189,7 +233,9 @@ fn kill_leader_under_load_loses_nothing() {
         for cli in 0..4u64 {
             let (history, stop, servers) = (history.clone(), stop.clone(), cluster.clients.clone());
             workers.push(tokio::spawn(async move {
-                let mut c = Client::connect(CLUSTER_ID, servers.clone()).await.expect("client");
+                let mut c = Client::connect(CLUSTER_ID, servers.clone())
+                    .await
+                    .expect("client");
                 c.op_timeout = Duration::from_secs(15);
                 let key = format!("k{cli}");
                 let mut acked = Vec::new();
@@ -213,13 +259,27 @@ fn kill_leader_under_load_loses_nothing() {
                             if !is_get {
                                 acked.push(value);
                             }
-                            Record { client: cli, call, ret: Some(ret), input, output: Some(out.unwrap_or_default()) }
+                            Record {
+                                client: cli,
+                                call,
+                                ret: Some(ret),
+                                input,
+                                output: Some(out.unwrap_or_default()),
+                            }
                         }
                         Err(_) => {
                             // Outcome unknown: a fresh session for the next op.
-                            c = Client::connect(CLUSTER_ID, servers.clone()).await.expect("client");
+                            c = Client::connect(CLUSTER_ID, servers.clone())
+                                .await
+                                .expect("client");
                             c.op_timeout = Duration::from_secs(15);
-                            Record { client: cli, call, ret: None, input, output: None }
+                            Record {
+                                client: cli,
+                                call,
+                                ret: None,
+                                input,
+                                output: None,
+                            }
                         }
                     };
                     history.lock().unwrap().push(record);
@@ -246,14 +306,23 @@ fn kill_leader_under_load_loses_nothing() {
             let v = c.get(&format!("k{cli}")).await.expect("final get");
             let mut last = 0;
             for value in values {
-                let off = v.find(value.as_str()).unwrap_or_else(|| panic!("acknowledged {value:?} lost"));
-                assert_eq!(v.rfind(value.as_str()), Some(off), "{value:?} applied twice");
+                let off = v
+                    .find(value.as_str())
+                    .unwrap_or_else(|| panic!("acknowledged {value:?} lost"));
+                assert_eq!(
+                    v.rfind(value.as_str()),
+                    Some(off),
+                    "{value:?} applied twice"
+                );
                 assert!(off >= last, "{value:?} out of order");
                 last = off;
             }
             total += values.len();
         }
-        assert!(total > 50, "the workload must actually run ({total} acknowledged appends)");
+        assert!(
+            total > 50,
+            "the workload must actually run ({total} acknowledged appends)"
+        );
         // The whole history is linearizable.
         let ops: Vec<Operation<KvInput, KvOutput>> = history
             .lock()
@@ -272,7 +341,9 @@ fn kill_leader_under_load_loses_nothing() {
             Verdict::Linearizable => {}
             other => panic!("history of {n} operations: {}", other.name()),
         }
-        println!("{n} operations, {total} acknowledged appends, leader {leader} killed and restarted");
+        println!(
+            "{n} operations, {total} acknowledged appends, leader {leader} killed and restarted"
+        );
     });
 }
 
@@ -283,7 +354,9 @@ fn restart_all_recovers_from_disk() {
         cluster.leader().await;
         let mut c = cluster.client().await;
         for i in 0..300 {
-            c.put(&format!("key{i}"), &format!("value{i}")).await.unwrap();
+            c.put(&format!("key{i}"), &format!("value{i}"))
+                .await
+                .unwrap();
         }
         cluster.kill_all();
         for i in 0..3 {
@@ -292,7 +365,10 @@ fn restart_all_recovers_from_disk() {
         cluster.leader().await;
         let mut c = cluster.client().await;
         for i in (0..300).step_by(7) {
-            assert_eq!(c.get(&format!("key{i}")).await.unwrap(), format!("value{i}"));
+            assert_eq!(
+                c.get(&format!("key{i}")).await.unwrap(),
+                format!("value{i}")
+            );
         }
         assert_eq!(c.get("key299").await.unwrap(), "value299");
     });
@@ -324,7 +400,10 @@ fn recovers_torn_tail() {
         }
         c.put("after", "ok").await.unwrap();
         let log = std::fs::read_to_string(cluster.log_path(0)).unwrap();
-        assert!(log.contains("torn"), "node 0 should report the truncated tail:\n{log}");
+        assert!(
+            log.contains("torn"),
+            "node 0 should report the truncated tail:\n{log}"
+        );
         let mut s = cluster.client().await;
         assert!(s.status(0).await.is_ok(), "node 0 serves after recovery");
     });
@@ -345,11 +424,18 @@ fn refuses_corrupt_log() {
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0xFF;
         std::fs::write(&seg, &bytes).unwrap();
-        let out = cluster.command(0).stderr(Stdio::piped()).output().expect("run rkv serve");
+        let out = cluster
+            .command(0)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run rkv serve");
         assert!(!out.status.success(), "a corrupt log must stop start-up");
         let err = String::from_utf8_lossy(&out.stderr);
         let name = seg.file_name().unwrap().to_string_lossy().to_string();
-        assert!(err.contains(&name) && err.contains("offset"), "the error must name the file and offset:\n{err}");
+        assert!(
+            err.contains(&name) && err.contains("offset"),
+            "the error must name the file and offset:\n{err}"
+        );
     });
 }
 
@@ -361,27 +447,63 @@ fn rejects_malformed_frames() {
         // Each of these must make the node close the connection.
         let garbage = vec![0xFFu8; 64];
         let oversized = u32::MAX.to_le_bytes().to_vec();
-        let wrong_cluster = encode_frame(&Hello::Client { version: PROTOCOL_VERSION, cluster_id: CLUSTER_ID + 1 });
-        let wrong_peer_cluster =
-            encode_frame(&Hello::Peer { version: PROTOCOL_VERSION, cluster_id: CLUSTER_ID + 1, node_id: 1 });
-        let mut bad_after_hello = encode_frame(&Hello::Client { version: PROTOCOL_VERSION, cluster_id: CLUSTER_ID });
+        let wrong_cluster = encode_frame(&Hello::Client {
+            version: PROTOCOL_VERSION,
+            cluster_id: CLUSTER_ID + 1,
+        });
+        let wrong_peer_cluster = encode_frame(&Hello::Peer {
+            version: PROTOCOL_VERSION,
+            cluster_id: CLUSTER_ID + 1,
+            node_id: 1,
+        });
+        let mut bad_after_hello = encode_frame(&Hello::Client {
+            version: PROTOCOL_VERSION,
+            cluster_id: CLUSTER_ID,
+        });
         bad_after_hello.extend_from_slice(&5u32.to_le_bytes());
         bad_after_hello.extend_from_slice(&[0xFF; 5]);
         let cases = [
-            (cluster.clients[0], garbage.clone(), "garbage to the client port"),
-            (cluster.clients[0], oversized.clone(), "oversized length to the client port"),
-            (cluster.clients[0], wrong_cluster, "wrong cluster id to the client port"),
-            (cluster.clients[0], bad_after_hello, "an undecodable request after a good hello"),
+            (
+                cluster.clients[0],
+                garbage.clone(),
+                "garbage to the client port",
+            ),
+            (
+                cluster.clients[0],
+                oversized.clone(),
+                "oversized length to the client port",
+            ),
+            (
+                cluster.clients[0],
+                wrong_cluster,
+                "wrong cluster id to the client port",
+            ),
+            (
+                cluster.clients[0],
+                bad_after_hello,
+                "an undecodable request after a good hello",
+            ),
             (cluster.peers[0], garbage, "garbage to the peer port"),
-            (cluster.peers[0], oversized, "oversized length to the peer port"),
-            (cluster.peers[0], wrong_peer_cluster, "wrong cluster id to the peer port"),
+            (
+                cluster.peers[0],
+                oversized,
+                "oversized length to the peer port",
+            ),
+            (
+                cluster.peers[0],
+                wrong_peer_cluster,
+                "wrong cluster id to the peer port",
+            ),
         ];
         for (addr, bytes, what) in cases {
             let mut s = TcpStream::connect(addr).await.expect("connect");
             s.write_all(&bytes).await.expect("write");
             let mut buf = [0u8; 16];
             let closed = tokio::time::timeout(Duration::from_secs(6), s.read(&mut buf)).await;
-            assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{what}: connection not closed");
+            assert!(
+                matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+                "{what}: connection not closed"
+            );
         }
         // The node still serves.
         let mut c = cluster.client().await;
