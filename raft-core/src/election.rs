@@ -84,6 +84,7 @@ impl RaftNode {
             .map(|p| (p, Progress::new(last)))
             .collect();
         self.heartbeat_deadline = self.now + self.config.heartbeat_interval;
+        self.quorum_deadline = self.now + self.config.election_timeout_max;
         self.broadcast_heartbeat();
         // A single-member cluster commits on its own durability.
         self.maybe_commit();

@@ -92,6 +92,8 @@ pub struct RaftNode {
     pub(crate) progress: BTreeMap<NodeId, Progress>,
     pub(crate) election_deadline: Instant,
     pub(crate) heartbeat_deadline: Instant,
+    /// A leader's next check that a majority still answers it.
+    pub(crate) quorum_deadline: Instant,
     reported_deadline: Option<Instant>,
 
     // Durability tracking: writes handed out but not yet reported durable,
@@ -157,6 +159,7 @@ impl RaftNode {
             progress: BTreeMap::new(),
             election_deadline: Instant::ZERO,
             heartbeat_deadline: Instant::ZERO,
+            quorum_deadline: Instant::ZERO,
             reported_deadline: None,
             next_persist_id: 1,
             unpersisted: VecDeque::new(),
@@ -361,6 +364,9 @@ impl RaftNode {
     fn on_time_passed(&mut self) {
         match self.role {
             Role::Leader => {
+                if self.now >= self.quorum_deadline && !self.check_quorum() {
+                    return;
+                }
                 if self.now >= self.heartbeat_deadline {
                     self.heartbeat_deadline = self.now + self.config.heartbeat_interval;
                     self.broadcast_heartbeat();
@@ -372,6 +378,24 @@ impl RaftNode {
                 }
             }
         }
+    }
+
+    /// CheckQuorum (etcd-io/raft, Raft thesis §6.2): a leader that has not
+    /// heard from a majority within the longest election timeout steps down,
+    /// so a leader cut off in a minority stops taking requests it can never
+    /// commit and its clients move on. Returns whether it is still leader.
+    fn check_quorum(&mut self) -> bool {
+        let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
+        if active < self.config.quorum() {
+            let term = self.hard.term;
+            self.become_follower(term, None);
+            return false;
+        }
+        for p in self.progress.values_mut() {
+            p.recent_active = false;
+        }
+        self.quorum_deadline = self.now + self.config.election_timeout_max;
+        true
     }
 
     /// Send a message whose meaning rests on durable state (a vote, an
@@ -467,7 +491,7 @@ impl RaftNode {
             self.out.push(Action::Apply { entries });
         }
         let deadline = match self.role {
-            Role::Leader => self.heartbeat_deadline,
+            Role::Leader => self.heartbeat_deadline.min(self.quorum_deadline),
             Role::Follower | Role::Candidate => self.election_deadline,
         };
         if self.reported_deadline != Some(deadline) {

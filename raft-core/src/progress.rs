@@ -40,6 +40,8 @@ pub struct Progress {
     pub paused: bool,
     /// In `Replicate`: last index of each unanswered append with entries.
     pub inflight: VecDeque<Index>,
+    /// The follower answered since the leader's last quorum check.
+    pub recent_active: bool,
 }
 
 impl Progress {
@@ -51,6 +53,7 @@ impl Progress {
             state: ProgressState::Probe,
             paused: false,
             inflight: VecDeque::new(),
+            recent_active: false,
         }
     }
 

@@ -196,6 +196,7 @@ impl RaftNode {
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
+        pr.recent_active = true;
         match m.outcome {
             AppendOutcome::Accepted { match_index } => {
                 if match_index > self.log.last_index() {

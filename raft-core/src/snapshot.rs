@@ -90,6 +90,7 @@ impl RaftNode {
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
+        pr.recent_active = true;
         if m.last_included_index > self.log.last_index() {
             return; // not a snapshot we could have sent
         }

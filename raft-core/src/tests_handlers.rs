@@ -2198,3 +2198,63 @@ fn proposals_while_an_append_is_in_flight_ride_together_in_the_next_one() {
         other => panic!("expected AppendEntries, got {other:?}"),
     }
 }
+
+#[test]
+fn leader_that_hears_from_no_majority_for_an_election_timeout_steps_down() {
+    let mut n = fresh(1, 3);
+    let t = elect(&mut n);
+    let term = n.term();
+    // Nobody answers. Just before the check it still leads...
+    let almost = t + Duration::from_millis(599);
+    let _ = step(&mut n, almost, Event::TimerFired);
+    assert!(n.is_leader());
+    // ...and at the check it steps down, keeping its term and vote.
+    let _ = step(&mut n, t + Duration::from_millis(600), Event::TimerFired);
+    assert_eq!(n.role(), Role::Follower);
+    assert_eq!(n.term(), term);
+    assert_eq!(n.voted_for(), Some(1));
+    let actions = step(
+        &mut n,
+        t + Duration::from_millis(601),
+        Event::ProposalReceived {
+            id: 9,
+            command: vec![1],
+        },
+    );
+    assert_eq!(
+        actions,
+        vec![Action::RejectProposal {
+            id: 9,
+            reason: RejectReason::NotLeader { leader_hint: None }
+        }]
+    );
+}
+
+#[test]
+fn leader_answered_by_a_majority_keeps_leading_across_quorum_checks() {
+    let mut n = fresh(1, 5);
+    let t = elect(&mut n);
+    let term = n.term();
+    // Two of four followers answer in every check interval: with the leader
+    // that is a majority of five.
+    for k in 1..=5u64 {
+        let now = t + Duration::from_millis(600 * k - 50);
+        recv(&mut n, now, 2, accepted(term, 0));
+        recv(&mut n, now, 3, rejected(term, 0, None, 1));
+        let _ = step(
+            &mut n,
+            t + Duration::from_millis(600 * k),
+            Event::TimerFired,
+        );
+        assert!(n.is_leader(), "still leader after check {k}");
+    }
+    // One follower alone is not enough.
+    let now = t + Duration::from_millis(600 * 6 - 50);
+    recv(&mut n, now, 2, accepted(term, 0));
+    let _ = step(
+        &mut n,
+        t + Duration::from_millis(600 * 6),
+        Event::TimerFired,
+    );
+    assert!(!n.is_leader());
+}

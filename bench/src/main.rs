@@ -1,0 +1,511 @@
+//! Load generator for comparing our KV cluster (driver-tokio's `rkv`) with
+//! etcd, driven by `scripts/bench-vs-etcd`.
+//!
+//! Subcommands:
+//! * `run`    — for each client count N: connect N logical clients, let each
+//!   do sequential puts of a fixed-size value for a warm-up then a measured
+//!   window, and append one CSV row (ops/s, latency percentiles) per N.
+//! * `wait`   — block until a cluster answers (etcd: every member reports the
+//!   same leader and a put succeeds; ours: a put succeeds).
+//! * `report` — turn the CSV into a markdown table and an SVG plot.
+//!
+//! The same measuring loop drives both systems through the [`Target`] trait.
+
+mod report;
+mod svg;
+mod targets;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// One system under test. `client` is the logical client's index in
+/// `0..N`; each logical client issues one request at a time.
+pub trait Target: Send + Sync + 'static {
+    fn put(
+        &self,
+        client: usize,
+        key: String,
+        value: Vec<u8>,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum System {
+    Etcd,
+    Ours,
+}
+
+impl System {
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Etcd => "etcd",
+            System::Ours => "ours",
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KeyMode {
+    /// Each put picks a uniformly random key out of `--keyspace` keys shared
+    /// by all clients.
+    Random,
+    /// Client c writes its own keys c<c>-<seq % keyspace>, in sequence.
+    PerClient,
+}
+
+impl KeyMode {
+    fn name(self) -> &'static str {
+        match self {
+            KeyMode::Random => "random",
+            KeyMode::PerClient => "per-client",
+        }
+    }
+}
+
+#[derive(Parser)]
+#[command(about = "KV load generator: our rkv cluster vs etcd")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct TargetArgs {
+    /// System under test.
+    #[arg(long)]
+    target: System,
+    /// Comma-separated host:port client addresses of all members.
+    #[arg(long, value_delimiter = ',', required = true)]
+    endpoints: Vec<String>,
+    /// Cluster id passed to our client (ignored for etcd).
+    #[arg(long, default_value_t = 1)]
+    cluster_id: u64,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Measure each client count and append rows to a CSV file.
+    Run {
+        #[command(flatten)]
+        t: TargetArgs,
+        /// Client counts to measure, in order.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        clients: Vec<usize>,
+        /// Measured seconds per point.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Warm-up seconds per point (ops run, not recorded).
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+        /// Value size in bytes (ASCII, so also a valid string for our API).
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+        #[arg(long, value_enum, default_value_t = KeyMode::Random)]
+        keys: KeyMode,
+        /// Number of distinct keys (random mode: shared; per-client: per client).
+        #[arg(long, default_value_t = 100_000)]
+        keyspace: u64,
+        /// etcd only: number of etcd_client::Client instances (each one a
+        /// balanced gRPC channel to all endpoints) shared round-robin by the
+        /// logical clients. 0 = one per logical client.
+        #[arg(long, default_value_t = 0)]
+        etcd_conns: usize,
+        /// Per-op timeout in seconds; a timed-out op counts as an error.
+        #[arg(long, default_value_t = 10.0)]
+        op_timeout: f64,
+        /// CSV file to append rows to (header written if new or empty).
+        #[arg(long)]
+        csv: PathBuf,
+    },
+    /// Wait until the cluster serves writes.
+    Wait {
+        #[command(flatten)]
+        t: TargetArgs,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+    },
+    /// Render results.csv into markdown and SVG.
+    Report {
+        #[arg(long)]
+        csv: PathBuf,
+        #[arg(long)]
+        md: PathBuf,
+        #[arg(long)]
+        svg: PathBuf,
+        /// etcd version string, for the machine description.
+        #[arg(long, default_value = "")]
+        etcd_version: String,
+        /// Extra lines for the "setup" section (repeatable).
+        #[arg(long)]
+        note: Vec<String>,
+    },
+}
+
+#[derive(Clone)]
+struct RunCfg {
+    seconds: Duration,
+    warmup: Duration,
+    keys: KeyMode,
+    keyspace: u64,
+    op_timeout: Duration,
+}
+
+/// The outcome of one (system, N) point.
+pub struct Point {
+    pub ops: u64,
+    pub errors: u64,
+    pub ops_per_sec: f64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub first_error: Option<String>,
+}
+
+/// xorshift64*: a tiny deterministic per-client key generator.
+struct Rng(u64);
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// A printable ASCII value of `len` bytes (varies per client, so no two
+/// clients write byte-identical payloads; neither system compresses).
+fn make_value(client: usize, len: usize) -> Vec<u8> {
+    const ALPHA: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = Rng::new(0xC0FFEE + client as u64);
+    (0..len)
+        .map(|_| ALPHA[(rng.next() % ALPHA.len() as u64) as usize])
+        .collect()
+}
+
+fn percentile(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    // Nearest-rank.
+    let rank = (p * sorted_us.len() as f64).ceil() as usize;
+    let idx = rank.clamp(1, sorted_us.len()) - 1;
+    sorted_us[idx] as f64 / 1000.0
+}
+
+/// Run one point: N logical clients, each a task doing sequential puts.
+/// Ops that complete inside the measured window count towards throughput
+/// and the latency distribution; each op's latency is its own start-to-
+/// completion time.
+async fn run_point<T: Target>(
+    target: Arc<T>,
+    n: usize,
+    cfg: &RunCfg,
+    value_size: usize,
+) -> Result<Point> {
+    let begin = Instant::now();
+    let measure_start = begin + cfg.warmup;
+    let end = measure_start + cfg.seconds;
+    let mut set = tokio::task::JoinSet::new();
+    for c in 0..n {
+        let target = target.clone();
+        let cfg = cfg.clone();
+        let value = make_value(c, value_size);
+        set.spawn(async move {
+            let expected = 2000 * cfg.seconds.as_secs_f64().ceil() as usize;
+            let mut lat_us: Vec<u32> = Vec::with_capacity(expected.min(1 << 20));
+            let mut errors = 0u64;
+            let mut first_error = None;
+            let mut rng = Rng::new(c as u64 + 1);
+            let mut seq = 0u64;
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                let key = match cfg.keys {
+                    KeyMode::Random => format!("k{:010}", rng.next() % cfg.keyspace),
+                    KeyMode::PerClient => format!("c{c:04}-{:010}", seq % cfg.keyspace),
+                };
+                seq += 1;
+                // The clients enforce op_timeout themselves; this outer bound
+                // only guards against a hung client.
+                let r = tokio::time::timeout(
+                    cfg.op_timeout + Duration::from_secs(2),
+                    target.put(c, key, value.clone()),
+                )
+                .await;
+                let t1 = Instant::now();
+                let in_window = t1 >= measure_start && t1 <= end;
+                let err = match r {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(format!("{e:#}")),
+                    Err(_) => Some(format!("no answer within {:?} (outer bound)", cfg.op_timeout + Duration::from_secs(2))),
+                };
+                match err {
+                    None => {
+                        if in_window {
+                            let us = (t1 - t0).as_micros().min(u32::MAX as u128) as u32;
+                            lat_us.push(us);
+                        }
+                    }
+                    Some(e) => {
+                        if in_window {
+                            errors += 1;
+                        }
+                        first_error.get_or_insert(e);
+                        // Don't spin on a failing cluster.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            (lat_us, errors, first_error)
+        });
+    }
+    let mut all: Vec<u32> = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    while let Some(r) = set.join_next().await {
+        let (lat, e, fe) = r.context("client task panicked")?;
+        all.extend_from_slice(&lat);
+        errors += e;
+        if first_error.is_none() {
+            first_error = fe;
+        }
+    }
+    all.sort_unstable();
+    let ops = all.len() as u64;
+    let secs = cfg.seconds.as_secs_f64();
+    let mean_ms = if all.is_empty() {
+        f64::NAN
+    } else {
+        all.iter().map(|&u| u as f64).sum::<f64>() / all.len() as f64 / 1000.0
+    };
+    Ok(Point {
+        ops,
+        errors,
+        ops_per_sec: ops as f64 / secs,
+        mean_ms,
+        p50_ms: percentile(&all, 0.50),
+        p90_ms: percentile(&all, 0.90),
+        p99_ms: percentile(&all, 0.99),
+        p999_ms: percentile(&all, 0.999),
+        max_ms: all.last().map_or(f64::NAN, |&u| u as f64 / 1000.0),
+        first_error,
+    })
+}
+
+pub const CSV_HEADER: &str = "target,clients,seconds,warmup_s,value_size,keys,etcd_conns,ops,errors,ops_per_sec,mean_ms,p50_ms,p90_ms,p99_ms,p999_ms,max_ms";
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    t: TargetArgs,
+    clients: Vec<usize>,
+    cfg: RunCfg,
+    value_size: usize,
+    etcd_conns: usize,
+    csv: PathBuf,
+) -> Result<()> {
+    use std::io::Write;
+    if clients.is_empty() || clients.contains(&0) {
+        bail!("--clients must be a non-empty list of positive counts");
+    }
+    if cfg.keyspace == 0 {
+        bail!("--keyspace must be positive");
+    }
+    let need_header = std::fs::metadata(&csv).map(|m| m.len() == 0).unwrap_or(true);
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&csv)
+        .with_context(|| format!("opening {}", csv.display()))?;
+    if need_header {
+        writeln!(out, "{CSV_HEADER}")?;
+    }
+    for &n in &clients {
+        let t_connect = Instant::now();
+        let (point, connect_secs) = match t.target {
+            System::Etcd => {
+                let target =
+                    targets::EtcdTarget::connect(&t.endpoints, n, etcd_conns, cfg.op_timeout)
+                        .await?;
+                let connect_secs = t_connect.elapsed().as_secs_f64();
+                (run_point(Arc::new(target), n, &cfg, value_size).await?, connect_secs)
+            }
+            System::Ours => {
+                #[cfg(feature = "ours")]
+                {
+                    let target = targets::OursTarget::connect(
+                        &t.endpoints,
+                        t.cluster_id,
+                        n,
+                        cfg.op_timeout,
+                    )
+                    .await?;
+                    let connect_secs = t_connect.elapsed().as_secs_f64();
+                    (run_point(Arc::new(target), n, &cfg, value_size).await?, connect_secs)
+                }
+                #[cfg(not(feature = "ours"))]
+                bail!("built without the `ours` feature; rebuild with default features")
+            }
+        };
+        eprintln!(
+            "{:>4}  clients={:<4} ops/s={:>9.1}  p50={:>8.3} ms  p99={:>8.3} ms  max={:>8.3} ms  errors={}  (connect {:.2} s)",
+            t.target.name(),
+            n,
+            point.ops_per_sec,
+            point.p50_ms,
+            point.p99_ms,
+            point.max_ms,
+            point.errors,
+            connect_secs,
+        );
+        if let Some(e) = &point.first_error {
+            eprintln!("      first error: {e}");
+        }
+        let conns = match t.target {
+            System::Etcd if etcd_conns == 0 => n,
+            System::Etcd => etcd_conns.min(n),
+            System::Ours => n,
+        };
+        writeln!(
+            out,
+            "{},{},{},{},{},{},{},{},{},{:.1},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3}",
+            t.target.name(),
+            n,
+            cfg.seconds.as_secs_f64(),
+            cfg.warmup.as_secs_f64(),
+            value_size,
+            cfg.keys.name(),
+            conns,
+            point.ops,
+            point.errors,
+            point.ops_per_sec,
+            point.mean_ms,
+            point.p50_ms,
+            point.p90_ms,
+            point.p99_ms,
+            point.p999_ms,
+            point.max_ms,
+        )?;
+        out.flush()?;
+        if point.ops == 0 {
+            bail!(
+                "{} with {n} clients completed no operation{}",
+                t.target.name(),
+                point
+                    .first_error
+                    .map(|e| format!(" (first error: {e})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn wait(t: TargetArgs, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let attempt = match t.target {
+            System::Etcd => targets::etcd_ready(&t.endpoints).await,
+            System::Ours => {
+                #[cfg(feature = "ours")]
+                {
+                    targets::ours_ready(&t.endpoints, t.cluster_id).await
+                }
+                #[cfg(not(feature = "ours"))]
+                bail!("built without the `ours` feature; rebuild with default features")
+            }
+        };
+        let last_err = match attempt {
+            Ok(()) => {
+                eprintln!("{} cluster at {} is ready", t.target.name(), t.endpoints.join(","));
+                return Ok(());
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() >= deadline {
+            bail!(
+                "{} cluster not ready after {:?}: {last_err}",
+                t.target.name(),
+                timeout
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run {
+            t,
+            clients,
+            seconds,
+            warmup,
+            value_size,
+            keys,
+            keyspace,
+            etcd_conns,
+            op_timeout,
+            csv,
+        } => {
+            let cfg = RunCfg {
+                seconds: Duration::from_secs_f64(seconds),
+                warmup: Duration::from_secs_f64(warmup),
+                keys,
+                keyspace,
+                op_timeout: Duration::from_secs_f64(op_timeout),
+            };
+            if cfg.seconds.is_zero() {
+                bail!("--seconds must be positive");
+            }
+            run(t, clients, cfg, value_size, etcd_conns, csv).await
+        }
+        Cmd::Wait { t, timeout } => wait(t, Duration::from_secs_f64(timeout)).await,
+        Cmd::Report {
+            csv,
+            md,
+            svg,
+            etcd_version,
+            note,
+        } => report::report(&csv, &md, &svg, &etcd_version, &note),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_nearest_rank() {
+        let v: Vec<u32> = (1..=100).map(|x| x * 1000).collect();
+        assert_eq!(percentile(&v, 0.50), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&v, 1.0), 100.0);
+        assert_eq!(percentile(&[7000], 0.99), 7.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn values_are_ascii_of_requested_length() {
+        let v = make_value(3, 256);
+        assert_eq!(v.len(), 256);
+        assert!(std::str::from_utf8(&v).is_ok());
+        assert!(v.iter().all(|b| b.is_ascii_alphanumeric()));
+    }
+}

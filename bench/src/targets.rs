@@ -1,0 +1,184 @@
+//! The two systems under test behind [`Target`].
+
+use std::time::Duration;
+
+#[cfg(feature = "ours")]
+use anyhow::anyhow;
+use anyhow::{bail, Context, Result};
+use etcd_client::{Client, ConnectOptions, KvClient};
+
+use crate::Target;
+
+fn etcd_urls(endpoints: &[String]) -> Vec<String> {
+    endpoints
+        .iter()
+        .map(|e| {
+            if e.contains("://") {
+                e.clone()
+            } else {
+                format!("http://{e}")
+            }
+        })
+        .collect()
+}
+
+/// etcd through the `etcd-client` crate (gRPC over tonic).
+///
+/// Connection model: by default one `etcd_client::Client` per logical
+/// client, each a tonic channel balanced over all three endpoints (so a
+/// logical client's puts may land on any member; followers forward them to
+/// the leader, as with any etcd v3 client that is given all endpoints). With
+/// `--etcd-conns K` the logical clients instead share K such Clients
+/// round-robin, like etcd's own `benchmark --conns K --clients N`.
+pub struct EtcdTarget {
+    kvs: Vec<KvClient>,
+}
+
+impl EtcdTarget {
+    pub async fn connect(
+        endpoints: &[String],
+        clients: usize,
+        conns: usize,
+        op_timeout: Duration,
+    ) -> Result<Self> {
+        let k = if conns == 0 { clients } else { conns.min(clients) };
+        let urls = etcd_urls(endpoints);
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(op_timeout);
+        let mut kvs = Vec::with_capacity(k);
+        for _ in 0..k {
+            let c = Client::connect(&urls, Some(opts.clone()))
+                .await
+                .context("connecting to etcd")?;
+            kvs.push(c.kv_client());
+        }
+        Ok(EtcdTarget { kvs })
+    }
+}
+
+impl Target for EtcdTarget {
+    async fn put(&self, client: usize, key: String, value: Vec<u8>) -> Result<()> {
+        // A KvClient clone is a handle on the same channel (cheap).
+        let mut kv = self.kvs[client % self.kvs.len()].clone();
+        kv.put(key, value, None).await?;
+        Ok(())
+    }
+}
+
+/// Ready when every member answers Status with the same, non-zero leader and
+/// a put through all endpoints succeeds.
+pub async fn etcd_ready(endpoints: &[String]) -> Result<()> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(2));
+    let mut leader = None;
+    for url in etcd_urls(endpoints) {
+        let mut c = Client::connect([url.as_str()], Some(opts.clone())).await?;
+        let st = c.status().await.with_context(|| format!("status of {url}"))?;
+        if st.leader() == 0 {
+            bail!("{url} has no leader yet");
+        }
+        match leader {
+            None => leader = Some(st.leader()),
+            Some(l) if l != st.leader() => bail!("members disagree on the leader"),
+            Some(_) => {}
+        }
+    }
+    let mut c = Client::connect(etcd_urls(endpoints), Some(opts)).await?;
+    c.put("__bench_probe", "ok", None)
+        .await
+        .context("probe put")?;
+    Ok(())
+}
+
+#[cfg(feature = "ours")]
+fn parse_addrs(endpoints: &[String]) -> Result<Vec<std::net::SocketAddr>> {
+    endpoints
+        .iter()
+        .map(|e| {
+            e.parse()
+                .with_context(|| format!("bad endpoint {e:?} (want ip:port)"))
+        })
+        .collect()
+}
+
+/// Our cluster through `driver_tokio::client::Client`: one Client (one
+/// session) per logical client, each given all members' client addresses.
+/// The mutex is uncontended (one task per logical client); it only lets the
+/// same code work whether `put` takes `&self` or `&mut self`.
+#[cfg(feature = "ours")]
+pub struct OursTarget {
+    clients: Vec<tokio::sync::Mutex<driver_tokio::client::Client>>,
+}
+
+#[cfg(feature = "ours")]
+impl OursTarget {
+    pub async fn connect(
+        endpoints: &[String],
+        cluster_id: u64,
+        clients: usize,
+        op_timeout: Duration,
+    ) -> Result<Self> {
+        let addrs = parse_addrs(endpoints)?;
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..clients {
+            let addrs = addrs.clone();
+            set.spawn(async move {
+                #[allow(unused_mut)]
+                let mut c = driver_tokio::client::Client::connect(cluster_id, addrs)
+                    .await
+                    .map_err(|e| anyhow!("connecting client {i}: {e:?}"))?;
+                // The client's own overall deadline for one operation (it
+                // retries across servers within it), so the load generator's
+                // outer timeout never cancels an operation half-way.
+                c.op_timeout = op_timeout;
+                Ok::<_, anyhow::Error>((i, c))
+            });
+        }
+        let mut slots: Vec<Option<driver_tokio::client::Client>> =
+            (0..clients).map(|_| None).collect();
+        while let Some(r) = set.join_next().await {
+            let (i, c) = r.context("connect task panicked")??;
+            slots[i] = Some(c);
+        }
+        Ok(OursTarget {
+            clients: slots
+                .into_iter()
+                .map(|c| tokio::sync::Mutex::new(c.expect("every slot filled")))
+                .collect(),
+        })
+    }
+}
+
+#[cfg(feature = "ours")]
+impl Target for OursTarget {
+    async fn put(&self, client: usize, key: String, value: Vec<u8>) -> Result<()> {
+        let value = String::from_utf8(value).context("value must be UTF-8 for our API")?;
+        #[allow(unused_mut)]
+        let mut c = self.clients[client].lock().await;
+        c.put(&key, &value)
+            .await
+            .map_err(|e| anyhow!("put: {e:?}"))?;
+        Ok(())
+    }
+}
+
+#[cfg(feature = "ours")]
+pub async fn ours_ready(endpoints: &[String], cluster_id: u64) -> Result<()> {
+    let addrs = parse_addrs(endpoints)?;
+    let probe = async {
+        #[allow(unused_mut)]
+        let mut c = driver_tokio::client::Client::connect(cluster_id, addrs)
+            .await
+            .map_err(|e| anyhow!("connect: {e:?}"))?;
+        c.op_timeout = Duration::from_secs(4);
+        c.put("__bench_probe", "ok")
+            .await
+            .map_err(|e| anyhow!("probe put: {e:?}"))?;
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), probe)
+        .await
+        .map_err(|_| anyhow!("probe timed out"))?
+}
