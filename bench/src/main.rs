@@ -253,7 +253,10 @@ async fn run_point<T: Target>(
                 let err = match r {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(format!("{e:#}")),
-                    Err(_) => Some(format!("no answer within {:?} (outer bound)", cfg.op_timeout + Duration::from_secs(2))),
+                    Err(_) => Some(format!(
+                        "no answer within {:?} (outer bound)",
+                        cfg.op_timeout + Duration::from_secs(2)
+                    )),
                 };
                 match err {
                     None => {
@@ -326,7 +329,9 @@ async fn run(
     if cfg.keyspace == 0 {
         bail!("--keyspace must be positive");
     }
-    let need_header = std::fs::metadata(&csv).map(|m| m.len() == 0).unwrap_or(true);
+    let need_header = std::fs::metadata(&csv)
+        .map(|m| m.len() == 0)
+        .unwrap_or(true);
     let mut out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -343,20 +348,22 @@ async fn run(
                     targets::EtcdTarget::connect(&t.endpoints, n, etcd_conns, cfg.op_timeout)
                         .await?;
                 let connect_secs = t_connect.elapsed().as_secs_f64();
-                (run_point(Arc::new(target), n, &cfg, value_size).await?, connect_secs)
+                (
+                    run_point(Arc::new(target), n, &cfg, value_size).await?,
+                    connect_secs,
+                )
             }
             System::Ours => {
                 #[cfg(feature = "ours")]
                 {
-                    let target = targets::OursTarget::connect(
-                        &t.endpoints,
-                        t.cluster_id,
-                        n,
-                        cfg.op_timeout,
-                    )
-                    .await?;
+                    let target =
+                        targets::OursTarget::connect(&t.endpoints, t.cluster_id, n, cfg.op_timeout)
+                            .await?;
                     let connect_secs = t_connect.elapsed().as_secs_f64();
-                    (run_point(Arc::new(target), n, &cfg, value_size).await?, connect_secs)
+                    (
+                        run_point(Arc::new(target), n, &cfg, value_size).await?,
+                        connect_secs,
+                    )
                 }
                 #[cfg(not(feature = "ours"))]
                 bail!("built without the `ours` feature; rebuild with default features")
@@ -432,7 +439,11 @@ async fn wait(t: TargetArgs, timeout: Duration) -> Result<()> {
         };
         let last_err = match attempt {
             Ok(()) => {
-                eprintln!("{} cluster at {} is ready", t.target.name(), t.endpoints.join(","));
+                eprintln!(
+                    "{} cluster at {} is ready",
+                    t.target.name(),
+                    t.endpoints.join(",")
+                );
                 return Ok(());
             }
             Err(e) => format!("{e:#}"),

@@ -59,7 +59,12 @@ pub fn parse_csv(text: &str) -> Result<Vec<Row>> {
     for (n, line) in lines.enumerate() {
         let f: Vec<&str> = line.split(',').collect();
         if f.len() != cols.len() {
-            bail!("CSV line {}: {} fields, header has {}", n + 2, f.len(), cols.len());
+            bail!(
+                "CSV line {}: {} fields, header has {}",
+                n + 2,
+                f.len(),
+                cols.len()
+            );
         }
         let num = |k: usize| -> Result<f64> {
             f[i[k]]
@@ -90,7 +95,9 @@ pub fn parse_csv(text: &str) -> Result<Vec<Row>> {
 }
 
 fn read_trim(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 fn machine_lines(etcd_version: &str) -> Vec<String> {
@@ -146,7 +153,8 @@ pub fn report(
     etcd_version: &str,
     notes: &[String],
 ) -> Result<()> {
-    let text = std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
+    let text =
+        std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
     let rows = parse_csv(&text)?;
     if rows.is_empty() {
         bail!("{} has no data rows", csv.display());
@@ -163,7 +171,10 @@ pub fn report(
 
     let mut out = String::new();
     writeln!(out, "# Put throughput and latency: ours (rkv) vs etcd\n")?;
-    writeln!(out, "Produced by `scripts/bench-vs-etcd`; raw numbers in `results.csv`, plot in `bench.svg`.\n")?;
+    writeln!(
+        out,
+        "Produced by `scripts/bench-vs-etcd`; raw numbers in `results.csv`, plot in `bench.svg`.\n"
+    )?;
     writeln!(out, "## Machine\n")?;
     for l in machine_lines(etcd_version) {
         writeln!(out, "- {l}")?;
@@ -215,7 +226,10 @@ pub fn report(
 
     writeln!(out, "\n### All percentiles\n")?;
     writeln!(out, "| system | clients | ops | errors | ops/s | mean ms | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |")?;
-    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )?;
     for t in ["ours", "etcd"] {
         for &c in &clients {
             if let Some(r) = get(t, c) {
@@ -282,7 +296,10 @@ mod tests {
         std::fs::write(&c, csv).unwrap();
         report(&c, &dir.join("r.md"), &dir.join("r.svg"), "3.4.23", &[]).unwrap();
         let md = std::fs::read_to_string(dir.join("r.md")).unwrap();
-        assert!(md.contains("| 1 | 200 | 4.50 | 8.00 | 100 | 9.00 | 20.00 | 2.00× |"), "{md}");
+        assert!(
+            md.contains("| 1 | 200 | 4.50 | 8.00 | 100 | 9.00 | 20.00 | 2.00× |"),
+            "{md}"
+        );
         assert!(md.contains("| 16 | – | – | – | 1000 |"), "{md}");
         let svg = std::fs::read_to_string(dir.join("r.svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

@@ -88,7 +88,11 @@ fn polyline(out: &mut String, pts: &[(f64, f64)], color: &str, dashed: bool) {
         out,
         r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"{}/>"#,
         d.join(" "),
-        if dashed { r#" stroke-dasharray="6,4""# } else { "" }
+        if dashed {
+            r#" stroke-dasharray="6,4""#
+        } else {
+            ""
+        }
     );
 }
 

@@ -41,7 +41,11 @@ impl EtcdTarget {
         conns: usize,
         op_timeout: Duration,
     ) -> Result<Self> {
-        let k = if conns == 0 { clients } else { conns.min(clients) };
+        let k = if conns == 0 {
+            clients
+        } else {
+            conns.min(clients)
+        };
         let urls = etcd_urls(endpoints);
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
@@ -75,7 +79,10 @@ pub async fn etcd_ready(endpoints: &[String]) -> Result<()> {
     let mut leader = None;
     for url in etcd_urls(endpoints) {
         let mut c = Client::connect([url.as_str()], Some(opts.clone())).await?;
-        let st = c.status().await.with_context(|| format!("status of {url}"))?;
+        let st = c
+            .status()
+            .await
+            .with_context(|| format!("status of {url}"))?;
         if st.leader() == 0 {
             bail!("{url} has no leader yet");
         }
