@@ -119,6 +119,8 @@ pub struct KvServer {
     waiting: BTreeMap<Index, Waiting>,
     proposals: BTreeMap<u64, (u64, Command)>,
     next_proposal: u64,
+    /// The term this node led at the last staleness check, if it led.
+    leading_term: Option<Term>,
 }
 
 impl KvServer {
@@ -147,6 +149,7 @@ impl KvServer {
             waiting: BTreeMap::new(),
             proposals: BTreeMap::new(),
             next_proposal: 0,
+            leading_term: None,
         })
     }
 
@@ -301,6 +304,12 @@ impl KvServer {
     /// proposed in: if that is no longer us, let the client move on.
     fn release_if_deposed(&mut self, out: &mut Vec<ServerAction>) {
         let (leader, term) = (self.raft.is_leader(), self.raft.term());
+        // Requests wait only on a leader, tagged with its term: while it stays
+        // leader of that term nothing can go stale, so skip the scan.
+        if leader && self.leading_term == Some(term) {
+            return;
+        }
+        self.leading_term = leader.then_some(term);
         let stale: Vec<Index> = self
             .waiting
             .iter()

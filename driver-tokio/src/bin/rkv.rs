@@ -100,7 +100,7 @@ struct ServeArgs {
     /// Where the log and snapshots are kept.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Snapshot once the on-disk log reaches this many bytes (default 4 MiB; 0: never).
+    /// Snapshot once the on-disk log reaches this many bytes (default 64 MiB; 0: never).
     #[arg(long)]
     max_raft_state: Option<usize>,
 }
@@ -157,7 +157,7 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, String> {
     let max = args
         .max_raft_state
         .or(file.max_raft_state)
-        .unwrap_or(4 << 20);
+        .unwrap_or(64 << 20);
     Ok(NodeConfig {
         id,
         cluster_id: args.cluster_id.or(file.cluster_id).unwrap_or(1),
