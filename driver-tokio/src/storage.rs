@@ -43,18 +43,19 @@
 //!
 //! # What is written and fsynced when
 //!
-//! - [`Storage::append`] of a `Persist` without a snapshot appends one `Write`
-//!   record (a single `write`) to the live segment and does not fsync. A
+//! - [`Storage::append`] of a `Persist` without a snapshot encodes one
+//!   `Write` record into a memory buffer; nothing reaches the file yet. A
 //!   `Persist` that changes nothing (a pure ordering barrier) writes nothing.
-//! - [`Storage::sync`] is one `fdatasync` of the live segment and covers every
-//!   record appended before it (group commit: append N writes, sync once).
+//! - [`Storage::sync`] writes the buffered records to the live segment in one
+//!   `write`, then makes them durable with one `fdatasync` (group commit:
+//!   append N, sync once: one write and one fsync for the whole group).
 //! - [`Storage::append`] of a `Persist` with a snapshot, in this order:
 //!   1. fdatasync the live segment (so every earlier write is durable before
 //!      the new snapshot can be seen);
 //!   2. write `snapshot.tmp` (header and data), fsync it, rename it to
 //!      `snapshot`, fsync the directory;
 //!   3. append the `Write` record (hard state, snapshot meta, truncation,
-//!      entries) to the live segment;
+//!      entries) to the live segment (written, not yet fsynced);
 //!   4. rotate: create `log.<n+1>` holding the header and a `Checkpoint` of
 //!      the whole current state, fsync it, fsync the directory, delete the
 //!      older segments, fsync the directory.
@@ -219,6 +220,9 @@ pub struct Storage {
     len: u64,
     /// Bytes were written to the live segment since its last fsync.
     dirty: bool,
+    /// Records appended but not yet written: the whole group goes to the
+    /// file in one `write` just before its fsync.
+    unwritten: Vec<u8>,
     /// The durable state as the records written so far define it.
     mirror: DurableState,
     /// An I/O error happened: refuse everything.
@@ -402,6 +406,7 @@ impl Storage {
             file,
             len: truncated_torn_tail.as_ref().map_or(valid_len, |t| t.1),
             dirty: false,
+            unwritten: Vec::new(),
             mirror: state,
             poisoned: false,
         };
@@ -502,7 +507,7 @@ impl Storage {
                 persist.truncate_from,
             )?;
         }
-        self.file.write_all(&frame).map_err(io_err(&self.path))?;
+        self.unwritten.extend_from_slice(&frame);
         self.len += frame.len() as u64;
         self.dirty = true;
         apply_write(
@@ -513,12 +518,25 @@ impl Storage {
             persist.entries.iter().cloned(),
         );
         if persist.snapshot.is_some() {
+            self.write_unwritten()?;
             self.rotate()?;
         }
         Ok(())
     }
 
+    /// Hands the buffered records to the file (not yet durable).
+    fn write_unwritten(&mut self) -> Result<(), StorageError> {
+        if !self.unwritten.is_empty() {
+            self.file
+                .write_all(&self.unwritten)
+                .map_err(io_err(&self.path))?;
+            self.unwritten.clear();
+        }
+        Ok(())
+    }
+
     fn sync_log(&mut self) -> Result<(), StorageError> {
+        self.write_unwritten()?;
         if self.dirty {
             self.file.sync_data().map_err(io_err(&self.path))?;
             self.dirty = false;
