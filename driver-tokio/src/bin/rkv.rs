@@ -282,7 +282,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread runs the node's event loop and connections (storage has its
+    // own thread): on a small machine shared by several nodes this beats a
+    // work-stealing pool, which spends its time handing tasks between cores.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
