@@ -18,7 +18,7 @@
 //! non-issue for any cluster this code serves. Eviction depends only on the
 //! log, so every replica evicts the same sessions at the same index.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -37,7 +37,11 @@ struct Session {
 /// The key/value store with its session table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvStore {
-    data: BTreeMap<String, String>,
+    /// Looked up by key on every operation, never iterated except sorted
+    /// (see `sorted_map`), so its random hash seed (which protects it from
+    /// crafted colliding keys) never shows in any output.
+    #[serde(with = "sorted_map")]
+    data: HashMap<String, String>,
     sessions: BTreeMap<ClientId, Session>,
     /// Sessions by last use, for eviction: (last index, client).
     by_use: BTreeMap<(u64, ClientId), ()>,
@@ -55,7 +59,7 @@ impl KvStore {
     pub fn new(max_sessions: usize) -> Self {
         assert!(max_sessions > 0, "max_sessions must be positive");
         KvStore {
-            data: BTreeMap::new(),
+            data: HashMap::new(),
             sessions: BTreeMap::new(),
             by_use: BTreeMap::new(),
             max_sessions,
@@ -139,6 +143,29 @@ impl KvStore {
     }
 }
 
+/// Serializes the key/value map sorted by key, so that a snapshot's bytes
+/// depend only on the store's contents (every replica, every run).
+mod sorted_map {
+    use std::collections::HashMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        map: &HashMap<String, String>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut pairs: Vec<(&String, &String)> = map.iter().collect();
+        pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        s.collect_map(pairs)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<HashMap<String, String>, D::Error> {
+        HashMap::deserialize(d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +230,43 @@ mod tests {
         assert_eq!(s.session_count(), 2);
         assert_eq!(s.apply(5, &put(2, 2)), Outcome::SessionExpired);
         assert_eq!(s.get("k"), Some("1213"));
+    }
+
+    #[test]
+    fn snapshots_are_canonical_whatever_the_insertion_order() {
+        let mut a = KvStore::new(10);
+        let mut b = KvStore::new(10);
+        for (i, k) in ["x", "a", "m", "b"].iter().enumerate() {
+            a.apply(
+                i as u64 + 1,
+                &cmd(
+                    1,
+                    i as u64 + 1,
+                    Op::Put {
+                        key: (*k).into(),
+                        value: "v".into(),
+                    },
+                ),
+            );
+        }
+        for (i, k) in ["b", "m", "a", "x"].iter().enumerate() {
+            b.apply(
+                i as u64 + 1,
+                &cmd(
+                    1,
+                    i as u64 + 1,
+                    Op::Put {
+                        key: (*k).into(),
+                        value: "v".into(),
+                    },
+                ),
+            );
+        }
+        let mut c = KvStore::new(10);
+        c.restore(&a.snapshot()).unwrap();
+        // Same contents and the same session history: the same bytes.
+        assert_eq!(a.snapshot(), b.snapshot());
+        assert_eq!(c.snapshot(), a.snapshot());
     }
 
     #[test]

@@ -122,6 +122,7 @@ pub struct InstallSnapshot {
     /// The term of that entry.
     pub last_included_term: Term,
     /// The service's snapshot bytes.
+    #[serde(with = "crate::bytes")]
     pub data: Vec<u8>,
 }
 

@@ -17,6 +17,7 @@ pub struct Entry {
     /// The term of the leader that created it.
     pub term: Term,
     /// The service's opaque command bytes.
+    #[serde(with = "crate::bytes")]
     pub command: Vec<u8>,
 }
 
@@ -52,5 +53,6 @@ pub struct Snapshot {
     /// Where the snapshot ends.
     pub meta: SnapshotMeta,
     /// The service's bytes.
+    #[serde(with = "crate::bytes")]
     pub data: Vec<u8>,
 }
