@@ -184,6 +184,18 @@ impl KvServer {
                 self.raft_state_bytes = raft_state_bytes;
                 Event::Persisted { upto }
             }
+            ServerEvent::RequestReceived { id, command }
+                if raft_core::canary::on(raft_core::canary::Canary::LocalGetOnLeader)
+                    && self.raft.is_leader()
+                    && matches!(command.op, crate::command::Op::Get { .. }) =>
+            {
+                let crate::command::Op::Get { key } = &command.op else {
+                    unreachable!()
+                };
+                let value = self.store.get(key).unwrap_or_default().to_string();
+                let reply = Reply::Applied(crate::command::Outcome::Value(value));
+                return Ok(vec![ServerAction::Reply { id, reply }]);
+            }
             ServerEvent::RequestReceived { id, command } => {
                 self.next_proposal += 1;
                 let proposal = self.next_proposal;

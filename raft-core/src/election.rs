@@ -52,6 +52,14 @@ impl RaftNode {
             // Granting a vote defers our own candidacy (Figure 2, Followers).
             self.reset_election_deadline();
         }
+        if grant && crate::canary::on(crate::canary::Canary::VoteBeforePersist) {
+            let reply = RequestVoteReply {
+                term: self.hard.term,
+                vote_granted: true,
+            };
+            self.send(from, Message::RequestVoteReply(reply));
+            return;
+        }
         let reply = RequestVoteReply {
             term: self.hard.term,
             vote_granted: grant,

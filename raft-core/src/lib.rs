@@ -31,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod bytes;
+pub mod canary;
 mod config;
 mod election;
 mod io;

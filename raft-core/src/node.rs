@@ -289,7 +289,9 @@ impl RaftNode {
             };
             self.become_follower(term, leader);
         }
-        if term < self.hard.term {
+        let stale_append_accepted = matches!(message, Message::AppendEntries(_))
+            && crate::canary::on(crate::canary::Canary::AcceptStaleAppend);
+        if term < self.hard.term && !stale_append_accepted {
             self.reply_stale(from, &message);
             return;
         }
@@ -338,9 +340,10 @@ impl RaftNode {
     /// Adopt `term` (if newer) as a follower of `leader`.
     pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
         if term > self.hard.term {
+            let keep = crate::canary::on(crate::canary::Canary::KeepVoteOnNewTerm);
             self.hard = HardState {
                 term,
-                voted_for: None,
+                voted_for: if keep { self.hard.voted_for } else { None },
             };
             self.pending.hard_state_dirty = true;
         }
@@ -479,7 +482,11 @@ impl RaftNode {
         if let Some(snapshot) = self.pending_apply_snapshot.take() {
             self.out.push(Action::ApplySnapshot { snapshot });
         }
-        let apply_to = self.commit_index.min(self.durable_index);
+        let apply_to = if crate::canary::on(crate::canary::Canary::ApplyUncommitted) {
+            self.durable_index
+        } else {
+            self.commit_index.min(self.durable_index)
+        };
         if apply_to > self.last_applied {
             let entries = self.log.slice(self.last_applied + 1, apply_to).to_vec();
             assert_eq!(

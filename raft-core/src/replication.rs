@@ -252,9 +252,17 @@ impl RaftNode {
     /// The leader counts its own log only as far as it is durable.
     pub(crate) fn maybe_commit(&mut self) {
         let mut matches: Vec<Index> = self.progress.values().map(|p| p.match_index).collect();
-        matches.push(self.durable_index);
+        matches.push(
+            if crate::canary::on(crate::canary::Canary::AckBeforePersist) {
+                self.log.last_index()
+            } else {
+                self.durable_index
+            },
+        );
         let candidate = quorum_index(&matches);
-        if candidate > self.commit_index && self.log.term_at(candidate) == Some(self.hard.term) {
+        let current_term = self.log.term_at(candidate) == Some(self.hard.term)
+            || crate::canary::on(crate::canary::Canary::CommitOlderTermByCounting);
+        if candidate > self.commit_index && current_term {
             self.commit_index = candidate;
         }
     }

@@ -73,7 +73,9 @@ impl RaftNode {
             self.snapshot_data = Some(snapshot.data.clone());
             self.pending.snapshot = Some(snapshot.clone());
             self.commit_index = meta.index;
-            self.last_applied = meta.index;
+            if !crate::canary::on(crate::canary::Canary::KeepAppliedAfterSnapshot) {
+                self.last_applied = meta.index;
+            }
             self.pending_apply_snapshot = Some(snapshot);
         }
         let reply = InstallSnapshotReply {

@@ -1,0 +1,71 @@
+//! Known bugs that tests can switch on, to prove that the checks catch them.
+//!
+//! Compiled in only with the `canaries` cargo feature, which nothing but the
+//! test suites enables; without it [`on`] is the constant `false` and every
+//! planted bug is compiled out. With it, one canary at a time is active on
+//! the current thread ([`set`]), so a test can run the same scenario with
+//! each bug in turn.
+
+/// A planted bug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Canary {
+    /// Commit an entry of an earlier term by counting replicas (Figure 8).
+    CommitOlderTermByCounting,
+    /// Send a vote grant before the vote is durable.
+    VoteBeforePersist,
+    /// Keep the vote when moving to a newer term.
+    KeepVoteOnNewTerm,
+    /// Accept AppendEntries from a stale term.
+    AcceptStaleAppend,
+    /// Apply entries beyond the commit index.
+    ApplyUncommitted,
+    /// Leave the applied index where it was after installing a snapshot.
+    KeepAppliedAfterSnapshot,
+    /// Leave the client session table out of the KV snapshot.
+    SessionsLeftOutOfSnapshot,
+    /// Answer Get from the local store on whoever thinks it leads.
+    LocalGetOnLeader,
+    /// Acknowledge entries before they are durable (count them as matched).
+    AckBeforePersist,
+}
+
+impl Canary {
+    /// Every canary, in a fixed order.
+    pub const ALL: [Canary; 9] = [
+        Canary::CommitOlderTermByCounting,
+        Canary::VoteBeforePersist,
+        Canary::KeepVoteOnNewTerm,
+        Canary::AcceptStaleAppend,
+        Canary::ApplyUncommitted,
+        Canary::KeepAppliedAfterSnapshot,
+        Canary::SessionsLeftOutOfSnapshot,
+        Canary::LocalGetOnLeader,
+        Canary::AckBeforePersist,
+    ];
+}
+
+#[cfg(feature = "canaries")]
+thread_local! {
+    static ACTIVE: core::cell::Cell<Option<Canary>> = const { core::cell::Cell::new(None) };
+}
+
+/// Is `canary` switched on (on this thread)? Always false without the
+/// `canaries` feature.
+#[inline]
+pub fn on(canary: Canary) -> bool {
+    #[cfg(feature = "canaries")]
+    {
+        ACTIVE.with(|a| a.get() == Some(canary))
+    }
+    #[cfg(not(feature = "canaries"))]
+    {
+        let _ = canary;
+        false
+    }
+}
+
+/// Switches one canary on (or all off) for this thread.
+#[cfg(feature = "canaries")]
+pub fn set(canary: Option<Canary>) {
+    ACTIVE.with(|a| a.set(canary));
+}
