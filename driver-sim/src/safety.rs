@@ -114,16 +114,21 @@ impl SafetyChecker {
     pub fn check_send(&self, from: NodeId, to: NodeId, message: &Message, persister: &Persister) {
         let durable = persister.state();
         match message {
+            // A durable term past the message's also vouches for it: a node
+            // that has moved on never votes in that term again (a group
+            // commit can make several writes durable at once).
             Message::RequestVote(m) => {
+                let hs = durable.hard_state;
                 assert!(
-                    durable.hard_state.term == m.term && durable.hard_state.voted_for == Some(from),
+                    hs.term > m.term || (hs.term == m.term && hs.voted_for == Some(from)),
                     "persist before send: node {from} asked for votes in term {} before its own vote was durable",
                     m.term
                 );
             }
             Message::RequestVoteReply(m) if m.vote_granted => {
+                let hs = durable.hard_state;
                 assert!(
-                    durable.hard_state.term == m.term && durable.hard_state.voted_for == Some(to),
+                    hs.term > m.term || (hs.term == m.term && hs.voted_for == Some(to)),
                     "persist before send: node {from} granted {to} a vote in term {} before it was durable",
                     m.term
                 );

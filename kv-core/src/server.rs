@@ -37,7 +37,11 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// Defaults around a Raft configuration.
-    pub fn new(raft: raft_core::Config, max_raft_state: Option<usize>) -> Self {
+    /// Turns on the no-op entry at the start of each term (the store ignores
+    /// it), so a new leader commits what its predecessor left without
+    /// waiting for a client.
+    pub fn new(mut raft: raft_core::Config, max_raft_state: Option<usize>) -> Self {
+        raft.noop_on_election = true;
         ServerConfig {
             raft,
             max_raft_state,

@@ -32,6 +32,11 @@ pub struct Config {
     /// Most entries a leader holds that are not yet committed; more proposals
     /// are rejected with `RejectReason::TooManyUncommitted`.
     pub max_uncommitted_entries: u64,
+    /// Append an entry with an empty command when taking office (Raft
+    /// thesis §6.4), so that entries of earlier terms commit without waiting
+    /// for the next proposal. Services must ignore empty commands. Off by
+    /// default: the MIT lab tests expect exact indices for their commands.
+    pub noop_on_election: bool,
 }
 
 impl Config {
@@ -49,6 +54,7 @@ impl Config {
             max_append_bytes: 1 << 20,
             max_inflight_appends: 1,
             max_uncommitted_entries: 10_000,
+            noop_on_election: false,
         }
     }
 

@@ -93,6 +93,14 @@ impl RaftNode {
             .collect();
         self.heartbeat_deadline = self.now + self.config.heartbeat_interval;
         self.quorum_deadline = self.now + self.config.election_timeout_max;
+        if self.config.noop_on_election {
+            let entry = crate::types::Entry {
+                index: last + 1,
+                term: self.hard.term,
+                command: Vec::new(),
+            };
+            self.append_entry(entry);
+        }
         self.broadcast_heartbeat();
         // A single-member cluster commits on its own durability.
         self.maybe_commit();

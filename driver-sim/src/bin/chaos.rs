@@ -1,0 +1,140 @@
+//! Runs chaos seeds: `chaos [--seeds N] [--from FIRST] [--seed ONE]`.
+//!
+//! Prints a progress bar on stderr, every failing seed with what broke and
+//! the command that replays it, and a summary. Exit status 1 if any failed.
+
+use std::io::Write;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use driver_sim::chaos::run_seed;
+
+fn usage() -> ExitCode {
+    eprintln!("usage: chaos [--seeds N (default 1000)] [--from FIRST (default 1)] [--seed ONE]");
+    eprintln!("       chaos --canaries SEEDS   (built with --features canaries): each planted bug in turn");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let mut from = 1u64;
+    let mut count = 1000u64;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let Some(value) = args.next().and_then(|v| v.parse::<u64>().ok()) else {
+            return usage();
+        };
+        match flag.as_str() {
+            "--seeds" => count = value,
+            "--from" => from = value,
+            #[cfg(feature = "canaries")]
+            "--canaries" => return hunt_canaries(value),
+            "--seed" => {
+                from = value;
+                count = 1;
+            }
+            _ => return usage(),
+        }
+    }
+    // Failures are reported here, with their seed; keep panics quiet.
+    std::panic::set_hook(Box::new(|_| {}));
+    let started = Instant::now();
+    let (mut failed, mut events, mut ops) = (Vec::new(), 0u64, 0usize);
+    for (k, seed) in (from..from + count).enumerate() {
+        match catch_unwind(AssertUnwindSafe(|| run_seed(seed))) {
+            Ok(report) => {
+                events += report.events;
+                ops += report.ops;
+            }
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                eprintln!("\rseed {seed} FAILED: {}", why.lines().next().unwrap_or(""));
+                eprintln!(
+                    "  replay: cargo run --release -p driver-sim --bin chaos -- --seed {seed}"
+                );
+                if count == 1 {
+                    eprintln!("{why}");
+                }
+                failed.push(seed);
+            }
+        }
+        let done = k as u64 + 1;
+        // Repaint about 200 times per run, not on every seed.
+        if !done.is_multiple_of((count / 200).max(1)) && done != count {
+            continue;
+        }
+        let width = 30;
+        let filled = (done * width / count.max(1)) as usize;
+        eprint!(
+            "\r[{}{}] {done}/{count} seeds, {} failed, {:.1}M events, {:.1} s ",
+            "#".repeat(filled),
+            " ".repeat(width as usize - filled),
+            failed.len(),
+            events as f64 / 1e6,
+            started.elapsed().as_secs_f64()
+        );
+        let _ = std::io::stderr().flush();
+    }
+    eprintln!();
+    println!(
+        "chaos: {} seeds from {from}: {} passed, {} failed; {events} events, {ops} client operations checked, {:.1} s",
+        count,
+        count as usize - failed.len(),
+        failed.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        println!("failing seeds: {failed:?}");
+        ExitCode::FAILURE
+    }
+}
+
+/// Switches each planted bug on in turn and runs seeds 1..=`seeds` until one
+/// fails; reports which check caught it, or that it survived.
+#[cfg(feature = "canaries")]
+fn hunt_canaries(seeds: u64) -> ExitCode {
+    use raft_core::canary::{self, Canary};
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut survivors = Vec::new();
+    for c in Canary::ALL {
+        canary::set(Some(c));
+        let caught =
+            (1..=seeds).find_map(
+                |seed| match catch_unwind(AssertUnwindSafe(|| run_seed(seed))) {
+                    Ok(_) => None,
+                    Err(p) => {
+                        let why = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default();
+                        Some((seed, why.lines().next().unwrap_or("").to_string()))
+                    }
+                },
+            );
+        canary::set(None);
+        match caught {
+            Some((seed, why)) => println!("{c:?}: caught by seed {seed}: {why}"),
+            None => {
+                println!("{c:?}: SURVIVED {seeds} seeds");
+                survivors.push(c);
+            }
+        }
+    }
+    println!(
+        "{} of {} canaries caught",
+        Canary::ALL.len() - survivors.len(),
+        Canary::ALL.len()
+    );
+    if survivors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
