@@ -189,6 +189,27 @@ pub fn check<M: Model>(
     history: &[Operation<M::Input, M::Output>],
     budget: Duration,
 ) -> Verdict<M> {
+    check_within(model, history, Instant::now().checked_add(budget), None).0
+}
+
+/// Like [`check`], but the budget is a number of search steps instead of
+/// time, so the verdict depends only on the history, never on how loaded the
+/// machine is. Returns the verdict and the steps used.
+pub fn check_steps<M: Model>(
+    model: &M,
+    history: &[Operation<M::Input, M::Output>],
+    max_steps: u64,
+) -> (Verdict<M>, u64) {
+    let (verdict, left) = check_within(model, history, None, Some(max_steps));
+    (verdict, max_steps - left.unwrap_or(0))
+}
+
+fn check_within<M: Model>(
+    model: &M,
+    history: &[Operation<M::Input, M::Output>],
+    deadline: Option<Instant>,
+    mut steps_left: Option<u64>,
+) -> (Verdict<M>, Option<u64>) {
     for (i, op) in history.iter().enumerate() {
         assert!(
             op.ret >= op.call,
@@ -197,34 +218,38 @@ pub fn check<M: Model>(
             op.call
         );
     }
-    let start = Instant::now();
-    let deadline = start.checked_add(budget);
     for (index, ids) in model.partition(history).into_iter().enumerate() {
         if ids.is_empty() {
             continue;
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Verdict::Unknown;
+        if deadline.is_some_and(|d| Instant::now() >= d) || steps_left == Some(0) {
+            return (Verdict::Unknown, steps_left);
         }
         let ops: Vec<&Operation<M::Input, M::Output>> = ids.iter().map(|&i| &history[i]).collect();
         let mut search = Search::new(model, &ops, deadline);
-        match search.run() {
+        search.steps_left = steps_left;
+        let outcome = search.run();
+        steps_left = search.steps_left;
+        match outcome {
             Outcome::Linearizable => {}
-            Outcome::GaveUp => return Verdict::Unknown,
+            Outcome::GaveUp => return (Verdict::Unknown, steps_left),
             Outcome::Illegal { prefix, state } => {
                 let rejected = search.rejected_after(&prefix, &state);
-                return Verdict::NotLinearizable(Box::new(Violation {
-                    partition: index,
-                    ops: ops.into_iter().cloned().collect(),
-                    history_ids: ids,
-                    longest_prefix: prefix,
-                    state_after_prefix: state,
-                    rejected,
-                }));
+                return (
+                    Verdict::NotLinearizable(Box::new(Violation {
+                        partition: index,
+                        ops: ops.into_iter().cloned().collect(),
+                        history_ids: ids,
+                        longest_prefix: prefix,
+                        state_after_prefix: state,
+                        rejected,
+                    })),
+                    steps_left,
+                );
             }
         }
     }
-    Verdict::Linearizable
+    (Verdict::Linearizable, steps_left)
 }
 
 /// How one partition's search ended.
@@ -245,6 +270,8 @@ struct Search<'a, M: Model> {
     model: &'a M,
     ops: &'a [&'a Operation<M::Input, M::Output>],
     deadline: Option<Instant>,
+    /// With a step budget: steps still allowed.
+    steps_left: Option<u64>,
     /// The events in sorted order (`events[k]` is node `k + 1`).
     events: Vec<Event>,
     next: Vec<u32>,
@@ -302,6 +329,7 @@ impl<'a, M: Model> Search<'a, M> {
             model,
             ops,
             deadline,
+            steps_left: None,
             events,
             next,
             prev,
@@ -363,6 +391,12 @@ impl<'a, M: Model> Search<'a, M> {
         let mut steps_to_clock = STEPS_PER_CLOCK_READ;
         let mut node = self.next[HEAD as usize];
         while known_left > 0 {
+            if let Some(left) = self.steps_left.as_mut() {
+                if *left == 0 {
+                    return Outcome::GaveUp;
+                }
+                *left -= 1;
+            }
             steps_to_clock -= 1;
             if steps_to_clock == 0 {
                 steps_to_clock = STEPS_PER_CLOCK_READ;

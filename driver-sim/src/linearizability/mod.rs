@@ -37,7 +37,7 @@ pub mod register;
 #[cfg(test)]
 mod tests;
 
-pub use checker::{check, Verdict, Violation, MAX_CACHE_ENTRIES};
+pub use checker::{check, check_steps, Verdict, Violation, MAX_CACHE_ENTRIES};
 pub use html::{render_violation_html, write_violation_html, write_violation_html_to_temp};
 pub use kv::{KvInput, KvModel, KvOp, KvOutput};
 pub use model::{Model, Operation, UNKNOWN_RETURN};
