@@ -46,12 +46,17 @@ pub struct FaultMix {
     pub dup: u64,
     /// Messages take 1..=this many ms (reordering).
     pub max_delay_ms: u64,
+    /// Per-mille chance that a message is held back 200–2000 ms instead
+    /// (it may arrive terms later).
+    pub long_delay: u64,
     /// A disk write takes 0..=this many ms.
     pub disk_ms: u64,
     /// Whether partitions may be one-way.
     pub asymmetric: bool,
     /// Per-mille chance per fault tick of crashing a node.
     pub crash: u64,
+    /// Per-mille chance that a crash hits the current leader.
+    pub crash_leader: u64,
     /// Per-mille chance per fault tick of a new partition.
     pub partition: u64,
     /// Snapshot threshold in bytes (`None`: never).
@@ -67,9 +72,11 @@ impl FaultMix {
             loss: r.below(301),
             dup: r.below(201),
             max_delay_ms: 1 + r.below(60),
-            disk_ms: r.below(10),
+            long_delay: if r.chance(1, 2) { r.below(100) } else { 0 },
+            disk_ms: r.below(40),
             asymmetric: r.chance(1, 2),
             crash: r.below(300),
+            crash_leader: r.below(1001),
             partition: r.below(500),
             max_raft_state: if r.chance(1, 2) {
                 Some(500 + r.below(3000) as usize)
@@ -220,6 +227,7 @@ impl Chaos {
             w.mix.loss = 0;
             w.mix.dup = 0;
             w.mix.max_delay_ms = 1;
+            w.mix.long_delay = 0;
             for row in w.blocked.iter_mut() {
                 row.iter_mut().for_each(|b| *b = false);
             }
@@ -258,7 +266,18 @@ impl Chaos {
                     .for_each(|row| row.iter_mut().for_each(|b| *b = false));
             }
             if with_rng(|r| r.chance(mix.crash, 1000)) {
-                let i = with_rng(|r| r.below(n as u64)) as usize;
+                let leader = {
+                    let w = self.w.borrow();
+                    (0..n).find(|&i| {
+                        w.nodes[i]
+                            .as_ref()
+                            .is_some_and(|nd| nd.server.raft().is_leader())
+                    })
+                };
+                let i = match leader {
+                    Some(l) if with_rng(|r| r.chance(mix.crash_leader, 1000)) => l,
+                    _ => with_rng(|r| r.below(n as u64)) as usize,
+                };
                 self.crash(i);
                 let me = self.clone();
                 let down = ms(with_rng(|r| r.range(50, 1500)));
@@ -433,7 +452,13 @@ impl Chaos {
             1
         };
         (0..copies)
-            .map(|_| ms(with_rng(|r| r.range(1, mix.max_delay_ms + 1))))
+            .map(|_| {
+                if with_rng(|r| r.chance(mix.long_delay, 1000)) {
+                    ms(with_rng(|r| r.range(200, 2001)))
+                } else {
+                    ms(with_rng(|r| r.range(1, mix.max_delay_ms + 1)))
+                }
+            })
             .collect()
     }
 

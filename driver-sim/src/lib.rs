@@ -60,6 +60,14 @@ where
 {
     let seed = seed_from_env();
     TEST_NAME.with(|n| *n.borrow_mut() = name.to_string());
+    #[cfg(feature = "canaries")]
+    if let Ok(wanted) = std::env::var("SIM_CANARY") {
+        let canary = raft_core::canary::Canary::ALL
+            .into_iter()
+            .find(|c| format!("{c:?}") == wanted)
+            .unwrap_or_else(|| panic!("SIM_CANARY={wanted:?} names no canary"));
+        raft_core::canary::set(Some(canary));
+    }
     let result = catch_unwind(AssertUnwindSafe(|| run(seed, body())));
     if let Err(panic) = result {
         eprintln!(
