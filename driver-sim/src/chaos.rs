@@ -51,6 +51,8 @@ pub struct FaultMix {
     pub long_delay: u64,
     /// A disk write takes 0..=this many ms.
     pub disk_ms: u64,
+    /// One node whose disk is slow (50–300 ms a write), if any.
+    pub slow_disk: Option<usize>,
     /// Whether partitions may be one-way.
     pub asymmetric: bool,
     /// Per-mille chance per fault tick of crashing a node.
@@ -66,7 +68,7 @@ pub struct FaultMix {
 impl FaultMix {
     /// Draws a mix from the simulation's generator.
     pub fn draw() -> FaultMix {
-        with_rng(|r| FaultMix {
+        let mut mix = with_rng(|r| FaultMix {
             nodes: if r.chance(1, 2) { 3 } else { 5 },
             clients: 1 + r.below(4) as usize,
             loss: r.below(301),
@@ -74,6 +76,7 @@ impl FaultMix {
             max_delay_ms: 1 + r.below(60),
             long_delay: if r.chance(1, 2) { r.below(100) } else { 0 },
             disk_ms: r.below(40),
+            slow_disk: None,
             asymmetric: r.chance(1, 2),
             crash: r.below(300),
             crash_leader: r.below(1001),
@@ -83,7 +86,11 @@ impl FaultMix {
             } else {
                 None
             },
-        })
+        });
+        if with_rng(|r| r.chance(1, 2)) {
+            mix.slow_disk = Some(with_rng(|r| r.below(mix.nodes as u64)) as usize);
+        }
+        mix
     }
 }
 
@@ -375,7 +382,7 @@ impl Chaos {
     fn kick_disk(&self, i: usize) {
         let (gen, delay) = {
             let mut w = self.w.borrow_mut();
-            let disk_ms = w.mix.disk_ms;
+            let (disk_ms, slow) = (w.mix.disk_ms, w.mix.slow_disk == Some(i));
             let Some(node) = w.nodes[i].as_mut() else {
                 return;
             };
@@ -383,7 +390,12 @@ impl Chaos {
                 return;
             }
             node.disk_busy = true;
-            (node.gen, ms(with_rng(|r| r.below(disk_ms + 1))))
+            let delay = if slow {
+                with_rng(|r| r.range(50, 301))
+            } else {
+                with_rng(|r| r.below(disk_ms + 1))
+            };
+            (node.gen, ms(delay))
         };
         let me = self.clone();
         schedule_after(delay, move || {
