@@ -40,10 +40,11 @@ fn chaos_500_seeds() {
 /// Seed 32 stalled after healing: a new leader could not commit its
 /// predecessor's last entry without a proposal (fixed by the no-op entry
 /// on election). Seed 234 tripped the persist-before-send check on a group
-/// commit that had already moved past the message's term (checker fixed).
+/// commit that had already moved past the message's term (checker fixed);
+/// seeds 6290, 7307 and 8813 did the same with acknowledgements.
 #[test]
 fn chaos_regression_seeds() {
-    for seed in [32, 234] {
+    for seed in [32, 234, 6290, 7307, 8813] {
         assert_eq!(failure(seed), None, "seed {seed}");
     }
 }

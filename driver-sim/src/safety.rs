@@ -136,8 +136,14 @@ impl SafetyChecker {
             Message::AppendEntriesReply(m) => {
                 if let AppendOutcome::Accepted { match_index } = m.outcome {
                     let snap = durable.snapshot.map_or(0, |s| s.index);
+                    // As for votes: a node whose durable term has moved past
+                    // the message's acknowledged before it learned the new
+                    // term; the new term's leader may then truncate what it
+                    // acknowledged (it cannot have been committed).
                     assert!(
-                        match_index <= snap || durable.term_at(match_index).is_some(),
+                        durable.hard_state.term > m.term
+                            || match_index <= snap
+                            || durable.term_at(match_index).is_some(),
                         "persist before send: node {from} acknowledged index {match_index} before it was durable"
                     );
                 }
