@@ -1,0 +1,11 @@
+//! One RaftNode under arbitrary peer messages, timers, durability,
+//! snapshots, restarts and misuse. The property is in tests/fuzz_props.rs
+//! (shared with the corpus replay test).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../../tests/fuzz_props.rs"]
+mod props;
+
+fuzz_target!(|data: &[u8]| props::step_events(data));
