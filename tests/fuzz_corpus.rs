@@ -4,19 +4,44 @@
 //! and without libFuzzer. Run the fuzzer itself with `cargo +nightly fuzz run
 //! <target>` from the repository root (see `fuzz/README.md`).
 
+use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
 
 #[path = "fuzz_props.rs"]
 mod fuzz_props;
 
+thread_local! {
+    /// Where this thread last panicked.
+    static PANIC_AT: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Records each panic's location (for the report), then prints it as usual.
+fn record_panic_locations() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let at = info.location().map(|l| l.to_string()).unwrap_or_default();
+            PANIC_AT.with(|p| *p.borrow_mut() = at);
+            default(info);
+        }));
+    });
+}
+
 /// Runs `property` on every file of `fuzz/corpus/<target>/` and reports each
-/// file that panicked, by name and message.
+/// file that panicked, by name, panic location and message.
 fn replay(target: &str, property: impl Fn(&[u8])) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../fuzz/corpus")
         .join(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+    replay_dir(&dir, target, property);
+}
+
+fn replay_dir(dir: &Path, target: &str, property: impl Fn(&[u8])) {
+    record_panic_locations();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|entry| entry.expect("readable corpus dir").path())
         .filter(|p| p.is_file())
@@ -32,12 +57,13 @@ fn replay(target: &str, property: impl Fn(&[u8])) {
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            failures.push(format!("{}: {message}", file.display()));
+            let at = PANIC_AT.with(|p| p.borrow().clone());
+            failures.push(format!("{}: panicked at {at}: {message}", file.display()));
         }
     }
     assert!(
         failures.is_empty(),
-        "{} of {} {target} corpus inputs fail:\n{}",
+        "{} of {} {target} inputs fail:\n{}",
         failures.len(),
         files.len(),
         failures.join("\n")
@@ -64,4 +90,53 @@ fn step_events_corpus() {
 #[test]
 fn step_cluster_corpus() {
     replay("step_cluster", fuzz_props::step_cluster);
+}
+
+/// The crash reproducers under `fuzz/findings/<target>/`: inputs that still
+/// panic (bugs found by fuzzing and not yet fixed). Kept out of the corpus so
+/// that `cargo test` stays green; once a bug is fixed, move its file into
+/// `fuzz/corpus/<target>/` as a regression. Run with `--ignored`.
+#[test]
+#[ignore = "known, unfixed fuzz findings: these fail"]
+fn findings() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/findings");
+    for target in [
+        "decode_message",
+        "decode_wire",
+        "step_events",
+        "step_cluster",
+    ] {
+        if !dir.join(target).is_dir() {
+            continue;
+        }
+        let property: fn(&[u8]) = match target {
+            "decode_message" => fuzz_props::decode_message,
+            "decode_wire" => |data| fuzz_props::decode_wire(data, fuzz_props::unmetered),
+            "step_events" => fuzz_props::step_events,
+            _ => fuzz_props::step_cluster,
+        };
+        replay_dir(&dir.join(target), target, property);
+    }
+}
+
+/// Prints what one input does, step by step: `FUZZ_TARGET=step_events
+/// FUZZ_INPUT=path cargo test -p lab-tests --test fuzz_corpus
+/// trace_one_input -- --ignored --nocapture`.
+#[test]
+#[ignore = "a tool: set FUZZ_TARGET and FUZZ_INPUT"]
+fn trace_one_input() {
+    let target = std::env::var("FUZZ_TARGET").expect("FUZZ_TARGET");
+    let input = std::env::var("FUZZ_INPUT").expect("FUZZ_INPUT");
+    let data = std::fs::read(&input).expect("readable FUZZ_INPUT");
+    fuzz_props::set_trace(true);
+    match target.as_str() {
+        "decode_message" => {
+            println!("{:?}", postcard::from_bytes::<raft_core::Message>(&data));
+            fuzz_props::decode_message(&data);
+        }
+        "decode_wire" => fuzz_props::decode_wire(&data, fuzz_props::unmetered),
+        "step_events" => fuzz_props::step_events(&data),
+        "step_cluster" => fuzz_props::step_cluster(&data),
+        other => panic!("unknown target {other}"),
+    }
 }
