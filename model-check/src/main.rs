@@ -3,6 +3,7 @@
 //! ```text
 //! model-check --depth D [--max-states N] [--crash | --crashes C] [--proposals K]
 //!             [--no-drop] [--dup] [--threads T] [--keep-going N] [--from TRACE]
+//!             [--canary NAME]   (with `--features canaries`)
 //! model-check --replay "timer:0 persist:0 deliver:1 ..." [--crash ...]
 //! ```
 //!
@@ -11,9 +12,11 @@
 use std::process::ExitCode;
 
 use model_check::{explore, format_trace, parse_trace, Limits, Options, Stats, World};
+use raft_core::canary::Canary;
 
 const USAGE: &str = "usage: model-check --depth D [--max-states N] [--crash | --crashes C] \
-[--proposals K] [--no-drop] [--dup] [--threads T] [--keep-going N] [--from TRACE]\n       \
+[--proposals K] [--no-drop] [--dup] [--threads T] [--keep-going N] [--from TRACE] \
+[--canary NAME]\n       \
 model-check --replay TRACE [same environment flags as the search that found it]";
 
 struct Args {
@@ -44,11 +47,23 @@ fn parse_args() -> Result<Args, String> {
             "--keep-going" => opts.max_violations = number(value("--keep-going")?)? as usize,
             "--replay" => replay = Some(value("--replay")?),
             "--from" => opts.prefix = parse_trace(&value("--from")?)?,
+            "--canary" => opts.limits.canary = Some(canary(&value("--canary")?)?),
             "-h" | "--help" => return Err(USAGE.to_string()),
             _ => return Err(format!("unknown argument {arg:?}\n{USAGE}")),
         }
     }
     Ok(Args { opts, replay })
+}
+
+fn canary(name: &str) -> Result<Canary, String> {
+    if !cfg!(feature = "canaries") {
+        return Err("--canary needs a build with `--features canaries`".into());
+    }
+    Canary::ALL
+        .iter()
+        .copied()
+        .find(|c| format!("{c:?}") == name)
+        .ok_or_else(|| format!("no canary {name:?}; there are {:?}", Canary::ALL))
 }
 
 fn small(n: u64) -> Result<u8, String> {
@@ -73,7 +88,7 @@ fn search(opts: &Options) -> ExitCode {
     let l = opts.limits;
     println!(
         "model-check: 3 nodes, depth {}, proposals {}, crashes {}, drops {}, duplicates {}, \
-         max states {}, {} threads{}",
+         max states {}, {} threads{}{}",
         opts.depth,
         l.max_proposals,
         l.max_crashes,
@@ -86,7 +101,9 @@ fn search(opts: &Options) -> ExitCode {
             String::new()
         } else {
             format!(", from \"{}\"", format_trace(&opts.prefix))
-        }
+        },
+        l.canary
+            .map_or(String::new(), |c| format!(", CANARY {c:?} planted"))
     );
     let report = explore(opts, &mut |s: &Stats| {
         println!(
@@ -169,6 +186,9 @@ fn flags(l: Limits) -> String {
     }
     if l.duplicates {
         s += " --dup";
+    }
+    if let Some(c) = l.canary {
+        s += &format!(" --canary {c:?}");
     }
     s
 }

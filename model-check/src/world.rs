@@ -24,6 +24,7 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
+use raft_core::canary::Canary;
 use raft_core::{Action, Config, DurableState, Event, Instant, Message, NodeId, Persist, RaftNode};
 use serde::Serialize;
 
@@ -47,6 +48,9 @@ pub struct Limits {
     pub drops: bool,
     /// Whether the network may deliver a copy and keep the original.
     pub duplicates: bool,
+    /// A bug planted in the core (`raft_core::canary`, only with this
+    /// crate's `canaries` feature), to show that the search catches it.
+    pub canary: Option<Canary>,
 }
 
 impl Default for Limits {
@@ -56,6 +60,7 @@ impl Default for Limits {
             max_crashes: 0,
             drops: true,
             duplicates: false,
+            canary: None,
         }
     }
 }
@@ -152,15 +157,15 @@ impl World {
     /// Three fresh nodes (seeds 1, 2, 3), each stepped once at time zero to
     /// arm its election timer.
     pub fn initial(limits: Limits) -> Result<World, Violation> {
+        // A planted bug is switched per thread. Every replay, on every
+        // worker, starts here, before any node of this world steps.
         #[cfg(feature = "canaries")]
-        if let Ok(name) = std::env::var("MODEL_CHECK_CANARY") {
-            let c = raft_core::canary::Canary::ALL
-                .iter()
-                .find(|c| format!("{c:?}") == name)
-                .copied();
-            assert!(c.is_some(), "unknown canary");
-            raft_core::canary::set(c);
-        }
+        raft_core::canary::set(limits.canary);
+        #[cfg(not(feature = "canaries"))]
+        assert!(
+            limits.canary.is_none(),
+            "a canary needs the `canaries` feature"
+        );
         let mut world = World {
             limits,
             slots: Vec::new(),

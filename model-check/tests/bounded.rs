@@ -1,0 +1,143 @@
+//! The bounded search, small enough for `cargo test --workspace` in a debug
+//! build; `cargo run --release -p model-check -- --depth 14` goes deeper.
+
+mod common;
+
+use common::{drive, pick, ELECT_N0};
+use model_check::{explore, format_trace, Choice, Limits, Options, Report, World};
+use raft_core::Role;
+
+fn search(depth: usize, limits: Limits) -> Report {
+    let opts = Options {
+        depth,
+        limits,
+        threads: 2,
+        ..Options::default()
+    };
+    let report = explore(&opts, &mut |_| {});
+    for found in &report.violations {
+        eprintln!(
+            "violation: {}\nreplay: model-check --replay \"{}\"",
+            found.violation,
+            format_trace(&found.trace)
+        );
+    }
+    report
+}
+
+#[test]
+fn every_state_within_eight_choices_is_safe() {
+    let report = search(8, Limits::default());
+    assert!(report.violations.is_empty(), "an invariant broke");
+    assert_eq!(report.max_depth, 8);
+    assert!(!report.truncated);
+    assert!(
+        report.stats.distinct > 10_000,
+        "only {} states",
+        report.stats.distinct
+    );
+}
+
+#[test]
+fn every_state_within_seven_choices_with_a_crash_and_duplicates_is_safe() {
+    let limits = Limits {
+        max_crashes: 1,
+        duplicates: true,
+        ..Limits::default()
+    };
+    let report = search(7, limits);
+    assert!(report.violations.is_empty(), "an invariant broke");
+    assert_eq!(report.max_depth, 7);
+    assert!(
+        report.stats.distinct > 10_000,
+        "only {} states",
+        report.stats.distinct
+    );
+}
+
+/// Around the state where node 0 has just won term 1, deep enough to
+/// replicate, commit and apply entries and to elect a rival.
+#[test]
+fn every_state_within_seven_choices_of_a_new_leader_is_safe() {
+    let prefix = drive(Limits::default(), ELECT_N0);
+    // Losing a message is the same as never delivering it, so leave drops
+    // out and spend the depth on deliveries.
+    let limits = Limits {
+        drops: false,
+        ..Limits::default()
+    };
+    let opts = Options {
+        depth: 7,
+        threads: 2,
+        prefix,
+        limits,
+        ..Options::default()
+    };
+    let report = explore(&opts, &mut |_| {});
+    for found in &report.violations {
+        eprintln!(
+            "violation: {}\nreplay: model-check --replay \"{}\"",
+            found.violation,
+            format_trace(&found.trace)
+        );
+    }
+    assert!(report.violations.is_empty(), "an invariant broke");
+    assert_eq!(report.max_depth, 7);
+    assert!(
+        report.stats.distinct > 10_000,
+        "only {} states",
+        report.stats.distinct
+    );
+    // It gets as far as an applied commit and a later leader.
+    let c = report.coverage;
+    assert!(c.applied >= 1 && c.leader_term >= 2, "{c:?}");
+}
+
+#[test]
+fn the_count_does_not_depend_on_threads() {
+    let run = |threads| {
+        let opts = Options {
+            depth: 6,
+            threads,
+            ..Options::default()
+        };
+        let r = explore(&opts, &mut |_| {});
+        (r.stats.distinct, r.stats.transitions, r.new_per_depth)
+    };
+    assert_eq!(run(1), run(3));
+}
+
+/// The model reaches the interesting states: an election and a commit, and
+/// the trace that reaches them replays to the same state.
+#[test]
+fn a_hand_driven_trace_elects_commits_and_replays() {
+    let mut world = World::initial(Limits::default()).unwrap();
+    let mut trace = Vec::new();
+    let steps: &[&[&str]] = &[
+        // The leader probes with an empty append before it streams entries.
+        &["deliver", "n0 -> n1 AppendEntries"],
+        &["deliver", "n1 -> n0 AppendEntriesReply"],
+        &["propose:0"],
+        &["persist:0"],
+        &["deliver", "n0 -> n1 AppendEntries", "entries: [Entry"],
+        &["persist:1"],
+        &["deliver", "n1 -> n0 AppendEntriesReply", "Accepted"],
+    ];
+    for words in ELECT_N0.iter().chain(steps) {
+        let choice = pick(&world, words);
+        world.apply(choice).unwrap();
+        trace.push(choice);
+    }
+    assert_eq!(world.node(0).role(), Role::Leader);
+    assert_eq!(world.node(0).commit_index(), 1);
+    assert_eq!(world.node(0).last_applied(), 1);
+    let again = World::replay(Limits::default(), &trace).unwrap();
+    assert_eq!(again.key_hash(), world.key_hash());
+    assert_eq!(again.summary(), world.summary());
+}
+
+#[test]
+fn a_choice_that_is_not_enabled_is_refused_on_replay() {
+    let err = World::replay(Limits::default(), &[Choice::Propose(0)]).unwrap_err();
+    assert!(err.contains("not enabled"), "{err}");
+}
