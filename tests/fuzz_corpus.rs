@@ -2,7 +2,9 @@
 //! fuzzer kept, and any crash reproducers) through the same properties the
 //! cargo-fuzz targets check (`fuzz_props.rs`, one copy for both), on stable
 //! and without libFuzzer. Run the fuzzer itself with `cargo +nightly fuzz run
-//! <target>` from the repository root (see `fuzz/README.md`).
+//! <target>` from the repository root (see `fuzz/README.md`), and trace one
+//! input step by step with `cargo run -p lab-tests --example fuzz_trace --
+//! <target> <file>`.
 
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -90,53 +92,4 @@ fn step_events_corpus() {
 #[test]
 fn step_cluster_corpus() {
     replay("step_cluster", fuzz_props::step_cluster);
-}
-
-/// The crash reproducers under `fuzz/findings/<target>/`: inputs that still
-/// panic (bugs found by fuzzing and not yet fixed). Kept out of the corpus so
-/// that `cargo test` stays green; once a bug is fixed, move its file into
-/// `fuzz/corpus/<target>/` as a regression. Run with `--ignored`.
-#[test]
-#[ignore = "known, unfixed fuzz findings: these fail"]
-fn findings() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/findings");
-    for target in [
-        "decode_message",
-        "decode_wire",
-        "step_events",
-        "step_cluster",
-    ] {
-        if !dir.join(target).is_dir() {
-            continue;
-        }
-        let property: fn(&[u8]) = match target {
-            "decode_message" => fuzz_props::decode_message,
-            "decode_wire" => |data| fuzz_props::decode_wire(data, fuzz_props::unmetered),
-            "step_events" => fuzz_props::step_events,
-            _ => fuzz_props::step_cluster,
-        };
-        replay_dir(&dir.join(target), target, property);
-    }
-}
-
-/// Prints what one input does, step by step: `FUZZ_TARGET=step_events
-/// FUZZ_INPUT=path cargo test -p lab-tests --test fuzz_corpus
-/// trace_one_input -- --ignored --nocapture`.
-#[test]
-#[ignore = "a tool: set FUZZ_TARGET and FUZZ_INPUT"]
-fn trace_one_input() {
-    let target = std::env::var("FUZZ_TARGET").expect("FUZZ_TARGET");
-    let input = std::env::var("FUZZ_INPUT").expect("FUZZ_INPUT");
-    let data = std::fs::read(&input).expect("readable FUZZ_INPUT");
-    fuzz_props::set_trace(true);
-    match target.as_str() {
-        "decode_message" => {
-            println!("{:?}", postcard::from_bytes::<raft_core::Message>(&data));
-            fuzz_props::decode_message(&data);
-        }
-        "decode_wire" => fuzz_props::decode_wire(&data, fuzz_props::unmetered),
-        "step_events" => fuzz_props::step_events(&data),
-        "step_cluster" => fuzz_props::step_cluster(&data),
-        other => panic!("unknown target {other}"),
-    }
 }

@@ -75,6 +75,9 @@ impl Config {
         {
             return bad("need 0 < election_timeout_min < election_timeout_max");
         }
+        if u64::try_from(self.election_timeout_max.as_nanos()).is_err() {
+            return bad("election_timeout_max must fit in u64 nanoseconds (about 584 years)");
+        }
         if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.election_timeout_min
         {
             return bad("need 0 < heartbeat_interval < election_timeout_min");

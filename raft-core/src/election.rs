@@ -10,7 +10,13 @@ impl RaftNode {
     /// The election timeout passed without word from a leader: stand for the
     /// next term. The vote for itself is durable before any request leaves.
     pub(crate) fn start_election(&mut self) {
-        let term = self.hard.term + 1;
+        let Some(term) = self.hard.term.checked_add(1) else {
+            // Term space exhausted (only reachable from a corrupt or hostile
+            // stored term, since peers' messages at `u64::MAX` are dropped):
+            // this node can never stand again, but it must not panic.
+            self.reset_election_deadline();
+            return;
+        };
         self.hard = HardState {
             term,
             voted_for: Some(self.config.id),

@@ -19,11 +19,16 @@ impl RaftLog {
     }
 
     /// A log that continues `snapshot` with `entries`, if they are
-    /// consecutive and their terms never decrease.
+    /// consecutive, their terms never decrease, and there is room for one
+    /// more entry after the last (its index below `u64::MAX`).
     pub fn restore(snapshot: SnapshotMeta, entries: Vec<Entry>) -> Option<Self> {
+        let room = u64::try_from(entries.len())
+            .ok()
+            .and_then(|n| snapshot.index.checked_add(n)?.checked_add(1));
+        room?;
         let mut term = snapshot.term;
-        for (expected, e) in (snapshot.index + 1..).zip(entries.iter()) {
-            if e.index != expected || e.term < term {
+        for (offset, e) in (1..).zip(entries.iter()) {
+            if e.index != snapshot.index + offset || e.term < term {
                 return None;
             }
             term = e.term;

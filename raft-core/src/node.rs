@@ -136,8 +136,9 @@ impl RaftNode {
                 return Err(bad("voted for a node that is not a member"));
             }
         }
-        let log = RaftLog::restore(meta, durable.entries)
-            .ok_or_else(|| bad("log entries are not consecutive after the snapshot"))?;
+        let log = RaftLog::restore(meta, durable.entries).ok_or_else(|| {
+            bad("log entries are not consecutive after the snapshot, or reach the last index")
+        })?;
         if log.last_term() > durable.hard_state.term {
             return Err(bad("log holds a term newer than the current term"));
         }
@@ -282,6 +283,11 @@ impl RaftNode {
             return; // not a peer: drop
         }
         let term = message.term();
+        if term == Term::MAX {
+            // No correct node reaches the last term (it could never hold an
+            // election after it); adopting it would wedge this node: drop.
+            return;
+        }
         if term > self.hard.term {
             let leader = match message {
                 Message::AppendEntries(_) | Message::InstallSnapshot(_) => Some(from),

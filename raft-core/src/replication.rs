@@ -225,7 +225,7 @@ impl RaftNode {
                 conflict_index,
             } => {
                 let stale = match pr.state {
-                    ProgressState::Probe => rejected_prev + 1 != pr.next_index,
+                    ProgressState::Probe => rejected_prev.checked_add(1) != Some(pr.next_index),
                     ProgressState::Replicate => rejected_prev < pr.match_index,
                     ProgressState::Snapshot { .. } => true,
                 };
@@ -275,9 +275,17 @@ fn well_formed(m: &AppendEntries) -> bool {
     if m.prev_log_term > m.term {
         return false;
     }
+    // The last entry's index must be representable.
+    let fits = u64::try_from(m.entries.len())
+        .ok()
+        .and_then(|n| m.prev_log_index.checked_add(n))
+        .is_some();
+    if !fits {
+        return false;
+    }
     let mut term = m.prev_log_term;
-    for (expected, e) in (m.prev_log_index + 1..).zip(m.entries.iter()) {
-        if e.index != expected || e.term < term || e.term > m.term {
+    for (offset, e) in (1..).zip(m.entries.iter()) {
+        if e.index != m.prev_log_index + offset || e.term < term || e.term > m.term {
             return false;
         }
         term = e.term;

@@ -48,7 +48,10 @@ impl RaftNode {
     /// our log holds its last entry, keep what follows; otherwise discard the
     /// whole log. The service is told to load it.
     pub(crate) fn on_install_snapshot(&mut self, from: NodeId, m: InstallSnapshot) {
-        if m.last_included_term > m.term || m.last_included_index == 0 {
+        if m.last_included_term > m.term
+            || m.last_included_index == 0
+            || m.last_included_index == Index::MAX
+        {
             return; // not from a correct leader: drop
         }
         match self.role {
