@@ -38,7 +38,8 @@ use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
 use driver_tokio::wire::{
-    encode_frame, read_frame, ClientRequest, ClientResponse, FrameError, Hello, MAX_FRAME,
+    encode_frame, read_frame, read_frame_within, ClientRequest, ClientResponse, FrameError, Hello,
+    MAX_FRAME, MAX_HELLO_FRAME,
 };
 use raft_core::{
     Action, AppendEntries, AppendEntriesReply, AppendOutcome, Config, DurableState, Entry, Error,
@@ -105,6 +106,11 @@ pub fn unmetered(f: &mut dyn FnMut()) -> Option<usize> {
 /// (the waker), nothing near the announced size.
 const REFUSAL_ALLOC_LIMIT: usize = 4096;
 
+/// Allocations allowed beyond twice the bytes received while reading a
+/// frame that never completes: the reader's first reservation (64 KiB) and
+/// small change.
+const READ_AHEAD_LIMIT: usize = (64 << 10) + 4096;
+
 /// Arbitrary bytes as a TCP stream. The first byte picks whose side it is:
 /// a server reading a handshake and then the frames of that role, a client
 /// reading responses, or every wire type straight from postcard, unframed.
@@ -113,14 +119,16 @@ pub fn decode_wire(data: &[u8], meter: AllocMeter) {
         return;
     };
     match mode % 3 {
-        0 => match read_one::<Hello>(&mut stream, meter) {
-            Some(Hello::Peer { .. }) => while read_one::<Message>(&mut stream, meter).is_some() {},
+        0 => match read_one::<Hello>(&mut stream, MAX_HELLO_FRAME, meter) {
+            Some(Hello::Peer { .. }) => {
+                while read_one::<Message>(&mut stream, MAX_FRAME, meter).is_some() {}
+            }
             Some(Hello::Client { .. }) => {
-                while read_one::<ClientRequest>(&mut stream, meter).is_some() {}
+                while read_one::<ClientRequest>(&mut stream, MAX_FRAME, meter).is_some() {}
             }
             None => {}
         },
-        1 => while read_one::<ClientResponse>(&mut stream, meter).is_some() {},
+        1 => while read_one::<ClientResponse>(&mut stream, MAX_FRAME, meter).is_some() {},
         _ => {
             decode_unframed::<Hello>(stream);
             decode_unframed::<ClientRequest>(stream);
@@ -141,9 +149,10 @@ fn decode_unframed<T: Serialize + DeserializeOwned + PartialEq + Debug>(bytes: &
     }
 }
 
-/// Reads one frame of `T` from `stream` with the driver's `read_frame`,
-/// checking what it did; `None` when the connection would close.
-fn read_one<T>(stream: &mut &[u8], meter: AllocMeter) -> Option<T>
+/// Reads one frame of `T` (at most `limit` bytes) from `stream` with the
+/// driver's `read_frame_within`, checking what it did; `None` when the
+/// connection would close.
+fn read_one<T>(stream: &mut &[u8], limit: usize, meter: AllocMeter) -> Option<T>
 where
     T: Serialize + DeserializeOwned + PartialEq + Debug,
 {
@@ -152,11 +161,12 @@ where
         .get(..4)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
     let mut result = None;
-    let largest = meter(&mut || result = Some(poll_ready(read_frame::<T, _>(&mut *stream))));
+    let largest =
+        meter(&mut || result = Some(poll_ready(read_frame_within::<T, _>(&mut *stream, limit))));
     match result.expect("the meter runs its closure") {
         Ok(value) => {
             let len = announced.expect("a frame has a length");
-            assert!(len <= MAX_FRAME);
+            assert!(len <= limit);
             assert_eq!(before.len() - stream.len(), 4 + len, "consumed the frame");
             let frame = encode_frame(&value);
             let mut reader: &[u8] = &frame;
@@ -165,9 +175,10 @@ where
             assert!(reader.is_empty());
             Some(value)
         }
-        Err(FrameError::TooLarge(n)) => {
+        Err(FrameError::TooLarge { len: n, limit: l }) => {
             assert_eq!(Some(n), announced, "TooLarge names the announced length");
-            assert!(n > MAX_FRAME, "refused a frame within the limit: {n}");
+            assert_eq!(l, limit, "TooLarge names the limit");
+            assert!(n > limit, "refused a frame within the limit: {n}");
             if let Some(largest) = largest {
                 assert!(
                     largest <= REFUSAL_ALLOC_LIMIT,
@@ -183,14 +194,24 @@ where
                 "an in-memory stream only ends"
             );
             if let Some(len) = announced {
-                assert!(len <= MAX_FRAME, "a too-large length is refused, not read");
+                assert!(len <= limit, "a too-large length is refused, not read");
                 assert!(before.len() < 4 + len, "EOF only on a short stream");
+            }
+            if let Some(largest) = largest {
+                // The buffer grows with what arrives, not with what was
+                // announced: a short stream costs about its own size.
+                let bound = 2 * before.len() + READ_AHEAD_LIMIT;
+                assert!(
+                    largest <= bound,
+                    "allocated {largest} bytes for a stream of {} bytes",
+                    before.len()
+                );
             }
             None
         }
         Err(FrameError::Decode(_)) => {
             let len = announced.expect("a frame has a length");
-            assert!(len <= MAX_FRAME);
+            assert!(len <= limit);
             None
         }
     }

@@ -1,4 +1,4 @@
-//! Helpers shared by the lab suites.
+//! The lab suites' test bodies (`raft`, `kv`) and their shared helpers.
 
 use driver_sim::executor::with_rng;
 
@@ -9,3 +9,18 @@ pub fn rand_string(n: usize) -> String {
         .map(|_| ALPHABET[with_rng(|r| r.below(ALPHABET.len() as u64)) as usize] as char)
         .collect()
 }
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// A lab test's body: builds its cluster, runs its scenario, panics on a
+/// failure. The caller supplies the runtime (`driver_sim::run_test`).
+pub type Body = fn() -> Pin<Box<dyn Future<Output = ()>>>;
+
+/// The Raft lab suite, 2A–2D (28 tests).
+#[path = "suites/raft.rs"]
+pub mod raft;
+
+/// The KV lab suite, 3A–3B (23 tests).
+#[path = "suites/kv.rs"]
+pub mod kv;

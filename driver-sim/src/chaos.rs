@@ -360,6 +360,11 @@ impl Chaos {
                         {
                             let mut w = self.w.borrow_mut();
                             let w = &mut *w;
+                            if let (Some(from), Some(node)) = (p.truncate_from, w.nodes[i].as_ref())
+                            {
+                                let term = node.server.raft().term();
+                                w.safety.log_truncated(i as u64, term, from);
+                            }
                             if let (Some(first), Some(node)) =
                                 (p.entries.first(), w.nodes[i].as_ref())
                             {
@@ -476,7 +481,8 @@ impl Chaos {
 
     fn send_peer(&self, from: usize, to: usize, message: Message) {
         {
-            let w = self.w.borrow();
+            let mut w = self.w.borrow_mut();
+            let w = &mut *w;
             w.safety
                 .check_send(from as u64, to as u64, &message, &w.disks[from]);
             if w.blocked[from][to] {

@@ -522,6 +522,9 @@ impl Cfg {
                         let mut w = self.world.borrow_mut();
                         let w = &mut *w;
                         w.persisters[i].save(p);
+                        if let (Some(from), Some(slot)) = (p.truncate_from, w.slots[i].as_ref()) {
+                            w.safety.log_truncated(i as u64, slot.node.term(), from);
+                        }
                         if let (Some(first), Some(slot)) = (p.entries.first(), w.slots[i].as_ref())
                         {
                             let prev = slot.node.log().term_at(first.index - 1);
@@ -585,6 +588,7 @@ impl Cfg {
     fn send(&self, from: usize, to: usize, message: &Message, caller: Option<(usize, u64)>) {
         let bytes = postcard::to_allocvec(message).expect("messages encode");
         let mut w = self.world.borrow_mut();
+        let w = &mut *w;
         w.safety
             .check_send(from as u64, to as u64, message, &w.persisters[from]);
         let from_gen = w.gens[from];

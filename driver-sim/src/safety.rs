@@ -34,6 +34,8 @@ pub struct SafetyChecker {
     committed: BTreeMap<Index, (Term, u64)>,
     /// Who was leader in which term after its previous step.
     was_leader: BTreeMap<NodeId, Term>,
+    /// The highest index each node acknowledged to a leader, and the term.
+    acked: BTreeMap<NodeId, (Term, Index)>,
 }
 
 impl SafetyChecker {
@@ -95,6 +97,22 @@ impl SafetyChecker {
         }
     }
 
+    /// Node `id`, now in `term`, is dropping its log from index `from` on.
+    ///
+    /// Within one term a follower takes entries only from that term's one
+    /// leader, whose log only grows: so it never drops an entry it has
+    /// acknowledged to that leader in the same term. If it did, the leader
+    /// may already have counted the entry to commit it, and a committed
+    /// entry would be held by fewer nodes than the count said.
+    pub fn log_truncated(&mut self, id: NodeId, term: Term, from: Index) {
+        if let Some(&(acked_term, acked)) = self.acked.get(&id) {
+            assert!(
+                acked_term != term || from > acked,
+                "acknowledged entries kept: node {id} drops its log from index {from} in term {term}, after acknowledging through {acked} to that term's leader"
+            );
+        }
+    }
+
     /// Node `id` applied `entries` (committed, by the core's account).
     pub fn entries_applied(&mut self, id: NodeId, entries: &[Entry]) {
         for e in entries {
@@ -111,7 +129,14 @@ impl SafetyChecker {
 
     /// Persist before send: a message that claims durable state may leave
     /// only once that state is in the sender's persister.
-    pub fn check_send(&self, from: NodeId, to: NodeId, message: &Message, persister: &Persister) {
+    /// Also notes what each node acknowledges, for [`Self::log_truncated`].
+    pub fn check_send(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        message: &Message,
+        persister: &Persister,
+    ) {
         let durable = persister.state();
         match message {
             // A durable term past the message's also vouches for it: a node
@@ -135,6 +160,11 @@ impl SafetyChecker {
             }
             Message::AppendEntriesReply(m) => {
                 if let AppendOutcome::Accepted { match_index } = m.outcome {
+                    let acked = self.acked.entry(from).or_insert((m.term, 0));
+                    if acked.0 != m.term {
+                        *acked = (m.term, 0);
+                    }
+                    acked.1 = acked.1.max(match_index);
                     let snap = durable.snapshot.map_or(0, |s| s.index);
                     // As for votes: a node whose durable term has moved past
                     // the message's acknowledged before it learned the new

@@ -23,7 +23,8 @@ use tracing::{debug, info, warn};
 
 use crate::node::Input;
 use crate::wire::{
-    read_frame, write_frame, ClientRequest, ClientResponse, Hello, PROTOCOL_VERSION,
+    read_frame, read_frame_within, write_frame, ClientRequest, ClientResponse, Hello,
+    MAX_HELLO_FRAME, PROTOCOL_VERSION,
 };
 
 /// Messages queued per peer before new ones are dropped.
@@ -125,10 +126,11 @@ async fn serve_peer(
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     let mut r = BufReader::new(stream);
-    let hello: Hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut r))
-        .await
-        .map_err(|_| "no hello in time".to_string())?
-        .map_err(|e| format!("bad hello: {e}"))?;
+    let hello: Hello =
+        tokio::time::timeout(HELLO_TIMEOUT, read_frame_within(&mut r, MAX_HELLO_FRAME))
+            .await
+            .map_err(|_| "no hello in time".to_string())?
+            .map_err(|e| format!("bad hello: {e}"))?;
     let from = match hello {
         Hello::Peer {
             version,
@@ -192,10 +194,11 @@ async fn serve_client(
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let mut r = BufReader::new(r);
-    let hello: Hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut r))
-        .await
-        .map_err(|_| "no hello in time".to_string())?
-        .map_err(|e| format!("bad hello: {e}"))?;
+    let hello: Hello =
+        tokio::time::timeout(HELLO_TIMEOUT, read_frame_within(&mut r, MAX_HELLO_FRAME))
+            .await
+            .map_err(|_| "no hello in time".to_string())?
+            .map_err(|e| format!("bad hello: {e}"))?;
     match hello {
         Hello::Client {
             version,

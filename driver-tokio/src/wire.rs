@@ -3,8 +3,11 @@
 //! peers, and requests and responses between clients and servers.
 //!
 //! A frame is a little-endian `u32` length followed by that many bytes of
-//! postcard. The length is checked against [`MAX_FRAME`] before anything is
-//! allocated; an oversized or undecodable frame closes the connection.
+//! postcard. The length is checked against a limit before anything is
+//! allocated ([`MAX_FRAME`]; [`MAX_HELLO_FRAME`] for the handshake, the one
+//! frame a stranger can send), and the buffer grows with the bytes that
+//! actually arrive, so announcing a large frame and sending little costs the
+//! reader little. An oversized or undecodable frame closes the connection.
 
 use kv_core::{Command, Reply};
 use serde::{Deserialize, Serialize};
@@ -12,6 +15,12 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The largest frame accepted (snapshots travel whole in one frame).
 pub const MAX_FRAME: usize = 64 << 20;
+
+/// The largest handshake frame accepted: a [`Hello`] is a few varints.
+pub const MAX_HELLO_FRAME: usize = 256;
+
+/// Buffer space reserved ahead of the bytes that arrive.
+const READ_CHUNK: usize = 64 << 10;
 
 /// Protocol version carried in the handshake.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -100,26 +109,46 @@ pub enum FrameError {
     /// The connection failed or closed.
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
-    /// The peer announced a frame larger than [`MAX_FRAME`].
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
-    TooLarge(usize),
+    /// The peer announced a frame larger than the limit.
+    #[error("frame of {len} bytes exceeds the {limit}-byte limit")]
+    TooLarge {
+        /// The announced length.
+        len: usize,
+        /// The limit it exceeds.
+        limit: usize,
+    },
     /// The bytes are not a valid message.
     #[error("undecodable frame: {0}")]
     Decode(#[from] postcard::Error),
 }
 
-/// Reads one frame and decodes it.
+/// Reads one frame of at most [`MAX_FRAME`] bytes and decodes it.
 pub async fn read_frame<T, R>(reader: &mut R) -> Result<T, FrameError>
 where
     T: for<'de> Deserialize<'de>,
     R: AsyncReadExt + Unpin,
 {
+    read_frame_within(reader, MAX_FRAME).await
+}
+
+/// Reads one frame of at most `limit` bytes and decodes it.
+pub async fn read_frame_within<T, R>(reader: &mut R, limit: usize) -> Result<T, FrameError>
+where
+    T: for<'de> Deserialize<'de>,
+    R: AsyncReadExt + Unpin,
+{
     let len = reader.read_u32_le().await? as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len));
+    if len > limit {
+        return Err(FrameError::TooLarge { len, limit });
     }
-    let mut buf = vec![0u8; len];
-    reader.read_exact(&mut buf).await?;
+    let mut buf = Vec::with_capacity(len.min(READ_CHUNK));
+    (&mut *reader)
+        .take(len as u64)
+        .read_to_end(&mut buf)
+        .await?;
+    if buf.len() < len {
+        return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     Ok(postcard::from_bytes(&buf)?)
 }
 

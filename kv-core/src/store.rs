@@ -96,6 +96,11 @@ impl KvStore {
         outcome
     }
 
+    /// Whether the table holds a session for `client`.
+    pub fn has_session(&self, client: ClientId) -> bool {
+        self.sessions.contains_key(&client)
+    }
+
     fn execute(&mut self, op: &Op) -> Outcome {
         match op {
             Op::Get { key } => Outcome::Value(self.data.get(key).cloned().unwrap_or_default()),

@@ -1,4 +1,6 @@
-//! Runs chaos seeds: `chaos [--seeds N] [--from FIRST] [--seed ONE]`.
+//! Runs chaos seeds: `chaos [--seeds N] [--from FIRST] [--seed ONE]`; built
+//! with `--features canaries`, also `--canary NAME` (plant one bug for the
+//! run) and `--canaries SEEDS` (hunt each planted bug in turn).
 //!
 //! Prints a progress bar on stderr, every failing seed with what broke and
 //! the command that replays it, and a summary. Exit status 1 if any failed.
@@ -13,14 +15,30 @@ use driver_sim::chaos::run_seed;
 fn usage() -> ExitCode {
     eprintln!("usage: chaos [--seeds N (default 1000)] [--from FIRST (default 1)] [--seed ONE]");
     eprintln!("       chaos --canaries SEEDS   (built with --features canaries): each planted bug in turn");
+    eprintln!("       chaos --canary NAME ...  (built with --features canaries): run with one planted bug");
     ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
     let mut from = 1u64;
     let mut count = 1000u64;
+    // How to rebuild this run in a replay command: the planted bug, if any.
+    #[cfg_attr(not(feature = "canaries"), allow(unused_mut))]
+    let mut planted = String::new();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        #[cfg(feature = "canaries")]
+        if flag == "--canary" {
+            use raft_core::canary::{self, Canary};
+            let name = args.next().unwrap_or_default();
+            let Some(c) = Canary::ALL.into_iter().find(|c| format!("{c:?}") == name) else {
+                eprintln!("chaos: no canary {name:?}; there are {:?}", Canary::ALL);
+                return ExitCode::from(2);
+            };
+            canary::set(Some(c));
+            planted = format!(" --features canaries --bin chaos -- --canary {c:?}");
+            continue;
+        }
         let Some(value) = args.next().and_then(|v| v.parse::<u64>().ok()) else {
             return usage();
         };
@@ -53,9 +71,12 @@ fn main() -> ExitCode {
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_default();
                 eprintln!("\rseed {seed} FAILED: {}", why.lines().next().unwrap_or(""));
-                eprintln!(
-                    "  replay: cargo run --release -p driver-sim --bin chaos -- --seed {seed}"
-                );
+                let run = if planted.is_empty() {
+                    " --bin chaos --"
+                } else {
+                    planted.as_str()
+                };
+                eprintln!("  replay: cargo run --release -p driver-sim{run} --seed {seed}");
                 if count == 1 {
                     eprintln!("{why}");
                 }
