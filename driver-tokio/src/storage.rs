@@ -84,10 +84,14 @@
 //!    and reported in [`Recovered::truncated_torn_tail`]; torn means: fewer
 //!    than 8 bytes left for the record header; a payload shorter than its
 //!    length (the record runs past the end of the file); a crc mismatch on a
-//!    record that ends exactly at the end of the file; or a zero length with
-//!    nothing but zeros up to the end of the file (a zero-filled tail). Any
+//!    record that ends exactly at the end of the file; a crc mismatch on a
+//!    record that the file's zero-filled tail starts inside (header
+//!    included): the file's size reached the disk but not all of its last
+//!    group write, which leaves zeros from any byte of it on; or a zero
+//!    length with nothing but zeros up to the end of the file. Any
 //!    other bad record is [`StorageError::Corrupt`] with the file and the
-//!    byte offset of the record: a crc mismatch followed by more data, a
+//!    byte offset of the record: a crc mismatch followed by more data that
+//!    is not all zeros, a
 //!    length of zero or above [`MAX_RECORD_LEN`] (the writer never produces
 //!    one, so no crash does either), an undecodable payload, a checkpoint
 //!    out of place or with non-consecutive entries, a `Write` whose entries
@@ -730,6 +734,13 @@ fn read_frame(rest: &[u8]) -> Frame<'_> {
     if actual != crc {
         if rest.len() == end {
             return Frame::Torn; // the final record, partly written
+        }
+        let zero_tail = rest.len() - rest.iter().rev().take_while(|&&b| b == 0).count();
+        if zero_tail < end {
+            // Zeros from inside this record to the end of the file: the
+            // size of the last group write reached the disk, its data only
+            // in part.
+            return Frame::Torn;
         }
         return Frame::Bad(format!(
             "checksum mismatch (stored {crc:#010x}, computed {actual:#010x}) with more data after the record"

@@ -364,6 +364,52 @@ fn a_final_record_with_a_bad_checksum_or_a_zero_filled_tail_is_torn() {
     assert_eq!(fs::read(&seg).unwrap(), bytes);
 }
 
+/// A crash that kept the file's size but not all of its last group write
+/// leaves zeros from any byte on, even inside an earlier record of the group
+/// or inside a length field: the record they start in is torn, and recovery
+/// keeps everything before it (found by the storage property test).
+#[test]
+fn zeros_from_inside_any_record_are_a_torn_tail() {
+    let src = tempfile::tempdir().unwrap();
+    build(src.path(), false);
+    let seg = only_segment(src.path());
+    let name = seg.file_name().unwrap().to_owned();
+    let bytes = fs::read(&seg).unwrap();
+    let offsets = record_offsets(&bytes);
+    // The state after each whole record: replay the records before `at`.
+    let state_before = |at: usize| {
+        let tmp = tempfile::tempdir().unwrap();
+        copy_dir(src.path(), tmp.path());
+        let path = tmp.path().join(&name);
+        fs::write(&path, &bytes[..at]).unwrap();
+        let (_, r) = open(tmp.path());
+        r.state
+    };
+    for (k, &at) in offsets.iter().enumerate() {
+        let expected = state_before(at);
+        let end = offsets.get(k + 1).copied().unwrap_or(bytes.len());
+        for zero_from in [at + 1, at + 5, at + RECORD_HEADER_LEN + 1, end - 1] {
+            // Zeros over zeros change nothing: the damage starts at the
+            // first byte that was not zero, which must lie in this record.
+            match bytes[zero_from..].iter().position(|&b| b != 0) {
+                Some(k) if zero_from + k < end => {}
+                _ => continue,
+            }
+            let tmp = tempfile::tempdir().unwrap();
+            copy_dir(src.path(), tmp.path());
+            let path = tmp.path().join(&name);
+            let mut damaged = bytes.clone();
+            damaged[zero_from..].fill(0);
+            fs::write(&path, &damaged).unwrap();
+            let (storage, r) = open(tmp.path());
+            assert_eq!(r.state, expected, "zeros from {zero_from} (record at {at})");
+            assert_eq!(r.truncated_torn_tail, Some((path.clone(), at as u64)));
+            drop(storage);
+            assert_eq!(fs::read(&path).unwrap(), &bytes[..at]);
+        }
+    }
+}
+
 #[test]
 fn a_flipped_byte_in_an_earlier_record_is_corruption_at_its_offset() {
     for rotated in [false, true] {

@@ -12,11 +12,21 @@
 //! The table holds at most `max_sessions` clients. When full, the session
 //! least recently used (by log index of its last request) is evicted. A later
 //! request from an evicted client with number > 1 is answered
-//! `SessionExpired` and not applied, since it might be a retry. Eviction is
-//! therefore safe unless `max_sessions` other clients act while one client's
-//! first request is still being retried; the default (100 000) makes that a
-//! non-issue for any cluster this code serves. Eviction depends only on the
-//! log, so every replica evicts the same sessions at the same index.
+//! `SessionExpired` and not applied, since it might be a retry. What
+//! eviction cannot guard against is a late copy of an evicted client's
+//! *first* request: it opens a fresh session at number 1, and copies of that
+//! client's later requests still on their way into the log are then applied
+//! again. So eviction is safe as long as no client is evicted while copies
+//! of its requests may still reach the log, that is unless `max_sessions`
+//! other clients make requests while it still has one in flight; the default
+//! (100 000) makes that a non-issue for any cluster this code serves.
+//! Eviction depends only on the log, so every replica evicts the same
+//! sessions at the same index.
+//!
+//! The bound travels in snapshots: a replica restored from one uses the
+//! bound it was taken with, so `max_sessions` must be the same on every
+//! replica of a cluster and must not change over its life (it is part of the
+//! state machine's definition, like the meaning of a command).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -146,10 +156,37 @@ impl KvStore {
         postcard::to_allocvec(self).expect("the store encodes")
     }
 
-    /// Replaces the store with a decoded snapshot.
+    /// Replaces the store with a decoded snapshot. A snapshot that does not
+    /// decode, or decodes to a table this store could not have built (no
+    /// room for any session, more sessions than the bound, a use index that
+    /// does not match its session), is refused and changes nothing.
     pub fn restore(&mut self, bytes: &[u8]) -> Result<(), crate::Error> {
-        *self =
-            postcard::from_bytes(bytes).map_err(|e| crate::Error::BadSnapshot(e.to_string()))?;
+        let bad = |why: String| crate::Error::BadSnapshot(why);
+        let (store, rest): (KvStore, _) =
+            postcard::take_from_bytes(bytes).map_err(|e| bad(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(bad(format!("{} bytes after the store", rest.len())));
+        }
+        if store.max_sessions == 0 || store.sessions.len() > store.max_sessions {
+            return Err(bad(format!(
+                "{} sessions with a bound of {}",
+                store.sessions.len(),
+                store.max_sessions
+            )));
+        }
+        let uses_match = store.by_use.len() == store.sessions.len()
+            && store.by_use.keys().all(|&(index, client)| {
+                store
+                    .sessions
+                    .get(&client)
+                    .is_some_and(|s| s.last_index == index)
+            });
+        if !uses_match {
+            return Err(bad(
+                "the sessions' use order does not match the sessions".into()
+            ));
+        }
+        *self = store;
         Ok(())
     }
 }
@@ -219,6 +256,39 @@ mod tests {
         // An older retry does nothing.
         assert_eq!(s.apply(6, &a), Outcome::Done);
         assert_eq!(s.get("k"), Some("xy"));
+    }
+
+    /// Found by the property tests: `[0, 0, 0, 0]` decoded to a store with a
+    /// bound of 0, whose next `apply` panicked.
+    #[test]
+    fn a_snapshot_the_store_could_not_have_built_is_refused() {
+        let mut s = KvStore::new(2);
+        s.apply(1, &cmd(1, 1, Op::Get { key: "k".into() }));
+        let good = s.snapshot();
+        let mut bad_bound = KvStore::new(2);
+        bad_bound.max_sessions = 0;
+        let mut over = s.clone();
+        over.max_sessions = 0;
+        let mut mismatched = s.clone();
+        mismatched.by_use.clear();
+        mismatched.by_use.insert((7, 1), ());
+        let mut trailing = good.clone();
+        trailing.push(0);
+        for bytes in [
+            vec![0, 0, 0, 0],
+            postcard::to_allocvec(&bad_bound).unwrap(),
+            postcard::to_allocvec(&over).unwrap(),
+            postcard::to_allocvec(&mismatched).unwrap(),
+            trailing,
+        ] {
+            let mut target = s.clone();
+            let err = target.restore(&bytes).unwrap_err();
+            assert!(matches!(err, crate::Error::BadSnapshot(_)), "{err}");
+            assert_eq!(target, s, "a refused snapshot changes nothing");
+        }
+        let mut fresh = KvStore::default();
+        fresh.restore(&good).unwrap();
+        assert_eq!(fresh, s);
     }
 
     #[test]
