@@ -69,7 +69,7 @@ fn hunt(c: Canary) -> Option<Catch> {
             })
         })
     };
-    lab("raft", lab_tests::raft::TESTS, RAFT_SEEDS)
+    lab("raft", &lab_tests::raft::tests::<driver_sim::Cfg>(), RAFT_SEEDS)
         .or_else(|| {
             (1..=CHAOS_SEEDS).find_map(|seed| {
                 catch_unwind(AssertUnwindSafe(|| run_seed(seed)))
@@ -84,7 +84,7 @@ fn hunt(c: Canary) -> Option<Catch> {
                     })
             })
         })
-        .or_else(|| lab("kv", lab_tests::kv::TESTS, KV_SEEDS))
+        .or_else(|| lab("kv", &lab_tests::kv::tests::<driver_sim::KvCfg>(), KV_SEEDS))
 }
 
 #[test]

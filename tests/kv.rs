@@ -6,19 +6,20 @@
 
 use driver_sim::run_test;
 
-/// One `#[test]` per body of `lab_tests::kv`, under the seed from `SIM_SEED`.
+/// One `#[test]` per body of `lab_tests::kv`, on the simulator (`driver_sim::KvCfg`), under
+/// the seed from `SIM_SEED`.
 macro_rules! lab_tests {
     ($($name:ident),* $(,)?) => {
         $(
             #[test]
             fn $name() {
-                run_test(stringify!($name), lab_tests::kv::$name);
+                run_test(stringify!($name), lab_tests::kv::$name::<driver_sim::KvCfg>);
             }
         )*
         /// The registry names exactly the tests above, in order.
         #[test]
         fn registry_matches_the_tests() {
-            let names: Vec<&str> = lab_tests::kv::TESTS.iter().map(|(n, _)| *n).collect();
+            let names: Vec<&str> = lab_tests::kv::tests::<driver_sim::KvCfg>().iter().map(|(n, _)| *n).collect();
             assert_eq!(names, [$(stringify!($name)),*]);
         }
     };

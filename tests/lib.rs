@@ -1,12 +1,14 @@
 //! The lab suites' test bodies (`raft`, `kv`) and their shared helpers.
 
-use driver_sim::executor::with_rng;
+pub mod harness;
+
+use harness::Runtime;
 
 /// A random string of `n` URL-safe characters (the Go tests' `randstring`).
-pub fn rand_string(n: usize) -> String {
+pub fn rand_string<R: Runtime>(n: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     (0..n)
-        .map(|_| ALPHABET[with_rng(|r| r.below(ALPHABET.len() as u64)) as usize] as char)
+        .map(|_| ALPHABET[R::random_below(ALPHABET.len() as u64) as usize] as char)
         .collect()
 }
 

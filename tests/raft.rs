@@ -6,19 +6,20 @@
 
 use driver_sim::run_test;
 
-/// One `#[test]` per body of `lab_tests::raft`, under the seed from `SIM_SEED`.
+/// One `#[test]` per body of `lab_tests::raft`, on the simulator (`driver_sim::Cfg`), under
+/// the seed from `SIM_SEED`.
 macro_rules! lab_tests {
     ($($name:ident),* $(,)?) => {
         $(
             #[test]
             fn $name() {
-                run_test(stringify!($name), lab_tests::raft::$name);
+                run_test(stringify!($name), lab_tests::raft::$name::<driver_sim::Cfg>);
             }
         )*
         /// The registry names exactly the tests above, in order.
         #[test]
         fn registry_matches_the_tests() {
-            let names: Vec<&str> = lab_tests::raft::TESTS.iter().map(|(n, _)| *n).collect();
+            let names: Vec<&str> = lab_tests::raft::tests::<driver_sim::Cfg>().iter().map(|(n, _)| *n).collect();
             assert_eq!(names, [$(stringify!($name)),*]);
         }
     };

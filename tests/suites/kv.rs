@@ -10,7 +10,8 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use driver_sim::{sleep, spawn, KvCfg, SimClerk, KV_ELECTION_TIMEOUT as ELECTION_TIMEOUT};
+use crate::harness::KvHarness;
+use driver_sim::KV_ELECTION_TIMEOUT as ELECTION_TIMEOUT;
 
 /// `checkClntAppends`: every "x clnt j y" for j < count appears exactly once,
 /// in order.
@@ -39,13 +40,13 @@ fn check_concurrent_appends(v: &str, counts: &[usize]) {
 }
 
 /// The Go `check`: a Get through `ck` returns `value`.
-async fn check(cfg: &KvCfg, ck: &SimClerk, key: &str, value: &str) {
+async fn check<H: KvHarness>(cfg: &H, ck: &H::Clerk, key: &str, value: &str) {
     let v = cfg.get(ck, key, 0).await;
     assert_eq!(v, value, "Get({key}): expected:\n{value}\nreceived:\n{v}");
 }
 
 /// Repeatedly partitions the servers at random, every 1–1.2 s.
-async fn partitioner(cfg: KvCfg, done: Rc<Cell<bool>>) {
+async fn partitioner<H: KvHarness>(cfg: H, done: Rc<Cell<bool>>) {
     while !done.get() {
         let n = cfg.n();
         let side: Vec<u64> = (0..n).map(|_| cfg.rand_below(2)).collect();
@@ -53,15 +54,15 @@ async fn partitioner(cfg: KvCfg, done: Rc<Cell<bool>>) {
             .map(|s| (0..n).filter(|&j| side[j] == s).collect())
             .collect();
         cfg.partition(&pa[0], &pa[1]);
-        sleep(ELECTION_TIMEOUT + Duration::from_millis(cfg.rand_below(200))).await;
+        H::sleep(ELECTION_TIMEOUT + Duration::from_millis(cfg.rand_below(200))).await;
     }
 }
 
 /// One client of `GenericTest`: appends, puts (random keys only) and gets
 /// until told to stop; checks every get when keys are its own. Returns the
 /// number of appends and puts.
-async fn run_client(
-    cfg: KvCfg,
+async fn run_client<H: KvHarness>(
+    cfg: H,
     cli: usize,
     nclients: usize,
     randomkeys: bool,
@@ -105,7 +106,7 @@ async fn run_client(
 
 /// The lab's `GenericTest` (lab-tests.md §4.4).
 #[allow(clippy::too_many_arguments)]
-async fn generic_test(
+async fn generic_test<H: KvHarness>(
     part: &str,
     nclients: usize,
     nservers: usize,
@@ -138,7 +139,7 @@ async fn generic_test(
     };
     title += &format!(" ({part})");
 
-    let cfg = KvCfg::new(nservers, unreliable, maxraftstate);
+    let cfg = H::new(nservers, unreliable, maxraftstate);
     cfg.begin(&title);
     let ck = cfg.make_client(&cfg.all());
     for _ in 0..3 {
@@ -146,7 +147,7 @@ async fn generic_test(
         let done_partitioner = Rc::new(Cell::new(false));
         let clients: Vec<_> = (0..nclients)
             .map(|cli| {
-                spawn(run_client(
+                H::spawn(run_client(
                     cfg.clone(),
                     cli,
                     nclients,
@@ -158,10 +159,10 @@ async fn generic_test(
         let mut partitioner_task = None;
         if partitions {
             // Allow the clients to perform some operations without interruption.
-            sleep(Duration::from_secs(1)).await;
-            partitioner_task = Some(spawn(partitioner(cfg.clone(), done_partitioner.clone())));
+            H::sleep(Duration::from_secs(1)).await;
+            partitioner_task = Some(H::spawn(partitioner(cfg.clone(), done_partitioner.clone())));
         }
-        sleep(Duration::from_secs(5)).await;
+        H::sleep(Duration::from_secs(5)).await;
         done_clients.set(true); // tell clients to quit
         done_partitioner.set(true); // tell partitioner to quit
         if let Some(p) = partitioner_task {
@@ -171,7 +172,7 @@ async fn generic_test(
             // until that server discovers a new term has started.
             cfg.connect_all();
             // Wait for a while so that we have a new term.
-            sleep(ELECTION_TIMEOUT).await;
+            H::sleep(ELECTION_TIMEOUT).await;
         }
         if crash {
             for i in 0..nservers {
@@ -179,7 +180,7 @@ async fn generic_test(
             }
             // Wait for a while for servers to shut down, since shutdown isn't
             // a real crash and isn't instantaneous.
-            sleep(ELECTION_TIMEOUT).await;
+            H::sleep(ELECTION_TIMEOUT).await;
             // Crash and re-start all.
             for i in 0..nservers {
                 cfg.start_server(i);
@@ -215,20 +216,20 @@ async fn generic_test(
 
 /// The lab's `GenericTestSpeed`: 1000 sequential appends at most 33.3 ms
 /// each on average.
-async fn generic_test_speed(part: &str, maxraftstate: Option<usize>) {
+async fn generic_test_speed<H: KvHarness>(part: &str, maxraftstate: Option<usize>) {
     let nservers = 3;
     let num_ops = 1000;
-    let cfg = KvCfg::new(nservers, false, maxraftstate);
+    let cfg = H::new(nservers, false, maxraftstate);
     let ck = cfg.make_client(&cfg.all());
     cfg.begin(&format!("Test: ops complete fast enough ({part})"));
     // Wait until the first op completes, so we know a leader is elected and
     // the servers are ready to process client requests.
     cfg.get(&ck, "x", 0).await;
-    let start = driver_sim::now();
+    let start = H::now();
     for i in 0..num_ops {
         cfg.append(&ck, "x", &format!("x 0 {i} y"), 0).await;
     }
-    let dur = driver_sim::now() - start;
+    let dur = H::now() - start;
     let v = cfg.get(&ck, "x", 0).await;
     check_clnt_appends(0, &v, num_ops);
     // Heartbeat interval should be ~100 ms; require at least 3 ops per.
@@ -247,25 +248,25 @@ async fn generic_test_speed(part: &str, maxraftstate: Option<usize>) {
 
 // ---------------------------------------------------------------- 3A
 
-pub async fn basic_3a() {
-    generic_test("3A", 1, 5, false, false, false, None, false).await
+pub async fn basic_3a<H: KvHarness>() {
+    generic_test::<H>("3A", 1, 5, false, false, false, None, false).await
 }
 
-pub async fn speed_3a() {
-    generic_test_speed("3A", None).await
+pub async fn speed_3a<H: KvHarness>() {
+    generic_test_speed::<H>("3A", None).await
 }
 
-pub async fn concurrent_3a() {
-    generic_test("3A", 5, 5, false, false, false, None, false).await
+pub async fn concurrent_3a<H: KvHarness>() {
+    generic_test::<H>("3A", 5, 5, false, false, false, None, false).await
 }
 
-pub async fn unreliable_3a() {
-    generic_test("3A", 5, 5, true, false, false, None, false).await
+pub async fn unreliable_3a<H: KvHarness>() {
+    generic_test::<H>("3A", 5, 5, true, false, false, None, false).await
 }
 
-pub async fn unreliable_one_key_3a() {
+pub async fn unreliable_one_key_3a<H: KvHarness>() {
     let nservers = 3;
-    let cfg = KvCfg::new(nservers, true, None);
+    let cfg = H::new(nservers, true, None);
     let ck = cfg.make_client(&cfg.all());
     cfg.begin("Test: concurrent append to same key, unreliable (3A)");
     cfg.put(&ck, "k", "", 0).await;
@@ -274,7 +275,7 @@ pub async fn unreliable_one_key_3a() {
     let clients: Vec<_> = (0..nclient)
         .map(|me| {
             let cfg = cfg.clone();
-            spawn(async move {
+            H::spawn(async move {
                 let myck = cfg.make_client(&cfg.all());
                 for n in 0..upto {
                     cfg.append(&myck, "k", &format!("x {me} {n} y"), me as u64)
@@ -292,9 +293,9 @@ pub async fn unreliable_one_key_3a() {
     cfg.end();
 }
 
-pub async fn one_partition_3a() {
+pub async fn one_partition_3a<H: KvHarness>() {
     let nservers = 5;
-    let cfg = KvCfg::new(nservers, false, None);
+    let cfg = H::new(nservers, false, None);
     let ck = cfg.make_client(&cfg.all());
     cfg.put(&ck, "1", "13", 0).await;
 
@@ -311,13 +312,13 @@ pub async fn one_partition_3a() {
     cfg.begin("Test: no progress in minority (3A)");
     let done0 = {
         let (cfg, ck) = (cfg.clone(), ckp2a.clone());
-        spawn(async move { cfg.put(&ck, "1", "15", 2).await })
+        H::spawn(async move { cfg.put(&ck, "1", "15", 2).await })
     };
     let done1 = {
         let (cfg, ck) = (cfg.clone(), ckp2b.clone());
-        spawn(async move { cfg.get(&ck, "1", 3).await })
+        H::spawn(async move { cfg.get(&ck, "1", 3).await })
     };
-    sleep(Duration::from_secs(1)).await;
+    H::sleep(Duration::from_secs(1)).await;
     assert!(!done0.is_finished(), "Put in minority completed");
     assert!(!done1.is_finished(), "Get in minority completed");
     check(&cfg, &ckp1, "1", "14").await;
@@ -329,52 +330,52 @@ pub async fn one_partition_3a() {
     cfg.connect_all();
     cfg.connect_client(&ckp2a, &cfg.all());
     cfg.connect_client(&ckp2b, &cfg.all());
-    sleep(ELECTION_TIMEOUT).await;
-    let put_done = driver_sim::executor::timeout(Duration::from_millis(30 * 100), done0).await;
+    H::sleep(ELECTION_TIMEOUT).await;
+    let put_done = H::timeout(Duration::from_millis(30 * 100), done0).await;
     assert!(put_done.is_some(), "Put did not complete");
     // The Go test checks the Get without waiting for it.
     check(&cfg, &ck, "1", "15").await;
     cfg.end();
 }
 
-pub async fn many_partitions_one_client_3a() {
-    generic_test("3A", 1, 5, false, false, true, None, false).await
+pub async fn many_partitions_one_client_3a<H: KvHarness>() {
+    generic_test::<H>("3A", 1, 5, false, false, true, None, false).await
 }
 
-pub async fn many_partitions_many_clients_3a() {
-    generic_test("3A", 5, 5, false, false, true, None, false).await
+pub async fn many_partitions_many_clients_3a<H: KvHarness>() {
+    generic_test::<H>("3A", 5, 5, false, false, true, None, false).await
 }
 
-pub async fn persist_one_client_3a() {
-    generic_test("3A", 1, 5, false, true, false, None, false).await
+pub async fn persist_one_client_3a<H: KvHarness>() {
+    generic_test::<H>("3A", 1, 5, false, true, false, None, false).await
 }
 
-pub async fn persist_concurrent_3a() {
-    generic_test("3A", 5, 5, false, true, false, None, false).await
+pub async fn persist_concurrent_3a<H: KvHarness>() {
+    generic_test::<H>("3A", 5, 5, false, true, false, None, false).await
 }
 
-pub async fn persist_concurrent_unreliable_3a() {
-    generic_test("3A", 5, 5, true, true, false, None, false).await
+pub async fn persist_concurrent_unreliable_3a<H: KvHarness>() {
+    generic_test::<H>("3A", 5, 5, true, true, false, None, false).await
 }
 
-pub async fn persist_partition_3a() {
-    generic_test("3A", 5, 5, false, true, true, None, false).await
+pub async fn persist_partition_3a<H: KvHarness>() {
+    generic_test::<H>("3A", 5, 5, false, true, true, None, false).await
 }
 
-pub async fn persist_partition_unreliable_3a() {
-    generic_test("3A", 5, 5, true, true, true, None, false).await
+pub async fn persist_partition_unreliable_3a<H: KvHarness>() {
+    generic_test::<H>("3A", 5, 5, true, true, true, None, false).await
 }
 
-pub async fn persist_partition_unreliable_linearizable_3a() {
-    generic_test("3A", 15, 7, true, true, true, None, true).await
+pub async fn persist_partition_unreliable_linearizable_3a<H: KvHarness>() {
+    generic_test::<H>("3A", 15, 7, true, true, true, None, true).await
 }
 
 // ---------------------------------------------------------------- 3B
 
-pub async fn snapshot_rpc_3b() {
+pub async fn snapshot_rpc_3b<H: KvHarness>() {
     let nservers = 3;
     let maxraftstate = 1000;
-    let cfg = KvCfg::new(nservers, false, Some(maxraftstate));
+    let cfg = H::new(nservers, false, Some(maxraftstate));
     let ck = cfg.make_client(&cfg.all());
     cfg.begin("Test: InstallSnapshot RPC (3B)");
     cfg.put(&ck, "a", "A", 0).await;
@@ -386,7 +387,7 @@ pub async fn snapshot_rpc_3b() {
         for i in 0..50 {
             cfg.put(&ck1, &i.to_string(), &i.to_string(), 1).await;
         }
-        sleep(ELECTION_TIMEOUT).await;
+        H::sleep(ELECTION_TIMEOUT).await;
         cfg.put(&ck1, "b", "B", 1).await;
     }
     // Check that the majority partition has thrown away most of its log
@@ -417,11 +418,11 @@ pub async fn snapshot_rpc_3b() {
     cfg.end();
 }
 
-pub async fn snapshot_size_3b() {
+pub async fn snapshot_size_3b<H: KvHarness>() {
     let nservers = 3;
     let maxraftstate = 1000;
     let maxsnapshotstate = 500;
-    let cfg = KvCfg::new(nservers, false, Some(maxraftstate));
+    let cfg = H::new(nservers, false, Some(maxraftstate));
     let ck = cfg.make_client(&cfg.all());
     cfg.begin("Test: snapshot size is reasonable (3B)");
     for _ in 0..200 {
@@ -448,88 +449,91 @@ pub async fn snapshot_size_3b() {
     cfg.end();
 }
 
-pub async fn speed_3b() {
-    generic_test_speed("3B", Some(1000)).await
+pub async fn speed_3b<H: KvHarness>() {
+    generic_test_speed::<H>("3B", Some(1000)).await
 }
 
-pub async fn snapshot_recover_3b() {
-    generic_test("3B", 1, 5, false, true, false, Some(1000), false).await
+pub async fn snapshot_recover_3b<H: KvHarness>() {
+    generic_test::<H>("3B", 1, 5, false, true, false, Some(1000), false).await
 }
 
-pub async fn snapshot_recover_many_clients_3b() {
-    generic_test("3B", 20, 5, false, true, false, Some(1000), false).await
+pub async fn snapshot_recover_many_clients_3b<H: KvHarness>() {
+    generic_test::<H>("3B", 20, 5, false, true, false, Some(1000), false).await
 }
 
-pub async fn snapshot_unreliable_3b() {
-    generic_test("3B", 5, 5, true, false, false, Some(1000), false).await
+pub async fn snapshot_unreliable_3b<H: KvHarness>() {
+    generic_test::<H>("3B", 5, 5, true, false, false, Some(1000), false).await
 }
 
-pub async fn snapshot_unreliable_recover_3b() {
-    generic_test("3B", 5, 5, true, true, false, Some(1000), false).await
+pub async fn snapshot_unreliable_recover_3b<H: KvHarness>() {
+    generic_test::<H>("3B", 5, 5, true, true, false, Some(1000), false).await
 }
 
-pub async fn snapshot_unreliable_recover_concurrent_partition_3b() {
-    generic_test("3B", 5, 5, true, true, true, Some(1000), false).await
+pub async fn snapshot_unreliable_recover_concurrent_partition_3b<H: KvHarness>() {
+    generic_test::<H>("3B", 5, 5, true, true, true, Some(1000), false).await
 }
 
-pub async fn snapshot_unreliable_recover_concurrent_partition_linearizable_3b() {
-    generic_test("3B", 15, 7, true, true, true, Some(1000), true).await
+pub async fn snapshot_unreliable_recover_concurrent_partition_linearizable_3b<H: KvHarness>() {
+    generic_test::<H>("3B", 15, 7, true, true, true, Some(1000), true).await
 }
 
-/// Every test of this suite, by name, in the lab's order.
-pub const TESTS: &[(&str, crate::Body)] = &[
-    ("basic_3a", || Box::pin(basic_3a())),
-    ("speed_3a", || Box::pin(speed_3a())),
-    ("concurrent_3a", || Box::pin(concurrent_3a())),
-    ("unreliable_3a", || Box::pin(unreliable_3a())),
-    (
-        "unreliable_one_key_3a",
-        || Box::pin(unreliable_one_key_3a()),
-    ),
-    ("one_partition_3a", || Box::pin(one_partition_3a())),
-    ("many_partitions_one_client_3a", || {
-        Box::pin(many_partitions_one_client_3a())
-    }),
-    ("many_partitions_many_clients_3a", || {
-        Box::pin(many_partitions_many_clients_3a())
-    }),
-    (
-        "persist_one_client_3a",
-        || Box::pin(persist_one_client_3a()),
-    ),
-    (
-        "persist_concurrent_3a",
-        || Box::pin(persist_concurrent_3a()),
-    ),
-    ("persist_concurrent_unreliable_3a", || {
-        Box::pin(persist_concurrent_unreliable_3a())
-    }),
-    ("persist_partition_3a", || Box::pin(persist_partition_3a())),
-    ("persist_partition_unreliable_3a", || {
-        Box::pin(persist_partition_unreliable_3a())
-    }),
-    ("persist_partition_unreliable_linearizable_3a", || {
-        Box::pin(persist_partition_unreliable_linearizable_3a())
-    }),
-    ("snapshot_rpc_3b", || Box::pin(snapshot_rpc_3b())),
-    ("snapshot_size_3b", || Box::pin(snapshot_size_3b())),
-    ("speed_3b", || Box::pin(speed_3b())),
-    ("snapshot_recover_3b", || Box::pin(snapshot_recover_3b())),
-    ("snapshot_recover_many_clients_3b", || {
-        Box::pin(snapshot_recover_many_clients_3b())
-    }),
-    ("snapshot_unreliable_3b", || {
-        Box::pin(snapshot_unreliable_3b())
-    }),
-    ("snapshot_unreliable_recover_3b", || {
-        Box::pin(snapshot_unreliable_recover_3b())
-    }),
-    (
-        "snapshot_unreliable_recover_concurrent_partition_3b",
-        || Box::pin(snapshot_unreliable_recover_concurrent_partition_3b()),
-    ),
-    (
-        "snapshot_unreliable_recover_concurrent_partition_linearizable_3b",
-        || Box::pin(snapshot_unreliable_recover_concurrent_partition_linearizable_3b()),
-    ),
-];
+/// Every test of this suite, by name, in the lab's order, for harness `H`.
+pub fn tests<H: KvHarness>() -> Vec<(&'static str, crate::Body)> {
+    vec![
+        ("basic_3a", || Box::pin(basic_3a::<H>())),
+        ("speed_3a", || Box::pin(speed_3a::<H>())),
+        ("concurrent_3a", || Box::pin(concurrent_3a::<H>())),
+        ("unreliable_3a", || Box::pin(unreliable_3a::<H>())),
+        ("unreliable_one_key_3a", || {
+            Box::pin(unreliable_one_key_3a::<H>())
+        }),
+        ("one_partition_3a", || Box::pin(one_partition_3a::<H>())),
+        ("many_partitions_one_client_3a", || {
+            Box::pin(many_partitions_one_client_3a::<H>())
+        }),
+        ("many_partitions_many_clients_3a", || {
+            Box::pin(many_partitions_many_clients_3a::<H>())
+        }),
+        ("persist_one_client_3a", || {
+            Box::pin(persist_one_client_3a::<H>())
+        }),
+        ("persist_concurrent_3a", || {
+            Box::pin(persist_concurrent_3a::<H>())
+        }),
+        ("persist_concurrent_unreliable_3a", || {
+            Box::pin(persist_concurrent_unreliable_3a::<H>())
+        }),
+        ("persist_partition_3a", || {
+            Box::pin(persist_partition_3a::<H>())
+        }),
+        ("persist_partition_unreliable_3a", || {
+            Box::pin(persist_partition_unreliable_3a::<H>())
+        }),
+        ("persist_partition_unreliable_linearizable_3a", || {
+            Box::pin(persist_partition_unreliable_linearizable_3a::<H>())
+        }),
+        ("snapshot_rpc_3b", || Box::pin(snapshot_rpc_3b::<H>())),
+        ("snapshot_size_3b", || Box::pin(snapshot_size_3b::<H>())),
+        ("speed_3b", || Box::pin(speed_3b::<H>())),
+        ("snapshot_recover_3b", || {
+            Box::pin(snapshot_recover_3b::<H>())
+        }),
+        ("snapshot_recover_many_clients_3b", || {
+            Box::pin(snapshot_recover_many_clients_3b::<H>())
+        }),
+        ("snapshot_unreliable_3b", || {
+            Box::pin(snapshot_unreliable_3b::<H>())
+        }),
+        ("snapshot_unreliable_recover_3b", || {
+            Box::pin(snapshot_unreliable_recover_3b::<H>())
+        }),
+        (
+            "snapshot_unreliable_recover_concurrent_partition_3b",
+            || Box::pin(snapshot_unreliable_recover_concurrent_partition_3b::<H>()),
+        ),
+        (
+            "snapshot_unreliable_recover_concurrent_partition_linearizable_3b",
+            || Box::pin(snapshot_unreliable_recover_concurrent_partition_linearizable_3b::<H>()),
+        ),
+    ]
+}

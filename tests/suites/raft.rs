@@ -10,8 +10,9 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::harness::RaftHarness;
 use crate::rand_string;
-use driver_sim::{ms, sleep, spawn, Cfg, Cmd, RAFT_ELECTION_TIMEOUT as RET};
+use driver_sim::{ms, Cmd, RAFT_ELECTION_TIMEOUT as RET};
 
 const SNAPSHOT_INTERVAL: u64 = 10;
 const MAX_LOG_SIZE: usize = 2000;
@@ -22,16 +23,16 @@ fn int(v: i64) -> Cmd {
 
 // ---------------------------------------------------------------- 2A
 
-pub async fn initial_election_2a() {
-    let cfg = Cfg::new(3, false, false);
+pub async fn initial_election_2a<H: RaftHarness>() {
+    let cfg = H::new(3, false, false);
     cfg.begin("Test (2A): initial election");
     cfg.check_one_leader().await;
     // Sleep a bit to avoid racing with followers learning of the election.
-    sleep(ms(50)).await;
+    H::sleep(ms(50)).await;
     let term1 = cfg.check_terms();
     assert!(term1 >= 1, "term is {term1}, but should be at least 1");
     // Does the leader stay the leader if there is no network failure?
-    sleep(2 * RET).await;
+    H::sleep(2 * RET).await;
     let term2 = cfg.check_terms();
     if term1 != term2 {
         println!("warning: term changed even though there were no failures");
@@ -40,9 +41,9 @@ pub async fn initial_election_2a() {
     cfg.end();
 }
 
-pub async fn re_election_2a() {
+pub async fn re_election_2a<H: RaftHarness>() {
     let n = 3;
-    let cfg = Cfg::new(n, false, false);
+    let cfg = H::new(n, false, false);
     cfg.begin("Test (2A): election after network failure");
     let leader1 = cfg.check_one_leader().await;
     // If the leader disconnects, a new one should be elected.
@@ -55,7 +56,7 @@ pub async fn re_election_2a() {
     // If there's no quorum, no new leader should be elected.
     cfg.disconnect(leader2);
     cfg.disconnect((leader2 + 1) % n);
-    sleep(2 * RET).await;
+    H::sleep(2 * RET).await;
     // Check that the one connected server does not think it is the leader.
     cfg.check_no_leader();
     // If a quorum arises, it should elect a leader.
@@ -67,9 +68,9 @@ pub async fn re_election_2a() {
     cfg.end();
 }
 
-pub async fn many_elections_2a() {
+pub async fn many_elections_2a<H: RaftHarness>() {
     let n = 7;
-    let cfg = Cfg::new(n, false, false);
+    let cfg = H::new(n, false, false);
     cfg.begin("Test (2A): multiple elections");
     cfg.check_one_leader().await;
     for _ in 1..10 {
@@ -93,9 +94,9 @@ pub async fn many_elections_2a() {
 
 // ---------------------------------------------------------------- 2B
 
-pub async fn basic_agree_2b() {
+pub async fn basic_agree_2b<H: RaftHarness>() {
     let n = 3;
-    let cfg = Cfg::new(n, false, false);
+    let cfg = H::new(n, false, false);
     cfg.begin("Test (2B): basic agreement");
     for index in 1..=3u64 {
         let (nd, _) = cfg.n_committed(index);
@@ -106,16 +107,16 @@ pub async fn basic_agree_2b() {
     cfg.end();
 }
 
-pub async fn rpc_bytes_2b() {
+pub async fn rpc_bytes_2b<H: RaftHarness>() {
     let n = 3;
-    let cfg = Cfg::new(n, false, false);
+    let cfg = H::new(n, false, false);
     cfg.begin("Test (2B): RPC byte count");
     cfg.one(int(99), n, false).await;
     let bytes0 = cfg.bytes_total();
     let iters = 10;
     let mut sent = 0u64;
     for index in 2..iters + 2 {
-        let cmd = rand_string(5000);
+        let cmd = rand_string::<H>(5000);
         sent += cmd.len() as u64;
         let xindex = cfg.one(Cmd::Str(cmd), n, false).await;
         assert_eq!(xindex, index, "got index {xindex} but expected {index}");
@@ -129,9 +130,9 @@ pub async fn rpc_bytes_2b() {
     cfg.end();
 }
 
-pub async fn follower_failure_2b() {
+pub async fn follower_failure_2b<H: RaftHarness>() {
     let n = 3;
-    let cfg = Cfg::new(n, false, false);
+    let cfg = H::new(n, false, false);
     cfg.begin("Test (2B): test progressive failure of followers");
     cfg.one(int(101), n, false).await;
     // Disconnect one follower from the network.
@@ -140,7 +141,7 @@ pub async fn follower_failure_2b() {
     // The leader and remaining follower should be able to agree despite
     // the disconnected follower.
     cfg.one(int(102), n - 1, false).await;
-    sleep(RET).await;
+    H::sleep(RET).await;
     cfg.one(int(103), n - 1, false).await;
     // Disconnect the remaining follower.
     let leader2 = cfg.check_one_leader().await;
@@ -151,16 +152,16 @@ pub async fn follower_failure_2b() {
         .start(leader2, int(104))
         .expect("leader rejected Start()");
     assert_eq!(index, 4, "expected index 4, got {index}");
-    sleep(2 * RET).await;
+    H::sleep(2 * RET).await;
     // Check that the command did not commit.
     let (nd, _) = cfg.n_committed(index);
     assert!(nd == 0, "{nd} committed but no majority");
     cfg.end();
 }
 
-pub async fn leader_failure_2b() {
+pub async fn leader_failure_2b<H: RaftHarness>() {
     let n = 3;
-    let cfg = Cfg::new(n, false, false);
+    let cfg = H::new(n, false, false);
     cfg.begin("Test (2B): test failure of leaders");
     cfg.one(int(101), n, false).await;
     // Disconnect the first leader.
@@ -168,7 +169,7 @@ pub async fn leader_failure_2b() {
     cfg.disconnect(leader1);
     // The remaining followers should elect a new leader.
     cfg.one(int(102), n - 1, false).await;
-    sleep(RET).await;
+    H::sleep(RET).await;
     cfg.one(int(103), n - 1, false).await;
     // Disconnect the new leader.
     let leader2 = cfg.check_one_leader().await;
@@ -177,16 +178,16 @@ pub async fn leader_failure_2b() {
     for i in 0..n {
         let _ = cfg.start(i, int(104));
     }
-    sleep(2 * RET).await;
+    H::sleep(2 * RET).await;
     // Check that the command did not commit.
     let (nd, _) = cfg.n_committed(4);
     assert!(nd == 0, "{nd} committed but no majority");
     cfg.end();
 }
 
-pub async fn fail_agree_2b() {
+pub async fn fail_agree_2b<H: RaftHarness>() {
     let n = 3;
-    let cfg = Cfg::new(n, false, false);
+    let cfg = H::new(n, false, false);
     cfg.begin("Test (2B): agreement after follower reconnects");
     cfg.one(int(101), n, false).await;
     // Disconnect one follower from the network.
@@ -195,21 +196,21 @@ pub async fn fail_agree_2b() {
     // The leader and remaining follower should be able to agree.
     cfg.one(int(102), n - 1, false).await;
     cfg.one(int(103), n - 1, false).await;
-    sleep(RET).await;
+    H::sleep(RET).await;
     cfg.one(int(104), n - 1, false).await;
     cfg.one(int(105), n - 1, false).await;
     // Re-connect; the full set of servers should preserve previous
     // agreements, and be able to agree on new commands.
     cfg.connect((leader + 1) % n);
     cfg.one(int(106), n, true).await;
-    sleep(RET).await;
+    H::sleep(RET).await;
     cfg.one(int(107), n, true).await;
     cfg.end();
 }
 
-pub async fn fail_no_agree_2b() {
+pub async fn fail_no_agree_2b<H: RaftHarness>() {
     let n = 5;
-    let cfg = Cfg::new(n, false, false);
+    let cfg = H::new(n, false, false);
     cfg.begin("Test (2B): no agreement if too many followers disconnect");
     cfg.one(int(10), n, false).await;
     // Three of five followers disconnect.
@@ -219,7 +220,7 @@ pub async fn fail_no_agree_2b() {
     cfg.disconnect((leader + 3) % n);
     let (index, _) = cfg.start(leader, int(20)).expect("leader rejected Start()");
     assert_eq!(index, 2, "expected index 2, got {index}");
-    sleep(2 * RET).await;
+    H::sleep(2 * RET).await;
     let (nd, _) = cfg.n_committed(index);
     assert!(nd == 0, "{nd} committed but no majority");
     // Repair.
@@ -237,15 +238,15 @@ pub async fn fail_no_agree_2b() {
     cfg.end();
 }
 
-pub async fn concurrent_starts_2b() {
+pub async fn concurrent_starts_2b<H: RaftHarness>() {
     let n = 3;
-    let cfg = Cfg::new(n, false, false);
+    let cfg = H::new(n, false, false);
     cfg.begin("Test (2B): concurrent Start()s");
     let mut success = false;
     'attempt: for attempt in 0..5 {
         if attempt > 0 {
             // Give the solution some time to settle.
-            sleep(Duration::from_secs(3)).await;
+            H::sleep(Duration::from_secs(3)).await;
         }
         let leader = cfg.check_one_leader().await;
         let Some((_, term)) = cfg.start(leader, int(1)) else {
@@ -255,7 +256,7 @@ pub async fn concurrent_starts_2b() {
         let mut handles = Vec::new();
         for ii in 0..iters {
             let cfg = cfg.clone();
-            handles.push(spawn(async move {
+            handles.push(H::spawn(async move {
                 match cfg.start(leader, int(100 + ii)) {
                     Some((i, term1)) if term1 == term => Some(i),
                     _ => None,
@@ -294,9 +295,9 @@ pub async fn concurrent_starts_2b() {
     cfg.end();
 }
 
-pub async fn rejoin_2b() {
+pub async fn rejoin_2b<H: RaftHarness>() {
     let n = 3;
-    let cfg = Cfg::new(n, false, false);
+    let cfg = H::new(n, false, false);
     cfg.begin("Test (2B): rejoin of partitioned leader");
     cfg.one(int(101), n, true).await;
     // Leader network failure.
@@ -320,9 +321,9 @@ pub async fn rejoin_2b() {
     cfg.end();
 }
 
-pub async fn backup_2b() {
+pub async fn backup_2b<H: RaftHarness>() {
     let n = 5;
-    let cfg = Cfg::new(n, false, false);
+    let cfg = H::new(n, false, false);
     cfg.begin("Test (2B): leader backs up quickly over incorrect follower logs");
     cfg.one(int(cfg.rand_int()), n, true).await;
     // Put the leader and one follower in a partition.
@@ -334,7 +335,7 @@ pub async fn backup_2b() {
     for _ in 0..50 {
         let _ = cfg.start(leader1, int(cfg.rand_int()));
     }
-    sleep(RET / 2).await;
+    H::sleep(RET / 2).await;
     cfg.disconnect(leader1 % n);
     cfg.disconnect((leader1 + 1) % n);
     // Allow the other partition to recover.
@@ -356,7 +357,7 @@ pub async fn backup_2b() {
     for _ in 0..50 {
         let _ = cfg.start(leader2, int(cfg.rand_int()));
     }
-    sleep(RET / 2).await;
+    H::sleep(RET / 2).await;
     // Bring the original leader back to life.
     for i in 0..n {
         cfg.disconnect(i);
@@ -376,11 +377,11 @@ pub async fn backup_2b() {
     cfg.end();
 }
 
-pub async fn count_2b() {
+pub async fn count_2b<H: RaftHarness>() {
     let n = 3;
-    let cfg = Cfg::new(n, false, false);
+    let cfg = H::new(n, false, false);
     cfg.begin("Test (2B): RPC counts aren't too high");
-    let rpcs = |cfg: &Cfg| (0..n).map(|j| cfg.rpc_count(j)).sum::<u64>();
+    let rpcs = |cfg: &H| (0..n).map(|j| cfg.rpc_count(j)).sum::<u64>();
     cfg.check_one_leader().await;
     let total1 = rpcs(&cfg);
     assert!(
@@ -391,7 +392,7 @@ pub async fn count_2b() {
     let mut success = false;
     'attempt: for attempt in 0..5 {
         if attempt > 0 {
-            sleep(Duration::from_secs(3)).await;
+            H::sleep(Duration::from_secs(3)).await;
         }
         let leader = cfg.check_one_leader().await;
         let total1 = rpcs(&cfg);
@@ -444,7 +445,7 @@ pub async fn count_2b() {
         break;
     }
     assert!(success, "term changed too often");
-    sleep(RET).await;
+    H::sleep(RET).await;
     let total3 = rpcs(&cfg);
     assert!(
         total3 - total2 <= 3 * 20,
@@ -456,9 +457,9 @@ pub async fn count_2b() {
 
 // ---------------------------------------------------------------- 2C
 
-pub async fn persist1_2c() {
+pub async fn persist1_2c<H: RaftHarness>() {
     let n = 3;
-    let cfg = Cfg::new(n, false, false);
+    let cfg = H::new(n, false, false);
     cfg.begin("Test (2C): basic persistence");
     cfg.one(int(11), n, true).await;
     // Crash and re-start all.
@@ -490,9 +491,9 @@ pub async fn persist1_2c() {
     cfg.end();
 }
 
-pub async fn persist2_2c() {
+pub async fn persist2_2c<H: RaftHarness>() {
     let n = 5;
-    let cfg = Cfg::new(n, false, false);
+    let cfg = H::new(n, false, false);
     cfg.begin("Test (2C): more persistence");
     let mut index = 1;
     for _ in 0..5 {
@@ -510,7 +511,7 @@ pub async fn persist2_2c() {
         cfg.start1((leader1 + 2) % n);
         cfg.connect((leader1 + 1) % n);
         cfg.connect((leader1 + 2) % n);
-        sleep(RET).await;
+        H::sleep(RET).await;
         cfg.start1((leader1 + 3) % n);
         cfg.connect((leader1 + 3) % n);
         cfg.one(int(10 + index), n - 2, true).await;
@@ -522,9 +523,9 @@ pub async fn persist2_2c() {
     cfg.end();
 }
 
-pub async fn persist3_2c() {
+pub async fn persist3_2c<H: RaftHarness>() {
     let n = 3;
-    let cfg = Cfg::new(n, false, false);
+    let cfg = H::new(n, false, false);
     cfg.begin("Test (2C): partitioned leader and one follower crash, leader restarts");
     cfg.one(int(101), 3, true).await;
     let leader = cfg.check_one_leader().await;
@@ -544,17 +545,17 @@ pub async fn persist3_2c() {
 
 /// Figure 8's sleep: 10% of the time up to half an election timeout,
 /// otherwise up to 12 ms.
-async fn figure8_sleep(cfg: &Cfg) {
+async fn figure8_sleep<H: RaftHarness>(cfg: &H) {
     if cfg.rand_below(1000) < 100 {
-        sleep(ms(cfg.rand_below(RET.as_millis() as u64 / 2))).await;
+        H::sleep(ms(cfg.rand_below(RET.as_millis() as u64 / 2))).await;
     } else {
-        sleep(ms(cfg.rand_below(13))).await;
+        H::sleep(ms(cfg.rand_below(13))).await;
     }
 }
 
-pub async fn figure8_2c() {
+pub async fn figure8_2c<H: RaftHarness>() {
     let n = 5;
-    let cfg = Cfg::new(n, false, false);
+    let cfg = H::new(n, false, false);
     cfg.begin("Test (2C): Figure 8");
     cfg.one(int(cfg.rand_int()), 1, true).await;
     let mut nup = n;
@@ -589,15 +590,15 @@ pub async fn figure8_2c() {
     cfg.end();
 }
 
-pub async fn unreliable_agree_2c() {
+pub async fn unreliable_agree_2c<H: RaftHarness>() {
     let n = 5;
-    let cfg = Cfg::new(n, true, false);
+    let cfg = H::new(n, true, false);
     cfg.begin("Test (2C): unreliable agreement");
     let mut handles = Vec::new();
     for iters in 1..50i64 {
         for j in 0..4i64 {
             let cfg = cfg.clone();
-            handles.push(spawn(async move {
+            handles.push(H::spawn(async move {
                 cfg.one(int(100 * iters + j), 1, true).await;
             }));
         }
@@ -611,9 +612,9 @@ pub async fn unreliable_agree_2c() {
     cfg.end();
 }
 
-pub async fn figure8_unreliable_2c() {
+pub async fn figure8_unreliable_2c<H: RaftHarness>() {
     let n = 5;
-    let cfg = Cfg::new(n, true, false);
+    let cfg = H::new(n, true, false);
     cfg.begin("Test (2C): Figure 8 (unreliable)");
     cfg.one(int(cfg.rand_int() % 10000), 1, true).await;
     let mut nup = n;
@@ -651,9 +652,9 @@ pub async fn figure8_unreliable_2c() {
     cfg.end();
 }
 
-async fn internal_churn(unreliable: bool) {
+async fn internal_churn<H: RaftHarness>(unreliable: bool) {
     let n = 5;
-    let cfg = Cfg::new(n, unreliable, false);
+    let cfg = H::new(n, unreliable, false);
     cfg.begin(if unreliable {
         "Test (2C): unreliable churn"
     } else {
@@ -662,7 +663,7 @@ async fn internal_churn(unreliable: bool) {
     let stop = Rc::new(Cell::new(false));
     // A client submits commands to every server and remembers those it saw
     // committed.
-    let client = |me: u64, cfg: Cfg, stop: Rc<Cell<bool>>| async move {
+    let client = |me: u64, cfg: H, stop: Rc<Cell<bool>>| async move {
         let mut ret = Vec::new();
         while !stop.get() {
             let x = cfg.rand_int();
@@ -685,16 +686,16 @@ async fn internal_churn(unreliable: bool) {
                         }
                         break;
                     }
-                    sleep(ms(to)).await;
+                    H::sleep(ms(to)).await;
                 }
             } else {
-                sleep(ms(79 + me * 17)).await;
+                H::sleep(ms(79 + me * 17)).await;
             }
         }
         ret
     };
     let handles: Vec<_> = (0..3)
-        .map(|me| spawn(client(me, cfg.clone(), stop.clone())))
+        .map(|me| H::spawn(client(me, cfg.clone(), stop.clone())))
         .collect();
     for _ in 0..20 {
         if cfg.rand_below(1000) < 200 {
@@ -718,9 +719,9 @@ async fn internal_churn(unreliable: bool) {
         // up, but not so infrequent that everything has settled down from one
         // change to the next. Pick a value smaller than the election timeout,
         // but not hugely smaller.
-        sleep(RET * 7 / 10).await;
+        H::sleep(RET * 7 / 10).await;
     }
-    sleep(RET).await;
+    H::sleep(RET).await;
     cfg.set_unreliable(false);
     for i in 0..n {
         if !cfg.is_alive(i) {
@@ -735,7 +736,7 @@ async fn internal_churn(unreliable: bool) {
         assert!(!vv.is_empty(), "client failed");
         values.extend(vv);
     }
-    sleep(RET).await;
+    H::sleep(RET).await;
     let last_index = cfg.one(int(cfg.rand_int()), n, true).await;
     let mut really = Vec::new();
     for index in 1..=last_index {
@@ -750,20 +751,20 @@ async fn internal_churn(unreliable: bool) {
     cfg.end();
 }
 
-pub async fn reliable_churn_2c() {
-    internal_churn(false).await
+pub async fn reliable_churn_2c<H: RaftHarness>() {
+    internal_churn::<H>(false).await
 }
 
-pub async fn unreliable_churn_2c() {
-    internal_churn(true).await
+pub async fn unreliable_churn_2c<H: RaftHarness>() {
+    internal_churn::<H>(true).await
 }
 
 // ---------------------------------------------------------------- 2D
 
-async fn snapcommon(name: &str, disconnect: bool, reliable: bool, crash: bool) {
+async fn snapcommon<H: RaftHarness>(name: &str, disconnect: bool, reliable: bool, crash: bool) {
     let iters = 30;
     let servers = 3;
-    let cfg = Cfg::new(servers, !reliable, true);
+    let cfg = H::new(servers, !reliable, true);
     cfg.begin(name);
     cfg.one(int(cfg.rand_int()), servers, true).await;
     let mut leader1 = cfg.check_one_leader().await;
@@ -814,12 +815,12 @@ async fn snapcommon(name: &str, disconnect: bool, reliable: bool, crash: bool) {
     cfg.end();
 }
 
-pub async fn snapshot_basic_2d() {
-    snapcommon("Test (2D): snapshots basic", false, true, false).await
+pub async fn snapshot_basic_2d<H: RaftHarness>() {
+    snapcommon::<H>("Test (2D): snapshots basic", false, true, false).await
 }
 
-pub async fn snapshot_install_2d() {
-    snapcommon(
+pub async fn snapshot_install_2d<H: RaftHarness>() {
+    snapcommon::<H>(
         "Test (2D): install snapshots (disconnect)",
         true,
         true,
@@ -828,8 +829,8 @@ pub async fn snapshot_install_2d() {
     .await
 }
 
-pub async fn snapshot_install_unreliable_2d() {
-    snapcommon(
+pub async fn snapshot_install_unreliable_2d<H: RaftHarness>() {
+    snapcommon::<H>(
         "Test (2D): install snapshots (disconnect+unreliable)",
         true,
         false,
@@ -838,12 +839,12 @@ pub async fn snapshot_install_unreliable_2d() {
     .await
 }
 
-pub async fn snapshot_install_crash_2d() {
-    snapcommon("Test (2D): install snapshots (crash)", false, true, true).await
+pub async fn snapshot_install_crash_2d<H: RaftHarness>() {
+    snapcommon::<H>("Test (2D): install snapshots (crash)", false, true, true).await
 }
 
-pub async fn snapshot_install_un_crash_2d() {
-    snapcommon(
+pub async fn snapshot_install_un_crash_2d<H: RaftHarness>() {
+    snapcommon::<H>(
         "Test (2D): install snapshots (unreliable+crash)",
         false,
         false,
@@ -852,10 +853,10 @@ pub async fn snapshot_install_un_crash_2d() {
     .await
 }
 
-pub async fn snapshot_all_crash_2d() {
+pub async fn snapshot_all_crash_2d<H: RaftHarness>() {
     let servers = 3;
     let iters = 5;
-    let cfg = Cfg::new(servers, false, true);
+    let cfg = H::new(servers, false, true);
     cfg.begin("Test (2D): crash and restart all servers");
     cfg.one(int(cfg.rand_int()), servers, true).await;
     for _ in 0..iters {
@@ -880,9 +881,9 @@ pub async fn snapshot_all_crash_2d() {
     cfg.end();
 }
 
-pub async fn snapshot_init_2d() {
+pub async fn snapshot_init_2d<H: RaftHarness>() {
     let servers = 3;
-    let cfg = Cfg::new(servers, false, true);
+    let cfg = H::new(servers, false, true);
     cfg.begin("Test (2D): snapshot initialization after crash");
     cfg.one(int(cfg.rand_int()), servers, true).await;
     // Enough ops to make a snapshot.
@@ -913,46 +914,58 @@ pub async fn snapshot_init_2d() {
     cfg.end();
 }
 
-/// Every test of this suite, by name, in the lab's order.
-pub const TESTS: &[(&str, crate::Body)] = &[
-    ("initial_election_2a", || Box::pin(initial_election_2a())),
-    ("re_election_2a", || Box::pin(re_election_2a())),
-    ("many_elections_2a", || Box::pin(many_elections_2a())),
-    ("basic_agree_2b", || Box::pin(basic_agree_2b())),
-    ("rpc_bytes_2b", || Box::pin(rpc_bytes_2b())),
-    ("follower_failure_2b", || Box::pin(follower_failure_2b())),
-    ("leader_failure_2b", || Box::pin(leader_failure_2b())),
-    ("fail_agree_2b", || Box::pin(fail_agree_2b())),
-    ("fail_no_agree_2b", || Box::pin(fail_no_agree_2b())),
-    ("concurrent_starts_2b", || Box::pin(concurrent_starts_2b())),
-    ("rejoin_2b", || Box::pin(rejoin_2b())),
-    ("backup_2b", || Box::pin(backup_2b())),
-    ("count_2b", || Box::pin(count_2b())),
-    ("persist1_2c", || Box::pin(persist1_2c())),
-    ("persist2_2c", || Box::pin(persist2_2c())),
-    ("persist3_2c", || Box::pin(persist3_2c())),
-    ("figure8_2c", || Box::pin(figure8_2c())),
-    ("unreliable_agree_2c", || Box::pin(unreliable_agree_2c())),
-    (
-        "figure8_unreliable_2c",
-        || Box::pin(figure8_unreliable_2c()),
-    ),
-    ("reliable_churn_2c", || Box::pin(reliable_churn_2c())),
-    ("unreliable_churn_2c", || Box::pin(unreliable_churn_2c())),
-    ("snapshot_basic_2d", || Box::pin(snapshot_basic_2d())),
-    ("snapshot_install_2d", || Box::pin(snapshot_install_2d())),
-    ("snapshot_install_unreliable_2d", || {
-        Box::pin(snapshot_install_unreliable_2d())
-    }),
-    ("snapshot_install_crash_2d", || {
-        Box::pin(snapshot_install_crash_2d())
-    }),
-    ("snapshot_install_un_crash_2d", || {
-        Box::pin(snapshot_install_un_crash_2d())
-    }),
-    (
-        "snapshot_all_crash_2d",
-        || Box::pin(snapshot_all_crash_2d()),
-    ),
-    ("snapshot_init_2d", || Box::pin(snapshot_init_2d())),
-];
+/// Every test of this suite, by name, in the lab's order, for harness `H`.
+pub fn tests<H: RaftHarness>() -> Vec<(&'static str, crate::Body)> {
+    vec![
+        ("initial_election_2a", || {
+            Box::pin(initial_election_2a::<H>())
+        }),
+        ("re_election_2a", || Box::pin(re_election_2a::<H>())),
+        ("many_elections_2a", || Box::pin(many_elections_2a::<H>())),
+        ("basic_agree_2b", || Box::pin(basic_agree_2b::<H>())),
+        ("rpc_bytes_2b", || Box::pin(rpc_bytes_2b::<H>())),
+        ("follower_failure_2b", || {
+            Box::pin(follower_failure_2b::<H>())
+        }),
+        ("leader_failure_2b", || Box::pin(leader_failure_2b::<H>())),
+        ("fail_agree_2b", || Box::pin(fail_agree_2b::<H>())),
+        ("fail_no_agree_2b", || Box::pin(fail_no_agree_2b::<H>())),
+        ("concurrent_starts_2b", || {
+            Box::pin(concurrent_starts_2b::<H>())
+        }),
+        ("rejoin_2b", || Box::pin(rejoin_2b::<H>())),
+        ("backup_2b", || Box::pin(backup_2b::<H>())),
+        ("count_2b", || Box::pin(count_2b::<H>())),
+        ("persist1_2c", || Box::pin(persist1_2c::<H>())),
+        ("persist2_2c", || Box::pin(persist2_2c::<H>())),
+        ("persist3_2c", || Box::pin(persist3_2c::<H>())),
+        ("figure8_2c", || Box::pin(figure8_2c::<H>())),
+        ("unreliable_agree_2c", || {
+            Box::pin(unreliable_agree_2c::<H>())
+        }),
+        ("figure8_unreliable_2c", || {
+            Box::pin(figure8_unreliable_2c::<H>())
+        }),
+        ("reliable_churn_2c", || Box::pin(reliable_churn_2c::<H>())),
+        ("unreliable_churn_2c", || {
+            Box::pin(unreliable_churn_2c::<H>())
+        }),
+        ("snapshot_basic_2d", || Box::pin(snapshot_basic_2d::<H>())),
+        ("snapshot_install_2d", || {
+            Box::pin(snapshot_install_2d::<H>())
+        }),
+        ("snapshot_install_unreliable_2d", || {
+            Box::pin(snapshot_install_unreliable_2d::<H>())
+        }),
+        ("snapshot_install_crash_2d", || {
+            Box::pin(snapshot_install_crash_2d::<H>())
+        }),
+        ("snapshot_install_un_crash_2d", || {
+            Box::pin(snapshot_install_un_crash_2d::<H>())
+        }),
+        ("snapshot_all_crash_2d", || {
+            Box::pin(snapshot_all_crash_2d::<H>())
+        }),
+        ("snapshot_init_2d", || Box::pin(snapshot_init_2d::<H>())),
+    ]
+}
