@@ -175,174 +175,214 @@ pub trait KvHarness: Runtime {
     async fn append(&self, ck: &Self::Clerk, key: &str, value: &str, cli: u64);
 }
 
-/// The simulator's executor.
-macro_rules! sim_runtime {
-    ($t:ty) => {
+/// `Runtime` for a harness type from its driver's executor module (`sleep`,
+/// `spawn`, `timeout`, `with_rng`) and its clock, as a `Duration`.
+macro_rules! runtime {
+    ($t:ty, $rt:path, $now:expr) => {
         impl Runtime for $t {
             fn sleep(d: Duration) -> impl Future<Output = ()> {
-                driver_sim::sleep(d)
+                use $rt as rt;
+                rt::sleep(d)
             }
             fn spawn_raw<F>(future: F) -> impl Future<Output = F::Output> + 'static
             where
                 F: Future + 'static,
                 F::Output: 'static,
             {
-                driver_sim::spawn(future)
+                use $rt as rt;
+                rt::spawn(future)
             }
             fn timeout<F: Future>(
                 d: Duration,
                 future: F,
             ) -> impl Future<Output = Option<F::Output>> {
-                driver_sim::executor::timeout(d, future)
+                use $rt as rt;
+                rt::timeout(d, future)
             }
             fn now() -> Duration {
-                driver_sim::now() - raft_core::Instant::ZERO
+                $now
             }
             fn random_below(bound: u64) -> u64 {
-                driver_sim::executor::with_rng(|r| r.below(bound))
+                use $rt as rt;
+                rt::with_rng(|r| r.below(bound))
             }
         }
     };
 }
 
-sim_runtime!(driver_sim::Cfg);
-sim_runtime!(driver_sim::KvCfg);
-
-impl RaftHarness for driver_sim::Cfg {
-    fn new(n: usize, unreliable: bool, snapshot: bool) -> Self {
-        driver_sim::Cfg::new(n, unreliable, snapshot)
-    }
-    fn n(&self) -> usize {
-        self.n()
-    }
-    fn crash1(&self, i: usize) {
-        self.crash1(i)
-    }
-    fn start1(&self, i: usize) {
-        self.start1(i)
-    }
-    fn is_alive(&self, i: usize) -> bool {
-        self.is_alive(i)
-    }
-    fn connect(&self, i: usize) {
-        self.connect(i)
-    }
-    fn disconnect(&self, i: usize) {
-        self.disconnect(i)
-    }
-    fn is_connected(&self, i: usize) -> bool {
-        self.is_connected(i)
-    }
-    fn set_unreliable(&self, unreliable: bool) {
-        self.set_unreliable(unreliable)
-    }
-    fn set_long_reordering(&self, on: bool) {
-        self.set_long_reordering(on)
-    }
-    fn start(&self, i: usize, cmd: impl Into<Cmd>) -> Option<(Index, Term)> {
-        self.start(i, cmd)
-    }
-    fn get_state(&self, i: usize) -> (Term, bool) {
-        self.get_state(i)
-    }
-    fn begin(&self, name: &str) {
-        self.begin(name)
-    }
-    fn end(&self) {
-        self.end()
-    }
-    async fn check_one_leader(&self) -> usize {
-        self.check_one_leader().await
-    }
-    fn check_terms(&self) -> Term {
-        self.check_terms()
-    }
-    fn check_no_leader(&self) {
-        self.check_no_leader()
-    }
-    fn n_committed(&self, index: Index) -> (usize, Option<Cmd>) {
-        self.n_committed(index)
-    }
-    async fn wait(&self, index: Index, n: usize, start_term: Option<Term>) -> Option<Cmd> {
-        self.wait(index, n, start_term).await
-    }
-    async fn one(&self, cmd: impl Into<Cmd>, expected: usize, retry: bool) -> Index {
-        self.one(cmd, expected, retry).await
-    }
-    fn rpc_count(&self, i: usize) -> u64 {
-        self.rpc_count(i)
-    }
-    fn bytes_total(&self) -> u64 {
-        self.bytes_total()
-    }
-    fn log_size(&self) -> usize {
-        self.log_size()
-    }
-    fn rand_int(&self) -> i64 {
-        self.rand_int()
-    }
-    fn rand_below(&self, bound: u64) -> u64 {
-        self.rand_below(bound)
-    }
+/// `RaftHarness` for a type with the same inherent methods (every driver's
+/// Raft harness mirrors `driver_sim::Cfg`).
+macro_rules! raft_harness {
+    ($t:ty) => {
+        impl RaftHarness for $t {
+            fn new(n: usize, unreliable: bool, snapshot: bool) -> Self {
+                <$t>::new(n, unreliable, snapshot)
+            }
+            fn n(&self) -> usize {
+                self.n()
+            }
+            fn crash1(&self, i: usize) {
+                self.crash1(i)
+            }
+            fn start1(&self, i: usize) {
+                self.start1(i)
+            }
+            fn is_alive(&self, i: usize) -> bool {
+                self.is_alive(i)
+            }
+            fn connect(&self, i: usize) {
+                self.connect(i)
+            }
+            fn disconnect(&self, i: usize) {
+                self.disconnect(i)
+            }
+            fn is_connected(&self, i: usize) -> bool {
+                self.is_connected(i)
+            }
+            fn set_unreliable(&self, unreliable: bool) {
+                self.set_unreliable(unreliable)
+            }
+            fn set_long_reordering(&self, on: bool) {
+                self.set_long_reordering(on)
+            }
+            fn start(&self, i: usize, cmd: impl Into<Cmd>) -> Option<(Index, Term)> {
+                self.start(i, cmd)
+            }
+            fn get_state(&self, i: usize) -> (Term, bool) {
+                self.get_state(i)
+            }
+            fn begin(&self, name: &str) {
+                self.begin(name)
+            }
+            fn end(&self) {
+                self.end()
+            }
+            async fn check_one_leader(&self) -> usize {
+                self.check_one_leader().await
+            }
+            fn check_terms(&self) -> Term {
+                self.check_terms()
+            }
+            fn check_no_leader(&self) {
+                self.check_no_leader()
+            }
+            fn n_committed(&self, index: Index) -> (usize, Option<Cmd>) {
+                self.n_committed(index)
+            }
+            async fn wait(&self, index: Index, n: usize, start_term: Option<Term>) -> Option<Cmd> {
+                self.wait(index, n, start_term).await
+            }
+            async fn one(&self, cmd: impl Into<Cmd>, expected: usize, retry: bool) -> Index {
+                self.one(cmd, expected, retry).await
+            }
+            fn rpc_count(&self, i: usize) -> u64 {
+                self.rpc_count(i)
+            }
+            fn bytes_total(&self) -> u64 {
+                self.bytes_total()
+            }
+            fn log_size(&self) -> usize {
+                self.log_size()
+            }
+            fn rand_int(&self) -> i64 {
+                self.rand_int()
+            }
+            fn rand_below(&self, bound: u64) -> u64 {
+                self.rand_below(bound)
+            }
+        }
+    };
 }
 
-impl KvHarness for driver_sim::KvCfg {
-    type Clerk = driver_sim::SimClerk;
-    fn new(n: usize, unreliable: bool, max_raft_state: Option<usize>) -> Self {
-        driver_sim::KvCfg::new(n, unreliable, max_raft_state)
-    }
-    fn n(&self) -> usize {
-        self.n()
-    }
-    fn all(&self) -> Vec<usize> {
-        self.all()
-    }
-    fn connect_all(&self) {
-        self.connect_all()
-    }
-    fn partition(&self, p1: &[usize], p2: &[usize]) {
-        self.partition(p1, p2)
-    }
-    fn make_partition(&self) -> (Vec<usize>, Vec<usize>) {
-        self.make_partition()
-    }
-    fn shutdown_server(&self, i: usize) {
-        self.shutdown_server(i)
-    }
-    fn start_server(&self, i: usize) {
-        self.start_server(i)
-    }
-    fn make_client(&self, to: &[usize]) -> Self::Clerk {
-        self.make_client(to)
-    }
-    fn connect_client(&self, ck: &Self::Clerk, to: &[usize]) {
-        self.connect_client(ck, to)
-    }
-    fn begin(&self, name: &str) {
-        self.begin(name)
-    }
-    fn check_linearizable(&self) {
-        self.check_linearizable()
-    }
-    fn end(&self) {
-        self.end()
-    }
-    fn log_size(&self) -> usize {
-        self.log_size()
-    }
-    fn snapshot_size(&self) -> usize {
-        self.snapshot_size()
-    }
-    fn rand_below(&self, bound: u64) -> u64 {
-        self.rand_below(bound)
-    }
-    async fn get(&self, ck: &Self::Clerk, key: &str, cli: u64) -> String {
-        self.get(ck, key, cli).await
-    }
-    async fn put(&self, ck: &Self::Clerk, key: &str, value: &str, cli: u64) {
-        self.put(ck, key, value, cli).await
-    }
-    async fn append(&self, ck: &Self::Clerk, key: &str, value: &str, cli: u64) {
-        self.append(ck, key, value, cli).await
-    }
+/// `KvHarness` for a type with the same inherent methods as
+/// `driver_sim::KvCfg`, and its clerk type.
+macro_rules! kv_harness {
+    ($t:ty, $clerk:ty) => {
+        impl KvHarness for $t {
+            type Clerk = $clerk;
+            fn new(n: usize, unreliable: bool, max_raft_state: Option<usize>) -> Self {
+                <$t>::new(n, unreliable, max_raft_state)
+            }
+            fn n(&self) -> usize {
+                self.n()
+            }
+            fn all(&self) -> Vec<usize> {
+                self.all()
+            }
+            fn connect_all(&self) {
+                self.connect_all()
+            }
+            fn partition(&self, p1: &[usize], p2: &[usize]) {
+                self.partition(p1, p2)
+            }
+            fn make_partition(&self) -> (Vec<usize>, Vec<usize>) {
+                self.make_partition()
+            }
+            fn shutdown_server(&self, i: usize) {
+                self.shutdown_server(i)
+            }
+            fn start_server(&self, i: usize) {
+                self.start_server(i)
+            }
+            fn make_client(&self, to: &[usize]) -> Self::Clerk {
+                self.make_client(to)
+            }
+            fn connect_client(&self, ck: &Self::Clerk, to: &[usize]) {
+                self.connect_client(ck, to)
+            }
+            fn begin(&self, name: &str) {
+                self.begin(name)
+            }
+            fn check_linearizable(&self) {
+                self.check_linearizable()
+            }
+            fn end(&self) {
+                self.end()
+            }
+            fn log_size(&self) -> usize {
+                self.log_size()
+            }
+            fn snapshot_size(&self) -> usize {
+                self.snapshot_size()
+            }
+            fn rand_below(&self, bound: u64) -> u64 {
+                self.rand_below(bound)
+            }
+            async fn get(&self, ck: &Self::Clerk, key: &str, cli: u64) -> String {
+                self.get(ck, key, cli).await
+            }
+            async fn put(&self, ck: &Self::Clerk, key: &str, value: &str, cli: u64) {
+                self.put(ck, key, value, cli).await
+            }
+            async fn append(&self, ck: &Self::Clerk, key: &str, value: &str, cli: u64) {
+                self.append(ck, key, value, cli).await
+            }
+        }
+    };
 }
+
+runtime!(
+    driver_sim::Cfg,
+    driver_sim::executor,
+    driver_sim::now() - raft_core::Instant::ZERO
+);
+runtime!(
+    driver_sim::KvCfg,
+    driver_sim::executor,
+    driver_sim::now() - raft_core::Instant::ZERO
+);
+raft_harness!(driver_sim::Cfg);
+kv_harness!(driver_sim::KvCfg, driver_sim::SimClerk);
+
+runtime!(
+    driver_threads::ThreadCfg,
+    driver_threads::rt,
+    driver_threads::rt::now()
+);
+runtime!(
+    driver_threads::ThreadKvCfg,
+    driver_threads::rt,
+    driver_threads::rt::now()
+);
+raft_harness!(driver_threads::ThreadCfg);
+kv_harness!(driver_threads::ThreadKvCfg, driver_threads::ThreadClerk);

@@ -1,10 +1,12 @@
 //! The MIT 6.5840 (Spring 2023) kvraft lab suite, 3A–3B: 23 tests ported
 //! scenario by scenario and bound by bound from `src/kvraft/test_test.go` (see
-//! `../shared/lab-tests.md` §4–§5), as async bodies that the test binaries run on the deterministic simulator
-//! (`tests/kv.rs`, one `#[test]` each) and that `canaries.rs` reruns with
-//! planted bugs. Every
-//! sleep and timeout is virtual; the linearizability check is stricter than
-//! the lab's (running out of budget fails). A failure prints `SIM_SEED=<n>`.
+//! `../shared/lab-tests.md` §4–§5), written once against
+//! [`KvHarness`](crate::harness::KvHarness) and run by every driver: on the
+//! deterministic simulator (`tests/kv.rs`, where every sleep and timeout is
+//! virtual and a failure prints `SIM_SEED=<n>`), on OS threads in real time
+//! (`tests/threads.rs`, `threads_suite`), and with planted bugs
+//! (`canaries.rs`). The linearizability check is stricter than the lab's
+//! (running out of budget fails).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -236,7 +238,7 @@ async fn generic_test_speed<H: KvHarness>(part: &str, maxraftstate: Option<usize
     let time_per_op = Duration::from_millis(100) / 3;
     let per_op = dur / num_ops as u32;
     println!(
-        "speed ({part}): {:.3} virtual ms/op over {num_ops} appends",
+        "speed ({part}): {:.3} ms/op over {num_ops} appends (the harness's clock)",
         per_op.as_secs_f64() * 1e3
     );
     assert!(

@@ -1,10 +1,11 @@
 //! The MIT 6.5840 (Spring 2023) Raft lab suite, 2A–2D: 28 tests ported
 //! scenario by scenario and bound by bound from `src/raft/test_test.go` (see
-//! `../shared/lab-tests.md` §3), as async bodies that the test binaries run on the deterministic simulator
-//! (`tests/raft.rs`, one `#[test]` each) and that `canaries.rs` reruns with
-//! planted bugs. Every
-//! sleep and timeout is virtual. A failure prints `SIM_SEED=<n>`; rerunning
-//! with that seed replays the identical run.
+//! `../shared/lab-tests.md` §3), written once against
+//! [`RaftHarness`](crate::harness::RaftHarness) and run by every driver: on
+//! the deterministic simulator (`tests/raft.rs`, where every sleep and
+//! timeout is virtual and a failure prints `SIM_SEED=<n>`, which replays the
+//! identical run), on OS threads in real time (`tests/threads.rs`,
+//! `threads_suite`), and with planted bugs (`canaries.rs`).
 
 use std::cell::Cell;
 use std::rc::Rc;

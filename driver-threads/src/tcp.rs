@@ -1,0 +1,950 @@
+//! A TCP transport between Raft nodes in separate processes, on one mio
+//! event-loop thread.
+//!
+//! The thread owns every socket of the node: a listener for its peers'
+//! connections, one incoming connection per peer (the peer's messages to
+//! us) and one outgoing connection per peer (our messages to it). The node
+//! thread hands it messages through an [`Outbox`] (a bounded channel and a
+//! [`mio::Waker`]); what arrives is given to a `deliver` callback, which
+//! typically forwards it to the node thread's inbox.
+//!
+//! # Wire format
+//!
+//! Every frame is a little-endian `u32` length followed by that many bytes
+//! of postcard. The first frame on a connection is a [`Hello`]: protocol
+//! version, cluster id and the sender's node id. Every later frame is one
+//! [`raft_core::Message`]. Only the dialling side writes: a connection
+//! carries messages one way, and the acceptor never answers.
+//!
+//! The acceptor refuses (closes, with a line on stderr) a hello of another
+//! version or cluster, or from an id that is not a peer, and any frame
+//! longer than its limit ([`MAX_HELLO_FRAME`] before the hello,
+//! [`TcpConfig::max_frame_bytes`] after) — checked on the length prefix,
+//! before anything is allocated, and the read buffer grows only with the
+//! bytes that actually arrive. An undecodable frame closes the connection
+//! too. Nothing a connection sends can panic or stop the node.
+//!
+//! # Outgoing connections
+//!
+//! Dialled lazily, when the first message for the peer is sent. While the
+//! connection is being set up, messages queue behind the hello; after a
+//! failure (refused, reset, closed by the peer, connect timeout) the
+//! connection is dropped with its buffer and messages to that peer are
+//! dropped until a back-off (50 ms doubling to 1 s) has passed, when the next
+//! message dials again. The back-off starts over only once a connection has
+//! stayed up for a second, so a peer that refuses our hello (and closes at
+//! once) is not redialled in a tight loop; failures are logged on the first,
+//! second, fourth, eighth... in a row. Each connection has a bounded write buffer
+//! ([`TcpConfig::max_buffered_bytes`]); a message that does not fit is
+//! dropped, since Raft retransmits what matters. Writes are non-blocking and
+//! the socket is registered for write readiness only while its buffer is not
+//! empty.
+#![warn(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use raft_core::{Message, NodeId};
+use serde::{Deserialize, Serialize};
+
+/// The protocol version carried in the [`Hello`].
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The largest frame accepted before the hello: a hello is a few varints.
+pub const MAX_HELLO_FRAME: usize = 64;
+/// The default [`TcpConfig::max_frame_bytes`] (snapshots travel whole).
+pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
+/// The default [`TcpConfig::max_buffered_bytes`].
+pub const DEFAULT_MAX_BUFFERED: usize = 8 << 20;
+/// How many messages the node thread may queue for the network thread.
+const OUTBOX_CAPACITY: usize = 16 * 1024;
+/// How long a new incoming connection has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a dial may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A connection up this long counts as a success: the back-off starts over.
+/// (The acceptor never answers, so a refused hello shows only as a close
+/// soon after connecting.)
+const STABLE_AFTER: Duration = Duration::from_secs(1);
+/// How often timeouts are checked when nothing happens.
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
+const READ_CHUNK: usize = 64 * 1024;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+/// Outgoing connections use `FIRST_OUTGOING + their index among the peers`;
+/// incoming ones are numbered from `FIRST_INCOMING` up.
+const FIRST_OUTGOING: usize = 2;
+const FIRST_INCOMING: usize = 1 << 20;
+
+/// The first frame on every connection: who is calling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u32,
+    /// The cluster the sender belongs to.
+    pub cluster_id: u64,
+    /// The sender's node id.
+    pub node_id: NodeId,
+}
+
+/// How the transport of one node is set up.
+#[derive(Clone, Debug)]
+pub struct TcpConfig {
+    /// This node's id.
+    pub id: NodeId,
+    /// Connections from another cluster are refused.
+    pub cluster_id: u64,
+    /// Every member's address, this node's included.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// The largest message frame sent or accepted.
+    pub max_frame_bytes: usize,
+    /// The most bytes queued on one outgoing connection; a message that
+    /// would exceed it is dropped (a message larger than it still goes when
+    /// the buffer is empty).
+    pub max_buffered_bytes: usize,
+}
+
+impl TcpConfig {
+    /// A configuration with the default limits.
+    pub fn new(id: NodeId, cluster_id: u64, peers: BTreeMap<NodeId, SocketAddr>) -> Self {
+        TcpConfig {
+            id,
+            cluster_id,
+            peers,
+            max_frame_bytes: DEFAULT_MAX_FRAME,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED,
+        }
+    }
+}
+
+/// What `deliver` tells the network thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Keep going (the message was taken, or dropped because the node is busy).
+    Continue,
+    /// The node is gone: stop the network thread.
+    Stop,
+}
+
+enum Command {
+    Send(NodeId, Message),
+    Stop,
+}
+
+/// The node thread's handle for sending messages: cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: SyncSender<Command>,
+    waker: Arc<Waker>,
+}
+
+impl Outbox {
+    /// Queues messages for their peers and wakes the network thread once.
+    /// Never blocks: if the network thread is behind by more than a few
+    /// thousand messages, the rest are dropped (Raft retransmits).
+    pub fn send_all(&self, messages: impl IntoIterator<Item = (NodeId, Message)>) {
+        let mut queued = false;
+        for (to, message) in messages {
+            match self.tx.try_send(Command::Send(to, message)) {
+                Ok(()) => queued = true,
+                Err(TrySendError::Full(_)) => {}
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
+        if queued {
+            // Failing to wake means the poller is gone, as is the thread.
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Queues one message; see [`Outbox::send_all`].
+    pub fn send(&self, to: NodeId, message: Message) {
+        self.send_all([(to, message)]);
+    }
+}
+
+/// A running network thread. Dropping it leaves the thread running; call
+/// [`TcpTransport::shutdown`] to stop it.
+pub struct TcpTransport {
+    outbox: Outbox,
+    local_addr: SocketAddr,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TcpTransport {
+    /// Binds this node's address (from `config.peers`) and starts the
+    /// network thread. Messages from peers go to `deliver`, on that thread,
+    /// in the order each peer sent them.
+    pub fn start<F>(config: TcpConfig, deliver: F) -> io::Result<TcpTransport>
+    where
+        F: FnMut(NodeId, Message) -> Delivery + Send + 'static,
+    {
+        let addr = *config.peers.get(&config.id).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("node {} is not among the peers", config.id),
+            )
+        })?;
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        Self::start_with(config, listener, deliver)
+    }
+
+    /// Starts the network thread on a listener the caller bound.
+    pub fn start_with<F>(
+        config: TcpConfig,
+        mut listener: TcpListener,
+        deliver: F,
+    ) -> io::Result<TcpTransport>
+    where
+        F: FnMut(NodeId, Message) -> Delivery + Send + 'static,
+    {
+        let local_addr = listener.local_addr()?;
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = mpsc::sync_channel(OUTBOX_CAPACITY);
+        let peers = config
+            .peers
+            .iter()
+            .filter(|(&id, _)| id != config.id)
+            .enumerate()
+            .map(|(i, (&id, &addr))| (id, Peer::new(id, addr, Token(FIRST_OUTGOING + i))))
+            .collect();
+        let net = Network {
+            hello: Hello {
+                version: PROTOCOL_VERSION,
+                cluster_id: config.cluster_id,
+                node_id: config.id,
+            },
+            config,
+            poll,
+            listener,
+            commands: rx,
+            peers,
+            incoming: BTreeMap::new(),
+            next_incoming: FIRST_INCOMING,
+            deliver,
+            scratch: vec![0; READ_CHUNK],
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-net-{}", net.config.id))
+            .spawn(move || net.run())?;
+        Ok(TcpTransport {
+            outbox: Outbox { tx, waker },
+            local_addr,
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle for sending messages.
+    pub fn outbox(&self) -> Outbox {
+        self.outbox.clone()
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops the network thread and closes every connection. Messages still
+    /// queued are dropped.
+    pub fn shutdown(mut self) {
+        // A blocking send: the stop must not be dropped on a full queue.
+        if self.outbox.tx.send(Command::Stop).is_ok() {
+            let _ = self.outbox.waker.wake();
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Encodes `value` as one frame: `u32` little-endian length, then postcard.
+pub fn encode_frame<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut frame = vec![0; 4];
+    frame = postcard::to_extend(value, frame).expect("wire types encode");
+    let len = u32::try_from(frame.len() - 4).unwrap_or(u32::MAX);
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    frame
+}
+
+/// Where an outgoing connection stands.
+enum Link {
+    /// No connection; the next message may dial once `retry_at` has passed.
+    Down { retry_at: Option<Instant> },
+    /// Dialled at `since`, not yet established.
+    Connecting { stream: TcpStream, since: Instant },
+    /// Established at `since`.
+    Up { stream: TcpStream, since: Instant },
+}
+
+/// Our connection to one peer.
+struct Peer {
+    id: NodeId,
+    addr: SocketAddr,
+    token: Token,
+    link: Link,
+    out: OutBuf,
+    /// Whether the socket is registered for write readiness.
+    write_interest: bool,
+    backoff: Duration,
+    /// Failures since the connection was last stable (the first, second,
+    /// fourth, ... are logged).
+    failures: u32,
+}
+
+impl Peer {
+    fn new(id: NodeId, addr: SocketAddr, token: Token) -> Self {
+        Peer {
+            id,
+            addr,
+            token,
+            link: Link::Down { retry_at: None },
+            out: OutBuf::default(),
+            write_interest: false,
+            backoff: BACKOFF_MIN,
+            failures: 0,
+        }
+    }
+}
+
+/// A write buffer: bytes from `start` on are still to be written.
+#[derive(Default)]
+struct OutBuf {
+    bytes: Vec<u8>,
+    start: usize,
+}
+
+impl OutBuf {
+    fn len(&self) -> usize {
+        self.bytes.len() - self.start
+    }
+    fn clear(&mut self) {
+        if self.bytes.capacity() > READ_CHUNK * 16 {
+            self.bytes = Vec::new(); // do not keep a snapshot's worth of memory
+        } else {
+            self.bytes.clear();
+        }
+        self.start = 0;
+    }
+    fn push(&mut self, frame: &[u8]) {
+        if self.start > 0 && self.start >= self.bytes.len() / 2 {
+            self.bytes.drain(..self.start);
+            self.start = 0;
+        }
+        self.bytes.extend_from_slice(frame);
+    }
+    /// Writes until the buffer is empty or the socket would block.
+    fn write_to(&mut self, stream: &mut TcpStream) -> io::Result<()> {
+        while self.len() > 0 {
+            match stream.write(&self.bytes[self.start..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.start += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.clear();
+        Ok(())
+    }
+}
+
+/// A peer's connection to us.
+struct Incoming {
+    stream: TcpStream,
+    addr: SocketAddr,
+    /// Who it is, once its hello was accepted.
+    from: Option<NodeId>,
+    /// Bytes received and not yet parsed: at most one partial frame.
+    buf: Vec<u8>,
+    opened: Instant,
+}
+
+struct Network<F> {
+    config: TcpConfig,
+    hello: Hello,
+    poll: Poll,
+    listener: TcpListener,
+    commands: Receiver<Command>,
+    peers: BTreeMap<NodeId, Peer>,
+    incoming: BTreeMap<Token, Incoming>,
+    next_incoming: usize,
+    deliver: F,
+    /// Where reads land before they join a connection's buffer.
+    scratch: Vec<u8>,
+}
+
+fn log(id: NodeId, what: std::fmt::Arguments<'_>) {
+    eprintln!("[node {id} net] {what}");
+}
+
+impl<F> Network<F>
+where
+    F: FnMut(NodeId, Message) -> Delivery,
+{
+    fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, Some(HOUSEKEEPING)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log(self.config.id, format_args!("poll failed, stopping: {e}"));
+                return;
+            }
+            for event in &events {
+                let keep_going = match event.token() {
+                    LISTENER => {
+                        self.accept();
+                        true
+                    }
+                    WAKER => true, // the commands are drained below
+                    token if token.0 < FIRST_INCOMING => {
+                        self.on_outgoing_event(token);
+                        true
+                    }
+                    token => self.on_incoming_event(token),
+                };
+                if !keep_going {
+                    return;
+                }
+            }
+            if !self.drain_commands() {
+                return;
+            }
+            self.check_timeouts();
+        }
+    }
+
+    /// Takes every queued command; false once told to stop.
+    fn drain_commands(&mut self) -> bool {
+        loop {
+            match self.commands.try_recv() {
+                Ok(Command::Send(to, message)) => self.send(to, &message),
+                Ok(Command::Stop) | Err(mpsc::TryRecvError::Disconnected) => return false,
+                Err(mpsc::TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    fn send(&mut self, to: NodeId, message: &Message) {
+        let frame = encode_frame(message);
+        if frame.len() - 4 > self.config.max_frame_bytes {
+            log(
+                self.config.id,
+                format_args!(
+                    "dropped a {}-byte message to {to}: over the frame limit",
+                    frame.len()
+                ),
+            );
+            return;
+        }
+        let hello = encode_frame(&self.hello);
+        let max_buffered = self.config.max_buffered_bytes;
+        let registry = self.poll.registry();
+        let Some(peer) = self.peers.get_mut(&to) else {
+            return; // not a peer: drop
+        };
+        match &mut peer.link {
+            Link::Down { retry_at } => {
+                if retry_at.is_some_and(|t| Instant::now() < t) {
+                    return; // backing off: drop
+                }
+                match TcpStream::connect(peer.addr) {
+                    Ok(mut stream) => {
+                        let interest = Interest::READABLE | Interest::WRITABLE;
+                        if let Err(e) = registry.register(&mut stream, peer.token, interest) {
+                            fail(self.config.id, registry, peer, &e.to_string());
+                            return;
+                        }
+                        peer.write_interest = true;
+                        peer.out.clear();
+                        peer.out.push(&hello);
+                        peer.out.push(&frame);
+                        peer.link = Link::Connecting {
+                            stream,
+                            since: Instant::now(),
+                        };
+                    }
+                    Err(e) => fail(self.config.id, registry, peer, &format!("dial: {e}")),
+                }
+            }
+            Link::Connecting { .. } | Link::Up { .. } => {
+                if peer.out.len() > 0 && peer.out.len() + frame.len() > max_buffered {
+                    return; // the peer is not keeping up: drop
+                }
+                peer.out.push(&frame);
+                if matches!(peer.link, Link::Up { .. }) && !peer.write_interest {
+                    self.flush_peer(to);
+                }
+            }
+        }
+    }
+
+    /// Writes what the socket takes and keeps write interest only while
+    /// something is left.
+    fn flush_peer(&mut self, id: NodeId) {
+        let registry = self.poll.registry();
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Link::Up { stream, .. } = &mut peer.link else {
+            return;
+        };
+        let result = peer.out.write_to(stream).and_then(|()| {
+            let want = peer.out.len() > 0;
+            if want != peer.write_interest {
+                let interest = if want {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                registry.reregister(stream, peer.token, interest)?;
+                peer.write_interest = want;
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            fail(self.config.id, registry, peer, &format!("write: {e}"));
+        }
+    }
+
+    fn on_outgoing_event(&mut self, token: Token) {
+        let me = self.config.id;
+        let registry = self.poll.registry();
+        let Some(peer) = self.peers.values_mut().find(|p| p.token == token) else {
+            return;
+        };
+        let id = peer.id;
+        match &mut peer.link {
+            Link::Down { .. } => {}
+            Link::Connecting { stream, .. } => match connect_result(stream) {
+                Ok(false) => {}
+                Ok(true) => {
+                    let Link::Connecting { stream, .. } =
+                        std::mem::replace(&mut peer.link, Link::Down { retry_at: None })
+                    else {
+                        unreachable!("matched above");
+                    };
+                    peer.link = Link::Up {
+                        stream,
+                        since: Instant::now(),
+                    };
+                    self.flush_peer(id);
+                }
+                Err(e) => fail(me, registry, peer, &format!("connect: {e}")),
+            },
+            Link::Up { stream, .. } => {
+                // The acceptor never writes: readable means closed (or junk).
+                match drain_reads(stream) {
+                    Ok(true) => fail(
+                        me,
+                        registry,
+                        peer,
+                        "closed by the peer (it stopped or restarted, or refused our \
+                         hello: check --cluster-id and --peers on both sides)",
+                    ),
+                    Ok(false) => self.flush_peer(id),
+                    Err(e) => fail(me, registry, peer, &format!("read: {e}")),
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, addr)) => {
+                    // A limit on connections that have not said hello yet:
+                    // one per peer is normal, a few more ride out restarts.
+                    let unidentified = self.incoming.values().filter(|c| c.from.is_none()).count();
+                    if unidentified >= 4 * self.config.peers.len() + 4 {
+                        log(
+                            self.config.id,
+                            format_args!("refused {addr}: too many unidentified connections"),
+                        );
+                        continue;
+                    }
+                    let token = Token(self.next_incoming);
+                    self.next_incoming += 1;
+                    let _ = stream.set_nodelay(true);
+                    if let Err(e) =
+                        self.poll
+                            .registry()
+                            .register(&mut stream, token, Interest::READABLE)
+                    {
+                        log(self.config.id, format_args!("cannot register {addr}: {e}"));
+                        continue;
+                    }
+                    self.incoming.insert(
+                        token,
+                        Incoming {
+                            stream,
+                            addr,
+                            from: None,
+                            buf: Vec::new(),
+                            opened: Instant::now(),
+                        },
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors, for instance: try again at the next event.
+                    log(self.config.id, format_args!("accept failed: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads what a peer sent and delivers every whole frame; false once
+    /// `deliver` asks to stop.
+    fn on_incoming_event(&mut self, token: Token) -> bool {
+        loop {
+            let Some(conn) = self.incoming.get_mut(&token) else {
+                return true;
+            };
+            match conn.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    self.close_incoming(token, None);
+                    return true;
+                }
+                Ok(n) => {
+                    conn.buf.extend_from_slice(&self.scratch[..n]);
+                    match self.parse_frames(token) {
+                        Ok(Delivery::Continue) => {}
+                        Ok(Delivery::Stop) => return false,
+                        Err(why) => {
+                            self.close_incoming(token, Some(&why));
+                            return true;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.close_incoming(token, Some(&format!("read: {e}")));
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Takes every whole frame off the front of the connection's buffer.
+    fn parse_frames(&mut self, token: Token) -> Result<Delivery, String> {
+        let conn = self.incoming.get_mut(&token).expect("the caller checked");
+        let mut pos = 0;
+        let mut outcome = Ok(Delivery::Continue);
+        let mut identified = None;
+        while conn.buf.len() - pos >= 4 {
+            let len = u32::from_le_bytes(conn.buf[pos..pos + 4].try_into().expect("4 bytes"));
+            let len = len as usize;
+            let limit = match conn.from {
+                None => MAX_HELLO_FRAME,
+                Some(_) => self.config.max_frame_bytes,
+            };
+            if len > limit {
+                outcome = Err(format!(
+                    "frame of {len} bytes exceeds the {limit}-byte limit"
+                ));
+                break;
+            }
+            if conn.buf.len() - pos - 4 < len {
+                break;
+            }
+            let body = &conn.buf[pos + 4..pos + 4 + len];
+            pos += 4 + len;
+            match conn.from {
+                None => match postcard::from_bytes::<Hello>(body) {
+                    Ok(hello) => match check_hello(&self.config, hello) {
+                        Ok(()) => {
+                            conn.from = Some(hello.node_id);
+                            identified = conn.from;
+                        }
+                        Err(why) => {
+                            outcome = Err(why);
+                            break;
+                        }
+                    },
+                    Err(e) => {
+                        outcome = Err(format!("undecodable hello: {e}"));
+                        break;
+                    }
+                },
+                Some(from) => match postcard::from_bytes::<Message>(body) {
+                    Ok(message) => {
+                        if (self.deliver)(from, message) == Delivery::Stop {
+                            return Ok(Delivery::Stop);
+                        }
+                    }
+                    Err(e) => {
+                        outcome = Err(format!("undecodable message: {e}"));
+                        break;
+                    }
+                },
+            }
+        }
+        conn.buf.drain(..pos);
+        if outcome.is_ok() {
+            // The peer just identified itself: an older connection from the
+            // same peer is dead (it restarted); let it go.
+            if let Some(from) = identified {
+                let stale: Vec<Token> = self
+                    .incoming
+                    .iter()
+                    .filter(|(&t, c)| t != token && c.from == Some(from))
+                    .map(|(&t, _)| t)
+                    .collect();
+                for t in stale {
+                    self.close_incoming(t, None);
+                }
+            }
+        }
+        outcome
+    }
+
+    fn close_incoming(&mut self, token: Token, why: Option<&str>) {
+        if let Some(mut conn) = self.incoming.remove(&token) {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            if let Some(why) = why {
+                let who = conn
+                    .from
+                    .map_or("unidentified".to_string(), |id| format!("node {id}"));
+                log(
+                    self.config.id,
+                    format_args!("closed connection from {} ({who}): {why}", conn.addr),
+                );
+            }
+        }
+    }
+
+    fn check_timeouts(&mut self) {
+        let now = Instant::now();
+        let late: Vec<Token> = self
+            .incoming
+            .iter()
+            .filter(|(_, c)| c.from.is_none() && now - c.opened > HELLO_TIMEOUT)
+            .map(|(&t, _)| t)
+            .collect();
+        for token in late {
+            self.close_incoming(token, Some("no hello in time"));
+        }
+        let registry = self.poll.registry();
+        for peer in self.peers.values_mut() {
+            match peer.link {
+                Link::Connecting { since, .. } if now - since > CONNECT_TIMEOUT => {
+                    fail(self.config.id, registry, peer, "connect: timed out");
+                }
+                Link::Up { since, .. } if peer.failures > 0 && now - since >= STABLE_AFTER => {
+                    log(
+                        self.config.id,
+                        format_args!(
+                            "connected to node {} at {} (after {} failed attempt(s))",
+                            peer.id, peer.addr, peer.failures
+                        ),
+                    );
+                    peer.failures = 0;
+                    peer.backoff = BACKOFF_MIN;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Refuses another protocol version, another cluster, or a non-peer.
+fn check_hello(config: &TcpConfig, hello: Hello) -> Result<(), String> {
+    if hello.version != PROTOCOL_VERSION {
+        return Err(format!(
+            "refused hello: protocol version {}, we speak {PROTOCOL_VERSION}",
+            hello.version
+        ));
+    }
+    if hello.cluster_id != config.cluster_id {
+        return Err(format!(
+            "refused hello: cluster id {}, ours is {}",
+            hello.cluster_id, config.cluster_id
+        ));
+    }
+    if hello.node_id == config.id || !config.peers.contains_key(&hello.node_id) {
+        return Err(format!(
+            "refused hello: node id {} is not a peer of node {}",
+            hello.node_id, config.id
+        ));
+    }
+    Ok(())
+}
+
+/// Drops a peer's connection and its buffer, and starts the back-off.
+fn fail(me: NodeId, registry: &Registry, peer: &mut Peer, why: &str) {
+    let old = std::mem::replace(&mut peer.link, Link::Down { retry_at: None });
+    if let Link::Connecting { mut stream, .. } | Link::Up { mut stream, .. } = old {
+        let _ = registry.deregister(&mut stream);
+    }
+    peer.failures += 1;
+    if peer.failures.is_power_of_two() {
+        log(
+            me,
+            format_args!(
+                "connection to node {} at {} failed ({} in a row): {why}; retrying with back-off",
+                peer.id, peer.addr, peer.failures
+            ),
+        );
+    }
+    peer.link = Link::Down {
+        retry_at: Some(Instant::now() + peer.backoff),
+    };
+    peer.backoff = (peer.backoff * 2).min(BACKOFF_MAX);
+    peer.out.clear();
+    peer.write_interest = false;
+}
+
+/// Whether a non-blocking connect has completed (the steps of
+/// `mio::net::TcpStream::connect`'s documentation).
+fn connect_result(stream: &TcpStream) -> io::Result<bool> {
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    match stream.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads and discards until the socket would block; true if it closed.
+fn drain_reads(stream: &mut TcpStream) -> io::Result<bool> {
+    let mut scratch = [0u8; 512];
+    loop {
+        match stream.read(&mut scratch) {
+            Ok(0) => return Ok(true),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft_core::RequestVote;
+
+    fn vote(term: u64) -> Message {
+        Message::RequestVote(RequestVote {
+            term,
+            last_log_index: 0,
+            last_log_term: 0,
+        })
+    }
+
+    fn two_nodes() -> (BTreeMap<NodeId, SocketAddr>, [TcpListener; 2]) {
+        let a = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let b = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let peers = [(0, a.local_addr().unwrap()), (1, b.local_addr().unwrap())]
+            .into_iter()
+            .collect();
+        (peers, [a, b])
+    }
+
+    #[test]
+    fn messages_cross_and_wrong_cluster_is_refused() {
+        let (peers, [a, b]) = two_nodes();
+        let (tx, rx) = mpsc::channel();
+        let t1 =
+            TcpTransport::start_with(TcpConfig::new(1, 7, peers.clone()), b, move |from, m| {
+                let _ = tx.send((from, m));
+                Delivery::Continue
+            })
+            .unwrap();
+        let t0 = TcpTransport::start_with(TcpConfig::new(0, 7, peers.clone()), a, |_, _| {
+            Delivery::Continue
+        })
+        .unwrap();
+        for term in 1..=100 {
+            t0.outbox().send(1, vote(term));
+        }
+        for term in 1..=100 {
+            let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(got, (0, vote(term)), "in order, from node 0");
+        }
+
+        // A stranger from cluster 8 claiming to be node 0 is refused, as is
+        // a frame announcing more than the hello limit.
+        for bytes in [
+            encode_frame(&Hello {
+                version: PROTOCOL_VERSION,
+                cluster_id: 8,
+                node_id: 0,
+            }),
+            u32::MAX.to_le_bytes().to_vec(),
+        ] {
+            let mut s = std::net::TcpStream::connect(peers[&1]).unwrap();
+            s.write_all(&bytes).unwrap();
+            s.write_all(&encode_frame(&vote(999))).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = [0u8; 1];
+            // Closed by the acceptor: an end of file, or a reset when it
+            // closed with our second frame unread.
+            match s.read(&mut buf) {
+                Ok(0) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+                other => panic!("expected the connection closed, got {other:?}"),
+            }
+        }
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        t0.shutdown();
+        t1.shutdown();
+    }
+
+    #[test]
+    fn reconnects_after_the_peer_restarts() {
+        let (peers, [a, b]) = two_nodes();
+        let t0 = TcpTransport::start_with(TcpConfig::new(0, 7, peers.clone()), a, |_, _| {
+            Delivery::Continue
+        })
+        .unwrap();
+        let receive_on = |listener: TcpListener| {
+            let (tx, rx) = mpsc::channel();
+            let t = TcpTransport::start_with(TcpConfig::new(1, 7, peers.clone()), listener, {
+                move |from, m| {
+                    let _ = tx.send((from, m));
+                    Delivery::Continue
+                }
+            })
+            .unwrap();
+            (t, rx)
+        };
+        let (t1, rx) = receive_on(b);
+        t0.outbox().send(1, vote(1));
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap().1, vote(1));
+        t1.shutdown();
+        let (t1, rx) = receive_on(TcpListener::bind(peers[&1]).unwrap());
+        // Keep sending until one arrives over the new connection.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let got = loop {
+            assert!(Instant::now() < deadline, "never reconnected");
+            t0.outbox().send(1, vote(2));
+            if let Ok(got) = rx.recv_timeout(Duration::from_millis(50)) {
+                break got;
+            }
+        };
+        assert_eq!(got, (0, vote(2)));
+        t0.shutdown();
+        t1.shutdown();
+    }
+}
