@@ -408,6 +408,50 @@ pub fn ms(millis: u64) -> Duration {
     Duration::from_millis(millis)
 }
 
+/// The simulator's executor as the lab tester's [`Runtime`](crate::tester::Runtime):
+/// virtual time, the simulation's one generator.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SimRuntime;
+
+impl crate::tester::Runtime for SimRuntime {
+    const CLOCK: &'static str = "virtual";
+
+    fn now() -> Duration {
+        now() - Instant::ZERO
+    }
+
+    fn sleep(duration: Duration) -> impl Future<Output = ()> {
+        sleep(duration)
+    }
+
+    fn timeout<F: Future>(
+        duration: Duration,
+        future: F,
+    ) -> impl Future<Output = Option<F::Output>> {
+        timeout(duration, future)
+    }
+
+    fn spawn(future: impl Future<Output = ()> + 'static) {
+        spawn(future);
+    }
+
+    fn random_below(bound: u64) -> u64 {
+        with_rng(|r| r.below(bound))
+    }
+
+    fn random_u64() -> u64 {
+        with_rng(|r| r.next_u64())
+    }
+
+    fn run_name() -> String {
+        let test = match crate::current_test_name() {
+            name if name.is_empty() => "sim".to_string(),
+            name => name,
+        };
+        format!("{test}-seed{}", seed())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

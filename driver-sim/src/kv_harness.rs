@@ -4,58 +4,36 @@
 //! random order, like the Go tester's shuffled ends); every clerk operation is
 //! recorded with its virtual call and return times for the linearizability
 //! check and for export.
+//!
+//! This file runs the servers and the clerks' calls; what the tester does
+//! (the clerk loop, the history and its check, partitions, the result line)
+//! is [`crate::tester`], shared with the other drivers' harnesses.
 
-use std::cell::RefCell;
+use std::cell::{RefCell, RefMut};
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
-use kv_core::{
-    Clerk, Command, KvServer, Op, Outcome, Progress, Reply, ServerAction, ServerConfig, ServerEvent,
-};
+use kv_core::{Clerk, Command, KvServer, Op, Reply, ServerAction, ServerConfig, ServerEvent};
 use raft_core::{Config, Instant, Message};
 
 use crate::executor::{
-    ms, now, oneshot, schedule_after, schedule_at, timeout, with_rng, OneshotSender,
+    ms, now, oneshot, schedule_after, schedule_at, with_rng, OneshotReceiver, OneshotSender,
+    SimRuntime,
 };
 use crate::network::{Network, ReplyFate, RequestFate};
 use crate::persister::Persister;
 use crate::safety::{fnv1a, SafetyChecker};
+use crate::tester::{self, ClerkEnds, History, KvCounters, Links, Runtime, TestRun};
+
+/// The lab's clerk and history types and constants (from [`crate::tester`]).
+pub use crate::tester::{HistoryOp, CLERK_CALL_TIMEOUT, LINEARIZABILITY_STEPS};
 
 /// The kvraft tests' `electionTimeout`.
 pub const KV_ELECTION_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long a clerk waits for one call before trying the next server. A
-/// leader cut off in a minority never answers, so the clerk must move on.
-pub const CLERK_CALL_TIMEOUT: Duration = Duration::from_millis(500);
-/// The lab's `linearizabilityCheckTimeout` (1 s), as a number of search
-/// steps so that the verdict depends only on the history, never on how
-/// loaded the machine is: the checker runs about 7–18 million steps per
-/// second on the reference histories here (etcd_002: 659 437 steps in 95 ms),
-/// so 10 million is about a second of real search. Running out fails the test
-/// (the Go tests pass it).
-pub const LINEARIZABILITY_STEPS: u64 = 10_000_000;
 /// How often labrpc checks whether the server of a pending call died.
 const DEAD_POLL: Duration = Duration::from_millis(100);
-
-/// One recorded clerk operation (times in virtual nanoseconds).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct HistoryOp {
-    /// The test's client number (the Go `cli`).
-    pub client: u64,
-    /// When the clerk was called.
-    pub call: u64,
-    /// When it returned.
-    #[serde(rename = "return")]
-    pub ret: u64,
-    /// "get", "put" or "append".
-    pub op: &'static str,
-    /// The key.
-    pub key: String,
-    /// The value written ("" for get).
-    pub value: String,
-    /// What a get returned ("" for put and append).
-    pub output: String,
-}
 
 struct Slot {
     server: KvServer,
@@ -63,7 +41,8 @@ struct Slot {
     timer: Option<Instant>,
 }
 
-struct ClerkEnds {
+/// One clerk's ends (`make_client`).
+struct Ends {
     /// The clerk's server k is real server `order[k]`.
     order: Vec<usize>,
     /// Which real servers its ends reach.
@@ -77,13 +56,6 @@ struct Call {
     reply: OneshotSender<Option<Reply>>,
 }
 
-struct Begin {
-    name: String,
-    t0: Instant,
-    rpcs0: u64,
-    ops0: u64,
-}
-
 struct World {
     n: usize,
     slots: Vec<Option<Slot>>,
@@ -92,17 +64,14 @@ struct World {
     links: Vec<Vec<bool>>,
     net: Network,
     rpc_count: Vec<u64>,
-    clerks: BTreeMap<u64, ClerkEnds>,
+    clerks: BTreeMap<u64, Ends>,
     next_clerk: u64,
     calls: BTreeMap<u64, Call>,
     next_call: u64,
     max_raft_state: Option<usize>,
-    ops: u64,
     safety: SafetyChecker,
-    history: Vec<HistoryOp>,
-    last_stamp: u64,
-    start: Instant,
-    begin: Option<Begin>,
+    history: History,
+    run: TestRun<KvCounters>,
 }
 
 /// A handle on a simulated KV cluster, the Rust twin of the kvraft tests'
@@ -140,12 +109,9 @@ impl KvCfg {
             calls: BTreeMap::new(),
             next_call: 0,
             max_raft_state,
-            ops: 0,
             safety: SafetyChecker::default(),
-            history: Vec::new(),
-            last_stamp: 0,
-            start: now(),
-            begin: None,
+            history: History::new(),
+            run: TestRun::new(SimRuntime::now()),
         };
         let cfg = KvCfg {
             world: Rc::new(RefCell::new(world)),
@@ -155,15 +121,8 @@ impl KvCfg {
         }
         cfg.connect_all();
         let watched = Rc::downgrade(&cfg.world);
-        crate::executor::spawn(async move {
-            crate::executor::sleep(crate::raft_harness::TEST_TIME_LIMIT).await;
-            if let Some(world) = watched.upgrade() {
-                let cfg = KvCfg { world };
-                panic!(
-                    "test took longer than 120 seconds (virtual); cluster:\n{}",
-                    cfg.status()
-                );
-            }
+        tester::watch_time_limit::<SimRuntime>(move || {
+            watched.upgrade().map(|world| KvCfg { world }.status())
         });
         cfg
     }
@@ -180,14 +139,6 @@ impl KvCfg {
 
     // ----- connectivity ---------------------------------------------------
 
-    fn set_links(&self, i: usize, to: &[usize], on: bool) {
-        let mut w = self.world.borrow_mut();
-        for &j in to {
-            w.links[i][j] = on;
-            w.links[j][i] = on;
-        }
-    }
-
     /// Connect server `i` to each of `to` (both directions).
     pub fn connect(&self, i: usize, to: &[usize]) {
         self.set_links(i, to, true);
@@ -198,24 +149,15 @@ impl KvCfg {
         self.set_links(i, from, false);
     }
 
-    /// Reconnect every server to every other.
+    /// Reconnect every server to every other ([`Links::connect_all`]).
     pub fn connect_all(&self) {
-        let all = self.all();
-        for i in 0..self.n() {
-            self.connect(i, &all);
-        }
+        Links::connect_all(self);
     }
 
-    /// Each side fully connected internally and cut off from the other.
+    /// Each side fully connected internally and cut off from the other
+    /// ([`Links::partition`]).
     pub fn partition(&self, p1: &[usize], p2: &[usize]) {
-        for &i in p1 {
-            self.disconnect(i, p2);
-            self.connect(i, p1);
-        }
-        for &i in p2 {
-            self.disconnect(i, p1);
-            self.connect(i, p2);
-        }
+        Links::partition(self, p1, p2);
     }
 
     /// The first server that believes it leads, if any.
@@ -228,17 +170,10 @@ impl KvCfg {
         })
     }
 
-    /// A majority of `n/2 + 1` non-leaders and a minority of `n/2` servers
-    /// whose last member is the current leader (server 0 if none).
+    /// A majority of non-leaders and a minority ending with the leader
+    /// ([`tester::make_partition`]).
     pub fn make_partition(&self) -> (Vec<usize>, Vec<usize>) {
-        let n = self.n();
-        let l = self.leader().unwrap_or(0);
-        let others = (0..n).filter(|&i| i != l);
-        let mut p1: Vec<usize> = others.clone().take(n / 2 + 1).collect();
-        let mut p2: Vec<usize> = others.skip(n / 2 + 1).collect();
-        p2.push(l);
-        p1.sort_unstable();
-        (p1, p2)
+        tester::make_partition(self.n(), self.leader())
     }
 
     /// Turn request/reply loss and short delays on (`true`) or off.
@@ -282,25 +217,17 @@ impl KvCfg {
 
     /// A new clerk whose ends reach the servers in `to`.
     pub fn make_client(&self, to: &[usize]) -> SimClerk {
-        let (ends, servers, first) = {
-            let mut w = self.world.borrow_mut();
-            let n = w.n;
-            let mut order: Vec<usize> = (0..n).collect();
-            for k in (1..n).rev() {
-                let j = with_rng(|r| r.below(k as u64 + 1)) as usize;
-                order.swap(k, j);
-            }
-            let enabled = (0..n).map(|j| to.contains(&j)).collect();
-            let id = w.next_clerk;
-            w.next_clerk += 1;
-            w.clerks.insert(id, ClerkEnds { order, enabled });
-            (id, n, with_rng(|r| r.below(n as u64)) as usize)
-        };
-        let client_id = with_rng(|r| r.next_u64());
+        let (order, clerk) = tester::clerk::new_clerk::<SimRuntime>(self.n());
+        let mut w = self.world.borrow_mut();
+        let n = w.n;
+        let enabled = (0..n).map(|j| to.contains(&j)).collect();
+        let ends = w.next_clerk;
+        w.next_clerk += 1;
+        w.clerks.insert(ends, Ends { order, enabled });
         SimClerk {
             cfg: self.clone(),
             ends,
-            clerk: Rc::new(RefCell::new(Clerk::new(client_id, servers, first))),
+            clerk: Rc::new(RefCell::new(clerk)),
         }
     }
 
@@ -326,102 +253,24 @@ impl KvCfg {
     /// Records baselines for `end`'s result line.
     pub fn begin(&self, name: &str) {
         let mut w = self.world.borrow_mut();
-        w.begin = Some(Begin {
-            name: name.to_string(),
-            t0: now(),
-            rpcs0: w.net.rpc_total,
-            ops0: w.ops,
-        });
+        let counters = w.counters();
+        w.run.begin(name, SimRuntime::now(), counters);
     }
 
-    /// Checks the whole history with the KV model (per-key partitioning,
-    /// porcupine's search). Unlike the Go tests, running out of the budget
-    /// ([`LINEARIZABILITY_STEPS`]) fails. On a violation, writes the offending key's history as an
-    /// HTML timeline to the temp directory and names it in the failure.
+    /// Checks the whole history with the KV model; running out of the
+    /// budget fails ([`History::check_linearizable`]).
     pub fn check_linearizable(&self) {
-        use crate::linearizability::{
-            check_steps, write_violation_html_to_temp, KvInput, KvModel, KvOutput, Operation,
-            Verdict,
-        };
-        let ops: Vec<Operation<KvInput, KvOutput>> = self
-            .history()
-            .into_iter()
-            .map(|h| Operation {
-                client: h.client,
-                call: h.call,
-                ret: h.ret,
-                input: match h.op {
-                    "get" => KvInput::get(h.key),
-                    "put" => KvInput::put(h.key, h.value),
-                    _ => KvInput::append(h.key, h.value),
-                },
-                output: KvOutput::Value(h.output),
-            })
-            .collect();
-        let started = std::time::Instant::now();
-        let (verdict, steps) = check_steps(&KvModel, &ops, LINEARIZABILITY_STEPS);
-        match verdict {
-            Verdict::Linearizable => println!(
-                "linearizability: {} operations checked in {steps} steps, {:.1} ms",
-                ops.len(),
-                started.elapsed().as_secs_f64() * 1e3
-            ),
-            Verdict::NotLinearizable(v) => {
-                let name = format!("{}-seed{}-history", crate::current_test_name(), crate::executor::seed());
-                match write_violation_html_to_temp(&name, &KvModel, &v) {
-                    Ok(path) => panic!("history is not linearizable; timeline: {}", path.display()),
-                    Err(e) => panic!("history is not linearizable (could not write the timeline: {e})"),
-                }
-            }
-            Verdict::Unknown => panic!(
-                "linearizability check ran out of its budget of {LINEARIZABILITY_STEPS} search steps ({:?}, {} operations): a failure here",
-                started.elapsed(),
-                ops.len()
-            ),
-        }
-    }
-
-    /// With `HISTORY_DIR` set, writes the history so far as JSON lines
-    /// (`client`, `call`, `return`, `op`, `key`, `value`, `output`) to
-    /// `<HISTORY_DIR>/<test>-seed<seed>.jsonl`.
-    fn export_history(&self) {
-        let Some(dir) = std::env::var_os("HISTORY_DIR") else {
-            return;
-        };
-        let dir = std::path::PathBuf::from(dir);
-        let name = match crate::current_test_name() {
-            n if n.is_empty() => "kv".to_string(),
-            n => n,
-        };
-        let path = dir.join(format!("{name}-seed{}.jsonl", crate::executor::seed()));
-        let mut text = String::new();
-        for op in self.world.borrow().history.iter() {
-            text.push_str(&serde_json::to_string(op).expect("history encodes"));
-            text.push('\n');
-        }
-        if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
-            panic!("HISTORY_DIR: cannot write {}: {e}", path.display());
-        }
+        let w = self.world.borrow();
+        w.history.check_linearizable(&SimRuntime::run_name());
     }
 
     /// Checks the time limit, prints the lab's result line (virtual seconds,
-    /// peers, RPCs, clerk operations) and exports the history if asked.
+    /// peers, RPCs, clerk operations) and, with `HISTORY_DIR` set, exports
+    /// the history to `<HISTORY_DIR>/<test>-seed<seed>.jsonl`.
     pub fn end(&self) {
-        self.export_history();
         let w = self.world.borrow();
-        assert!(
-            now() - w.start <= crate::raft_harness::TEST_TIME_LIMIT,
-            "test took longer than 120 seconds"
-        );
-        let b = w.begin.as_ref().expect("begin() before end()");
-        println!(
-            "{} ... Passed -- {:4.1} {} {:5} {:4}",
-            b.name,
-            (now() - b.t0).as_secs_f64(),
-            w.n,
-            w.net.rpc_total - b.rpcs0,
-            w.ops - b.ops0
-        );
+        w.history.export(&SimRuntime::run_name());
+        w.run.end(SimRuntime::now(), w.n, w.counters());
     }
 
     /// The largest encoded Raft state over all servers.
@@ -452,30 +301,15 @@ impl KvCfg {
         let w = self.world.borrow();
         let mut out = String::new();
         for i in 0..w.n {
-            let links: String = (0..w.n)
-                .map(|j| if w.links[i][j] { '1' } else { '.' })
-                .collect();
-            match &w.slots[i] {
-                None => out += &format!("  server {i}: down, links {links}\n"),
-                Some(s) => {
-                    let r = s.server.raft();
-                    out += &format!(
-                        "  server {i}: gen {} term {} {:?} leader {:?} commit {} applied {} last {} snapshot {} durable {} waiting {} links {links}\n",
-                        s.gen,
-                        r.term(),
-                        r.role(),
-                        r.leader_hint(),
-                        r.commit_index(),
-                        r.last_applied(),
-                        r.log().last_index(),
-                        r.log().snapshot().index,
-                        r.durable_index(),
-                        s.server.waiting()
-                    );
-                }
-            }
+            let links = tester::links_column(w.n, |j| w.links[i][j]);
+            let server = w.slots[i].as_ref().map(|s| (s.gen, &s.server));
+            out += &tester::server_status(i, server, &links);
         }
-        out += &format!("  pending calls {}, clerk ops {}\n", w.calls.len(), w.ops);
+        out += &format!(
+            "  pending calls {}, clerk ops {}\n",
+            w.calls.len(),
+            w.history.len()
+        );
         out
     }
 
@@ -486,7 +320,7 @@ impl KvCfg {
 
     /// Every clerk operation so far, in return order.
     pub fn history(&self) -> Vec<HistoryOp> {
-        self.world.borrow().history.clone()
+        self.world.borrow().history.ops().to_vec()
     }
 
     /// A uniform integer in `0..bound` from the simulation's generator.
@@ -534,47 +368,8 @@ impl KvCfg {
         .await;
     }
 
-    /// A history timestamp: virtual nanoseconds, nudged forward so that every
-    /// stamp is strictly later than the previous one. The simulation is
-    /// single-threaded, so this order is the real order of calls and returns
-    /// even when a whole operation completes within one virtual instant.
-    fn stamp(&self) -> u64 {
-        let mut w = self.world.borrow_mut();
-        let t = now().as_nanos().max(w.last_stamp + 1);
-        w.last_stamp = t;
-        t
-    }
-
     async fn run_op(&self, ck: &SimClerk, cli: u64, op: Op) -> String {
-        let call = self.stamp();
-        let (kind, key, value) = match &op {
-            Op::Get { key } => ("get", key.clone(), String::new()),
-            Op::Put { key, value } => ("put", key.clone(), value.clone()),
-            Op::Append { key, value } => ("append", key.clone(), value.clone()),
-        };
-        let output = match ck.execute(op).await {
-            Outcome::Value(v) => v,
-            Outcome::Done => String::new(),
-            Outcome::SessionExpired => panic!("clerk session expired"),
-        };
-        let ret = self.stamp();
-        let mut w = self.world.borrow_mut();
-        w.ops += 1;
-        let out = if kind == "get" {
-            output.clone()
-        } else {
-            String::new()
-        };
-        w.history.push(HistoryOp {
-            client: cli,
-            call,
-            ret,
-            op: kind,
-            key,
-            value,
-            output: out,
-        });
-        output
+        tester::clerk::run_op(&SimEnds(ck), &ck.clerk, cli, op).await
     }
 
     // ----- driving servers ----------------------------------------------------
@@ -729,12 +524,7 @@ impl KvCfg {
 
     /// A clerk's call to real server `server`: resolves to the reply, or
     /// `None` when labrpc's `Call` would return false.
-    fn call(
-        &self,
-        clerk: u64,
-        server: usize,
-        command: Command,
-    ) -> crate::executor::OneshotReceiver<Option<Reply>> {
+    fn call(&self, clerk: u64, server: usize, command: Command) -> OneshotReceiver<Option<Reply>> {
         let (tx, rx) = oneshot();
         let bytes = postcard::to_allocvec(&command).expect("commands encode");
         let mut w = self.world.borrow_mut();
@@ -841,42 +631,49 @@ impl KvCfg {
     }
 }
 
-impl SimClerk {
-    /// Runs one operation to completion: retries (with the clerk's logic)
-    /// until some server applies it.
-    async fn execute(&self, op: Op) -> Outcome {
-        let mut attempt = self.clerk.borrow_mut().begin(op);
-        loop {
-            let (real, order) = {
-                let w = self.cfg.world.borrow();
-                let order = w.clerks[&self.ends].order.clone();
-                (order[attempt.server], order)
-            };
-            if let Some(delay) = attempt.delay {
-                crate::executor::sleep(delay).await;
-            }
-            let rx = self.cfg.call(self.ends, real, attempt.command.clone());
-            let result = timeout(CLERK_CALL_TIMEOUT, rx).await.flatten().flatten();
-            let mut clerk = self.clerk.borrow_mut();
-            attempt = match result {
-                Some(Reply::WrongLeader { leader_hint }) => {
-                    // Hints name real servers; the clerk counts in its own order.
-                    let hint = leader_hint.and_then(|h| order.iter().position(|&s| s as u64 == h));
-                    let reply = Reply::WrongLeader {
-                        leader_hint: hint.map(|k| k as u64),
-                    };
-                    match clerk.on_reply(attempt.server, reply) {
-                        Progress::Retry(a) => a,
-                        Progress::Done(_) => unreachable!("a wrong-leader reply never completes"),
-                    }
-                }
-                Some(reply) => match clerk.on_reply(attempt.server, reply) {
-                    Progress::Done(outcome) => return outcome,
-                    Progress::Retry(a) => a,
-                },
-                None => clerk.on_failure(attempt.server),
-            };
+impl Links for KvCfg {
+    fn servers(&self) -> usize {
+        self.n()
+    }
+
+    fn set_links(&self, i: usize, to: &[usize], on: bool) {
+        let mut w = self.world.borrow_mut();
+        for &j in to {
+            w.links[i][j] = on;
+            w.links[j][i] = on;
         }
+    }
+}
+
+impl World {
+    /// The result line's counters now.
+    fn counters(&self) -> KvCounters {
+        KvCounters {
+            rpcs: self.net.rpc_total,
+            ops: self.history.len() as u64,
+        }
+    }
+}
+
+/// A clerk's ends in the simulated network, for the tester's clerk loop.
+struct SimEnds<'a>(&'a SimClerk);
+
+impl ClerkEnds for SimEnds<'_> {
+    type Runtime = SimRuntime;
+
+    fn order(&self) -> Vec<usize> {
+        self.0.cfg.world.borrow().clerks[&self.0.ends].order.clone()
+    }
+
+    fn call(&self, server: usize, command: Command) -> impl Future<Output = Option<Reply>> {
+        // The call starts now (its draws and events happen here), not when
+        // the future is first polled.
+        let reply = self.0.cfg.call(self.0.ends, server, command);
+        async move { reply.await.flatten() }
+    }
+
+    fn history(&self) -> RefMut<'_, History> {
+        RefMut::map(self.0.cfg.world.borrow_mut(), |w| &mut w.history)
     }
 }
 

@@ -1,8 +1,9 @@
 //! Deterministic simulation of `raft-core`: a virtual clock that jumps to the
 //! next event, one seeded generator for every random draw, the lab's labrpc
 //! network, in-memory persisters holding encoded state, crash and restart, the
-//! MIT 6.5840 Raft lab harness, and a cluster safety checker run after every
-//! step.
+//! MIT 6.5840 Raft and KV lab harnesses (over the driver-independent lab
+//! tester in [`tester`], which other drivers share), and a cluster safety
+//! checker run after every step.
 //!
 //! The seed comes from `SIM_SEED` ([`seed_from_env`]); [`run_test`] prints it
 //! with the test's name whenever a test fails, and running again with that
@@ -18,8 +19,9 @@ pub mod network;
 pub mod persister;
 pub mod raft_harness;
 pub mod safety;
+pub mod tester;
 
-pub use executor::{ms, now, run, sleep, spawn, JoinHandle};
+pub use executor::{ms, now, run, sleep, spawn, JoinHandle, SimRuntime};
 pub use kv_harness::{KvCfg, SimClerk, KV_ELECTION_TIMEOUT};
 pub use raft_harness::{Cfg, Cmd, RAFT_ELECTION_TIMEOUT};
 

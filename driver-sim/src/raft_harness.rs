@@ -2,69 +2,29 @@
 //! (lab-tests.md §2) onto the simulator. Servers are `RaftNode`s hosted in
 //! slots; the network follows labrpc; persisters hold encoded state; appliers
 //! check what the nodes apply; the safety checker runs after every step.
+//!
+//! This file runs the servers; what the tester does with them (`one`, `wait`,
+//! the leader and term checks, the appliers, the result line) is
+//! [`crate::tester`], shared with the other drivers' harnesses.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
-use std::fmt;
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
-use raft_core::{Action, Config, Entry, Event, Index, Instant, Message, RaftNode, Term};
-use serde::{Deserialize, Serialize};
+use raft_core::{Action, Config, Event, Index, Instant, Message, RaftNode, Term};
 
-use crate::executor::{ms, now, schedule_after, schedule_at, sleep, with_rng};
+use crate::executor::{now, schedule_after, schedule_at, with_rng, SimRuntime};
 use crate::network::{Network, ReplyFate, RequestFate};
 use crate::persister::Persister;
 use crate::safety::{fnv1a, SafetyChecker};
+use crate::tester::{self, Appliers, RaftCluster, RaftCounters, Runtime, TestRun};
+
+/// The lab's command type and constants (from [`crate::tester`]).
+pub use crate::tester::{Cmd, SNAPSHOT_INTERVAL, TEST_TIME_LIMIT};
 
 /// The lab's `RaftElectionTimeout`.
 pub const RAFT_ELECTION_TIMEOUT: Duration = Duration::from_millis(1000);
-/// The tester snapshots when `(index + 1) % SNAPSHOT_INTERVAL == 0`.
-pub const SNAPSHOT_INTERVAL: u64 = 10;
-/// The lab's per-test limit, checked at `end`.
-pub const TEST_TIME_LIMIT: Duration = Duration::from_secs(120);
-
-/// A lab command: the Go tests use ints, and strings in the byte test.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Cmd {
-    /// An integer command.
-    Int(i64),
-    /// A string command.
-    Str(String),
-}
-
-impl From<i64> for Cmd {
-    fn from(v: i64) -> Self {
-        Cmd::Int(v)
-    }
-}
-impl From<String> for Cmd {
-    fn from(v: String) -> Self {
-        Cmd::Str(v)
-    }
-}
-impl From<&str> for Cmd {
-    fn from(v: &str) -> Self {
-        Cmd::Str(v.to_string())
-    }
-}
-impl fmt::Display for Cmd {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Cmd::Int(v) => write!(f, "{v}"),
-            Cmd::Str(s) if s.len() > 20 => write!(f, "{}…", &s[..20]),
-            Cmd::Str(s) => write!(f, "{s}"),
-        }
-    }
-}
-
-fn encode_cmd(cmd: &Cmd) -> Vec<u8> {
-    postcard::to_allocvec(cmd).expect("commands encode")
-}
-
-fn decode_cmd(bytes: &[u8]) -> Cmd {
-    postcard::from_bytes(bytes).expect("commands decode")
-}
 
 /// A running server: one incarnation of a node.
 struct Slot {
@@ -84,23 +44,11 @@ struct World {
     connected: Vec<bool>,
     net: Network,
     rpc_count: Vec<u64>,
-    snapshot_applier: bool,
-    logs: Vec<BTreeMap<Index, Cmd>>,
-    last_applied: Vec<Index>,
-    max_index: Index,
+    appliers: Appliers,
     safety: SafetyChecker,
     next_proposal: u64,
     trace: u64,
-    start: Instant,
-    begin: Option<Begin>,
-}
-
-struct Begin {
-    name: String,
-    t0: Instant,
-    rpcs0: u64,
-    bytes0: u64,
-    max_index0: Index,
+    run: TestRun<RaftCounters>,
 }
 
 /// A handle on a simulated Raft cluster, the Rust twin of the Go tests'
@@ -131,15 +79,11 @@ impl Cfg {
                 ..Network::default()
             },
             rpc_count: vec![0; n],
-            snapshot_applier: snapshot,
-            logs: vec![BTreeMap::new(); n],
-            last_applied: vec![0; n],
-            max_index: 0,
+            appliers: Appliers::new(n, snapshot),
             safety: SafetyChecker::default(),
             next_proposal: 0,
             trace: 0,
-            start: now(),
-            begin: None,
+            run: TestRun::new(SimRuntime::now()),
         };
         let cfg = Cfg {
             world: Rc::new(RefCell::new(world)),
@@ -173,16 +117,9 @@ impl Cfg {
         let (node, gen) = {
             let mut w = self.world.borrow_mut();
             w.gens[i] += 1;
-            w.last_applied[i] = 0;
             w.rpc_count[i] = 0;
             let (state, snapshot) = w.persisters[i].load();
-            if let Some(data) = &snapshot {
-                if !data.is_empty() {
-                    if let Err(e) = w.ingest_snapshot(i, data, None) {
-                        panic!("{e}");
-                    }
-                }
-            }
+            w.appliers.restarted(i, snapshot.as_deref());
             let members: Vec<u64> = (0..w.n as u64).collect();
             let config = Config::new(i as u64, members);
             let seed = with_rng(|r| r.next_u64());
@@ -239,7 +176,7 @@ impl Cfg {
             w.next_proposal += 1;
             w.next_proposal
         };
-        let command = encode_cmd(&cmd.into());
+        let command = cmd.into().encode();
         let actions = self.step(i, Event::ProposalReceived { id, command }, None);
         actions.iter().find_map(|a| match *a {
             Action::AcceptProposal {
@@ -265,166 +202,47 @@ impl Cfg {
     /// Prints nothing yet; records baselines for `end`'s result line.
     pub fn begin(&self, name: &str) {
         let mut w = self.world.borrow_mut();
-        w.begin = Some(Begin {
-            name: name.to_string(),
-            t0: now(),
-            rpcs0: w.net.rpc_total,
-            bytes0: w.net.bytes_total,
-            max_index0: w.max_index,
-        });
+        let counters = w.counters();
+        w.run.begin(name, SimRuntime::now(), counters);
     }
 
     /// Checks the time limit and prints the lab's result line: virtual
     /// seconds, peers, RPCs, bytes, commands committed.
     pub fn end(&self) {
         let w = self.world.borrow();
-        let elapsed = now() - w.start;
-        assert!(
-            elapsed <= TEST_TIME_LIMIT,
-            "test took longer than 120 seconds"
-        );
-        let b = w.begin.as_ref().expect("begin() before end()");
-        println!(
-            "{} ... Passed -- {:4.1} {} {:4} {:7} {:4}",
-            b.name,
-            (now() - b.t0).as_secs_f64(),
-            w.n,
-            w.net.rpc_total - b.rpcs0,
-            w.net.bytes_total - b.bytes0,
-            w.max_index - b.max_index0
-        );
+        w.run.end(SimRuntime::now(), w.n, w.counters());
     }
 
-    /// Waits for a leader and returns it; fails if a term has two leaders or
-    /// none appears within 10 rounds of 450–549 ms.
+    /// Waits for a leader and returns it ([`tester::raft::check_one_leader`]).
     pub async fn check_one_leader(&self) -> usize {
-        for _ in 0..10 {
-            let wait = 450 + with_rng(|r| r.below(100));
-            sleep(ms(wait)).await;
-            let mut leaders: BTreeMap<Term, Vec<usize>> = BTreeMap::new();
-            for i in 0..self.n() {
-                if self.is_connected(i) {
-                    let (term, leader) = self.get_state(i);
-                    if leader {
-                        leaders.entry(term).or_default().push(i);
-                    }
-                }
-            }
-            for (term, ls) in &leaders {
-                assert!(ls.len() <= 1, "term {term} has {} (>1) leaders", ls.len());
-            }
-            if let Some((_, ls)) = leaders.last_key_value() {
-                return ls[0];
-            }
-        }
-        panic!("expected one leader, got none");
+        tester::raft::check_one_leader(self).await
     }
 
-    /// All connected servers agree on the term; returns it.
+    /// The term all connected servers agree on ([`tester::raft::check_terms`]).
     pub fn check_terms(&self) -> Term {
-        let mut term = None;
-        for i in 0..self.n() {
-            if self.is_connected(i) {
-                let (t, _) = self.get_state(i);
-                match term {
-                    None => term = Some(t),
-                    Some(t0) => assert_eq!(t0, t, "servers disagree on term"),
-                }
-            }
-        }
-        term.unwrap_or(0)
+        tester::raft::check_terms(self)
     }
 
-    /// No connected server claims to lead.
+    /// No connected server claims to lead ([`tester::raft::check_no_leader`]).
     pub fn check_no_leader(&self) {
-        for i in 0..self.n() {
-            if self.is_connected(i) {
-                let (_, leader) = self.get_state(i);
-                assert!(
-                    !leader,
-                    "expected no leader among connected servers, but {i} claims to be leader"
-                );
-            }
-        }
+        tester::raft::check_no_leader(self)
     }
 
     /// How many servers have applied `index`, and the command there.
     pub fn n_committed(&self, index: Index) -> (usize, Option<Cmd>) {
-        let w = self.world.borrow();
-        let mut count = 0;
-        let mut cmd: Option<&Cmd> = None;
-        for log in &w.logs {
-            if let Some(c) = log.get(&index) {
-                if let Some(prev) = cmd {
-                    assert_eq!(prev, c, "committed values do not match: index {index}");
-                }
-                count += 1;
-                cmd = Some(c);
-            }
-        }
-        (count, cmd.cloned())
+        self.world.borrow().appliers.n_committed(index)
     }
 
-    /// Waits (30 polls, back-off from 10 ms to about 1 s) until `n` servers
-    /// applied `index`. Returns `None` if some server's term moved past
-    /// `start_term` (when given): the caller should retry.
+    /// Waits until `n` servers applied `index`; `None` if a term moved past
+    /// `start_term` ([`tester::raft::wait`]).
     pub async fn wait(&self, index: Index, n: usize, start_term: Option<Term>) -> Option<Cmd> {
-        let mut to = ms(10);
-        for _ in 0..30 {
-            let (nd, _) = self.n_committed(index);
-            if nd >= n {
-                break;
-            }
-            sleep(to).await;
-            if to < Duration::from_secs(1) {
-                to *= 2;
-            }
-            if let Some(start_term) = start_term {
-                for i in 0..self.n() {
-                    if self.is_alive(i) && self.get_state(i).0 > start_term {
-                        return None;
-                    }
-                }
-            }
-        }
-        let (nd, cmd) = self.n_committed(index);
-        assert!(nd >= n, "only {nd} decided for index {index}; wanted {n}");
-        cmd
+        tester::raft::wait(self, index, n, start_term).await
     }
 
-    /// The lab's `one()`: submit `cmd` to whoever leads, wait up to 2 s for
-    /// `expected` servers to apply it (resubmitting if `retry`), within 10 s
-    /// in all. Returns the index.
+    /// The lab's `one()`: `cmd` committed by `expected` servers; its index
+    /// ([`tester::raft::one`]).
     pub async fn one(&self, cmd: impl Into<Cmd>, expected: usize, retry: bool) -> Index {
-        let cmd = cmd.into();
-        let t0 = now();
-        let mut starts = 0;
-        while now() - t0 < Duration::from_secs(10) {
-            let mut index = None;
-            for _ in 0..self.n() {
-                starts = (starts + 1) % self.n();
-                if self.is_connected(starts) {
-                    if let Some((i, _)) = self.start(starts, cmd.clone()) {
-                        index = Some(i);
-                        break;
-                    }
-                }
-            }
-            if let Some(index) = index {
-                let t1 = now();
-                while now() - t1 < Duration::from_secs(2) {
-                    let (nd, c) = self.n_committed(index);
-                    if nd > 0 && nd >= expected && c.as_ref() == Some(&cmd) {
-                        return index;
-                    }
-                    sleep(ms(20)).await;
-                }
-                assert!(retry, "one({cmd}) failed to reach agreement");
-            } else {
-                sleep(ms(50)).await;
-            }
-        }
-        panic!("one({cmd}) failed to reach agreement");
+        tester::raft::one(self, cmd.into(), expected, retry).await
     }
 
     /// Handler invocations on server `i` since it (re)started.
@@ -539,19 +357,14 @@ impl Cfg {
                 Action::Apply { entries } => {
                     let mut w = self.world.borrow_mut();
                     w.safety.entries_applied(i as u64, entries);
-                    if let Some(snap) = w.apply_entries(i, entries) {
-                        follow.push(snap);
+                    if let Some((index, data)) = w.appliers.apply_entries(i, entries) {
+                        follow.push(FollowUp::Snapshot(index, data));
                     }
                 }
                 Action::ApplySnapshot { snapshot } => {
                     let mut w = self.world.borrow_mut();
-                    if w.snapshot_applier {
-                        if let Err(e) =
-                            w.ingest_snapshot(i, &snapshot.data, Some(snapshot.meta.index))
-                        {
-                            panic!("{e}");
-                        }
-                    }
+                    w.appliers
+                        .apply_snapshot(i, &snapshot.data, snapshot.meta.index);
                 }
                 Action::SetTimer { deadline } => self.set_timer(i, *deadline),
                 Action::AcceptProposal { .. } | Action::RejectProposal { .. } => {}
@@ -676,77 +489,41 @@ impl Cfg {
 }
 
 impl World {
-    /// The Go `checkLogs`: no other server applied something else at `index`.
-    fn check_logs(&mut self, i: usize, index: Index, cmd: Cmd) -> Result<bool, String> {
-        for (j, log) in self.logs.iter().enumerate() {
-            if let Some(old) = log.get(&index) {
-                if *old != cmd {
-                    return Err(format!(
-                        "commit index={index} server={i} {cmd} != server={j} {old}"
-                    ));
-                }
-            }
+    /// The result line's counters now.
+    fn counters(&self) -> RaftCounters {
+        RaftCounters {
+            rpcs: self.net.rpc_total,
+            bytes: self.net.bytes_total,
+            max_index: self.appliers.max_index(),
         }
-        let prev_ok = self.logs[i].contains_key(&(index - 1));
-        self.logs[i].insert(index, cmd);
-        self.max_index = self.max_index.max(index);
-        Ok(prev_ok)
+    }
+}
+
+/// The tester's view of the simulated cluster.
+impl RaftCluster for Cfg {
+    type Runtime = SimRuntime;
+
+    fn n(&self) -> usize {
+        Cfg::n(self)
     }
 
-    /// The plain or snapshotting applier (lab-tests.md §2.6). Returns the
-    /// snapshot the tester takes, if this batch reached one.
-    fn apply_entries(&mut self, i: usize, entries: &[Entry]) -> Option<FollowUp> {
-        let mut snap = None;
-        for e in entries {
-            let cmd = decode_cmd(&e.command);
-            if self.snapshot_applier && e.index != self.last_applied[i] + 1 {
-                panic!(
-                    "server {i} apply out of order, expected index {}, got {}",
-                    self.last_applied[i] + 1,
-                    e.index
-                );
-            }
-            match self.check_logs(i, e.index, cmd) {
-                Err(err) => panic!("{err}"),
-                Ok(prev_ok) => {
-                    if e.index > 1 && !prev_ok {
-                        panic!("server {i} apply out of order {}", e.index);
-                    }
-                }
-            }
-            self.last_applied[i] = e.index;
-            if self.snapshot_applier && (e.index + 1) % SNAPSHOT_INTERVAL == 0 {
-                let xlog: Vec<Option<Cmd>> = (0..=e.index)
-                    .map(|k| self.logs[i].get(&k).cloned())
-                    .collect();
-                let data = postcard::to_allocvec(&(e.index, xlog)).expect("snapshots encode");
-                snap = Some(FollowUp::Snapshot(e.index, data));
-            }
-        }
-        snap
+    fn is_alive(&self, i: usize) -> bool {
+        Cfg::is_alive(self, i)
     }
 
-    /// The Go `ingestSnap`: load the tester's snapshot into server `i`'s log.
-    fn ingest_snapshot(
-        &mut self,
-        i: usize,
-        data: &[u8],
-        index: Option<Index>,
-    ) -> Result<(), String> {
-        let (last_included, xlog): (Index, Vec<Option<Cmd>>) =
-            postcard::from_bytes(data).map_err(|e| format!("snapshot decode error: {e}"))?;
-        if let Some(index) = index {
-            if index != last_included {
-                return Err(format!("server {i} snapshot doesn't match m.SnapshotIndex"));
-            }
-        }
-        self.logs[i] = xlog
-            .into_iter()
-            .enumerate()
-            .filter_map(|(k, c)| c.map(|c| (k as Index, c)))
-            .collect();
-        self.last_applied[i] = last_included;
-        self.max_index = self.max_index.max(last_included);
-        Ok(())
+    fn is_connected(&self, i: usize) -> bool {
+        Cfg::is_connected(self, i)
+    }
+
+    fn get_state(&self, i: usize) -> (Term, bool) {
+        Cfg::get_state(self, i)
+    }
+
+    fn start(&self, i: usize, cmd: Cmd) -> Option<(Index, Term)> {
+        Cfg::start(self, i, cmd)
+    }
+
+    fn n_committed(&self, index: Index) -> (usize, Option<Cmd>) {
+        Cfg::n_committed(self, index)
     }
 }

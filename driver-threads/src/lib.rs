@@ -20,4 +20,6 @@ pub mod rt;
 #[cfg(feature = "lab")]
 pub use kv_harness::{ThreadClerk, ThreadKvCfg};
 #[cfg(feature = "lab")]
+pub use lab::RealTime;
+#[cfg(feature = "lab")]
 pub use raft_harness::ThreadCfg;
