@@ -1,4 +1,22 @@
-//! A driver that runs each node on its own OS thread with real timers, an in-process faulty network and a mio TCP transport (to come, issue 6).
+//! `raft-core` and `kv-core` on OS threads, in real time.
+//!
+//! Two ways to run a cluster:
+//!
+//! - **In one process** (the lab tests in real time): [`rt`] is a real-time
+//!   executor for test bodies, [`network`] an in-process network with the
+//!   lab's faults (loss, delays, long reordering, disconnects, partitions),
+//!   [`node`] runs each server (a `RaftNode` or a `KvServer`) on its own
+//!   thread with real timers and a [`persister`]; with the `lab` feature,
+//!   [`ThreadCfg`] and [`ThreadKvCfg`] are the MIT 6.5840 lab harnesses on
+//!   top, with the same methods as the simulator's.
+//! - **In separate processes**: [`tcp`] is a mio TCP transport between
+//!   nodes, [`file_persister`] durable storage in files, and [`tcp_node`] the
+//!   node thread that ties them to a replicated [`tcp_node::Service`]; the
+//!   `raft-node` binary is a small replicated log service built on them.
+//!
+//! In both, the monotonic clock is converted to `raft_core::Instant` at the
+//! edge, and a node's writes are durable before the messages that depend on
+//! them leave (persist before send).
 
 pub mod file_persister;
 pub mod tcp;
