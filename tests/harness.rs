@@ -11,68 +11,92 @@
 
 #![allow(async_fn_in_trait)] // single-threaded executors: no Send bounds wanted
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use driver_sim::Cmd;
 use raft_core::{Index, Term};
 
-/// Runtime services for a test body, from the driver's executor.
+/// Runtime services for a test body: those of the driver's executor (the
+/// tester's [`driver_sim::tester::Runtime`]), plus tasks whose output can be
+/// awaited.
 pub trait Runtime: Clone + 'static {
+    /// The driver's executor.
+    type Rt: driver_sim::tester::Runtime;
     /// Completes after `d` (virtual or real time, per driver).
-    fn sleep(d: Duration) -> impl Future<Output = ()>;
-    /// Runs `future` concurrently; the returned future yields its output.
-    fn spawn_raw<F>(future: F) -> impl Future<Output = F::Output> + 'static
-    where
-        F: Future + 'static,
-        F::Output: 'static;
+    fn sleep(d: Duration) -> impl Future<Output = ()> {
+        <Self::Rt as driver_sim::tester::Runtime>::sleep(d)
+    }
     /// Runs `future` concurrently, as a [`Task`].
     fn spawn<F>(future: F) -> Task<F::Output>
     where
         F: Future + 'static,
         F::Output: 'static,
     {
-        let done = Rc::new(Cell::new(false));
-        let finished = done.clone();
-        let handle = Self::spawn_raw(async move {
+        let slot = Rc::new(RefCell::new(Slot {
+            output: None,
+            finished: false,
+            waiter: None,
+        }));
+        let done = slot.clone();
+        <Self::Rt as driver_sim::tester::Runtime>::spawn(async move {
             let output = future.await;
-            finished.set(true);
-            output
+            let mut done = done.borrow_mut();
+            done.output = Some(output);
+            done.finished = true;
+            if let Some(waker) = done.waiter.take() {
+                waker.wake();
+            }
         });
-        Task {
-            handle: Box::pin(handle),
-            done,
-        }
+        Task { slot }
     }
     /// `future`'s output, or `None` if `d` passes first.
-    fn timeout<F: Future>(d: Duration, future: F) -> impl Future<Output = Option<F::Output>>;
+    fn timeout<F: Future>(d: Duration, future: F) -> impl Future<Output = Option<F::Output>> {
+        <Self::Rt as driver_sim::tester::Runtime>::timeout(d, future)
+    }
     /// Time since the run began.
-    fn now() -> Duration;
+    fn now() -> Duration {
+        <Self::Rt as driver_sim::tester::Runtime>::now()
+    }
     /// A uniform number below `bound`, from the run's generator.
-    fn random_below(bound: u64) -> u64;
+    fn random_below(bound: u64) -> u64 {
+        <Self::Rt as driver_sim::tester::Runtime>::random_below(bound)
+    }
+}
+
+struct Slot<T> {
+    output: Option<T>,
+    finished: bool,
+    waiter: Option<Waker>,
 }
 
 /// A spawned task: await it for its output.
 pub struct Task<T> {
-    handle: Pin<Box<dyn Future<Output = T>>>,
-    done: Rc<Cell<bool>>,
+    slot: Rc<RefCell<Slot<T>>>,
 }
 
 impl<T> Task<T> {
     /// True once the task has finished.
     pub fn is_finished(&self) -> bool {
-        self.done.get()
+        self.slot.borrow().finished
     }
 }
 
 impl<T> Future for Task<T> {
     type Output = T;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        self.handle.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let mut slot = self.slot.borrow_mut();
+        match slot.output.take() {
+            Some(output) => Poll::Ready(output),
+            None => {
+                slot.waiter = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -173,41 +197,6 @@ pub trait KvHarness: Runtime {
     async fn put(&self, ck: &Self::Clerk, key: &str, value: &str, cli: u64);
     /// `ck.Append(key, value)`, recorded.
     async fn append(&self, ck: &Self::Clerk, key: &str, value: &str, cli: u64);
-}
-
-/// `Runtime` for a harness type from its driver's executor module (`sleep`,
-/// `spawn`, `timeout`, `with_rng`) and its clock, as a `Duration`.
-macro_rules! runtime {
-    ($t:ty, $rt:path, $now:expr) => {
-        impl Runtime for $t {
-            fn sleep(d: Duration) -> impl Future<Output = ()> {
-                use $rt as rt;
-                rt::sleep(d)
-            }
-            fn spawn_raw<F>(future: F) -> impl Future<Output = F::Output> + 'static
-            where
-                F: Future + 'static,
-                F::Output: 'static,
-            {
-                use $rt as rt;
-                rt::spawn(future)
-            }
-            fn timeout<F: Future>(
-                d: Duration,
-                future: F,
-            ) -> impl Future<Output = Option<F::Output>> {
-                use $rt as rt;
-                rt::timeout(d, future)
-            }
-            fn now() -> Duration {
-                $now
-            }
-            fn random_below(bound: u64) -> u64 {
-                use $rt as rt;
-                rt::with_rng(|r| r.below(bound))
-            }
-        }
-    };
 }
 
 /// `RaftHarness` for a type with the same inherent methods (every driver's
@@ -361,28 +350,20 @@ macro_rules! kv_harness {
     };
 }
 
-runtime!(
-    driver_sim::Cfg,
-    driver_sim::executor,
-    driver_sim::now() - raft_core::Instant::ZERO
-);
-runtime!(
-    driver_sim::KvCfg,
-    driver_sim::executor,
-    driver_sim::now() - raft_core::Instant::ZERO
-);
+impl Runtime for driver_sim::Cfg {
+    type Rt = driver_sim::SimRuntime;
+}
+impl Runtime for driver_sim::KvCfg {
+    type Rt = driver_sim::SimRuntime;
+}
 raft_harness!(driver_sim::Cfg);
 kv_harness!(driver_sim::KvCfg, driver_sim::SimClerk);
 
-runtime!(
-    driver_threads::ThreadCfg,
-    driver_threads::rt,
-    driver_threads::rt::now()
-);
-runtime!(
-    driver_threads::ThreadKvCfg,
-    driver_threads::rt,
-    driver_threads::rt::now()
-);
+impl Runtime for driver_threads::ThreadCfg {
+    type Rt = driver_threads::RealTime;
+}
+impl Runtime for driver_threads::ThreadKvCfg {
+    type Rt = driver_threads::RealTime;
+}
 raft_harness!(driver_threads::ThreadCfg);
 kv_harness!(driver_threads::ThreadKvCfg, driver_threads::ThreadClerk);
