@@ -1,5 +1,6 @@
-//! The search catches bugs planted in the core (`raft_core::canary`). Runs
-//! only with `cargo test -p model-check --features canaries`.
+//! The search catches bugs planted in the core (`raft_core::canary`). The
+//! tests are built with the `canaries` feature (the crate's dev-dependency on
+//! itself), so `cargo test -p model-check` runs these.
 //!
 //! Two planted bugs break an invariant within a few choices of the initial
 //! state; the others need a stage set first (an election, a rival leader),
