@@ -133,6 +133,14 @@ impl RaftNode {
         let snap = self.snapshot_meta();
         // Entries up to our snapshot are committed and agree with the leader's.
         if m.prev_log_index < snap.index {
+            // A correct leader holds our snapshot's last entry; the rest of
+            // its entries continue from that term, not from `prev_log_term`.
+            if m.entries
+                .iter()
+                .any(|e| e.index == snap.index && e.term != snap.term)
+            {
+                return; // not from a correct leader: drop
+            }
             let skip = (snap.index - m.prev_log_index) as usize;
             m.entries.drain(..skip.min(m.entries.len()));
             m.prev_log_index = snap.index;
