@@ -389,8 +389,9 @@ mod tests {
     #[test]
     fn clerks_survive_restarts_and_pending_ones_are_dropped_at_the_end() {
         let _serial = lock(&SERIAL);
-        run(async {
+        let instance = run(async {
             let cfg = ThreadKvCfg::new(3, false, Some(1000));
+            let instance = cfg.inner.servers.net.instance();
             cfg.begin("threads: kv restart");
             let ck = cfg.make_client(&cfg.all());
             for i in 0..100 {
@@ -415,7 +416,8 @@ mod tests {
             assert!(!pending.is_finished());
             cfg.check_linearizable();
             cfg.end();
+            instance
         });
-        assert_eq!(driver_threads(), Vec::<String>::new());
+        assert_eq!(driver_threads(instance), Vec::<String>::new());
     }
 }

@@ -105,7 +105,12 @@ pub struct Network {
 struct Shared {
     state: Mutex<State>,
     scheduler: Scheduler,
+    /// This network's number in the process (see [`Network::instance`]).
+    instance: u64,
 }
+
+/// Numbers the networks of a process, for the names of their threads.
+static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Drop for Shared {
     fn drop(&mut self) {
@@ -230,12 +235,22 @@ impl Network {
             next_call: 0,
             shut_down: false,
         };
+        let instance = INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Network {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
-                scheduler: Scheduler::start(),
+                scheduler: Scheduler::start(instance),
+                instance,
             }),
         }
+    }
+
+    /// This network's number in the process, unique while it lives and
+    /// after. Its delivery thread is named `net-<instance>` and its nodes'
+    /// threads `node-<instance>.<server>.<incarnation>`, so the threads of
+    /// one cluster can be told from another's running beside it.
+    pub fn instance(&self) -> u64 {
+        self.shared.instance
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -578,11 +593,11 @@ struct Queue {
 }
 
 impl Scheduler {
-    fn start() -> Scheduler {
+    fn start(instance: u64) -> Scheduler {
         let queue = Arc::new((Mutex::new(Queue::default()), Condvar::new()));
         let q = queue.clone();
         let thread = thread::Builder::new()
-            .name("net-delivery".into())
+            .name(format!("net-{instance}"))
             .spawn(move || Self::run(&q))
             .expect("spawn the network thread");
         Scheduler {

@@ -22,6 +22,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
@@ -316,6 +317,10 @@ struct NodeShared<M: Machine, S: Storage> {
     net: Network,
     clock: Clock,
     measure_raft_state: bool,
+    /// Set by the thread as its last act on the node, before it reports a
+    /// panic: whoever sees the failure also sees the node not running,
+    /// however the OS schedules the thread's exit.
+    ended: AtomicBool,
 }
 
 /// A running node: one incarnation of a server, on its own thread. Dropping
@@ -347,6 +352,7 @@ impl<M: Machine, S: Storage> Node<M, S> {
             net: net.clone(),
             clock,
             measure_raft_state: spec.measure_raft_state,
+            ended: AtomicBool::new(false),
         });
         shared.step(M::timer_event(), None, false);
         let on_thread = shared.clone();
@@ -356,13 +362,14 @@ impl<M: Machine, S: Storage> Node<M, S> {
             .into_iter()
             .find(|&c| raft_core::canary::on(c));
         let thread = thread::Builder::new()
-            .name(format!("node-{}.{gen}", spec.id))
+            .name(format!("node-{}.{}.{gen}", net.instance(), spec.id))
             .spawn(move || {
                 // Planted bugs are per thread: inherit the spawner's.
                 #[cfg(feature = "canaries")]
                 raft_core::canary::set(canary);
                 let id = on_thread.id;
                 let run = catch_unwind(AssertUnwindSafe(|| on_thread.run(&rx)));
+                on_thread.ended.store(true, Ordering::SeqCst);
                 if let Err(panic) = run {
                     failures.record(format!("server {id}: {}", panic_message(&*panic)));
                 }
@@ -401,9 +408,10 @@ impl<M: Machine, S: Storage> Node<M, S> {
         (!cell.stopped).then(|| f(&cell.machine))
     }
 
-    /// Is it still running (not stopped, and its thread not dead of a panic)?
+    /// Is it still running (not stopped, and its thread not dead of a
+    /// panic)? False from the moment a panic is recorded in [`Failures`].
     pub fn is_running(&self) -> bool {
-        !lock(&self.shared.cell).stopped && self.thread.as_ref().is_some_and(|t| !t.is_finished())
+        !lock(&self.shared.cell).stopped && !self.shared.ended.load(Ordering::SeqCst)
     }
 
     /// Crashes the node: after this returns it never steps, sends or writes
@@ -592,25 +600,29 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
 
     use super::*;
     use crate::network::NetConfig;
     use crate::persister::Persister;
     use crate::rt::{ms, run, sleep, timeout};
 
-    /// Tests that count this crate's threads run one at a time.
+    /// Tests that run a real-time cluster take turns, as the lab's tests do,
+    /// so that one cluster's load is not another's network delay.
     pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
 
-    /// The names of this process's threads started by this module or the
-    /// network (`node-<id>.<gen>`, `net-delivery`).
-    pub(crate) fn driver_threads() -> Vec<String> {
+    /// The names of the live threads of network `instance` and its nodes
+    /// (`net-<instance>`, `node-<instance>.<id>.<gen>`): only this cluster's,
+    /// whatever other tests run beside it.
+    pub(crate) fn driver_threads(instance: u64) -> Vec<String> {
+        let net = format!("net-{instance}");
+        let node = format!("node-{instance}.");
         let mut names = Vec::new();
         for task in std::fs::read_dir("/proc/self/task").expect("Linux /proc") {
             let comm = task.expect("a task").path().join("comm");
             if let Ok(name) = std::fs::read_to_string(comm) {
                 let name = name.trim().to_string();
-                if name.starts_with("node-") || name == "net-delivery" {
+                if name.starts_with(&node) || name == net {
                     names.push(name);
                 }
             }
@@ -673,8 +685,17 @@ pub(crate) mod tests {
         let (net, failures, mut node) = single(Box::new(CountSteps(steps.clone())));
         let counted = steps.clone();
         let (before, after, leader) = run(async move {
-            // Elected within its 300-600 ms timeout, then heartbeat timers.
-            sleep(ms(1000)).await;
+            // Elected after its 300-600 ms timeout, then heartbeat timers:
+            // waited for, not assumed after a fixed sleep (a busy machine
+            // may run the thread late).
+            let elected = async {
+                while !(node.with(|n| n.is_leader()) == Some(true)
+                    && counted.load(Ordering::SeqCst) > 3)
+                {
+                    sleep(ms(10)).await;
+                }
+            };
+            timeout(ms(30_000), elected).await;
             let leader = node.with(|n| n.is_leader());
             node.stop();
             let before = counted.load(Ordering::SeqCst);
@@ -688,6 +709,6 @@ pub(crate) mod tests {
         assert_eq!(before, after, "steps after stop");
         assert!(failures.first().is_none());
         net.shutdown();
-        assert_eq!(driver_threads(), Vec::<String>::new());
+        assert_eq!(driver_threads(net.instance()), Vec::<String>::new());
     }
 }

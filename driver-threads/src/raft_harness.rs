@@ -335,8 +335,9 @@ mod tests {
     #[test]
     fn crashes_restarts_and_the_end_of_a_test_leave_no_threads() {
         let _serial = lock(&SERIAL);
-        run(async {
+        let instance = run(async {
             let cfg = ThreadCfg::new(3, false, false);
+            let instance = cfg.inner.servers.net.instance();
             cfg.begin("threads: crash, restart, end");
             cfg.one(11, 3, true).await;
             let leader = cfg.check_one_leader().await;
@@ -350,9 +351,10 @@ mod tests {
             cfg.one(13, 3, true).await;
             // A restarted server re-applies from the start (no snapshot).
             assert_eq!(cfg.wait(1, 3, None).await, Some(Cmd::Int(11)));
-            assert_eq!(driver_threads().len(), 3 + 1);
+            assert_eq!(driver_threads(instance).len(), 3 + 1);
             cfg.end();
+            instance
         });
-        assert_eq!(driver_threads(), Vec::<String>::new());
+        assert_eq!(driver_threads(instance), Vec::<String>::new());
     }
 }
