@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use driver_sim::linearizability::{
     check, KvInput, KvModel, KvOutput, Operation, Verdict, UNKNOWN_RETURN,
 };
+use driver_tokio::storage::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use driver_tokio::wire::{encode_frame, Hello, PROTOCOL_VERSION};
 use driver_tokio::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,9 +20,33 @@ use tokio::net::TcpStream;
 
 const CLUSTER_ID: u64 = 77;
 
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+/// Loopback addresses for a cluster's nodes: every one distinct from every
+/// other this process handed out, free when picked, and below Linux's
+/// ephemeral range (32768 and up). A port-0 bind would pick from that range,
+/// where the nodes' own outgoing connections also take their ports: a
+/// killed node's port could be taken by a connection before its restart
+/// binds it again, and two port-0 picks in a row can return the same port.
+fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    static TAKEN: Mutex<std::collections::BTreeSet<u16>> =
+        Mutex::new(std::collections::BTreeSet::new());
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    let mut addrs = Vec::new();
+    while addrs.len() < n {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let port = 20_000 + (seed >> 33) as u16 % 12_000;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if !taken.contains(&port) && std::net::TcpListener::bind(addr).is_ok() {
+            taken.insert(port);
+            addrs.push(addr);
+        }
+    }
+    addrs
 }
 
 /// Three `rkv serve` processes sharing a temporary directory.
@@ -35,8 +60,9 @@ struct ProcCluster {
 impl ProcCluster {
     fn new(n: usize) -> ProcCluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let peers = (0..n).map(|_| free_addr()).collect();
-        let clients = (0..n).map(|_| free_addr()).collect();
+        let mut addrs = free_addrs(2 * n);
+        let clients = addrs.split_off(n);
+        let peers = addrs;
         let mut c = ProcCluster {
             dir,
             peers,
@@ -144,6 +170,23 @@ impl ProcCluster {
 
 impl Drop for ProcCluster {
     fn drop(&mut self) {
+        // A failing test shows what each node said, and whether it had
+        // exited by itself, before its directory goes.
+        if std::thread::panicking() {
+            for i in 0..self.procs.len() {
+                let exited = match self.procs[i].as_mut().map(Child::try_wait) {
+                    Some(Ok(Some(status))) => format!("exited by itself ({status})"),
+                    Some(_) => "running".to_string(),
+                    None => "not running (killed by the test)".to_string(),
+                };
+                let log = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                eprintln!("--- node {i}: {exited}; last lines of its log:");
+                for line in &lines[lines.len().saturating_sub(15)..] {
+                    eprintln!("    {line}");
+                }
+            }
+        }
         self.kill_all();
     }
 }
@@ -161,6 +204,23 @@ fn newest_segment(dir: &Path) -> PathBuf {
         .collect();
     segs.sort();
     segs.pop().expect("a log segment")
+}
+
+/// Where each record's payload lies in a log segment (see the README's
+/// "On disk": a header, then `u32 length | u32 crc32 | payload` records).
+fn record_payloads(segment: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut payloads = Vec::new();
+    let mut at = SEGMENT_HEADER_LEN;
+    while at + RECORD_HEADER_LEN <= segment.len() {
+        let len = u32::from_le_bytes(segment[at..at + 4].try_into().unwrap()) as usize;
+        let start = at + RECORD_HEADER_LEN;
+        if len == 0 || start + len > segment.len() {
+            break;
+        }
+        payloads.push(start..start + len);
+        at = start + len;
+    }
+    payloads
 }
 
 fn run<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
@@ -419,10 +479,23 @@ fn refuses_corrupt_log() {
             c.put(&format!("c{i}"), &"v".repeat(50)).await.unwrap();
         }
         cluster.kill_all();
+        // Damage the payload of a record in the middle of the newest
+        // segment. Not just any byte there: a record's length has no
+        // checksum of its own, so a length made to point past the end of
+        // the file is read as a torn final record (the format's documented
+        // limit), and where the middle byte falls depends on how writes
+        // were grouped.
         let seg = newest_segment(&cluster.data_dir(0));
         let mut bytes = std::fs::read(&seg).unwrap();
-        let mid = bytes.len() / 2;
-        bytes[mid] ^= 0xFF;
+        let payloads = record_payloads(&bytes);
+        assert!(
+            payloads.len() >= 3,
+            "{} records in {}",
+            payloads.len(),
+            seg.display()
+        );
+        let middle = payloads[payloads.len() / 2].clone();
+        bytes[(middle.start + middle.end) / 2] ^= 0xFF;
         std::fs::write(&seg, &bytes).unwrap();
         let out = cluster
             .command(0)
