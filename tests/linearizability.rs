@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use driver_sim::linearizability::{
+use lincheck::{
     check, parse_etcd_log, parse_kv_edn, render_violation_html, KvModel, Model, RegisterModel,
     Verdict,
 };
@@ -33,7 +33,7 @@ fn data_dir() -> PathBuf {
 /// violation, also renders its HTML page, so the renderer meets real data.
 fn run<M: Model>(
     model: &M,
-    history: &[driver_sim::linearizability::Operation<M::Input, M::Output>],
+    history: &[lincheck::Operation<M::Input, M::Output>],
 ) -> (&'static str, Duration) {
     let start = Instant::now();
     let verdict = check(model, history, BUDGET);

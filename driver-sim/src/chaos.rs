@@ -29,9 +29,9 @@ use raft_core::{Config, Index, Instant, Message, Persist, Term};
 use crate::executor::{
     ms, now, oneshot, schedule_after, schedule_at, sleep, spawn, timeout, with_rng, OneshotSender,
 };
-use crate::linearizability::{check, KvInput, KvModel, KvOutput, Operation, Verdict};
 use crate::persister::Persister;
 use crate::safety::{fnv1a, SafetyChecker};
+use lincheck::{check, KvInput, KvModel, KvOutput, Operation, Verdict};
 
 /// The faults one seed runs with.
 #[derive(Clone, Debug)]

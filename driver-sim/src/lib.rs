@@ -14,7 +14,6 @@
 pub mod chaos;
 pub mod executor;
 pub mod kv_harness;
-pub mod linearizability;
 pub mod network;
 pub mod persister;
 pub mod raft_harness;

@@ -12,7 +12,7 @@
 //! simulator's loop (`driver_sim::tester::clerk`, [`CLERK_CALL_TIMEOUT`] per
 //! call). Every operation is recorded with its real call and return times
 //! (monotonic nanoseconds since the run began) and the history is checked
-//! with `driver_sim::linearizability` under the same step budget (running
+//! with `lincheck` under the same step budget (running
 //! out fails).
 //!
 //! `shutdown_server` disconnects the server, deletes it from the network,

@@ -9,12 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use driver_sim::linearizability::{
-    check, KvInput, KvModel, KvOutput, Operation, Verdict, UNKNOWN_RETURN,
-};
 use driver_tokio::storage::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use driver_tokio::wire::{encode_frame, Hello, PROTOCOL_VERSION};
 use driver_tokio::Client;
+use lincheck::{check, KvInput, KvModel, KvOutput, Operation, Verdict, UNKNOWN_RETURN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use kv_core::{Op, Outcome};
 
-use crate::linearizability::{
+use lincheck::{
     check_steps, write_violation_html_to_temp, KvInput, KvModel, KvOutput, Operation, Verdict,
 };
 

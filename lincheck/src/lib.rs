@@ -18,7 +18,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use driver_sim::linearizability::{check, KvInput, KvModel, KvOutput, Operation};
+//! use lincheck::{check, KvInput, KvModel, KvOutput, Operation};
 //!
 //! let history = vec![
 //!     Operation { client: 0, call: 0, ret: 10, input: KvInput::put("k", "a"), output: KvOutput::Value(String::new()) },
@@ -26,6 +26,9 @@
 //! ];
 //! assert!(check(&KvModel, &history, Duration::from_secs(1)).is_linearizable());
 //! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod bitset;
 pub mod checker;
