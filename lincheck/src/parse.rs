@@ -119,8 +119,25 @@ fn err(line: usize, message: impl Into<String>) -> ParseError {
     }
 }
 
+/// The four fields of a Jepsen log line after its marker: process, type and
+/// function separated by any run of whitespace (tabs in Jepsen's own logs,
+/// spaces in copies of them; porcupine accepts both), then the value, which
+/// may hold spaces itself (`[4 5]`).
+fn jepsen_fields(rest: &str) -> Option<[&str; 4]> {
+    let mut rest = rest.trim();
+    let mut field = || {
+        let end = rest.find(char::is_whitespace)?;
+        let (word, after) = rest.split_at(end);
+        rest = after.trim_start();
+        Some(word)
+    };
+    let (process, kind, f) = (field()?, field()?, field()?);
+    (!rest.is_empty()).then_some([process, kind, f, rest])
+}
+
 /// Parses a Jepsen etcd log (`INFO  jepsen.util - <process>\t<type>\t<f>\t<value>`
-/// per line) into a register history. Lines without the `jepsen.util - `
+/// per line, the fields separated by tabs or any run of whitespace) into a
+/// register history. Lines without the `jepsen.util - `
 /// marker and blank lines are skipped.
 ///
 /// * `:ok :read v` gives a read of `v` (`nil` is `None`);
@@ -137,14 +154,10 @@ pub fn parse_etcd_log(text: &str) -> Result<RegisterHistory, ParseError> {
         let Some(at) = raw.find(MARKER) else {
             continue;
         };
-        let fields: Vec<&str> = raw[at + MARKER.len()..]
-            .split('\t')
-            .map(str::trim)
-            .collect();
-        let [process, kind, f, value] = fields[..] else {
+        let Some([process, kind, f, value]) = jepsen_fields(&raw[at + MARKER.len()..]) else {
             return Err(err(
                 line,
-                format!("expected 4 tab-separated fields: {raw:?}"),
+                format!("expected 4 whitespace-separated fields: {raw:?}"),
             ));
         };
         let process: u64 = process

@@ -485,6 +485,9 @@ INFO  jepsen.util - 5\t:invoke\t:read\tnil
 INFO  jepsen.util - 5\t:ok\t:read\t6
 ";
     let ops = parse_etcd_log(log).expect("parses");
+    // The same log with runs of spaces between the fields parses alike.
+    let spaced = log.replace('\t', "   ");
+    assert_eq!(parse_etcd_log(&spaced).expect("spaces parse"), ops);
     assert_eq!(
         ops,
         vec![
@@ -504,6 +507,10 @@ INFO  jepsen.util - 5\t:ok\t:read\t6
     let e = parse_etcd_log(bad).expect_err("nothing pending");
     assert_eq!(e.line, 1);
     assert!(parse_etcd_log("INFO  jepsen.util - 0\t:invoke\t:cas\t[1]\n").is_err());
+    assert!(
+        parse_etcd_log("INFO  jepsen.util - 0 :invoke :read\n").is_err(),
+        "no value"
+    );
 }
 
 #[test]
