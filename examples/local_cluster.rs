@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Duration;
 
-use driver_sim::{ms, now, run, sleep, spawn, Cfg, Cmd};
+use driver_sim::{ms, now, run, sleep, spawn, Cfg, Cmd, RaftHarness};
 
 struct Options {
     nodes: usize,

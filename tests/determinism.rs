@@ -3,7 +3,7 @@
 //! unreliable network with long reordering, crashes and restarts,
 //! disconnections, election jitter and concurrent clients.
 
-use driver_sim::{ms, run, sleep, spawn, Cfg, Cmd};
+use driver_sim::{ms, run, sleep, spawn, Cfg, Cmd, RaftHarness};
 
 /// Runs the scenario under `seed` and returns (trace hash, virtual end time
 /// in ns, RPCs, bytes, events run).

@@ -1,14 +1,12 @@
 //! The lab suites' test bodies (`raft`, `kv`) and their shared helpers.
 
-pub mod harness;
-
-use harness::Runtime;
+use lab::Harness;
 
 /// A random string of `n` URL-safe characters (the Go tests' `randstring`).
-pub fn rand_string<R: Runtime>(n: usize) -> String {
+pub fn rand_string<H: Harness>(n: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     (0..n)
-        .map(|_| ALPHABET[R::random_below(ALPHABET.len() as u64) as usize] as char)
+        .map(|_| ALPHABET[H::random_below(ALPHABET.len() as u64) as usize] as char)
         .collect()
 }
 

@@ -24,14 +24,13 @@ use std::time::Duration;
 use kv_core::{
     Clerk, Command, KvServer, Op, Outcome, Progress, Reply, ServerAction, ServerConfig, ServerEvent,
 };
-use raft_core::{Config, Index, Instant, Message, Persist, Term};
+use raft_core::{Config, Index, Instant, Message, Persist};
 
 use crate::executor::{
     ms, now, oneshot, schedule_after, schedule_at, sleep, spawn, timeout, with_rng, OneshotSender,
 };
-use crate::persister::Persister;
-use crate::safety::{fnv1a, SafetyChecker};
 use lincheck::{check, KvInput, KvModel, KvOutput, Operation, Verdict};
+use raft_testkit::{Persister, SafetyChecker};
 
 /// The faults one seed runs with.
 #[derive(Clone, Debug)]
@@ -132,7 +131,6 @@ struct World {
     blocked: Vec<Vec<bool>>,
     healed: bool,
     safety: SafetyChecker,
-    committed: BTreeMap<Index, (Term, u64)>,
     calls: BTreeMap<u64, Call>,
     next_call: u64,
     history: Vec<(u64, u64, u64, KvInput, String)>,
@@ -158,7 +156,6 @@ pub fn run_seed(seed: u64) -> ChaosReport {
                 blocked: vec![vec![false; n]; n],
                 healed: false,
                 safety: SafetyChecker::default(),
-                committed: BTreeMap::new(),
                 calls: BTreeMap::new(),
                 next_call: 0,
                 history: Vec::new(),
@@ -338,19 +335,7 @@ impl Chaos {
                 let raft = node.server.raft();
                 w.safety.after_step(raft);
                 // State machine safety: the committed prefix is the same everywhere.
-                let log = raft.log();
-                for index in log.snapshot().index + 1..=raft.commit_index() {
-                    let e = log
-                        .entry(index)
-                        .expect("committed entries after the snapshot are held");
-                    let fp = fnv1a(0, &e.command);
-                    let seen = *w.committed.entry(index).or_insert((e.term, fp));
-                    assert_eq!(
-                        seen,
-                        (e.term, fp),
-                        "state machine safety: node {i} committed a different entry at {index}"
-                    );
-                }
+                w.safety.check_committed_log(raft);
                 actions
             };
             for action in actions {
@@ -360,16 +345,8 @@ impl Chaos {
                         {
                             let mut w = self.w.borrow_mut();
                             let w = &mut *w;
-                            if let (Some(from), Some(node)) = (p.truncate_from, w.nodes[i].as_ref())
-                            {
-                                let term = node.server.raft().term();
-                                w.safety.log_truncated(i as u64, term, from);
-                            }
-                            if let (Some(first), Some(node)) =
-                                (p.entries.first(), w.nodes[i].as_ref())
-                            {
-                                let prev = node.server.raft().log().term_at(first.index - 1);
-                                w.safety.entries_written(i as u64, &p.entries, prev);
+                            if let Some(node) = w.nodes[i].as_ref() {
+                                w.safety.persist_issued(i as u64, node.server.raft(), &p);
                             }
                             w.nodes[i].as_mut().expect("running").unsynced.push_back(p);
                         }
@@ -484,7 +461,7 @@ impl Chaos {
             let mut w = self.w.borrow_mut();
             let w = &mut *w;
             w.safety
-                .check_send(from as u64, to as u64, &message, &w.disks[from]);
+                .check_send(from as u64, to as u64, &message, w.disks[from].state());
             if w.blocked[from][to] {
                 return;
             }

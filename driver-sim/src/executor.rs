@@ -408,12 +408,12 @@ pub fn ms(millis: u64) -> Duration {
     Duration::from_millis(millis)
 }
 
-/// The simulator's executor as the lab tester's [`Runtime`](crate::tester::Runtime):
+/// The simulator's executor as the lab tester's [`lab::Runtime`]:
 /// virtual time, the simulation's one generator.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SimRuntime;
 
-impl crate::tester::Runtime for SimRuntime {
+impl lab::Runtime for SimRuntime {
     const CLOCK: &'static str = "virtual";
 
     fn now() -> Duration {

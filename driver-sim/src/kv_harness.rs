@@ -7,7 +7,7 @@
 //!
 //! This file runs the servers and the clerks' calls; what the tester does
 //! (the clerk loop, the history and its check, partitions, the result line)
-//! is [`crate::tester`], shared with the other drivers' harnesses.
+//! is the `lab` crate's, shared with the other drivers' harnesses.
 
 use std::cell::{RefCell, RefMut};
 use std::collections::{BTreeMap, VecDeque};
@@ -18,20 +18,14 @@ use std::time::Duration;
 use kv_core::{Clerk, Command, KvServer, Op, Reply, ServerAction, ServerConfig, ServerEvent};
 use raft_core::{Config, Instant, Message};
 
+use lab::net::{Faults, ReplyFate, RequestFate, Traffic};
+use lab::{ClerkEnds, Harness, History, HistoryOp, KvCounters, KvHarness, Links, Runtime, TestRun};
+use raft_testkit::{fnv1a, Persister, SafetyChecker};
+
 use crate::executor::{
-    ms, now, oneshot, schedule_after, schedule_at, with_rng, OneshotReceiver, OneshotSender,
-    SimRuntime,
+    now, oneshot, schedule_after, schedule_at, with_rng, OneshotReceiver, OneshotSender, SimRuntime,
 };
-use crate::network::{Network, ReplyFate, RequestFate};
-use crate::persister::Persister;
-use crate::safety::{fnv1a, SafetyChecker};
-use crate::tester::{self, ClerkEnds, History, KvCounters, Links, Runtime, TestRun};
 
-/// The lab's clerk and history types and constants (from [`crate::tester`]).
-pub use crate::tester::{HistoryOp, CLERK_CALL_TIMEOUT, LINEARIZABILITY_STEPS};
-
-/// The kvraft tests' `electionTimeout`.
-pub const KV_ELECTION_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often labrpc checks whether the server of a pending call died.
 const DEAD_POLL: Duration = Duration::from_millis(100);
 
@@ -62,7 +56,8 @@ struct World {
     gens: Vec<u64>,
     persisters: Vec<Persister>,
     links: Vec<Vec<bool>>,
-    net: Network,
+    faults: Faults,
+    traffic: Traffic,
     rpc_count: Vec<u64>,
     clerks: BTreeMap<u64, Ends>,
     next_clerk: u64,
@@ -89,20 +84,27 @@ pub struct SimClerk {
     clerk: Rc<RefCell<Clerk>>,
 }
 
-impl KvCfg {
+impl Harness for KvCfg {
+    type Rt = SimRuntime;
+}
+
+impl KvHarness for KvCfg {
+    type Clerk = SimClerk;
+
     /// `make_config(n, unreliable, maxraftstate)`: starts and connects `n`
     /// servers; `max_raft_state` of `None` is the lab's −1.
-    pub fn new(n: usize, unreliable: bool, max_raft_state: Option<usize>) -> KvCfg {
+    fn new(n: usize, unreliable: bool, max_raft_state: Option<usize>) -> KvCfg {
         let world = World {
             n,
             slots: (0..n).map(|_| None).collect(),
             gens: vec![0; n],
             persisters: vec![Persister::new(); n],
             links: vec![vec![false; n]; n],
-            net: Network {
+            faults: Faults {
                 reliable: !unreliable,
-                ..Network::default()
+                ..Faults::default()
             },
+            traffic: Traffic::default(),
             rpc_count: vec![0; n],
             clerks: BTreeMap::new(),
             next_clerk: 0,
@@ -121,47 +123,19 @@ impl KvCfg {
         }
         cfg.connect_all();
         let watched = Rc::downgrade(&cfg.world);
-        tester::watch_time_limit::<SimRuntime>(move || {
+        lab::watch_time_limit::<SimRuntime>(move || {
             watched.upgrade().map(|world| KvCfg { world }.status())
         });
         cfg
     }
 
     /// Number of servers.
-    pub fn n(&self) -> usize {
+    fn n(&self) -> usize {
         self.world.borrow().n
     }
 
-    /// Every server index.
-    pub fn all(&self) -> Vec<usize> {
-        (0..self.n()).collect()
-    }
-
-    // ----- connectivity ---------------------------------------------------
-
-    /// Connect server `i` to each of `to` (both directions).
-    pub fn connect(&self, i: usize, to: &[usize]) {
-        self.set_links(i, to, true);
-    }
-
-    /// Disconnect server `i` from each of `from` (both directions).
-    pub fn disconnect(&self, i: usize, from: &[usize]) {
-        self.set_links(i, from, false);
-    }
-
-    /// Reconnect every server to every other ([`Links::connect_all`]).
-    pub fn connect_all(&self) {
-        Links::connect_all(self);
-    }
-
-    /// Each side fully connected internally and cut off from the other
-    /// ([`Links::partition`]).
-    pub fn partition(&self, p1: &[usize], p2: &[usize]) {
-        Links::partition(self, p1, p2);
-    }
-
     /// The first server that believes it leads, if any.
-    pub fn leader(&self) -> Option<usize> {
+    fn leader(&self) -> Option<usize> {
         let w = self.world.borrow();
         (0..w.n).find(|&i| {
             w.slots[i]
@@ -170,29 +144,21 @@ impl KvCfg {
         })
     }
 
-    /// A majority of non-leaders and a minority ending with the leader
-    /// ([`tester::make_partition`]).
-    pub fn make_partition(&self) -> (Vec<usize>, Vec<usize>) {
-        tester::make_partition(self.n(), self.leader())
-    }
-
     /// Turn request/reply loss and short delays on (`true`) or off.
-    pub fn set_unreliable(&self, unreliable: bool) {
-        self.world.borrow_mut().net.reliable = !unreliable;
+    fn set_unreliable(&self, unreliable: bool) {
+        self.world.borrow_mut().faults.reliable = !unreliable;
     }
-
-    // ----- servers --------------------------------------------------------
 
     /// Cut server `i` off, delete it from the network (so it can send no
     /// positive reply from state about to be lost), detach its persister.
-    pub fn shutdown_server(&self, i: usize) {
+    fn shutdown_server(&self, i: usize) {
         let all = self.all();
         self.disconnect(i, &all);
         self.world.borrow_mut().slots[i] = None;
     }
 
     /// (Re)start server `i` from its persister; not connected.
-    pub fn start_server(&self, i: usize) {
+    fn start_server(&self, i: usize) {
         {
             let mut w = self.world.borrow_mut();
             w.slots[i] = None;
@@ -213,11 +179,9 @@ impl KvCfg {
         self.step(i, ServerEvent::TimerFired, None);
     }
 
-    // ----- clerks ---------------------------------------------------------
-
     /// A new clerk whose ends reach the servers in `to`.
-    pub fn make_client(&self, to: &[usize]) -> SimClerk {
-        let (order, clerk) = tester::clerk::new_clerk::<SimRuntime>(self.n());
+    fn make_client(&self, to: &[usize]) -> SimClerk {
+        let (order, clerk) = lab::clerk::new_clerk::<SimRuntime>(self.n());
         let mut w = self.world.borrow_mut();
         let n = w.n;
         let enabled = (0..n).map(|j| to.contains(&j)).collect();
@@ -232,26 +196,15 @@ impl KvCfg {
     }
 
     /// Let clerk `ck` reach exactly the servers in `to`.
-    pub fn connect_client(&self, ck: &SimClerk, to: &[usize]) {
+    fn connect_client(&self, ck: &SimClerk, to: &[usize]) {
         let mut w = self.world.borrow_mut();
         let n = w.n;
         let ends = w.clerks.get_mut(&ck.ends).expect("a clerk of this cluster");
         ends.enabled = (0..n).map(|j| to.contains(&j)).collect();
     }
 
-    /// Cut clerk `ck` off from the servers in `from`.
-    pub fn disconnect_client(&self, ck: &SimClerk, from: &[usize]) {
-        let mut w = self.world.borrow_mut();
-        let ends = w.clerks.get_mut(&ck.ends).expect("a clerk of this cluster");
-        for &j in from {
-            ends.enabled[j] = false;
-        }
-    }
-
-    // ----- tester helpers ---------------------------------------------------
-
     /// Records baselines for `end`'s result line.
-    pub fn begin(&self, name: &str) {
+    fn begin(&self, name: &str) {
         let mut w = self.world.borrow_mut();
         let counters = w.counters();
         w.run.begin(name, SimRuntime::now(), counters);
@@ -259,7 +212,7 @@ impl KvCfg {
 
     /// Checks the whole history with the KV model; running out of the
     /// budget fails ([`History::check_linearizable`]).
-    pub fn check_linearizable(&self) {
+    fn check_linearizable(&self) {
         let w = self.world.borrow();
         w.history.check_linearizable(&SimRuntime::run_name());
     }
@@ -267,14 +220,14 @@ impl KvCfg {
     /// Checks the time limit, prints the lab's result line (virtual seconds,
     /// peers, RPCs, clerk operations) and, with `HISTORY_DIR` set, exports
     /// the history to `<HISTORY_DIR>/<test>-seed<seed>.jsonl`.
-    pub fn end(&self) {
+    fn end(&self) {
         let w = self.world.borrow();
         w.history.export(&SimRuntime::run_name());
         w.run.end(SimRuntime::now(), w.n, w.counters());
     }
 
     /// The largest encoded Raft state over all servers.
-    pub fn log_size(&self) -> usize {
+    fn log_size(&self) -> usize {
         self.world
             .borrow()
             .persisters
@@ -285,7 +238,7 @@ impl KvCfg {
     }
 
     /// The largest snapshot over all servers.
-    pub fn snapshot_size(&self) -> usize {
+    fn snapshot_size(&self) -> usize {
         self.world
             .borrow()
             .persisters
@@ -295,15 +248,46 @@ impl KvCfg {
             .unwrap_or(0)
     }
 
+    /// Requests sent so far.
+    fn rpc_total(&self) -> u64 {
+        self.world.borrow().traffic.rpc_total
+    }
+
+    /// Runs `op` through `ck` over the simulated network (`lab::clerk::run_op`).
+    async fn run_op(&self, ck: &SimClerk, cli: u64, op: Op) -> String {
+        lab::clerk::run_op(&SimEnds(ck), &ck.clerk, cli, op).await
+    }
+}
+
+impl KvCfg {
+    /// Connect server `i` to each of `to` (both directions).
+    pub fn connect(&self, i: usize, to: &[usize]) {
+        self.set_links(i, to, true);
+    }
+
+    /// Disconnect server `i` from each of `from` (both directions).
+    pub fn disconnect(&self, i: usize, from: &[usize]) {
+        self.set_links(i, from, false);
+    }
+    // ----- clerks ---------------------------------------------------------
+
+    /// Cut clerk `ck` off from the servers in `from`.
+    pub fn disconnect_client(&self, ck: &SimClerk, from: &[usize]) {
+        let mut w = self.world.borrow_mut();
+        let ends = w.clerks.get_mut(&ck.ends).expect("a clerk of this cluster");
+        for &j in from {
+            ends.enabled[j] = false;
+        }
+    }
     /// One line per server: incarnation, term, role, commit, applied, log
     /// and snapshot indices, waiting requests, links; for failure reports.
     pub fn status(&self) -> String {
         let w = self.world.borrow();
         let mut out = String::new();
         for i in 0..w.n {
-            let links = tester::links_column(w.n, |j| w.links[i][j]);
+            let links = lab::links_column(w.n, |j| w.links[i][j]);
             let server = w.slots[i].as_ref().map(|s| (s.gen, &s.server));
-            out += &tester::server_status(i, server, &links);
+            out += &lab::server_status(i, server, &links);
         }
         out += &format!(
             "  pending calls {}, clerk ops {}\n",
@@ -313,65 +297,10 @@ impl KvCfg {
         out
     }
 
-    /// Requests sent so far.
-    pub fn rpc_total(&self) -> u64 {
-        self.world.borrow().net.rpc_total
-    }
-
     /// Every clerk operation so far, in return order.
     pub fn history(&self) -> Vec<HistoryOp> {
         self.world.borrow().history.ops().to_vec()
     }
-
-    /// A uniform integer in `0..bound` from the simulation's generator.
-    pub fn rand_below(&self, bound: u64) -> u64 {
-        with_rng(|r| r.below(bound))
-    }
-
-    // ----- clerk operations (the Go test wrappers) --------------------------
-
-    /// `Get` through `ck`, recorded under client number `cli`.
-    pub async fn get(&self, ck: &SimClerk, key: &str, cli: u64) -> String {
-        self.run_op(
-            ck,
-            cli,
-            Op::Get {
-                key: key.to_string(),
-            },
-        )
-        .await
-    }
-
-    /// `Put` through `ck`, recorded under client number `cli`.
-    pub async fn put(&self, ck: &SimClerk, key: &str, value: &str, cli: u64) {
-        self.run_op(
-            ck,
-            cli,
-            Op::Put {
-                key: key.to_string(),
-                value: value.to_string(),
-            },
-        )
-        .await;
-    }
-
-    /// `Append` through `ck`, recorded under client number `cli`.
-    pub async fn append(&self, ck: &SimClerk, key: &str, value: &str, cli: u64) {
-        self.run_op(
-            ck,
-            cli,
-            Op::Append {
-                key: key.to_string(),
-                value: value.to_string(),
-            },
-        )
-        .await;
-    }
-
-    async fn run_op(&self, ck: &SimClerk, cli: u64, op: Op) -> String {
-        tester::clerk::run_op(&SimEnds(ck), &ck.clerk, cli, op).await
-    }
-
     // ----- driving servers ----------------------------------------------------
 
     fn step(&self, i: usize, event: ServerEvent, caller: Option<(usize, u64)>) {
@@ -400,16 +329,8 @@ impl KvCfg {
                             let mut w = self.world.borrow_mut();
                             let w = &mut *w;
                             w.persisters[i].save(&p);
-                            if let (Some(from), Some(slot)) = (p.truncate_from, w.slots[i].as_ref())
-                            {
-                                let term = slot.server.raft().term();
-                                w.safety.log_truncated(i as u64, term, from);
-                            }
-                            if let (Some(first), Some(slot)) =
-                                (p.entries.first(), w.slots[i].as_ref())
-                            {
-                                let prev = slot.server.raft().log().term_at(first.index - 1);
-                                w.safety.entries_written(i as u64, &p.entries, prev);
+                            if let Some(slot) = w.slots[i].as_ref() {
+                                w.safety.persist_issued(i as u64, slot.server.raft(), &p);
                             }
                             // Sizing re-encodes the state: only when it matters.
                             if w.max_raft_state.is_some() {
@@ -463,18 +384,20 @@ impl KvCfg {
         let mut w = self.world.borrow_mut();
         let w = &mut *w;
         w.safety
-            .check_send(from as u64, to as u64, message, &w.persisters[from]);
+            .check_send(from as u64, to as u64, message, w.persisters[from].state());
         let from_gen = w.gens[from];
         if message.is_request() {
             let enabled = w.links[from][to] && w.slots[to].is_some();
             let to_gen = w.gens[to];
-            if let RequestFate::Deliver { delay } = w.net.send_request(bytes.len(), enabled) {
+            w.traffic.request_sent(bytes.len());
+            if let RequestFate::Deliver { delay } = with_rng(|r| w.faults.send_request(enabled, r))
+            {
                 let cfg = self.clone();
                 schedule_after(delay, move || {
                     let handle = {
                         let mut w = cfg.world.borrow_mut();
                         let alive = w.slots[to].as_ref().is_some_and(|s| s.gen == to_gen);
-                        let handle = !w.net.drop_request_now() && alive;
+                        let handle = !with_rng(|r| w.faults.drop_request_now(r)) && alive;
                         if handle {
                             w.rpc_count[to] += 1;
                         }
@@ -497,12 +420,12 @@ impl KvCfg {
                 _ => w.gens[to],
             };
             let alive = w.links[to][from] && w.gens[to] == caller_gen;
-            if let ReplyFate::Deliver { delay } = w.net.send_reply(alive) {
+            if let ReplyFate::Deliver { delay } = with_rng(|r| w.faults.send_reply(alive, r)) {
                 let cfg = self.clone();
                 schedule_after(delay, move || {
                     let deliver = {
                         let mut w = cfg.world.borrow_mut();
-                        w.net.reply_delivered(bytes.len());
+                        w.traffic.reply_delivered(bytes.len());
                         w.slots[to].as_ref().is_some_and(|s| s.gen == caller_gen)
                     };
                     if deliver {
@@ -529,10 +452,11 @@ impl KvCfg {
         let bytes = postcard::to_allocvec(&command).expect("commands encode");
         let mut w = self.world.borrow_mut();
         let enabled = w.clerks[&clerk].enabled[server] && w.slots[server].is_some();
-        match w.net.send_request(bytes.len(), enabled) {
+        w.traffic.request_sent(bytes.len());
+        match with_rng(|r| w.faults.send_request(enabled, r)) {
             RequestFate::Fail => {
-                // Without LongDelays a failed call returns within 0–99 ms.
-                let delay = ms(with_rng(|r| r.below(100)));
+                // The kvraft config leaves LongDelays off.
+                let delay = with_rng(|r| Faults::failed_call_delay(false, r));
                 schedule_after(delay, move || tx.send(None));
             }
             RequestFate::Deliver { delay } => {
@@ -574,7 +498,7 @@ impl KvCfg {
             let mut w = self.world.borrow_mut();
             let Some(call) = w.calls.get(&id) else { return };
             let server = call.server;
-            if w.net.drop_request_now() || !Self::call_alive(&w, call) {
+            if with_rng(|r| w.faults.drop_request_now(r)) || !Self::call_alive(&w, call) {
                 drop(w);
                 self.fail_call(id);
                 return;
@@ -616,13 +540,13 @@ impl KvCfg {
             return;
         };
         let alive = Self::call_alive(&w, &call);
-        match w.net.send_reply(alive) {
+        match with_rng(|r| w.faults.send_reply(alive, r)) {
             ReplyFate::Drop => call.reply.send(None),
             ReplyFate::Deliver { delay } => {
                 let bytes = postcard::to_allocvec(&reply).expect("replies encode");
                 let cfg = self.clone();
                 schedule_after(delay, move || {
-                    cfg.world.borrow_mut().net.reply_delivered(bytes.len());
+                    cfg.world.borrow_mut().traffic.reply_delivered(bytes.len());
                     let reply: Reply = postcard::from_bytes(&bytes).expect("replies decode");
                     call.reply.send(Some(reply));
                 });
@@ -649,7 +573,7 @@ impl World {
     /// The result line's counters now.
     fn counters(&self) -> KvCounters {
         KvCounters {
-            rpcs: self.net.rpc_total,
+            rpcs: self.traffic.rpc_total,
             ops: self.history.len() as u64,
         }
     }

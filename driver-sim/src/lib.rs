@@ -1,9 +1,10 @@
 //! Deterministic simulation of `raft-core`: a virtual clock that jumps to the
 //! next event, one seeded generator for every random draw, the lab's labrpc
-//! network, in-memory persisters holding encoded state, crash and restart, the
-//! MIT 6.5840 Raft and KV lab harnesses (over the driver-independent lab
-//! tester in [`tester`], which other drivers share), and a cluster safety
-//! checker run after every step.
+//! network (`lab::net`'s fault model), in-memory persisters holding encoded
+//! state (`raft_testkit::Persister`), crash and restart, the MIT 6.5840 Raft
+//! and KV lab harnesses (implementations of `lab`'s [`RaftHarness`] and
+//! [`KvHarness`]), and the cluster safety checker
+//! (`raft_testkit::SafetyChecker`) run after every step.
 //!
 //! The seed comes from `SIM_SEED` ([`seed_from_env`]); [`run_test`] prints it
 //! with the test's name whenever a test fails, and running again with that
@@ -14,15 +15,12 @@
 pub mod chaos;
 pub mod executor;
 pub mod kv_harness;
-pub mod network;
-pub mod persister;
 pub mod raft_harness;
-pub mod safety;
-pub mod tester;
 
 pub use executor::{ms, now, run, sleep, spawn, JoinHandle, SimRuntime};
-pub use kv_harness::{KvCfg, SimClerk, KV_ELECTION_TIMEOUT};
-pub use raft_harness::{Cfg, Cmd, RAFT_ELECTION_TIMEOUT};
+pub use kv_harness::{KvCfg, SimClerk};
+pub use lab::{Cmd, Harness, KvHarness, RaftHarness};
+pub use raft_harness::Cfg;
 
 use std::future::Future;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};

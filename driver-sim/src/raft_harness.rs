@@ -3,28 +3,22 @@
 //! slots; the network follows labrpc; persisters hold encoded state; appliers
 //! check what the nodes apply; the safety checker runs after every step.
 //!
-//! This file runs the servers; what the tester does with them (`one`, `wait`,
-//! the leader and term checks, the appliers, the result line) is
-//! [`crate::tester`], shared with the other drivers' harnesses.
+//! This file runs the servers and implements [`RaftHarness`]; what the
+//! tester does with them (`one`, `wait`, the leader and term checks, the
+//! appliers, the result line) is the `lab` crate's, shared with the other
+//! drivers' harnesses.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::time::Duration;
 
 use raft_core::{Action, Config, Event, Index, Instant, Message, RaftNode, Term};
 
+use lab::net::{Faults, ReplyFate, RequestFate, Traffic};
+use lab::{Appliers, Cmd, Harness, RaftCounters, RaftHarness, Runtime, TestRun};
+use raft_testkit::{fnv1a, Persister, SafetyChecker};
+
 use crate::executor::{now, schedule_after, schedule_at, with_rng, SimRuntime};
-use crate::network::{Network, ReplyFate, RequestFate};
-use crate::persister::Persister;
-use crate::safety::{fnv1a, SafetyChecker};
-use crate::tester::{self, Appliers, RaftCluster, RaftCounters, Runtime, TestRun};
-
-/// The lab's command type and constants (from [`crate::tester`]).
-pub use crate::tester::{Cmd, SNAPSHOT_INTERVAL, TEST_TIME_LIMIT};
-
-/// The lab's `RaftElectionTimeout`.
-pub const RAFT_ELECTION_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// A running server: one incarnation of a node.
 struct Slot {
@@ -42,7 +36,8 @@ struct World {
     gens: Vec<u64>,
     persisters: Vec<Persister>,
     connected: Vec<bool>,
-    net: Network,
+    faults: Faults,
+    traffic: Traffic,
     rpc_count: Vec<u64>,
     appliers: Appliers,
     safety: SafetyChecker,
@@ -64,20 +59,25 @@ enum FollowUp {
     Snapshot(Index, Vec<u8>),
 }
 
-impl Cfg {
+impl Harness for Cfg {
+    type Rt = SimRuntime;
+}
+
+impl RaftHarness for Cfg {
     /// `make_config(n, unreliable, snapshot)`: starts `n` servers (with the
     /// snapshotting applier if `snapshot`), connects them all.
-    pub fn new(n: usize, unreliable: bool, snapshot: bool) -> Cfg {
+    fn new(n: usize, unreliable: bool, snapshot: bool) -> Cfg {
         let world = World {
             n,
             slots: (0..n).map(|_| None).collect(),
             gens: vec![0; n],
             persisters: vec![Persister::new(); n],
             connected: vec![false; n],
-            net: Network {
+            faults: Faults {
                 reliable: !unreliable,
-                ..Network::default()
+                ..Faults::default()
             },
+            traffic: Traffic::default(),
             rpc_count: vec![0; n],
             appliers: Appliers::new(n, snapshot),
             safety: SafetyChecker::default(),
@@ -98,21 +98,19 @@ impl Cfg {
     }
 
     /// Number of servers.
-    pub fn n(&self) -> usize {
+    fn n(&self) -> usize {
         self.world.borrow().n
     }
 
-    // ----- lifecycle -----------------------------------------------------
-
     /// Crash server `i`: disconnect it, delete it from the network, detach its
     /// persister. Its in-flight replies are discarded.
-    pub fn crash1(&self, i: usize) {
+    fn crash1(&self, i: usize) {
         self.disconnect(i);
         self.world.borrow_mut().slots[i] = None;
     }
 
     /// (Re)start server `i` from its persisted state, not connected.
-    pub fn start1(&self, i: usize) {
+    fn start1(&self, i: usize) {
         self.crash1(i);
         let (node, gen) = {
             let mut w = self.world.borrow_mut();
@@ -136,40 +134,38 @@ impl Cfg {
     }
 
     /// Is server `i` running (not crashed)?
-    pub fn is_alive(&self, i: usize) -> bool {
+    fn is_alive(&self, i: usize) -> bool {
         self.world.borrow().slots[i].is_some()
     }
 
     /// Connect server `i` to every other connected server.
-    pub fn connect(&self, i: usize) {
+    fn connect(&self, i: usize) {
         self.world.borrow_mut().connected[i] = true;
     }
 
     /// Cut server `i` off from every other server.
-    pub fn disconnect(&self, i: usize) {
+    fn disconnect(&self, i: usize) {
         self.world.borrow_mut().connected[i] = false;
     }
 
     /// Is server `i` connected?
-    pub fn is_connected(&self, i: usize) -> bool {
+    fn is_connected(&self, i: usize) -> bool {
         self.world.borrow().connected[i]
     }
 
     /// Turn request/reply loss and short delays on (`false`) or off.
-    pub fn set_unreliable(&self, unreliable: bool) {
-        self.world.borrow_mut().net.reliable = !unreliable;
+    fn set_unreliable(&self, unreliable: bool) {
+        self.world.borrow_mut().faults.reliable = !unreliable;
     }
 
     /// Turn long reordering of replies on or off.
-    pub fn set_long_reordering(&self, on: bool) {
-        self.world.borrow_mut().net.long_reordering = on;
+    fn set_long_reordering(&self, on: bool) {
+        self.world.borrow_mut().faults.long_reordering = on;
     }
-
-    // ----- the Raft API as the tester sees it -----------------------------
 
     /// `rf.Start(cmd)` on server `i`: `Some((index, term))` if it is the
     /// leader and accepted the command, `None` otherwise (or if crashed).
-    pub fn start(&self, i: usize, cmd: impl Into<Cmd>) -> Option<(Index, Term)> {
+    fn start(&self, i: usize, cmd: impl Into<Cmd>) -> Option<(Index, Term)> {
         let id = {
             let mut w = self.world.borrow_mut();
             w.slots[i].as_ref()?;
@@ -190,17 +186,15 @@ impl Cfg {
 
     /// `rf.GetState()` on server `i`: (term, is leader). A crashed server
     /// answers `(0, false)`.
-    pub fn get_state(&self, i: usize) -> (Term, bool) {
+    fn get_state(&self, i: usize) -> (Term, bool) {
         let w = self.world.borrow();
         w.slots[i]
             .as_ref()
             .map_or((0, false), |s| (s.node.term(), s.node.is_leader()))
     }
 
-    // ----- tester helpers (config.go) ------------------------------------
-
     /// Prints nothing yet; records baselines for `end`'s result line.
-    pub fn begin(&self, name: &str) {
+    fn begin(&self, name: &str) {
         let mut w = self.world.borrow_mut();
         let counters = w.counters();
         w.run.begin(name, SimRuntime::now(), counters);
@@ -208,60 +202,33 @@ impl Cfg {
 
     /// Checks the time limit and prints the lab's result line: virtual
     /// seconds, peers, RPCs, bytes, commands committed.
-    pub fn end(&self) {
+    fn end(&self) {
         let w = self.world.borrow();
         w.run.end(SimRuntime::now(), w.n, w.counters());
     }
 
-    /// Waits for a leader and returns it ([`tester::raft::check_one_leader`]).
-    pub async fn check_one_leader(&self) -> usize {
-        tester::raft::check_one_leader(self).await
-    }
-
-    /// The term all connected servers agree on ([`tester::raft::check_terms`]).
-    pub fn check_terms(&self) -> Term {
-        tester::raft::check_terms(self)
-    }
-
-    /// No connected server claims to lead ([`tester::raft::check_no_leader`]).
-    pub fn check_no_leader(&self) {
-        tester::raft::check_no_leader(self)
-    }
-
     /// How many servers have applied `index`, and the command there.
-    pub fn n_committed(&self, index: Index) -> (usize, Option<Cmd>) {
+    fn n_committed(&self, index: Index) -> (usize, Option<Cmd>) {
         self.world.borrow().appliers.n_committed(index)
     }
 
-    /// Waits until `n` servers applied `index`; `None` if a term moved past
-    /// `start_term` ([`tester::raft::wait`]).
-    pub async fn wait(&self, index: Index, n: usize, start_term: Option<Term>) -> Option<Cmd> {
-        tester::raft::wait(self, index, n, start_term).await
-    }
-
-    /// The lab's `one()`: `cmd` committed by `expected` servers; its index
-    /// ([`tester::raft::one`]).
-    pub async fn one(&self, cmd: impl Into<Cmd>, expected: usize, retry: bool) -> Index {
-        tester::raft::one(self, cmd.into(), expected, retry).await
-    }
-
     /// Handler invocations on server `i` since it (re)started.
-    pub fn rpc_count(&self, i: usize) -> u64 {
+    fn rpc_count(&self, i: usize) -> u64 {
         self.world.borrow().rpc_count[i]
     }
 
     /// Requests sent so far.
-    pub fn rpc_total(&self) -> u64 {
-        self.world.borrow().net.rpc_total
+    fn rpc_total(&self) -> u64 {
+        self.world.borrow().traffic.rpc_total
     }
 
     /// Request bytes plus delivered reply bytes so far.
-    pub fn bytes_total(&self) -> u64 {
-        self.world.borrow().net.bytes_total
+    fn bytes_total(&self) -> u64 {
+        self.world.borrow().traffic.bytes_total
     }
 
     /// The largest encoded Raft state over all servers.
-    pub fn log_size(&self) -> usize {
+    fn log_size(&self) -> usize {
         let w = self.world.borrow();
         w.persisters
             .iter()
@@ -271,7 +238,7 @@ impl Cfg {
     }
 
     /// The largest snapshot over all servers.
-    pub fn snapshot_size(&self) -> usize {
+    fn snapshot_size(&self) -> usize {
         let w = self.world.borrow();
         w.persisters
             .iter()
@@ -279,22 +246,13 @@ impl Cfg {
             .max()
             .unwrap_or(0)
     }
+}
 
+impl Cfg {
     /// A fingerprint of every message delivered so far and when: equal for
     /// two runs of a scenario with the same seed.
     pub fn trace_hash(&self) -> u64 {
         self.world.borrow().trace
-    }
-
-    /// A random non-negative integer from the simulation's generator (Go's
-    /// `rand.Int()`).
-    pub fn rand_int(&self) -> i64 {
-        with_rng(|r| (r.next_u64() >> 1) as i64)
-    }
-
-    /// A uniform integer in `0..bound` from the simulation's generator.
-    pub fn rand_below(&self, bound: u64) -> u64 {
-        with_rng(|r| r.below(bound))
     }
 
     // ----- driving nodes --------------------------------------------------
@@ -340,13 +298,8 @@ impl Cfg {
                         let mut w = self.world.borrow_mut();
                         let w = &mut *w;
                         w.persisters[i].save(p);
-                        if let (Some(from), Some(slot)) = (p.truncate_from, w.slots[i].as_ref()) {
-                            w.safety.log_truncated(i as u64, slot.node.term(), from);
-                        }
-                        if let (Some(first), Some(slot)) = (p.entries.first(), w.slots[i].as_ref())
-                        {
-                            let prev = slot.node.log().term_at(first.index - 1);
-                            w.safety.entries_written(i as u64, &p.entries, prev);
+                        if let Some(slot) = w.slots[i].as_ref() {
+                            w.safety.persist_issued(i as u64, &slot.node, p);
                         }
                     }
                     for (to, message) in &p.then_send {
@@ -403,12 +356,13 @@ impl Cfg {
         let mut w = self.world.borrow_mut();
         let w = &mut *w;
         w.safety
-            .check_send(from as u64, to as u64, message, &w.persisters[from]);
+            .check_send(from as u64, to as u64, message, w.persisters[from].state());
         let from_gen = w.gens[from];
         if message.is_request() {
             let enabled = w.connected[from] && w.connected[to] && w.slots[to].is_some();
             let to_gen = w.gens[to];
-            match w.net.send_request(bytes.len(), enabled) {
+            w.traffic.request_sent(bytes.len());
+            match with_rng(|r| w.faults.send_request(enabled, r)) {
                 RequestFate::Fail => {}
                 RequestFate::Deliver { delay } => {
                     let cfg = self.clone();
@@ -426,7 +380,7 @@ impl Cfg {
                 && w.connected[to]
                 && w.gens[to] == caller_gen
                 && w.slots[from].as_ref().is_some_and(|s| s.gen == from_gen);
-            match w.net.send_reply(alive) {
+            match with_rng(|r| w.faults.send_reply(alive, r)) {
                 ReplyFate::Drop => {}
                 ReplyFate::Deliver { delay } => {
                     let cfg = self.clone();
@@ -441,7 +395,7 @@ impl Cfg {
     fn request_arrived(&self, from: usize, from_gen: u64, to: usize, to_gen: u64, bytes: Vec<u8>) {
         {
             let mut w = self.world.borrow_mut();
-            if w.net.drop_request_now() {
+            if with_rng(|r| w.faults.drop_request_now(r)) {
                 return;
             }
             // The server was replaced meanwhile: the old instance handles it
@@ -468,7 +422,7 @@ impl Cfg {
     fn reply_arrived(&self, from: usize, to: usize, to_gen: u64, bytes: Vec<u8>) {
         {
             let mut w = self.world.borrow_mut();
-            w.net.reply_delivered(bytes.len());
+            w.traffic.reply_delivered(bytes.len());
             if w.slots[to].as_ref().is_none_or(|s| s.gen != to_gen) {
                 return;
             }
@@ -492,38 +446,9 @@ impl World {
     /// The result line's counters now.
     fn counters(&self) -> RaftCounters {
         RaftCounters {
-            rpcs: self.net.rpc_total,
-            bytes: self.net.bytes_total,
+            rpcs: self.traffic.rpc_total,
+            bytes: self.traffic.bytes_total,
             max_index: self.appliers.max_index(),
         }
-    }
-}
-
-/// The tester's view of the simulated cluster.
-impl RaftCluster for Cfg {
-    type Runtime = SimRuntime;
-
-    fn n(&self) -> usize {
-        Cfg::n(self)
-    }
-
-    fn is_alive(&self, i: usize) -> bool {
-        Cfg::is_alive(self, i)
-    }
-
-    fn is_connected(&self, i: usize) -> bool {
-        Cfg::is_connected(self, i)
-    }
-
-    fn get_state(&self, i: usize) -> (Term, bool) {
-        Cfg::get_state(self, i)
-    }
-
-    fn start(&self, i: usize, cmd: Cmd) -> Option<(Index, Term)> {
-        Cfg::start(self, i, cmd)
-    }
-
-    fn n_committed(&self, index: Index) -> (usize, Option<Cmd>) {
-        Cfg::n_committed(self, index)
     }
 }

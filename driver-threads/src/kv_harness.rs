@@ -1,16 +1,14 @@
-//! The KV lab harness on OS threads: `driver_sim::KvCfg`'s and
-//! `driver_sim::SimClerk`'s public methods, with the same names, signatures
-//! and checks, over real threads and clocks (a port of the 6.5840 (2023)
+//! The KV lab harness on OS threads: `lab::KvHarness` (as the simulator's
+//! `KvCfg` implements it, with the same checks), over real threads and clocks (a port of the 6.5840 (2023)
 //! `kvraft/config.go`, lab-tests.md §4.2).
 //!
 //! Each server is a `kv_core::KvServer` on its own thread
-//! ([`crate::node`], `lab::Servers`), built with the same
+//! ([`crate::node`], `harness::Servers`), built with the same
 //! `ServerConfig` as in the simulator and told the encoded Raft state's size
 //! after every write, so it snapshots at `max_raft_state` as it does there.
 //! Clerks are `kv_core::Clerk`s with their own ends to every server, in a
 //! random order per clerk (the Go tester's shuffled ends), driven by the
-//! simulator's loop (`driver_sim::tester::clerk`, [`CLERK_CALL_TIMEOUT`] per
-//! call). Every operation is recorded with its real call and return times
+//! lab's clerk loop (`lab::clerk`, [`lab::CLERK_CALL_TIMEOUT`] per call). Every operation is recorded with its real call and return times
 //! (monotonic nanoseconds since the run began) and the history is checked
 //! with `lincheck` under the same step budget (running
 //! out fails).
@@ -24,15 +22,11 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::rc::Rc;
 
-use driver_sim::tester::{self, ClerkEnds, History, KvCounters, Links, Runtime, TestRun};
 use kv_core::{Clerk, Command, KvServer, Op, Reply, ServerConfig};
+use lab::{ClerkEnds, Harness, History, HistoryOp, KvCounters, KvHarness, Links, Runtime, TestRun};
 use raft_core::Config;
 
-pub use driver_sim::kv_harness::{
-    HistoryOp, CLERK_CALL_TIMEOUT, KV_ELECTION_TIMEOUT, LINEARIZABILITY_STEPS,
-};
-
-use crate::lab::{RealTime, Safety, Servers};
+use crate::harness::{RealTime, Safety, Servers};
 use crate::rt::with_rng;
 
 struct KvInner {
@@ -62,11 +56,17 @@ pub struct ThreadClerk {
     clerk: Rc<RefCell<Clerk>>,
 }
 
-impl ThreadKvCfg {
+impl Harness for ThreadKvCfg {
+    type Rt = RealTime;
+}
+
+impl KvHarness for ThreadKvCfg {
+    type Clerk = ThreadClerk;
+
     /// `make_config(n, unreliable, maxraftstate)`: starts and connects `n`
     /// servers; `max_raft_state` of `None` is the lab's −1. Fails the test
     /// if it is still running after 120 s.
-    pub fn new(n: usize, unreliable: bool, max_raft_state: Option<usize>) -> ThreadKvCfg {
+    fn new(n: usize, unreliable: bool, max_raft_state: Option<usize>) -> ThreadKvCfg {
         // The kvraft config leaves LongDelays off: failed calls return
         // within 100 ms so clerks move on quickly.
         let servers = Servers::new(n, unreliable, false);
@@ -85,7 +85,7 @@ impl ThreadKvCfg {
         }
         cfg.connect_all();
         let watched = Rc::downgrade(&cfg.inner);
-        tester::watch_time_limit::<RealTime>(move || {
+        lab::watch_time_limit::<RealTime>(move || {
             watched
                 .upgrade()
                 .map(|inner| ThreadKvCfg { inner }.status())
@@ -94,40 +94,12 @@ impl ThreadKvCfg {
     }
 
     /// Number of servers.
-    pub fn n(&self) -> usize {
+    fn n(&self) -> usize {
         self.inner.servers.n
     }
 
-    /// Every server index.
-    pub fn all(&self) -> Vec<usize> {
-        (0..self.n()).collect()
-    }
-
-    // ----- connectivity ---------------------------------------------------
-
-    /// Connect server `i` to each of `to` (both directions).
-    pub fn connect(&self, i: usize, to: &[usize]) {
-        self.set_links(i, to, true);
-    }
-
-    /// Disconnect server `i` from each of `from` (both directions).
-    pub fn disconnect(&self, i: usize, from: &[usize]) {
-        self.set_links(i, from, false);
-    }
-
-    /// Reconnect every server to every other ([`Links::connect_all`]).
-    pub fn connect_all(&self) {
-        Links::connect_all(self);
-    }
-
-    /// Each side fully connected internally and cut off from the other
-    /// ([`Links::partition`]).
-    pub fn partition(&self, p1: &[usize], p2: &[usize]) {
-        Links::partition(self, p1, p2);
-    }
-
     /// The first server that believes it leads, if any.
-    pub fn leader(&self) -> Option<usize> {
+    fn leader(&self) -> Option<usize> {
         (0..self.n()).find(|&i| {
             self.inner
                 .servers
@@ -137,30 +109,22 @@ impl ThreadKvCfg {
         })
     }
 
-    /// A majority of non-leaders and a minority ending with the leader
-    /// ([`tester::make_partition`]).
-    pub fn make_partition(&self) -> (Vec<usize>, Vec<usize>) {
-        tester::make_partition(self.n(), self.leader())
-    }
-
     /// Turn request/reply loss and short delays on (`true`) or off.
-    pub fn set_unreliable(&self, unreliable: bool) {
+    fn set_unreliable(&self, unreliable: bool) {
         self.inner.servers.net.set_reliable(!unreliable);
     }
-
-    // ----- servers --------------------------------------------------------
 
     /// Cut server `i` off, delete it from the network (so it can send no
     /// positive reply from state about to be lost), stop its thread, detach
     /// its persister.
-    pub fn shutdown_server(&self, i: usize) {
+    fn shutdown_server(&self, i: usize) {
         let all = self.all();
         self.disconnect(i, &all);
         self.inner.servers.kill(i);
     }
 
     /// (Re)start server `i` from its persister; not connected.
-    pub fn start_server(&self, i: usize) {
+    fn start_server(&self, i: usize) {
         self.inner.servers.kill(i);
         let (storage, state, snapshot) = self.inner.servers.load(i);
         let members: Vec<u64> = (0..self.n() as u64).collect();
@@ -177,11 +141,9 @@ impl ThreadKvCfg {
             .spawn(i, server, storage, output, measure);
     }
 
-    // ----- clerks ---------------------------------------------------------
-
     /// A new clerk whose ends reach the servers in `to`.
-    pub fn make_client(&self, to: &[usize]) -> ThreadClerk {
-        let (order, clerk) = tester::clerk::new_clerk::<RealTime>(self.n());
+    fn make_client(&self, to: &[usize]) -> ThreadClerk {
+        let (order, clerk) = lab::clerk::new_clerk::<RealTime>(self.n());
         let enabled = (0..self.n()).map(|j| to.contains(&j)).collect();
         let ends = self.inner.servers.net.add_client(enabled);
         self.inner.clerks.borrow_mut().insert(ends, order);
@@ -193,7 +155,7 @@ impl ThreadKvCfg {
     }
 
     /// Let clerk `ck` reach exactly the servers in `to`.
-    pub fn connect_client(&self, ck: &ThreadClerk, to: &[usize]) {
+    fn connect_client(&self, ck: &ThreadClerk, to: &[usize]) {
         for j in 0..self.n() {
             self.inner
                 .servers
@@ -202,24 +164,15 @@ impl ThreadKvCfg {
         }
     }
 
-    /// Cut clerk `ck` off from the servers in `from`.
-    pub fn disconnect_client(&self, ck: &ThreadClerk, from: &[usize]) {
-        for &j in from {
-            self.inner.servers.net.set_client_link(ck.ends, j, false);
-        }
-    }
-
-    // ----- tester helpers ---------------------------------------------------
-
     /// Records baselines for `end`'s result line.
-    pub fn begin(&self, name: &str) {
+    fn begin(&self, name: &str) {
         let mut run = self.inner.run.borrow_mut();
         run.begin(name, RealTime::now(), self.counters());
     }
 
     /// Checks the whole history with the KV model; running out of the
     /// budget fails ([`History::check_linearizable`]).
-    pub fn check_linearizable(&self) {
+    fn check_linearizable(&self) {
         let history = self.inner.history.borrow();
         history.check_linearizable(&RealTime::run_name());
     }
@@ -228,29 +181,59 @@ impl ThreadKvCfg {
     /// lab's result line (real seconds, peers, RPCs, clerk operations) and,
     /// with `HISTORY_DIR` set, exports the history to
     /// `<HISTORY_DIR>/<test>-threads-seed<seed>.jsonl`.
-    pub fn end(&self) {
+    fn end(&self) {
         self.inner.history.borrow().export(&RealTime::run_name());
         self.inner.servers.check_failures();
         let run = self.inner.run.borrow();
         run.end(RealTime::now(), self.n(), self.counters());
     }
 
+    /// The largest encoded Raft state over all servers.
+    fn log_size(&self) -> usize {
+        self.inner.servers.log_size()
+    }
+
+    /// The largest snapshot over all servers.
+    fn snapshot_size(&self) -> usize {
+        self.inner.servers.snapshot_size()
+    }
+
+    /// Requests sent so far.
+    fn rpc_total(&self) -> u64 {
+        self.inner.servers.net.rpc_total()
+    }
+
+    /// Runs `op` through `ck` over the in-process network
+    /// (`lab::clerk::run_op`).
+    async fn run_op(&self, ck: &ThreadClerk, cli: u64, op: Op) -> String {
+        lab::clerk::run_op(&ThreadEnds(ck), &ck.clerk, cli, op).await
+    }
+}
+
+impl ThreadKvCfg {
+    /// Connect server `i` to each of `to` (both directions).
+    pub fn connect(&self, i: usize, to: &[usize]) {
+        self.set_links(i, to, true);
+    }
+
+    /// Disconnect server `i` from each of `from` (both directions).
+    pub fn disconnect(&self, i: usize, from: &[usize]) {
+        self.set_links(i, from, false);
+    }
+    // ----- clerks ---------------------------------------------------------
+
+    /// Cut clerk `ck` off from the servers in `from`.
+    pub fn disconnect_client(&self, ck: &ThreadClerk, from: &[usize]) {
+        for &j in from {
+            self.inner.servers.net.set_client_link(ck.ends, j, false);
+        }
+    }
     /// The result line's counters now.
     fn counters(&self) -> KvCounters {
         KvCounters {
             rpcs: self.inner.servers.net.rpc_total(),
             ops: self.inner.history.borrow().len() as u64,
         }
-    }
-
-    /// The largest encoded Raft state over all servers.
-    pub fn log_size(&self) -> usize {
-        self.inner.servers.log_size()
-    }
-
-    /// The largest snapshot over all servers.
-    pub fn snapshot_size(&self) -> usize {
-        self.inner.servers.snapshot_size()
     }
 
     /// One line per server: incarnation, term, role, commit, applied, log
@@ -260,14 +243,14 @@ impl ThreadKvCfg {
         let net = &self.inner.servers.net;
         let mut out = String::new();
         for i in 0..n {
-            let links = tester::links_column(n, |j| net.link(i, j));
+            let links = lab::links_column(n, |j| net.link(i, j));
             let line = self.inner.servers.node(i, |node| {
                 let gen = node.generation();
-                node.with(|s| tester::server_status(i, Some((gen, s)), &links))
+                node.with(|s| lab::server_status(i, Some((gen, s)), &links))
             });
             out += &line
                 .flatten()
-                .unwrap_or_else(|| tester::server_status(i, None, &links));
+                .unwrap_or_else(|| lab::server_status(i, None, &links));
         }
         out += &format!(
             "  pending calls {}, clerk ops {}\n",
@@ -277,63 +260,9 @@ impl ThreadKvCfg {
         out
     }
 
-    /// Requests sent so far.
-    pub fn rpc_total(&self) -> u64 {
-        self.inner.servers.net.rpc_total()
-    }
-
     /// Every clerk operation so far, in return order.
     pub fn history(&self) -> Vec<HistoryOp> {
         self.inner.history.borrow().ops().to_vec()
-    }
-
-    /// A uniform integer in `0..bound` from the run's generator.
-    pub fn rand_below(&self, bound: u64) -> u64 {
-        with_rng(|r| r.below(bound))
-    }
-
-    // ----- clerk operations (the Go test wrappers) --------------------------
-
-    /// `Get` through `ck`, recorded under client number `cli`.
-    pub async fn get(&self, ck: &ThreadClerk, key: &str, cli: u64) -> String {
-        self.run_op(
-            ck,
-            cli,
-            Op::Get {
-                key: key.to_string(),
-            },
-        )
-        .await
-    }
-
-    /// `Put` through `ck`, recorded under client number `cli`.
-    pub async fn put(&self, ck: &ThreadClerk, key: &str, value: &str, cli: u64) {
-        self.run_op(
-            ck,
-            cli,
-            Op::Put {
-                key: key.to_string(),
-                value: value.to_string(),
-            },
-        )
-        .await;
-    }
-
-    /// `Append` through `ck`, recorded under client number `cli`.
-    pub async fn append(&self, ck: &ThreadClerk, key: &str, value: &str, cli: u64) {
-        self.run_op(
-            ck,
-            cli,
-            Op::Append {
-                key: key.to_string(),
-                value: value.to_string(),
-            },
-        )
-        .await;
-    }
-
-    async fn run_op(&self, ck: &ThreadClerk, cli: u64, op: Op) -> String {
-        tester::clerk::run_op(&ThreadEnds(ck), &ck.clerk, cli, op).await
     }
 }
 

@@ -25,9 +25,9 @@ pub mod tcp_node;
 // The in-process driver: a real-time executor for test bodies, the lab's
 // faulty network, node threads, and (feature `lab`) the lab harnesses.
 #[cfg(feature = "lab")]
-pub mod kv_harness;
+mod harness;
 #[cfg(feature = "lab")]
-mod lab;
+pub mod kv_harness;
 pub mod network;
 pub mod node;
 pub mod persister;
@@ -36,8 +36,8 @@ pub mod raft_harness;
 pub mod rt;
 
 #[cfg(feature = "lab")]
-pub use kv_harness::{ThreadClerk, ThreadKvCfg};
+pub use harness::RealTime;
 #[cfg(feature = "lab")]
-pub use lab::RealTime;
+pub use kv_harness::{ThreadClerk, ThreadKvCfg};
 #[cfg(feature = "lab")]
 pub use raft_harness::ThreadCfg;

@@ -604,8 +604,8 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::network::NetConfig;
-    use crate::persister::Persister;
     use crate::rt::{ms, run, sleep, timeout};
+    use raft_testkit::Persister;
 
     /// Tests that run a real-time cluster take turns, as the lab's tests do,
     /// so that one cluster's load is not another's network delay.

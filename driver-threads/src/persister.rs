@@ -1,5 +1,6 @@
 //! Where a node thread writes its `Persist` actions: the [`Storage`] trait
-//! and the lab's in-memory [`Persister`].
+//! (implemented for the lab's in-memory `raft_testkit::Persister` with the
+//! `lab` feature, and by the TCP node's durable store).
 //!
 //! A node thread holds its storage as `Arc<Mutex<S>>` and writes each
 //! `Persist` synchronously before reporting `Persisted`, so a write is
@@ -23,57 +24,23 @@ pub trait Storage: Clone + Send + 'static {
     fn snapshot_size(&self) -> usize;
 }
 
-/// The lab's persister, in memory: the `DurableState` the node's writes
-/// build, encoded with postcard whenever its size is asked for or the node
-/// restarts (so sizes measure the real encoding, and every restart goes
-/// through a real encode/decode round trip).
-#[derive(Clone, Debug, Default)]
-pub struct Persister {
-    state: DurableState,
-    snapshot: Vec<u8>,
-}
-
-impl Persister {
-    /// Empty storage.
-    pub fn new() -> Self {
-        Persister::default()
-    }
-
-    /// The stored Raft state, encoded.
-    pub fn raft_state(&self) -> Vec<u8> {
-        postcard::to_allocvec(&self.state).expect("durable state encodes")
-    }
-
-    /// The stored snapshot bytes (empty before the first snapshot).
-    pub fn snapshot(&self) -> &[u8] {
-        &self.snapshot
-    }
-
-    /// The durable state as structured data.
-    pub fn state(&self) -> &DurableState {
-        &self.state
-    }
-}
-
-impl Storage for Persister {
+/// The lab's in-memory persister (`raft_testkit::Persister`), as a node
+/// thread's storage: the lab harnesses and this crate's tests use it.
+#[cfg(any(test, feature = "lab"))]
+impl Storage for raft_testkit::Persister {
     fn save(&mut self, persist: &Persist) {
-        if let Some(data) = self.state.apply(persist) {
-            self.snapshot = data;
-        }
+        raft_testkit::Persister::save(self, persist);
     }
 
     fn load(&self) -> (DurableState, Option<Vec<u8>>) {
-        let state: DurableState =
-            postcard::from_bytes(&self.raft_state()).expect("durable state decodes");
-        let snapshot = state.snapshot.map(|_| self.snapshot.clone());
-        (state, snapshot)
+        raft_testkit::Persister::load(self)
     }
 
     fn raft_state_size(&self) -> usize {
-        self.raft_state().len()
+        raft_testkit::Persister::raft_state_size(self)
     }
 
     fn snapshot_size(&self) -> usize {
-        self.snapshot.len()
+        raft_testkit::Persister::snapshot_size(self)
     }
 }

@@ -1,17 +1,17 @@
-//! The Raft lab harness on OS threads: `driver_sim::Cfg`'s public methods,
-//! with the same names, signatures and checks, over real threads and clocks
+//! The Raft lab harness on OS threads: `lab::RaftHarness` (as `driver_sim::Cfg`
+//! implements it, with the same checks), over real threads and clocks
 //! (a port of the 6.5840 (2023) `raft/config.go`, lab-tests.md §2).
 //!
 //! Each server is a `RaftNode` on its own thread ([`crate::node`]); the
 //! network is [`crate::network`] with labrpc's semantics; each persister is
-//! the simulator's, behind a mutex (`lab::Servers`). The appliers
-//! (`driver_sim::tester::Appliers`: the Go `applier` and `applierSnap`, with
+//! `raft_testkit`'s in-memory one, behind a mutex (`harness::Servers`). The appliers
+//! (`lab::Appliers`: the Go `applier` and `applierSnap`, with
 //! their "apply out of order" and "commit index=…" checks, and the tester's
-//! snapshot every [`SNAPSHOT_INTERVAL`] entries) run on the node threads
+//! snapshot every [`lab::SNAPSHOT_INTERVAL`] entries) run on the node threads
 //! under the harness's mutex; the cluster safety checker runs after every
 //! step, as in the simulator. A failure on a node thread fails the test on
 //! the body's thread. The waits and checks (`one`, `wait`,
-//! `check_one_leader`, …) are the simulator's, from `driver_sim::tester`.
+//! `check_one_leader`, …) are the lab crate's, shared with the simulator.
 //!
 //! Crash and restart follow config.go: `crash1` disconnects the server,
 //! deletes it from the network, stops its thread (its incarnation never
@@ -25,15 +25,10 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-use driver_sim::tester::{self, Appliers, RaftCluster, RaftCounters, Runtime, TestRun};
+use lab::{Appliers, Cmd, Harness, RaftCounters, RaftHarness, Runtime, TestRun};
 use raft_core::{Action, Config, Event, Index, RaftNode, Term};
 
-/// The lab's command type and constants, as in the simulator.
-pub use driver_sim::raft_harness::{
-    Cmd, RAFT_ELECTION_TIMEOUT, SNAPSHOT_INTERVAL, TEST_TIME_LIMIT,
-};
-
-use crate::lab::{RealTime, Safety, Servers};
+use crate::harness::{RealTime, Safety, Servers};
 use crate::rt::{lock, with_rng};
 
 struct Inner {
@@ -73,10 +68,14 @@ fn apply(appliers: &Mutex<Appliers>, safety: &Safety, id: usize, action: Action)
     }
 }
 
-impl ThreadCfg {
+impl Harness for ThreadCfg {
+    type Rt = RealTime;
+}
+
+impl RaftHarness for ThreadCfg {
     /// `make_config(n, unreliable, snapshot)`: starts `n` servers (with the
     /// snapshotting applier if `snapshot`), connects them all.
-    pub fn new(n: usize, unreliable: bool, snapshot: bool) -> ThreadCfg {
+    fn new(n: usize, unreliable: bool, snapshot: bool) -> ThreadCfg {
         // The Raft config turns LongDelays on (lab-tests.md §2.3).
         let servers = Servers::new(n, unreliable, true);
         let inner = Inner {
@@ -99,21 +98,19 @@ impl ThreadCfg {
     }
 
     /// Number of servers.
-    pub fn n(&self) -> usize {
+    fn n(&self) -> usize {
         self.inner.servers.n
     }
 
-    // ----- lifecycle -----------------------------------------------------
-
     /// Crash server `i`: disconnect it, delete it from the network, stop its
     /// thread, detach its persister (the next incarnation gets a copy).
-    pub fn crash1(&self, i: usize) {
+    fn crash1(&self, i: usize) {
         self.disconnect(i);
         self.inner.servers.kill(i);
     }
 
     /// (Re)start server `i` from its persisted state, not connected.
-    pub fn start1(&self, i: usize) {
+    fn start1(&self, i: usize) {
         self.crash1(i);
         let (storage, state, snapshot) = self.inner.servers.load(i);
         lock(&self.inner.appliers).restarted(i, snapshot.as_deref());
@@ -128,12 +125,12 @@ impl ThreadCfg {
     }
 
     /// Is server `i` running (not crashed)?
-    pub fn is_alive(&self, i: usize) -> bool {
+    fn is_alive(&self, i: usize) -> bool {
         self.inner.servers.is_alive(i)
     }
 
     /// Connect server `i` to every other connected server.
-    pub fn connect(&self, i: usize) {
+    fn connect(&self, i: usize) {
         let mut connected = self.inner.connected.borrow_mut();
         connected[i] = true;
         for (j, &on) in connected.iter().enumerate() {
@@ -145,7 +142,7 @@ impl ThreadCfg {
     }
 
     /// Cut server `i` off from every other server.
-    pub fn disconnect(&self, i: usize) {
+    fn disconnect(&self, i: usize) {
         self.inner.connected.borrow_mut()[i] = false;
         for j in 0..self.n() {
             self.inner.servers.net.set_link(i, j, false);
@@ -154,26 +151,24 @@ impl ThreadCfg {
     }
 
     /// Is server `i` connected?
-    pub fn is_connected(&self, i: usize) -> bool {
+    fn is_connected(&self, i: usize) -> bool {
         self.inner.connected.borrow()[i]
     }
 
     /// Turn request/reply loss and short delays on (`true`) or off.
-    pub fn set_unreliable(&self, unreliable: bool) {
+    fn set_unreliable(&self, unreliable: bool) {
         self.inner.servers.net.set_reliable(!unreliable);
     }
 
     /// Turn long reordering of replies on or off.
-    pub fn set_long_reordering(&self, on: bool) {
+    fn set_long_reordering(&self, on: bool) {
         self.inner.servers.net.set_long_reordering(on);
     }
-
-    // ----- the Raft API as the tester sees it -----------------------------
 
     /// `rf.Start(cmd)` on server `i`: `Some((index, term))` if it is the
     /// leader and accepted the command, `None` otherwise (or if crashed).
     /// Steps the node on the calling thread, like Go's `Start` under `rf.mu`.
-    pub fn start(&self, i: usize, cmd: impl Into<Cmd>) -> Option<(Index, Term)> {
+    fn start(&self, i: usize, cmd: impl Into<Cmd>) -> Option<(Index, Term)> {
         let command = cmd.into().encode();
         let stepped = self.inner.servers.node(i, |node| {
             let id = self.inner.next_proposal.get() + 1;
@@ -194,7 +189,7 @@ impl ThreadCfg {
 
     /// `rf.GetState()` on server `i`: (term, is leader). A crashed server
     /// answers `(0, false)`.
-    pub fn get_state(&self, i: usize) -> (Term, bool) {
+    fn get_state(&self, i: usize) -> (Term, bool) {
         self.inner
             .servers
             .node(i, |n| n.with(|node| (node.term(), node.is_leader())))
@@ -202,10 +197,8 @@ impl ThreadCfg {
             .unwrap_or((0, false))
     }
 
-    // ----- tester helpers (config.go) ------------------------------------
-
     /// Prints nothing yet; records baselines for `end`'s result line.
-    pub fn begin(&self, name: &str) {
+    fn begin(&self, name: &str) {
         let mut run = self.inner.run.borrow_mut();
         run.begin(name, RealTime::now(), self.counters());
     }
@@ -213,12 +206,44 @@ impl ThreadCfg {
     /// Checks that no node thread failed and the time limit, and prints the
     /// lab's result line: real seconds, peers, RPCs, bytes, commands
     /// committed.
-    pub fn end(&self) {
+    fn end(&self) {
         self.inner.servers.check_failures();
         let run = self.inner.run.borrow();
         run.end(RealTime::now(), self.n(), self.counters());
     }
 
+    /// How many servers have applied `index`, and the command there.
+    fn n_committed(&self, index: Index) -> (usize, Option<Cmd>) {
+        lock(&self.inner.appliers).n_committed(index)
+    }
+
+    /// Handler invocations on server `i` since it (re)started.
+    fn rpc_count(&self, i: usize) -> u64 {
+        self.inner.servers.net.rpc_count(i)
+    }
+
+    /// Requests sent so far.
+    fn rpc_total(&self) -> u64 {
+        self.inner.servers.net.rpc_total()
+    }
+
+    /// Request bytes plus delivered reply bytes so far.
+    fn bytes_total(&self) -> u64 {
+        self.inner.servers.net.bytes_total()
+    }
+
+    /// The largest encoded Raft state over all servers.
+    fn log_size(&self) -> usize {
+        self.inner.servers.log_size()
+    }
+
+    /// The largest snapshot over all servers.
+    fn snapshot_size(&self) -> usize {
+        self.inner.servers.snapshot_size()
+    }
+}
+
+impl ThreadCfg {
     /// The result line's counters now.
     fn counters(&self) -> RaftCounters {
         RaftCounters {
@@ -226,103 +251,6 @@ impl ThreadCfg {
             bytes: self.inner.servers.net.bytes_total(),
             max_index: lock(&self.inner.appliers).max_index(),
         }
-    }
-
-    /// Waits for a leader and returns it ([`tester::raft::check_one_leader`]).
-    pub async fn check_one_leader(&self) -> usize {
-        tester::raft::check_one_leader(self).await
-    }
-
-    /// The term all connected servers agree on ([`tester::raft::check_terms`]).
-    pub fn check_terms(&self) -> Term {
-        tester::raft::check_terms(self)
-    }
-
-    /// No connected server claims to lead ([`tester::raft::check_no_leader`]).
-    pub fn check_no_leader(&self) {
-        tester::raft::check_no_leader(self)
-    }
-
-    /// How many servers have applied `index`, and the command there.
-    pub fn n_committed(&self, index: Index) -> (usize, Option<Cmd>) {
-        lock(&self.inner.appliers).n_committed(index)
-    }
-
-    /// Waits until `n` servers applied `index`; `None` if a term moved past
-    /// `start_term` ([`tester::raft::wait`]).
-    pub async fn wait(&self, index: Index, n: usize, start_term: Option<Term>) -> Option<Cmd> {
-        tester::raft::wait(self, index, n, start_term).await
-    }
-
-    /// The lab's `one()`: `cmd` committed by `expected` servers; its index
-    /// ([`tester::raft::one`]).
-    pub async fn one(&self, cmd: impl Into<Cmd>, expected: usize, retry: bool) -> Index {
-        tester::raft::one(self, cmd.into(), expected, retry).await
-    }
-
-    /// Handler invocations on server `i` since it (re)started.
-    pub fn rpc_count(&self, i: usize) -> u64 {
-        self.inner.servers.net.rpc_count(i)
-    }
-
-    /// Requests sent so far.
-    pub fn rpc_total(&self) -> u64 {
-        self.inner.servers.net.rpc_total()
-    }
-
-    /// Request bytes plus delivered reply bytes so far.
-    pub fn bytes_total(&self) -> u64 {
-        self.inner.servers.net.bytes_total()
-    }
-
-    /// The largest encoded Raft state over all servers.
-    pub fn log_size(&self) -> usize {
-        self.inner.servers.log_size()
-    }
-
-    /// The largest snapshot over all servers.
-    pub fn snapshot_size(&self) -> usize {
-        self.inner.servers.snapshot_size()
-    }
-
-    /// A random non-negative integer from the run's generator (Go's
-    /// `rand.Int()`).
-    pub fn rand_int(&self) -> i64 {
-        with_rng(|r| (r.next_u64() >> 1) as i64)
-    }
-
-    /// A uniform integer in `0..bound` from the run's generator.
-    pub fn rand_below(&self, bound: u64) -> u64 {
-        with_rng(|r| r.below(bound))
-    }
-}
-
-/// The tester's view of the cluster.
-impl RaftCluster for ThreadCfg {
-    type Runtime = RealTime;
-
-    fn n(&self) -> usize {
-        ThreadCfg::n(self)
-    }
-
-    fn is_alive(&self, i: usize) -> bool {
-        ThreadCfg::is_alive(self, i)
-    }
-
-    fn is_connected(&self, i: usize) -> bool {
-        ThreadCfg::is_connected(self, i)
-    }
-
-    fn get_state(&self, i: usize) -> (Term, bool) {
-        ThreadCfg::get_state(self, i)
-    }
-
-    fn start(&self, i: usize, cmd: Cmd) -> Option<(Index, Term)> {
-        ThreadCfg::start(self, i, cmd)
-    }
-
-    fn n_committed(&self, index: Index) -> (usize, Option<Cmd>) {
-        ThreadCfg::n_committed(self, index)
     }
 }
 

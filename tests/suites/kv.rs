@@ -1,7 +1,7 @@
 //! The MIT 6.5840 (Spring 2023) kvraft lab suite, 3A–3B: 23 tests ported
 //! scenario by scenario and bound by bound from `src/kvraft/test_test.go` (see
 //! `../shared/lab-tests.md` §4–§5), written once against
-//! [`KvHarness`](crate::harness::KvHarness) and run by every driver: on the
+//! [`KvHarness`](lab::KvHarness) and run by every driver: on the
 //! deterministic simulator (`tests/kv.rs`, where every sleep and timeout is
 //! virtual and a failure prints `SIM_SEED=<n>`), on OS threads in real time
 //! (`tests/threads.rs`, `threads_suite`), and with planted bugs
@@ -12,8 +12,8 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::harness::KvHarness;
-use driver_sim::KV_ELECTION_TIMEOUT as ELECTION_TIMEOUT;
+use lab::KvHarness;
+use lab::KV_ELECTION_TIMEOUT as ELECTION_TIMEOUT;
 
 /// `checkClntAppends`: every "x clnt j y" for j < count appears exactly once,
 /// in order.

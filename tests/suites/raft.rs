@@ -1,7 +1,7 @@
 //! The MIT 6.5840 (Spring 2023) Raft lab suite, 2A–2D: 28 tests ported
 //! scenario by scenario and bound by bound from `src/raft/test_test.go` (see
 //! `../shared/lab-tests.md` §3), written once against
-//! [`RaftHarness`](crate::harness::RaftHarness) and run by every driver: on
+//! [`RaftHarness`](lab::RaftHarness) and run by every driver: on
 //! the deterministic simulator (`tests/raft.rs`, where every sleep and
 //! timeout is virtual and a failure prints `SIM_SEED=<n>`, which replays the
 //! identical run), on OS threads in real time (`tests/threads.rs`,
@@ -11,9 +11,9 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::harness::RaftHarness;
 use crate::rand_string;
-use driver_sim::{ms, Cmd, RAFT_ELECTION_TIMEOUT as RET};
+use lab::RaftHarness;
+use lab::{ms, Cmd, RAFT_ELECTION_TIMEOUT as RET};
 
 const SNAPSHOT_INTERVAL: u64 = 10;
 const MAX_LOG_SIZE: usize = 2000;

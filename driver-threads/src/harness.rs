@@ -1,24 +1,22 @@
 //! What the two lab harnesses on threads share: the real-time executor as
 //! the lab tester's runtime ([`RealTime`]), the servers with their threads,
-//! persisters and network ([`Servers`]), the simulator's persister as node
-//! storage (so the safety checker reads the same type it reads in the
-//! simulator), the cluster safety checker wired into node steps, and the
-//! task that turns a node thread's panic into a test failure. The tester's
-//! own logic (waits, checks, clerks, histories) is `driver_sim::tester`.
+//! persisters and network ([`Servers`]), `raft_testkit`'s in-memory
+//! persister as node storage and its cluster safety checker wired into node
+//! steps, and the task that turns a node thread's panic into a test
+//! failure. The tester's own logic (waits, checks, clerks, histories) is the
+//! `lab` crate's.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use driver_sim::persister::Persister as SimPersister;
-use driver_sim::safety::SafetyChecker;
-use driver_sim::tester::Runtime;
+use lab::Runtime;
 use raft_core::{DurableState, Message, Persist};
+use raft_testkit::{Persister, SafetyChecker};
 
 use crate::network::{NetConfig, Network};
 use crate::node::{Clock, Failures, Hooks, Machine, Node, NodeSpec};
-use crate::persister::Storage;
 use crate::rt::{self, lock, with_rng};
 
 /// The real-time executor ([`crate::rt`]) as the lab tester's runtime.
@@ -75,8 +73,8 @@ pub(crate) struct Servers<M: Machine> {
     clock: Clock,
     safety: Safety,
     failures: Failures,
-    nodes: RefCell<Vec<Option<Node<M, SimPersister>>>>,
-    persisters: RefCell<Vec<Arc<Mutex<SimPersister>>>>,
+    nodes: RefCell<Vec<Option<Node<M, Persister>>>>,
+    persisters: RefCell<Vec<Arc<Mutex<Persister>>>>,
 }
 
 impl<M: Machine> Servers<M> {
@@ -88,7 +86,7 @@ impl<M: Machine> Servers<M> {
             servers: n,
             reliable: !unreliable,
             long_delays,
-            hop_latency: driver_sim::network::HOP_LATENCY,
+            hop_latency: lab::net::HOP_LATENCY,
             seed: with_rng(|r| r.next_u64()),
         });
         let failures = Failures::new();
@@ -102,7 +100,7 @@ impl<M: Machine> Servers<M> {
             nodes: RefCell::new((0..n).map(|_| None).collect()),
             persisters: RefCell::new(
                 (0..n)
-                    .map(|_| Arc::new(Mutex::new(SimPersister::new())))
+                    .map(|_| Arc::new(Mutex::new(Persister::new())))
                     .collect(),
             ),
         }
@@ -121,10 +119,7 @@ impl<M: Machine> Servers<M> {
     }
 
     /// Server `i`'s persister, and the state and snapshot it holds.
-    pub(crate) fn load(
-        &self,
-        i: usize,
-    ) -> (Arc<Mutex<SimPersister>>, DurableState, Option<Vec<u8>>) {
+    pub(crate) fn load(&self, i: usize) -> (Arc<Mutex<Persister>>, DurableState, Option<Vec<u8>>) {
         let storage = self.persisters.borrow()[i].clone();
         let (state, snapshot) = lock(&storage).load();
         (storage, state, snapshot)
@@ -138,7 +133,7 @@ impl<M: Machine> Servers<M> {
         &self,
         i: usize,
         machine: M,
-        storage: Arc<Mutex<SimPersister>>,
+        storage: Arc<Mutex<Persister>>,
         output: F,
         measure_raft_state: bool,
     ) where
@@ -160,11 +155,7 @@ impl<M: Machine> Servers<M> {
     }
 
     /// `f` of server `i`'s running incarnation; `None` if it is down.
-    pub(crate) fn node<R>(
-        &self,
-        i: usize,
-        f: impl FnOnce(&Node<M, SimPersister>) -> R,
-    ) -> Option<R> {
+    pub(crate) fn node<R>(&self, i: usize, f: impl FnOnce(&Node<M, Persister>) -> R) -> Option<R> {
         self.nodes.borrow()[i].as_ref().map(f)
     }
 
@@ -175,15 +166,15 @@ impl<M: Machine> Servers<M> {
 
     /// The largest encoded Raft state over all servers.
     pub(crate) fn log_size(&self) -> usize {
-        self.largest(SimPersister::raft_state_size)
+        self.largest(Persister::raft_state_size)
     }
 
     /// The largest snapshot over all servers.
     pub(crate) fn snapshot_size(&self) -> usize {
-        self.largest(SimPersister::snapshot_size)
+        self.largest(Persister::snapshot_size)
     }
 
-    fn largest(&self, size: fn(&SimPersister) -> usize) -> usize {
+    fn largest(&self, size: fn(&Persister) -> usize) -> usize {
         let persisters = self.persisters.borrow();
         persisters.iter().map(|p| size(&lock(p))).max().unwrap_or(0)
     }
@@ -204,24 +195,6 @@ impl<M: Machine> Drop for Servers<M> {
             }
         }
         self.net.shutdown();
-    }
-}
-
-impl Storage for SimPersister {
-    fn save(&mut self, persist: &Persist) {
-        SimPersister::save(self, persist);
-    }
-
-    fn load(&self) -> (DurableState, Option<Vec<u8>>) {
-        SimPersister::load(self)
-    }
-
-    fn raft_state_size(&self) -> usize {
-        SimPersister::raft_state_size(self)
-    }
-
-    fn snapshot_size(&self) -> usize {
-        SimPersister::snapshot_size(self)
     }
 }
 
@@ -247,7 +220,7 @@ struct LabHooks<F> {
     output: F,
 }
 
-impl<M, F> Hooks<M, SimPersister> for LabHooks<F>
+impl<M, F> Hooks<M, Persister> for LabHooks<F>
 where
     M: Machine,
     F: FnMut(&Safety, usize, M::Action) -> Option<M::Event> + Send + 'static,
@@ -256,20 +229,12 @@ where
         lock(&self.safety.checker).after_step(machine.raft());
     }
 
-    fn persisted(&mut self, id: usize, machine: &M, p: &Persist, _storage: &SimPersister) {
-        let node = machine.raft();
-        let mut checker = lock(&self.safety.checker);
-        if let Some(from) = p.truncate_from {
-            checker.log_truncated(id as u64, node.term(), from);
-        }
-        if let Some(first) = p.entries.first() {
-            let prev = node.log().term_at(first.index - 1);
-            checker.entries_written(id as u64, &p.entries, prev);
-        }
+    fn persisted(&mut self, id: usize, machine: &M, p: &Persist, _storage: &Persister) {
+        lock(&self.safety.checker).persist_issued(id as u64, machine.raft(), p);
     }
 
-    fn sending(&mut self, id: usize, to: usize, message: &Message, storage: &SimPersister) {
-        lock(&self.safety.checker).check_send(id as u64, to as u64, message, storage);
+    fn sending(&mut self, id: usize, to: usize, message: &Message, storage: &Persister) {
+        lock(&self.safety.checker).check_send(id as u64, to as u64, message, storage.state());
     }
 
     fn output(&mut self, id: usize, _machine: &M, action: M::Action) -> Option<M::Event> {

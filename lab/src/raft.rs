@@ -1,34 +1,13 @@
 //! The Raft tester's waits and checks (config.go's `one`, `wait`,
 //! `checkOneLeader`, `checkTerms`, `checkNoLeader`), over any driver's
-//! cluster. Bounds and back-offs are the lab's (lab-tests.md §2).
+//! [`RaftHarness`]. Bounds and back-offs are the lab's (lab-tests.md §2).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use raft_core::{Index, Term};
 
-use super::{Cmd, Runtime};
-
-/// What the Raft tester reads from a cluster and asks of it.
-pub trait RaftCluster {
-    /// The executor the cluster runs in.
-    type Runtime: Runtime;
-    /// Number of servers.
-    fn n(&self) -> usize;
-    /// Is server `i` running (not crashed)?
-    fn is_alive(&self, i: usize) -> bool;
-    /// Is server `i` connected?
-    fn is_connected(&self, i: usize) -> bool;
-    /// `rf.GetState()` on server `i`: (term, is leader); `(0, false)` if
-    /// crashed.
-    fn get_state(&self, i: usize) -> (Term, bool);
-    /// `rf.Start(cmd)` on server `i`: `Some((index, term))` if it leads and
-    /// accepted the command.
-    fn start(&self, i: usize, cmd: Cmd) -> Option<(Index, Term)>;
-    /// How many servers have applied `index`, and the command there
-    /// ([`Appliers::n_committed`](super::Appliers::n_committed)).
-    fn n_committed(&self, index: Index) -> (usize, Option<Cmd>);
-}
+use crate::{Cmd, RaftHarness, Runtime};
 
 fn ms(millis: u64) -> Duration {
     Duration::from_millis(millis)
@@ -36,10 +15,10 @@ fn ms(millis: u64) -> Duration {
 
 /// Waits for a leader and returns it; fails if a term has two leaders or
 /// none appears within 10 rounds of 450–549 ms.
-pub async fn check_one_leader<C: RaftCluster>(cluster: &C) -> usize {
+pub async fn check_one_leader<H: RaftHarness>(cluster: &H) -> usize {
     for _ in 0..10 {
-        let wait = 450 + C::Runtime::random_below(100);
-        C::Runtime::sleep(ms(wait)).await;
+        let wait = 450 + H::Rt::random_below(100);
+        H::Rt::sleep(ms(wait)).await;
         let mut leaders: BTreeMap<Term, Vec<usize>> = BTreeMap::new();
         for i in 0..cluster.n() {
             if cluster.is_connected(i) {
@@ -60,7 +39,7 @@ pub async fn check_one_leader<C: RaftCluster>(cluster: &C) -> usize {
 }
 
 /// All connected servers agree on the term; returns it.
-pub fn check_terms<C: RaftCluster>(cluster: &C) -> Term {
+pub fn check_terms<H: RaftHarness>(cluster: &H) -> Term {
     let mut term = None;
     for i in 0..cluster.n() {
         if cluster.is_connected(i) {
@@ -75,7 +54,7 @@ pub fn check_terms<C: RaftCluster>(cluster: &C) -> Term {
 }
 
 /// No connected server claims to lead.
-pub fn check_no_leader<C: RaftCluster>(cluster: &C) {
+pub fn check_no_leader<H: RaftHarness>(cluster: &H) {
     for i in 0..cluster.n() {
         if cluster.is_connected(i) {
             let (_, leader) = cluster.get_state(i);
@@ -90,8 +69,8 @@ pub fn check_no_leader<C: RaftCluster>(cluster: &C) {
 /// Waits (30 polls, back-off from 10 ms to about 1 s) until `n` servers
 /// applied `index`. Returns `None` if some server's term moved past
 /// `start_term` (when given): the caller should retry.
-pub async fn wait<C: RaftCluster>(
-    cluster: &C,
+pub async fn wait<H: RaftHarness>(
+    cluster: &H,
     index: Index,
     n: usize,
     start_term: Option<Term>,
@@ -102,7 +81,7 @@ pub async fn wait<C: RaftCluster>(
         if nd >= n {
             break;
         }
-        C::Runtime::sleep(to).await;
+        H::Rt::sleep(to).await;
         if to < Duration::from_secs(1) {
             to *= 2;
         }
@@ -122,10 +101,10 @@ pub async fn wait<C: RaftCluster>(
 /// The lab's `one()`: submit `cmd` to whoever leads, wait up to 2 s for
 /// `expected` servers to apply it (resubmitting if `retry`), within 10 s in
 /// all. Returns the index.
-pub async fn one<C: RaftCluster>(cluster: &C, cmd: Cmd, expected: usize, retry: bool) -> Index {
-    let t0 = C::Runtime::now();
+pub async fn one<H: RaftHarness>(cluster: &H, cmd: Cmd, expected: usize, retry: bool) -> Index {
+    let t0 = H::Rt::now();
     let mut starts = 0;
-    while C::Runtime::now() - t0 < Duration::from_secs(10) {
+    while H::Rt::now() - t0 < Duration::from_secs(10) {
         let mut index = None;
         for _ in 0..cluster.n() {
             starts = (starts + 1) % cluster.n();
@@ -137,17 +116,17 @@ pub async fn one<C: RaftCluster>(cluster: &C, cmd: Cmd, expected: usize, retry: 
             }
         }
         if let Some(index) = index {
-            let t1 = C::Runtime::now();
-            while C::Runtime::now() - t1 < Duration::from_secs(2) {
+            let t1 = H::Rt::now();
+            while H::Rt::now() - t1 < Duration::from_secs(2) {
                 let (nd, c) = cluster.n_committed(index);
                 if nd > 0 && nd >= expected && c.as_ref() == Some(&cmd) {
                     return index;
                 }
-                C::Runtime::sleep(ms(20)).await;
+                H::Rt::sleep(ms(20)).await;
             }
             assert!(retry, "one({cmd}) failed to reach agreement");
         } else {
-            C::Runtime::sleep(ms(50)).await;
+            H::Rt::sleep(ms(50)).await;
         }
     }
     panic!("one({cmd}) failed to reach agreement");

@@ -1,11 +1,12 @@
-//! The lab's labrpc network semantics (lab-tests.md §2.1) as fate decisions
-//! plus accounting. A harness asks what happens to each request and reply and
-//! schedules the deliveries itself; all randomness comes from the
-//! simulation's one generator.
+//! labrpc's fault model (lab-tests.md §2.1) as fate decisions: a driver's
+//! network asks what happens to each request and reply and schedules the
+//! deliveries itself. Every random draw comes from the generator the caller
+//! passes in (the simulation's one generator, or a threads network's own),
+//! in a fixed order, so a seeded run is the same run.
 
 use std::time::Duration;
 
-use crate::executor::with_rng;
+use raft_core::SplitMix64;
 
 /// The one-way time every delivered message takes, on top of labrpc's own
 /// delays. labrpc adds none on a reliable network, but in the Go lab a call
@@ -43,76 +44,93 @@ pub enum ReplyFate {
     Drop,
 }
 
-/// Global network flags and counters.
-#[derive(Clone, Debug)]
-pub struct Network {
+/// labrpc's fault settings: how a network loses and delays messages.
+#[derive(Clone, Copy, Debug)]
+pub struct Faults {
     /// When false: 0–26 ms request delays, 10% of requests and 10% of replies
     /// dropped.
     pub reliable: bool,
     /// When true: 2/3 of replies delayed 200–2200 ms.
     pub long_reordering: bool,
+    /// Added to every delivery ([`HOP_LATENCY`] in the lab harnesses; zero
+    /// delivers at once).
+    pub hop_latency: Duration,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            reliable: true,
+            long_reordering: false,
+            hop_latency: HOP_LATENCY,
+        }
+    }
+}
+
+impl Faults {
+    /// A request on an end that is `enabled` (end enabled and target server
+    /// present, read now): its fate.
+    pub fn send_request(&self, enabled: bool, rng: &mut SplitMix64) -> RequestFate {
+        if !enabled {
+            return RequestFate::Fail;
+        }
+        let delay = if self.reliable { 0 } else { rng.below(27) };
+        RequestFate::Deliver {
+            delay: self.hop_latency + Duration::from_millis(delay),
+        }
+    }
+
+    /// After the short delay: is the request dropped before its handler runs?
+    pub fn drop_request_now(&self, rng: &mut SplitMix64) -> bool {
+        !self.reliable && rng.chance(100, 1000)
+    }
+
+    /// A handler produced a reply; `alive` is whether the end is still
+    /// enabled and the server still the same instance (else the reply is
+    /// discarded, as a killed server's would be).
+    pub fn send_reply(&self, alive: bool, rng: &mut SplitMix64) -> ReplyFate {
+        if !alive {
+            return ReplyFate::Drop;
+        }
+        if !self.reliable && rng.chance(100, 1000) {
+            return ReplyFate::Drop;
+        }
+        if self.long_reordering && rng.below(900) < 600 {
+            // 200 + rand(0..=rand(0..2000)) ms: skewed towards short delays.
+            let upper = rng.below(2000);
+            let ms = 200 + rng.below(1 + upper);
+            return ReplyFate::Deliver {
+                delay: self.hop_latency + Duration::from_millis(ms),
+            };
+        }
+        ReplyFate::Deliver {
+            delay: self.hop_latency,
+        }
+    }
+
+    /// How long a client call on a disabled end (or to a missing server)
+    /// takes to return false: 0–99 ms, or 0–6999 ms with labrpc's
+    /// LongDelays.
+    pub fn failed_call_delay(long_delays: bool, rng: &mut SplitMix64) -> Duration {
+        let bound = if long_delays { 7000 } else { 100 };
+        Duration::from_millis(rng.below(bound))
+    }
+}
+
+/// A network's counters, as the result lines report them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Traffic {
     /// Requests sent (counted at send, delivered or not).
     pub rpc_total: u64,
     /// Request bytes at send plus reply bytes at delivery.
     pub bytes_total: u64,
 }
 
-impl Default for Network {
-    fn default() -> Self {
-        Network {
-            reliable: true,
-            long_reordering: false,
-            rpc_total: 0,
-            bytes_total: 0,
-        }
-    }
-}
-
-impl Network {
-    /// A request of `bytes` leaves on an end that is `enabled` (end enabled
-    /// and target server present, read now).
-    pub fn send_request(&mut self, bytes: usize, enabled: bool) -> RequestFate {
+impl Traffic {
+    /// A request of `bytes` left.
+    pub fn request_sent(&mut self, bytes: usize) {
         self.rpc_total += 1;
         self.bytes_total += bytes as u64;
-        if !enabled {
-            return RequestFate::Fail;
-        }
-        let delay = if self.reliable {
-            0
-        } else {
-            with_rng(|r| r.below(27))
-        };
-        RequestFate::Deliver {
-            delay: HOP_LATENCY + Duration::from_millis(delay),
-        }
-    }
-
-    /// After the short delay: is the request dropped before its handler runs?
-    pub fn drop_request_now(&self) -> bool {
-        !self.reliable && with_rng(|r| r.chance(100, 1000))
-    }
-
-    /// A handler produced a reply; `alive` is whether the end is still
-    /// enabled and the server still the same instance (else the reply is
-    /// discarded, as a killed server's would be).
-    pub fn send_reply(&mut self, alive: bool) -> ReplyFate {
-        if !alive {
-            return ReplyFate::Drop;
-        }
-        if !self.reliable && with_rng(|r| r.chance(100, 1000)) {
-            return ReplyFate::Drop;
-        }
-        if self.long_reordering && with_rng(|r| r.below(900) < 600) {
-            // 200 + rand(0..=rand(0..2000)) ms: skewed towards short delays.
-            let ms = with_rng(|r| {
-                let upper = r.below(2000);
-                200 + r.below(1 + upper)
-            });
-            return ReplyFate::Deliver {
-                delay: HOP_LATENCY + Duration::from_millis(ms),
-            };
-        }
-        ReplyFate::Deliver { delay: HOP_LATENCY }
     }
 
     /// A reply of `bytes` reached its caller.

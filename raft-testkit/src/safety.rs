@@ -5,9 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use raft_core::{AppendOutcome, Entry, Index, Message, NodeId, RaftNode, Term};
-
-use crate::persister::Persister;
+use raft_core::{
+    AppendOutcome, DurableState, Entry, Index, Message, NodeId, Persist, RaftNode, Term,
+};
 
 /// 64-bit FNV-1a, for fingerprints of commands and traces.
 pub fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
@@ -36,6 +36,9 @@ pub struct SafetyChecker {
     was_leader: BTreeMap<NodeId, Term>,
     /// The highest index each node acknowledged to a leader, and the term.
     acked: BTreeMap<NodeId, (Term, Index)>,
+    /// Every entry ever covered by a node's commit index, by index: (term,
+    /// fingerprint) ([`Self::check_committed_log`]).
+    log_committed: BTreeMap<Index, (Term, u64)>,
 }
 
 impl SafetyChecker {
@@ -113,6 +116,42 @@ impl SafetyChecker {
         }
     }
 
+    /// Node `id` (in the state `node` is in right after the step that
+    /// issued it) issued the write `p`: notes its truncation
+    /// ([`Self::log_truncated`]) and the entries it writes
+    /// ([`Self::entries_written`]). Every harness calls this once per
+    /// `Persist`, when the node issues it.
+    pub fn persist_issued(&mut self, id: NodeId, node: &RaftNode, p: &Persist) {
+        if let Some(from) = p.truncate_from {
+            self.log_truncated(id, node.term(), from);
+        }
+        if let Some(first) = p.entries.first() {
+            let prev = node.log().term_at(first.index - 1);
+            self.entries_written(id, &p.entries, prev);
+        }
+    }
+
+    /// State machine safety on a node's own log: every entry it holds up to
+    /// its commit index is the entry every other node committed there.
+    /// Rescans the whole committed suffix of the log, so it also catches an
+    /// entry changed after it was first seen committed.
+    pub fn check_committed_log(&mut self, node: &RaftNode) {
+        let log = node.log();
+        for index in log.snapshot().index + 1..=node.commit_index() {
+            let e = log
+                .entry(index)
+                .expect("committed entries after the snapshot are held");
+            let fp = fnv1a(0, &e.command);
+            let seen = *self.log_committed.entry(index).or_insert((e.term, fp));
+            assert_eq!(
+                seen,
+                (e.term, fp),
+                "state machine safety: node {} committed a different entry at {index}",
+                node.id()
+            );
+        }
+    }
+
     /// Node `id` applied `entries` (committed, by the core's account).
     pub fn entries_applied(&mut self, id: NodeId, entries: &[Entry]) {
         for e in entries {
@@ -128,16 +167,16 @@ impl SafetyChecker {
     }
 
     /// Persist before send: a message that claims durable state may leave
-    /// only once that state is in the sender's persister.
-    /// Also notes what each node acknowledges, for [`Self::log_truncated`].
+    /// only once that state is in the sender's storage (`durable`: what its
+    /// storage holds now). Also notes what each node acknowledges, for
+    /// [`Self::log_truncated`].
     pub fn check_send(
         &mut self,
         from: NodeId,
         to: NodeId,
         message: &Message,
-        persister: &Persister,
+        durable: &DurableState,
     ) {
-        let durable = persister.state();
         match message {
             // A durable term past the message's also vouches for it: a node
             // that has moved on never votes in that term again (a group
