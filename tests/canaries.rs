@@ -1,4 +1,5 @@
-//! Every planted bug (`raft_core::canary`) is caught: each canary is
+//! Every planted bug (`kv_core::canary::Planted`: the Raft core's and the KV
+//! service's) is caught: each canary is
 //! switched on in turn, and the hunt runs, cheapest first, the Raft lab suite
 //! over a few seeds, then chaos seeds, then the KV lab suite, until some check
 //! fails. The test fails if any canary survives every run in its budget, and
@@ -15,7 +16,7 @@ use std::time::Instant;
 
 use driver_sim::chaos::run_seed;
 use driver_sim::executor;
-use raft_core::canary::{self, Canary};
+use kv_core::canary::Planted;
 
 /// Raft lab suite seeds tried per canary (28 tests each).
 const RAFT_SEEDS: u64 = 6;
@@ -54,7 +55,7 @@ fn lab_run(body: lab_tests::Body, seed: u64) -> Option<String> {
         .map(|p| first_line(&*p))
 }
 
-fn hunt(c: Canary) -> Option<Catch> {
+fn hunt(c: Planted) -> Option<Catch> {
     let lab = |suite: &str, tests: &[(&str, lab_tests::Body)], seeds: u64| {
         (1..=seeds).find_map(|seed| {
             tests.iter().find_map(|&(name, body)| {
@@ -63,7 +64,7 @@ fn hunt(c: Canary) -> Option<Catch> {
                     seed,
                     check,
                     replay: format!(
-                        "SIM_CANARY={c:?} SIM_SEED={seed} cargo test --release -p lab-tests --test {suite} -- --exact {name}"
+                        "SIM_CANARY={c} SIM_SEED={seed} cargo test --release -p lab-tests --test {suite} -- --exact {name}"
                     ),
                 })
             })
@@ -79,7 +80,7 @@ fn hunt(c: Canary) -> Option<Catch> {
                         seed,
                         check: first_line(&*p),
                         replay: format!(
-                            "cargo run --release -p driver-sim --features canaries --bin chaos -- --canary {c:?} --seed {seed}"
+                            "cargo run --release -p driver-sim --features canaries --bin chaos -- --canary {c} --seed {seed}"
                         ),
                     })
             })
@@ -97,11 +98,11 @@ fn canaries_are_caught() {
     std::panic::set_hook(Box::new(|_| {}));
     let mut survivors = Vec::new();
     let mut table = Vec::new();
-    for c in Canary::ALL {
+    for c in Planted::ALL {
         let started = Instant::now();
-        canary::set(Some(c));
+        Planted::set(Some(c));
         let caught = catch_unwind(AssertUnwindSafe(|| hunt(c)));
-        canary::set(None);
+        Planted::set(None);
         let caught = match caught {
             Ok(caught) => caught,
             Err(p) => {
@@ -112,11 +113,11 @@ fn canaries_are_caught() {
         let secs = started.elapsed().as_secs_f64();
         match caught {
             Some(k) => table.push(format!(
-                "{c:?}: caught by {} seed {} in {secs:.1} s: {}\n    replay: {}",
+                "{c}: caught by {} seed {} in {secs:.1} s: {}\n    replay: {}",
                 k.run, k.seed, k.check, k.replay
             )),
             None => {
-                table.push(format!("{c:?}: SURVIVED ({secs:.1} s)"));
+                table.push(format!("{c}: SURVIVED ({secs:.1} s)"));
                 survivors.push(c);
             }
         }

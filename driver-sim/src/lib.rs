@@ -61,11 +61,9 @@ where
     TEST_NAME.with(|n| *n.borrow_mut() = name.to_string());
     #[cfg(feature = "canaries")]
     if let Ok(wanted) = std::env::var("SIM_CANARY") {
-        let canary = raft_core::canary::Canary::ALL
-            .into_iter()
-            .find(|c| format!("{c:?}") == wanted)
+        let canary = kv_core::canary::Planted::by_name(&wanted)
             .unwrap_or_else(|| panic!("SIM_CANARY={wanted:?} names no canary"));
-        raft_core::canary::set(Some(canary));
+        kv_core::canary::Planted::set(Some(canary));
     }
     let result = catch_unwind(AssertUnwindSafe(|| run(seed, body())));
     if let Err(panic) = result {

@@ -358,15 +358,13 @@ impl<M: Machine, S: Storage> Node<M, S> {
         let on_thread = shared.clone();
         let failures = failures.clone();
         #[cfg(feature = "canaries")]
-        let canary = raft_core::canary::Canary::ALL
-            .into_iter()
-            .find(|&c| raft_core::canary::on(c));
+        let canary = kv_core::canary::Planted::active();
         let thread = thread::Builder::new()
             .name(format!("node-{}.{}.{gen}", net.instance(), spec.id))
             .spawn(move || {
                 // Planted bugs are per thread: inherit the spawner's.
                 #[cfg(feature = "canaries")]
-                raft_core::canary::set(canary);
+                kv_core::canary::Planted::set(canary);
                 let id = on_thread.id;
                 let run = catch_unwind(AssertUnwindSafe(|| on_thread.run(&rx)));
                 on_thread.ended.store(true, Ordering::SeqCst);

@@ -172,9 +172,37 @@ impl KvServer {
         self.waiting.len()
     }
 
+    /// The planted stale read (`canary::Canary::LocalGetOnLeader`): a Get
+    /// answered from the local store by whoever thinks it leads, skipping
+    /// the log. `None` (always, without the `canaries` feature) lets the
+    /// request take its real path.
+    fn canary_local_get(&self, event: &ServerEvent) -> Option<Vec<ServerAction>> {
+        if !crate::canary::on(crate::canary::Canary::LocalGetOnLeader) {
+            return None;
+        }
+        let ServerEvent::RequestReceived { id, command } = event else {
+            return None;
+        };
+        let crate::command::Op::Get { key } = &command.op else {
+            return None;
+        };
+        // Only for known clients, so that a first request that skips the
+        // log does not later read as an expired session: the bug to catch is
+        // the stale read.
+        if !self.raft.is_leader() || !self.store.has_session(command.client) {
+            return None;
+        }
+        let value = self.store.get(key).unwrap_or_default().to_string();
+        let reply = Reply::Applied(crate::command::Outcome::Value(value));
+        Some(vec![ServerAction::Reply { id: *id, reply }])
+    }
+
     /// Feeds one event at `now`; returns what to do, in order.
     #[must_use = "the actions must be executed"]
     pub fn step(&mut self, now: Instant, event: ServerEvent) -> Result<Vec<ServerAction>, Error> {
+        if let Some(planted) = self.canary_local_get(&event) {
+            return Ok(planted);
+        }
         let mut out = Vec::new();
         let raft_event = match event {
             ServerEvent::MessageReceived { from, message } => {
@@ -187,22 +215,6 @@ impl KvServer {
             } => {
                 self.raft_state_bytes = raft_state_bytes;
                 Event::Persisted { upto }
-            }
-            ServerEvent::RequestReceived { id, command }
-                if raft_core::canary::on(raft_core::canary::Canary::LocalGetOnLeader)
-                    && self.raft.is_leader()
-                    && matches!(command.op, crate::command::Op::Get { .. })
-                    // (Only for known clients, so that a first request
-                    // that skips the log does not later read as an
-                    // expired session: the bug to catch is the stale read.)
-                    && self.store.has_session(command.client) =>
-            {
-                let crate::command::Op::Get { key } = &command.op else {
-                    unreachable!()
-                };
-                let value = self.store.get(key).unwrap_or_default().to_string();
-                let reply = Reply::Applied(crate::command::Outcome::Value(value));
-                return Ok(vec![ServerAction::Reply { id, reply }]);
             }
             ServerEvent::RequestReceived { id, command } => {
                 self.next_proposal += 1;

@@ -147,7 +147,7 @@ impl KvStore {
 
     /// The store and its sessions, encoded.
     pub fn snapshot(&self) -> Vec<u8> {
-        if raft_core::canary::on(raft_core::canary::Canary::SessionsLeftOutOfSnapshot) {
+        if crate::canary::on(crate::canary::Canary::SessionsLeftOutOfSnapshot) {
             let mut without = self.clone();
             without.sessions.clear();
             without.by_use.clear();

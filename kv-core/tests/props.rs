@@ -384,7 +384,7 @@ fn a_snapshot_and_restore_anywhere_changes_nothing() {
 #[cfg(feature = "canaries")]
 #[test]
 fn the_snapshot_property_catches_sessions_left_out_of_the_snapshot() {
-    use raft_core::canary::{set, Canary};
+    use kv_core::canary::{set, Canary};
     set(Some(Canary::SessionsLeftOutOfSnapshot));
     let result = QuickCheck::new().tests(300).quicktest(
         prop_a_snapshot_and_restore_anywhere_changes_nothing as fn(Schedule, u8) -> TestResult,

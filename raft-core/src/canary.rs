@@ -1,4 +1,5 @@
-//! Known bugs that tests can switch on, to prove that the checks catch them.
+//! Known bugs in the Raft core that tests can switch on, to prove that the
+//! checks catch them. (The KV service's are `kv_core::canary`'s.)
 //!
 //! Compiled in only with the `canaries` cargo feature, which nothing but the
 //! test suites enables; without it [`on`] is the constant `false` and every
@@ -21,25 +22,19 @@ pub enum Canary {
     ApplyUncommitted,
     /// Leave the applied index where it was after installing a snapshot.
     KeepAppliedAfterSnapshot,
-    /// Leave the client session table out of the KV snapshot.
-    SessionsLeftOutOfSnapshot,
-    /// Answer Get from the local store on whoever thinks it leads.
-    LocalGetOnLeader,
     /// Acknowledge entries before they are durable (count them as matched).
     AckBeforePersist,
 }
 
 impl Canary {
     /// Every canary, in a fixed order.
-    pub const ALL: [Canary; 9] = [
+    pub const ALL: [Canary; 7] = [
         Canary::CommitOlderTermByCounting,
         Canary::VoteBeforePersist,
         Canary::KeepVoteOnNewTerm,
         Canary::AcceptStaleAppend,
         Canary::ApplyUncommitted,
         Canary::KeepAppliedAfterSnapshot,
-        Canary::SessionsLeftOutOfSnapshot,
-        Canary::LocalGetOnLeader,
         Canary::AckBeforePersist,
     ];
 }

@@ -29,14 +29,15 @@ fn main() -> ExitCode {
     while let Some(flag) = args.next() {
         #[cfg(feature = "canaries")]
         if flag == "--canary" {
-            use raft_core::canary::{self, Canary};
+            use kv_core::canary::Planted;
             let name = args.next().unwrap_or_default();
-            let Some(c) = Canary::ALL.into_iter().find(|c| format!("{c:?}") == name) else {
-                eprintln!("chaos: no canary {name:?}; there are {:?}", Canary::ALL);
+            let Some(c) = Planted::by_name(&name) else {
+                let all: Vec<String> = Planted::ALL.iter().map(ToString::to_string).collect();
+                eprintln!("chaos: no canary {name:?}; there are {}", all.join(", "));
                 return ExitCode::from(2);
             };
-            canary::set(Some(c));
-            planted = format!(" --features canaries --bin chaos -- --canary {c:?}");
+            Planted::set(Some(c));
+            planted = format!(" --features canaries --bin chaos -- --canary {c}");
             continue;
         }
         let Some(value) = args.next().and_then(|v| v.parse::<u64>().ok()) else {
@@ -120,11 +121,11 @@ fn main() -> ExitCode {
 /// fails; reports which check caught it, or that it survived.
 #[cfg(feature = "canaries")]
 fn hunt_canaries(seeds: u64) -> ExitCode {
-    use raft_core::canary::{self, Canary};
+    use kv_core::canary::Planted;
     std::panic::set_hook(Box::new(|_| {}));
     let mut survivors = Vec::new();
-    for c in Canary::ALL {
-        canary::set(Some(c));
+    for c in Planted::ALL {
+        Planted::set(Some(c));
         let caught =
             (1..=seeds).find_map(
                 |seed| match catch_unwind(AssertUnwindSafe(|| run_seed(seed))) {
@@ -139,19 +140,19 @@ fn hunt_canaries(seeds: u64) -> ExitCode {
                     }
                 },
             );
-        canary::set(None);
+        Planted::set(None);
         match caught {
-            Some((seed, why)) => println!("{c:?}: caught by seed {seed}: {why}"),
+            Some((seed, why)) => println!("{c}: caught by seed {seed}: {why}"),
             None => {
-                println!("{c:?}: SURVIVED {seeds} seeds");
+                println!("{c}: SURVIVED {seeds} seeds");
                 survivors.push(c);
             }
         }
     }
     println!(
         "{} of {} canaries caught",
-        Canary::ALL.len() - survivors.len(),
-        Canary::ALL.len()
+        Planted::ALL.len() - survivors.len(),
+        Planted::ALL.len()
     );
     if survivors.is_empty() {
         ExitCode::SUCCESS
