@@ -24,9 +24,12 @@
 //!   applies and answers keep the driver contract.
 //! - [`step_cluster`]: 1 to 5 honest nodes, the fuzzer routing, dropping and
 //!   duplicating their messages, firing timers, persisting, proposing,
-//!   snapshotting and restarting: no panic, one leader per term, the same
-//!   entry and the same service state at every applied index everywhere, log
-//!   matching, and each node's storage image equal to its memory.
+//!   snapshotting and restarting: no panic, `raft_testkit::SafetyChecker`'s
+//!   checks after every step, write, send and apply (one leader per term, log
+//!   matching, leader completeness, the same entry applied at every index
+//!   everywhere, persist before send), the same service state at every
+//!   applied index everywhere, and each node's storage image equal to its
+//!   memory.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, VecDeque};
@@ -46,6 +49,7 @@ use raft_core::{
     Event, HardState, Index, InstallSnapshot, InstallSnapshotReply, Instant, Message, NodeId,
     Persist, RaftLog, RaftNode, RequestVote, RequestVoteReply, Role, SnapshotMeta, Term,
 };
+use raft_testkit::SafetyChecker;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -1176,7 +1180,9 @@ struct Cluster {
     net: VecDeque<(NodeId, NodeId, Message)>,
     now: Instant,
     proposals: u64,
-    leaders: BTreeMap<Term, NodeId>,
+    /// Election safety, log matching, leader completeness, state machine
+    /// safety and persist before send, as every harness checks them.
+    safety: SafetyChecker,
     /// The entry applied at each index, and the service state after it.
     applied: BTreeMap<Index, (Option<Entry>, u64)>,
 }
@@ -1199,13 +1205,29 @@ impl Cluster {
         self.route(id, actions);
     }
 
+    /// After node `id` stepped: the safety checks, then its messages onto
+    /// the network and its applies into the journal.
     fn route(&mut self, id: NodeId, actions: Vec<Action>) {
+        let s = &self.servers[id as usize - 1];
+        self.safety.after_step(&s.node);
+        for action in &actions {
+            if let Action::Persist(p) = action {
+                self.safety.persist_issued(id, &s.node, p);
+            }
+        }
         for action in actions {
             if let Action::Send { to, message } = action {
-                self.post(id, to, message);
+                self.send(id, to, message);
             }
         }
         self.drain_journal(id);
+    }
+
+    /// Persist before send, checked against what node `from` has stored.
+    fn send(&mut self, from: NodeId, to: NodeId, message: Message) {
+        let durable = &self.servers[from as usize - 1].durable;
+        self.safety.check_send(from, to, &message, durable);
+        self.post(from, to, message);
     }
 
     fn post(&mut self, from: NodeId, to: NodeId, message: Message) {
@@ -1226,6 +1248,9 @@ impl Cluster {
                         *known_hash, hash,
                         "node {id}'s service state after index {index} differs from another node's"
                     );
+                    if let Some(e) = &entry {
+                        self.safety.entries_applied(id, std::slice::from_ref(e));
+                    }
                     match (known_entry.as_ref(), entry) {
                         (Some(a), Some(b)) => {
                             assert_eq!(a, &b, "node {id} applied a different entry at {index}")
@@ -1235,6 +1260,9 @@ impl Cluster {
                     }
                 }
                 None => {
+                    if let Some(e) = &entry {
+                        self.safety.entries_applied(id, std::slice::from_ref(e));
+                    }
                     self.applied.insert(index, (entry, hash));
                 }
             }
@@ -1266,7 +1294,7 @@ impl Cluster {
                 let now = self.now;
                 let (released, r) = self.server(id).persist_through(now, upto);
                 for (to, m) in released {
-                    self.post(id, to, m);
+                    self.send(id, to, m);
                 }
                 let actions = r.unwrap_or_else(|e| panic!("node {id} refused Persisted: {e}"));
                 self.route(id, actions);
@@ -1319,36 +1347,6 @@ impl Cluster {
                 self.step(id, Event::TimerFired);
             }
         }
-        self.check();
-    }
-
-    fn check(&mut self) {
-        for s in &self.servers {
-            let n = &s.node;
-            if n.is_leader() {
-                let first = *self.leaders.entry(n.term()).or_insert(n.id());
-                assert_eq!(first, n.id(), "two leaders in term {}", n.term());
-            }
-        }
-        // Log matching (§5.3): where two logs hold an index with the same
-        // term, they hold the same entries up to there.
-        for a in 0..self.servers.len() {
-            for b in a + 1..self.servers.len() {
-                let (la, lb) = (self.servers[a].node.log(), self.servers[b].node.log());
-                let top = la.last_index().min(lb.last_index());
-                let Some(agree) = (1..=top)
-                    .rev()
-                    .find(|&i| la.term_at(i).is_some() && la.term_at(i) == lb.term_at(i))
-                else {
-                    continue;
-                };
-                for i in 1..=agree {
-                    if let (Some(x), Some(y)) = (la.entry(i), lb.entry(i)) {
-                        assert_eq!(x, y, "log matching broken at {i} (agree at {agree})");
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -1377,7 +1375,7 @@ pub fn step_cluster(data: &[u8]) {
         net: VecDeque::new(),
         now: Instant::ZERO,
         proposals: 0,
-        leaders: BTreeMap::new(),
+        safety: SafetyChecker::default(),
         applied: BTreeMap::new(),
     };
     for id in 1..=size {

@@ -29,7 +29,11 @@ impl RaftNode {
         self.votes.insert(self.config.id);
         self.reset_election_deadline();
         if self.votes.len() >= self.config.quorum() {
-            self.become_leader();
+            // Alone in the cluster: no peer's grant (which comes only after
+            // our RequestVote, sent once the vote is durable) vouches for the
+            // vote, so it leads only once the vote is durable
+            // (`on_persisted`). Leading sooner, a crash could lose the vote
+            // and let it lead the same term again with another log.
             return;
         }
         let request = RequestVote {

@@ -463,6 +463,13 @@ impl RaftNode {
             self.unpersisted.pop_front();
             self.durable_index = last;
         }
+        // A lone candidate's own vote is now durable: it wins.
+        if self.role == Role::Candidate
+            && self.unpersisted.is_empty()
+            && self.votes.len() >= self.config.quorum()
+        {
+            self.become_leader();
+        }
         if self.role == Role::Leader {
             self.maybe_commit();
         }

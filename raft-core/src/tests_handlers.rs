@@ -585,12 +585,16 @@ fn leader_heartbeats_when_its_interval_passes() {
 }
 
 #[test]
-fn single_member_cluster_elects_itself_and_commits_on_its_own_durability() {
+fn single_member_cluster_elects_itself_once_its_vote_is_durable_and_commits_on_its_own_durability()
+{
     let mut n = fresh(1, 1);
     boot(&mut n);
     let t = n.election_deadline;
     let actions = step(&mut n, t, Event::TimerFired);
-    assert!(n.is_leader());
+    assert!(
+        !n.is_leader(),
+        "alone, it leads only once its vote is durable"
+    );
     assert_eq!(
         actions,
         vec![
@@ -602,10 +606,17 @@ fn single_member_cluster_elects_itself_and_commits_on_its_own_durability() {
                 ..write(1)
             }),
             Action::SetTimer {
-                deadline: t + Duration::from_millis(100)
+                deadline: n.election_deadline
             },
         ]
     );
+    assert_eq!(
+        step(&mut n, t, Event::Persisted { upto: 1 }),
+        vec![Action::SetTimer {
+            deadline: t + Duration::from_millis(100)
+        }]
+    );
+    assert!(n.is_leader());
     let actions = step(
         &mut n,
         t,
