@@ -1,6 +1,7 @@
 //! An in-process network with the lab's labrpc fault model (lab-tests.md
-//! §2.1), ported from `driver_sim::network` and the way the simulator's
-//! harnesses use it, on real time.
+//! §2.1): `lab::net::Faults` decides every loss and delay, with this
+//! network's own generator, as it does for the simulator's harnesses; here
+//! on real time.
 //!
 //! The network owns what labrpc owns: which ends are enabled (`links`, per
 //! direction, and each client's ends), which incarnation of each server is
@@ -33,6 +34,7 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use lab::net::{Faults, ReplyFate};
 use raft_core::{Message, SplitMix64};
 
 use crate::rt::{lock, oneshot, OneshotReceiver, OneshotSender};
@@ -75,7 +77,7 @@ pub struct NetConfig {
     /// rather than 0–99 ms.
     pub long_delays: bool,
     /// Added to every delivery: the cost of a call in the Go lab (see
-    /// `driver_sim::network::HOP_LATENCY`). Zero delivers at once from the
+    /// `lab::net::HOP_LATENCY`). Zero delivers at once from the
     /// sending thread.
     pub hop_latency: Duration,
     /// Seeds the network's generator (drops and delays).
@@ -134,10 +136,9 @@ struct Call {
 type Job = Box<dyn FnOnce(&Arc<Shared>, &mut State) + Send>;
 
 struct State {
-    reliable: bool,
-    long_reordering: bool,
+    /// labrpc's losses and delays (`lab::net`).
+    faults: Faults,
     long_delays: bool,
-    hop_latency: Duration,
     /// `links[from][to]`: the end from `from` to `to` is enabled.
     links: Vec<Vec<bool>>,
     /// The incarnation of each server present on the network.
@@ -156,12 +157,6 @@ struct State {
     shut_down: bool,
 }
 
-/// What happens to a reply.
-enum ReplyFate {
-    Deliver(Duration),
-    Drop,
-}
-
 impl State {
     fn is_current(&self, server: usize, gen: u64) -> bool {
         self.servers[server].as_ref().is_some_and(|s| s.gen == gen)
@@ -172,30 +167,6 @@ impl State {
             // A node that stopped has dropped its receiver: nothing to do.
             let _ = server.inbox.send(delivery);
         }
-    }
-
-    /// The delay of a request that will be delivered.
-    fn request_delay(&mut self) -> Duration {
-        let short = if self.reliable { 0 } else { self.rng.below(27) };
-        self.hop_latency + Duration::from_millis(short)
-    }
-
-    /// After the short delay: is the request lost before its handler runs?
-    fn drop_request_now(&mut self) -> bool {
-        !self.reliable && self.rng.chance(100, 1000)
-    }
-
-    fn reply_fate(&mut self, alive: bool) -> ReplyFate {
-        if !alive || (!self.reliable && self.rng.chance(100, 1000)) {
-            return ReplyFate::Drop;
-        }
-        if self.long_reordering && self.rng.below(900) < 600 {
-            // 200 + rand(0..=rand(0..2000)) ms: skewed towards short delays.
-            let upper = self.rng.below(2000);
-            let ms = 200 + self.rng.below(1 + upper);
-            return ReplyFate::Deliver(self.hop_latency + Duration::from_millis(ms));
-        }
-        ReplyFate::Deliver(self.hop_latency)
     }
 
     fn call_alive(&self, call: &Call) -> bool {
@@ -218,10 +189,12 @@ impl Network {
     pub fn new(config: NetConfig) -> Network {
         let n = config.servers;
         let state = State {
-            reliable: config.reliable,
-            long_reordering: false,
+            faults: Faults {
+                reliable: config.reliable,
+                long_reordering: false,
+                hop_latency: config.hop_latency,
+            },
             long_delays: config.long_delays,
-            hop_latency: config.hop_latency,
             links: vec![vec![false; n]; n],
             servers: (0..n).map(|_| None).collect(),
             gens: vec![0; n],
@@ -314,12 +287,12 @@ impl Network {
 
     /// Turns loss and short delays off (`true`) or on.
     pub fn set_reliable(&self, reliable: bool) {
-        self.state().reliable = reliable;
+        self.state().faults.reliable = reliable;
     }
 
     /// Turns long reordering of replies on or off.
     pub fn set_long_reordering(&self, on: bool) {
-        self.state().long_reordering = on;
+        self.state().faults.long_reordering = on;
     }
 
     // ----- counters -----------------------------------------------------------
@@ -370,12 +343,12 @@ impl Network {
                 return;
             }
             let to_gen = s.gens[to];
-            let delay = s.request_delay();
+            let delay = s.faults.request_delay(&mut s.rng);
             self.after(
                 s,
                 delay,
                 Box::new(move |_, s| {
-                    if s.drop_request_now() || !s.is_current(to, to_gen) {
+                    if s.faults.drop_request_now(&mut s.rng) || !s.is_current(to, to_gen) {
                         return;
                     }
                     s.rpc_count[to] += 1;
@@ -398,7 +371,7 @@ impl Network {
                 && s.links[to][from]
                 && s.gens[to] == caller_gen
                 && s.is_current(from, from_gen);
-            if let ReplyFate::Deliver(delay) = s.reply_fate(alive) {
+            if let ReplyFate::Deliver { delay } = s.faults.send_reply(alive, &mut s.rng) {
                 self.after(
                     s,
                     delay,
@@ -459,8 +432,7 @@ impl Network {
         let enabled =
             s.clients.get(&client).is_some_and(|ends| ends[server]) && s.servers[server].is_some();
         if !enabled {
-            let bound = if s.long_delays { 7000 } else { 100 };
-            let delay = Duration::from_millis(s.rng.below(bound));
+            let delay = Faults::failed_call_delay(s.long_delays, &mut s.rng);
             self.after(s, delay, Box::new(move |_, _| tx.send(None)));
             return rx;
         }
@@ -476,7 +448,7 @@ impl Network {
                 reply: tx,
             },
         );
-        let delay = s.request_delay();
+        let delay = s.faults.request_delay(&mut s.rng);
         self.after(
             s,
             delay,
@@ -484,7 +456,7 @@ impl Network {
                 if !s.calls.contains_key(&id) {
                     return;
                 }
-                let dropped = s.drop_request_now();
+                let dropped = s.faults.drop_request_now(&mut s.rng);
                 let call = &s.calls[&id];
                 if dropped || !s.call_alive(call) {
                     s.fail_call(id);
@@ -508,9 +480,9 @@ impl Network {
             return;
         };
         let alive = s.call_alive(&call);
-        match s.reply_fate(alive) {
+        match s.faults.send_reply(alive, &mut s.rng) {
             ReplyFate::Drop => call.reply.send(None),
-            ReplyFate::Deliver(delay) => {
+            ReplyFate::Deliver { delay } => {
                 let len = reply.len() as u64;
                 self.after(
                     s,

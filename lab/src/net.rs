@@ -74,10 +74,16 @@ impl Faults {
         if !enabled {
             return RequestFate::Fail;
         }
-        let delay = if self.reliable { 0 } else { rng.below(27) };
         RequestFate::Deliver {
-            delay: self.hop_latency + Duration::from_millis(delay),
+            delay: self.request_delay(rng),
         }
+    }
+
+    /// The delay of a request that will be delivered: the hop latency, plus
+    /// 0–26 ms when unreliable.
+    pub fn request_delay(&self, rng: &mut SplitMix64) -> Duration {
+        let delay = if self.reliable { 0 } else { rng.below(27) };
+        self.hop_latency + Duration::from_millis(delay)
     }
 
     /// After the short delay: is the request dropped before its handler runs?
