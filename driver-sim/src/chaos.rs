@@ -522,7 +522,8 @@ impl Chaos {
             if let Some(d) = attempt.delay {
                 sleep(d).await;
             }
-            let rx = self.call(attempt.server, attempt.command.clone());
+            // Server i is Raft node i.
+            let rx = self.call(attempt.server as usize, attempt.command.clone());
             attempt = match timeout(CALL_TIMEOUT, rx).await.flatten() {
                 Some(reply) => match clerk.on_reply(attempt.server, reply) {
                     Progress::Done(outcome) => return outcome,
@@ -564,7 +565,11 @@ impl Chaos {
     /// returns the appends acknowledged, in order.
     async fn client(self, c: u64, done: Rc<std::cell::Cell<bool>>) -> Vec<String> {
         let n = self.w.borrow().nodes.len();
-        let mut clerk = Clerk::new(with_rng(|r| r.next_u64()), n, c as usize);
+        let mut clerk = Clerk::new(
+            with_rng(|r| r.next_u64()),
+            (0..n as u64).collect(),
+            c as usize,
+        );
         let mut acked = Vec::new();
         let mut j = 0;
         while !done.get() {
@@ -639,7 +644,7 @@ impl Chaos {
 
     async fn check_acknowledged(&self, acked: &[Vec<String>]) {
         let n = self.w.borrow().nodes.len();
-        let mut clerk = Clerk::new(with_rng(|r| r.next_u64()), n, 0);
+        let mut clerk = Clerk::new(with_rng(|r| r.next_u64()), (0..n as u64).collect(), 0);
         for (c, values) in acked.iter().enumerate() {
             let v = self
                 .record(

@@ -37,8 +37,6 @@ struct Slot {
 
 /// One clerk's ends (`make_client`).
 struct Ends {
-    /// The clerk's server k is real server `order[k]`.
-    order: Vec<usize>,
     /// Which real servers its ends reach.
     enabled: Vec<bool>,
 }
@@ -181,13 +179,13 @@ impl KvHarness for KvCfg {
 
     /// A new clerk whose ends reach the servers in `to`.
     fn make_client(&self, to: &[usize]) -> SimClerk {
-        let (order, clerk) = lab::clerk::new_clerk::<SimRuntime>(self.n());
+        let clerk = lab::clerk::new_clerk::<SimRuntime>(self.n());
         let mut w = self.world.borrow_mut();
         let n = w.n;
         let enabled = (0..n).map(|j| to.contains(&j)).collect();
         let ends = w.next_clerk;
         w.next_clerk += 1;
-        w.clerks.insert(ends, Ends { order, enabled });
+        w.clerks.insert(ends, Ends { enabled });
         SimClerk {
             cfg: self.clone(),
             ends,
@@ -584,10 +582,6 @@ struct SimEnds<'a>(&'a SimClerk);
 
 impl ClerkEnds for SimEnds<'_> {
     type Runtime = SimRuntime;
-
-    fn order(&self) -> Vec<usize> {
-        self.0.cfg.world.borrow().clerks[&self.0.ends].order.clone()
-    }
 
     fn call(&self, server: usize, command: Command) -> impl Future<Output = Option<Reply>> {
         // The call starts now (its draws and events happen here), not when

@@ -18,7 +18,6 @@
 //! copy); `start_server` recovers a new incarnation from that copy.
 
 use std::cell::{RefCell, RefMut};
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::rc::Rc;
 
@@ -32,9 +31,6 @@ use crate::rt::with_rng;
 struct KvInner {
     servers: Servers<KvServer>,
     max_raft_state: Option<usize>,
-    /// Each clerk's ends (by network client id): its server k is real
-    /// server `order[k]`.
-    clerks: RefCell<BTreeMap<u64, Vec<usize>>>,
     history: RefCell<History>,
     run: RefCell<TestRun<KvCounters>>,
 }
@@ -73,7 +69,6 @@ impl KvHarness for ThreadKvCfg {
         let inner = KvInner {
             servers,
             max_raft_state,
-            clerks: RefCell::new(BTreeMap::new()),
             history: RefCell::new(History::new()),
             run: RefCell::new(TestRun::new(RealTime::now())),
         };
@@ -143,10 +138,9 @@ impl KvHarness for ThreadKvCfg {
 
     /// A new clerk whose ends reach the servers in `to`.
     fn make_client(&self, to: &[usize]) -> ThreadClerk {
-        let (order, clerk) = lab::clerk::new_clerk::<RealTime>(self.n());
+        let clerk = lab::clerk::new_clerk::<RealTime>(self.n());
         let enabled = (0..self.n()).map(|j| to.contains(&j)).collect();
         let ends = self.inner.servers.net.add_client(enabled);
-        self.inner.clerks.borrow_mut().insert(ends, order);
         ThreadClerk {
             cfg: self.clone(),
             ends,
@@ -284,10 +278,6 @@ struct ThreadEnds<'a>(&'a ThreadClerk);
 
 impl ClerkEnds for ThreadEnds<'_> {
     type Runtime = RealTime;
-
-    fn order(&self) -> Vec<usize> {
-        self.0.cfg.inner.clerks.borrow()[&self.0.ends].clone()
-    }
 
     fn call(&self, server: usize, command: Command) -> impl Future<Output = Option<Reply>> {
         let request = postcard::to_allocvec(&command).expect("commands encode");

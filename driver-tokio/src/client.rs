@@ -58,6 +58,12 @@ pub struct Client {
     pub op_timeout: Duration,
 }
 
+/// The node ids of the members served at `servers`: their positions (the
+/// addresses are given in node-id order, for a cluster numbered from 0).
+fn member_ids(servers: &[SocketAddr]) -> Vec<raft_core::NodeId> {
+    (0..servers.len() as u64).collect()
+}
+
 impl Client {
     /// A session with the cluster `cluster_id` served at `servers` (their
     /// client addresses, in node-id order). Connections are made lazily.
@@ -70,7 +76,7 @@ impl Client {
         Ok(Client {
             cluster_id,
             conns: servers.iter().map(|_| None).collect(),
-            clerk: Clerk::new(id, servers.len(), first),
+            clerk: Clerk::new(id, member_ids(&servers), first),
             servers,
             next_id: 0,
             attempt_timeout: Duration::from_secs(1),
@@ -158,7 +164,8 @@ impl Client {
                 // Leave the clerk usable: the request stays outstanding and
                 // the next operation would be refused; start over instead.
                 let id = crate::node::seed_from_entropy(self.next_id);
-                self.clerk = Clerk::new(id, self.servers.len(), attempt.server);
+                let first = attempt.server as usize;
+                self.clerk = Clerk::new(id, member_ids(&self.servers), first);
                 return Err(ClientError::Timeout(self.op_timeout));
             }
             if let Some(delay) = attempt.delay {
@@ -182,7 +189,8 @@ impl Client {
     async fn try_once(&mut self, attempt: &Attempt) -> Option<Reply> {
         self.next_id += 1;
         let id = self.next_id;
-        let index = attempt.server;
+        // Member ids are the servers' positions ([`member_ids`]).
+        let index = attempt.server as usize;
         let request = ClientRequest::Command {
             id,
             command: attempt.command.clone(),

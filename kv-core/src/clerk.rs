@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use raft_core::NodeId;
+
 use crate::command::{ClientId, Command, Op, Outcome, Reply};
 
 /// How long a clerk pauses after every server in turn failed to take its
@@ -15,8 +17,8 @@ pub const ROUND_BACKOFF: Duration = Duration::from_millis(100);
 /// Where to send the current request next.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attempt {
-    /// The server's index (equal to its Raft node id).
-    pub server: usize,
+    /// The server's Raft node id.
+    pub server: NodeId,
     /// The request, identical on every retry.
     pub command: Command,
     /// Wait this long before sending (after a full round of failures).
@@ -32,12 +34,18 @@ pub enum Progress {
     Retry(Attempt),
 }
 
-/// A client session with a cluster of `servers` servers.
+/// A client session with a cluster, known by its members' node ids.
+///
+/// The clerk tries the members in the order it was given (the driver may
+/// shuffle it), starting from its guess of the leader, and follows leader
+/// hints that name a member.
 #[derive(Clone, Debug)]
 pub struct Clerk {
     id: ClientId,
     seq: u64,
-    servers: usize,
+    /// The members' node ids, in the order the clerk tries them.
+    servers: Vec<NodeId>,
+    /// The position in `servers` of the member tried next.
     leader: usize,
     current: Option<Command>,
     /// Failed attempts since the last success.
@@ -45,14 +53,16 @@ pub struct Clerk {
 }
 
 impl Clerk {
-    /// A clerk with a unique `id`, first trying server `first_guess`.
-    pub fn new(id: ClientId, servers: usize, first_guess: usize) -> Self {
-        assert!(servers > 0, "a cluster has servers");
+    /// A clerk with a unique `id` for the cluster of `servers` (node ids,
+    /// in the order to try them), first trying the one at position
+    /// `first_guess` (modulo their number).
+    pub fn new(id: ClientId, servers: Vec<NodeId>, first_guess: usize) -> Self {
+        assert!(!servers.is_empty(), "a cluster has servers");
         Clerk {
             id,
             seq: 0,
+            leader: first_guess % servers.len(),
             servers,
-            leader: first_guess % servers,
             current: None,
             failures: 0,
         }
@@ -74,34 +84,44 @@ impl Clerk {
         };
         self.current = Some(command.clone());
         Attempt {
-            server: self.leader,
+            server: self.servers[self.leader],
             command,
             delay: None,
         }
     }
 
-    /// The server answered.
-    pub fn on_reply(&mut self, server: usize, reply: Reply) -> Progress {
+    /// The position of member `server` in the clerk's order.
+    fn position(&self, server: NodeId) -> usize {
+        self.servers
+            .iter()
+            .position(|&s| s == server)
+            .expect("replies come from the clerk's own members")
+    }
+
+    /// Member `server` answered.
+    pub fn on_reply(&mut self, server: NodeId, reply: Reply) -> Progress {
+        let at = self.position(server);
         match reply {
             Reply::Applied(outcome) => {
-                self.leader = server;
+                self.leader = at;
                 self.current = None;
                 self.failures = 0;
                 Progress::Done(outcome)
             }
             Reply::WrongLeader { leader_hint } => {
-                self.leader = match leader_hint {
-                    Some(h) if (h as usize) < self.servers && h as usize != server => h as usize,
-                    _ => (server + 1) % self.servers,
+                let hinted = leader_hint.and_then(|h| self.servers.iter().position(|&s| s == h));
+                self.leader = match hinted {
+                    Some(h) if h != at => h,
+                    _ => (at + 1) % self.servers.len(),
                 };
                 Progress::Retry(self.attempt())
             }
         }
     }
 
-    /// The call failed or timed out: try the next server.
-    pub fn on_failure(&mut self, server: usize) -> Attempt {
-        self.leader = (server + 1) % self.servers;
+    /// The call to member `server` failed or timed out: try the next one.
+    pub fn on_failure(&mut self, server: NodeId) -> Attempt {
+        self.leader = (self.position(server) + 1) % self.servers.len();
         self.attempt()
     }
 
@@ -110,10 +130,10 @@ impl Clerk {
         self.failures += 1;
         let delay = self
             .failures
-            .is_multiple_of(self.servers)
+            .is_multiple_of(self.servers.len())
             .then_some(ROUND_BACKOFF);
         Attempt {
-            server: self.leader,
+            server: self.servers[self.leader],
             command,
             delay,
         }

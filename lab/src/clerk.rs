@@ -19,8 +19,6 @@ pub const CLERK_CALL_TIMEOUT: Duration = Duration::from_millis(500);
 pub trait ClerkEnds {
     /// The executor the cluster runs in.
     type Runtime: Runtime;
-    /// The clerk's server `k` is real server `order()[k]`.
-    fn order(&self) -> Vec<usize>;
     /// Starts a call to real server `server` now; resolves to the reply, or
     /// `None` when labrpc's `Call` would return false.
     fn call(&self, server: usize, command: Command) -> impl Future<Output = Option<Reply>>;
@@ -29,9 +27,9 @@ pub trait ClerkEnds {
 }
 
 /// `make_client`'s random choices for a cluster of `servers`, in this order:
-/// the order of the clerk's ends (a shuffle), the server it tries first, its
-/// client id. Returns the order and the clerk.
-pub fn new_clerk<R: Runtime>(servers: usize) -> (Vec<usize>, Clerk) {
+/// the order of the clerk's ends (a shuffle: the order it tries the
+/// servers in), the server it tries first, its client id.
+pub fn new_clerk<R: Runtime>(servers: usize) -> Clerk {
     let mut order: Vec<usize> = (0..servers).collect();
     for k in (1..servers).rev() {
         let j = R::random_below(k as u64 + 1) as usize;
@@ -39,7 +37,8 @@ pub fn new_clerk<R: Runtime>(servers: usize) -> (Vec<usize>, Clerk) {
     }
     let first = R::random_below(servers as u64) as usize;
     let client_id = R::random_u64();
-    (order, Clerk::new(client_id, servers, first))
+    let ids = order.iter().map(|&s| s as u64).collect();
+    Clerk::new(client_id, ids, first)
 }
 
 /// A Go test wrapper (`Get`, `Put`, `Append`) as test client `client`:
@@ -56,28 +55,16 @@ pub async fn run_op<E: ClerkEnds>(ends: &E, clerk: &RefCell<Clerk>, client: u64,
 pub async fn execute<E: ClerkEnds>(ends: &E, clerk: &RefCell<Clerk>, op: Op) -> Outcome {
     let mut attempt = clerk.borrow_mut().begin(op);
     loop {
-        let order = ends.order();
-        let real = order[attempt.server];
         if let Some(delay) = attempt.delay {
             E::Runtime::sleep(delay).await;
         }
-        let call = ends.call(real, attempt.command.clone());
+        // Server i of the lab's cluster is Raft node i.
+        let call = ends.call(attempt.server as usize, attempt.command.clone());
         let result = E::Runtime::timeout(CLERK_CALL_TIMEOUT, call)
             .await
             .flatten();
         let mut clerk = clerk.borrow_mut();
         attempt = match result {
-            Some(Reply::WrongLeader { leader_hint }) => {
-                // Hints name real servers; the clerk counts in its own order.
-                let hint = leader_hint.and_then(|h| order.iter().position(|&s| s as u64 == h));
-                let reply = Reply::WrongLeader {
-                    leader_hint: hint.map(|k| k as u64),
-                };
-                match clerk.on_reply(attempt.server, reply) {
-                    Progress::Retry(a) => a,
-                    Progress::Done(_) => unreachable!("a wrong-leader reply never completes"),
-                }
-            }
             Some(reply) => match clerk.on_reply(attempt.server, reply) {
                 Progress::Done(outcome) => return outcome,
                 Progress::Retry(a) => a,
