@@ -39,16 +39,15 @@ mod log;
 mod message;
 mod node;
 mod progress;
+mod quorum;
 mod replication;
 mod rng;
+mod role;
+mod shared;
 mod snapshot;
 mod time;
+mod timers;
 mod types;
-
-#[cfg(test)]
-mod tests_handlers;
-#[cfg(test)]
-mod tests_props;
 
 pub use config::Config;
 pub use io::{Action, DurableState, Event, Persist, RejectReason};
@@ -57,9 +56,11 @@ pub use message::{
     AppendEntries, AppendEntriesReply, AppendOutcome, InstallSnapshot, InstallSnapshotReply,
     Message, RequestVote, RequestVoteReply,
 };
-pub use node::{RaftNode, Role};
-pub use progress::{quorum_index, Progress, ProgressState};
+pub use node::RaftNode;
+pub use progress::{Progress, ProgressState};
+pub use quorum::{MajorityConfig, VoteResult};
 pub use rng::SplitMix64;
+pub use role::Role;
 pub use time::Instant;
 pub use types::{Entry, HardState, Index, NodeId, Snapshot, SnapshotMeta, Term};
 
