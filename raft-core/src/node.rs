@@ -301,12 +301,10 @@ impl RaftNode {
         match &mut self.role {
             RoleState::Leader(leader) => {
                 let timers = *self.shared.timers.leader_mut();
-                if now >= timers.check_quorum {
-                    if !leader.check_quorum(&mut self.shared) {
-                        let term = self.shared.hard.term;
-                        self.become_follower(term, None);
-                        return;
-                    }
+                if now >= timers.check_quorum && !leader.check_quorum(&mut self.shared) {
+                    let term = self.shared.hard.term;
+                    self.become_follower(term, None);
+                    return;
                 }
                 if now >= timers.heartbeat {
                     self.shared.timers.leader_mut().heartbeat =
