@@ -33,6 +33,7 @@
 pub mod bytes;
 pub mod canary;
 mod config;
+mod display;
 mod election;
 mod io;
 mod log;
