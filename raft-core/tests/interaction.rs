@@ -30,7 +30,8 @@
 //! FIFO queue until a command delivers them; a `Persist` waits until a
 //! command makes it durable (then its `then_send` messages join the queue and
 //! the node steps `Persisted`). A crashed node loses its unpersisted writes;
-//! messages to or from it, or across a partition, are dropped on delivery.
+//! messages to or from it are dropped on delivery; messages across a
+//! partition are dropped when sent and when delivered.
 //!
 //! # Commands
 //!
@@ -172,8 +173,12 @@ impl Cluster {
     fn execute(&mut self, id: NodeId, action: Action, out: &mut Out) -> Result<(), String> {
         match action {
             Action::Send { to, message } => {
-                out.push(format!("  {id}->{to} {message}"));
-                self.queue.push_back((id, to, message));
+                if self.connected(id, to) {
+                    out.push(format!("  {id}->{to} {message}"));
+                    self.queue.push_back((id, to, message));
+                } else {
+                    out.push(format!("  {id}->{to} {message} (dropped: partitioned)"));
+                }
             }
             Action::Persist(p) => {
                 let header = Persist {
@@ -248,8 +253,12 @@ impl Cluster {
         let event = Event::Persisted { upto };
         let mut lines = vec![format!("{id}: {event}")];
         for (to, m) in released {
-            lines.push(format!("  release {id}->{to} {m}"));
-            self.queue.push_back((id, to, m));
+            if self.connected(id, to) {
+                lines.push(format!("  release {id}->{to} {m}"));
+                self.queue.push_back((id, to, m));
+            } else {
+                lines.push(format!("  release {id}->{to} {m} (dropped: partitioned)"));
+            }
         }
         let header = lines.join("\n");
         self.step(id, event, header, out)
