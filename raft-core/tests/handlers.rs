@@ -809,7 +809,7 @@ fn leader_rejects_proposals_beyond_the_uncommitted_limit() {
 
 #[test]
 fn leader_inheriting_a_full_window_of_older_term_entries_can_still_make_progress() {
-    // Found by `tests_props::three_node_cluster_recovers_once_faults_stop`.
+    // Found by `props.rs`'s `three_node_cluster_recovers_once_faults_stop`.
     // The leader of term 1 filled `max_uncommitted_entries` (2 here) and lost
     // office before node 1 learnt that they committed. Node 1 now leads term
     // 2 holding them. It may not commit them by counting replicas (Figure 8)
