@@ -27,28 +27,57 @@
 //!
 //! Peer input never panics the node (bad messages are dropped); caller misuse
 //! returns an [`Error`].
+//!
+//! # Inside
+//!
+//! The node is [`RaftNode`]: the state every role shares (`shared.rs`) and
+//! the role with the state only it has (`role.rs`: a candidate's votes, a
+//! leader's [`Progress`] per follower), so leaving a role drops its state.
+//! `step` handles the term of a message once and then dispatches by role
+//! (etcd-io/raft's `Step`, then `stepLeader` / `stepCandidate` /
+//! `stepFollower`). Quorum arithmetic is [`MajorityConfig`] (commit index and
+//! vote results, shaped for a joint configuration later); every deadline is
+//! in one timer table, whose earliest is [`RaftNode::next_deadline`].
+//! [`Message`], [`Event`], [`Action`] and the types inside them have compact
+//! one-line `Display` forms (`MsgApp Term:1 Log:1/10 Commit:10
+//! Entries:[1/11 "foo"]`) for logs and traces.
+//!
+//! # Tests
+//!
+//! `raft-core/tests/` uses only the public API: `handlers.rs` asserts the
+//! exact actions of each handler, `props.rs` checks properties against simple
+//! references, and `interaction.rs` runs the etcd-style interaction scripts
+//! in `raft-core/testdata/*.txt` (commands with their golden output; the
+//! command language is in that file's module doc). After a deliberate change
+//! of behaviour or of the `Display` forms, regenerate the golden output and
+//! review the diff:
+//!
+//! ```sh
+//! UPDATE_GOLDEN=1 cargo test -p raft-core --test interaction
+//! git diff raft-core/testdata
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod bytes;
 pub mod canary;
 mod config;
+mod display;
 mod election;
 mod io;
 mod log;
 mod message;
 mod node;
 mod progress;
+mod quorum;
 mod replication;
 mod rng;
+mod role;
+mod shared;
 mod snapshot;
 mod time;
+mod timers;
 mod types;
-
-#[cfg(test)]
-mod tests_handlers;
-#[cfg(test)]
-mod tests_props;
 
 pub use config::Config;
 pub use io::{Action, DurableState, Event, Persist, RejectReason};
@@ -57,9 +86,11 @@ pub use message::{
     AppendEntries, AppendEntriesReply, AppendOutcome, InstallSnapshot, InstallSnapshotReply,
     Message, RequestVote, RequestVoteReply,
 };
-pub use node::{RaftNode, Role};
-pub use progress::{quorum_index, Progress, ProgressState};
+pub use node::RaftNode;
+pub use progress::{Progress, ProgressState};
+pub use quorum::{MajorityConfig, VoteResult};
 pub use rng::SplitMix64;
+pub use role::Role;
 pub use time::Instant;
 pub use types::{Entry, HardState, Index, NodeId, Snapshot, SnapshotMeta, Term};
 

@@ -1,5 +1,5 @@
-//! What a leader knows about each follower's log, and the quorum arithmetic
-//! that turns match indices into a commit index.
+//! What a leader knows about each follower's log. The arithmetic that turns
+//! match indices into a commit index is in `quorum.rs`.
 //!
 //! A follower is in one of three states (after etcd-io/raft's `tracker`):
 //! - `Probe`: the leader does not know where the logs agree. It sends one
@@ -78,49 +78,6 @@ impl Progress {
             true
         } else {
             false
-        }
-    }
-}
-
-/// The highest index replicated on a majority of `match_indices` (one per
-/// member, the leader included): the median when sorted in descending order,
-/// at position `quorum - 1`. The caller must still check that the entry there
-/// is of the current term (Figure 8's rule) before committing it.
-pub fn quorum_index(match_indices: &[Index]) -> Index {
-    assert!(
-        !match_indices.is_empty(),
-        "a cluster has at least one member"
-    );
-    let mut sorted = match_indices.to_vec();
-    sorted.sort_unstable_by(|a, b| b.cmp(a));
-    sorted[match_indices.len() / 2]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use quickcheck::quickcheck;
-
-    #[test]
-    fn quorum_index_examples() {
-        assert_eq!(quorum_index(&[5]), 5);
-        assert_eq!(quorum_index(&[5, 1, 3]), 3);
-        assert_eq!(quorum_index(&[9, 9, 1, 1]), 1);
-        assert_eq!(quorum_index(&[9, 9, 9, 1, 1]), 9);
-    }
-
-    quickcheck! {
-        /// Against a brute-force reference: the largest value v such that a
-        /// majority of members have match >= v.
-        fn quorum_index_is_largest_majority_value(m: Vec<u8>) -> bool {
-            if m.is_empty() { return true; }
-            let m: Vec<Index> = m.into_iter().map(Index::from).collect();
-            let majority = m.len() / 2 + 1;
-            let best = (0..=255u64)
-                .filter(|&v| m.iter().filter(|&&x| x >= v).count() >= majority)
-                .max()
-                .unwrap_or(0);
-            quorum_index(&m) == best
         }
     }
 }

@@ -1,96 +1,191 @@
 //! Log replication (Raft paper §5.3): proposals, AppendEntries on both sides,
 //! fast conflict backtracking, and the commit rule of Figure 8.
+//!
+//! The leader's side is written on [`LeaderState`] (which holds the
+//! followers' progress) with the shared state passed in; the follower's side
+//! on [`Shared`].
 
 use crate::io::{Action, RejectReason};
 use crate::message::{AppendEntries, AppendEntriesReply, AppendOutcome, Message};
-use crate::node::{RaftNode, Role};
-use crate::progress::{quorum_index, ProgressState};
+use crate::progress::ProgressState;
+use crate::role::LeaderState;
+use crate::shared::Shared;
 use crate::types::{Entry, Index, NodeId};
 
-impl RaftNode {
-    /// A client command: a leader appends it and sends it at once to every
-    /// follower that can take it (not on the next heartbeat).
-    pub(crate) fn on_proposal(&mut self, id: u64, command: Vec<u8>) {
-        if self.role != Role::Leader {
-            let reason = RejectReason::NotLeader {
-                leader_hint: self.leader_hint,
-            };
-            self.out.push(Action::RejectProposal { id, reason });
-            return;
+impl LeaderState {
+    /// A leader's messages of its own term: replies from its followers. A
+    /// vote request is refused (it voted for itself); an AppendEntries or
+    /// InstallSnapshot would come from a second leader of the term, which
+    /// cannot exist: dropped.
+    pub(crate) fn step(&mut self, s: &mut Shared, from: NodeId, message: Message) {
+        match message {
+            Message::RequestVote(m) => s.on_request_vote(from, m, false),
+            Message::AppendEntriesReply(m) => self.on_append_entries_reply(s, from, m),
+            Message::InstallSnapshotReply(m) => self.on_install_snapshot_reply(s, from, m),
+            Message::RequestVoteReply(_)
+            | Message::AppendEntries(_)
+            | Message::InstallSnapshot(_) => {}
         }
+    }
+
+    /// A client command: the leader appends it and sends it at once to every
+    /// follower that can take it (not on the next heartbeat).
+    pub(crate) fn propose(&mut self, s: &mut Shared, id: u64, command: Vec<u8>) {
         // Only this term's entries count: older ones commit only once one of
         // ours does (Figure 8), so refusing proposals because of them could
         // leave a new leader unable to ever commit again.
-        let uncommitted = self.log.last_index() - self.commit_index.max(self.term_start_index);
-        if uncommitted >= self.config.max_uncommitted_entries {
+        let uncommitted = s.log.last_index() - s.commit_index.max(self.term_start_index);
+        if uncommitted >= s.config.max_uncommitted_entries {
             let reason = RejectReason::TooManyUncommitted;
-            self.out.push(Action::RejectProposal { id, reason });
+            s.out.push(Action::RejectProposal { id, reason });
             return;
         }
-        let index = self.log.last_index() + 1;
-        let term = self.hard.term;
-        self.append_entry(Entry {
+        let index = s.log.last_index() + 1;
+        let term = s.hard.term;
+        s.append_entry(Entry {
             index,
             term,
             command,
         });
-        self.out.push(Action::AcceptProposal { id, index, term });
+        s.out.push(Action::AcceptProposal { id, index, term });
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for peer in peers {
-            self.send_append(peer, false);
+            self.send_append(s, peer, false);
         }
     }
 
-    pub(crate) fn broadcast_heartbeat(&mut self) {
+    pub(crate) fn broadcast_heartbeat(&mut self, s: &mut Shared) {
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for peer in peers {
-            self.send_append(peer, true);
+            self.send_append(s, peer, true);
         }
     }
 
     /// Send `peer` what it needs next. `heartbeat` forces a message even when
     /// there is nothing new, so the follower hears from its leader and any
     /// lost append is detected (the follower rejects what it cannot attach).
-    pub(crate) fn send_append(&mut self, peer: NodeId, heartbeat: bool) {
-        let last = self.log.last_index();
+    pub(crate) fn send_append(&mut self, s: &mut Shared, peer: NodeId, heartbeat: bool) {
+        let last = s.log.last_index();
         let (state, next, paused, inflight) = {
             let pr = &self.progress[&peer];
             (pr.state, pr.next_index, pr.paused, pr.inflight.len())
         };
         if let ProgressState::Snapshot { .. } = state {
             if heartbeat {
-                self.send_snapshot(peer);
+                self.send_snapshot(s, peer);
             }
             return;
         }
-        if next - 1 < self.snapshot_meta().index {
-            self.send_snapshot(peer);
+        if next - 1 < s.snapshot_meta().index {
+            self.send_snapshot(s, peer);
             return;
         }
+        let pr = self.progress.get_mut(&peer).expect("a progress per peer");
         match state {
             ProgressState::Probe if paused => {
                 if heartbeat {
-                    self.send_append_from(peer, next, false);
+                    s.send_append_from(peer, next, false);
                 }
             }
             ProgressState::Probe => {
-                self.send_append_from(peer, next, true);
-                self.progress.get_mut(&peer).unwrap().paused = true;
+                s.send_append_from(peer, next, true);
+                pr.paused = true;
             }
             ProgressState::Replicate => {
-                if next <= last && inflight < self.config.max_inflight_appends {
-                    let sent_to = self.send_append_from(peer, next, true);
-                    let pr = self.progress.get_mut(&peer).unwrap();
+                if next <= last && inflight < s.config.max_inflight_appends {
+                    let sent_to = s.send_append_from(peer, next, true);
                     pr.next_index = sent_to + 1;
                     pr.inflight.push_back(sent_to);
                 } else if heartbeat {
-                    self.send_append_from(peer, next, false);
+                    s.send_append_from(peer, next, false);
                 }
             }
             ProgressState::Snapshot { .. } => unreachable!("handled above"),
         }
     }
 
+    /// Advance the follower's progress on success, back up by a whole term
+    /// per round trip on rejection.
+    fn on_append_entries_reply(&mut self, s: &mut Shared, from: NodeId, m: AppendEntriesReply) {
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recent_active = true;
+        match m.outcome {
+            AppendOutcome::Accepted { match_index } => {
+                if match_index > s.log.last_index() {
+                    return; // claims entries we never sent: drop
+                }
+                let news = pr.acknowledge(match_index);
+                match pr.state {
+                    ProgressState::Probe => {
+                        pr.state = ProgressState::Replicate;
+                        pr.next_index = pr.match_index + 1;
+                        pr.inflight.clear();
+                    }
+                    ProgressState::Snapshot { index } if pr.match_index >= index => {
+                        pr.become_probe(pr.match_index + 1);
+                    }
+                    _ => {}
+                }
+                if news {
+                    self.maybe_commit(s);
+                }
+                self.send_append(s, from, false);
+            }
+            AppendOutcome::Rejected {
+                rejected_prev,
+                conflict_term,
+                conflict_index,
+            } => {
+                let stale = match pr.state {
+                    ProgressState::Probe => rejected_prev.checked_add(1) != Some(pr.next_index),
+                    ProgressState::Replicate => rejected_prev < pr.match_index,
+                    ProgressState::Snapshot { .. } => true,
+                };
+                if stale || rejected_prev == 0 || rejected_prev > s.log.last_index() {
+                    return;
+                }
+                // Skip the follower's whole conflicting term: if we hold that
+                // term, resume after our last entry of it; otherwise at the
+                // first index the follower holds it.
+                let hint = match conflict_term.and_then(|t| s.log.last_index_of_term(t)) {
+                    Some(last_of_term) => last_of_term + 1,
+                    None => conflict_index,
+                };
+                let next = hint.min(rejected_prev).max(1);
+                pr.become_probe(next);
+                self.send_append(s, from, false);
+            }
+        }
+    }
+
+    /// Commit the highest index stored on a majority, if it is from the
+    /// current term (Figure 8: older entries commit only under a newer one).
+    /// The leader counts its own log only as far as it is durable.
+    pub(crate) fn maybe_commit(&self, s: &mut Shared) {
+        let own = if crate::canary::on(crate::canary::Canary::AckBeforePersist) {
+            s.log.last_index()
+        } else {
+            s.durable_index
+        };
+        let id = s.config.id;
+        let candidate = s.voters.committed_index(|v| {
+            if v == id {
+                Some(own)
+            } else {
+                self.progress.get(&v).map(|p| p.match_index)
+            }
+        });
+        let current_term = s.log.term_at(candidate) == Some(s.hard.term)
+            || crate::canary::on(crate::canary::Canary::CommitOlderTermByCounting);
+        if candidate > s.commit_index && current_term {
+            s.commit_index = candidate;
+        }
+    }
+}
+
+impl Shared {
     /// Send an AppendEntries whose entries start at `next` (none if
     /// `with_entries` is false). Returns the last index it carries.
     fn send_append_from(&mut self, peer: NodeId, next: Index, with_entries: bool) -> Index {
@@ -117,17 +212,27 @@ impl RaftNode {
         last
     }
 
+    /// A follower's messages of the current term: it votes, and takes the
+    /// leader's entries and snapshots. Replies answer requests it sent in an
+    /// earlier role: dropped.
+    pub(crate) fn step_follower(&mut self, from: NodeId, message: Message) {
+        match message {
+            Message::RequestVote(m) => self.on_request_vote(from, m, true),
+            Message::AppendEntries(m) => self.on_append_entries(from, m),
+            Message::InstallSnapshot(m) => self.on_install_snapshot(from, m),
+            Message::RequestVoteReply(_)
+            | Message::AppendEntriesReply(_)
+            | Message::InstallSnapshotReply(_) => {}
+        }
+    }
+
     /// Follower side: check that the log holds `prev`, drop any conflicting
     /// suffix, append what is new, and acknowledge once it is durable.
-    pub(crate) fn on_append_entries(&mut self, from: NodeId, mut m: AppendEntries) {
+    fn on_append_entries(&mut self, from: NodeId, mut m: AppendEntries) {
         if !well_formed(&m) {
             return; // not from a correct leader: drop
         }
-        match self.role {
-            Role::Leader => return, // a second leader in our term: impossible, drop
-            Role::Candidate => self.become_follower(m.term, Some(from)),
-            Role::Follower => self.leader_hint = Some(from),
-        }
+        self.leader_hint = Some(from);
         self.reset_election_deadline();
         let term = self.hard.term;
         let snap = self.snapshot_meta();
@@ -194,92 +299,12 @@ impl RaftNode {
         };
         self.send_durable(from, Message::AppendEntriesReply(reply));
     }
-
-    /// Leader side: advance the follower's progress on success, back up by a
-    /// whole term per round trip on rejection.
-    pub(crate) fn on_append_entries_reply(&mut self, from: NodeId, m: AppendEntriesReply) {
-        if self.role != Role::Leader {
-            return;
-        }
-        let Some(pr) = self.progress.get_mut(&from) else {
-            return;
-        };
-        pr.recent_active = true;
-        match m.outcome {
-            AppendOutcome::Accepted { match_index } => {
-                if match_index > self.log.last_index() {
-                    return; // claims entries we never sent: drop
-                }
-                let news = pr.acknowledge(match_index);
-                match pr.state {
-                    ProgressState::Probe => {
-                        pr.state = ProgressState::Replicate;
-                        pr.next_index = pr.match_index + 1;
-                        pr.inflight.clear();
-                    }
-                    ProgressState::Snapshot { index } if pr.match_index >= index => {
-                        pr.become_probe(pr.match_index + 1);
-                    }
-                    _ => {}
-                }
-                if news {
-                    self.maybe_commit();
-                }
-                self.send_append(from, false);
-            }
-            AppendOutcome::Rejected {
-                rejected_prev,
-                conflict_term,
-                conflict_index,
-            } => {
-                let stale = match pr.state {
-                    ProgressState::Probe => rejected_prev.checked_add(1) != Some(pr.next_index),
-                    ProgressState::Replicate => rejected_prev < pr.match_index,
-                    ProgressState::Snapshot { .. } => true,
-                };
-                if stale || rejected_prev == 0 || rejected_prev > self.log.last_index() {
-                    return;
-                }
-                // Skip the follower's whole conflicting term: if we hold that
-                // term, resume after our last entry of it; otherwise at the
-                // first index the follower holds it.
-                let hint = match conflict_term.and_then(|t| self.log.last_index_of_term(t)) {
-                    Some(last_of_term) => last_of_term + 1,
-                    None => conflict_index,
-                };
-                let next = hint.min(rejected_prev).max(1);
-                let pr = self.progress.get_mut(&from).unwrap();
-                pr.become_probe(next);
-                self.send_append(from, false);
-            }
-        }
-    }
-
-    /// Commit the highest index stored on a majority, if it is from the
-    /// current term (Figure 8: older entries commit only under a newer one).
-    /// The leader counts its own log only as far as it is durable.
-    pub(crate) fn maybe_commit(&mut self) {
-        let mut matches: Vec<Index> = self.progress.values().map(|p| p.match_index).collect();
-        matches.push(
-            if crate::canary::on(crate::canary::Canary::AckBeforePersist) {
-                self.log.last_index()
-            } else {
-                self.durable_index
-            },
-        );
-        let candidate = quorum_index(&matches);
-        let current_term = self.log.term_at(candidate) == Some(self.hard.term)
-            || crate::canary::on(crate::canary::Canary::CommitOlderTermByCounting);
-        if candidate > self.commit_index && current_term {
-            self.commit_index = candidate;
-        }
-    }
 }
 
 /// An AppendEntries a correct leader could have sent: its entries continue
 /// `prev_log_index` one by one, with terms that never decrease, never below
 /// the previous entry's and never above the message's own term.
-fn well_formed(m: &AppendEntries) -> bool {
+pub(crate) fn well_formed(m: &AppendEntries) -> bool {
     if m.prev_log_term > m.term {
         return false;
     }

@@ -2,11 +2,12 @@
 //! InstallSnapshot for followers whose next entry was compacted away.
 
 use crate::message::{InstallSnapshot, InstallSnapshotReply, Message};
-use crate::node::{RaftNode, Role};
 use crate::progress::ProgressState;
+use crate::role::LeaderState;
+use crate::shared::Shared;
 use crate::types::{Index, NodeId, Snapshot, SnapshotMeta};
 
-impl RaftNode {
+impl Shared {
     /// The service snapshotted through `index` (checked `<= last_applied` by
     /// `step`): discard the log up to there and persist the snapshot with it.
     pub(crate) fn on_snapshot_taken(&mut self, index: Index, data: Vec<u8>) {
@@ -20,45 +21,14 @@ impl RaftNode {
         self.pending.snapshot = Some(Snapshot { meta, data });
     }
 
-    /// Leader side: send the whole snapshot and wait for its answer (resent
-    /// on each heartbeat until answered).
-    pub(crate) fn send_snapshot(&mut self, peer: NodeId) {
-        let meta = self.snapshot_meta();
-        let data = self
-            .snapshot_data
-            .clone()
-            .expect("a compacted log has a snapshot");
-        let pr = self
-            .progress
-            .get_mut(&peer)
-            .expect("leader tracks every peer");
-        pr.state = ProgressState::Snapshot { index: meta.index };
-        pr.paused = true;
-        pr.inflight.clear();
-        let message = InstallSnapshot {
-            term: self.hard.term,
-            last_included_index: meta.index,
-            last_included_term: meta.term,
-            data,
-        };
-        self.send(peer, Message::InstallSnapshot(message));
-    }
-
     /// Follower side: adopt a snapshot that goes beyond our commit index. If
     /// our log holds its last entry, keep what follows; otherwise discard the
     /// whole log. The service is told to load it.
     pub(crate) fn on_install_snapshot(&mut self, from: NodeId, m: InstallSnapshot) {
-        if m.last_included_term > m.term
-            || m.last_included_index == 0
-            || m.last_included_index == Index::MAX
-        {
+        if !well_formed(&m) {
             return; // not from a correct leader: drop
         }
-        match self.role {
-            Role::Leader => return,
-            Role::Candidate => self.become_follower(m.term, Some(from)),
-            Role::Follower => self.leader_hint = Some(from),
-        }
+        self.leader_hint = Some(from);
         self.reset_election_deadline();
         let meta = SnapshotMeta {
             index: m.last_included_index,
@@ -87,23 +57,58 @@ impl RaftNode {
         };
         self.send_durable(from, Message::InstallSnapshotReply(reply));
     }
+}
 
-    pub(crate) fn on_install_snapshot_reply(&mut self, from: NodeId, m: InstallSnapshotReply) {
-        if self.role != Role::Leader {
-            return;
-        }
+impl LeaderState {
+    /// Send the whole snapshot and wait for its answer (resent on each
+    /// heartbeat until answered).
+    pub(crate) fn send_snapshot(&mut self, s: &mut Shared, peer: NodeId) {
+        let meta = s.snapshot_meta();
+        let data = s
+            .snapshot_data
+            .clone()
+            .expect("a compacted log has a snapshot");
+        let pr = self
+            .progress
+            .get_mut(&peer)
+            .expect("leader tracks every peer");
+        pr.state = ProgressState::Snapshot { index: meta.index };
+        pr.paused = true;
+        pr.inflight.clear();
+        let message = InstallSnapshot {
+            term: s.hard.term,
+            last_included_index: meta.index,
+            last_included_term: meta.term,
+            data,
+        };
+        s.send(peer, Message::InstallSnapshot(message));
+    }
+
+    pub(crate) fn on_install_snapshot_reply(
+        &mut self,
+        s: &mut Shared,
+        from: NodeId,
+        m: InstallSnapshotReply,
+    ) {
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
         pr.recent_active = true;
-        if m.last_included_index > self.log.last_index() {
+        if m.last_included_index > s.log.last_index() {
             return; // not a snapshot we could have sent
         }
         pr.acknowledge(m.last_included_index);
         if let ProgressState::Snapshot { .. } = pr.state {
             pr.become_probe(pr.match_index + 1);
         }
-        self.maybe_commit();
-        self.send_append(from, false);
+        self.maybe_commit(s);
+        self.send_append(s, from, false);
     }
+}
+
+/// An InstallSnapshot a correct leader could have sent.
+pub(crate) fn well_formed(m: &InstallSnapshot) -> bool {
+    m.last_included_term <= m.term
+        && m.last_included_index != 0
+        && m.last_included_index != Index::MAX
 }

@@ -3,12 +3,13 @@
 //!
 //! Conventions: node 1 is the node under test unless said otherwise; the
 //! cluster is `1..=n`; times are in milliseconds from the epoch; a node's
-//! election and heartbeat deadlines are read from its crate-internal fields so
-//! that `SetTimer` actions can be compared exactly.
+//! deadlines are read with `RaftNode::next_deadline` (a follower's or
+//! candidate's is its election deadline) so that `SetTimer` actions can be
+//! compared exactly. Only the public API is used.
 
 use core::time::Duration;
 
-use crate::{
+use raft_core::{
     Action, AppendEntries, AppendEntriesReply, AppendOutcome, Config, DurableState, Entry, Error,
     Event, HardState, Index, InstallSnapshot, InstallSnapshotReply, Instant, Message, NodeId,
     Persist, ProgressState, RaftNode, RejectReason, RequestVote, RequestVoteReply, Role, Snapshot,
@@ -201,10 +202,10 @@ fn install_reply(term: Term, index: Index) -> Message {
 /// Boots `n` if needed, lets its election deadline pass, and makes the
 /// candidacy's write durable. Returns the time of the candidacy.
 fn campaign(n: &mut RaftNode) -> Instant {
-    if !n.started {
+    if n.next_deadline().is_none() {
         boot(n);
     }
-    let now = n.election_deadline;
+    let now = n.next_deadline().unwrap();
     let actions = step(n, now, Event::TimerFired);
     assert_eq!(n.role(), Role::Candidate);
     persist_all(n, now, &actions);
@@ -252,7 +253,7 @@ fn durable_image(start: DurableState, actions: &[Action]) -> DurableState {
 fn fresh_follower_first_step_only_arms_election_timer() {
     let mut n = fresh(1, 3);
     let actions = boot(&mut n);
-    let deadline = n.election_deadline;
+    let deadline = n.next_deadline().unwrap();
     assert_eq!(actions, vec![Action::SetTimer { deadline }]);
     assert!(
         deadline >= ms(300) && deadline < ms(600),
@@ -267,7 +268,7 @@ fn fresh_follower_first_step_only_arms_election_timer() {
 fn early_and_repeated_timer_firings_are_no_ops() {
     let mut n = fresh(1, 3);
     boot(&mut n);
-    let deadline = n.election_deadline;
+    let deadline = n.next_deadline().unwrap();
     assert_eq!(step(&mut n, ms(0), Event::TimerFired), vec![]);
     assert_eq!(step(&mut n, ms(299), Event::TimerFired), vec![]);
     let just_before = Instant::from_nanos(deadline.as_nanos() - 1);
@@ -280,9 +281,9 @@ fn early_and_repeated_timer_firings_are_no_ops() {
 fn election_deadline_passing_persists_own_vote_then_requests_votes() {
     let mut n = fresh(1, 3);
     boot(&mut n);
-    let t = n.election_deadline;
+    let t = n.next_deadline().unwrap();
     let actions = step(&mut n, t, Event::TimerFired);
-    let next = n.election_deadline;
+    let next = n.next_deadline().unwrap();
     assert_eq!(
         actions,
         vec![
@@ -317,7 +318,7 @@ fn candidate_request_carries_last_log_position() {
         &[1, 2, 2],
     );
     boot(&mut n);
-    let t = n.election_deadline;
+    let t = n.next_deadline().unwrap();
     let p = persists(&step(&mut n, t, Event::TimerFired)).remove(0);
     assert_eq!(
         p.hard_state,
@@ -333,7 +334,7 @@ fn candidate_request_carries_last_log_position() {
 fn candidate_whose_election_times_out_stands_again_in_next_term() {
     let mut n = fresh(1, 3);
     let t1 = campaign(&mut n);
-    let t2 = n.election_deadline;
+    let t2 = n.next_deadline().unwrap();
     assert!(t2 > t1);
     let actions = step(&mut n, t2, Event::TimerFired);
     assert_eq!(
@@ -348,7 +349,7 @@ fn candidate_whose_election_times_out_stands_again_in_next_term() {
                 ..write(2)
             }),
             Action::SetTimer {
-                deadline: n.election_deadline
+                deadline: n.next_deadline().unwrap()
             },
         ]
     );
@@ -373,11 +374,11 @@ fn follower_grants_vote_with_hard_state_and_reply_in_then_send() {
             }),
             // Granting a vote defers our own candidacy.
             Action::SetTimer {
-                deadline: n.election_deadline
+                deadline: n.next_deadline().unwrap()
             },
         ]
     );
-    assert!(n.election_deadline >= ms(310));
+    assert!(n.next_deadline().unwrap() >= ms(310));
     assert_eq!(n.voted_for(), Some(1));
     assert_eq!(n.term(), 1);
     assert_eq!(n.role(), Role::Follower);
@@ -398,7 +399,7 @@ fn repeated_request_from_the_voted_candidate_is_granted_again_without_a_write() 
                 message: rvr(1, true)
             },
             Action::SetTimer {
-                deadline: n.election_deadline
+                deadline: n.next_deadline().unwrap()
             },
         ]
     );
@@ -410,7 +411,7 @@ fn second_candidate_in_same_term_is_refused() {
     boot(&mut n);
     let grant = recv(&mut n, ms(10), 1, rv(1, 0, 0));
     persist_all(&mut n, ms(10), &grant);
-    let deadline = n.election_deadline;
+    let deadline = n.next_deadline().unwrap();
     let actions = recv(&mut n, ms(20), 3, rv(1, 5, 1));
     // Nothing to write and nothing pending: the refusal goes out at once,
     // and the election timer is not reset.
@@ -421,7 +422,7 @@ fn second_candidate_in_same_term_is_refused() {
             message: rvr(1, false)
         }]
     );
-    assert_eq!(n.election_deadline, deadline);
+    assert_eq!(n.next_deadline().unwrap(), deadline);
     assert_eq!(n.voted_for(), Some(1));
 }
 
@@ -455,7 +456,7 @@ fn vote_refused_to_a_candidate_with_an_older_log_but_its_term_is_adopted() {
         &[1, 1],
     );
     boot(&mut n);
-    let deadline = n.election_deadline;
+    let deadline = n.next_deadline().unwrap();
     // Longer log but older last term (§5.4.1): refused.
     let actions = recv(&mut n, ms(10), 1, rv(2, 5, 0));
     assert_eq!(
@@ -470,7 +471,8 @@ fn vote_refused_to_a_candidate_with_an_older_log_but_its_term_is_adopted() {
         })]
     );
     assert_eq!(
-        n.election_deadline, deadline,
+        n.next_deadline().unwrap(),
+        deadline,
         "a refusal does not defer the election"
     );
     // Same last term, shorter log: refused too.
@@ -589,7 +591,7 @@ fn single_member_cluster_elects_itself_once_its_vote_is_durable_and_commits_on_i
 {
     let mut n = fresh(1, 1);
     boot(&mut n);
-    let t = n.election_deadline;
+    let t = n.next_deadline().unwrap();
     let actions = step(&mut n, t, Event::TimerFired);
     assert!(
         !n.is_leader(),
@@ -606,7 +608,7 @@ fn single_member_cluster_elects_itself_once_its_vote_is_durable_and_commits_on_i
                 ..write(1)
             }),
             Action::SetTimer {
-                deadline: n.election_deadline
+                deadline: n.next_deadline().unwrap()
             },
         ]
     );
@@ -818,7 +820,7 @@ fn leader_rejects_proposals_beyond_the_uncommitted_limit() {
 
 #[test]
 fn leader_inheriting_a_full_window_of_older_term_entries_can_still_make_progress() {
-    // Found by `tests_props::three_node_cluster_recovers_once_faults_stop`.
+    // Found by `props.rs`'s `three_node_cluster_recovers_once_faults_stop`.
     // The leader of term 1 filled `max_uncommitted_entries` (2 here) and lost
     // office before node 1 learnt that they committed. Node 1 now leads term
     // 2 holding them. It may not commit them by counting replicas (Figure 8)
@@ -1182,7 +1184,7 @@ fn follower_accepting_entries_persists_them_and_acknowledges_once_durable() {
                 ..write(2)
             }),
             Action::SetTimer {
-                deadline: n.election_deadline
+                deadline: n.next_deadline().unwrap()
             },
         ]
     );
@@ -1215,7 +1217,7 @@ fn follower_whose_log_is_too_short_rejects_with_its_end() {
                 message: rejected(1, 5, None, 3)
             },
             Action::SetTimer {
-                deadline: n.election_deadline
+                deadline: n.next_deadline().unwrap()
             },
         ]
     );
@@ -1249,7 +1251,7 @@ fn follower_with_conflicting_term_rejects_with_that_term_and_its_first_index() {
                 ..write(1)
             }),
             Action::SetTimer {
-                deadline: n.election_deadline
+                deadline: n.next_deadline().unwrap()
             },
         ]
     );
@@ -1286,7 +1288,7 @@ fn follower_truncates_a_conflicting_suffix_and_appends_the_leaders_entries() {
                 ..write(1)
             }),
             Action::SetTimer {
-                deadline: n.election_deadline
+                deadline: n.next_deadline().unwrap()
             },
         ]
     );
@@ -1322,7 +1324,7 @@ fn follower_keeps_entries_past_a_stale_append_that_matches() {
                 message: accepted(1, 1)
             },
             Action::SetTimer {
-                deadline: n.election_deadline
+                deadline: n.next_deadline().unwrap()
             },
         ]
     );
@@ -1367,7 +1369,7 @@ fn follower_applies_durable_entries_once_the_leader_commits_them() {
                 entries: es[..2].to_vec()
             },
             Action::SetTimer {
-                deadline: n.election_deadline
+                deadline: n.next_deadline().unwrap()
             },
         ]
     );
@@ -1389,7 +1391,7 @@ fn candidate_hearing_from_the_leader_of_its_term_steps_down() {
                 message: accepted(1, 0)
             },
             Action::SetTimer {
-                deadline: n.election_deadline
+                deadline: n.next_deadline().unwrap()
             },
         ]
     );
@@ -1616,7 +1618,7 @@ fn follower_installing_a_snapshot_discards_a_log_that_does_not_hold_it() {
             }),
             Action::ApplySnapshot { snapshot },
             Action::SetTimer {
-                deadline: n.election_deadline
+                deadline: n.next_deadline().unwrap()
             },
         ]
     );
@@ -1670,7 +1672,7 @@ fn follower_installing_a_snapshot_keeps_the_entries_that_follow_it() {
             }),
             Action::ApplySnapshot { snapshot },
             Action::SetTimer {
-                deadline: n.election_deadline
+                deadline: n.next_deadline().unwrap()
             },
         ]
     );
@@ -1691,7 +1693,7 @@ fn follower_answers_a_snapshot_it_already_covers_without_installing_it() {
                 message: install_reply(1, 2)
             },
             Action::SetTimer {
-                deadline: n.election_deadline
+                deadline: n.next_deadline().unwrap()
             },
         ]
     );
@@ -1705,7 +1707,7 @@ fn time_going_backwards_is_an_error_and_changes_nothing() {
     let mut n = fresh(1, 3);
     boot(&mut n);
     step(&mut n, ms(100), Event::TimerFired);
-    let deadline = n.election_deadline;
+    let deadline = n.next_deadline().unwrap();
     assert_eq!(
         n.step(
             ms(50),
@@ -1719,8 +1721,8 @@ fn time_going_backwards_is_an_error_and_changes_nothing() {
             last: ms(100)
         })
     );
-    assert_eq!(n.now, ms(100));
-    assert_eq!(n.election_deadline, deadline);
+    assert_eq!(n.now(), ms(100));
+    assert_eq!(n.next_deadline().unwrap(), deadline);
     // Still usable: it campaigns as before.
     let actions = step(&mut n, deadline, Event::TimerFired);
     assert_eq!(n.role(), Role::Candidate);
@@ -1826,7 +1828,7 @@ fn stale_term_requests_get_our_term_and_stale_replies_are_dropped() {
         &[1, 2],
     );
     boot(&mut n);
-    let deadline = n.election_deadline;
+    let deadline = n.next_deadline().unwrap();
     assert_eq!(
         recv(&mut n, ms(1), 2, ae(2, 2, 2, entries_from(3, &[2]), 3)),
         vec![Action::Send {
@@ -1856,7 +1858,8 @@ fn stale_term_requests_get_our_term_and_stale_replies_are_dropped() {
         (3, Role::Follower, 2)
     );
     assert_eq!(
-        n.election_deadline, deadline,
+        n.next_deadline().unwrap(),
+        deadline,
         "stale messages do not defer an election"
     );
     assert_eq!(n.leader_hint(), None);
@@ -1878,7 +1881,7 @@ fn leader_seeing_a_newer_term_steps_down_and_persists_it() {
                 ..write(2)
             }),
             Action::SetTimer {
-                deadline: n.election_deadline
+                deadline: n.next_deadline().unwrap()
             },
         ]
     );
@@ -1997,7 +2000,7 @@ fn recover_resumes_from_the_durable_state() {
     assert_eq!(
         boot(&mut n),
         vec![Action::SetTimer {
-            deadline: n.election_deadline
+            deadline: n.next_deadline().unwrap()
         }]
     );
     // Committing through 6 applies exactly 5 and 6: what follows the snapshot.
@@ -2023,7 +2026,7 @@ fn recovered_node_campaigns_with_its_stored_log() {
         &[2, 3],
     );
     boot(&mut n);
-    let t = n.election_deadline;
+    let t = n.next_deadline().unwrap();
     let p = persists(&step(&mut n, t, Event::TimerFired)).remove(0);
     assert_eq!(
         p,

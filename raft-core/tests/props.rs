@@ -16,10 +16,11 @@ use std::collections::{BTreeMap, VecDeque};
 
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 
-use crate::{
-    quorum_index, Action, AppendEntries, Config, DurableState, Entry, Event, HardState, Index,
-    InstallSnapshot, Instant, Message, NodeId, Persist, RaftLog, RaftNode, RequestVote, Snapshot,
-    SnapshotMeta, Term,
+use raft_core::MajorityConfig;
+use raft_core::{
+    Action, AppendEntries, Config, DurableState, Entry, Event, HardState, Index, InstallSnapshot,
+    Instant, Message, NodeId, Persist, RaftLog, RaftNode, RequestVote, Snapshot, SnapshotMeta,
+    Term,
 };
 
 // ----- shared helpers ---------------------------------------------------------
@@ -574,7 +575,7 @@ impl FollowerHarness {
                 }
             }
             FollowerOp::Timer => {
-                self.now = self.now.max(self.node.election_deadline);
+                self.now = self.now.max(self.node.next_deadline().unwrap());
                 self.step(Event::TimerFired)?;
             }
             FollowerOp::TakeSnapshot { at } => {
@@ -720,7 +721,8 @@ fn prop_quorum_index_with_term_check(
         .map(|m| u64::from(m) % (len + 1))
         .collect();
     // What `maybe_commit` computes.
-    let candidate = quorum_index(&matches);
+    let voters = MajorityConfig::new(1..=matches.len() as NodeId);
+    let candidate = voters.committed_index(|v| matches.get(v as usize - 1).copied());
     let core = if candidate > 0 && terms[candidate as usize - 1] == current {
         candidate
     } else {
@@ -811,7 +813,7 @@ fn prop_leader_commit_is_figure_8(case: CommitCase) -> TestResult {
     let mut n = RaftNode::recover(config(id, case.members), 3, durable, None).unwrap();
     // Take office in term + 1.
     n.step(Instant::ZERO, Event::TimerFired).unwrap();
-    let now = n.election_deadline;
+    let now = n.next_deadline().unwrap();
     let run = |n: &mut RaftNode, event: Event| -> Vec<Action> { n.step(now, event).unwrap() };
     run(&mut n, Event::TimerFired);
     run(&mut n, Event::Persisted { upto: 1 });
@@ -819,7 +821,7 @@ fn prop_leader_commit_is_figure_8(case: CommitCase) -> TestResult {
         if n.is_leader() {
             break;
         }
-        let reply = crate::RequestVoteReply {
+        let reply = raft_core::RequestVoteReply {
             term: n.term(),
             vote_granted: true,
         };
@@ -878,9 +880,9 @@ fn prop_leader_commit_is_figure_8(case: CommitCase) -> TestResult {
                 leader_durable = last;
             }
             Some((peer, match_index)) => {
-                let reply = crate::AppendEntriesReply {
+                let reply = raft_core::AppendEntriesReply {
                     term: current,
-                    outcome: crate::AppendOutcome::Accepted { match_index },
+                    outcome: raft_core::AppendOutcome::Accepted { match_index },
                 };
                 run(
                     &mut n,
@@ -1431,7 +1433,7 @@ fn random_schedules_exercise_commits_snapshots_and_limits() {
             matches!(
                 a,
                 Action::RejectProposal {
-                    reason: crate::RejectReason::TooManyUncommitted,
+                    reason: raft_core::RejectReason::TooManyUncommitted,
                     ..
                 }
             )
