@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
+use raft_testkit::SafetyChecker;
 
 use raft_core::MajorityConfig;
 use raft_core::{
@@ -1024,7 +1025,9 @@ struct Cluster {
     now: Instant,
     next_command: u64,
     /// The leader seen in each term.
-    leaders: BTreeMap<Term, NodeId>,
+    /// Election safety, log matching, leader completeness, state machine
+    /// safety and persist before send, as every harness checks them.
+    safety: SafetyChecker,
     /// The entry applied at each index, by whichever server applied it first.
     applied: BTreeMap<Index, Entry>,
     /// Every step's actions, for the determinism check.
@@ -1040,7 +1043,7 @@ impl Cluster {
             net: Vec::new(),
             now: Instant::ZERO,
             next_command: 0,
-            leaders: BTreeMap::new(),
+            safety: SafetyChecker::default(),
             applied: BTreeMap::new(),
             trace: Vec::new(),
         };
@@ -1073,10 +1076,15 @@ impl Cluster {
             .step(now, event)
             .map_err(|e| format!("node {id} refused: {e}"))?;
         self.trace.push((id, actions.clone()));
+        self.safety.after_step(&self.servers[id as usize - 1].node);
         for action in actions {
             match action {
-                Action::Send { to, message } => self.net.push((id, to, message)),
-                Action::Persist(p) => self.server(id).pending.push_back(p),
+                Action::Send { to, message } => self.send(id, to, message),
+                Action::Persist(p) => {
+                    self.safety
+                        .persist_issued(id, &self.servers[id as usize - 1].node, &p);
+                    self.server(id).pending.push_back(p);
+                }
                 Action::Apply { entries } => self.apply(id, entries)?,
                 Action::ApplySnapshot { snapshot } => self.apply_snapshot(id, snapshot)?,
                 Action::SetTimer { deadline } => self.server(id).deadline = Some(deadline),
@@ -1086,7 +1094,15 @@ impl Cluster {
         Ok(())
     }
 
+    /// Persist before send, checked against what node `from` has stored.
+    fn send(&mut self, from: NodeId, to: NodeId, message: Message) {
+        let durable = &self.servers[from as usize - 1].durable;
+        self.safety.check_send(from, to, &message, durable);
+        self.net.push((from, to, message));
+    }
+
     fn apply(&mut self, id: NodeId, entries: Vec<Entry>) -> Result<(), String> {
+        self.safety.entries_applied(id, &entries);
         for e in entries {
             let expected = self.server(id).service.len() as u64 + 1;
             if e.index != expected {
@@ -1156,7 +1172,7 @@ impl Cluster {
                         s.durable_snapshot = Some(data);
                     }
                     for (to, message) in p.then_send {
-                        self.net.push((id, to, message));
+                        self.send(id, to, message);
                     }
                     self.step(id, Event::Persisted { upto: p.id })?;
                 }
@@ -1238,20 +1254,13 @@ impl Cluster {
         self.check()
     }
 
-    /// The safety properties, after every step.
+    /// The properties only this harness can check, after every step (the
+    /// cluster safety properties are [`SafetyChecker`]'s, checked as the
+    /// nodes step): each service holds what its node applied, and each
+    /// node's storage image matches its memory.
     fn check(&mut self) -> Result<(), String> {
         for s in &self.servers {
             let n = &s.node;
-            if n.is_leader() {
-                let first = *self.leaders.entry(n.term()).or_insert(n.id());
-                if first != n.id() {
-                    return Err(format!(
-                        "nodes {first} and {} both led term {}",
-                        n.id(),
-                        n.term()
-                    ));
-                }
-            }
             if s.service.len() as u64 != n.last_applied() {
                 return Err(format!(
                     "node {} service holds {} but applied {}",
@@ -1263,29 +1272,6 @@ impl Cluster {
             image_matches_memory(&image_after(&s.durable, &s.pending), n)
                 .map_err(|e| format!("node {}: {e}", n.id()))?;
             durable_prefix_is_stored(&s.durable, n).map_err(|e| format!("node {}: {e}", n.id()))?;
-        }
-        // Log matching (§5.3): where two logs hold an index with the same
-        // term, they agree on every entry both hold up to there.
-        for a in 0..self.servers.len() {
-            for b in a + 1..self.servers.len() {
-                let (la, lb) = (self.servers[a].node.log(), self.servers[b].node.log());
-                let top = la.last_index().min(lb.last_index());
-                let Some(agree) = (1..=top)
-                    .rev()
-                    .find(|&i| la.term_at(i).is_some() && la.term_at(i) == lb.term_at(i))
-                else {
-                    continue;
-                };
-                for i in 1..=agree {
-                    if let (Some(x), Some(y)) = (la.entry(i), lb.entry(i)) {
-                        if x != y {
-                            return Err(format!(
-                                "log matching broken at {i}: {x:?} vs {y:?} (agree at {agree})"
-                            ));
-                        }
-                    }
-                }
-            }
         }
         Ok(())
     }
