@@ -24,11 +24,35 @@ pub use store::{KvStore, DEFAULT_MAX_SESSIONS};
 
 /// What can go wrong in the KV core.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The Raft node was misused.
     #[error(transparent)]
     Raft(#[from] raft_core::Error),
-    /// A snapshot did not decode.
-    #[error("snapshot does not decode: {0}")]
-    BadSnapshot(String),
+    /// A snapshot was refused.
+    #[error("bad snapshot: {0}")]
+    BadSnapshot(#[from] SnapshotError),
+}
+
+/// Why a KV snapshot was refused ([`KvStore::restore`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The bytes do not decode as a store.
+    #[error("does not decode: {0}")]
+    Decode(postcard::Error),
+    /// Bytes follow the store.
+    #[error("{0} bytes after the store")]
+    TrailingBytes(usize),
+    /// More sessions than the store's bound, or a bound of zero.
+    #[error("{sessions} sessions with a bound of {bound}")]
+    SessionBound {
+        /// Sessions in the snapshot.
+        sessions: usize,
+        /// The snapshot's session bound.
+        bound: usize,
+    },
+    /// The sessions' use order does not match the sessions.
+    #[error("the sessions' use order does not match the sessions")]
+    UseOrder,
 }

@@ -161,18 +161,18 @@ impl KvStore {
     /// room for any session, more sessions than the bound, a use index that
     /// does not match its session), is refused and changes nothing.
     pub fn restore(&mut self, bytes: &[u8]) -> Result<(), crate::Error> {
-        let bad = |why: String| crate::Error::BadSnapshot(why);
+        use crate::SnapshotError as E;
+        let bad = crate::Error::BadSnapshot;
         let (store, rest): (KvStore, _) =
-            postcard::take_from_bytes(bytes).map_err(|e| bad(e.to_string()))?;
+            postcard::take_from_bytes(bytes).map_err(|e| bad(E::Decode(e)))?;
         if !rest.is_empty() {
-            return Err(bad(format!("{} bytes after the store", rest.len())));
+            return Err(bad(E::TrailingBytes(rest.len())));
         }
         if store.max_sessions == 0 || store.sessions.len() > store.max_sessions {
-            return Err(bad(format!(
-                "{} sessions with a bound of {}",
-                store.sessions.len(),
-                store.max_sessions
-            )));
+            return Err(bad(E::SessionBound {
+                sessions: store.sessions.len(),
+                bound: store.max_sessions,
+            }));
         }
         let uses_match = store.by_use.len() == store.sessions.len()
             && store.by_use.keys().all(|&(index, client)| {
@@ -182,9 +182,7 @@ impl KvStore {
                     .is_some_and(|s| s.last_index == index)
             });
         if !uses_match {
-            return Err(bad(
-                "the sessions' use order does not match the sessions".into()
-            ));
+            return Err(bad(E::UseOrder));
         }
         *self = store;
         Ok(())

@@ -60,34 +60,35 @@ impl Config {
 
     /// Checks the configuration, naming the first problem found.
     pub fn validate(&self) -> Result<(), crate::Error> {
-        let bad = |why: &str| Err(crate::Error::InvalidConfig(why.to_string()));
+        use crate::ConfigError as E;
+        let bad = |why: E| Err(crate::Error::InvalidConfig(why));
         if !self.members.contains(&self.id) {
-            return bad("members must contain id");
+            return bad(E::NotAMember);
         }
         let mut sorted = self.members.clone();
         sorted.sort_unstable();
         sorted.dedup();
         if sorted.len() != self.members.len() {
-            return bad("members must not repeat");
+            return bad(E::RepeatedMember);
         }
         if self.election_timeout_min.is_zero()
             || self.election_timeout_max <= self.election_timeout_min
         {
-            return bad("need 0 < election_timeout_min < election_timeout_max");
+            return bad(E::ElectionTimeouts);
         }
         if u64::try_from(self.election_timeout_max.as_nanos()).is_err() {
-            return bad("election_timeout_max must fit in u64 nanoseconds (about 584 years)");
+            return bad(E::ElectionTimeoutTooLong);
         }
         if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.election_timeout_min
         {
-            return bad("need 0 < heartbeat_interval < election_timeout_min");
+            return bad(E::HeartbeatInterval);
         }
         if self.max_entries_per_append == 0
             || self.max_append_bytes == 0
             || self.max_inflight_appends == 0
             || self.max_uncommitted_entries == 0
         {
-            return bad("limits must be positive");
+            return bad(E::ZeroLimit);
         }
         Ok(())
     }

@@ -94,15 +94,60 @@ pub use role::Role;
 pub use time::Instant;
 pub use types::{Entry, HardState, Index, NodeId, Snapshot, SnapshotMeta, Term};
 
+/// What is wrong with a [`Config`] ([`Config::validate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `members` does not contain `id`.
+    #[error("members must contain id")]
+    NotAMember,
+    /// A member is listed twice.
+    #[error("members must not repeat")]
+    RepeatedMember,
+    /// The election timeout range is empty or starts at zero.
+    #[error("need 0 < election_timeout_min < election_timeout_max")]
+    ElectionTimeouts,
+    /// The election timeout does not fit the core's time type.
+    #[error("election_timeout_max must fit in u64 nanoseconds (about 584 years)")]
+    ElectionTimeoutTooLong,
+    /// The heartbeat interval is zero or not below the election timeout.
+    #[error("need 0 < heartbeat_interval < election_timeout_min")]
+    HeartbeatInterval,
+    /// A limit (entries or bytes per append, appends in flight,
+    /// uncommitted entries) is zero.
+    #[error("limits must be positive")]
+    ZeroLimit,
+}
+
+/// What is wrong with the state handed to [`RaftNode::recover`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DurableStateError {
+    /// The state names a snapshot but no snapshot bytes were given.
+    #[error("the durable state names a snapshot but no snapshot bytes were given")]
+    SnapshotBytesMissing,
+    /// The stored vote names a node that is not a member.
+    #[error("voted for a node that is not a member")]
+    VoteForNonMember,
+    /// The entries do not continue the snapshot one by one, or reach the
+    /// last representable index.
+    #[error("log entries are not consecutive after the snapshot, or reach the last index")]
+    LogNotConsecutive,
+    /// The log holds a term newer than the stored current term.
+    #[error("log holds a term newer than the current term")]
+    LogTermAfterCurrentTerm,
+}
+
 /// Misuse of the node by its caller. Peer input never produces one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The configuration is inconsistent.
     #[error("invalid config: {0}")]
-    InvalidConfig(String),
+    InvalidConfig(#[from] ConfigError),
     /// The state handed to `recover` is inconsistent.
     #[error("invalid durable state: {0}")]
-    InvalidDurableState(String),
+    InvalidDurableState(#[from] DurableStateError),
     /// `step` was called with a time earlier than a previous one.
     #[error("time went backwards: {now:?} after {last:?}")]
     TimeWentBackwards {

@@ -66,23 +66,20 @@ impl RaftNode {
         snapshot_data: Option<Vec<u8>>,
     ) -> Result<Self, Error> {
         config.validate()?;
-        let bad = |why: &str| Error::InvalidDurableState(why.to_string());
+        use crate::DurableStateError as E;
+        let bad = Error::InvalidDurableState;
         let meta = durable.snapshot.unwrap_or_default();
         if durable.snapshot.is_some() && snapshot_data.is_none() {
-            return Err(bad(
-                "the durable state names a snapshot but no snapshot bytes were given",
-            ));
+            return Err(bad(E::SnapshotBytesMissing));
         }
         if let Some(v) = durable.hard_state.voted_for {
             if !config.members.contains(&v) {
-                return Err(bad("voted for a node that is not a member"));
+                return Err(bad(E::VoteForNonMember));
             }
         }
-        let log = RaftLog::restore(meta, durable.entries).ok_or_else(|| {
-            bad("log entries are not consecutive after the snapshot, or reach the last index")
-        })?;
+        let log = RaftLog::restore(meta, durable.entries).ok_or(bad(E::LogNotConsecutive))?;
         if log.last_term() > durable.hard_state.term {
-            return Err(bad("log holds a term newer than the current term"));
+            return Err(bad(E::LogTermAfterCurrentTerm));
         }
         let durable_index = log.last_index();
         let shared = Shared {
