@@ -371,111 +371,13 @@ impl Drop for Sleep {
     }
 }
 
-/// Runs `future` for at most `duration` of real time: `Some(output)` if it
-/// finished, `None` if time ran out first (the future is dropped).
+/// Runs `future` for at most `duration` of real time: `Some(output)` if
+/// it finished, `None` if time ran out first (the future is dropped).
 pub async fn timeout<F: Future>(duration: Duration, future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    let mut timer = sleep(duration);
-    std::future::poll_fn(move |cx| {
-        if let Poll::Ready(v) = future.as_mut().poll(cx) {
-            return Poll::Ready(Some(v));
-        }
-        match Pin::new(&mut timer).poll(cx) {
-            Poll::Ready(()) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await
+    lab::sync::timeout(sleep(duration), future).await
 }
 
-struct OneshotState<T> {
-    value: Option<T>,
-    waiter: Option<Waker>,
-    closed: bool,
-    receiver_gone: bool,
-}
-
-/// The sending half of a [`oneshot`] channel; `Send`, so any thread may
-/// complete it.
-pub struct OneshotSender<T> {
-    state: Arc<Mutex<OneshotState<T>>>,
-}
-
-/// The receiving half of a [`oneshot`] channel: resolves to `Some(value)`,
-/// or `None` if the sender was dropped without sending.
-pub struct OneshotReceiver<T> {
-    state: Arc<Mutex<OneshotState<T>>>,
-}
-
-/// A single-value channel into a task, from a task or from any thread (a
-/// node or network thread completing a call).
-pub fn oneshot<T>() -> (OneshotSender<T>, OneshotReceiver<T>) {
-    let state = Arc::new(Mutex::new(OneshotState {
-        value: None,
-        waiter: None,
-        closed: false,
-        receiver_gone: false,
-    }));
-    (
-        OneshotSender {
-            state: state.clone(),
-        },
-        OneshotReceiver { state },
-    )
-}
-
-impl<T> OneshotSender<T> {
-    /// Delivers `value` and wakes the receiver.
-    pub fn send(self, value: T) {
-        let waiter = {
-            let mut s = lock(&self.state);
-            s.value = Some(value);
-            s.waiter.take()
-        };
-        if let Some(w) = waiter {
-            w.wake();
-        }
-    }
-
-    /// True once the receiver was dropped: nobody waits for the value.
-    pub fn is_abandoned(&self) -> bool {
-        lock(&self.state).receiver_gone
-    }
-}
-
-impl<T> Drop for OneshotSender<T> {
-    fn drop(&mut self) {
-        let waiter = {
-            let mut s = lock(&self.state);
-            s.closed = true;
-            s.waiter.take()
-        };
-        if let Some(w) = waiter {
-            w.wake();
-        }
-    }
-}
-
-impl<T> Drop for OneshotReceiver<T> {
-    fn drop(&mut self) {
-        lock(&self.state).receiver_gone = true;
-    }
-}
-
-impl<T> Future for OneshotReceiver<T> {
-    type Output = Option<T>;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        let mut s = lock(&self.state);
-        if let Some(v) = s.value.take() {
-            return Poll::Ready(Some(v));
-        }
-        if s.closed {
-            return Poll::Ready(None);
-        }
-        s.waiter = Some(cx.waker().clone());
-        Poll::Pending
-    }
-}
+pub use lab::sync::{oneshot, OneshotReceiver, OneshotSender};
 
 #[cfg(test)]
 mod tests {

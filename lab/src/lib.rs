@@ -39,6 +39,7 @@ mod links;
 pub mod net;
 pub mod raft;
 mod status;
+pub mod sync;
 mod test_run;
 
 pub use applier::{Appliers, SNAPSHOT_INTERVAL};
