@@ -33,6 +33,7 @@
 pub mod bytes;
 pub mod canary;
 mod config;
+mod durable;
 mod election;
 mod io;
 mod log;
@@ -51,6 +52,7 @@ mod tests_handlers;
 mod tests_props;
 
 pub use config::Config;
+pub use durable::{DurableError, DurableWrite};
 pub use io::{Action, DurableState, Event, Persist, RejectReason};
 pub use log::RaftLog;
 pub use message::{

@@ -33,9 +33,9 @@
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use driver_tokio::storage::{Recovered, Storage, StorageError, SNAPSHOT_FILE, SNAPSHOT_TMP_FILE};
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 use raft_core::{DurableState, Entry, HardState, Index, Persist, Snapshot, SnapshotMeta};
+use raft_storage::{Recovered, Storage, StorageError, SNAPSHOT_FILE, SNAPSHOT_TMP_FILE};
 
 /// A runner with `tests` cases, unless `QUICKCHECK_TESTS` overrides it.
 fn qc(tests: u64) -> QuickCheck {

@@ -4,12 +4,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use driver_tokio::storage::{
-    segment_file_name, Recovered, Storage, StorageError, MAX_RECORD_LEN, RECORD_HEADER_LEN,
-    SEGMENT_HEADER_LEN, SNAPSHOT_FILE, SNAPSHOT_TMP_FILE,
-};
 use raft_core::{
     DurableState, Entry, HardState, Index, Persist, Snapshot, SnapshotMeta, SplitMix64,
+};
+use raft_storage::{
+    segment_file_name, Recovered, Storage, StorageError, MAX_RECORD_LEN, RECORD_HEADER_LEN,
+    SEGMENT_HEADER_LEN, SNAPSHOT_FILE, SNAPSHOT_TMP_FILE,
 };
 
 fn entry(index: Index, term: u64, size: usize) -> Entry {
