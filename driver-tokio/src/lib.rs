@@ -5,7 +5,7 @@
 //! - [`client`]: the async client over the sans-IO clerk.
 //! - [`wire`]: the client protocol and async frame adapters over
 //!   `raft-wire` (frames and handshake, shared with every TCP transport).
-//! - [`transport`]: connections.
+//! - [`transport`]: the connections between peers and to clients.
 //!
 //! The log and snapshots on disk are `raft-storage`'s.
 //!
