@@ -28,7 +28,7 @@ pub struct Recovered {
 
 impl Storage {
     /// Opens (creating if needed) the data directory and recovers its
-    /// contents. See the module documentation for what is tolerated.
+    /// contents. See the crate documentation for what is tolerated.
     pub fn open(dir: &Path) -> Result<(Storage, Recovered), StorageError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let listing = list_dir(dir)?;

@@ -13,7 +13,8 @@ use crate::segment::{push_segment_header, segment_file_name};
 use crate::snapshot_file::write_snapshot_file;
 use crate::StorageError;
 
-/// The durable storage of one node. See the module documentation.
+/// The durable storage of one node. See the crate documentation for the
+/// format and the crash guarantees.
 #[derive(Debug)]
 pub struct Storage {
     pub(crate) dir: PathBuf,
@@ -46,7 +47,7 @@ pub struct Committed {
 impl Storage {
     /// Appends the durable content of one `Persist`. Without a snapshot it is
     /// not fsynced (call [`Storage::sync`]); with one, it and everything
-    /// before it are durable on return (see the module documentation).
+    /// before it are durable on return (see the crate documentation).
     pub fn append(&mut self, persist: &Persist) -> Result<(), StorageError> {
         self.usable()?;
         if persist.is_barrier() {

@@ -8,7 +8,7 @@
 //! a follower's conflicting suffix, term and vote changes, the service's
 //! snapshots, a leader's InstallSnapshot, barriers), a write that does not
 //! continue the log, syncs, clean reopens and crashes, applied to a real
-//! `Storage` in a temporary directory the way `node.rs` drives it (appends,
+//! `Storage` in a temporary directory the way the drivers drive it (appends,
 //! then one sync; a reopen recovers).
 //!
 //! - `the_storage_matches_the_model_across_reopens`: between operations the
