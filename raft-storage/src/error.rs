@@ -36,7 +36,7 @@ pub enum StorageError {
         /// What does not fit.
         reason: String,
     },
-    /// A record would exceed [`MAX_RECORD_LEN`]; nothing was written.
+    /// A record would exceed [`crate::MAX_RECORD_LEN`]; nothing was written.
     #[error("record of {len} bytes exceeds the maximum of {max} bytes")]
     RecordTooLarge {
         /// The payload length.

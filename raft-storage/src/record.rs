@@ -1,6 +1,6 @@
 //! Log records: `u32 length | u32 crc32 of payload | payload`, the payload
-//! being the postcard encoding of a [`Record`], and how a damaged one is
-//! told apart from one a crash tore.
+//! being the postcard encoding of a record (a `Write` or a `Checkpoint`),
+//! and how a damaged one is told apart from one a crash tore.
 
 use raft_core::{DurableState, Entry, HardState, Index, SnapshotMeta};
 use serde::{Deserialize, Serialize};
