@@ -8,8 +8,9 @@
 //!
 //! - [`decode_message`]: postcard bytes → `raft_core::Message`; whatever
 //!   decodes re-encodes and decodes back to the same value.
-//! - [`decode_wire`]: a TCP byte stream → `driver_tokio::wire::read_frame` of
-//!   `Hello`, then `Message`s or `ClientRequest`s (a server's side), or
+//! - [`decode_wire`]: a TCP byte stream → `driver_tokio::wire::read_frame`
+//!   (the async reader over `raft-wire`'s frames) of `raft_wire::Hello`, then
+//!   `Message`s or `ClientRequest`s (a server's side), or
 //!   `ClientResponse`s (a client's side); frames round-trip, consume exactly
 //!   their length, and an oversized length is refused before any buffer of
 //!   that size is allocated.
@@ -40,16 +41,14 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
-use driver_tokio::wire::{
-    encode_frame, read_frame, read_frame_within, ClientRequest, ClientResponse, FrameError, Hello,
-    MAX_FRAME, MAX_HELLO_FRAME,
-};
+use driver_tokio::wire::{read_frame, read_frame_within, ClientRequest, ClientResponse};
 use raft_core::{
     Action, AppendEntries, AppendEntriesReply, AppendOutcome, Config, DurableState, Entry, Error,
     Event, HardState, Index, InstallSnapshot, InstallSnapshotReply, Instant, Message, NodeId,
     Persist, RaftLog, RaftNode, RequestVote, RequestVoteReply, Role, SnapshotMeta, Term,
 };
 use raft_testkit::SafetyChecker;
+use raft_wire::{encode_frame, FrameDecoder, FrameError, Hello, MAX_FRAME, MAX_HELLO_FRAME};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -130,7 +129,7 @@ pub fn decode_wire(data: &[u8], meter: AllocMeter) {
             Some(Hello::Client { .. }) => {
                 while read_one::<ClientRequest>(&mut stream, MAX_FRAME, meter).is_some() {}
             }
-            None => {}
+            _ => {}
         },
         1 => while read_one::<ClientResponse>(&mut stream, MAX_FRAME, meter).is_some() {},
         _ => {
@@ -140,12 +139,61 @@ pub fn decode_wire(data: &[u8], meter: AllocMeter) {
             decode_unframed::<Message>(stream);
         }
     }
+    decoder_splits_like_the_stream(&data[1..]);
+}
+
+/// `raft_wire::FrameDecoder` (the sans-IO decoder of the mio transport), fed
+/// the stream in pieces of 1 to 7 bytes, yields the frames a straight parse
+/// of the stream finds, and refuses an oversized length where it does.
+fn decoder_splits_like_the_stream(stream: &[u8]) {
+    let limit = 1 << 16;
+    let mut want = Vec::new();
+    let mut rest = stream;
+    let mut too_large = false;
+    while rest.len() >= 4 {
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if len > limit {
+            too_large = true;
+            break;
+        }
+        if rest.len() - 4 < len {
+            break;
+        }
+        want.push(rest[4..4 + len].to_vec());
+        rest = &rest[4 + len..];
+    }
+    let mut decoder = FrameDecoder::new();
+    let mut got = Vec::new();
+    let mut refused = false;
+    let mut at = 0;
+    'feed: for piece in (1..=7).cycle() {
+        if at >= stream.len() {
+            break;
+        }
+        let end = (at + piece).min(stream.len());
+        decoder.push(&stream[at..end]);
+        at = end;
+        loop {
+            match decoder.next_frame(limit) {
+                Ok(Some(body)) => got.push(body.to_vec()),
+                Ok(None) => break,
+                Err(FrameError::TooLarge { len, .. }) => {
+                    assert!(len > limit);
+                    refused = true;
+                    break 'feed;
+                }
+                Err(e) => panic!("the decoder fails only on size: {e}"),
+            }
+        }
+    }
+    assert_eq!(got, want, "the decoder's frames");
+    assert_eq!(refused, too_large, "the decoder's refusal");
 }
 
 fn decode_unframed<T: Serialize + DeserializeOwned + PartialEq + Debug>(bytes: &[u8]) {
     if let Ok(value) = postcard::from_bytes::<T>(bytes) {
         roundtrip(&value);
-        let frame = encode_frame(&value);
+        let frame = encode_frame(&value).expect("a decoded value fits a frame");
         let mut reader: &[u8] = &frame;
         let back: T = poll_ready(read_frame(&mut reader)).expect("an encoded frame reads back");
         assert_eq!(back, value);
@@ -172,7 +220,7 @@ where
             let len = announced.expect("a frame has a length");
             assert!(len <= limit);
             assert_eq!(before.len() - stream.len(), 4 + len, "consumed the frame");
-            let frame = encode_frame(&value);
+            let frame = encode_frame(&value).expect("a decoded value fits a frame");
             let mut reader: &[u8] = &frame;
             let back: T = poll_ready(read_frame(&mut reader)).expect("re-encoded frame reads");
             assert_eq!(back, value, "frame round trip");
@@ -218,6 +266,7 @@ where
             assert!(len <= limit);
             None
         }
+        Err(other) => panic!("a reader fails only on I/O, size or decoding: {other}"),
     }
 }
 

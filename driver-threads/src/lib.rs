@@ -10,15 +10,15 @@
 //!   [`ThreadCfg`] and [`ThreadKvCfg`] are the MIT 6.5840 lab harnesses on
 //!   top, with the same methods as the simulator's.
 //! - **In separate processes**: [`tcp`] is a mio TCP transport between
-//!   nodes, [`file_persister`] durable storage in files, and [`tcp_node`] the
-//!   node thread that ties them to a replicated [`tcp_node::Service`]; the
+//!   nodes (on `raft-wire`, the protocol driver-tokio speaks too), and
+//!   [`tcp_node`] the node thread that ties it and `raft-storage`'s durable
+//!   store to a replicated [`tcp_node::Service`]; the
 //!   `raft-node` binary is a small replicated log service built on them.
 //!
 //! In both, the monotonic clock is converted to `raft_core::Instant` at the
 //! edge, and a node's writes are durable before the messages that depend on
 //! them leave (persist before send).
 
-pub mod file_persister;
 pub mod tcp;
 pub mod tcp_node;
 

@@ -10,19 +10,22 @@
 //!
 //! # Wire format
 //!
-//! Every frame is a little-endian `u32` length followed by that many bytes
-//! of postcard. The first frame on a connection is a [`Hello`]: protocol
-//! version, cluster id and the sender's node id. Every later frame is one
-//! [`raft_core::Message`]. Only the dialling side writes: a connection
-//! carries messages one way, and the acceptor never answers.
+//! `raft-wire`'s, the one protocol of every TCP transport (driver-tokio's
+//! `rkv` speaks it too): every frame is a little-endian `u32` length
+//! followed by that many bytes of postcard. The first frame on a connection
+//! is a [`Hello::Peer`]: protocol version, cluster id and the sender's node
+//! id. Every later frame is one [`raft_core::Message`]. Only the dialling
+//! side writes: a connection carries messages one way, and the acceptor
+//! never answers.
 //!
 //! The acceptor refuses (closes, with a line on stderr) a hello of another
-//! version or cluster, or from an id that is not a peer, and any frame
-//! longer than its limit ([`MAX_HELLO_FRAME`] before the hello,
-//! [`TcpConfig::max_frame_bytes`] after) — checked on the length prefix,
-//! before anything is allocated, and the read buffer grows only with the
-//! bytes that actually arrive. An undecodable frame closes the connection
-//! too. Nothing a connection sends can panic or stop the node.
+//! version or cluster, or from an id that is not a peer
+//! ([`Hello::accept_peer`]), and any frame longer than its limit
+//! ([`MAX_HELLO_FRAME`] before the hello, [`TcpConfig::max_frame_bytes`]
+//! after) — checked on the length prefix, before anything is allocated
+//! ([`FrameDecoder`]), and the read buffer grows only with the bytes that
+//! actually arrive. An undecodable frame closes the connection too. Nothing
+//! a connection sends can panic or stop the node.
 //!
 //! # Outgoing connections
 //!
@@ -52,14 +55,11 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use raft_core::{Message, NodeId};
-use serde::{Deserialize, Serialize};
+use raft_wire::{ConnectionError, FrameDecoder};
+pub use raft_wire::{Hello, MAX_HELLO_FRAME};
 
-/// The protocol version carried in the [`Hello`].
-pub const PROTOCOL_VERSION: u32 = 1;
-/// The largest frame accepted before the hello: a hello is a few varints.
-pub const MAX_HELLO_FRAME: usize = 64;
 /// The default [`TcpConfig::max_frame_bytes`] (snapshots travel whole).
-pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
+pub const DEFAULT_MAX_FRAME: usize = raft_wire::MAX_FRAME;
 /// The default [`TcpConfig::max_buffered_bytes`].
 pub const DEFAULT_MAX_BUFFERED: usize = 8 << 20;
 /// How many messages the node thread may queue for the network thread.
@@ -84,17 +84,6 @@ const WAKER: Token = Token(1);
 /// incoming ones are numbered from `FIRST_INCOMING` up.
 const FIRST_OUTGOING: usize = 2;
 const FIRST_INCOMING: usize = 1 << 20;
-
-/// The first frame on every connection: who is calling.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hello {
-    /// [`PROTOCOL_VERSION`] of the sender.
-    pub version: u32,
-    /// The cluster the sender belongs to.
-    pub cluster_id: u64,
-    /// The sender's node id.
-    pub node_id: NodeId,
-}
 
 /// How the transport of one node is set up.
 #[derive(Clone, Debug)]
@@ -222,11 +211,7 @@ impl TcpTransport {
             .map(|(i, (&id, &addr))| (id, Peer::new(id, addr, Token(FIRST_OUTGOING + i))))
             .collect();
         let net = Network {
-            hello: Hello {
-                version: PROTOCOL_VERSION,
-                cluster_id: config.cluster_id,
-                node_id: config.id,
-            },
+            hello: Hello::peer(config.cluster_id, config.id),
             config,
             poll,
             listener,
@@ -268,15 +253,6 @@ impl TcpTransport {
             let _ = thread.join();
         }
     }
-}
-
-/// Encodes `value` as one frame: `u32` little-endian length, then postcard.
-pub fn encode_frame<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut frame = vec![0; 4];
-    frame = postcard::to_extend(value, frame).expect("wire types encode");
-    let len = u32::try_from(frame.len() - 4).unwrap_or(u32::MAX);
-    frame[..4].copy_from_slice(&len.to_le_bytes());
-    frame
 }
 
 /// Where an outgoing connection stands.
@@ -368,7 +344,7 @@ struct Incoming {
     /// Who it is, once its hello was accepted.
     from: Option<NodeId>,
     /// Bytes received and not yet parsed: at most one partial frame.
-    buf: Vec<u8>,
+    frames: FrameDecoder,
     opened: Instant,
 }
 
@@ -440,18 +416,17 @@ where
     }
 
     fn send(&mut self, to: NodeId, message: &Message) {
-        let frame = encode_frame(message);
-        if frame.len() - 4 > self.config.max_frame_bytes {
-            log(
-                self.config.id,
-                format_args!(
-                    "dropped a {}-byte message to {to}: over the frame limit",
-                    frame.len()
-                ),
-            );
-            return;
-        }
-        let hello = encode_frame(&self.hello);
+        let frame = match raft_wire::encode_frame_within(message, self.config.max_frame_bytes) {
+            Ok(frame) => frame,
+            Err(e) => {
+                log(
+                    self.config.id,
+                    format_args!("dropped a message to {to}: {e}"),
+                );
+                return;
+            }
+        };
+        let hello = raft_wire::encode_frame(&self.hello).expect("a hello fits its frame");
         let max_buffered = self.config.max_buffered_bytes;
         let registry = self.poll.registry();
         let Some(peer) = self.peers.get_mut(&to) else {
@@ -594,7 +569,7 @@ where
                             stream,
                             addr,
                             from: None,
-                            buf: Vec::new(),
+                            frames: FrameDecoder::new(),
                             opened: Instant::now(),
                         },
                     );
@@ -623,12 +598,12 @@ where
                     return true;
                 }
                 Ok(n) => {
-                    conn.buf.extend_from_slice(&self.scratch[..n]);
+                    conn.frames.push(&self.scratch[..n]);
                     match self.parse_frames(token) {
                         Ok(Delivery::Continue) => {}
                         Ok(Delivery::Stop) => return false,
                         Err(why) => {
-                            self.close_incoming(token, Some(&why));
+                            self.close_incoming(token, Some(&why.to_string()));
                             return true;
                         }
                     }
@@ -644,76 +619,49 @@ where
     }
 
     /// Takes every whole frame off the front of the connection's buffer.
-    fn parse_frames(&mut self, token: Token) -> Result<Delivery, String> {
+    fn parse_frames(&mut self, token: Token) -> Result<Delivery, ConnectionError> {
         let conn = self.incoming.get_mut(&token).expect("the caller checked");
-        let mut pos = 0;
-        let mut outcome = Ok(Delivery::Continue);
         let mut identified = None;
-        while conn.buf.len() - pos >= 4 {
-            let len = u32::from_le_bytes(conn.buf[pos..pos + 4].try_into().expect("4 bytes"));
-            let len = len as usize;
-            let limit = match conn.from {
-                None => MAX_HELLO_FRAME,
-                Some(_) => self.config.max_frame_bytes,
-            };
-            if len > limit {
-                outcome = Err(format!(
-                    "frame of {len} bytes exceeds the {limit}-byte limit"
-                ));
-                break;
-            }
-            if conn.buf.len() - pos - 4 < len {
-                break;
-            }
-            let body = &conn.buf[pos + 4..pos + 4 + len];
-            pos += 4 + len;
+        loop {
             match conn.from {
-                None => match postcard::from_bytes::<Hello>(body) {
-                    Ok(hello) => match check_hello(&self.config, hello) {
-                        Ok(()) => {
-                            conn.from = Some(hello.node_id);
-                            identified = conn.from;
-                        }
-                        Err(why) => {
-                            outcome = Err(why);
-                            break;
-                        }
-                    },
-                    Err(e) => {
-                        outcome = Err(format!("undecodable hello: {e}"));
+                None => {
+                    let hello = match conn.frames.next::<Hello>(MAX_HELLO_FRAME) {
+                        Ok(Some(hello)) => hello,
+                        Ok(None) => break,
+                        Err(e) => return Err(ConnectionError::BadHello(e)),
+                    };
+                    let peers = &self.config.peers;
+                    let from = hello.accept_peer(self.config.cluster_id, self.config.id, |id| {
+                        peers.contains_key(&id)
+                    })?;
+                    conn.from = Some(from);
+                    identified = Some(from);
+                }
+                Some(from) => {
+                    let Some(message) = conn.frames.next::<Message>(self.config.max_frame_bytes)?
+                    else {
                         break;
+                    };
+                    if (self.deliver)(from, message) == Delivery::Stop {
+                        return Ok(Delivery::Stop);
                     }
-                },
-                Some(from) => match postcard::from_bytes::<Message>(body) {
-                    Ok(message) => {
-                        if (self.deliver)(from, message) == Delivery::Stop {
-                            return Ok(Delivery::Stop);
-                        }
-                    }
-                    Err(e) => {
-                        outcome = Err(format!("undecodable message: {e}"));
-                        break;
-                    }
-                },
-            }
-        }
-        conn.buf.drain(..pos);
-        if outcome.is_ok() {
-            // The peer just identified itself: an older connection from the
-            // same peer is dead (it restarted); let it go.
-            if let Some(from) = identified {
-                let stale: Vec<Token> = self
-                    .incoming
-                    .iter()
-                    .filter(|(&t, c)| t != token && c.from == Some(from))
-                    .map(|(&t, _)| t)
-                    .collect();
-                for t in stale {
-                    self.close_incoming(t, None);
                 }
             }
         }
-        outcome
+        // The peer just identified itself: an older connection from the
+        // same peer is dead (it restarted); let it go.
+        if let Some(from) = identified {
+            let stale: Vec<Token> = self
+                .incoming
+                .iter()
+                .filter(|(&t, c)| t != token && c.from == Some(from))
+                .map(|(&t, _)| t)
+                .collect();
+            for t in stale {
+                self.close_incoming(t, None);
+            }
+        }
+        Ok(Delivery::Continue)
     }
 
     fn close_incoming(&mut self, token: Token, why: Option<&str>) {
@@ -763,29 +711,6 @@ where
             }
         }
     }
-}
-
-/// Refuses another protocol version, another cluster, or a non-peer.
-fn check_hello(config: &TcpConfig, hello: Hello) -> Result<(), String> {
-    if hello.version != PROTOCOL_VERSION {
-        return Err(format!(
-            "refused hello: protocol version {}, we speak {PROTOCOL_VERSION}",
-            hello.version
-        ));
-    }
-    if hello.cluster_id != config.cluster_id {
-        return Err(format!(
-            "refused hello: cluster id {}, ours is {}",
-            hello.cluster_id, config.cluster_id
-        ));
-    }
-    if hello.node_id == config.id || !config.peers.contains_key(&hello.node_id) {
-        return Err(format!(
-            "refused hello: node id {} is not a peer of node {}",
-            hello.node_id, config.id
-        ));
-    }
-    Ok(())
 }
 
 /// Drops a peer's connection and its buffer, and starts the back-off.
@@ -886,16 +811,13 @@ mod tests {
         // A stranger from cluster 8 claiming to be node 0 is refused, as is
         // a frame announcing more than the hello limit.
         for bytes in [
-            encode_frame(&Hello {
-                version: PROTOCOL_VERSION,
-                cluster_id: 8,
-                node_id: 0,
-            }),
+            raft_wire::encode_frame(&Hello::peer(8, 0)).unwrap(),
             u32::MAX.to_le_bytes().to_vec(),
         ] {
             let mut s = std::net::TcpStream::connect(peers[&1]).unwrap();
             s.write_all(&bytes).unwrap();
-            s.write_all(&encode_frame(&vote(999))).unwrap();
+            s.write_all(&raft_wire::encode_frame(&vote(999)).unwrap())
+                .unwrap();
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             let mut buf = [0u8; 1];
             // Closed by the acceptor: an end of file, or a reset when it

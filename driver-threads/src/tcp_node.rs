@@ -1,7 +1,7 @@
 //! One Raft node in its own process: a node thread that owns the
 //! [`RaftNode`] and the application's [`Service`], a mio network thread
-//! ([`crate::tcp`]) and durable storage in a directory
-//! ([`crate::file_persister`]).
+//! ([`crate::tcp`], on `raft-wire`) and durable storage in a directory
+//! (`raft-storage`'s [`Storage`], the store driver-tokio uses too).
 //!
 //! # The node thread
 //!
@@ -9,12 +9,13 @@
 //! from [`Proposer`]s) with `recv_timeout` until the deadline of the core's
 //! last `SetTimer`, and steps the core with what arrives (a batch of whatever
 //! is queued) or with `TimerFired`. Time is the monotonic clock, converted at
-//! the edge: `raft_core::Instant` counts nanoseconds since the node started.
+//! the edge ([`raft_wire::Clock`]): `raft_core::Instant` counts nanoseconds
+//! since the node started.
 //!
 //! Each round executes the actions in order: `Send`s are handed to the
 //! network thread at once (a leader's appends leave while its own write is
 //! in progress); `Persist`s are collected, and at the end of the round
-//! written together by [`FilePersister::write`] (one group commit); only
+//! written together by [`Storage::commit`] (one group commit); only
 //! then are their `then_send` messages handed to the network and
 //! `Persisted` stepped (which may produce more writes: the loop repeats
 //! until none is left). `Apply` and `ApplySnapshot` go to the service in
@@ -24,19 +25,19 @@
 //! A storage error stops the node: it cannot promise anything any more.
 #![warn(missing_docs)]
 
+use raft_core::{
+    Action, Config, Entry, Event, Message, NodeId, Persist, RaftNode, RejectReason, Role,
+    SnapshotMeta, Term,
+};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use raft_core::{
-    Action, Config, Entry, Event, Message, NodeId, Persist, RaftNode, RejectReason, Role,
-    SnapshotMeta, Term,
-};
+use raft_storage::{Owner, Storage, StorageError};
+use raft_wire::{seed_from_entropy, Clock};
 
-use crate::file_persister::{FilePersister, Owner, PersistError};
 use crate::tcp::{Delivery, Outbox, TcpConfig, TcpTransport};
 
 /// How many inputs queue for the node thread before peer messages are
@@ -115,7 +116,7 @@ pub enum NodeError {
     Config(String),
     /// The data directory could not be opened or written.
     #[error("storage: {0}")]
-    Storage(#[from] PersistError),
+    Storage(#[from] StorageError),
     /// The network could not be set up (the listener's address is taken, say).
     #[error("network: {0}")]
     Network(std::io::Error),
@@ -207,7 +208,14 @@ impl TcpNode {
             node_id: options.id,
             cluster_id: options.cluster_id,
         };
-        let (storage, recovered) = FilePersister::open(&options.data_dir, owner)?;
+        let (storage, recovered) = Storage::open_owned(&options.data_dir, owner)?;
+        if let Some((path, offset)) = &recovered.truncated_torn_tail {
+            eprintln!(
+                "[node {}] truncated a torn record at the end of the log: {} at offset {offset}",
+                options.id,
+                path.display()
+            );
+        }
         if let (Some(meta), Some(data)) = (recovered.state.snapshot, &recovered.snapshot) {
             service.restore(meta, data).map_err(NodeError::Service)?;
         }
@@ -234,7 +242,7 @@ impl TcpNode {
             service,
             storage,
             outbox: transport.outbox(),
-            epoch: std::time::Instant::now(),
+            clock: Clock::start(),
             deadline: None,
             unsent: Vec::new(),
             unwritten: Vec::new(),
@@ -286,9 +294,9 @@ impl TcpNode {
 struct NodeLoop<S> {
     raft: RaftNode,
     service: S,
-    storage: FilePersister,
+    storage: Storage,
     outbox: Outbox,
-    epoch: std::time::Instant,
+    clock: Clock,
     /// When to step `TimerFired` (the core's last `SetTimer`).
     deadline: Option<std::time::Instant>,
     /// Messages to hand to the network at the end of the round.
@@ -363,25 +371,20 @@ impl<S: Service> NodeLoop<S> {
     fn finish_round(&mut self) -> Result<(), NodeError> {
         loop {
             self.outbox.send_all(self.unsent.drain(..));
-            let Some(upto) = self.unwritten.last().map(|p| p.id) else {
+            let batch = std::mem::take(&mut self.unwritten);
+            let Some(committed) = self.storage.commit(batch)? else {
                 return Ok(());
             };
-            let batch = std::mem::take(&mut self.unwritten);
-            self.storage.write(&batch)?;
-            self.unsent
-                .extend(batch.into_iter().flat_map(|p| p.then_send));
-            self.step(Event::Persisted { upto })?;
+            self.unsent.extend(committed.then_send);
+            self.step(Event::Persisted {
+                upto: committed.upto,
+            })?;
         }
-    }
-
-    fn now(&self) -> raft_core::Instant {
-        let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        raft_core::Instant::from_nanos(nanos)
     }
 
     /// Steps the core and executes its actions in order; snapshots when due.
     fn step(&mut self, event: Event) -> Result<(), NodeError> {
-        let actions = self.raft.step(self.now(), event)?;
+        let actions = self.raft.step(self.clock.now(), event)?;
         self.execute(actions)?;
         let applied = self.raft.last_applied();
         let due = self
@@ -390,7 +393,7 @@ impl<S: Service> NodeLoop<S> {
         if due {
             let data = self.service.snapshot();
             let actions = self.raft.step(
-                self.now(),
+                self.clock.now(),
                 Event::SnapshotTaken {
                     index: applied,
                     data,
@@ -421,7 +424,7 @@ impl<S: Service> NodeLoop<S> {
                     .restore(snapshot.meta, &snapshot.data)
                     .map_err(NodeError::Service)?,
                 Action::SetTimer { deadline } => {
-                    self.deadline = Some(self.epoch + Duration::from_nanos(deadline.as_nanos()));
+                    self.deadline = Some(self.clock.deadline(deadline));
                 }
                 Action::AcceptProposal { id, index, term } => {
                     if let Some(reply) = self.proposals.remove(&id) {
@@ -437,19 +440,4 @@ impl<S: Service> NodeLoop<S> {
         }
         Ok(())
     }
-}
-
-/// A seed for the core's election jitter from ambient entropy: a real
-/// driver may use it (the core never does).
-pub fn seed_from_entropy(salt: u64) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(salt);
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
 }

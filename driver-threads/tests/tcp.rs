@@ -13,11 +13,12 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use raft_wire::test_util::free_addrs;
 
 const NODES: usize = 3;
 /// Generous for a loaded two-core machine; each phase takes about a second.
@@ -94,11 +95,10 @@ struct Cluster {
 impl Cluster {
     fn new() -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports = free_ports(NODES);
-        let peers = ports
+        let peers = free_addrs(NODES)
             .iter()
             .enumerate()
-            .map(|(i, p)| format!("{i}=127.0.0.1:{p}"))
+            .map(|(i, addr)| format!("{i}={addr}"))
             .collect::<Vec<_>>()
             .join(",");
         Cluster {
@@ -251,27 +251,6 @@ fn leader(logs: &[NodeLog]) -> Option<(usize, u64)> {
         .enumerate()
         .filter_map(|(i, l)| l.leader_term().map(|t| (i, t)))
         .max_by_key(|&(_, t)| t)
-}
-
-/// Ports below Linux's ephemeral range (32768 and up), so that neither a
-/// port-0 bind nor an outgoing connection elsewhere takes one while its
-/// node is down; free when checked.
-fn free_ports(n: usize) -> Vec<u16> {
-    let mut seed = u64::from(std::process::id())
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-    let mut ports = Vec::new();
-    while ports.len() < n {
-        seed = seed
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        let port = 20_000 + (seed >> 33) as u16 % 12_000;
-        if !ports.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            ports.push(port);
-        }
-    }
-    ports
 }
 
 #[test]

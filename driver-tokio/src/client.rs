@@ -10,9 +10,7 @@ use kv_core::{Attempt, Clerk, Op, Outcome, Progress, Reply};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::wire::{
-    read_frame, write_frame, ClientRequest, ClientResponse, Hello, NodeStatus, PROTOCOL_VERSION,
-};
+use crate::wire::{read_frame, write_frame, ClientRequest, ClientResponse, Hello, NodeStatus};
 
 /// How long to wait for a connection to a server.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -71,7 +69,7 @@ impl Client {
         if servers.is_empty() {
             return Err(ClientError::NoServers);
         }
-        let id = crate::node::seed_from_entropy(servers.len() as u64);
+        let id = raft_wire::seed_from_entropy(servers.len() as u64);
         let first = (id % servers.len() as u64) as usize;
         Ok(Client {
             cluster_id,
@@ -163,7 +161,7 @@ impl Client {
             if started.elapsed() > self.op_timeout {
                 // Leave the clerk usable: the request stays outstanding and
                 // the next operation would be refused; start over instead.
-                let id = crate::node::seed_from_entropy(self.next_id);
+                let id = raft_wire::seed_from_entropy(self.next_id);
                 let first = attempt.server as usize;
                 self.clerk = Clerk::new(id, member_ids(&self.servers), first);
                 return Err(ClientError::Timeout(self.op_timeout));
@@ -227,10 +225,7 @@ impl Client {
                 })??;
             stream.set_nodelay(true)?;
             let (r, mut w) = stream.into_split();
-            let hello = Hello::Client {
-                version: PROTOCOL_VERSION,
-                cluster_id: self.cluster_id,
-            };
+            let hello = Hello::client(self.cluster_id);
             write_frame(&mut w, &hello).await?;
             self.conns[index] = Some(Conn {
                 reader: BufReader::new(r),

@@ -3,8 +3,11 @@
 //!
 //! - [`node`]: one server (event loop, group-commit storage thread, TCP).
 //! - [`client`]: the async client over the sans-IO clerk.
-//! - [`storage`]: the on-disk log and snapshots.
-//! - [`wire`] and [`transport`]: frames, handshake, connections.
+//! - [`wire`]: the client protocol and async frame adapters over
+//!   `raft-wire` (frames and handshake, shared with every TCP transport).
+//! - [`transport`]: the connections between peers and to clients.
+//!
+//! The log and snapshots on disk are `raft-storage`'s.
 //!
 //! No consensus or KV logic lives here: it moves bytes, keeps time and writes
 //! storage; `raft-core` and `kv-core` decide.
@@ -12,7 +15,6 @@
 
 pub mod client;
 pub mod node;
-pub mod storage;
 pub mod transport;
 pub mod wire;
 

@@ -4,29 +4,28 @@
 //! the core's.
 //!
 //! Time: the core's clock is nanoseconds since the node started, read from
-//! tokio's monotonic clock at the edge.
+//! the monotonic clock at the edge ([`raft_wire::Clock`]).
 //!
 //! Durability: `Persist` actions go, in order, to the storage thread. It takes
-//! every write waiting, appends them all, makes them durable with one fsync,
-//! and only then hands back their `then_send` messages and reports them
-//! `Persisted`. Client replies come from applied entries, which the core only
+//! every write waiting and makes them durable with one group commit
+//! ([`raft_storage::Storage::commit`]: append them all, one fsync), and only
+//! then hands back their `then_send` messages and reports them `Persisted`. Client replies come from applied entries, which the core only
 //! applies once they are durable. An I/O error in storage stops the node.
 
+use kv_core::{KvServer, Reply, ServerAction, ServerConfig, ServerEvent};
+use raft_core::{Message, NodeId, Persist, Role};
+use raft_storage::{Storage, StorageError};
+use raft_wire::{seed_from_entropy, Clock};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
-use std::time::Duration;
-
-use kv_core::{KvServer, Reply, ServerAction, ServerConfig, ServerEvent};
-use raft_core::{Message, NodeId, Persist, Role};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant as TokioInstant;
 use tracing::{error, info, warn};
 
-use crate::storage::{Storage, StorageError};
 use crate::transport::{run_client_listener, run_outgoing, run_peer_listener, PEER_QUEUE};
 use crate::wire::{ClientRequest, ClientResponse, NodeStatus};
 
@@ -67,6 +66,9 @@ pub enum NodeError {
     /// The core refused its input (a bug: the driver misused it).
     #[error("core: {0}")]
     Core(#[from] kv_core::Error),
+    /// The storage thread stopped without reporting why.
+    #[error("the storage thread is gone")]
+    StorageGone,
 }
 
 /// What the event loop reacts to.
@@ -96,13 +98,13 @@ pub enum Input {
         raft_state_bytes: usize,
     },
     /// Storage failed: the node must stop.
-    StorageFailed(String),
+    StorageFailed(StorageError),
 }
 
 /// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
 pub struct NodeHandle {
     tasks: JoinSet<()>,
-    done: oneshot::Receiver<Result<(), String>>,
+    done: oneshot::Receiver<Result<(), NodeError>>,
     storage_thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -118,7 +120,7 @@ impl NodeHandle {
     }
 
     /// Waits until the node stops by itself (a storage failure): returns why.
-    pub async fn wait(&mut self) -> Result<(), String> {
+    pub async fn wait(&mut self) -> Result<(), NodeError> {
         (&mut self.done).await.unwrap_or(Ok(()))
     }
 }
@@ -214,7 +216,7 @@ pub async fn start_node_with(
     let (done_tx, done_rx) = oneshot::channel();
     let event_loop = EventLoop {
         server,
-        epoch: TokioInstant::now(),
+        clock: Clock::start(),
         deadline: None,
         peers,
         storage: storage_tx,
@@ -249,17 +251,14 @@ fn storage_loop(
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        let result = batch
-            .iter()
-            .try_for_each(|p| storage.append(p))
-            .and_then(|()| storage.sync());
-        let input = match result {
-            Ok(()) => Input::Persisted {
-                upto: batch.last().expect("non-empty").id,
-                then_send: batch.into_iter().flat_map(|p| p.then_send).collect(),
+        let input = match storage.commit(batch) {
+            Ok(Some(committed)) => Input::Persisted {
+                upto: committed.upto,
+                then_send: committed.then_send,
                 raft_state_bytes: storage.raft_state_bytes(),
             },
-            Err(e) => Input::StorageFailed(e.to_string()),
+            Ok(None) => unreachable!("the batch holds at least one write"),
+            Err(e) => Input::StorageFailed(e),
         };
         let failed = matches!(input, Input::StorageFailed(_));
         if node.blocking_send(input).is_err() || failed {
@@ -270,7 +269,7 @@ fn storage_loop(
 
 struct EventLoop {
     server: KvServer,
-    epoch: TokioInstant,
+    clock: Clock,
     deadline: Option<TokioInstant>,
     peers: BTreeMap<NodeId, mpsc::Sender<Message>>,
     storage: std_mpsc::Sender<Persist>,
@@ -280,11 +279,7 @@ struct EventLoop {
 }
 
 impl EventLoop {
-    fn now(&self) -> raft_core::Instant {
-        raft_core::Instant::from_nanos(self.epoch.elapsed().as_nanos() as u64)
-    }
-
-    async fn run(mut self, mut inputs: mpsc::Receiver<Input>) -> Result<(), String> {
+    async fn run(mut self, mut inputs: mpsc::Receiver<Input>) -> Result<(), NodeError> {
         self.step(ServerEvent::TimerFired)?;
         loop {
             let sleep = async {
@@ -306,7 +301,7 @@ impl EventLoop {
         }
     }
 
-    fn handle(&mut self, input: Input) -> Result<(), String> {
+    fn handle(&mut self, input: Input) -> Result<(), NodeError> {
         match input {
             Input::Peer { from, message } => {
                 self.step(ServerEvent::MessageReceived { from, message })
@@ -341,25 +336,20 @@ impl EventLoop {
                     raft_state_bytes,
                 })
             }
-            Input::StorageFailed(why) => Err(format!("storage failed: {why}")),
+            Input::StorageFailed(why) => Err(NodeError::Storage(why)),
         }
     }
 
-    fn step(&mut self, event: ServerEvent) -> Result<(), String> {
-        let actions = self
-            .server
-            .step(self.now(), event)
-            .map_err(|e| e.to_string())?;
+    fn step(&mut self, event: ServerEvent) -> Result<(), NodeError> {
+        let actions = self.server.step(self.clock.now(), event)?;
         for action in actions {
             match action {
                 ServerAction::Send { to, message } => self.send(to, message),
                 ServerAction::Persist(p) => {
-                    self.storage
-                        .send(p)
-                        .map_err(|_| "storage thread is gone".to_string())?;
+                    self.storage.send(p).map_err(|_| NodeError::StorageGone)?;
                 }
                 ServerAction::SetTimer { deadline } => {
-                    self.deadline = Some(self.epoch + Duration::from_nanos(deadline.as_nanos()));
+                    self.deadline = Some(TokioInstant::from_std(self.clock.deadline(deadline)));
                 }
                 ServerAction::Reply { id, reply } => self.reply(id, reply),
             }
@@ -401,19 +391,4 @@ impl EventLoop {
             snapshot_index: r.log().snapshot().index,
         }
     }
-}
-
-/// A seed for the node's election jitter: real drivers may use ambient
-/// randomness (the core never does).
-pub fn seed_from_entropy(salt: u64) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(salt);
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
 }

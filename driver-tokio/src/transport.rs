@@ -21,10 +21,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use raft_wire::ConnectionError;
+
 use crate::node::Input;
 use crate::wire::{
     read_frame, read_frame_within, write_frame, ClientRequest, ClientResponse, Hello,
-    MAX_HELLO_FRAME, PROTOCOL_VERSION,
+    MAX_HELLO_FRAME,
 };
 
 /// Messages queued per peer before new ones are dropped.
@@ -57,11 +59,7 @@ pub async fn run_outgoing(
         };
         let _ = stream.set_nodelay(true);
         let mut w = BufWriter::new(stream);
-        let hello = Hello::Peer {
-            version: PROTOCOL_VERSION,
-            cluster_id,
-            node_id: me,
-        };
+        let hello = Hello::peer(cluster_id, me);
         if write_frame(&mut w, &hello).await.is_err() || w.flush().await.is_err() {
             tokio::time::sleep(backoff).await;
             continue;
@@ -123,41 +121,25 @@ async fn serve_peer(
     cluster_id: u64,
     members: &[NodeId],
     node: mpsc::Sender<Input>,
-) -> Result<(), String> {
+) -> Result<(), ConnectionError> {
     let _ = stream.set_nodelay(true);
     let mut r = BufReader::new(stream);
-    let hello: Hello =
-        tokio::time::timeout(HELLO_TIMEOUT, read_frame_within(&mut r, MAX_HELLO_FRAME))
-            .await
-            .map_err(|_| "no hello in time".to_string())?
-            .map_err(|e| format!("bad hello: {e}"))?;
-    let from = match hello {
-        Hello::Peer {
-            version,
-            cluster_id: c,
-            node_id,
-        } => {
-            if version != PROTOCOL_VERSION {
-                return Err(format!(
-                    "protocol version {version}, we speak {PROTOCOL_VERSION}"
-                ));
-            }
-            if c != cluster_id {
-                return Err(format!("cluster id {c} is not ours ({cluster_id})"));
-            }
-            if node_id == me || !members.contains(&node_id) {
-                return Err(format!("node id {node_id} is not a peer of node {me}"));
-            }
-            node_id
-        }
-        Hello::Client { .. } => return Err("a client on the peer port".to_string()),
-    };
+    let hello = read_hello(&mut r).await?;
+    let from = hello.accept_peer(cluster_id, me, |id| members.contains(&id))?;
     loop {
-        let message: Message = read_frame(&mut r).await.map_err(|e| e.to_string())?;
+        let message: Message = read_frame(&mut r).await?;
         if node.send(Input::Peer { from, message }).await.is_err() {
             return Ok(()); // node stopped
         }
     }
+}
+
+/// Reads the first frame of a connection, which must be a hello, in time.
+async fn read_hello<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Result<Hello, ConnectionError> {
+    tokio::time::timeout(HELLO_TIMEOUT, read_frame_within(r, MAX_HELLO_FRAME))
+        .await
+        .map_err(|_| ConnectionError::HelloTimeout(HELLO_TIMEOUT))?
+        .map_err(ConnectionError::BadHello)
 }
 
 /// Accepts clients on `listener`.
@@ -190,27 +172,14 @@ async fn serve_client(
     stream: TcpStream,
     cluster_id: u64,
     node: mpsc::Sender<Input>,
-) -> Result<(), String> {
+) -> Result<(), ConnectionError> {
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let mut r = BufReader::new(r);
-    let hello: Hello =
-        tokio::time::timeout(HELLO_TIMEOUT, read_frame_within(&mut r, MAX_HELLO_FRAME))
-            .await
-            .map_err(|_| "no hello in time".to_string())?
-            .map_err(|e| format!("bad hello: {e}"))?;
-    match hello {
-        Hello::Client {
-            version,
-            cluster_id: c,
-        } if version == PROTOCOL_VERSION && c == cluster_id => {}
-        other => {
-            let reason = format!(
-                "refused hello {other:?} (cluster {cluster_id}, version {PROTOCOL_VERSION})"
-            );
-            warn!("{reason}");
-            return Err(reason);
-        }
+    let hello = read_hello(&mut r).await?;
+    if let Err(refusal) = hello.accept_client(cluster_id) {
+        warn!(%refusal, "refused a client's hello");
+        return Err(refusal.into());
     }
     let (tx, mut rx) = mpsc::channel::<ClientResponse>(CLIENT_QUEUE);
     let writer = tokio::spawn(async move {
@@ -232,7 +201,7 @@ async fn serve_client(
     let result = loop {
         let request: ClientRequest = match read_frame(&mut r).await {
             Ok(req) => req,
-            Err(e) => break Err(e.to_string()),
+            Err(e) => break Err(ConnectionError::Frame(e)),
         };
         if node
             .send(Input::Client {

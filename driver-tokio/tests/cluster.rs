@@ -9,43 +9,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use driver_tokio::storage::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use driver_tokio::wire::{encode_frame, Hello, PROTOCOL_VERSION};
 use driver_tokio::Client;
 use lincheck::{check, KvInput, KvModel, KvOutput, Operation, Verdict, UNKNOWN_RETURN};
+use raft_storage::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use raft_wire::test_util::free_addrs;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const CLUSTER_ID: u64 = 77;
-
-/// Loopback addresses for a cluster's nodes: every one distinct from every
-/// other this process handed out, free when picked, and below Linux's
-/// ephemeral range (32768 and up). A port-0 bind would pick from that range,
-/// where the nodes' own outgoing connections also take their ports: a
-/// killed node's port could be taken by a connection before its restart
-/// binds it again, and two port-0 picks in a row can return the same port.
-fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    static TAKEN: Mutex<std::collections::BTreeSet<u16>> =
-        Mutex::new(std::collections::BTreeSet::new());
-    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
-    let mut seed = u64::from(std::process::id())
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-    let mut addrs = Vec::new();
-    while addrs.len() < n {
-        seed = seed
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        let port = 20_000 + (seed >> 33) as u16 % 12_000;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        if !taken.contains(&port) && std::net::TcpListener::bind(addr).is_ok() {
-            taken.insert(port);
-            addrs.push(addr);
-        }
-    }
-    addrs
-}
 
 /// Three `rkv serve` processes sharing a temporary directory.
 struct ProcCluster {
@@ -521,16 +493,19 @@ fn rejects_malformed_frames() {
         let wrong_cluster = encode_frame(&Hello::Client {
             version: PROTOCOL_VERSION,
             cluster_id: CLUSTER_ID + 1,
-        });
+        })
+        .unwrap();
         let wrong_peer_cluster = encode_frame(&Hello::Peer {
             version: PROTOCOL_VERSION,
             cluster_id: CLUSTER_ID + 1,
             node_id: 1,
-        });
+        })
+        .unwrap();
         let mut bad_after_hello = encode_frame(&Hello::Client {
             version: PROTOCOL_VERSION,
             cluster_id: CLUSTER_ID,
-        });
+        })
+        .unwrap();
         bad_after_hello.extend_from_slice(&5u32.to_le_bytes());
         bad_after_hello.extend_from_slice(&[0xFF; 5]);
         let cases = [

@@ -1,4 +1,5 @@
-//! Arbitrary bytes as a TCP stream read with driver_tokio::wire::read_frame.
+//! Arbitrary bytes as a TCP stream read with driver_tokio::wire::read_frame
+//! (the async reader over raft-wire's frames) and raft_wire::FrameDecoder.
 //! The property is in tests/fuzz_props.rs (shared with the corpus replay
 //! test); this target adds a counting allocator so that the property can
 //! check that an oversized frame is refused before its buffer is allocated.

@@ -63,6 +63,7 @@ pub mod bytes;
 pub mod canary;
 mod config;
 mod display;
+mod durable;
 mod election;
 mod io;
 mod log;
@@ -80,6 +81,7 @@ mod timers;
 mod types;
 
 pub use config::Config;
+pub use durable::{DurableError, DurableWrite};
 pub use io::{Action, DurableState, Event, Persist, RejectReason};
 pub use log::RaftLog;
 pub use message::{

@@ -8,7 +8,7 @@
 //! a follower's conflicting suffix, term and vote changes, the service's
 //! snapshots, a leader's InstallSnapshot, barriers), a write that does not
 //! continue the log, syncs, clean reopens and crashes, applied to a real
-//! `Storage` in a temporary directory the way `node.rs` drives it (appends,
+//! `Storage` in a temporary directory the way the drivers drive it (appends,
 //! then one sync; a reopen recovers).
 //!
 //! - `the_storage_matches_the_model_across_reopens`: between operations the
@@ -33,9 +33,9 @@
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use driver_tokio::storage::{Recovered, Storage, StorageError, SNAPSHOT_FILE, SNAPSHOT_TMP_FILE};
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 use raft_core::{DurableState, Entry, HardState, Index, Persist, Snapshot, SnapshotMeta};
+use raft_storage::{Recovered, Storage, StorageError, SNAPSHOT_FILE, SNAPSHOT_TMP_FILE};
 
 /// A runner with `tests` cases, unless `QUICKCHECK_TESTS` overrides it.
 fn qc(tests: u64) -> QuickCheck {

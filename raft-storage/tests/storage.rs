@@ -4,12 +4,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use driver_tokio::storage::{
-    segment_file_name, Recovered, Storage, StorageError, MAX_RECORD_LEN, RECORD_HEADER_LEN,
-    SEGMENT_HEADER_LEN, SNAPSHOT_FILE, SNAPSHOT_TMP_FILE,
-};
 use raft_core::{
     DurableState, Entry, HardState, Index, Persist, Snapshot, SnapshotMeta, SplitMix64,
+};
+use raft_storage::{
+    segment_file_name, Recovered, Storage, StorageError, MAX_RECORD_LEN, RECORD_HEADER_LEN,
+    SEGMENT_HEADER_LEN, SNAPSHOT_FILE, SNAPSHOT_TMP_FILE,
 };
 
 fn entry(index: Index, term: u64, size: usize) -> Entry {
@@ -798,4 +798,49 @@ fn a_record_over_the_maximum_is_refused_without_writing() {
     assert!(matches!(err, StorageError::RecordTooLarge { .. }), "{err}");
     assert_eq!(storage.raft_state_bytes(), SEGMENT_HEADER_LEN);
     storage.append(&write(None, None, None, 1..2, 1)).unwrap();
+}
+
+#[test]
+fn commit_makes_a_batch_durable_and_hands_back_what_waited() {
+    use raft_core::{Message, RequestVote};
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut storage, _) = Storage::open(tmp.path()).unwrap();
+    assert_eq!(storage.commit(Vec::new()).unwrap(), None);
+    let vote = |term| {
+        Message::RequestVote(RequestVote {
+            term,
+            last_log_index: 0,
+            last_log_term: 0,
+        })
+    };
+    let batch: Vec<Persist> = (1..=3)
+        .map(|id| Persist {
+            id,
+            hard_state: Some(HardState {
+                term: id,
+                voted_for: None,
+            }),
+            snapshot: None,
+            truncate_from: None,
+            entries: vec![Entry {
+                index: id,
+                term: id,
+                command: vec![id as u8],
+            }],
+            then_send: vec![(id, vote(id))],
+        })
+        .collect();
+    let mut expected = DurableState::default();
+    for p in &batch {
+        expected.apply(p);
+    }
+    let committed = storage.commit(batch).unwrap().expect("a batch");
+    assert_eq!(committed.upto, 3);
+    assert_eq!(
+        committed.then_send,
+        vec![(1, vote(1)), (2, vote(2)), (3, vote(3))]
+    );
+    drop(storage);
+    let (_, recovered) = Storage::open(tmp.path()).unwrap();
+    assert_eq!(recovered.state, expected);
 }

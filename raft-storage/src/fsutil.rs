@@ -1,0 +1,76 @@
+//! Directory and file operations, each fsynced where the crash guarantees
+//! need it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::path::Path;
+
+use crate::error::io_err;
+use crate::segment::{parse_segment_name, segment_file_name};
+use crate::snapshot_file::{SNAPSHOT_FILE, SNAPSHOT_TMP_FILE};
+use crate::StorageError;
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Creates (or replaces) `path` with `bytes`, fsynced; returns the handle,
+/// positioned at the end.
+pub(crate) fn write_new_file(path: &Path, bytes: &[u8]) -> Result<File, StorageError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    file.write_all(bytes).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))?;
+    Ok(file)
+}
+
+pub(crate) struct Listing {
+    /// Segment numbers, ascending.
+    pub(crate) segments: Vec<u64>,
+    pub(crate) snapshot: bool,
+    pub(crate) snapshot_tmp: bool,
+}
+
+pub(crate) fn list_dir(dir: &Path) -> Result<Listing, StorageError> {
+    let mut listing = Listing {
+        segments: Vec::new(),
+        snapshot: false,
+        snapshot_tmp: false,
+    };
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name == SNAPSHOT_FILE {
+            listing.snapshot = true;
+        } else if name == SNAPSHOT_TMP_FILE {
+            listing.snapshot_tmp = true;
+        } else if let Some(seq) = parse_segment_name(name) {
+            listing.segments.push(seq);
+        }
+    }
+    listing.segments.sort_unstable();
+    Ok(listing)
+}
+
+/// Deletes every segment but `keep`; true if any was deleted.
+pub(crate) fn remove_segments_except(dir: &Path, keep: u64) -> Result<bool, StorageError> {
+    let mut removed = false;
+    for seq in list_dir(dir)?.segments {
+        if seq != keep {
+            let path = dir.join(segment_file_name(seq));
+            match fs::remove_file(&path) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,184 @@
+//! Opening a data directory: choosing the segment, replaying it, cutting a
+//! torn tail, and fitting the snapshot file to the log (see the crate docs).
+
+use std::borrow::Cow;
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use raft_core::{DurableState, DurableWrite};
+
+use crate::error::io_err;
+use crate::fsutil::{list_dir, remove_segments_except, sync_dir, write_new_file};
+use crate::segment::{push_segment_header, scan_segment, segment_file_name, Scan};
+use crate::snapshot_file::{read_snapshot_file, SNAPSHOT_FILE, SNAPSHOT_TMP_FILE};
+use crate::{Storage, StorageError};
+
+/// What [`Storage::open`] found on disk.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The durable state, for `RaftNode::recover`.
+    pub state: DurableState,
+    /// The snapshot bytes, present exactly when `state.snapshot` is.
+    pub snapshot: Option<Vec<u8>>,
+    /// The size of the live log segment (see [`Storage::raft_state_bytes`]).
+    pub raft_state_bytes: usize,
+    /// The segment and offset where a torn final record was cut off.
+    pub truncated_torn_tail: Option<(PathBuf, u64)>,
+}
+
+impl Storage {
+    /// Opens (creating if needed) the data directory and recovers its
+    /// contents. See the crate documentation for what is tolerated.
+    pub fn open(dir: &Path) -> Result<(Storage, Recovered), StorageError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let listing = list_dir(dir)?;
+        let mut dir_changed = false;
+        if listing.snapshot_tmp {
+            let tmp = dir.join(SNAPSHOT_TMP_FILE);
+            fs::remove_file(&tmp).map_err(io_err(&tmp))?;
+            dir_changed = true;
+        }
+
+        // Choose the segment to replay, newest first, falling back once.
+        let segments = &listing.segments;
+        let mut chosen = None;
+        for (i, &seq) in segments.iter().enumerate().rev() {
+            let path = dir.join(segment_file_name(seq));
+            let bytes = fs::read(&path).map_err(io_err(&path))?;
+            match scan_segment(&path, &bytes, seq > 1)? {
+                Scan::Valid(replay) => {
+                    chosen = Some((seq, path, replay));
+                    break;
+                }
+                Scan::TornStart => {
+                    let newest = i + 1 == segments.len();
+                    if newest && (i > 0 || seq == 1) {
+                        // A crash while rotating (or while creating log.1):
+                        // the segment never became live.
+                        tracing::warn!(path = %path.display(), "ignoring a segment torn at its start");
+                        continue;
+                    }
+                    return Err(StorageError::Corrupt {
+                        path,
+                        offset: 0,
+                        reason: "segment header or opening checkpoint missing or torn".into(),
+                    });
+                }
+            }
+        }
+        let snapshot_path = dir.join(SNAPSHOT_FILE);
+
+        let (seq, path, mut state, valid_len, torn) = match chosen {
+            Some((seq, path, replay)) => {
+                (seq, path, replay.state, replay.valid_len, replay.torn_at)
+            }
+            None => {
+                if listing.snapshot {
+                    return Err(StorageError::Inconsistent {
+                        path: snapshot_path,
+                        reason: "a snapshot file but no log segment".into(),
+                    });
+                }
+                let path = dir.join(segment_file_name(1));
+                let mut header = Vec::new();
+                push_segment_header(&mut header);
+                write_new_file(&path, &header)?;
+                dir_changed = true;
+                (1, path, DurableState::default(), header.len() as u64, None)
+            }
+        };
+
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let truncated_torn_tail = match torn {
+            Some(offset) => {
+                tracing::warn!(path = %path.display(), offset, "cutting off a torn final record");
+                file.set_len(offset).map_err(io_err(&path))?;
+                file.sync_all().map_err(io_err(&path))?;
+                Some((path.clone(), offset))
+            }
+            None => None,
+        };
+        // Older segments (an interrupted deletion) and a torn newer one.
+        dir_changed |= remove_segments_except(dir, seq)?;
+        if dir_changed {
+            sync_dir(dir)?;
+        }
+
+        // The snapshot file.
+        let snapshot_file = if listing.snapshot {
+            Some(read_snapshot_file(&snapshot_path)?)
+        } else {
+            None
+        };
+        let mut rotate = false;
+        match (&snapshot_file, state.snapshot) {
+            (None, None) => {}
+            (None, Some(meta)) => {
+                return Err(StorageError::Inconsistent {
+                    path: snapshot_path,
+                    reason: format!(
+                        "the log names a snapshot through index {} (term {}) but the snapshot file is missing",
+                        meta.index, meta.term
+                    ),
+                })
+            }
+            (Some(f), current) => {
+                let meta = f.header.meta;
+                if current == Some(meta) {
+                    // The usual case: the log recorded this snapshot.
+                } else if current.is_none() || current.is_some_and(|c| meta.index > c.index) {
+                    tracing::warn!(
+                        index = meta.index,
+                        "the snapshot file is newer than the log: completing its write"
+                    );
+                    let write = DurableWrite {
+                        hard_state: f.header.hard_state,
+                        snapshot: Some(meta),
+                        truncate_from: f.header.truncate_from,
+                        entries: Cow::Borrowed(&[]),
+                    };
+                    state.try_apply(write).map_err(|e| StorageError::Inconsistent {
+                        path: snapshot_path.clone(),
+                        reason: format!("completing the snapshot's write: {e}"),
+                    })?;
+                    rotate = true;
+                } else {
+                    let c = current.unwrap_or_default();
+                    return Err(StorageError::Inconsistent {
+                        path: snapshot_path,
+                        reason: format!(
+                            "the snapshot file ends at index {} (term {}) but the log names index {} (term {})",
+                            meta.index, meta.term, c.index, c.term
+                        ),
+                    });
+                }
+            }
+        }
+        let snapshot = snapshot_file.map(|f| f.data);
+
+        let mut storage = Storage {
+            dir: dir.to_path_buf(),
+            seq,
+            path,
+            file,
+            len: truncated_torn_tail.as_ref().map_or(valid_len, |t| t.1),
+            dirty: false,
+            unwritten: Vec::new(),
+            mirror: state,
+            poisoned: false,
+        };
+        if rotate {
+            storage.rotate()?;
+        }
+        let recovered = Recovered {
+            state: storage.mirror.clone(),
+            snapshot,
+            raft_state_bytes: storage.raft_state_bytes(),
+            truncated_torn_tail,
+        };
+        Ok((storage, recovered))
+    }
+}

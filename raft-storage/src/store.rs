@@ -1,0 +1,209 @@
+//! The live store: appending writes, group commit, rotation after a snapshot.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use raft_core::{DurableState, Message, NodeId, Persist};
+
+use crate::error::io_err;
+use crate::fsutil::{remove_segments_except, sync_dir, write_new_file};
+use crate::record::{encode_record, RecordRef};
+use crate::segment::{push_segment_header, segment_file_name};
+use crate::snapshot_file::write_snapshot_file;
+use crate::StorageError;
+
+/// The durable storage of one node. See the crate documentation for the
+/// format and the crash guarantees.
+#[derive(Debug)]
+pub struct Storage {
+    pub(crate) dir: PathBuf,
+    /// The live segment's number, path and open handle (appending).
+    pub(crate) seq: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) file: File,
+    /// The live segment's length in bytes.
+    pub(crate) len: u64,
+    /// Bytes were written to the live segment since its last fsync.
+    pub(crate) dirty: bool,
+    /// Records appended but not yet written: the whole group goes to the
+    /// file in one `write` just before its fsync.
+    pub(crate) unwritten: Vec<u8>,
+    /// The durable state as the records written so far define it.
+    pub(crate) mirror: DurableState,
+    /// An I/O error happened: refuse everything.
+    pub(crate) poisoned: bool,
+}
+
+/// What a group commit made durable ([`Storage::commit`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// The id of the batch's last write: report `Event::Persisted { upto }`.
+    pub upto: u64,
+    /// The batch's `then_send` messages, in order: send them now.
+    pub then_send: Vec<(NodeId, Message)>,
+}
+
+impl Storage {
+    /// Appends the durable content of one `Persist`. Without a snapshot it is
+    /// not fsynced (call [`Storage::sync`]); with one, it and everything
+    /// before it are durable on return (see the crate documentation).
+    pub fn append(&mut self, persist: &Persist) -> Result<(), StorageError> {
+        self.usable()?;
+        if persist.is_barrier() {
+            return Ok(());
+        }
+        let snapshot_meta = persist.snapshot.as_ref().map(|s| s.meta);
+        let mut frame = Vec::new();
+        encode_record(
+            &mut frame,
+            &RecordRef::Write {
+                hard_state: persist.hard_state,
+                snapshot: snapshot_meta,
+                truncate_from: persist.truncate_from,
+                entries: &persist.entries,
+            },
+        )?;
+        // Refused (and nothing changed) unless it continues the log; the
+        // mirror is ahead of the disk from here until the write is done.
+        self.mirror.try_apply(persist.durable_write())?;
+        // From here on a failure leaves the disk in an unknown state.
+        let result = self.append_frame(persist, frame);
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    /// One group commit: appends every write of `batch` in order, makes them
+    /// all durable with one fsync, and hands back what waited for them (the
+    /// `Event::Persisted` to report and the messages that may now leave).
+    /// `None` for an empty batch. On an error nothing of the batch may be
+    /// reported durable, and the store refuses further use.
+    pub fn commit(
+        &mut self,
+        batch: impl IntoIterator<Item = Persist>,
+    ) -> Result<Option<Committed>, StorageError> {
+        let mut committed: Option<Committed> = None;
+        let mut result = Ok(());
+        for persist in batch {
+            result = self.append(&persist);
+            if result.is_err() {
+                break;
+            }
+            let c = committed.get_or_insert_with(Committed::default);
+            c.upto = persist.id;
+            c.then_send.extend(persist.then_send);
+        }
+        if result.is_ok() && committed.is_some() {
+            result = self.sync();
+        }
+        if result.is_err() {
+            // Earlier writes of the batch may be buffered: never reuse it.
+            self.poisoned = true;
+        }
+        result.map(|()| committed)
+    }
+
+    /// Makes everything appended so far durable: one `fdatasync` of the live
+    /// segment (nothing if nothing was appended since the last one).
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        self.usable()?;
+        let result = self.sync_log();
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    /// Bytes of Raft state on disk now: the size of the live log segment. It
+    /// shrinks to the size of one checkpoint after a snapshot.
+    pub fn raft_state_bytes(&self) -> usize {
+        usize::try_from(self.len).unwrap_or(usize::MAX)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The durable state that the records appended so far define (durable
+    /// once synced).
+    pub fn state(&self) -> &DurableState {
+        &self.mirror
+    }
+
+    /// The path of the live segment.
+    pub fn segment_path(&self) -> &Path {
+        &self.path
+    }
+
+    fn usable(&self) -> Result<(), StorageError> {
+        if self.poisoned {
+            Err(StorageError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn append_frame(&mut self, persist: &Persist, frame: Vec<u8>) -> Result<(), StorageError> {
+        if let Some(snapshot) = &persist.snapshot {
+            self.sync_log()?;
+            write_snapshot_file(
+                &self.dir,
+                snapshot,
+                persist.hard_state,
+                persist.truncate_from,
+            )?;
+        }
+        self.unwritten.extend_from_slice(&frame);
+        self.len += frame.len() as u64;
+        self.dirty = true;
+        if persist.snapshot.is_some() {
+            self.write_unwritten()?;
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the buffered records to the file (not yet durable).
+    fn write_unwritten(&mut self) -> Result<(), StorageError> {
+        if !self.unwritten.is_empty() {
+            self.file
+                .write_all(&self.unwritten)
+                .map_err(io_err(&self.path))?;
+            self.unwritten.clear();
+        }
+        Ok(())
+    }
+
+    fn sync_log(&mut self) -> Result<(), StorageError> {
+        self.write_unwritten()?;
+        if self.dirty {
+            self.file.sync_data().map_err(io_err(&self.path))?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Starts `log.<n+1>` with a checkpoint of the mirror, makes it durable,
+    /// then deletes the older segments.
+    pub(crate) fn rotate(&mut self) -> Result<(), StorageError> {
+        let seq = self.seq + 1;
+        let path = self.dir.join(segment_file_name(seq));
+        let mut bytes = Vec::new();
+        push_segment_header(&mut bytes);
+        encode_record(&mut bytes, &RecordRef::Checkpoint(&self.mirror))?;
+        let file = write_new_file(&path, &bytes)?;
+        sync_dir(&self.dir)?;
+        self.seq = seq;
+        self.path = path;
+        self.file = file;
+        self.len = bytes.len() as u64;
+        self.dirty = false;
+        if remove_segments_except(&self.dir, seq)? {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+}
