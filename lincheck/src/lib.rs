@@ -31,18 +31,27 @@
 #![warn(missing_docs)]
 
 mod bitset;
+mod cache;
 pub mod checker;
 pub mod html;
 pub mod kv;
 pub mod model;
 pub mod parse;
 pub mod register;
+mod search;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_limits;
+pub mod value;
 
-pub use checker::{check, check_steps, Verdict, Violation, MAX_CACHE_ENTRIES};
+pub use checker::{
+    check, check_steps, check_with, CheckOptions, CheckReport, PartitionResult, PartitionVerdict,
+    UnknownReason, Verdict, Violation, DEFAULT_MEMORY_LIMIT_BYTES, MAX_CACHE_ENTRIES, SLICE_STEPS,
+};
 pub use html::{render_violation_html, write_violation_html, write_violation_html_to_temp};
 pub use kv::{KvInput, KvModel, KvOp, KvOutput};
 pub use model::{Model, Operation, UNKNOWN_RETURN};
 pub use parse::{parse_etcd_log, parse_kv_edn, KvHistory, ParseError, RegisterHistory};
 pub use register::{RegisterInput, RegisterModel, RegisterOutput};
+pub use value::AppendValue;

@@ -88,6 +88,15 @@ pub trait Model {
         }
     }
 
+    /// An estimate of the heap memory `state` holds that the states it was
+    /// stepped from do not share, in bytes: the checker adds it up for every
+    /// state its memo keeps, to honour its memory limit. The default, 0,
+    /// fits states without heap data.
+    fn state_heap_bytes(&self, state: &Self::State) -> usize {
+        let _ = state;
+        0
+    }
+
     /// A short human-readable description of an operation, for reports.
     fn describe_operation(&self, input: &Self::Input, output: &Self::Output) -> String;
 

@@ -1,0 +1,174 @@
+//! The memo of configurations one partition's search has reached: an
+//! open-addressing hash table (linear probing, at most half full) over
+//! (linearized set, state) entries stored in flat arrays, only ever asked
+//! for membership.
+//!
+//! It owns its memory accounting: [`Cache::bytes`] is what it holds (array
+//! capacities plus the states' heap as the model estimates it), and an
+//! insert that would need more than the room it is given fails instead of
+//! growing, so the search can stop at its memory limit before allocating
+//! past it. Growing the table (a rehash of every entry) watches the clock,
+//! so a large rehash cannot overrun the time budget.
+
+use std::time::Instant;
+
+use super::bitset::Bitset;
+
+/// How many entries a rehash moves between two looks at the clock.
+const ENTRIES_PER_CLOCK_READ: usize = 1 << 16;
+
+/// The smallest table and the smallest step by which the entry arrays grow.
+const MIN_ENTRIES: usize = 512;
+
+/// What [`Cache::insert`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Inserted {
+    /// The configuration is new and now stored.
+    Added,
+    /// The configuration was already stored.
+    Present,
+    /// Storing it would need more memory than the room given.
+    NoRoom,
+    /// The deadline passed while the table was being enlarged.
+    OutOfTime,
+}
+
+pub(crate) struct Cache<S> {
+    words_per_set: usize,
+    /// Entry `k`'s set is `sets[k * words_per_set..][..words_per_set]`.
+    sets: Vec<u64>,
+    states: Vec<S>,
+    hashes: Vec<u64>,
+    /// 0 for an empty slot, else the hash's top 32 bits above entry index + 1,
+    /// so most mismatches are seen without touching the entry.
+    slots: Vec<u64>,
+    /// The sum of the model's heap estimates of the stored states.
+    state_heap_bytes: usize,
+}
+
+impl<S: Clone + Eq> Cache<S> {
+    pub(crate) fn new(ops: usize) -> Self {
+        Cache {
+            words_per_set: ops.div_ceil(64),
+            sets: Vec::new(),
+            states: Vec::new(),
+            hashes: Vec::new(),
+            slots: vec![0; 2 * MIN_ENTRIES],
+            state_heap_bytes: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    /// The memory the cache holds, in bytes (an estimate: exact for its
+    /// arrays, the model's figure for the states' heap).
+    pub(crate) fn bytes(&self) -> usize {
+        8 * (self.slots.capacity() + self.sets.capacity() + self.hashes.capacity())
+            + std::mem::size_of::<S>() * self.states.capacity()
+            + self.state_heap_bytes
+    }
+
+    fn slot(hash: u64, entry: usize) -> u64 {
+        (hash & !0xffff_ffff) | (entry as u64 + 1)
+    }
+
+    /// The bytes that adding one more entry would allocate beyond
+    /// [`Cache::bytes`] at its peak (a new table while the old one is still
+    /// held, or the entry arrays' next step).
+    fn growth_bytes(&self) -> usize {
+        let mut bytes = 0;
+        if (self.len() + 1) * 2 > self.slots.len() {
+            bytes += 8 * 2 * self.slots.len();
+        }
+        if self.states.len() == self.states.capacity() {
+            let more = self.states.capacity().max(MIN_ENTRIES);
+            bytes += more * (std::mem::size_of::<S>() + 8 + 8 * self.words_per_set);
+        }
+        bytes
+    }
+
+    /// Adds the configuration unless it is present, or unless adding it
+    /// needs more than `room` bytes beyond [`Cache::bytes`] (counting
+    /// `state_heap`, the model's estimate for `state`).
+    pub(crate) fn insert(
+        &mut self,
+        hash: u64,
+        set: &Bitset,
+        state: &S,
+        state_heap: usize,
+        room: usize,
+        deadline: Option<Instant>,
+    ) -> Inserted {
+        let w = self.words_per_set;
+        let mask = self.slots.len() - 1;
+        let mut i = hash as usize & mask;
+        loop {
+            let slot = self.slots[i];
+            if slot == 0 {
+                break;
+            }
+            if (slot ^ hash) >> 32 == 0 {
+                let k = (slot & 0xffff_ffff) as usize - 1;
+                let stored = &self.sets[k * w..(k + 1) * w];
+                if stored == set.words() && self.states[k] == *state {
+                    return Inserted::Present;
+                }
+            }
+            i = (i + 1) & mask;
+        }
+        if self.growth_bytes() + state_heap > room {
+            return Inserted::NoRoom;
+        }
+        assert!(
+            self.len() < u32::MAX as usize,
+            "cache entry index fits 32 bits"
+        );
+        if self.states.len() == self.states.capacity() {
+            let more = self.states.capacity().max(MIN_ENTRIES);
+            self.states.reserve_exact(more);
+            self.hashes.reserve_exact(more);
+            self.sets.reserve_exact(more * w);
+        }
+        if (self.len() + 1) * 2 > self.slots.len() {
+            if !self.grow(deadline) {
+                return Inserted::OutOfTime;
+            }
+            // Find the empty slot again in the new table.
+            let mask = self.slots.len() - 1;
+            i = hash as usize & mask;
+            while self.slots[i] != 0 {
+                i = (i + 1) & mask;
+            }
+        }
+        self.slots[i] = Self::slot(hash, self.len());
+        self.hashes.push(hash);
+        self.sets.extend_from_slice(set.words());
+        self.states.push(state.clone());
+        self.state_heap_bytes += state_heap;
+        Inserted::Added
+    }
+
+    /// Doubles the table; false (leaving the table as it was) if the
+    /// deadline passes first.
+    fn grow(&mut self, deadline: Option<Instant>) -> bool {
+        let size = self.slots.len() * 2;
+        let mask = size - 1;
+        let mut slots = vec![0u64; size];
+        for (k, &hash) in self.hashes.iter().enumerate() {
+            if k % ENTRIES_PER_CLOCK_READ == ENTRIES_PER_CLOCK_READ - 1
+                && deadline.is_some_and(|d| Instant::now() >= d)
+            {
+                return false;
+            }
+            let mut i = hash as usize & mask;
+            while slots[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            slots[i] = Self::slot(hash, k);
+        }
+        self.slots = slots;
+        true
+    }
+}
