@@ -62,6 +62,13 @@ impl<S: Clone + Eq> Cache<S> {
         self.states.len()
     }
 
+    /// Takes the stored states out (leaving the cache empty of them), so
+    /// that the caller can free them where it likes.
+    pub(crate) fn take_states(&mut self) -> Vec<S> {
+        self.state_heap_bytes = 0;
+        std::mem::take(&mut self.states)
+    }
+
     /// The memory the cache holds, in bytes (an estimate: exact for its
     /// arrays, the model's figure for the states' heap).
     pub(crate) fn bytes(&self) -> usize {

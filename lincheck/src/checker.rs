@@ -395,6 +395,24 @@ pub fn check_steps<M: Model>(
     (report.verdict, report.steps)
 }
 
+/// Memo states with drop glue beyond this many are freed on a thread of
+/// their own.
+const FREE_ON_THREAD_ABOVE: usize = 1 << 16;
+
+/// Frees a memo's states: on another thread if there are many and each
+/// needs dropping (the KV model's shared values: about 50 ns each, so
+/// seconds for a large memo), so that the check returns within its budget;
+/// here if not, or if no thread can be started.
+fn free_soon<S: Send + 'static>(states: Vec<S>) {
+    if states.len() <= FREE_ON_THREAD_ABOVE || !std::mem::needs_drop::<S>() {
+        return;
+    }
+    // On failure the closure, and the states with it, are dropped here.
+    let _ = std::thread::Builder::new()
+        .name("lincheck-free".into())
+        .spawn(move || drop(states));
+}
+
 /// One partition's place in the interleaving.
 struct Slot<'a, M: Model> {
     result: PartitionResult,
@@ -511,6 +529,9 @@ pub fn check_with<M: Model>(
             };
             slot.result.verdict = verdict;
             slot.done = true;
+            if let Some(search) = slot.search.as_mut() {
+                free_soon(search.take_memo_states());
+            }
             slot.search = None;
             held -= slot.counted_bytes;
             slot.counted_bytes = 0;
@@ -523,6 +544,9 @@ pub fn check_with<M: Model>(
         for slot in slots.iter_mut().filter(|s| !s.done) {
             slot.result.verdict = PartitionVerdict::Unknown(reason);
         }
+    }
+    for search in slots.iter_mut().filter_map(|s| s.search.as_mut()) {
+        free_soon(search.take_memo_states());
     }
     let partitions: Vec<PartitionResult> = slots.into_iter().map(|s| s.result).collect();
     let unknown_reason = partitions.iter().find_map(|p| match p.verdict {

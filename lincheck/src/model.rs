@@ -56,8 +56,10 @@ impl<I, O> Operation<I, O> {
 /// [`UNKNOWN_RETURN`]).
 pub trait Model {
     /// The state of the specified object. Compared and hashed by the
-    /// checker's cache, so equal states must mean equal futures.
-    type State: Clone + Eq + Hash + Debug;
+    /// checker's cache, so equal states must mean equal futures. `Send +
+    /// 'static` so that a large memo can be freed on another thread after
+    /// the check returns, keeping the time budget.
+    type State: Clone + Eq + Hash + Debug + Send + 'static;
     /// What a client asks.
     type Input: Clone + Debug;
     /// What a client is answered.

@@ -148,6 +148,12 @@ impl<'a, M: Model> Search<'a, M> {
         self.cache.len()
     }
 
+    /// Takes the memo's states out, to free them elsewhere; the search
+    /// must not run again.
+    pub(crate) fn take_memo_states(&mut self) -> Vec<M::State> {
+        self.cache.take_states()
+    }
+
     /// The memory the search holds, in bytes (an estimate: its arrays
     /// exactly, the states' heap as the model estimates it).
     pub(crate) fn bytes(&self) -> usize {
