@@ -34,6 +34,7 @@ mod bitset;
 mod cache;
 pub mod checker;
 pub mod html;
+pub mod jsonl;
 pub mod kv;
 pub mod model;
 pub mod parse;
@@ -50,6 +51,7 @@ pub use checker::{
     UnknownReason, Verdict, Violation, DEFAULT_MEMORY_LIMIT_BYTES, MAX_CACHE_ENTRIES, SLICE_STEPS,
 };
 pub use html::{render_violation_html, write_violation_html, write_violation_html_to_temp};
+pub use jsonl::parse_history_jsonl;
 pub use kv::{KvInput, KvModel, KvOp, KvOutput};
 pub use model::{Model, Operation, UNKNOWN_RETURN};
 pub use parse::{parse_etcd_log, parse_kv_edn, KvHistory, ParseError, RegisterHistory};
