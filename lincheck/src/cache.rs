@@ -119,7 +119,7 @@ impl<S: Clone + Eq> Cache<S> {
             if (slot ^ hash) >> 32 == 0 {
                 let k = (slot & 0xffff_ffff) as usize - 1;
                 let stored = &self.sets[k * w..(k + 1) * w];
-                if stored == set.words() && self.states[k] == *state {
+                if stored.iter().zip(set.words()).all(|(a, b)| a == b) && self.states[k] == *state {
                     return Inserted::Present;
                 }
             }

@@ -211,21 +211,39 @@ impl<'a, M: Model> Search<'a, M> {
         room: usize,
         deadline: Option<Instant>,
     ) -> Progress<M::State> {
-        let mut room = room;
+        // The hot counters live in locals during the loop and are written
+        // back on every way out.
+        let mut node = self.node;
         let mut steps_left = steps;
-        while self.known_left > 0 {
-            if steps_left == 0 {
-                return Progress::Paused;
+        let progress = self.run_from(&mut node, &mut steps_left, room, deadline);
+        self.node = node;
+        self.steps += steps - steps_left;
+        progress
+    }
+
+    fn run_from(
+        &mut self,
+        node_at: &mut u32,
+        steps_left: &mut u64,
+        mut room: usize,
+        deadline: Option<Instant>,
+    ) -> Progress<M::State> {
+        let mut node = *node_at;
+        let mut left = *steps_left;
+        let progress = loop {
+            if self.known_left == 0 {
+                break Progress::Linearizable;
             }
-            steps_left -= 1;
-            self.steps += 1;
-            let node = self.node;
+            if left == 0 {
+                break Progress::Paused;
+            }
+            left -= 1;
             let event = self.event(node);
             if !event.is_call {
                 // An operation that must precede everything after this
                 // return could not be linearized here: backtrack.
                 let Some((call_node, before)) = self.stack.pop() else {
-                    return Progress::Illegal {
+                    break Progress::Illegal {
                         prefix: std::mem::take(&mut self.best_prefix),
                         state: self.best_state.clone(),
                     };
@@ -235,7 +253,7 @@ impl<'a, M: Model> Search<'a, M> {
                 self.linearized.remove(undone);
                 self.known_left += usize::from(!self.ops[undone].is_open());
                 self.unlift(call_node);
-                self.node = self.next[call_node as usize];
+                node = self.next[call_node as usize];
                 continue;
             }
             let i = event.op as usize;
@@ -245,7 +263,7 @@ impl<'a, M: Model> Search<'a, M> {
                 .step(&self.state, &op.input, &op.output)
                 .filter(|after| !(op.is_open() && *after == self.state));
             let Some(after) = after else {
-                self.node = self.next[node as usize];
+                node = self.next[node as usize];
                 continue;
             };
             self.linearized.insert(i);
@@ -257,15 +275,15 @@ impl<'a, M: Model> Search<'a, M> {
             {
                 Inserted::Present => {
                     self.linearized.remove(i);
-                    self.node = self.next[node as usize];
+                    node = self.next[node as usize];
                     continue;
                 }
-                Inserted::NoRoom => return Progress::OutOfMemory,
-                Inserted::OutOfTime => return Progress::OutOfTime,
+                Inserted::NoRoom => break Progress::OutOfMemory,
+                Inserted::OutOfTime => break Progress::OutOfTime,
                 Inserted::Added => {}
             }
             if self.cache.len() > self.max_entries {
-                return Progress::CacheFull;
+                break Progress::CacheFull;
             }
             room = room.saturating_sub(heap);
             let before = std::mem::replace(&mut self.state, after);
@@ -280,9 +298,11 @@ impl<'a, M: Model> Search<'a, M> {
                     self.best_state = self.state.clone();
                 }
             }
-            self.node = self.next[HEAD as usize];
-        }
-        Progress::Linearizable
+            node = self.next[HEAD as usize];
+        };
+        *node_at = node;
+        *steps_left = left;
+        progress
     }
 
     fn stack_ops(&self) -> Vec<usize> {
