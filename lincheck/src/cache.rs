@@ -34,8 +34,11 @@ pub(crate) enum Inserted {
 }
 
 pub(crate) struct Cache<S> {
-    words_per_set: usize,
-    /// Entry `k`'s set is `sets[k * words_per_set..][..words_per_set]`.
+    /// Entry `k`'s set is all ones below word `full_below[k]`, then the
+    /// words `sets[set_start[k]..set_start[k + 1]]`, then zeros (its
+    /// [`Bitset::window`]).
+    full_below: Vec<u32>,
+    set_start: Vec<usize>,
     sets: Vec<u64>,
     states: Vec<S>,
     hashes: Vec<u64>,
@@ -48,8 +51,13 @@ pub(crate) struct Cache<S> {
 
 impl<S: Clone + Eq> Cache<S> {
     pub(crate) fn new(ops: usize) -> Self {
+        assert!(
+            ops.div_ceil(64) < u32::MAX as usize,
+            "a set's word index fits 32 bits"
+        );
         Cache {
-            words_per_set: ops.div_ceil(64),
+            full_below: Vec::new(),
+            set_start: vec![0],
             sets: Vec::new(),
             states: Vec::new(),
             hashes: Vec::new(),
@@ -72,7 +80,11 @@ impl<S: Clone + Eq> Cache<S> {
     /// The memory the cache holds, in bytes (an estimate: exact for its
     /// arrays, the model's figure for the states' heap).
     pub(crate) fn bytes(&self) -> usize {
-        8 * (self.slots.capacity() + self.sets.capacity() + self.hashes.capacity())
+        8 * (self.slots.capacity()
+            + self.sets.capacity()
+            + self.hashes.capacity()
+            + self.set_start.capacity())
+            + 4 * self.full_below.capacity()
             + std::mem::size_of::<S>() * self.states.capacity()
             + self.state_heap_bytes
     }
@@ -84,16 +96,24 @@ impl<S: Clone + Eq> Cache<S> {
     /// The bytes that adding one more entry would allocate beyond
     /// [`Cache::bytes`] at its peak (a new table while the old one is still
     /// held, or the entry arrays' next step).
-    fn growth_bytes(&self) -> usize {
+    fn growth_bytes(&self, tail_words: usize) -> usize {
         let mut bytes = 0;
         if (self.len() + 1) * 2 > self.slots.len() {
             bytes += 8 * 2 * self.slots.len();
         }
         if self.states.len() == self.states.capacity() {
             let more = self.states.capacity().max(MIN_ENTRIES);
-            bytes += more * (std::mem::size_of::<S>() + 8 + 8 * self.words_per_set);
+            bytes += more * (std::mem::size_of::<S>() + 8 + 8 + 4);
+        }
+        if self.sets.len() + tail_words > self.sets.capacity() {
+            bytes += 8 * self.sets_growth(tail_words);
         }
         bytes
+    }
+
+    /// How many words the set store grows by to take `tail_words` more.
+    fn sets_growth(&self, tail_words: usize) -> usize {
+        self.sets.capacity().max(tail_words).max(MIN_ENTRIES)
     }
 
     /// Adds the configuration unless it is present, or unless adding it
@@ -102,13 +122,13 @@ impl<S: Clone + Eq> Cache<S> {
     pub(crate) fn insert(
         &mut self,
         hash: u64,
-        set: &Bitset,
+        set: &mut Bitset,
         state: &S,
         state_heap: usize,
         room: usize,
         deadline: Option<Instant>,
     ) -> Inserted {
-        let w = self.words_per_set;
+        let (full_below, tail) = set.window();
         let mask = self.slots.len() - 1;
         let mut i = hash as usize & mask;
         loop {
@@ -118,14 +138,16 @@ impl<S: Clone + Eq> Cache<S> {
             }
             if (slot ^ hash) >> 32 == 0 {
                 let k = (slot & 0xffff_ffff) as usize - 1;
-                let stored = &self.sets[k * w..(k + 1) * w];
-                if stored.iter().zip(set.words()).all(|(a, b)| a == b) && self.states[k] == *state {
+                if self.full_below[k] as usize == full_below
+                    && self.sets[self.set_start[k]..self.set_start[k + 1]] == *tail
+                    && self.states[k] == *state
+                {
                     return Inserted::Present;
                 }
             }
             i = (i + 1) & mask;
         }
-        if self.growth_bytes() + state_heap > room {
+        if self.growth_bytes(tail.len()) + state_heap > room {
             return Inserted::NoRoom;
         }
         assert!(
@@ -136,7 +158,11 @@ impl<S: Clone + Eq> Cache<S> {
             let more = self.states.capacity().max(MIN_ENTRIES);
             self.states.reserve_exact(more);
             self.hashes.reserve_exact(more);
-            self.sets.reserve_exact(more * w);
+            self.full_below.reserve_exact(more);
+            self.set_start.reserve_exact(more);
+        }
+        if self.sets.len() + tail.len() > self.sets.capacity() {
+            self.sets.reserve_exact(self.sets_growth(tail.len()));
         }
         if (self.len() + 1) * 2 > self.slots.len() {
             if !self.grow(deadline) {
@@ -151,7 +177,9 @@ impl<S: Clone + Eq> Cache<S> {
         }
         self.slots[i] = Self::slot(hash, self.len());
         self.hashes.push(hash);
-        self.sets.extend_from_slice(set.words());
+        self.full_below.push(full_below as u32);
+        self.sets.extend_from_slice(tail);
+        self.set_start.push(self.sets.len());
         self.states.push(state.clone());
         self.state_heap_bytes += state_heap;
         Inserted::Added

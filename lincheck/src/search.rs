@@ -65,6 +65,10 @@ pub(crate) struct Search<'a, M: Model> {
     known_count: usize,
     known_left: usize,
     best_prefix: Vec<usize>,
+    /// The lowest the stack has been since `best_prefix` was recorded: the
+    /// two agree below it, so a new best copies only the stack above it
+    /// (keeping the record O(1) per step, amortised).
+    best_agrees_below: usize,
     best_state: M::State,
     best_known: usize,
     /// The node the search looks at next.
@@ -131,6 +135,7 @@ impl<'a, M: Model> Search<'a, M> {
             known_count,
             known_left: known_count,
             best_prefix: Vec::new(),
+            best_agrees_below: 0,
             best_known: 0,
             steps: 0,
             max_entries,
@@ -249,6 +254,7 @@ impl<'a, M: Model> Search<'a, M> {
                     };
                 };
                 self.state = before;
+                self.best_agrees_below = self.best_agrees_below.min(self.stack.len());
                 let undone = self.event(call_node).op as usize;
                 self.linearized.remove(undone);
                 self.known_left += usize::from(!self.ops[undone].is_open());
@@ -271,7 +277,7 @@ impl<'a, M: Model> Search<'a, M> {
             let heap = self.model.state_heap_bytes(&after);
             match self
                 .cache
-                .insert(hash, &self.linearized, &after, heap, room, deadline)
+                .insert(hash, &mut self.linearized, &after, heap, room, deadline)
             {
                 Inserted::Present => {
                     self.linearized.remove(i);
@@ -294,7 +300,7 @@ impl<'a, M: Model> Search<'a, M> {
                 let known = self.known_count - self.known_left;
                 if known > self.best_known {
                     self.best_known = known;
-                    self.best_prefix = self.stack_ops();
+                    self.record_best_prefix();
                     self.best_state = self.state.clone();
                 }
             }
@@ -305,11 +311,16 @@ impl<'a, M: Model> Search<'a, M> {
         progress
     }
 
-    fn stack_ops(&self) -> Vec<usize> {
-        self.stack
-            .iter()
-            .map(|&(node, _)| self.event(node).op as usize)
-            .collect()
+    /// Makes `best_prefix` the stack's operations.
+    fn record_best_prefix(&mut self) {
+        let agree = self.best_agrees_below;
+        self.best_prefix.truncate(agree);
+        for k in agree..self.stack.len() {
+            let op = self.event(self.stack[k].0).op as usize;
+            self.best_prefix.push(op);
+        }
+        self.best_agrees_below = self.stack.len();
+        debug_assert_eq!(self.best_prefix.len(), self.stack.len());
     }
 
     /// The operations that may come right after `prefix` (called before the

@@ -246,3 +246,39 @@ fn a_long_append_only_history_on_one_key_is_cheap_per_step() {
     assert!(verdict.is_linearizable());
     assert_eq!(steps, 2_000);
 }
+
+#[test]
+fn a_long_sequential_history_is_linear_in_its_length() {
+    // 200,000 operations one after another on one key: every step records a
+    // new longest prefix, which must not cost the prefix's length each time.
+    let mut history = Vec::new();
+    let mut value = String::new();
+    for i in 0..100_000u64 {
+        let piece = format!("{}", i % 10);
+        history.push(kv(
+            0,
+            4 * i,
+            4 * i + 1,
+            KvInput::append("k", piece.clone()),
+            "",
+        ));
+        value.push_str(&piece);
+        let read = if i % 1000 == 0 { value.as_str() } else { "" };
+        let get = if i % 1000 == 0 {
+            KvInput::get("k")
+        } else {
+            KvInput::append("k", "")
+        };
+        history.push(kv(0, 4 * i + 2, 4 * i + 3, get, read));
+    }
+    let (report, took) = timed(|| {
+        check_with(
+            &KvModel,
+            &history,
+            &CheckOptions::with_time_budget(Duration::from_secs(20)),
+        )
+    });
+    assert!(report.verdict.is_linearizable(), "{report:?}");
+    assert_eq!(report.steps, 200_000);
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
