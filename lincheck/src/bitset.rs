@@ -40,6 +40,7 @@ impl Bitset {
     }
 
     /// Adds `i`, which must not be a member.
+    #[inline]
     pub(crate) fn insert(&mut self, i: usize) {
         let (word, bit) = (i / 64, 1u64 << (i % 64));
         debug_assert!(self.words[word] & bit == 0, "{i} already in the set");
@@ -49,6 +50,7 @@ impl Bitset {
     }
 
     /// Removes `i`, which must be a member.
+    #[inline]
     pub(crate) fn remove(&mut self, i: usize) {
         let (word, bit) = (i / 64, 1u64 << (i % 64));
         debug_assert!(self.words[word] & bit != 0, "{i} not in the set");
@@ -58,6 +60,7 @@ impl Bitset {
     }
 
     /// The hash of the current members.
+    #[inline]
     pub(crate) fn hash(&self) -> u64 {
         self.hash
     }
@@ -72,6 +75,7 @@ impl Bitset {
     /// and `tail` is empty or starts with a word that is not all ones. Two
     /// sets are equal iff their windows are. The search linearizes roughly
     /// in history order, so the window is short however long the history.
+    #[inline]
     pub(crate) fn window(&mut self) -> (usize, &[u64]) {
         while self.full_below < self.words.len() && self.words[self.full_below] == !0 {
             self.full_below += 1;

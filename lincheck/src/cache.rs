@@ -33,10 +33,20 @@ pub(crate) enum Inserted {
     OutOfTime,
 }
 
+/// Sets of at most this many words are stored whole: their windows would
+/// save less than the window's own bookkeeping costs. The crate's unit
+/// tests store windows always, so the brute-force cross-check covers that
+/// layout; the reference-history test (built without `cfg(test)`) covers
+/// the whole one on its small partitions.
+const WHOLE_SETS_UP_TO_WORDS: usize = if cfg!(test) { 0 } else { 4 };
+
 pub(crate) struct Cache<S> {
-    /// Entry `k`'s set is all ones below word `full_below[k]`, then the
-    /// words `sets[set_start[k]..set_start[k + 1]]`, then zeros (its
+    /// With `Some(w)`, entry `k`'s set is `sets[k * w..][..w]`, whole, and
+    /// `full_below` and `set_start` stay empty. With `None`, entry `k`'s set
+    /// is all ones below word `full_below[k]`, then the words
+    /// `sets[set_start[k]..set_start[k + 1]]`, then zeros (its
     /// [`Bitset::window`]).
+    whole_words: Option<usize>,
     full_below: Vec<u32>,
     set_start: Vec<usize>,
     sets: Vec<u64>,
@@ -55,9 +65,16 @@ impl<S: Clone + Eq> Cache<S> {
             ops.div_ceil(64) < u32::MAX as usize,
             "a set's word index fits 32 bits"
         );
+        let words = ops.div_ceil(64);
+        let whole_words = (words <= WHOLE_SETS_UP_TO_WORDS).then_some(words);
         Cache {
+            whole_words,
             full_below: Vec::new(),
-            set_start: vec![0],
+            set_start: if whole_words.is_some() {
+                Vec::new()
+            } else {
+                vec![0]
+            },
             sets: Vec::new(),
             states: Vec::new(),
             hashes: Vec::new(),
@@ -103,7 +120,8 @@ impl<S: Clone + Eq> Cache<S> {
         }
         if self.states.len() == self.states.capacity() {
             let more = self.states.capacity().max(MIN_ENTRIES);
-            bytes += more * (std::mem::size_of::<S>() + 8 + 8 + 4);
+            let set_index = if self.whole_words.is_some() { 0 } else { 8 + 4 };
+            bytes += more * (std::mem::size_of::<S>() + 8 + set_index);
         }
         if self.sets.len() + tail_words > self.sets.capacity() {
             bytes += 8 * self.sets_growth(tail_words);
@@ -128,7 +146,10 @@ impl<S: Clone + Eq> Cache<S> {
         room: usize,
         deadline: Option<Instant>,
     ) -> Inserted {
-        let (full_below, tail) = set.window();
+        let (full_below, tail) = match self.whole_words {
+            Some(_) => (0, set.words()),
+            None => set.window(),
+        };
         let mask = self.slots.len() - 1;
         let mut i = hash as usize & mask;
         loop {
@@ -138,8 +159,18 @@ impl<S: Clone + Eq> Cache<S> {
             }
             if (slot ^ hash) >> 32 == 0 {
                 let k = (slot & 0xffff_ffff) as usize - 1;
-                if self.full_below[k] as usize == full_below
-                    && self.sets[self.set_start[k]..self.set_start[k + 1]] == *tail
+                let (stored_full_below, stored) = match self.whole_words {
+                    Some(w) => (0, &self.sets[k * w..(k + 1) * w]),
+                    None => (
+                        self.full_below[k] as usize,
+                        &self.sets[self.set_start[k]..self.set_start[k + 1]],
+                    ),
+                };
+                // Word by word: the sets are short, and a call to memcmp
+                // costs more than comparing them.
+                if stored_full_below == full_below
+                    && stored.len() == tail.len()
+                    && stored.iter().zip(tail).all(|(a, b)| a == b)
                     && self.states[k] == *state
                 {
                     return Inserted::Present;
@@ -158,8 +189,10 @@ impl<S: Clone + Eq> Cache<S> {
             let more = self.states.capacity().max(MIN_ENTRIES);
             self.states.reserve_exact(more);
             self.hashes.reserve_exact(more);
-            self.full_below.reserve_exact(more);
-            self.set_start.reserve_exact(more);
+            if self.whole_words.is_none() {
+                self.full_below.reserve_exact(more);
+                self.set_start.reserve_exact(more);
+            }
         }
         if self.sets.len() + tail.len() > self.sets.capacity() {
             self.sets.reserve_exact(self.sets_growth(tail.len()));
@@ -177,9 +210,11 @@ impl<S: Clone + Eq> Cache<S> {
         }
         self.slots[i] = Self::slot(hash, self.len());
         self.hashes.push(hash);
-        self.full_below.push(full_below as u32);
         self.sets.extend_from_slice(tail);
-        self.set_start.push(self.sets.len());
+        if self.whole_words.is_none() {
+            self.full_below.push(full_below as u32);
+            self.set_start.push(self.sets.len());
+        }
         self.states.push(state.clone());
         self.state_heap_bytes += state_heap;
         Inserted::Added

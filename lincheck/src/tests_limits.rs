@@ -282,3 +282,32 @@ fn a_long_sequential_history_is_linear_in_its_length() {
     assert_eq!(report.steps, 200_000);
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
+
+#[test]
+fn long_partitions_store_set_windows_and_keep_their_verdicts() {
+    // 3 clients, 100 appends each, a read every 2: 450 operations, past the
+    // size (256) from which the memo stores windows of the linearized sets.
+    let history = append_only_history(3, 100, Some(2));
+    assert_eq!(history.len(), 450);
+    let options = CheckOptions {
+        time_budget: Some(Duration::from_secs(60)),
+        memory_limit_bytes: 256 << 20,
+        ..CheckOptions::default()
+    };
+    let report = check_with(&KvModel, &history, &options);
+    assert!(report.verdict.is_linearizable(), "{report:?}");
+    // The last read misses its last append: no order explains it.
+    let mut bad = history.clone();
+    let last_read = bad
+        .iter()
+        .rposition(|o| o.input.op == KvOp::Get)
+        .expect("a read");
+    let KvOutput::Value(v) = &bad[last_read].output else {
+        unreachable!("reads are answered")
+    };
+    let cut = v[..v.len() - 1].rfind('x').expect("an append was read");
+    bad[last_read].output = KvOutput::Value(v[..cut].to_string());
+    let report = check_with(&KvModel, &bad, &options);
+    let violation = report.verdict.violation().expect("not linearizable");
+    assert!(violation.rejected.contains(&last_read));
+}
