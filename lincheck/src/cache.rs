@@ -38,7 +38,7 @@ pub(crate) enum Inserted {
 /// tests store windows always, so the brute-force cross-check covers that
 /// layout; the reference-history test (built without `cfg(test)`) covers
 /// the whole one on its small partitions.
-const WHOLE_SETS_UP_TO_WORDS: usize = if cfg!(test) { 0 } else { 4 };
+const WHOLE_SETS_UP_TO_WORDS: usize = 4;
 
 pub(crate) struct Cache<S> {
     /// With `Some(w)`, entry `k`'s set is `sets[k * w..][..w]`, whole, and
@@ -66,7 +66,7 @@ impl<S: Clone + Eq> Cache<S> {
             "a set's word index fits 32 bits"
         );
         let words = ops.div_ceil(64);
-        let whole_words = (words <= WHOLE_SETS_UP_TO_WORDS).then_some(words);
+        let whole_words = (!cfg!(test) && words <= WHOLE_SETS_UP_TO_WORDS).then_some(words);
         Cache {
             whole_words,
             full_below: Vec::new(),
