@@ -21,6 +21,8 @@
 
 #![forbid(unsafe_code)]
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -114,44 +116,54 @@ fn format_of(path: &Path, format: Format) -> Result<Format, String> {
     }
 }
 
-/// Checks one file; returns its exit status (0, 1 or 2).
-fn check_file(path: &Path, args: &Args, html: Option<PathBuf>) -> Result<u8, String> {
+/// Checks one file, writing its report to `out`; returns its exit status
+/// (0, 1 or 2).
+fn check_file(
+    path: &Path,
+    args: &Args,
+    html: Option<PathBuf>,
+    out: &mut String,
+) -> Result<u8, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let parse_error = |e: lincheck::ParseError| e.to_string();
     match format_of(path, args.format)? {
         Format::Jsonl => {
             let history = parse_history_jsonl(&text).map_err(parse_error)?;
-            report(&KvModel, &history, args, html, |op| {
+            report(&KvModel, &history, args, html, out, |op| {
                 format!("key {:?}", op.input.key)
             })
         }
         Format::Kv => {
             let history = parse_kv_edn(&text).map_err(parse_error)?;
-            report(&KvModel, &history, args, html, |op| {
+            report(&KvModel, &history, args, html, out, |op| {
                 format!("key {:?}", op.input.key)
             })
         }
         Format::Etcd => {
             let history = parse_etcd_log(&text).map_err(parse_error)?;
-            report(&RegisterModel, &history, args, html, |_| "register".into())
+            report(&RegisterModel, &history, args, html, out, |_| {
+                "register".into()
+            })
         }
         Format::Auto => unreachable!("format_of resolves auto"),
     }
 }
 
-/// Checks a parsed history and prints the verdicts.
+/// Checks a parsed history and writes the verdicts to `out`.
 fn report<M: Model>(
     model: &M,
     history: &[Operation<M::Input, M::Output>],
     args: &Args,
     html: Option<PathBuf>,
+    out: &mut String,
     name: impl Fn(&Operation<M::Input, M::Output>) -> String,
 ) -> Result<u8, String> {
     let report = check_with(model, history, &args.options);
     let reason = report
         .unknown_reason
         .map_or(String::new(), |r| format!(" ({r})"));
-    println!(
+    let _ = writeln!(
+        out,
         "  {}{reason}: {} operations, {} partition(s), {} steps, {:.1} ms, {:.1} MB",
         report.verdict.name(),
         history.len(),
@@ -165,7 +177,8 @@ fn report<M: Model>(
             PartitionVerdict::Unknown(r) => format!("unknown ({r})"),
             v => v.name().to_string(),
         };
-        println!(
+        let _ = writeln!(
+            out,
             "    partition {} ({}): {verdict}, {} operations, {} steps, {} memo entries",
             p.index,
             name(&history[p.first_op]),
@@ -179,12 +192,12 @@ fn report<M: Model>(
         Verdict::Unknown => Ok(2),
         Verdict::NotLinearizable(v) => {
             for line in v.describe(model).lines() {
-                println!("  {line}");
+                let _ = writeln!(out, "  {line}");
             }
-            if let Some(out) = html {
-                write_violation_html(&out, model, v)
-                    .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
-                println!("  timeline: {}", out.display());
+            if let Some(page) = html {
+                write_violation_html(&page, model, v)
+                    .map_err(|e| format!("cannot write {}: {e}", page.display()))?;
+                let _ = writeln!(out, "  timeline: {}", page.display());
             }
             Ok(1)
         }
@@ -209,8 +222,9 @@ fn main() -> ExitCode {
         }
     }
     let mut worst = 0;
+    let mut stdout = std::io::stdout().lock();
     for path in &args.files {
-        println!("{}", path.display());
+        let mut out = format!("{}\n", path.display());
         let html = args.html.as_ref().map(|out| {
             if args.files.len() == 1 {
                 out.clone()
@@ -223,11 +237,16 @@ fn main() -> ExitCode {
                 page
             }
         });
-        let status = check_file(path, &args, html).unwrap_or_else(|e| {
-            println!("  error: {e}");
+        let status = check_file(path, &args, html, &mut out).unwrap_or_else(|e| {
+            let _ = writeln!(out, "  error: {e}");
             2
         });
         worst = worst.max(status);
+        // A closed pipe (`| head`) ends the output, not the checking's
+        // verdict.
+        if stdout.write_all(out.as_bytes()).is_err() {
+            break;
+        }
     }
     ExitCode::from(worst)
 }
