@@ -1,14 +1,18 @@
 //! A linearizability checker in the manner of porcupine: a generic
 //! sequential [`Model`], histories of timed [`Operation`]s, a depth-first
 //! search over linearizations with memoisation of (linearized set, state)
-//! pairs ([`check`]), a time budget whose expiry gives [`Verdict::Unknown`],
-//! and an HTML timeline of a violation ([`write_violation_html`]).
+//! pairs, run on every partition of a history interleaved ([`check`],
+//! [`check_steps`], and [`check_with`] for a per-partition
+//! [`CheckReport`]), bounds on time, steps and memory whose expiry gives
+//! [`Verdict::Unknown`] with an [`UnknownReason`], and an HTML timeline of a
+//! violation ([`write_violation_html`]).
 //!
 //! Two models come with it: [`KvModel`], the lab's key/value store
 //! (partitioned by key), and [`RegisterModel`], a read / write /
 //! compare-and-set register for Jepsen's etcd histories. [`parse_etcd_log`]
 //! and [`parse_kv_edn`] read the reference histories of
-//! `../shared/linearizability/`.
+//! `../shared/linearizability/`, [`parse_history_jsonl`] the histories the
+//! lab tests export; the `lincheck` binary checks such files.
 //!
 //! An operation whose outcome is unknown has `ret == UNKNOWN_RETURN` and an
 //! output every state accepts; see [`model`] for why that covers both
