@@ -59,7 +59,7 @@ impl Drop for Piece {
 /// A string value that is cheap to copy, extend, hash and compare: the
 /// state of one key of [`crate::KvModel`]. Build it with
 /// [`AppendValue::from`] and [`AppendValue::append`]; read it with
-/// [`AppendValue::to_string`] (via `Display`) or compare it with
+/// `to_string()` (it is `Display`) or compare it with
 /// [`AppendValue::eq_str`].
 #[derive(Clone)]
 pub struct AppendValue {
