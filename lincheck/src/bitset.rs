@@ -9,11 +9,24 @@ use std::hash::{Hash, Hasher};
 
 /// A fixed-size set of operation indices with an incrementally maintained
 /// hash. Two sets with the same members have the same hash.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// It also keeps two hints for [`Bitset::window`]: every word below
+/// `full_below` is all ones, and every word from `empty_from` on is zero.
+#[derive(Clone, Debug)]
 pub(crate) struct Bitset {
     words: Vec<u64>,
     hash: u64,
+    full_below: usize,
+    empty_from: usize,
 }
+
+impl PartialEq for Bitset {
+    fn eq(&self, other: &Self) -> bool {
+        self.words == other.words
+    }
+}
+
+impl Eq for Bitset {}
 
 impl Bitset {
     /// An empty set able to hold `0..len`.
@@ -21,33 +34,60 @@ impl Bitset {
         Bitset {
             words: vec![0; len.div_ceil(64)],
             hash: 0,
+            full_below: 0,
+            empty_from: 0,
         }
     }
 
     /// Adds `i`, which must not be a member.
+    #[inline]
     pub(crate) fn insert(&mut self, i: usize) {
         let (word, bit) = (i / 64, 1u64 << (i % 64));
         debug_assert!(self.words[word] & bit == 0, "{i} already in the set");
         self.words[word] |= bit;
         self.hash ^= member_key(i);
+        self.empty_from = self.empty_from.max(word + 1);
     }
 
     /// Removes `i`, which must be a member.
+    #[inline]
     pub(crate) fn remove(&mut self, i: usize) {
         let (word, bit) = (i / 64, 1u64 << (i % 64));
         debug_assert!(self.words[word] & bit != 0, "{i} not in the set");
         self.words[word] &= !bit;
         self.hash ^= member_key(i);
+        self.full_below = self.full_below.min(word);
     }
 
     /// The hash of the current members.
+    #[inline]
     pub(crate) fn hash(&self) -> u64 {
         self.hash
     }
 
-    /// The underlying words, for storing a copy in the cache.
+    /// The underlying words.
     pub(crate) fn words(&self) -> &[u64] {
         &self.words
+    }
+
+    /// The set in short: `(f, tail)` where every word before `f` is all
+    /// ones, `tail` holds the words from `f` on up to the last nonzero one,
+    /// and `tail` is empty or starts with a word that is not all ones. Two
+    /// sets are equal iff their windows are. The search linearizes roughly
+    /// in history order, so the window is short however long the history.
+    #[inline]
+    pub(crate) fn window(&mut self) -> (usize, &[u64]) {
+        while self.full_below < self.words.len() && self.words[self.full_below] == !0 {
+            self.full_below += 1;
+        }
+        self.empty_from = self.empty_from.max(self.full_below);
+        while self.empty_from > self.full_below && self.words[self.empty_from - 1] == 0 {
+            self.empty_from -= 1;
+        }
+        (
+            self.full_below,
+            &self.words[self.full_below..self.empty_from],
+        )
     }
 }
 
@@ -151,6 +191,27 @@ mod tests {
         a.remove(129);
         assert_eq!(a.hash(), 0);
         assert_eq!(a.words(), &[0, 0, 0]);
+        assert_eq!(a.window(), (0, &[][..]));
+    }
+
+    #[test]
+    fn the_window_skips_full_and_empty_words() {
+        let mut a = Bitset::new(300);
+        for i in 0..130 {
+            a.insert(i);
+        }
+        assert_eq!(a.window(), (2, &[0b11][..]));
+        a.insert(200);
+        assert_eq!(a.window(), (2, &[0b11, 1 << 8][..]));
+        a.remove(5);
+        assert_eq!(a.window(), (0, &[!(1 << 5), !0, 0b11, 1 << 8][..]));
+        a.insert(5);
+        a.remove(200);
+        assert_eq!(a.window(), (2, &[0b11][..]));
+        for i in 130..192 {
+            a.insert(i);
+        }
+        assert_eq!(a.window(), (3, &[][..]));
     }
 
     #[test]

@@ -1,6 +1,28 @@
 //! The linearizability check: Wing & Gong's depth-first search over
 //! linearizations with Lowe's memoisation ("Testing for linearizability",
-//! 2017), the algorithm porcupine uses, run on each partition in turn.
+//! 2017), the algorithm porcupine uses, run on every partition of the
+//! history, interleaved.
+//!
+//! # Partitions, interleaved
+//!
+//! [`Model::partition`] splits a history into independent parts (one per
+//! key for [`crate::KvModel`]). Their searches take turns, a slice of
+//! [`SLICE_STEPS`] steps each in partition order, on the caller's thread,
+//! until every one has an answer or one is found not linearizable: a
+//! partition whose search explodes cannot hide a violation in a later one
+//! that takes a few steps to find. The history is linearizable iff every
+//! partition is; [`check_with`] reports each partition's verdict, steps and
+//! memory ([`CheckReport`]).
+//!
+//! # Limits
+//!
+//! Every check has bounds ([`CheckOptions`]): a time budget (the clock is
+//! read between slices, while the memo's table is enlarged, and between the
+//! setups of two partitions), a step budget (shared by all partitions, so
+//! the verdict does not depend on the machine's speed), and a memory limit
+//! on the estimated bytes of every search's memo, stack and event lists. A
+//! partition whose memo would grow past the memory limit stops with
+//! [`UnknownReason::MemoryLimit`] and frees its memory; the others go on.
 //!
 //! # The search
 //!
@@ -47,27 +69,31 @@
 //! # Determinism
 //!
 //! The search order depends only on the history (events sort by time, then
-//! calls before returns, then by operation index), and the cache is only
-//! asked for membership, so the verdict and the violation reported are the
-//! same on every run, except that a search cut short by the time budget
-//! reports [`Verdict::Unknown`].
+//! calls before returns, then by operation index), the interleaving only on
+//! the step counts, and the cache is only asked for membership, so the
+//! verdict, the steps and the violation reported are the same on every run,
+//! except that a search cut short by the time budget reports
+//! [`Verdict::Unknown`]. With a step budget and no time budget
+//! ([`check_steps`]) everything is deterministic.
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use super::bitset::{mix64, stable_hash, Bitset};
 use super::model::{Model, Operation};
+use super::search::{Progress, Search};
 
 /// The outcome of [`check`].
 pub enum Verdict<M: Model> {
     /// Every partition has a linearization.
     Linearizable,
-    /// The first partition (in [`Model::partition`] order) found to have no
-    /// linearization.
+    /// A partition found to have no linearization (the first found; with
+    /// several, which one depends on how many steps each needed).
     NotLinearizable(Box<Violation<M>>),
-    /// The time budget ran out (or the cache reached
-    /// [`MAX_CACHE_ENTRIES`]) before a verdict. The caller decides what this
-    /// means; the lab tests treat it as a failure.
+    /// Some partition has no answer and none is known to be illegal: a
+    /// budget ran out, or a memo reached the memory limit or
+    /// [`MAX_CACHE_ENTRIES`] ([`CheckReport::unknown_reason`] says which).
+    /// The caller decides what this means; the lab tests treat it as a
+    /// failure.
     Unknown,
 }
 
@@ -170,18 +196,183 @@ impl<M: Model> Violation<M> {
 }
 
 /// The most (linearized set, state) pairs one partition's cache may hold;
-/// beyond it the check gives up with [`Verdict::Unknown`] rather than
-/// exhaust memory.
+/// beyond it that partition's verdict is unknown
+/// ([`UnknownReason::MemoEntries`]).
 pub const MAX_CACHE_ENTRIES: usize = 1 << 26;
 
-/// How many search steps pass between two looks at the clock.
-const STEPS_PER_CLOCK_READ: u32 = 1 << 12;
+/// The default memory limit of a check ([`CheckOptions::memory_limit_bytes`]):
+/// 2 GiB of estimated search memory.
+pub const DEFAULT_MEMORY_LIMIT_BYTES: usize = 2 << 30;
 
-/// Checks `history` against `model`, partition by partition in
-/// [`Model::partition`] order, stopping at the first partition with no
-/// linearization. Gives up with [`Verdict::Unknown`] once `budget` has
-/// elapsed (checked before each partition and every few thousand search
-/// steps), so a zero budget gives `Unknown` for any non-empty history.
+/// The steps one partition's search takes before the next partition's turn;
+/// also how often the clock is read.
+pub const SLICE_STEPS: u64 = 1 << 12;
+
+/// The bounds of a check. Every field has a default
+/// ([`CheckOptions::default`]: no time or step budget, a memory limit of
+/// [`DEFAULT_MEMORY_LIMIT_BYTES`], stop at the first violation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// Wall time for the whole check, setup included; `None`: unbounded.
+    pub time_budget: Option<Duration>,
+    /// Search steps for the whole check, all partitions together; `None`:
+    /// unbounded. Unlike time, it makes the verdict independent of the
+    /// machine.
+    pub max_steps: Option<u64>,
+    /// The most memory all searches together may hold, as estimated by
+    /// [`PartitionResult::bytes`]; a partition whose memo would need more
+    /// stops with [`UnknownReason::MemoryLimit`].
+    pub memory_limit_bytes: usize,
+    /// Stop at the first partition found not linearizable (the others are
+    /// then [`UnknownReason::Stopped`]); if false, search every partition.
+    pub stop_at_first_violation: bool,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions {
+            time_budget: None,
+            max_steps: None,
+            memory_limit_bytes: DEFAULT_MEMORY_LIMIT_BYTES,
+            stop_at_first_violation: true,
+        }
+    }
+}
+
+impl CheckOptions {
+    /// The defaults with a time budget.
+    pub fn with_time_budget(budget: Duration) -> Self {
+        CheckOptions {
+            time_budget: Some(budget),
+            ..CheckOptions::default()
+        }
+    }
+
+    /// The defaults with a step budget.
+    pub fn with_max_steps(max_steps: u64) -> Self {
+        CheckOptions {
+            max_steps: Some(max_steps),
+            ..CheckOptions::default()
+        }
+    }
+}
+
+/// Why a verdict is unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnknownReason {
+    /// The time budget ran out.
+    TimeBudget,
+    /// The step budget ran out.
+    StepBudget,
+    /// The partition's memo would have grown past the memory limit.
+    MemoryLimit,
+    /// The partition's memo reached [`MAX_CACHE_ENTRIES`].
+    MemoEntries,
+    /// The check stopped, at another partition's violation, before this
+    /// partition had an answer.
+    Stopped,
+}
+
+impl UnknownReason {
+    /// A short name: `time budget`, `step budget`, `memory limit`,
+    /// `memo entries` or `stopped`.
+    pub fn name(self) -> &'static str {
+        match self {
+            UnknownReason::TimeBudget => "time budget",
+            UnknownReason::StepBudget => "step budget",
+            UnknownReason::MemoryLimit => "memory limit",
+            UnknownReason::MemoEntries => "memo entries",
+            UnknownReason::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for UnknownReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One partition's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PartitionVerdict {
+    /// The partition has a linearization.
+    Linearizable,
+    /// It has none ([`Verdict::NotLinearizable`] holds the details of the
+    /// one reported).
+    NotLinearizable,
+    /// The search has no answer, for this reason.
+    Unknown(UnknownReason),
+}
+
+impl PartitionVerdict {
+    /// `linearizable`, `not-linearizable` or `unknown`, as [`Verdict::name`].
+    pub fn name(self) -> &'static str {
+        match self {
+            PartitionVerdict::Linearizable => "linearizable",
+            PartitionVerdict::NotLinearizable => "not-linearizable",
+            PartitionVerdict::Unknown(_) => "unknown",
+        }
+    }
+}
+
+/// What the check found for one partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionResult {
+    /// The index of the partition in [`Model::partition`] order.
+    pub index: usize,
+    /// The index in the history of its first operation (to name it, for
+    /// example by that operation's key).
+    pub first_op: usize,
+    /// How many operations it has.
+    pub ops: usize,
+    /// Its answer.
+    pub verdict: PartitionVerdict,
+    /// The search steps it took.
+    pub steps: u64,
+    /// The configurations its memo held at the end of its search.
+    pub memo_entries: usize,
+    /// The most memory its search held, in bytes (estimated: arrays exactly,
+    /// model states' heap by [`Model::state_heap_bytes`]).
+    pub bytes: usize,
+}
+
+/// Everything [`check_with`] found: the verdict, why it is unknown if it is,
+/// and each partition's result.
+pub struct CheckReport<M: Model> {
+    /// The verdict on the whole history: not linearizable if any partition
+    /// is not, linearizable if every partition is, else unknown.
+    pub verdict: Verdict<M>,
+    /// With [`Verdict::Unknown`], why (the first reason met, in partition
+    /// order); else `None`.
+    pub unknown_reason: Option<UnknownReason>,
+    /// One result per non-empty partition, in [`Model::partition`] order.
+    pub partitions: Vec<PartitionResult>,
+    /// The search steps taken, all partitions together.
+    pub steps: u64,
+    /// The most memory all searches held at once, in bytes (estimated).
+    pub peak_bytes: usize,
+    /// The wall time the check took.
+    pub elapsed: Duration,
+}
+
+impl<M: Model> fmt::Debug for CheckReport<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckReport")
+            .field("verdict", &self.verdict)
+            .field("unknown_reason", &self.unknown_reason)
+            .field("partitions", &self.partitions)
+            .field("steps", &self.steps)
+            .field("peak_bytes", &self.peak_bytes)
+            .field("elapsed", &self.elapsed)
+            .finish()
+    }
+}
+
+/// Checks `history` against `model`, giving up with [`Verdict::Unknown`]
+/// once `budget` has elapsed, so a zero budget gives `Unknown` for any
+/// non-empty history. The memory limit is [`DEFAULT_MEMORY_LIMIT_BYTES`].
+/// [`check_with`] gives the per-partition report and other bounds.
 ///
 /// Panics if an operation returns before it is called.
 pub fn check<M: Model>(
@@ -189,7 +380,7 @@ pub fn check<M: Model>(
     history: &[Operation<M::Input, M::Output>],
     budget: Duration,
 ) -> Verdict<M> {
-    check_within(model, history, Instant::now().checked_add(budget), None).0
+    check_with(model, history, &CheckOptions::with_time_budget(budget)).verdict
 }
 
 /// Like [`check`], but the budget is a number of search steps instead of
@@ -200,16 +391,52 @@ pub fn check_steps<M: Model>(
     history: &[Operation<M::Input, M::Output>],
     max_steps: u64,
 ) -> (Verdict<M>, u64) {
-    let (verdict, left) = check_within(model, history, None, Some(max_steps));
-    (verdict, max_steps - left.unwrap_or(0))
+    let report = check_with(model, history, &CheckOptions::with_max_steps(max_steps));
+    (report.verdict, report.steps)
 }
 
-fn check_within<M: Model>(
+/// Memo states with drop glue beyond this many are freed on a thread of
+/// their own.
+const FREE_ON_THREAD_ABOVE: usize = 1 << 16;
+
+/// Frees a memo's states: on another thread if there are many and each
+/// needs dropping (the KV model's shared values: about 50 ns each, so
+/// seconds for a large memo), so that the check returns within its budget;
+/// here if not, or if no thread can be started.
+fn free_soon<S: Send + 'static>(states: Vec<S>) {
+    if states.len() <= FREE_ON_THREAD_ABOVE || !std::mem::needs_drop::<S>() {
+        return;
+    }
+    // On failure the closure, and the states with it, are dropped here.
+    let _ = std::thread::Builder::new()
+        .name("lincheck-free".into())
+        .spawn(move || drop(states));
+}
+
+/// One partition's place in the interleaving.
+struct Slot<'a, M: Model> {
+    result: PartitionResult,
+    ids: Vec<usize>,
+    /// Set up on the partition's first turn, dropped when it has an answer.
+    search: Option<Search<'a, M>>,
+    /// The bytes of `search` counted in the check's total.
+    counted_bytes: usize,
+    done: bool,
+}
+
+/// Checks `history` against `model` within `options`' bounds, every
+/// partition's search interleaved with the others' (see the module
+/// documentation), and reports the verdict and each partition's result.
+///
+/// Panics if an operation returns before it is called.
+pub fn check_with<M: Model>(
     model: &M,
     history: &[Operation<M::Input, M::Output>],
-    deadline: Option<Instant>,
-    mut steps_left: Option<u64>,
-) -> (Verdict<M>, Option<u64>) {
+    options: &CheckOptions,
+) -> CheckReport<M> {
+    let started = Instant::now();
+    let deadline = options.time_budget.and_then(|b| started.checked_add(b));
+    let out_of_time = || deadline.is_some_and(|d| Instant::now() >= d);
     for (i, op) in history.iter().enumerate() {
         assert!(
             op.ret >= op.call,
@@ -218,356 +445,125 @@ fn check_within<M: Model>(
             op.call
         );
     }
-    for (index, ids) in model.partition(history).into_iter().enumerate() {
-        if ids.is_empty() {
-            continue;
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) || steps_left == Some(0) {
-            return (Verdict::Unknown, steps_left);
-        }
-        let ops: Vec<&Operation<M::Input, M::Output>> = ids.iter().map(|&i| &history[i]).collect();
-        let mut search = Search::new(model, &ops, deadline);
-        search.steps_left = steps_left;
-        let outcome = search.run();
-        steps_left = search.steps_left;
-        match outcome {
-            Outcome::Linearizable => {}
-            Outcome::GaveUp => return (Verdict::Unknown, steps_left),
-            Outcome::Illegal { prefix, state } => {
-                let rejected = search.rejected_after(&prefix, &state);
-                return (
-                    Verdict::NotLinearizable(Box::new(Violation {
-                        partition: index,
-                        ops: ops.into_iter().cloned().collect(),
-                        history_ids: ids,
-                        longest_prefix: prefix,
-                        state_after_prefix: state,
-                        rejected,
-                    })),
-                    steps_left,
-                );
+    let mut slots: Vec<Slot<'_, M>> = model
+        .partition(history)
+        .into_iter()
+        .enumerate()
+        .filter(|(_, ids)| !ids.is_empty())
+        .map(|(index, ids)| Slot {
+            result: PartitionResult {
+                index,
+                first_op: ids[0],
+                ops: ids.len(),
+                verdict: PartitionVerdict::Unknown(UnknownReason::Stopped),
+                steps: 0,
+                memo_entries: 0,
+                bytes: 0,
+            },
+            ids,
+            search: None,
+            counted_bytes: 0,
+            done: false,
+        })
+        .collect();
+    let mut steps = 0u64;
+    let mut held = 0usize;
+    let mut peak_bytes = 0usize;
+    let mut violation: Option<Box<Violation<M>>> = None;
+    // Why the whole check stopped early, if it did.
+    let mut stopped: Option<UnknownReason> = None;
+    'rounds: while slots.iter().any(|s| !s.done) {
+        for slot in slots.iter_mut().filter(|s| !s.done) {
+            if out_of_time() {
+                stopped = Some(UnknownReason::TimeBudget);
+                break 'rounds;
             }
-        }
-    }
-    (Verdict::Linearizable, steps_left)
-}
-
-/// How one partition's search ended.
-enum Outcome<S> {
-    Linearizable,
-    Illegal { prefix: Vec<usize>, state: S },
-    GaveUp,
-}
-
-/// Marks the end of the event list.
-const NIL: u32 = u32::MAX;
-/// The list's head sentinel.
-const HEAD: u32 = 0;
-
-/// One partition's search state. Nodes `1..=2n` of the list are the events
-/// in time order; node 0 is the head sentinel.
-struct Search<'a, M: Model> {
-    model: &'a M,
-    ops: &'a [&'a Operation<M::Input, M::Output>],
-    deadline: Option<Instant>,
-    /// With a step budget: steps still allowed.
-    steps_left: Option<u64>,
-    /// The events in sorted order (`events[k]` is node `k + 1`).
-    events: Vec<Event>,
-    next: Vec<u32>,
-    prev: Vec<u32>,
-    /// The node of each operation's return event.
-    return_node: Vec<u32>,
-}
-
-/// A call or a return of operation `op`.
-#[derive(Clone, Copy)]
-struct Event {
-    op: u32,
-    is_call: bool,
-}
-
-impl<'a, M: Model> Search<'a, M> {
-    fn new(
-        model: &'a M,
-        ops: &'a [&'a Operation<M::Input, M::Output>],
-        deadline: Option<Instant>,
-    ) -> Self {
-        let n = ops.len();
-        assert!(
-            n < (NIL as usize) / 2,
-            "partition too large: {n} operations"
-        );
-        // Sort key: time, then calls (0) before returns (1), then op index.
-        let mut keys: Vec<(u64, u8, u32)> = Vec::with_capacity(2 * n);
-        for (i, op) in ops.iter().enumerate() {
-            keys.push((op.call, 0, i as u32));
-            keys.push((op.ret, 1, i as u32));
-        }
-        keys.sort_unstable();
-        let events: Vec<Event> = keys
-            .iter()
-            .map(|&(_, kind, op)| Event {
-                op,
-                is_call: kind == 0,
-            })
-            .collect();
-        let nodes = events.len() + 1;
-        let next: Vec<u32> = (0..nodes)
-            .map(|k| if k + 1 < nodes { (k + 1) as u32 } else { NIL })
-            .collect();
-        let prev: Vec<u32> = (0..nodes)
-            .map(|k| if k == 0 { NIL } else { (k - 1) as u32 })
-            .collect();
-        let mut return_node = vec![NIL; n];
-        for (k, e) in events.iter().enumerate() {
-            if !e.is_call {
-                return_node[e.op as usize] = (k + 1) as u32;
-            }
-        }
-        Search {
-            model,
-            ops,
-            deadline,
-            steps_left: None,
-            events,
-            next,
-            prev,
-            return_node,
-        }
-    }
-
-    fn event(&self, node: u32) -> Event {
-        self.events[node as usize - 1]
-    }
-
-    fn unlink(&mut self, node: u32) {
-        let (p, n) = (self.prev[node as usize], self.next[node as usize]);
-        self.next[p as usize] = n;
-        if n != NIL {
-            self.prev[n as usize] = p;
-        }
-    }
-
-    /// Puts back a node removed by `unlink`; nodes must be put back in the
-    /// reverse order of their removal.
-    fn relink(&mut self, node: u32) {
-        let (p, n) = (self.prev[node as usize], self.next[node as usize]);
-        self.next[p as usize] = node;
-        if n != NIL {
-            self.prev[n as usize] = node;
-        }
-    }
-
-    /// Takes an operation's call and return out of the list.
-    fn lift(&mut self, call_node: u32) {
-        let ret = self.return_node[self.event(call_node).op as usize];
-        self.unlink(call_node);
-        self.unlink(ret);
-    }
-
-    /// Undoes the latest `lift`.
-    fn unlift(&mut self, call_node: u32) {
-        let ret = self.return_node[self.event(call_node).op as usize];
-        self.relink(ret);
-        self.relink(call_node);
-    }
-
-    fn out_of_time(&self) -> bool {
-        self.deadline.is_some_and(|d| Instant::now() >= d)
-    }
-
-    fn run(&mut self) -> Outcome<M::State> {
-        let mut state = self.model.init();
-        let known_count = self.ops.iter().filter(|o| !o.is_open()).count();
-        let mut linearized = Bitset::new(self.ops.len());
-        let mut cache = Cache::new(self.ops.len());
-        // (call node of the lifted operation, state before it)
-        let mut stack: Vec<(u32, M::State)> = Vec::with_capacity(self.ops.len());
-        let mut best_prefix: Vec<usize> = Vec::new();
-        let mut best_state = state.clone();
-        let mut best_known = 0;
-        let mut known_left = known_count;
-        let mut steps_to_clock = STEPS_PER_CLOCK_READ;
-        let mut node = self.next[HEAD as usize];
-        while known_left > 0 {
-            if let Some(left) = self.steps_left.as_mut() {
-                if *left == 0 {
-                    return Outcome::GaveUp;
+            let slice = match options.max_steps {
+                Some(max) if steps >= max => {
+                    stopped = Some(UnknownReason::StepBudget);
+                    break 'rounds;
                 }
-                *left -= 1;
-            }
-            steps_to_clock -= 1;
-            if steps_to_clock == 0 {
-                steps_to_clock = STEPS_PER_CLOCK_READ;
-                if self.out_of_time() {
-                    return Outcome::GaveUp;
+                Some(max) => SLICE_STEPS.min(max - steps),
+                None => SLICE_STEPS,
+            };
+            let search = slot.search.get_or_insert_with(|| {
+                let ops = slot.ids.iter().map(|&i| &history[i]).collect();
+                Search::new(model, ops, MAX_CACHE_ENTRIES)
+            });
+            let others = held - slot.counted_bytes;
+            let before_steps = search.steps();
+            let room = options
+                .memory_limit_bytes
+                .saturating_sub(others.saturating_add(search.bytes()));
+            let progress = search.run(slice, room, deadline);
+            steps += search.steps() - before_steps;
+            slot.counted_bytes = search.bytes();
+            held = others + slot.counted_bytes;
+            peak_bytes = peak_bytes.max(held);
+            slot.result.steps = search.steps();
+            slot.result.memo_entries = search.memo_entries();
+            slot.result.bytes = slot.result.bytes.max(slot.counted_bytes);
+            let verdict = match progress {
+                Progress::Paused => continue,
+                Progress::Linearizable => PartitionVerdict::Linearizable,
+                Progress::OutOfMemory => PartitionVerdict::Unknown(UnknownReason::MemoryLimit),
+                Progress::CacheFull => PartitionVerdict::Unknown(UnknownReason::MemoEntries),
+                Progress::OutOfTime => {
+                    stopped = Some(UnknownReason::TimeBudget);
+                    break 'rounds;
                 }
-            }
-            let event = self.event(node);
-            if event.is_call {
-                let i = event.op as usize;
-                let op = self.ops[i];
-                let after = self
-                    .model
-                    .step(&state, &op.input, &op.output)
-                    .filter(|after| !(op.is_open() && *after == state));
-                if let Some(after) = after {
-                    linearized.insert(i);
-                    let hash = linearized.hash() ^ mix64(stable_hash(&after));
-                    if cache.insert(hash, &linearized, &after) {
-                        if cache.len() > MAX_CACHE_ENTRIES {
-                            return Outcome::GaveUp;
-                        }
-                        let before = std::mem::replace(&mut state, after);
-                        stack.push((node, before));
-                        self.lift(node);
-                        if !op.is_open() {
-                            known_left -= 1;
-                            if known_count - known_left > best_known {
-                                best_known = known_count - known_left;
-                                best_prefix = self.stack_ops(&stack);
-                                best_state = state.clone();
-                            }
-                        }
-                        node = self.next[HEAD as usize];
-                        continue;
+                Progress::Illegal { prefix, state } => {
+                    let rejected = search.rejected_after(&prefix, &state);
+                    if violation.is_none() {
+                        violation = Some(Box::new(Violation {
+                            partition: slot.result.index,
+                            ops: slot.ids.iter().map(|&i| history[i].clone()).collect(),
+                            history_ids: slot.ids.clone(),
+                            longest_prefix: prefix,
+                            state_after_prefix: state,
+                            rejected,
+                        }));
                     }
-                    linearized.remove(i);
+                    PartitionVerdict::NotLinearizable
                 }
-                node = self.next[node as usize];
-            } else {
-                // An operation that must precede everything after this
-                // return could not be linearized here: backtrack.
-                let Some((call_node, before)) = stack.pop() else {
-                    return Outcome::Illegal {
-                        prefix: best_prefix,
-                        state: best_state,
-                    };
-                };
-                state = before;
-                let undone = self.event(call_node).op as usize;
-                linearized.remove(undone);
-                known_left += usize::from(!self.ops[undone].is_open());
-                self.unlift(call_node);
-                node = self.next[call_node as usize];
+            };
+            slot.result.verdict = verdict;
+            slot.done = true;
+            if let Some(search) = slot.search.as_mut() {
+                free_soon(search.take_memo_states());
+            }
+            slot.search = None;
+            held -= slot.counted_bytes;
+            slot.counted_bytes = 0;
+            if verdict == PartitionVerdict::NotLinearizable && options.stop_at_first_violation {
+                break 'rounds;
             }
         }
-        Outcome::Linearizable
     }
-
-    fn stack_ops(&self, stack: &[(u32, M::State)]) -> Vec<usize> {
-        stack
-            .iter()
-            .map(|&(node, _)| self.event(node).op as usize)
-            .collect()
-    }
-
-    /// The operations that may come right after `prefix` (called before the
-    /// first remaining return) whose output the model rejects in `state`.
-    fn rejected_after(&self, prefix: &[usize], state: &M::State) -> Vec<usize> {
-        let mut in_prefix = vec![false; self.ops.len()];
-        for &i in prefix {
-            in_prefix[i] = true;
-        }
-        let mut rejected = Vec::new();
-        for e in &self.events {
-            if in_prefix[e.op as usize] {
-                continue;
-            }
-            if !e.is_call {
-                break;
-            }
-            let op = self.ops[e.op as usize];
-            if self.model.step(state, &op.input, &op.output).is_none() {
-                rejected.push(e.op as usize);
-            }
-        }
-        debug_assert!(
-            !rejected.is_empty(),
-            "the longest prefix ends where every completed candidate is rejected"
-        );
-        rejected
-    }
-}
-
-/// The memo of configurations reached: an open-addressing hash table
-/// (linear probing, at most half full) over (linearized set, state) entries
-/// stored in flat arrays. Only ever asked for membership.
-struct Cache<S> {
-    words_per_set: usize,
-    /// Entry `k`'s set is `sets[k * words_per_set..][..words_per_set]`.
-    sets: Vec<u64>,
-    states: Vec<S>,
-    hashes: Vec<u64>,
-    /// 0 for an empty slot, else the hash's top 32 bits above entry index + 1,
-    /// so most mismatches are seen without touching the entry.
-    slots: Vec<u64>,
-}
-
-impl<S: Clone + Eq> Cache<S> {
-    fn new(ops: usize) -> Self {
-        Cache {
-            words_per_set: ops.div_ceil(64),
-            sets: Vec::new(),
-            states: Vec::new(),
-            hashes: Vec::new(),
-            slots: vec![0; 1024],
+    if let Some(reason) = stopped {
+        for slot in slots.iter_mut().filter(|s| !s.done) {
+            slot.result.verdict = PartitionVerdict::Unknown(reason);
         }
     }
-
-    fn len(&self) -> usize {
-        self.states.len()
+    for search in slots.iter_mut().filter_map(|s| s.search.as_mut()) {
+        free_soon(search.take_memo_states());
     }
-
-    fn slot(hash: u64, entry: usize) -> u64 {
-        (hash & !0xffff_ffff) | (entry as u64 + 1)
-    }
-
-    /// Adds the configuration; false if it was already present.
-    fn insert(&mut self, hash: u64, set: &Bitset, state: &S) -> bool {
-        if (self.len() + 1) * 2 > self.slots.len() {
-            self.grow();
-        }
-        let mask = self.slots.len() - 1;
-        let w = self.words_per_set;
-        let mut i = hash as usize & mask;
-        loop {
-            let slot = self.slots[i];
-            if slot == 0 {
-                break;
-            }
-            if (slot ^ hash) >> 32 == 0 {
-                let k = (slot & 0xffff_ffff) as usize - 1;
-                let stored = &self.sets[k * w..(k + 1) * w];
-                if stored.iter().zip(set.words()).all(|(a, b)| a == b) && self.states[k] == *state {
-                    return false;
-                }
-            }
-            i = (i + 1) & mask;
-        }
-        assert!(
-            self.len() < u32::MAX as usize,
-            "cache entry index fits 32 bits"
-        );
-        self.slots[i] = Self::slot(hash, self.len());
-        self.hashes.push(hash);
-        self.sets.extend_from_slice(set.words());
-        self.states.push(state.clone());
-        true
-    }
-
-    fn grow(&mut self) {
-        let size = self.slots.len() * 2;
-        let mask = size - 1;
-        let mut slots = vec![0u64; size];
-        for (k, &hash) in self.hashes.iter().enumerate() {
-            let mut i = hash as usize & mask;
-            while slots[i] != 0 {
-                i = (i + 1) & mask;
-            }
-            slots[i] = Self::slot(hash, k);
-        }
-        self.slots = slots;
+    let partitions: Vec<PartitionResult> = slots.into_iter().map(|s| s.result).collect();
+    let unknown_reason = partitions.iter().find_map(|p| match p.verdict {
+        PartitionVerdict::Unknown(r) if r != UnknownReason::Stopped => Some(r),
+        _ => None,
+    });
+    let (verdict, unknown_reason) = match (violation, unknown_reason) {
+        (Some(v), _) => (Verdict::NotLinearizable(v), None),
+        (None, Some(r)) => (Verdict::Unknown, Some(r)),
+        (None, None) => (Verdict::Linearizable, None),
+    };
+    CheckReport {
+        verdict,
+        unknown_reason,
+        partitions,
+        steps,
+        peak_bytes,
+        elapsed: started.elapsed(),
     }
 }

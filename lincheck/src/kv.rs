@@ -1,10 +1,13 @@
 //! The key/value store model of the lab (`models/kv.go`): get, put and
 //! append on string keys and values, every key starting as the empty string,
-//! each key checked on its own.
+//! each key checked on its own. A key's state is an [`AppendValue`], so the
+//! search copies and compares states in O(1) however long appends make
+//! them.
 
 use std::collections::BTreeMap;
 
 use super::model::{Model, Operation};
+use super::value::AppendValue;
 
 /// What a key/value operation does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -68,33 +71,33 @@ pub enum KvOutput {
     Unknown,
 }
 
-/// The lab's key/value model: the state of one key is a string, starting
-/// empty; a get must return it, a put replaces it, an append extends it.
+/// The lab's key/value model: the state of one key is a string (an
+/// [`AppendValue`]), starting empty; a get must return it, a put replaces
+/// it, an append extends it.
 /// Partitioned by key, in order of each key's first appearance.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KvModel;
 
 impl Model for KvModel {
-    type State = String;
+    type State = AppendValue;
     type Input = KvInput;
     type Output = KvOutput;
 
-    fn init(&self) -> String {
-        String::new()
+    fn init(&self) -> AppendValue {
+        AppendValue::new()
     }
 
-    fn step(&self, state: &String, input: &KvInput, output: &KvOutput) -> Option<String> {
+    fn step(&self, state: &AppendValue, input: &KvInput, output: &KvOutput) -> Option<AppendValue> {
         match (input.op, output) {
-            (KvOp::Get, KvOutput::Value(v)) => (v == state).then(|| state.clone()),
+            (KvOp::Get, KvOutput::Value(v)) => state.eq_str(v).then(|| state.clone()),
             (KvOp::Get, KvOutput::Unknown) => Some(state.clone()),
-            (KvOp::Put, _) => Some(input.value.clone()),
-            (KvOp::Append, _) => {
-                let mut s = String::with_capacity(state.len() + input.value.len());
-                s.push_str(state);
-                s.push_str(&input.value);
-                Some(s)
-            }
+            (KvOp::Put, _) => Some(AppendValue::from(input.value.as_str())),
+            (KvOp::Append, _) => Some(state.append(&input.value)),
         }
+    }
+
+    fn state_heap_bytes(&self, state: &AppendValue) -> usize {
+        state.last_piece_bytes()
     }
 
     fn partition(&self, ops: &[Operation<KvInput, KvOutput>]) -> Vec<Vec<usize>> {
@@ -122,7 +125,7 @@ impl Model for KvModel {
         }
     }
 
-    fn describe_state(&self, state: &String) -> String {
+    fn describe_state(&self, state: &AppendValue) -> String {
         format!("{state:?}")
     }
 }

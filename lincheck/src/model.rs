@@ -56,8 +56,10 @@ impl<I, O> Operation<I, O> {
 /// [`UNKNOWN_RETURN`]).
 pub trait Model {
     /// The state of the specified object. Compared and hashed by the
-    /// checker's cache, so equal states must mean equal futures.
-    type State: Clone + Eq + Hash + Debug;
+    /// checker's cache, so equal states must mean equal futures. `Send +
+    /// 'static` so that a large memo can be freed on another thread after
+    /// the check returns, keeping the time budget.
+    type State: Clone + Eq + Hash + Debug + Send + 'static;
     /// What a client asks.
     type Input: Clone + Debug;
     /// What a client is answered.
@@ -86,6 +88,15 @@ pub trait Model {
         } else {
             vec![(0..ops.len()).collect()]
         }
+    }
+
+    /// An estimate of the heap memory `state` holds that the states it was
+    /// stepped from do not share, in bytes: the checker adds it up for every
+    /// state its memo keeps, to honour its memory limit. The default, 0,
+    /// fits states without heap data.
+    fn state_heap_bytes(&self, state: &Self::State) -> usize {
+        let _ = state;
+        0
     }
 
     /// A short human-readable description of an operation, for reports.

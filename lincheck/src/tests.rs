@@ -174,7 +174,7 @@ fn violation_reports_the_longest_prefix_and_the_stuck_operations() {
     assert_eq!(v.partition, 0);
     assert_eq!(v.history_ids, vec![0, 1, 2, 3]);
     assert_eq!(v.longest_prefix, vec![0, 1]);
-    assert_eq!(v.state_after_prefix, "b");
+    assert!(v.state_after_prefix.eq_str("b"));
     assert_eq!(v.rejected, vec![2]);
     let text = v.describe(&KvModel);
     assert!(text.contains("get(\"k\") -> \"a\""), "{text}");
