@@ -1,5 +1,5 @@
 //! The JSON-lines key/value histories the lab tests export with
-//! `HISTORY_DIR=<dir>` (`driver_sim::tester::History::export`): one object
+//! `HISTORY_DIR=<dir>` (`lab::History::export`): one object
 //! per line,
 //!
 //! ```text
