@@ -1,11 +1,11 @@
 //! Applying a durable write to a [`DurableState`] without trusting it.
 //!
-//! [`DurableState::apply`] panics on a write that does not continue the
-//! stored log: the core never emits one, so a panic there is a bug. A driver
-//! that rebuilds the state from records on disk cannot make that promise
-//! (the records may be damaged, or written by a buggy version), so it uses
-//! [`DurableState::try_apply`], which has the same semantics and returns a
-//! [`DurableError`] instead, leaving the state unchanged.
+//! [`DurableState::try_apply`] is the one implementation of a write's
+//! semantics. A driver that rebuilds the state from records on disk cannot
+//! trust them (they may be damaged, or written by a buggy version), so it
+//! uses `try_apply`, which returns a [`DurableError`] and leaves the state
+//! unchanged; [`DurableState::apply`] is `try_apply` for writes straight
+//! from the core, which never emits a bad one, and panics instead.
 //!
 //! The semantics of one write, in this order (see [`crate::Persist`]):
 //! replace the hard state; install the snapshot boundary (dropping the
@@ -243,11 +243,48 @@ mod tests {
         }
     }
 
-    /// Until `apply` is written in terms of `try_apply`, the two must agree
-    /// on every write the core could emit, and `try_apply` must refuse the
-    /// others without a change.
+    /// The semantics of one write, written plainly (entry by entry, with
+    /// `retain`): the specification `try_apply` is checked against.
+    fn reference_apply(state: &mut DurableState, persist: &Persist) {
+        if let Some(hs) = persist.hard_state {
+            state.hard_state = hs;
+        }
+        if let Some(snap) = &persist.snapshot {
+            let first = state.entries.first().map(|e| e.index);
+            if let Some(first) = first {
+                let drop = snap.meta.index.saturating_sub(first - 1);
+                let drop = usize::try_from(drop)
+                    .unwrap_or(usize::MAX)
+                    .min(state.entries.len());
+                state.entries.drain(..drop);
+            }
+            state.snapshot = Some(snap.meta);
+            if state
+                .entries
+                .first()
+                .is_some_and(|e| e.index != snap.meta.index + 1)
+            {
+                // The snapshot lies beyond the stored log: nothing stored survives.
+                state.entries.clear();
+            }
+        }
+        if let Some(from) = persist.truncate_from {
+            state.entries.retain(|e| e.index < from);
+        }
+        for entry in &persist.entries {
+            assert_eq!(
+                entry.index,
+                state.last_index() + 1,
+                "persisted entries must continue the stored log"
+            );
+            state.entries.push(entry.clone());
+        }
+    }
+
+    /// `try_apply` agrees with the plain specification on every write the
+    /// core could emit, and refuses the others without a change.
     #[test]
-    fn try_apply_agrees_with_apply_and_refuses_without_change() {
+    fn try_apply_agrees_with_the_plain_semantics_and_refuses_without_change() {
         for seed in 0..300 {
             let mut rng = SplitMix64::new(seed);
             let mut reference = DurableState::default();
@@ -257,7 +294,7 @@ mod tests {
                 let before = mine.clone();
                 match mine.try_apply(p.durable_write()) {
                     Ok(()) => {
-                        reference.apply(&p);
+                        reference_apply(&mut reference, &p);
                         assert_eq!(mine, reference, "seed {seed} write {id}: {p:?}");
                         mine.check()
                             .expect("try_apply keeps the entries consecutive");
@@ -267,10 +304,13 @@ mod tests {
                         // Refused rightly: without its entries the write
                         // leaves a log that they do not continue.
                         let mut rest = reference.clone();
-                        rest.apply(&Persist {
-                            entries: Vec::new(),
-                            ..p.clone()
-                        });
+                        reference_apply(
+                            &mut rest,
+                            &Persist {
+                                entries: Vec::new(),
+                                ..p.clone()
+                            },
+                        );
                         let continues = p
                             .entries
                             .iter()

@@ -173,45 +173,14 @@ impl DurableState {
         self.entries.get(offset).map(|e| e.term)
     }
 
-    /// Applies one write, returning the snapshot bytes it carried, if any.
-    /// Panics if the write does not continue the stored log: the core never
-    /// emits such a write, so it would be a bug in the core or the driver.
+    /// Applies one write, returning the snapshot bytes it carried, if any
+    /// ([`DurableState::try_apply`]'s semantics). Panics if the write does
+    /// not continue the stored log: the core never emits such a write, so
+    /// it would be a bug in the core or the driver.
     pub fn apply(&mut self, persist: &Persist) -> Option<Vec<u8>> {
-        if let Some(hs) = persist.hard_state {
-            self.hard_state = hs;
+        if let Err(e) = self.try_apply(persist.durable_write()) {
+            panic!("persisted entries must continue the stored log: {e}");
         }
-        let mut snapshot_data = None;
-        if let Some(snap) = &persist.snapshot {
-            let first = self.entries.first().map(|e| e.index);
-            if let Some(first) = first {
-                let drop = snap.meta.index.saturating_sub(first - 1);
-                let drop = usize::try_from(drop)
-                    .unwrap_or(usize::MAX)
-                    .min(self.entries.len());
-                self.entries.drain(..drop);
-            }
-            self.snapshot = Some(snap.meta);
-            if self
-                .entries
-                .first()
-                .is_some_and(|e| e.index != snap.meta.index + 1)
-            {
-                // The snapshot lies beyond the stored log: nothing stored survives.
-                self.entries.clear();
-            }
-            snapshot_data = Some(snap.data.clone());
-        }
-        if let Some(from) = persist.truncate_from {
-            self.entries.retain(|e| e.index < from);
-        }
-        for entry in &persist.entries {
-            assert_eq!(
-                entry.index,
-                self.last_index() + 1,
-                "persisted entries must continue the stored log"
-            );
-            self.entries.push(entry.clone());
-        }
-        snapshot_data
+        persist.snapshot.as_ref().map(|s| s.data.clone())
     }
 }
