@@ -1,5 +1,10 @@
 //! The safety properties checked in every explored state, and the history
-//! some of them need.
+//! some of them need. Beside them, `raft_testkit::SafetyChecker` (the
+//! checker every harness runs) watches every step, write, send and apply
+//! (`World::apply` reports what it finds after these): these are the
+//! whole-state properties only a model checker can afford, over memory and
+//! every durable image at once, with a history small enough to be part of
+//! a state's identity.
 //!
 //! Checked after every choice (Raft paper Figure 3, plus what crash recovery
 //! and the persist-before-send contract add):

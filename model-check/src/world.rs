@@ -26,6 +26,7 @@ use std::rc::Rc;
 
 use raft_core::canary::Canary;
 use raft_core::{Action, Config, DurableState, Event, Instant, Message, NodeId, Persist, RaftNode};
+use raft_testkit::SafetyChecker;
 use serde::Serialize;
 
 use crate::choice::Choice;
@@ -149,6 +150,14 @@ pub struct World {
     pub(crate) proposals: u8,
     pub(crate) crashes: u8,
     pub(crate) history: History,
+    /// The cluster safety checker every harness runs (`raft_testkit`),
+    /// shared until a step changes it. Not part of the state's identity: it
+    /// is a second opinion beside this crate's own invariants, which are
+    /// checked first ([`World::apply`]).
+    safety: Rc<SafetyChecker>,
+    /// What `safety` found during the current choice, reported once this
+    /// crate's own invariants hold.
+    safety_violation: Option<String>,
     /// A readable account of every step, kept only when replaying for a human.
     narration: Option<Vec<String>>,
 }
@@ -177,6 +186,8 @@ impl World {
             proposals: 0,
             crashes: 0,
             history: History::default(),
+            safety: Rc::default(),
+            safety_violation: None,
             narration: None,
         };
         for id in 0..NODES {
@@ -303,7 +314,27 @@ impl World {
             }
             Choice::Crash(id) => self.crash(usize::from(id))?,
         }
-        self.check()
+        self.check()?;
+        match self.safety_violation.take() {
+            Some(what) => Err(Violation::new(format!("safety checker: {what}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs one of the safety checker's checks; a failure is kept for
+    /// [`World::apply`] to report (the first one of the choice).
+    fn safety_check(&mut self, f: impl FnOnce(&mut SafetyChecker, &World)) {
+        if self.safety_violation.is_some() {
+            return;
+        }
+        // Taken out while it checks, so that a checker no other world
+        // shares is changed in place rather than copied.
+        let mut checker = std::mem::take(&mut self.safety);
+        let result = catch_unwind(AssertUnwindSafe(|| f(Rc::make_mut(&mut checker), self)));
+        self.safety = checker;
+        if let Err(panic) = result {
+            self.safety_violation = Some(panic_message(&*panic));
+        }
     }
 
     /// What a choice would do, in words.
@@ -433,6 +464,7 @@ impl World {
                 slot.node.term()
             )));
         }
+        self.safety_check(|c, w| c.after_step(w.node(n)));
         for action in actions {
             if self.narration.is_some() {
                 self.narrate_line(format!("   n{n} -> {action:?}"));
@@ -445,8 +477,14 @@ impl World {
     fn execute(&mut self, n: usize, action: Action) -> Result<(), Violation> {
         match action {
             Action::Send { to, message } => self.release(n, to, &message)?,
-            Action::Persist(p) => Rc::make_mut(&mut self.pending[n]).push_back(p),
-            Action::Apply { entries } => self.history.on_apply(n, &entries, &self.durable[n])?,
+            Action::Persist(p) => {
+                self.safety_check(|c, w| c.persist_issued(n as NodeId, w.node(n), &p));
+                Rc::make_mut(&mut self.pending[n]).push_back(p);
+            }
+            Action::Apply { entries } => {
+                self.safety_check(|c, _| c.entries_applied(n as NodeId, &entries));
+                self.history.on_apply(n, &entries, &self.durable[n])?;
+            }
             Action::ApplySnapshot { .. } => {
                 return Err(Violation::new(format!(
                     "node {n} was told to install a snapshot, but nobody snapshots in this model"
@@ -462,6 +500,7 @@ impl World {
     fn release(&mut self, from: usize, to: NodeId, message: &Message) -> Result<(), Violation> {
         self.history
             .on_send(from, to, message, &self.durable[from])?;
+        self.safety_check(|c, w| c.check_send(from as NodeId, to, message, &w.durable[from]));
         let bytes = postcard::to_allocvec(message)
             .expect("messages encode")
             .into();

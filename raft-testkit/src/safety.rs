@@ -23,7 +23,7 @@ pub fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
 
 /// What the checker has seen across the whole run, every incarnation of
 /// every node included.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct SafetyChecker {
     /// The leader of each term.
     leaders: BTreeMap<Term, NodeId>,
