@@ -247,41 +247,7 @@ pub fn ms(millis: u64) -> Duration {
     Duration::from_millis(millis)
 }
 
-/// The result of a spawned task; await it for the output.
-pub struct JoinHandle<T> {
-    state: Rc<RefCell<JoinState<T>>>,
-}
-
-struct JoinState<T> {
-    output: Option<T>,
-    finished: bool,
-    waiter: Option<Waker>,
-}
-
-impl<T> JoinHandle<T> {
-    fn try_take(&self) -> Option<T> {
-        self.state.borrow_mut().output.take()
-    }
-
-    /// True once the task has finished.
-    pub fn is_finished(&self) -> bool {
-        self.state.borrow().finished
-    }
-}
-
-impl<T> Future for JoinHandle<T> {
-    type Output = T;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        let mut s = self.state.borrow_mut();
-        match s.output.take() {
-            Some(v) => Poll::Ready(v),
-            None => {
-                s.waiter = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
-}
+pub use lab::sync::JoinHandle;
 
 /// Starts `future` as a concurrent task (a "goroutine") on the run's thread.
 pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
@@ -290,29 +256,13 @@ where
     F::Output: 'static,
 {
     let rt = runtime();
-    let state = Rc::new(RefCell::new(JoinState {
-        output: None,
-        finished: false,
-        waiter: None,
-    }));
-    let done = state.clone();
-    let task: Task = Box::pin(async move {
-        let v = future.await;
-        let waiter = {
-            let mut s = done.borrow_mut();
-            s.output = Some(v);
-            s.finished = true;
-            s.waiter.take()
-        };
-        if let Some(w) = waiter {
-            w.wake();
-        }
-    });
+    let (task, handle) = lab::sync::joinable(future);
+    let task: Task = Box::pin(task);
     let id = rt.next_task.get();
     rt.next_task.set(id + 1);
     rt.tasks.borrow_mut().insert(id, task);
     lock(&rt.ready.queue).push_back(id);
-    JoinHandle { state }
+    handle
 }
 
 /// Completes once `duration` of real time has passed.

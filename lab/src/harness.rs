@@ -15,11 +15,7 @@
 
 #![allow(async_fn_in_trait)] // single-threaded executors: no Send bounds wanted
 
-use std::cell::RefCell;
 use std::future::Future;
-use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use kv_core::Op;
@@ -36,28 +32,15 @@ pub trait Harness: Clone + 'static {
     fn sleep(d: Duration) -> impl Future<Output = ()> {
         Self::Rt::sleep(d)
     }
-    /// Runs `future` concurrently, as a [`Task`].
+    /// Runs `future` concurrently; await the handle for its output.
     fn spawn<F>(future: F) -> Task<F::Output>
     where
         F: Future + 'static,
         F::Output: 'static,
     {
-        let slot = Rc::new(RefCell::new(Slot {
-            output: None,
-            finished: false,
-            waiter: None,
-        }));
-        let done = slot.clone();
-        Self::Rt::spawn(async move {
-            let output = future.await;
-            let mut done = done.borrow_mut();
-            done.output = Some(output);
-            done.finished = true;
-            if let Some(waker) = done.waiter.take() {
-                waker.wake();
-            }
-        });
-        Task { slot }
+        let (task, handle) = crate::sync::joinable(future);
+        Self::Rt::spawn(task);
+        handle
     }
     /// `future`'s output, or `None` if `d` passes first.
     fn timeout<F: Future>(d: Duration, future: F) -> impl Future<Output = Option<F::Output>> {
@@ -73,37 +56,8 @@ pub trait Harness: Clone + 'static {
     }
 }
 
-struct Slot<T> {
-    output: Option<T>,
-    finished: bool,
-    waiter: Option<Waker>,
-}
-
 /// A spawned task: await it for its output.
-pub struct Task<T> {
-    slot: Rc<RefCell<Slot<T>>>,
-}
-
-impl<T> Task<T> {
-    /// True once the task has finished.
-    pub fn is_finished(&self) -> bool {
-        self.slot.borrow().finished
-    }
-}
-
-impl<T> Future for Task<T> {
-    type Output = T;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        let mut slot = self.slot.borrow_mut();
-        match slot.output.take() {
-            Some(output) => Poll::Ready(output),
-            None => {
-                slot.waiter = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
-}
+pub type Task<T> = crate::sync::JoinHandle<T>;
 
 /// The Raft lab harness (`raft/config.go`).
 pub trait RaftHarness: Harness {

@@ -1,13 +1,83 @@
-//! The two small async pieces every lab executor needs, written once: a
+//! The small async pieces every lab executor needs, written once: a task
+//! whose output can be awaited ([`joinable`], [`JoinHandle`]), a
 //! single-value channel ([`oneshot`]) that any thread may complete, and
 //! [`timeout`], a future raced against a timer. Neither reads a clock: the
 //! executor supplies the timer (virtual in the simulator, real on threads),
 //! so both stay deterministic under a deterministic executor.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+
+struct JoinState<T> {
+    output: Option<T>,
+    finished: bool,
+    waiter: Option<Waker>,
+}
+
+/// A spawned task's output: await it. Single-threaded, like the lab
+/// executors' tasks.
+pub struct JoinHandle<T> {
+    state: Rc<RefCell<JoinState<T>>>,
+}
+
+impl<T> JoinHandle<T> {
+    /// True once the task has finished.
+    pub fn is_finished(&self) -> bool {
+        self.state.borrow().finished
+    }
+
+    /// The output, if the task has finished and it was not taken yet (for
+    /// an executor's `run`, which polls no handle).
+    pub fn try_take(&self) -> Option<T> {
+        self.state.borrow_mut().output.take()
+    }
+}
+
+impl<T> Future for JoinHandle<T> {
+    type Output = T;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let mut s = self.state.borrow_mut();
+        match s.output.take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                s.waiter = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// `future` as a task for an executor to run (it returns nothing), and the
+/// handle that yields its output and wakes whoever awaits it.
+pub fn joinable<F>(future: F) -> (impl Future<Output = ()> + 'static, JoinHandle<F::Output>)
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    let state = Rc::new(RefCell::new(JoinState {
+        output: None,
+        finished: false,
+        waiter: None,
+    }));
+    let done = state.clone();
+    let task = async move {
+        let v = future.await;
+        let waiter = {
+            let mut s = done.borrow_mut();
+            s.output = Some(v);
+            s.finished = true;
+            s.waiter.take()
+        };
+        if let Some(w) = waiter {
+            w.wake();
+        }
+    };
+    (task, JoinHandle { state })
+}
 
 /// `future`'s output, or `None` if `timer` completes first (the future is
 /// dropped). `future` is polled before `timer` each time.
