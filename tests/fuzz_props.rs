@@ -47,7 +47,7 @@ use raft_core::{
     Event, HardState, Index, InstallSnapshot, InstallSnapshotReply, Instant, Message, NodeId,
     Persist, RaftLog, RaftNode, RequestVote, RequestVoteReply, Role, SnapshotMeta, Term,
 };
-use raft_testkit::SafetyChecker;
+use raft_testkit::{contract, ContractChecker, SafetyChecker};
 use raft_wire::{encode_frame, FrameDecoder, FrameError, Hello, MAX_FRAME, MAX_HELLO_FRAME};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -581,16 +581,12 @@ struct Server {
     durable: DurableState,
     durable_snapshot: Option<Vec<u8>>,
     pending: VecDeque<Persist>,
-    /// The highest persist id this incarnation has issued.
-    last_issued: u64,
-    /// The time of the last accepted step of this incarnation.
-    last_now: Option<Instant>,
+    /// This incarnation's side of the core/driver contract (persist ids,
+    /// applies, answers, where the service is).
+    contract: ContractChecker,
     deadline: Option<Instant>,
-    /// Where the service's state ends, and a hash of that state.
-    applied_to: Index,
+    /// A hash of the service's state (which ends at `contract.applied_to()`).
     service: u64,
-    /// The commit index after the last step (it never goes down).
-    commit: Index,
     /// True when every peer is honest and snapshots carry the service
     /// state (`step_cluster`), so the service's state can be checked.
     honest: bool,
@@ -684,6 +680,7 @@ impl Server {
             durable_snapshot.clone(),
         )
         .expect("a node recovers from its own storage");
+        let contract = ContractChecker::new(&node, &durable);
         let mut s = Server {
             config,
             seed,
@@ -692,12 +689,9 @@ impl Server {
             durable,
             durable_snapshot,
             pending: VecDeque::new(),
-            last_issued: 0,
-            last_now: None,
+            contract,
             deadline: None,
-            applied_to: 0,
             service: 0,
-            commit: 0,
             honest,
             journal: Vec::new(),
         };
@@ -711,19 +705,20 @@ impl Server {
 
     /// The service restarts from the stored snapshot (or empty).
     fn restore_service(&mut self) {
-        self.applied_to = self.durable.snapshot.map_or(0, |m| m.index);
+        self.contract = ContractChecker::new(&self.node, &self.durable);
         self.service = 0;
         if self.honest {
             if let Some(data) = &self.durable_snapshot {
                 let (index, hash) = decode_service(data).expect("our own snapshot bytes");
                 assert_eq!(
-                    index, self.applied_to,
+                    index,
+                    self.contract.applied_to(),
                     "stored snapshot bytes and meta agree"
                 );
                 self.service = hash;
             }
         }
-        self.commit = self.node.commit_index();
+        self.contract.check_progress(&self.node);
         self.check_state();
     }
 
@@ -734,8 +729,6 @@ impl Server {
         }
         self.restarts += 1;
         self.pending.clear();
-        self.last_issued = 0;
-        self.last_now = None;
         self.deadline = None;
         self.node = RaftNode::recover(
             self.config.clone(),
@@ -748,12 +741,14 @@ impl Server {
     }
 
     fn misuse(&self, now: Instant, event: &Event) -> Option<Misuse> {
-        if self.last_now.is_some_and(|last| now < last) {
+        if self.contract.last_now().is_some_and(|last| now < last) {
             return Some(Misuse::Backwards);
         }
         match *event {
-            Event::Persisted { upto } if upto > self.last_issued => Some(Misuse::UnknownPersist),
-            Event::SnapshotTaken { index, .. } if index > self.applied_to => {
+            Event::Persisted { upto } if upto > self.contract.last_issued() => {
+                Some(Misuse::UnknownPersist)
+            }
+            Event::SnapshotTaken { index, .. } if index > self.contract.applied_to() => {
                 Some(Misuse::SnapshotBeyondApplied)
             }
             _ => None,
@@ -807,55 +802,24 @@ impl Server {
                     "node {}: {desc:?} at {now:?} accepted, but it is {misuse:?}",
                     self.id()
                 );
-                self.last_now = Some(now);
-                self.check_actions(&actions, proposal);
+                self.contract
+                    .accepted(now, &self.node, proposal, &actions, &self.durable);
+                self.execute(&actions);
                 self.check_state();
                 Ok(actions)
             }
         }
     }
 
-    fn check_actions(&mut self, actions: &[Action], proposal: Option<u64>) {
-        let id = self.id();
-        let mut answers = 0;
+    /// What the harness does with a step's actions (the contract itself is
+    /// checked by `contract`): queue the writes, follow the service, arm
+    /// the timer.
+    fn execute(&mut self, actions: &[Action]) {
         for action in actions {
             match action {
-                Action::Send { to, message } => {
-                    assert!(
-                        *to != id && self.config.members.contains(to),
-                        "node {id} sent to {to}, not a peer"
-                    );
-                    assert!(message.term() <= self.node.term(), "sent a future term");
-                }
-                Action::Persist(p) => {
-                    assert_eq!(
-                        Some(p.id),
-                        self.last_issued.checked_add(1),
-                        "persist ids grow by one"
-                    );
-                    self.last_issued = p.id;
-                    for (to, m) in &p.then_send {
-                        assert!(*to != id && self.config.members.contains(to));
-                        assert!(m.term() <= self.node.term(), "sends a future term");
-                    }
-                    self.pending.push_back(p.clone());
-                }
+                Action::Persist(p) => self.pending.push_back(p.clone()),
                 Action::Apply { entries } => {
-                    assert!(!entries.is_empty(), "an empty Apply");
                     for e in entries {
-                        assert_eq!(
-                            Some(e.index),
-                            self.applied_to.checked_add(1),
-                            "node {id}: applies continue where the service is"
-                        );
-                        let stored_snap = self.durable.snapshot.map_or(0, |m| m.index);
-                        assert!(
-                            e.index <= stored_snap || self.durable.term_at(e.index) == Some(e.term),
-                            "node {id} applied {} (term {}) before it was durable",
-                            e.index,
-                            e.term
-                        );
-                        self.applied_to = e.index;
                         self.service = chain(self.service, e);
                         if self.honest {
                             self.journal.push((e.index, Some(e.clone()), self.service));
@@ -863,13 +827,6 @@ impl Server {
                     }
                 }
                 Action::ApplySnapshot { snapshot } => {
-                    assert!(
-                        snapshot.meta.index > self.applied_to,
-                        "node {id}: a snapshot at {} moves the service back from {}",
-                        snapshot.meta.index,
-                        self.applied_to
-                    );
-                    self.applied_to = snapshot.meta.index;
                     self.service = 0;
                     if self.honest {
                         let (index, hash) =
@@ -880,62 +837,22 @@ impl Server {
                     }
                 }
                 Action::SetTimer { deadline } => self.deadline = Some(*deadline),
-                Action::AcceptProposal {
-                    id: pid,
-                    index,
-                    term,
-                } => {
-                    answers += 1;
-                    assert_eq!(Some(*pid), proposal, "answered a proposal not made");
-                    assert_eq!(*term, self.node.term());
-                    assert_eq!(self.node.log().term_at(*index), Some(*term));
-                }
-                Action::RejectProposal { id: pid, .. } => {
-                    answers += 1;
-                    assert_eq!(Some(*pid), proposal, "answered a proposal not made");
-                }
+                Action::Send { .. }
+                | Action::AcceptProposal { .. }
+                | Action::RejectProposal { .. } => {}
             }
         }
-        assert_eq!(
-            answers,
-            usize::from(proposal.is_some()),
-            "node {id}: a proposal is answered exactly once"
-        );
     }
 
-    fn check_state(&mut self) {
-        let n = &self.node;
+    /// Storage against memory: the image the writes build is the node's
+    /// log and hard state, and what it counts durable is stored.
+    fn check_state(&self) {
         let id = self.id();
-        assert_eq!(n.last_applied(), self.applied_to, "node {id}: applied");
-        assert!(
-            n.commit_index() >= self.commit,
-            "node {id}: commit went back"
-        );
-        self.commit = n.commit_index();
-        let mut image = self.durable.clone();
-        for p in &self.pending {
-            image.apply(p);
-        }
-        let restored = RaftLog::restore(image.snapshot.unwrap_or_default(), image.entries.clone())
-            .unwrap_or_else(|| panic!("node {id}: the storage image is not a log: {image:?}"));
-        assert_eq!(&restored, n.log(), "node {id}: storage image != memory log");
-        assert_eq!(
-            image.hard_state,
-            HardState {
-                term: n.term(),
-                voted_for: n.voted_for()
-            },
-            "node {id}: storage image != memory hard state"
-        );
-        let stored_snap = self.durable.snapshot.map_or(0, |m| m.index);
-        let from = n.log().snapshot().index.max(stored_snap).saturating_add(1);
-        for i in from..=n.durable_index() {
-            assert_eq!(
-                self.durable.term_at(i),
-                n.log().term_at(i),
-                "node {id}: index {i} counted durable but not stored"
-            );
-        }
+        let image = contract::image_after(&self.durable, &self.pending);
+        contract::image_matches_memory(&image, &self.node)
+            .unwrap_or_else(|e| panic!("node {id}: {e}"));
+        contract::durable_prefix_is_stored(&self.durable, &self.node)
+            .unwrap_or_else(|e| panic!("node {id}: {e}"));
     }
 
     /// Writes through id `upto` become durable (applied to storage, their
@@ -947,7 +864,7 @@ impl Server {
         upto: u64,
     ) -> (Vec<(NodeId, Message)>, Result<Vec<Action>, Error>) {
         let mut released = Vec::new();
-        if upto <= self.last_issued {
+        if upto <= self.contract.last_issued() {
             while self.pending.front().is_some_and(|p| p.id <= upto) {
                 let p = self.pending.pop_front().expect("checked");
                 if let Some(data) = self.durable.apply(&p) {
@@ -1113,12 +1030,12 @@ impl Single {
                 let k = usize::from(count % 4);
                 let upto = match self.server.pending.get(k).or(self.server.pending.back()) {
                     Some(p) => p.id,
-                    None => self.server.last_issued,
+                    None => self.server.contract.last_issued(),
                 };
                 self.persist(upto);
             }
             PeerOp::PersistAny { upto } => {
-                let upto = upto.at(self.server.last_issued);
+                let upto = upto.at(self.server.contract.last_issued());
                 self.persist(upto);
             }
             PeerOp::Snapshot { index, len } => {
@@ -1385,8 +1302,11 @@ impl Cluster {
             NetOp::Snapshot(k) => {
                 let id = self.node_of(k);
                 let s = self.server(id);
-                if s.applied_to > s.node.log().snapshot().index {
-                    let (index, data) = (s.applied_to, encode_service(s.applied_to, s.service));
+                if s.contract.applied_to() > s.node.log().snapshot().index {
+                    let (index, data) = (
+                        s.contract.applied_to(),
+                        encode_service(s.contract.applied_to(), s.service),
+                    );
                     self.step(id, Event::SnapshotTaken { index, data });
                 }
             }

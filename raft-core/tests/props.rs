@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
+use raft_testkit::contract::{durable_prefix_is_stored, image_after, image_matches_memory};
 use raft_testkit::SafetyChecker;
 
 use raft_core::MajorityConfig;
@@ -60,61 +61,6 @@ fn persists(actions: &[Action]) -> impl Iterator<Item = &Persist> {
         Action::Persist(p) => Some(p),
         _ => None,
     })
-}
-
-/// The durable image after every write in `pending` is applied to `durable`.
-fn image_after(durable: &DurableState, pending: &VecDeque<Persist>) -> DurableState {
-    let mut image = durable.clone();
-    for p in pending {
-        image.apply(p);
-    }
-    image
-}
-
-/// Checks that `image` describes exactly the node's in-memory log and hard
-/// state.
-fn image_matches_memory(image: &DurableState, node: &RaftNode) -> Result<(), String> {
-    let restored = RaftLog::restore(image.snapshot.unwrap_or_default(), image.entries.clone())
-        .ok_or("the durable image is not a valid log")?;
-    if &restored != node.log() {
-        return Err(format!(
-            "image log {restored:?} != memory log {:?}",
-            node.log()
-        ));
-    }
-    let memory = HardState {
-        term: node.term(),
-        voted_for: node.voted_for(),
-    };
-    if image.hard_state != memory {
-        return Err(format!(
-            "image hard state {:?} != memory {memory:?}",
-            image.hard_state
-        ));
-    }
-    Ok(())
-}
-
-/// Checks that every index the node counts as durable is in `durable` with
-/// the term memory holds.
-fn durable_prefix_is_stored(durable: &DurableState, node: &RaftNode) -> Result<(), String> {
-    let from = node
-        .log()
-        .snapshot()
-        .index
-        .max(durable.snapshot.unwrap_or_default().index)
-        + 1;
-    for i in from..=node.durable_index() {
-        if durable.term_at(i) != node.log().term_at(i) {
-            return Err(format!(
-                "index {i} counted durable (durable_index {}) but stored term {:?} != memory {:?}",
-                node.durable_index(),
-                durable.term_at(i),
-                node.log().term_at(i)
-            ));
-        }
-    }
-    Ok(())
 }
 
 // ----- (a) RaftLog against a Vec model ----------------------------------------

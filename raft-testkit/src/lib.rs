@@ -6,6 +6,9 @@
 //!   every step, every write it issues, every send and every apply. It reads
 //!   the nodes and their [`raft_core::DurableState`], never a driver's
 //!   storage type.
+//! - [`contract`]: the core/driver contract from the driver's side
+//!   ([`ContractChecker`] on every step's actions, and storage against
+//!   memory).
 //! - [`Persister`]: in-memory durable storage (the lab's persister), which
 //!   round-trips the state through its real encoding on every restart.
 //! - [`fnv1a`]: the fingerprint used for commands and traces.
@@ -15,8 +18,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod contract;
 mod persister;
 mod safety;
 
+pub use contract::ContractChecker;
 pub use persister::Persister;
 pub use safety::{fnv1a, SafetyChecker};
