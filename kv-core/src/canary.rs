@@ -18,31 +18,7 @@ pub enum Canary {
     LocalGetOnLeader,
 }
 
-#[cfg(feature = "canaries")]
-thread_local! {
-    static ACTIVE: core::cell::Cell<Option<Canary>> = const { core::cell::Cell::new(None) };
-}
-
-/// Is `canary` switched on (on this thread)? Always false without the
-/// `canaries` feature.
-#[inline]
-pub fn on(canary: Canary) -> bool {
-    #[cfg(feature = "canaries")]
-    {
-        ACTIVE.with(|a| a.get() == Some(canary))
-    }
-    #[cfg(not(feature = "canaries"))]
-    {
-        let _ = canary;
-        false
-    }
-}
-
-/// Switches one KV canary on (or all off) for this thread.
-#[cfg(feature = "canaries")]
-pub fn set(canary: Option<Canary>) {
-    ACTIVE.with(|a| a.set(canary));
-}
+raft_core::canary_switch!(Canary);
 
 /// A planted bug anywhere in the service: in the Raft core or in the KV
 /// layer. Displays as the bug's own name (`VoteBeforePersist`,

@@ -39,28 +39,41 @@ impl Canary {
     ];
 }
 
-#[cfg(feature = "canaries")]
-thread_local! {
-    static ACTIVE: core::cell::Cell<Option<Canary>> = const { core::cell::Cell::new(None) };
+/// Defines, in the calling module, the per-thread switch for a set of
+/// planted bugs `$canary` (a `Copy + PartialEq` enum): `on(canary) -> bool`
+/// and, with the calling crate's `canaries` feature, `set(Option<canary>)`.
+/// Without that feature `on` is the constant `false`, so every planted bug
+/// compiles out. `raft_core::canary` and `kv_core::canary` both use it.
+#[macro_export]
+macro_rules! canary_switch {
+    ($canary:ty) => {
+        #[cfg(feature = "canaries")]
+        thread_local! {
+            static ACTIVE: ::core::cell::Cell<Option<$canary>> =
+                const { ::core::cell::Cell::new(None) };
+        }
+
+        /// Is `canary` switched on (on this thread)? Always false without
+        /// the `canaries` feature.
+        #[inline]
+        pub fn on(canary: $canary) -> bool {
+            #[cfg(feature = "canaries")]
+            {
+                ACTIVE.with(|a| a.get() == Some(canary))
+            }
+            #[cfg(not(feature = "canaries"))]
+            {
+                let _ = canary;
+                false
+            }
+        }
+
+        /// Switches one canary on (or all off) for this thread.
+        #[cfg(feature = "canaries")]
+        pub fn set(canary: Option<$canary>) {
+            ACTIVE.with(|a| a.set(canary));
+        }
+    };
 }
 
-/// Is `canary` switched on (on this thread)? Always false without the
-/// `canaries` feature.
-#[inline]
-pub fn on(canary: Canary) -> bool {
-    #[cfg(feature = "canaries")]
-    {
-        ACTIVE.with(|a| a.get() == Some(canary))
-    }
-    #[cfg(not(feature = "canaries"))]
-    {
-        let _ = canary;
-        false
-    }
-}
-
-/// Switches one canary on (or all off) for this thread.
-#[cfg(feature = "canaries")]
-pub fn set(canary: Option<Canary>) {
-    ACTIVE.with(|a| a.set(canary));
-}
+canary_switch!(Canary);
