@@ -67,6 +67,7 @@ mod durable;
 mod election;
 mod io;
 mod log;
+mod membership;
 mod message;
 mod node;
 mod progress;
@@ -84,13 +85,14 @@ pub use config::Config;
 pub use durable::{DurableError, DurableWrite};
 pub use io::{Action, DurableState, Event, Persist, RejectReason};
 pub use log::RaftLog;
+pub use membership::{ChangeError, Membership, MembershipChange};
 pub use message::{
     AppendEntries, AppendEntriesReply, AppendOutcome, InstallSnapshot, InstallSnapshotReply,
     Message, RequestVote, RequestVoteReply,
 };
 pub use node::RaftNode;
 pub use progress::{Progress, ProgressState};
-pub use quorum::{MajorityConfig, VoteResult};
+pub use quorum::{JointConfig, MajorityConfig, VoteResult};
 pub use rng::SplitMix64;
 pub use role::Role;
 pub use time::Instant;

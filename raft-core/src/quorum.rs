@@ -1,11 +1,12 @@
 //! Quorum arithmetic: which sets of voters decide an election, a commit, or a
 //! leader's check that it is still heard (after etcd-io/raft's `quorum`).
 //!
-//! Today a cluster has one voter set, a [`MajorityConfig`]. The two questions
-//! asked of it are shaped so that a joint configuration (two majorities that
-//! must both agree, Raft thesis §4.3) can answer them too: the joint commit
-//! index is the lower of the two, and a joint vote is won only when both
-//! halves win and lost as soon as either half loses.
+//! A cluster's voters decide by a [`MajorityConfig`]; during a membership
+//! change by joint consensus (Raft thesis §4.3) by a [`JointConfig`], two
+//! majorities that must both agree: the joint commit index is the lower of
+//! the two, and a joint vote is won only when both halves win and lost as
+//! soon as either half loses. Outside a change the outgoing half is empty,
+//! and an empty majority never holds the other back.
 
 use crate::types::{Index, NodeId};
 
@@ -91,6 +92,76 @@ impl MajorityConfig {
         } else {
             VoteResult::Lost
         }
+    }
+}
+
+/// The voters of a configuration as quorums see them: the incoming
+/// majority, and during a joint change the outgoing one (empty otherwise).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JointConfig {
+    incoming: MajorityConfig,
+    outgoing: MajorityConfig,
+}
+
+impl Default for MajorityConfig {
+    fn default() -> Self {
+        MajorityConfig::new([])
+    }
+}
+
+impl JointConfig {
+    /// The quorums of `incoming` and, if it is not empty, also of
+    /// `outgoing`.
+    pub fn new(incoming: MajorityConfig, outgoing: MajorityConfig) -> Self {
+        JointConfig { incoming, outgoing }
+    }
+
+    /// The incoming (or only) majority.
+    pub fn incoming(&self) -> &MajorityConfig {
+        &self.incoming
+    }
+
+    /// The outgoing majority (empty outside a joint change).
+    pub fn outgoing(&self) -> &MajorityConfig {
+        &self.outgoing
+    }
+
+    /// True during a joint change.
+    pub fn is_joint(&self) -> bool {
+        !self.outgoing.voters().is_empty()
+    }
+
+    /// Every voter of either half, in increasing id order.
+    pub fn voters(&self) -> Vec<NodeId> {
+        let mut all: Vec<NodeId> = self.incoming.voters().to_vec();
+        all.extend_from_slice(self.outgoing.voters());
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    /// The highest index both halves have acknowledged by majority: the
+    /// lower of the two halves' committed indexes.
+    pub fn committed_index(&self, acked: impl Fn(NodeId) -> Option<Index>) -> Index {
+        let a = self.incoming.committed_index(&acked);
+        let b = self.outgoing.committed_index(&acked);
+        a.min(b)
+    }
+
+    /// Won when both halves won, lost as soon as either lost.
+    pub fn vote_result(&self, vote: impl Fn(NodeId) -> Option<bool>) -> VoteResult {
+        let a = self.incoming.vote_result(&vote);
+        let b = self.outgoing.vote_result(&vote);
+        match (a, b) {
+            (VoteResult::Won, VoteResult::Won) => VoteResult::Won,
+            (VoteResult::Lost, _) | (_, VoteResult::Lost) => VoteResult::Lost,
+            _ => VoteResult::Pending,
+        }
+    }
+
+    /// Is `nodes` a quorum: a majority of each half?
+    pub fn is_quorum(&self, nodes: &[NodeId]) -> bool {
+        self.vote_result(|v| Some(nodes.contains(&v))) == VoteResult::Won
     }
 }
 
