@@ -11,9 +11,10 @@ use std::collections::VecDeque;
 use crate::config::Config;
 use crate::io::{Action, DurableState, Event, RejectReason};
 use crate::log::RaftLog;
+use crate::membership::Membership;
 use crate::message::Message;
 use crate::progress::Progress;
-use crate::quorum::{MajorityConfig, VoteResult};
+use crate::quorum::VoteResult;
 use crate::rng::SplitMix64;
 use crate::role::{Role, RoleState};
 use crate::shared::{PendingWrite, Shared};
@@ -84,7 +85,7 @@ impl RaftNode {
         let durable_index = log.last_index();
         let shared = Shared {
             rng: SplitMix64::new(seed ^ config.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-            voters: MajorityConfig::new(config.members.iter().copied()),
+            voters: Membership::with_voters(config.members.iter().copied()).quorum(),
             config,
             now: Instant::ZERO,
             started: false,

@@ -15,7 +15,7 @@ use crate::io::{Action, Persist};
 use crate::log::RaftLog;
 use crate::message::{AppendEntriesReply, AppendOutcome, InstallSnapshotReply, Message};
 use crate::message::{RequestVote, RequestVoteReply};
-use crate::quorum::MajorityConfig;
+use crate::quorum::JointConfig;
 use crate::rng::SplitMix64;
 use crate::time::Instant;
 use crate::timers::Timers;
@@ -44,8 +44,9 @@ impl PendingWrite {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: Config,
-    /// The voters, deciding by majority.
-    pub(crate) voters: MajorityConfig,
+    /// The voters' quorums: a majority, and during a joint change a
+    /// majority of the outgoing voters too.
+    pub(crate) voters: JointConfig,
     pub(crate) rng: SplitMix64,
     /// The time of the current (or latest) step.
     pub(crate) now: Instant,
