@@ -48,8 +48,11 @@ fn node(id: NodeId, peers: Vec<Sender<Input>>, inbox: Receiver<Input>, out: Send
                 }
                 // Committed and durable: hand to the application, in order.
                 Action::Apply { entries } => {
+                    // Only command entries are the application's; no-ops
+                    // and configurations are Raft's own.
                     for e in entries {
-                        let command = String::from_utf8_lossy(&e.command).into_owned();
+                        let Some(bytes) = e.command() else { continue };
+                        let command = String::from_utf8_lossy(bytes).into_owned();
                         println!("node {id} applied #{}: {command}", e.index);
                         let _ = out.send((id, command));
                     }

@@ -45,7 +45,7 @@ use driver_tokio::wire::{read_frame, read_frame_within, ClientRequest, ClientRes
 use raft_core::{
     Action, AppendEntries, AppendEntriesReply, AppendOutcome, Config, DurableState, Entry, Error,
     Event, HardState, Index, InstallSnapshot, InstallSnapshotReply, Instant, Message, NodeId,
-    Persist, RaftLog, RaftNode, RequestVote, RequestVoteReply, Role, SnapshotMeta, Term,
+    Payload, Persist, RaftLog, RaftNode, RequestVote, RequestVoteReply, Role, SnapshotMeta, Term,
 };
 use raft_testkit::{contract, ContractChecker, SafetyChecker};
 use raft_wire::{encode_frame, FrameDecoder, FrameError, Hello, MAX_FRAME, MAX_HELLO_FRAME};
@@ -334,10 +334,15 @@ fn fuzz_entries(spec: &[FuzzEntry], prev_index: Index, prev_term: Term) -> Vec<E
         .map(|e| {
             index = e.index.at(index.saturating_add(1));
             term = e.term.at(term);
+            // A zero length stands for a no-op (as an empty command did).
+            let payload = match usize::from(e.len % 16) {
+                0 => Payload::Noop,
+                len => Payload::Command(vec![e.len; len]),
+            };
             Entry {
                 index,
                 term,
-                command: vec![e.len; usize::from(e.len % 16)],
+                payload,
             }
         })
         .collect()
@@ -621,7 +626,7 @@ fn chain(hash: u64, e: &Entry) -> u64 {
         .to_le_bytes()
         .iter()
         .chain(e.term.to_le_bytes().iter())
-        .chain(e.command.iter())
+        .chain(e.command().unwrap_or_default().iter())
     {
         h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
     }

@@ -251,7 +251,8 @@ impl KvServer {
                     Action::SetTimer { deadline } => out.push(ServerAction::SetTimer { deadline }),
                     Action::Apply { entries } => {
                         for entry in entries {
-                            self.apply(entry.index, &entry.command, out);
+                            // A no-op or configuration entry carries no command.
+                            self.apply(entry.index, entry.command().unwrap_or_default(), out);
                         }
                         if let Some(event) = self.snapshot_if_due() {
                             queue.push_back(event);

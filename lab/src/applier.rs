@@ -57,7 +57,7 @@ impl Appliers {
     pub fn apply_entries(&mut self, i: usize, entries: &[Entry]) -> Option<(Index, Vec<u8>)> {
         let mut snap = None;
         for e in entries {
-            let cmd = Cmd::decode(&e.command);
+            let cmd = Cmd::decode(e.command().expect("the lab cluster logs only commands"));
             if self.snapshot_applier && e.index != self.last_applied[i] + 1 {
                 panic!(
                     "server {i} apply out of order, expected index {}, got {}",
@@ -168,7 +168,7 @@ mod tests {
             .map(|(&c, index)| Entry {
                 index,
                 term: 1,
-                command: Cmd::Int(c).encode(),
+                payload: raft_core::Payload::Command(Cmd::Int(c).encode()),
             })
             .collect()
     }

@@ -39,7 +39,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use raft_core::{AppendOutcome, DurableState, Entry, HardState, Index, Message, NodeId, Term};
+use raft_core::{
+    AppendOutcome, DurableState, Entry, HardState, Index, Message, NodeId, Payload, Term,
+};
 use serde::Serialize;
 
 use crate::world::{World, NODES};
@@ -70,14 +72,14 @@ impl std::error::Error for Violation {}
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub(crate) struct Committed {
     term: Term,
-    command: Vec<u8>,
+    payload: Payload,
     /// A term no earlier than the one it was committed in.
     bound: Term,
 }
 
 impl Committed {
     fn is(&self, e: &Entry) -> bool {
-        self.term == e.term && self.command == e.command
+        self.term == e.term && self.payload == e.payload
     }
 }
 
@@ -322,7 +324,7 @@ impl World {
                 None => {
                     let c = Committed {
                         term: e.term,
-                        command: e.command.clone(),
+                        payload: e.payload.clone(),
                         bound: term,
                     };
                     self.history.committed.insert(index, c);

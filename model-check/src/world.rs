@@ -380,7 +380,7 @@ impl World {
                         "{}@t{}:{}",
                         e.index,
                         e.term,
-                        String::from_utf8_lossy(&e.command)
+                        String::from_utf8_lossy(e.command().unwrap_or(b"-"))
                     )
                 })
                 .collect();

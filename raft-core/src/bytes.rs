@@ -50,21 +50,25 @@ mod tests {
     fn byte_fields_encode_exactly_like_a_u8_sequence() {
         // The same value as a plain Vec<u8> field would have encoded.
         #[derive(serde::Serialize)]
+        enum PlainPayload {
+            Command(Vec<u8>),
+        }
+        #[derive(serde::Serialize)]
         struct Plain {
             index: u64,
             term: u64,
-            command: Vec<u8>,
+            payload: PlainPayload,
         }
         let command: Vec<u8> = (0..=255u8).chain(0..44).collect();
         let e = Entry {
             index: 7,
             term: 3,
-            command: command.clone(),
+            payload: crate::Payload::Command(command.clone()),
         };
         let plain = Plain {
             index: 7,
             term: 3,
-            command,
+            payload: PlainPayload::Command(command),
         };
         let ours = postcard::to_allocvec(&e).unwrap();
         assert_eq!(ours, postcard::to_allocvec(&plain).unwrap());

@@ -32,9 +32,10 @@ pub struct Config {
     /// Most entries a leader holds that are not yet committed; more proposals
     /// are rejected with `RejectReason::TooManyUncommitted`.
     pub max_uncommitted_entries: u64,
-    /// Append an entry with an empty command when taking office (Raft
-    /// thesis §6.4), so that entries of earlier terms commit without waiting
-    /// for the next proposal. Services must ignore empty commands. Off by
+    /// Append a no-op entry ([`crate::Payload::Noop`]) when taking office
+    /// (Raft thesis §6.4), so that entries of earlier terms commit without
+    /// waiting for the next proposal. It reaches the service in `Apply` like
+    /// any entry; only command entries carry anything for it. Off by
     /// default: the MIT lab tests expect exact indices for their commands.
     pub noop_on_election: bool,
 }

@@ -4,7 +4,8 @@
 //! shows up as a diff in every script.
 //!
 //! - An entry is `term/index "command"`, the command's bytes escaped as
-//!   ASCII (`1/11 "foo"`; an empty command, a no-op, is `1/11 ""`).
+//!   ASCII (`1/11 "foo"`); a no-op is `1/11 Noop`, a configuration
+//!   `1/11 Voters:{1,2,3}` (with `Outgoing:`, `Learners:` when not empty).
 //! - A log position is `term/index` (`Log:1/10`), a snapshot's boundary too.
 //! - Service bytes (snapshot data) are shown like a command when they are at
 //!   most 32 bytes, otherwise as their length (`Data:<4096 bytes>`).
@@ -26,9 +27,10 @@
 use core::fmt::{self, Display, Formatter};
 
 use crate::io::{Action, Event, Persist, RejectReason};
+use crate::membership::Membership;
 use crate::message::{AppendOutcome, Message};
 use crate::time::Instant;
-use crate::types::{Entry, HardState, Snapshot, SnapshotMeta};
+use crate::types::{Entry, HardState, NodeId, Payload, Snapshot, SnapshotMeta};
 
 /// Bytes as an escaped, quoted string.
 struct Quoted<'a>(&'a [u8]);
@@ -70,7 +72,35 @@ impl Display for Entries<'_> {
 
 impl Display for Entry {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{} {}", self.term, self.index, Quoted(&self.command))
+        write!(f, "{}/{} ", self.term, self.index)?;
+        match &self.payload {
+            Payload::Command(bytes) => Quoted(bytes).fmt(f),
+            Payload::Noop => f.write_str("Noop"),
+            Payload::Membership(m) => m.fmt(f),
+        }
+    }
+}
+
+/// `Voters:{1,2,3}`, with `Outgoing:{..}`, `Learners:{..}` and
+/// `LearnersNext:{..}` when not empty.
+impl Display for Membership {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        let set = |f: &mut Formatter<'_>, name: &str, s: &std::collections::BTreeSet<NodeId>| {
+            let ids: Vec<String> = s.iter().map(u64::to_string).collect();
+            write!(f, "{name}:{{{}}}", ids.join(","))
+        };
+        set(f, "Voters", &self.voters)?;
+        for (name, s) in [
+            ("Outgoing", &self.outgoing),
+            ("Learners", &self.learners),
+            ("LearnersNext", &self.learners_next),
+        ] {
+            if !s.is_empty() {
+                f.write_str(" ")?;
+                set(f, name, s)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -254,7 +284,7 @@ mod tests {
         Entry {
             index,
             term,
-            command: command.to_vec(),
+            payload: Payload::Command(command.to_vec()),
         }
     }
 

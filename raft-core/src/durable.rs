@@ -178,13 +178,13 @@ impl DurableState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Snapshot, SplitMix64};
+    use crate::{Payload, Snapshot, SplitMix64};
 
     fn entry(index: Index, term: u64) -> Entry {
         Entry {
             index,
             term,
-            command: index.to_le_bytes().to_vec(),
+            payload: Payload::Command(index.to_le_bytes().to_vec()),
         }
     }
 

@@ -73,7 +73,7 @@ impl RaftNode {
             let entry = crate::types::Entry {
                 index: last + 1,
                 term: s.hard.term,
-                command: Vec::new(),
+                payload: crate::types::Payload::Noop,
             };
             s.append_entry(entry);
         }

@@ -42,11 +42,7 @@ impl LeaderState {
         }
         let index = s.log.last_index() + 1;
         let term = s.hard.term;
-        s.append_entry(Entry {
-            index,
-            term,
-            command,
-        });
+        s.append_entry(Entry::new(index, term, command));
         s.out.push(Action::AcceptProposal { id, index, term });
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for peer in peers {

@@ -9,22 +9,56 @@ pub type Index = u64;
 /// A node's identity within its cluster.
 pub type NodeId = u64;
 
-/// One log entry: the client command the leader of `term` placed at `index`.
+use crate::membership::Membership;
+
+/// What a log entry carries.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Payload {
+    /// A client command: the service's opaque bytes.
+    Command(#[serde(with = "crate::bytes")] Vec<u8>),
+    /// Nothing for the service: the entry a new leader appends so that
+    /// entries of earlier terms commit (thesis §6.4, `Config::noop_on_election`).
+    Noop,
+    /// A new cluster configuration.
+    Membership(Membership),
+}
+
+/// One log entry: what the leader of `term` placed at `index`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Entry {
     /// Position in the log, starting at 1.
     pub index: Index,
     /// The term of the leader that created it.
     pub term: Term,
-    /// The service's opaque command bytes.
-    #[serde(with = "crate::bytes")]
-    pub command: Vec<u8>,
+    /// What it carries.
+    pub payload: Payload,
 }
 
 impl Entry {
+    /// A command entry.
+    pub fn new(index: Index, term: Term, command: Vec<u8>) -> Entry {
+        Entry {
+            index,
+            term,
+            payload: Payload::Command(command),
+        }
+    }
+
+    /// The command's bytes, if this is a command entry.
+    pub fn command(&self) -> Option<&[u8]> {
+        match &self.payload {
+            Payload::Command(bytes) => Some(bytes),
+            Payload::Noop | Payload::Membership(_) => None,
+        }
+    }
+
     /// An estimate of the entry's wire size, for batching limits.
     pub fn size_hint(&self) -> usize {
-        self.command.len() + 16
+        match &self.payload {
+            Payload::Command(bytes) => bytes.len() + 16,
+            Payload::Noop => 16,
+            Payload::Membership(m) => 16 + 8 * m.members().len(),
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 
 use core::time::Duration;
 
+use raft_core::Payload;
 use raft_core::{
     Action, AppendEntries, AppendEntriesReply, AppendOutcome, Config, DurableState, Entry, Error,
     Event, HardState, Index, InstallSnapshot, InstallSnapshotReply, Instant, Message, NodeId,
@@ -58,7 +59,7 @@ fn entry(index: Index, term: Term) -> Entry {
     Entry {
         index,
         term,
-        command: format!("{index}@{term}").into_bytes(),
+        payload: Payload::Command(format!("{index}@{term}").into_bytes()),
     }
 }
 
@@ -630,7 +631,7 @@ fn single_member_cluster_elects_itself_once_its_vote_is_durable_and_commits_on_i
     let e = Entry {
         index: 1,
         term: 1,
-        command: b"x".to_vec(),
+        payload: Payload::Command(b"x".to_vec()),
     };
     assert_eq!(
         actions,
@@ -672,7 +673,7 @@ fn leader_proposal_is_accepted_persisted_and_sent_to_every_peer_at_once() {
     let e = Entry {
         index: 1,
         term: 1,
-        command: b"set x".to_vec(),
+        payload: Payload::Command(b"set x".to_vec()),
     };
     let append = ae(1, 0, 0, vec![e.clone()], 0);
     assert_eq!(
@@ -717,7 +718,7 @@ fn proposal_waits_for_an_unanswered_probe_then_follows_its_answer() {
     let e = Entry {
         index: 1,
         term: 1,
-        command: b"a".to_vec(),
+        payload: Payload::Command(b"a".to_vec()),
     };
     assert_eq!(
         actions,
@@ -1035,7 +1036,7 @@ fn figure_8_older_term_entry_commits_only_under_a_current_term_entry() {
     let e3 = Entry {
         index: 3,
         term: 3,
-        command: b"c".to_vec(),
+        payload: Payload::Command(b"c".to_vec()),
     };
     assert_eq!(
         sends(&actions),
@@ -1088,7 +1089,7 @@ fn leader_counts_itself_toward_commit_only_once_persisted() {
             entries: vec![Entry {
                 index: 1,
                 term: 1,
-                command: b"a".to_vec()
+                payload: Payload::Command(b"a".to_vec())
             }]
         }]
     );
@@ -1157,7 +1158,7 @@ fn leader_streams_at_most_max_inflight_appends_per_peer() {
                 vec![Entry {
                     index: 3,
                     term: 1,
-                    command: vec![2]
+                    payload: Payload::Command(vec![2])
                 }],
                 0
             )

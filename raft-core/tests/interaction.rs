@@ -65,6 +65,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use raft_core::Payload;
 use raft_core::{
     Action, AppendEntries, AppendEntriesReply, AppendOutcome, Config, DurableState, Entry, Event,
     HardState, Index, InstallSnapshot, InstallSnapshotReply, Instant, Message, NodeId, Persist,
@@ -107,7 +108,7 @@ fn entry(index: Index, term: Term) -> Entry {
     Entry {
         index,
         term,
-        command: format!("{index}@{term}").into_bytes(),
+        payload: Payload::Command(format!("{index}@{term}").into_bytes()),
     }
 }
 

@@ -19,6 +19,7 @@ use raft_testkit::contract::{durable_prefix_is_stored, image_after, image_matche
 use raft_testkit::SafetyChecker;
 
 use raft_core::MajorityConfig;
+use raft_core::Payload;
 use raft_core::{
     Action, AppendEntries, Config, DurableState, Entry, Event, HardState, Index, InstallSnapshot,
     Instant, Message, NodeId, Persist, RaftLog, RaftNode, RequestVote, Snapshot, SnapshotMeta,
@@ -52,7 +53,7 @@ fn entry(index: Index, term: Term) -> Entry {
     Entry {
         index,
         term,
-        command: command(index, term),
+        payload: Payload::Command(command(index, term)),
     }
 }
 
@@ -120,7 +121,7 @@ fn sized_entry(index: Index, term: Term) -> Entry {
     Entry {
         index,
         term,
-        command: vec![0; (index % 5) as usize * 4],
+        payload: Payload::Command(vec![0; (index % 5) as usize * 4]),
     }
 }
 
@@ -1066,7 +1067,9 @@ impl Cluster {
             } else {
                 self.applied.insert(e.index, e.clone());
             }
-            self.server(id).service.push(e.command);
+            self.server(id)
+                .service
+                .push(e.command().expect("only commands are proposed").to_vec());
         }
         Ok(())
     }
@@ -1082,7 +1085,7 @@ impl Cluster {
         }
         for (k, cmd) in service.iter().enumerate() {
             if let Some(e) = self.applied.get(&(k as u64 + 1)) {
-                if &e.command != cmd {
+                if e.command() != Some(cmd.as_slice()) {
                     return Err(format!("node {id}'s snapshot disagrees at index {}", k + 1));
                 }
             }

@@ -30,11 +30,17 @@
 //!
 //! All integers are little-endian.
 //!
-//! - Header, 12 bytes: the magic `RKVLOG\0\0` and a `u32` format version (1).
+//! - Header, 12 bytes: the magic `RKVLOG\0\0` and a `u32` format version
+//!   ([`FORMAT_VERSION`], 2). Version 1 ([`LEGACY_FORMAT_VERSION`]), whose
+//!   entries held only command bytes (an empty command for a leader's
+//!   no-op), is still read: recovery replays such a segment, then rotates to
+//!   a new segment in version 2 before writing anything.
 //! - Then records, each `u32 length | u32 crc32 of payload | payload`, where
 //!   the payload is the postcard encoding of a record:
 //!   - `Write { hard_state: Option<HardState>, snapshot: Option<SnapshotMeta>,
-//!     truncate_from: Option<Index>, entries: Vec<Entry> }`: the durable
+//!     truncate_from: Option<Index>, entries: Vec<Entry> }` (an `Entry` is
+//!     `index, term, payload`, the payload a command, a no-op or a
+//!     configuration): the durable
 //!     content of one `Persist` (the snapshot bytes are not in the log);
 //!   - `Checkpoint(DurableState)`: the whole durable state.
 //! - A payload is never empty and never longer than [`MAX_RECORD_LEN`]
@@ -50,7 +56,7 @@
 //!
 //! # Snapshot file format
 //!
-//! `magic "RKVSNAP\0" | u32 version (1) | u32 header length | u32 crc32 of
+//! `magic "RKVSNAP\0" | u32 version ([`SNAPSHOT_FORMAT_VERSION`], 1) | u32 header length | u32 crc32 of
 //! header | header | data`, the header being the postcard encoding of
 //! `{ meta: SnapshotMeta, hard_state: Option<HardState>, truncate_from:
 //! Option<Index>, data_len: u64, data_crc: u32 }`. Besides the meta, the
@@ -149,8 +155,12 @@ pub use error::StorageError;
 pub use owner::{Owner, OWNER_FILE};
 pub use record::{MAX_RECORD_LEN, RECORD_HEADER_LEN};
 pub use recovery::Recovered;
-pub use segment::{segment_file_name, FORMAT_VERSION, SEGMENT_HEADER_LEN, SEGMENT_MAGIC};
-pub use snapshot_file::{SNAPSHOT_FILE, SNAPSHOT_MAGIC, SNAPSHOT_TMP_FILE};
+pub use segment::{
+    segment_file_name, FORMAT_VERSION, LEGACY_FORMAT_VERSION, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
+};
+pub use snapshot_file::{
+    SNAPSHOT_FILE, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC, SNAPSHOT_TMP_FILE,
+};
 pub use store::{Committed, Storage};
 
 #[cfg(doc)]

@@ -2,7 +2,7 @@
 //! being the postcard encoding of a record (a `Write` or a `Checkpoint`),
 //! and how a damaged one is told apart from one a crash tore.
 
-use raft_core::{DurableState, Entry, HardState, Index, SnapshotMeta};
+use raft_core::{DurableState, Entry, HardState, Index, Payload, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 
 use crate::StorageError;
@@ -22,6 +22,93 @@ pub(crate) enum Record {
         entries: Vec<Entry>,
     },
     Checkpoint(DurableState),
+}
+
+/// An entry as format version 1 stored it: command bytes only.
+#[derive(Deserialize)]
+struct LegacyEntry {
+    index: Index,
+    term: u64,
+    #[serde(with = "raft_core::bytes")]
+    command: Vec<u8>,
+}
+
+impl From<LegacyEntry> for Entry {
+    /// In version 1 an empty command was a leader's no-op (no service
+    /// proposes an empty command).
+    fn from(e: LegacyEntry) -> Entry {
+        let payload = if e.command.is_empty() {
+            Payload::Noop
+        } else {
+            Payload::Command(e.command)
+        };
+        Entry {
+            index: e.index,
+            term: e.term,
+            payload,
+        }
+    }
+}
+
+/// A durable state as format version 1 stored it.
+#[derive(Deserialize)]
+struct LegacyDurableState {
+    hard_state: HardState,
+    snapshot: Option<SnapshotMeta>,
+    entries: Vec<LegacyEntry>,
+}
+
+/// A log record as format version 1 stored it.
+#[derive(Deserialize)]
+enum LegacyRecord {
+    Write {
+        hard_state: Option<HardState>,
+        snapshot: Option<SnapshotMeta>,
+        truncate_from: Option<Index>,
+        entries: Vec<LegacyEntry>,
+    },
+    Checkpoint(LegacyDurableState),
+}
+
+impl From<LegacyRecord> for Record {
+    fn from(r: LegacyRecord) -> Record {
+        let entries = |v: Vec<LegacyEntry>| v.into_iter().map(Entry::from).collect();
+        match r {
+            LegacyRecord::Write {
+                hard_state,
+                snapshot,
+                truncate_from,
+                entries: e,
+            } => Record::Write {
+                hard_state,
+                snapshot,
+                truncate_from,
+                entries: entries(e),
+            },
+            LegacyRecord::Checkpoint(s) => Record::Checkpoint(DurableState {
+                hard_state: s.hard_state,
+                snapshot: s.snapshot,
+                entries: entries(s.entries),
+            }),
+        }
+    }
+}
+
+/// Decodes one record's payload written in segment format `version`
+/// (1 or 2); the reason it does not decode otherwise.
+pub(crate) fn decode_record(payload: &[u8], version: u32) -> Result<Record, String> {
+    fn whole<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+        match postcard::take_from_bytes::<T>(payload) {
+            Ok((record, [])) => Ok(record),
+            Ok((_, rest)) => Err(format!("{} undecoded bytes after the record", rest.len())),
+            Err(e) => Err(format!("undecodable record: {e}")),
+        }
+    }
+    if version == crate::segment::LEGACY_FORMAT_VERSION {
+        whole::<LegacyRecord>(payload).map(Record::from)
+    } else {
+        whole::<Record>(payload)
+    }
 }
 
 /// A log record, as encoded: the same shape as [`Record`], borrowing.
@@ -121,12 +208,13 @@ pub(crate) fn all_zero(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use raft_core::Payload;
 
     fn entry(index: Index, term: u64) -> Entry {
         Entry {
             index,
             term,
-            command: index.to_le_bytes().to_vec(),
+            payload: Payload::Command(index.to_le_bytes().to_vec()),
         }
     }
 

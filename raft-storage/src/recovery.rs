@@ -9,7 +9,7 @@ use raft_core::{DurableState, DurableWrite};
 
 use crate::error::io_err;
 use crate::fsutil::{list_dir, remove_segments_except, sync_dir, write_new_file};
-use crate::segment::{push_segment_header, scan_segment, segment_file_name, Scan};
+use crate::segment::{push_segment_header, scan_segment, segment_file_name, Scan, FORMAT_VERSION};
 use crate::snapshot_file::{read_snapshot_file, SNAPSHOT_FILE, SNAPSHOT_TMP_FILE};
 use crate::{Storage, StorageError};
 
@@ -68,8 +68,12 @@ impl Storage {
         }
         let snapshot_path = dir.join(SNAPSHOT_FILE);
 
+        // A segment of the older format is replayed, then left: the store
+        // rotates to a new segment in the current format before writing.
+        let mut legacy = false;
         let (seq, path, mut state, valid_len, torn) = match chosen {
             Some((seq, path, replay)) => {
+                legacy = replay.version != FORMAT_VERSION;
                 (seq, path, replay.state, replay.valid_len, replay.torn_at)
             }
             None => {
@@ -113,7 +117,7 @@ impl Storage {
         } else {
             None
         };
-        let mut rotate = false;
+        let mut rotate = legacy;
         match (&snapshot_file, state.snapshot) {
             (None, None) => {}
             (None, Some(meta)) => {

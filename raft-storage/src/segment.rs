@@ -7,13 +7,21 @@ use std::path::Path;
 
 use raft_core::{DurableState, DurableWrite};
 
-use crate::record::{all_zero, read_record, read_u32, Frame, Record, RECORD_HEADER_LEN};
+use crate::record::{
+    all_zero, decode_record, read_record, read_u32, Frame, Record, RECORD_HEADER_LEN,
+};
 use crate::StorageError;
 
 /// The magic at the start of every log segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"RKVLOG\0\0";
-/// The format version of segments and snapshot files.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version of the segments this version writes: 2, where an
+/// entry carries a payload (a command, a no-op or a configuration).
+pub const FORMAT_VERSION: u32 = 2;
+/// The older segment format still read: 1, where an entry carried only
+/// command bytes (an empty command was a leader's no-op). Recovery replays
+/// such a segment and starts a new one in the current format before
+/// writing anything.
+pub const LEGACY_FORMAT_VERSION: u32 = 1;
 /// The length of a segment header: magic and version.
 pub const SEGMENT_HEADER_LEN: usize = 12;
 
@@ -49,6 +57,8 @@ pub(crate) struct Replay {
     pub(crate) valid_len: u64,
     /// Where a torn final record starts, to be cut off.
     pub(crate) torn_at: Option<u64>,
+    /// The segment's format version.
+    pub(crate) version: u32,
 }
 
 /// Reads a segment: checks its header and replays its records.
@@ -64,10 +74,14 @@ pub(crate) fn scan_segment(
         offset: offset as u64,
         reason,
     };
-    let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN);
-    push_segment_header(&mut header);
     if bytes.len() < SEGMENT_HEADER_LEN {
-        if header.starts_with(bytes) || all_zero(bytes) {
+        // A header cut short, in either format (a crash while creating it).
+        let torn_header = [FORMAT_VERSION, LEGACY_FORMAT_VERSION].iter().any(|v| {
+            let mut header = SEGMENT_MAGIC.to_vec();
+            header.extend_from_slice(&v.to_le_bytes());
+            header.starts_with(bytes)
+        });
+        if torn_header || all_zero(bytes) {
             return Ok(Scan::TornStart);
         }
         return Err(corrupt(0, "bad segment header".into()));
@@ -79,7 +93,7 @@ pub(crate) fn scan_segment(
         return Err(corrupt(0, "bad segment magic".into()));
     }
     let version = read_u32(bytes, 8);
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != LEGACY_FORMAT_VERSION {
         return Err(corrupt(
             8,
             format!("unsupported segment format version {version}"),
@@ -100,16 +114,7 @@ pub(crate) fn scan_segment(
             }
             Frame::Bad(reason) => return Err(corrupt(offset, reason)),
         };
-        let record = match postcard::take_from_bytes::<Record>(payload) {
-            Ok((record, [])) => record,
-            Ok((_, rest)) => {
-                return Err(corrupt(
-                    offset,
-                    format!("{} undecoded bytes after the record", rest.len()),
-                ))
-            }
-            Err(e) => return Err(corrupt(offset, format!("undecodable record: {e}"))),
-        };
+        let record = decode_record(payload, version).map_err(|reason| corrupt(offset, reason))?;
         match record {
             Record::Checkpoint(checkpoint) => {
                 if !first {
@@ -156,6 +161,7 @@ pub(crate) fn scan_segment(
         state,
         valid_len: bytes.len() as u64,
         torn_at,
+        version,
     }))
 }
 

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::io_err;
 use crate::fsutil::sync_dir;
 use crate::record::read_u32;
-use crate::segment::FORMAT_VERSION;
+/// The snapshot file's format version (unchanged since segments moved to
+/// version 2: its header holds no entries).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 use crate::StorageError;
 
 /// The magic at the start of the snapshot file.
@@ -61,7 +63,7 @@ pub(crate) fn write_snapshot_file(
     let header = postcard::to_allocvec(&header).expect("encoding into a Vec cannot fail");
     let mut prefix = Vec::with_capacity(SNAPSHOT_PREFIX_LEN + header.len());
     prefix.extend_from_slice(&SNAPSHOT_MAGIC);
-    prefix.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    prefix.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
     let header_len = u32::try_from(header.len()).expect("a small header");
     prefix.extend_from_slice(&header_len.to_le_bytes());
     prefix.extend_from_slice(&crc32fast::hash(&header).to_le_bytes());
@@ -89,7 +91,7 @@ pub(crate) fn read_snapshot_file(path: &Path) -> Result<SnapshotFile, StorageErr
         return Err(corrupt(0, "bad snapshot magic".into()));
     }
     let version = read_u32(&bytes, 8);
-    if version != FORMAT_VERSION {
+    if version != SNAPSHOT_FORMAT_VERSION {
         return Err(corrupt(
             8,
             format!("unsupported snapshot format version {version}"),

@@ -4,6 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use raft_core::Payload;
 use raft_core::{
     DurableState, Entry, HardState, Index, Persist, Snapshot, SnapshotMeta, SplitMix64,
 };
@@ -18,7 +19,7 @@ fn entry(index: Index, term: u64, size: usize) -> Entry {
     Entry {
         index,
         term,
-        command,
+        payload: Payload::Command(command),
     }
 }
 
@@ -500,10 +501,15 @@ fn a_bad_segment_header_is_corruption() {
 
 #[test]
 fn a_torn_first_segment_header_starts_empty() {
-    for len in [0, 5, SEGMENT_HEADER_LEN - 1] {
+    // Either format's header (version 2 now, 1 before), cut short.
+    let headers = [&b"RKVLOG\0\0\x02\0\0\0"[..], &b"RKVLOG\0\0\x01\0\0\0"[..]];
+    for (header, len) in headers
+        .iter()
+        .flat_map(|h| [0, 5, 9, SEGMENT_HEADER_LEN - 1].map(|len| (h, len)))
+    {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join(segment_file_name(1));
-        fs::write(&path, &b"RKVLOG\0\0\x01\0\0\0"[..len]).unwrap();
+        fs::write(&path, &header[..len]).unwrap();
         let (mut storage, r) = open(tmp.path());
         assert_eq!(r.state, DurableState::default());
         storage.append(&write(None, None, None, 1..3, 1)).unwrap();
@@ -825,7 +831,7 @@ fn commit_makes_a_batch_durable_and_hands_back_what_waited() {
             entries: vec![Entry {
                 index: id,
                 term: id,
-                command: vec![id as u8],
+                payload: Payload::Command(vec![id as u8]),
             }],
             then_send: vec![(id, vote(id))],
         })
@@ -843,4 +849,87 @@ fn commit_makes_a_batch_durable_and_hands_back_what_waited() {
     drop(storage);
     let (_, recovered) = Storage::open(tmp.path()).unwrap();
     assert_eq!(recovered.state, expected);
+}
+
+/// Segment format 1 (entries of command bytes only, an empty command a
+/// leader's no-op) is still read: a directory written by the previous
+/// version opens with its entries as commands and no-ops, and the store
+/// then writes a new segment in the current format (2) before anything
+/// else, so no file mixes the two.
+#[test]
+fn a_version_1_directory_is_read_and_continued_in_version_2() {
+    #[derive(serde::Serialize)]
+    struct V1Entry {
+        index: Index,
+        term: u64,
+        command: Vec<u8>,
+    }
+    #[derive(serde::Serialize)]
+    enum V1Record {
+        Write {
+            hard_state: Option<HardState>,
+            snapshot: Option<SnapshotMeta>,
+            truncate_from: Option<Index>,
+            entries: Vec<V1Entry>,
+        },
+    }
+    let record = V1Record::Write {
+        hard_state: Some(HardState {
+            term: 2,
+            voted_for: Some(1),
+        }),
+        snapshot: None,
+        truncate_from: None,
+        entries: vec![
+            V1Entry {
+                index: 1,
+                term: 2,
+                command: Vec::new(),
+            },
+            V1Entry {
+                index: 2,
+                term: 2,
+                command: b"put x".to_vec(),
+            },
+        ],
+    };
+    let payload = postcard::to_allocvec(&record).unwrap();
+    let mut file = b"RKVLOG\0\0\x01\0\0\0".to_vec();
+    file.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    file.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    file.extend_from_slice(&payload);
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join(segment_file_name(1)), &file).unwrap();
+
+    let (mut storage, r) = open(tmp.path());
+    let expected = vec![
+        Entry {
+            index: 1,
+            term: 2,
+            payload: Payload::Noop,
+        },
+        Entry::new(2, 2, b"put x".to_vec()),
+    ];
+    assert_eq!(r.state.entries, expected);
+    assert_eq!(r.state.hard_state.term, 2);
+    let live = fs::read(storage.segment_path()).unwrap();
+    assert_eq!(
+        live[8..12],
+        raft_storage::FORMAT_VERSION.to_le_bytes(),
+        "the store continues in a new segment of the current format"
+    );
+    assert_ne!(
+        storage.segment_path(),
+        tmp.path().join(segment_file_name(1))
+    );
+    storage.append(&write(None, None, None, 3..4, 2)).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    let (_, r) = open(tmp.path());
+    assert_eq!(&r.state.entries[..2], &expected[..]);
+    assert_eq!(r.state.last_index(), 3);
+    assert!(
+        !tmp.path().join(segment_file_name(1)).exists(),
+        "the old segment is gone"
+    );
 }

@@ -34,6 +34,7 @@ use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
+use raft_core::Payload;
 use raft_core::{DurableState, Entry, HardState, Index, Persist, Snapshot, SnapshotMeta};
 use raft_storage::{Recovered, Storage, StorageError, SNAPSHOT_FILE, SNAPSHOT_TMP_FILE};
 
@@ -249,7 +250,7 @@ fn entry(index: Index, term: u64, size: u8) -> Entry {
     Entry {
         index,
         term,
-        command,
+        payload: Payload::Command(command),
     }
 }
 

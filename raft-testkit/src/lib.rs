@@ -24,4 +24,4 @@ mod safety;
 
 pub use contract::ContractChecker;
 pub use persister::Persister;
-pub use safety::{fnv1a, SafetyChecker};
+pub use safety::{fingerprint, fnv1a, SafetyChecker};

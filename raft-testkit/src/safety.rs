@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use raft_core::{
-    AppendOutcome, DurableState, Entry, Index, Message, NodeId, Persist, RaftNode, Term,
+    AppendOutcome, DurableState, Entry, Index, Message, NodeId, Payload, Persist, RaftNode, Term,
 };
 
 /// 64-bit FNV-1a, for fingerprints of commands and traces.
@@ -19,6 +19,16 @@ pub fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     hash
+}
+
+/// A fingerprint of what an entry carries: of a command, its bytes; of
+/// anything else, its encoding (so a no-op never passes for an empty
+/// command).
+pub fn fingerprint(e: &Entry) -> u64 {
+    match &e.payload {
+        Payload::Command(bytes) => fnv1a(0, bytes),
+        other => fnv1a(1, &postcard::to_allocvec(other).expect("payloads encode")),
+    }
 }
 
 /// What the checker has seen across the whole run, every incarnation of
@@ -79,7 +89,7 @@ impl SafetyChecker {
     /// entry before the first one, if the node still holds it.
     pub fn entries_written(&mut self, id: NodeId, entries: &[Entry], mut prev_term: Option<Term>) {
         for e in entries {
-            let fp = fnv1a(0, &e.command);
+            let fp = fingerprint(e);
             let seen = *self
                 .entries
                 .entry((e.index, e.term))
@@ -141,7 +151,7 @@ impl SafetyChecker {
             let e = log
                 .entry(index)
                 .expect("committed entries after the snapshot are held");
-            let fp = fnv1a(0, &e.command);
+            let fp = fingerprint(e);
             let seen = *self.log_committed.entry(index).or_insert((e.term, fp));
             assert_eq!(
                 seen,
@@ -155,7 +165,7 @@ impl SafetyChecker {
     /// Node `id` applied `entries` (committed, by the core's account).
     pub fn entries_applied(&mut self, id: NodeId, entries: &[Entry]) {
         for e in entries {
-            let fp = fnv1a(0, &e.command);
+            let fp = fingerprint(e);
             let seen = *self.committed.entry(e.index).or_insert((e.term, fp));
             assert_eq!(
                 seen,

@@ -106,7 +106,7 @@ impl DigestLog {
             .to_le_bytes()
             .into_iter()
             .chain(entry.index.to_le_bytes());
-        for b in bytes.chain(entry.command.iter().copied()) {
+        for b in bytes.chain(entry.command().unwrap_or_default().iter().copied()) {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
         h
@@ -117,10 +117,9 @@ impl Service for DigestLog {
     fn apply(&mut self, entry: &Entry) {
         self.digest = Self::chain(self.digest, entry);
         self.index = entry.index;
-        let command = if entry.command.is_empty() {
-            "noop".to_string()
-        } else {
-            format!("{:?}", String::from_utf8_lossy(&entry.command))
+        let command = match entry.command() {
+            Some(bytes) => format!("{:?}", String::from_utf8_lossy(bytes)),
+            None => "noop".to_string(),
         };
         say(format_args!(
             "applied index={} term={} digest={:016x} command={command}",
