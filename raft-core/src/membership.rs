@@ -23,6 +23,32 @@
 //! or two different entries committed, by disjoint sets of nodes. A change
 //! that would break a rule is refused with a [`ChangeError`] and nothing
 //! changes.
+//!
+//! # When a configuration takes effect (the design the node follows)
+//!
+//! A configuration travels as a log entry ([`crate::Payload::Membership`])
+//! and takes effect **when a node appends it**, committed or not (thesis
+//! §4.1, as hashicorp/raft and openraft do; etcd-io/raft applies it when
+//! committed instead). A node always uses the latest configuration in its
+//! log. What this choice requires:
+//!
+//! - **Truncation reverts.** A follower that drops an uncommitted
+//!   configuration entry (a new leader's log overwrites it) falls back to
+//!   the latest configuration left in its log, or the one its snapshot
+//!   records.
+//! - **One change at a time.** A leader proposes a change only when the
+//!   latest configuration in its log is committed, and only once an entry of
+//!   its own term has committed (the fix for the single-server bug posted in
+//!   2015: a new leader may not yet know of an uncommitted change a previous
+//!   leader made). Validation is against the latest configuration in the log.
+//! - **Snapshots carry the configuration** in force at their last index, since
+//!   the entry that set it may be compacted away; recovery restores it from
+//!   there when no configuration entry follows.
+//! - **A joint configuration is left by its leader**: once the joint entry
+//!   commits, the leader (also a newly elected one that finds it committed)
+//!   appends [`Membership::leave_joint`]'s configuration itself.
+//! - **A removed leader** keeps replicating, without counting itself, until
+//!   the configuration that removes it commits, then steps down.
 
 use std::collections::BTreeSet;
 
