@@ -4,7 +4,7 @@
 //! Compiled in only with the `canaries` cargo feature, which nothing but the
 //! test suites enables; without it [`on`] is the constant `false` and every
 //! planted bug is compiled out. With it, one canary at a time is active on
-//! the current thread ([`set`]), so a test can run the same scenario with
+//! the current thread (`set`, with the feature), so a test can run the same scenario with
 //! each bug in turn.
 
 /// A planted bug.
