@@ -48,8 +48,12 @@ struct World {
 
 /// A handle on a simulated Raft cluster, the Rust twin of the Go tests'
 /// `cfg`. Cheap to clone into spawned tasks.
+///
+/// `PRE_VOTE` sets every node's `Config::pre_vote`: off (the default, as
+/// the lab's tests count RPCs and terms of plain Raft), or on
+/// (`Cfg<true>`, to run the same bodies with pre-vote).
 #[derive(Clone)]
-pub struct Cfg {
+pub struct Cfg<const PRE_VOTE: bool = false> {
     world: Rc<RefCell<World>>,
 }
 
@@ -59,14 +63,14 @@ enum FollowUp {
     Snapshot(Index, Vec<u8>),
 }
 
-impl Harness for Cfg {
+impl<const PRE_VOTE: bool> Harness for Cfg<PRE_VOTE> {
     type Rt = SimRuntime;
 }
 
-impl RaftHarness for Cfg {
+impl<const PRE_VOTE: bool> RaftHarness for Cfg<PRE_VOTE> {
     /// `make_config(n, unreliable, snapshot)`: starts `n` servers (with the
     /// snapshotting applier if `snapshot`), connects them all.
-    fn new(n: usize, unreliable: bool, snapshot: bool) -> Cfg {
+    fn new(n: usize, unreliable: bool, snapshot: bool) -> Self {
         let world = World {
             n,
             slots: (0..n).map(|_| None).collect(),
@@ -119,7 +123,10 @@ impl RaftHarness for Cfg {
             let (state, snapshot) = w.persisters[i].load();
             w.appliers.restarted(i, snapshot.as_deref());
             let members: Vec<u64> = (0..w.n as u64).collect();
-            let config = Config::new(i as u64, members);
+            let config = Config {
+                pre_vote: PRE_VOTE,
+                ..Config::new(i as u64, members)
+            };
             let seed = with_rng(|r| r.next_u64());
             let node = RaftNode::recover(config, seed, state, snapshot)
                 .expect("a node recovers from what it persisted");
@@ -248,7 +255,7 @@ impl RaftHarness for Cfg {
     }
 }
 
-impl Cfg {
+impl<const PRE_VOTE: bool> Cfg<PRE_VOTE> {
     /// A fingerprint of every message delivered so far and when: equal for
     /// two runs of a scenario with the same seed.
     pub fn trace_hash(&self) -> u64 {
