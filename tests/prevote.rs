@@ -8,12 +8,12 @@
 //!   and deposes the leader (the figure is printed);
 //! - the same with long reordering and an unreliable network;
 //! - the whole Raft lab suite (28 tests) with pre-vote on in every node
-//!   (`driver_sim::Cfg<true>`): elections, re-elections after a leader is
+//!   (`driver_sim::PreVoteCfg`): elections, re-elections after a leader is
 //!   cut off (CheckQuorum with stickiness expiring), partitions, churn.
 
 use std::time::Duration;
 
-use driver_sim::{run_test, Cfg};
+use driver_sim::{run_test, Cfg, PreVoteCfg};
 use lab::RaftHarness;
 
 /// The cut-off follower's story: the terms the cluster moved through while
@@ -60,14 +60,13 @@ fn rejoining_follower_with_pre_vote_raises_no_term_5_nodes() {
     run_test(
         "rejoining_follower_with_pre_vote_raises_no_term_5_nodes",
         || async {
-            let with = rejoin::<Cfg<true>>("Test (pre-vote): a follower rejoins", false).await;
+            let with = rejoin::<PreVoteCfg>("Test (pre-vote): a follower rejoins", false).await;
             assert_eq!(
                 with.term_after, with.term_before,
                 "with pre-vote the rejoining follower raised the term"
             );
             assert!(with.same_leader, "with pre-vote the leader was deposed");
-            let without =
-                rejoin::<Cfg<false>>("Test (no pre-vote): a follower rejoins", false).await;
+            let without = rejoin::<Cfg>("Test (no pre-vote): a follower rejoins", false).await;
             assert!(
                 without.term_after > without.term_before,
                 "without pre-vote the rejoining follower comes back with a higher term"
@@ -88,7 +87,7 @@ fn rejoining_follower_with_pre_vote_raises_no_term_unreliable_reordering() {
     run_test(
         "rejoining_follower_with_pre_vote_raises_no_term_unreliable_reordering",
         || async {
-            let r = rejoin::<Cfg<true>>(
+            let r = rejoin::<PreVoteCfg>(
                 "Test (pre-vote): a follower rejoins, unreliable, long reordering",
                 true,
             )
@@ -109,7 +108,7 @@ fn rejoining_follower_with_pre_vote_raises_no_term_unreliable_reordering() {
 /// Every Raft lab test body, with pre-vote on in every node.
 #[test]
 fn raft_lab_suite_with_pre_vote() {
-    for (name, body) in lab_tests::raft::tests::<Cfg<true>>() {
+    for (name, body) in lab_tests::raft::tests::<PreVoteCfg>() {
         run_test(name, body);
     }
 }

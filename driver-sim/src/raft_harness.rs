@@ -49,13 +49,19 @@ struct World {
 /// A handle on a simulated Raft cluster, the Rust twin of the Go tests'
 /// `cfg`. Cheap to clone into spawned tasks.
 ///
-/// `PRE_VOTE` sets every node's `Config::pre_vote`: off (the default, as
-/// the lab's tests count RPCs and terms of plain Raft), or on
-/// (`Cfg<true>`, to run the same bodies with pre-vote).
+/// `PRE_VOTE` sets every node's `Config::pre_vote`: off in [`Cfg`] (the
+/// lab's, whose tests count RPCs and terms of plain Raft), on in
+/// [`PreVoteCfg`] (the same bodies with pre-vote).
 #[derive(Clone)]
-pub struct Cfg<const PRE_VOTE: bool = false> {
+pub struct SimCfg<const PRE_VOTE: bool> {
     world: Rc<RefCell<World>>,
 }
+
+/// The lab's Raft harness: pre-vote off.
+pub type Cfg = SimCfg<false>;
+
+/// The Raft harness with pre-vote on in every node.
+pub type PreVoteCfg = SimCfg<true>;
 
 /// A follow-up input for a node, produced while executing its actions.
 enum FollowUp {
@@ -63,11 +69,11 @@ enum FollowUp {
     Snapshot(Index, Vec<u8>),
 }
 
-impl<const PRE_VOTE: bool> Harness for Cfg<PRE_VOTE> {
+impl<const PRE_VOTE: bool> Harness for SimCfg<PRE_VOTE> {
     type Rt = SimRuntime;
 }
 
-impl<const PRE_VOTE: bool> RaftHarness for Cfg<PRE_VOTE> {
+impl<const PRE_VOTE: bool> RaftHarness for SimCfg<PRE_VOTE> {
     /// `make_config(n, unreliable, snapshot)`: starts `n` servers (with the
     /// snapshotting applier if `snapshot`), connects them all.
     fn new(n: usize, unreliable: bool, snapshot: bool) -> Self {
@@ -89,7 +95,7 @@ impl<const PRE_VOTE: bool> RaftHarness for Cfg<PRE_VOTE> {
             trace: 0,
             run: TestRun::new(SimRuntime::now()),
         };
-        let cfg = Cfg {
+        let cfg = SimCfg {
             world: Rc::new(RefCell::new(world)),
         };
         for i in 0..n {
@@ -255,7 +261,7 @@ impl<const PRE_VOTE: bool> RaftHarness for Cfg<PRE_VOTE> {
     }
 }
 
-impl<const PRE_VOTE: bool> Cfg<PRE_VOTE> {
+impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
     /// A fingerprint of every message delivered so far and when: equal for
     /// two runs of a scenario with the same seed.
     pub fn trace_hash(&self) -> u64 {
