@@ -87,7 +87,13 @@ impl RaftNode {
         };
         let votes = BTreeMap::from([(s.config.id, true)]);
         let won = s.voters.vote_result(|v| votes.get(&v).copied()) == VoteResult::Won;
-        self.role = RoleState::PreCandidate { votes };
+        let candidacy = match std::mem::replace(&mut self.role, RoleState::Follower) {
+            RoleState::Candidate { votes } => Some(votes),
+            RoleState::PreCandidate { candidacy, .. } => candidacy,
+            RoleState::Follower | RoleState::Leader(_) => None,
+        }
+        .filter(|_| s.hard.voted_for == Some(s.config.id));
+        self.role = RoleState::PreCandidate { votes, candidacy };
         s.timers.unlead();
         s.leader_hint = None;
         s.reset_election_deadline();
@@ -155,41 +161,57 @@ pub(crate) fn count_vote(
     shared.voters.vote_result(|v| votes.get(&v).copied()) == VoteResult::Won
 }
 
-/// A pre-candidate's messages. It has not voted in its term, so it answers
-/// vote requests like a follower, and it counts pre-vote grants for the
-/// term after its own. Returns true when a majority has granted.
+/// What a pre-candidate's message leads to.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PreCandidacy {
+    /// Still asking.
+    Asking,
+    /// A majority granted the pre-vote: stand for the next term.
+    Stand,
+    /// Late grants completed its candidacy in the current term: lead it.
+    Lead,
+}
+
+/// A pre-candidate's messages. It answers vote requests like a follower
+/// (it grants only if it has not voted in its term, which it has if it
+/// stood in it), counts pre-vote grants for the term after its own, and
+/// late vote grants for a candidacy of its current term.
 pub(crate) fn step_pre_candidate(
     shared: &mut Shared,
     votes: &mut BTreeMap<NodeId, bool>,
+    candidacy: &mut Option<BTreeMap<NodeId, bool>>,
     from: NodeId,
     message: Message,
-) -> bool {
+) -> PreCandidacy {
     match message {
-        Message::RequestVote(m) => {
-            shared.on_request_vote(from, m, true);
-            false
-        }
-        Message::PreVote(m) => {
-            shared.on_pre_vote(from, m, false);
-            false
-        }
+        Message::RequestVote(m) => shared.on_request_vote(from, m, true),
+        Message::PreVote(m) => shared.on_pre_vote(from, m, false),
         Message::PreVoteReply(m) => {
             // A grant names the term asked about; one for another term
             // answers an earlier round.
             if m.vote_granted && Some(m.term) != shared.hard.term.checked_add(1) {
-                return false;
+                return PreCandidacy::Asking;
             }
-            count_vote(shared, votes, from, m)
+            if count_vote(shared, votes, from, m) {
+                return PreCandidacy::Stand;
+            }
+        }
+        Message::RequestVoteReply(m) => {
+            if let Some(candidacy) = candidacy {
+                if m.term == shared.hard.term && count_vote(shared, candidacy, from, m) {
+                    return PreCandidacy::Lead;
+                }
+            }
         }
         // A well-formed AppendEntries or InstallSnapshot of our term made us
         // a follower before dispatch; what is left is malformed. Other
         // replies answer requests of an earlier role.
         Message::AppendEntries(_)
         | Message::InstallSnapshot(_)
-        | Message::RequestVoteReply(_)
         | Message::AppendEntriesReply(_)
-        | Message::InstallSnapshotReply(_) => false,
+        | Message::InstallSnapshotReply(_) => {}
     }
+    PreCandidacy::Asking
 }
 
 impl Shared {

@@ -277,9 +277,12 @@ impl RaftNode {
         }
         match &mut self.role {
             RoleState::Follower => self.shared.step_follower(from, message),
-            RoleState::PreCandidate { votes } => {
-                if crate::election::step_pre_candidate(&mut self.shared, votes, from, message) {
-                    self.start_election();
+            RoleState::PreCandidate { votes, candidacy } => {
+                use crate::election::{step_pre_candidate, PreCandidacy};
+                match step_pre_candidate(&mut self.shared, votes, candidacy, from, message) {
+                    PreCandidacy::Asking => {}
+                    PreCandidacy::Stand => self.start_election(),
+                    PreCandidacy::Lead => self.become_leader(),
                 }
             }
             RoleState::Candidate { votes } => {

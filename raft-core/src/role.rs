@@ -33,6 +33,12 @@ pub(crate) enum RoleState {
         /// Every answer to this pre-vote round so far: `true` for a grant
         /// (its own included), `false` for a refusal.
         votes: BTreeMap<NodeId, bool>,
+        /// The votes of its candidacy in the current term, if it stood in
+        /// it and timed out: late grants still elect it in that term (its
+        /// vote for itself and its log are unchanged), so under long
+        /// reordering a pre-vote round does not throw a nearly won
+        /// election away.
+        candidacy: Option<BTreeMap<NodeId, bool>>,
     },
     Candidate {
         /// Every answer to this candidacy so far: `true` for a grant (its own

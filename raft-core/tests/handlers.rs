@@ -2619,3 +2619,25 @@ fn single_node_with_pre_vote_stands_at_once() {
     persist_all(&mut n, t, &actions);
     assert!(n.is_leader());
 }
+
+#[test]
+fn late_vote_grants_still_elect_a_candidate_that_went_back_to_pre_vote() {
+    let mut n = fresh_pre_vote(1, 3);
+    let t = pre_campaign(&mut n);
+    let actions = recv(&mut n, t, 2, pvr(1, true));
+    persist_all(&mut n, t, &actions);
+    assert_eq!((n.role(), n.term()), (Role::Candidate, 1));
+    // The candidacy times out before any grant arrives: a new pre-vote
+    // round for term 2, still in term 1 with its vote for itself.
+    let t2 = n.next_deadline().unwrap();
+    let actions = step(&mut n, t2, Event::TimerFired);
+    assert_eq!(sends(&actions), vec![(2, pv(2, 0, 0)), (3, pv(2, 0, 0))]);
+    assert_eq!(
+        (n.role(), n.term(), n.voted_for()),
+        (Role::PreCandidate, 1, Some(1))
+    );
+    // A late grant of term 1 completes that candidacy.
+    recv(&mut n, t2, 3, rvr(1, true));
+    assert!(n.is_leader());
+    assert_eq!(n.term(), 1);
+}
