@@ -14,7 +14,11 @@
 //! up-to-date as its own, and it has not heard from a leader within the
 //! minimum election timeout (a leader always refuses). Answering changes
 //! nothing in the voter. A majority of grants (its own counted) starts the
-//! real election; otherwise the next timeout starts a new round. A leader
+//! real election; otherwise the next timeout starts a new round. A candidate
+//! whose election times out goes back to pre-vote, but late grants of its
+//! candidacy still elect it in its term (it voted for itself and its log has
+//! not changed), so long reordering does not throw nearly won elections
+//! away. A leader
 //! transfer's `TimeoutNow` (to come) skips pre-vote by calling
 //! `RaftNode::start_election` directly.
 
