@@ -393,6 +393,15 @@ enum FuzzMessage {
         term: Num,
         last_included_index: Num,
     },
+    PreVote {
+        term: Num,
+        last_log_index: Num,
+        last_log_term: Num,
+    },
+    PreVoteReply {
+        term: Num,
+        vote_granted: bool,
+    },
 }
 
 impl FuzzMessage {
@@ -410,6 +419,21 @@ impl FuzzMessage {
                 last_log_index: last_log_index.at(last),
                 last_log_term: last_log_term.at(log.last_term()),
             }),
+            FuzzMessage::PreVote {
+                term,
+                last_log_index,
+                last_log_term,
+            } => Message::PreVote(RequestVote {
+                term: term.at(node.term().saturating_add(1)),
+                last_log_index: last_log_index.at(last),
+                last_log_term: last_log_term.at(log.last_term()),
+            }),
+            FuzzMessage::PreVoteReply { term, vote_granted } => {
+                Message::PreVoteReply(RequestVoteReply {
+                    term: term.at(node.term().saturating_add(1)),
+                    vote_granted: *vote_granted,
+                })
+            }
             FuzzMessage::RequestVoteReply { term, vote_granted } => {
                 Message::RequestVoteReply(RequestVoteReply {
                     term: term.at(node.term()),
@@ -534,6 +558,8 @@ impl Setup {
         c.max_append_bytes = 16 + usize::from(self.max_append_bytes % 64);
         c.max_inflight_appends = 1 + usize::from(self.max_inflight_appends % 3);
         c.max_uncommitted_entries = 1 + u64::from(self.max_uncommitted_entries % 8);
+        // Pre-vote in half the setups (one bit of the seed decides).
+        c.pre_vote = (self.seed >> 8) & 1 == 1;
         if let Some([min, max, hb]) = self.timeouts {
             let d = |(s, n): (u64, u32)| Duration::new(s % 4, n);
             let raw = |(s, n): (u64, u32)| Duration::new(s, n % 1_000_000_000);
@@ -996,6 +1022,10 @@ impl Single {
                             last_included_index: m.last_included_index,
                         })
                     }
+                    Message::PreVote(m) => Message::PreVoteReply(RequestVoteReply {
+                        term: m.term,
+                        vote_granted: agree,
+                    }),
                     _ => return,
                 };
                 let r = self.server.step(

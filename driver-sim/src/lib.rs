@@ -20,7 +20,7 @@ pub mod raft_harness;
 pub use executor::{ms, now, run, sleep, spawn, JoinHandle, SimRuntime};
 pub use kv_harness::{KvCfg, SimClerk};
 pub use lab::{Cmd, Harness, KvHarness, RaftHarness};
-pub use raft_harness::Cfg;
+pub use raft_harness::{Cfg, PreVoteCfg, SimCfg};
 
 use std::future::Future;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};

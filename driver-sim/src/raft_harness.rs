@@ -48,10 +48,20 @@ struct World {
 
 /// A handle on a simulated Raft cluster, the Rust twin of the Go tests'
 /// `cfg`. Cheap to clone into spawned tasks.
+///
+/// `PRE_VOTE` sets every node's `Config::pre_vote`: off in [`Cfg`] (the
+/// lab's, whose tests count RPCs and terms of plain Raft), on in
+/// [`PreVoteCfg`] (the same bodies with pre-vote).
 #[derive(Clone)]
-pub struct Cfg {
+pub struct SimCfg<const PRE_VOTE: bool> {
     world: Rc<RefCell<World>>,
 }
+
+/// The lab's Raft harness: pre-vote off.
+pub type Cfg = SimCfg<false>;
+
+/// The Raft harness with pre-vote on in every node.
+pub type PreVoteCfg = SimCfg<true>;
 
 /// A follow-up input for a node, produced while executing its actions.
 enum FollowUp {
@@ -59,14 +69,14 @@ enum FollowUp {
     Snapshot(Index, Vec<u8>),
 }
 
-impl Harness for Cfg {
+impl<const PRE_VOTE: bool> Harness for SimCfg<PRE_VOTE> {
     type Rt = SimRuntime;
 }
 
-impl RaftHarness for Cfg {
+impl<const PRE_VOTE: bool> RaftHarness for SimCfg<PRE_VOTE> {
     /// `make_config(n, unreliable, snapshot)`: starts `n` servers (with the
     /// snapshotting applier if `snapshot`), connects them all.
-    fn new(n: usize, unreliable: bool, snapshot: bool) -> Cfg {
+    fn new(n: usize, unreliable: bool, snapshot: bool) -> Self {
         let world = World {
             n,
             slots: (0..n).map(|_| None).collect(),
@@ -85,7 +95,7 @@ impl RaftHarness for Cfg {
             trace: 0,
             run: TestRun::new(SimRuntime::now()),
         };
-        let cfg = Cfg {
+        let cfg = SimCfg {
             world: Rc::new(RefCell::new(world)),
         };
         for i in 0..n {
@@ -119,7 +129,10 @@ impl RaftHarness for Cfg {
             let (state, snapshot) = w.persisters[i].load();
             w.appliers.restarted(i, snapshot.as_deref());
             let members: Vec<u64> = (0..w.n as u64).collect();
-            let config = Config::new(i as u64, members);
+            let config = Config {
+                pre_vote: PRE_VOTE,
+                ..Config::new(i as u64, members)
+            };
             let seed = with_rng(|r| r.next_u64());
             let node = RaftNode::recover(config, seed, state, snapshot)
                 .expect("a node recovers from what it persisted");
@@ -248,7 +261,7 @@ impl RaftHarness for Cfg {
     }
 }
 
-impl Cfg {
+impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
     /// A fingerprint of every message delivered so far and when: equal for
     /// two runs of a scenario with the same seed.
     pub fn trace_hash(&self) -> u64 {

@@ -381,6 +381,7 @@ impl EventLoop {
             role: match r.role() {
                 Role::Leader => "leader",
                 Role::Candidate => "candidate",
+                Role::PreCandidate => "pre-candidate",
                 Role::Follower => "follower",
             }
             .to_string(),

@@ -34,7 +34,7 @@ pub enum Planted {
 
 impl Planted {
     /// Every planted bug of the service, in a fixed order.
-    pub const ALL: [Planted; 9] = {
+    pub const ALL: [Planted; 10] = {
         use raft_core::canary::Canary as R;
         [
             Planted::Raft(R::CommitOlderTermByCounting),
@@ -46,6 +46,7 @@ impl Planted {
             Planted::Kv(Canary::SessionsLeftOutOfSnapshot),
             Planted::Kv(Canary::LocalGetOnLeader),
             Planted::Raft(R::AckBeforePersist),
+            Planted::Raft(R::PreVoteBumpsTerm),
         ]
     };
 

@@ -39,9 +39,12 @@ impl ServerConfig {
     /// Defaults around a Raft configuration.
     /// Turns on the no-op entry at the start of each term (the store ignores
     /// it), so a new leader commits what its predecessor left without
-    /// waiting for a client.
+    /// waiting for a client; and pre-vote (`raft_core::Config::pre_vote`),
+    /// so a server that was cut off, or is too stale to win, does not
+    /// depose a working leader by raising the term.
     pub fn new(mut raft: raft_core::Config, max_raft_state: Option<usize>) -> Self {
         raft.noop_on_election = true;
+        raft.pre_vote = true;
         ServerConfig {
             raft,
             max_raft_state,

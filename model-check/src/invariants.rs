@@ -119,13 +119,16 @@ impl History {
             return fail("not a peer".into());
         }
         let term = message.term();
-        if term > image.hard_state.term {
+        // A pre-vote and its grant name a term nobody holds yet.
+        if term > image.hard_state.term && !message.is_pre_vote_question() {
             return fail(format!(
                 "its durable term is only {}",
                 image.hard_state.term
             ));
         }
-        self.sent_term[from] = self.sent_term[from].max(term);
+        if !message.is_pre_vote_question() {
+            self.sent_term[from] = self.sent_term[from].max(term);
+        }
         match message {
             Message::RequestVote(_)
                 if image.hard_state.voted_for != Some(from as NodeId)

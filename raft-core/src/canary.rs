@@ -24,11 +24,13 @@ pub enum Canary {
     KeepAppliedAfterSnapshot,
     /// Acknowledge entries before they are durable (count them as matched).
     AckBeforePersist,
+    /// A pre-candidate bumps its own term (pre-vote is meant to leave it).
+    PreVoteBumpsTerm,
 }
 
 impl Canary {
     /// Every canary, in a fixed order.
-    pub const ALL: [Canary; 7] = [
+    pub const ALL: [Canary; 8] = [
         Canary::CommitOlderTermByCounting,
         Canary::VoteBeforePersist,
         Canary::KeepVoteOnNewTerm,
@@ -36,6 +38,7 @@ impl Canary {
         Canary::ApplyUncommitted,
         Canary::KeepAppliedAfterSnapshot,
         Canary::AckBeforePersist,
+        Canary::PreVoteBumpsTerm,
     ];
 }
 

@@ -38,6 +38,17 @@ pub struct Config {
     /// any entry; only command entries carry anything for it. Off by
     /// default: the MIT lab tests expect exact indices for their commands.
     pub noop_on_election: bool,
+    /// Ask before standing (Raft thesis §9.6): when its election timeout
+    /// passes, a node first becomes a pre-candidate, which keeps its term
+    /// and vote and asks every voter whether it could win the next term
+    /// (`Message::PreVote`); only a majority of grants makes it a real
+    /// candidate. A voter grants only if the pre-candidate's log is at
+    /// least as up-to-date as its own and it has not heard from a leader
+    /// within `election_timeout_min` (a leader refuses too). So a node cut
+    /// off by a partition, or too stale to win, does not raise the term and
+    /// depose a working leader when it comes back. Off by default: the MIT
+    /// lab tests count RPCs and terms without it; the KV service turns it on.
+    pub pre_vote: bool,
 }
 
 impl Config {
@@ -56,6 +67,7 @@ impl Config {
             max_inflight_appends: 1,
             max_uncommitted_entries: 10_000,
             noop_on_election: false,
+            pre_vote: false,
         }
     }
 

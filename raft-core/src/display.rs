@@ -20,6 +20,8 @@
 //! | `AppendEntriesReply` | `MsgAppResp Term:1 Index:11`, or `MsgAppResp Term:1 Rejected Prev:10 ConflictTerm:1 ConflictIndex:8` (no `ConflictTerm` when the follower's log is too short) |
 //! | `InstallSnapshot` | `MsgSnap Term:2 Snapshot:1/10 Data:"..."` |
 //! | `InstallSnapshotReply` | `MsgSnapResp Term:2 Index:10` |
+//! | `PreVote` | `MsgPreVote Term:2 Log:1/5` |
+//! | `PreVoteReply` | `MsgPreVoteResp Term:2 Granted` / `Rejected` |
 //! | `Event` | `Receive from 2: <message>`, `Propose #1 "foo"`, `TimerFired`, `Persisted Upto:#3`, `SnapshotTaken Index:5 Data:"..."` |
 //! | `Action` | `Send to 2: <message>`, `Persist #1 ...`, `Apply Entries:[...]`, `ApplySnapshot Snapshot:1/10 Data:"..."`, `SetTimer 812ms`, `AcceptProposal #1 Index:3 Term:1`, `RejectProposal #1 NotLeader Leader:2` |
 //! | `Persist` | `Persist #1 Term:1 Vote:1 Snapshot:1/10 Data:"..." TruncateFrom:5 Entries:[...] Then:[to 2: <message>, ...]`, each part only when present; `Persist #2 Barrier Then:[...]` when it changes nothing |
@@ -139,6 +141,15 @@ impl Display for Instant {
     }
 }
 
+/// A vote's answer.
+fn answer(granted: bool) -> &'static str {
+    if granted {
+        "Granted"
+    } else {
+        "Rejected"
+    }
+}
+
 impl Display for Message {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         match self {
@@ -148,12 +159,20 @@ impl Display for Message {
                 m.term, m.last_log_term, m.last_log_index
             ),
             Message::RequestVoteReply(m) => {
-                let answer = if m.vote_granted {
-                    "Granted"
-                } else {
-                    "Rejected"
-                };
-                write!(f, "MsgVoteResp Term:{} {answer}", m.term)
+                write!(f, "MsgVoteResp Term:{} {}", m.term, answer(m.vote_granted))
+            }
+            Message::PreVote(m) => write!(
+                f,
+                "MsgPreVote Term:{} Log:{}/{}",
+                m.term, m.last_log_term, m.last_log_index
+            ),
+            Message::PreVoteReply(m) => {
+                write!(
+                    f,
+                    "MsgPreVoteResp Term:{} {}",
+                    m.term,
+                    answer(m.vote_granted)
+                )
             }
             Message::AppendEntries(m) => {
                 write!(

@@ -1,6 +1,26 @@
 //! Leader election (Raft paper §5.2, §5.4.1): randomized timeouts,
-//! candidacy, counting votes, taking office. Answering a vote request is
-//! shared by every role (`Shared::on_request_vote`).
+//! pre-vote (thesis §9.6), candidacy, counting votes, taking office.
+//! Answering a vote request is shared by every role
+//! (`Shared::on_request_vote`), and so is answering a pre-vote
+//! (`Shared::on_pre_vote`).
+//!
+//! Pre-vote, with [`crate::Config::pre_vote`] on: when the election timeout
+//! passes, a node becomes a pre-candidate. It keeps its term and vote (so
+//! nothing is persisted), forgets its leader (etcd#9586: otherwise, with
+//! everyone's leader sticky, a cluster whose leader died could refuse every
+//! pre-vote forever), and sends `PreVote { term: its term + 1, its last log
+//! position }` as plain sends. A voter grants iff the pre-vote's term is past
+//! its own (or equal, and it could still vote in it), the log is at least as
+//! up-to-date as its own, and it has not heard from a leader within the
+//! minimum election timeout (a leader always refuses). Answering changes
+//! nothing in the voter. A majority of grants (its own counted) starts the
+//! real election; otherwise the next timeout starts a new round. A candidate
+//! whose election times out goes back to pre-vote, but late grants of its
+//! candidacy still elect it in its term (it voted for itself and its log has
+//! not changed), so long reordering does not throw nearly won elections
+//! away. A leader
+//! transfer's `TimeoutNow` (to come) skips pre-vote by calling
+//! `RaftNode::start_election` directly.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +30,7 @@ use crate::progress::Progress;
 use crate::quorum::VoteResult;
 use crate::role::{LeaderState, RoleState};
 use crate::shared::Shared;
+use crate::time::Instant;
 use crate::types::{HardState, NodeId};
 
 impl RaftNode {
@@ -51,6 +72,48 @@ impl RaftNode {
         let peers: Vec<NodeId> = s.config.peers().collect();
         for peer in peers {
             s.send_durable(peer, Message::RequestVote(request.clone()));
+        }
+    }
+
+    /// The election timeout passed and pre-vote is on: ask every voter
+    /// whether we could win the next term, without changing our term or
+    /// vote (nothing to persist: the questions go as plain sends).
+    pub(crate) fn start_pre_vote(&mut self) {
+        let s = &mut self.shared;
+        if crate::canary::on(crate::canary::Canary::PreVoteBumpsTerm) {
+            if let Some(bumped) = s.hard.term.checked_add(1) {
+                s.adopt_term(bumped);
+            }
+        }
+        let Some(term) = s.hard.term.checked_add(1) else {
+            s.reset_election_deadline();
+            return;
+        };
+        let votes = BTreeMap::from([(s.config.id, true)]);
+        let won = s.voters.vote_result(|v| votes.get(&v).copied()) == VoteResult::Won;
+        let candidacy = match std::mem::replace(&mut self.role, RoleState::Follower) {
+            RoleState::Candidate { votes } => Some(votes),
+            RoleState::PreCandidate { candidacy, .. } => candidacy,
+            RoleState::Follower | RoleState::Leader(_) => None,
+        }
+        .filter(|_| s.hard.voted_for == Some(s.config.id));
+        self.role = RoleState::PreCandidate { votes, candidacy };
+        s.timers.unlead();
+        s.leader_hint = None;
+        s.reset_election_deadline();
+        if won {
+            // Alone in the cluster: nobody to ask.
+            self.start_election();
+            return;
+        }
+        let request = RequestVote {
+            term,
+            last_log_index: s.log.last_index(),
+            last_log_term: s.log.last_term(),
+        };
+        let peers: Vec<NodeId> = s.config.peers().collect();
+        for peer in peers {
+            s.send(peer, Message::PreVote(request.clone()));
         }
     }
 
@@ -100,4 +163,95 @@ pub(crate) fn count_vote(
         return false;
     }
     shared.voters.vote_result(|v| votes.get(&v).copied()) == VoteResult::Won
+}
+
+/// What a pre-candidate's message leads to.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PreCandidacy {
+    /// Still asking.
+    Asking,
+    /// A majority granted the pre-vote: stand for the next term.
+    Stand,
+    /// Late grants completed its candidacy in the current term: lead it.
+    Lead,
+}
+
+/// A pre-candidate's messages. It answers vote requests like a follower
+/// (it grants only if it has not voted in its term, which it has if it
+/// stood in it), counts pre-vote grants for the term after its own, and
+/// late vote grants for a candidacy of its current term.
+pub(crate) fn step_pre_candidate(
+    shared: &mut Shared,
+    votes: &mut BTreeMap<NodeId, bool>,
+    candidacy: &mut Option<BTreeMap<NodeId, bool>>,
+    from: NodeId,
+    message: Message,
+) -> PreCandidacy {
+    match message {
+        Message::RequestVote(m) => shared.on_request_vote(from, m, true),
+        Message::PreVote(m) => shared.on_pre_vote(from, m, false),
+        Message::PreVoteReply(m) => {
+            // A grant names the term asked about; one for another term
+            // answers an earlier round.
+            if m.vote_granted && Some(m.term) != shared.hard.term.checked_add(1) {
+                return PreCandidacy::Asking;
+            }
+            if count_vote(shared, votes, from, m) {
+                return PreCandidacy::Stand;
+            }
+        }
+        Message::RequestVoteReply(m) => {
+            if let Some(candidacy) = candidacy {
+                if m.term == shared.hard.term && count_vote(shared, candidacy, from, m) {
+                    return PreCandidacy::Lead;
+                }
+            }
+        }
+        // A well-formed AppendEntries or InstallSnapshot of our term made us
+        // a follower before dispatch; what is left is malformed. Other
+        // replies answer requests of an earlier role.
+        Message::AppendEntries(_)
+        | Message::InstallSnapshot(_)
+        | Message::AppendEntriesReply(_)
+        | Message::InstallSnapshotReply(_) => {}
+    }
+    PreCandidacy::Asking
+}
+
+impl Shared {
+    /// Answer a pre-vote whose term is not older than ours (older ones are
+    /// refused before dispatch). `leading`: we are the leader, which always
+    /// refuses. Never changes our term, vote or deadline, so it persists
+    /// nothing; a refusal carries our term (which may still be on its way
+    /// to disk, hence `send_durable`), a grant the term asked about.
+    pub(crate) fn on_pre_vote(&mut self, from: NodeId, m: RequestVote, leading: bool) {
+        let could_vote = m.term > self.hard.term
+            || self.hard.voted_for == Some(from)
+            || (self.hard.voted_for.is_none() && self.leader_hint.is_none());
+        let grant = !leading
+            && !self.leader_is_sticky()
+            && could_vote
+            && self.log.is_up_to_date(m.last_log_index, m.last_log_term);
+        if grant {
+            let reply = RequestVoteReply {
+                term: m.term,
+                vote_granted: true,
+            };
+            self.send(from, Message::PreVoteReply(reply));
+        } else {
+            let reply = RequestVoteReply {
+                term: self.hard.term,
+                vote_granted: false,
+            };
+            self.send_durable(from, Message::PreVoteReply(reply));
+        }
+    }
+
+    /// We heard from the leader of our term within the minimum election
+    /// timeout, so a working leader exists as far as we know: refuse to
+    /// help replace it (thesis §9.6).
+    fn leader_is_sticky(&self) -> bool {
+        let recent = |t: Instant| self.now < t + self.config.election_timeout_min;
+        self.leader_hint.is_some() && self.leader_contact.is_some_and(recent)
+    }
 }

@@ -31,13 +31,25 @@
 //! # Inside
 //!
 //! The node is [`RaftNode`]: the state every role shares (`shared.rs`) and
-//! the role with the state only it has (`role.rs`: a candidate's votes, a
-//! leader's [`Progress`] per follower), so leaving a role drops its state.
+//! the role with the state only it has (`role.rs`: a pre-candidate's or
+//! candidate's votes, a leader's [`Progress`] per follower), so leaving a
+//! role drops its state.
 //! `step` handles the term of a message once and then dispatches by role
 //! (etcd-io/raft's `Step`, then `stepLeader` / `stepCandidate` /
 //! `stepFollower`). Quorum arithmetic is [`MajorityConfig`] (commit index and
 //! vote results, shaped for a joint configuration later); every deadline is
 //! in one timer table, whose earliest is [`RaftNode::next_deadline`].
+//!
+//! With [`Config::pre_vote`] (Raft thesis §9.6) a node whose election timeout
+//! passes becomes a pre-candidate: it keeps its term and vote and asks
+//! (`Message::PreVote`, plain sends, nothing persisted) whether it could win
+//! the next term; only a majority of grants makes it stand. Pre-votes and
+//! their grants carry a term nobody holds yet, so the term is handled once
+//! with one exception: a receiver never adopts it (a refusal carries the
+//! voter's own term and is adopted like any term). Voters refuse within the
+//! minimum election timeout of hearing from a leader (leader stickiness).
+//! The rules and the two known liveness bugs they avoid are in `election.rs`.
+//!
 //! [`Message`], [`Event`], [`Action`] and the types inside them have compact
 //! one-line `Display` forms (`MsgApp Term:1 Log:1/10 Commit:10
 //! Entries:[1/11 "foo"]`) for logs and traces.

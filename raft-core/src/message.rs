@@ -22,6 +22,13 @@ pub enum Message {
     InstallSnapshot(InstallSnapshot),
     /// The answer to an `InstallSnapshot`.
     InstallSnapshotReply(InstallSnapshotReply),
+    /// A pre-candidate asks whether it could win an election (Raft thesis
+    /// §9.6), without bumping its term: `term` is the term it would stand
+    /// for (its own + 1). Answering never changes the voter's term or vote.
+    PreVote(RequestVote),
+    /// The answer to a `PreVote`: a grant carries the pre-vote's term, a
+    /// refusal the voter's own term (so a stale pre-candidate learns it).
+    PreVoteReply(RequestVoteReply),
 }
 
 impl Message {
@@ -34,16 +41,32 @@ impl Message {
             Message::AppendEntriesReply(m) => m.term,
             Message::InstallSnapshot(m) => m.term,
             Message::InstallSnapshotReply(m) => m.term,
+            Message::PreVote(m) => m.term,
+            Message::PreVoteReply(m) => m.term,
         }
     }
 
-    /// True for the three requests, false for their replies. RPC-style
+    /// True for the four requests, false for their replies. RPC-style
     /// transports (like the lab's) pair each reply with the request it answers.
     pub fn is_request(&self) -> bool {
         matches!(
             self,
-            Message::RequestVote(_) | Message::AppendEntries(_) | Message::InstallSnapshot(_)
+            Message::RequestVote(_)
+                | Message::AppendEntries(_)
+                | Message::InstallSnapshot(_)
+                | Message::PreVote(_)
         )
+    }
+
+    /// True for a pre-vote question or a granted pre-vote answer: the two
+    /// messages whose term is one nobody holds yet (the pre-candidate's
+    /// term + 1), so a receiver never adopts it.
+    pub fn is_pre_vote_question(&self) -> bool {
+        match self {
+            Message::PreVote(_) => true,
+            Message::PreVoteReply(m) => m.vote_granted,
+            _ => false,
+        }
     }
 }
 

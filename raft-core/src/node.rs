@@ -93,6 +93,7 @@ impl RaftNode {
             log,
             snapshot_data: durable.snapshot.and(snapshot_data),
             leader_hint: None,
+            leader_contact: None,
             commit_index: meta.index,
             last_applied: meta.index,
             timers: Timers::default(),
@@ -244,7 +245,11 @@ impl RaftNode {
             // election after it); adopting it would wedge this node: drop.
             return;
         }
-        if term > self.shared.hard.term {
+        // A pre-vote and its grant carry a term nobody holds yet (the
+        // pre-candidate's + 1): a question, never adopted (etcd-io/raft
+        // `Step`, the `MsgPreVote` cases). A refusal carries the voter's own
+        // term and is adopted like any other.
+        if term > self.shared.hard.term && !message.is_pre_vote_question() {
             let leader = match message {
                 Message::AppendEntries(_) | Message::InstallSnapshot(_) => Some(from),
                 _ => None,
@@ -254,15 +259,33 @@ impl RaftNode {
         let stale_append_accepted = matches!(message, Message::AppendEntries(_))
             && crate::canary::on(crate::canary::Canary::AcceptStaleAppend);
         if term < self.shared.hard.term && !stale_append_accepted {
+            // A pre-vote from an older term is refused with our term
+            // (etcd#8243), so a pre-candidate left behind catches up.
             self.shared.reply_stale(from, &message);
             return;
         }
-        // A candidate that hears from a leader of its term follows it.
-        if matches!(self.role, RoleState::Candidate { .. }) && from_a_leader(&message) {
-            self.become_follower(term, Some(from));
+        if from_a_leader(&message) && term == self.shared.hard.term {
+            // Leader stickiness: what pre-vote grants are measured against.
+            self.shared.leader_contact = Some(self.shared.now);
+            // A candidate or pre-candidate that hears from a leader of its
+            // term follows it.
+            if matches!(
+                self.role,
+                RoleState::Candidate { .. } | RoleState::PreCandidate { .. }
+            ) {
+                self.become_follower(term, Some(from));
+            }
         }
         match &mut self.role {
             RoleState::Follower => self.shared.step_follower(from, message),
+            RoleState::PreCandidate { votes, candidacy } => {
+                use crate::election::{step_pre_candidate, PreCandidacy};
+                match step_pre_candidate(&mut self.shared, votes, candidacy, from, message) {
+                    PreCandidacy::Asking => {}
+                    PreCandidacy::Stand => self.start_election(),
+                    PreCandidacy::Lead => self.become_leader(),
+                }
+            }
             RoleState::Candidate { votes } => {
                 if step_candidate(&mut self.shared, votes, from, message) {
                     self.become_leader();
@@ -276,7 +299,7 @@ impl RaftNode {
     fn on_proposal(&mut self, id: u64, command: Vec<u8>) {
         match &mut self.role {
             RoleState::Leader(leader) => leader.propose(&mut self.shared, id, command),
-            RoleState::Follower | RoleState::Candidate { .. } => {
+            RoleState::Follower | RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
                 let reason = RejectReason::NotLeader {
                     leader_hint: self.shared.leader_hint,
                 };
@@ -317,9 +340,13 @@ impl RaftNode {
                     leader.broadcast_heartbeat(&mut self.shared);
                 }
             }
-            RoleState::Follower | RoleState::Candidate { .. } => {
+            RoleState::Follower | RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
                 if now >= self.shared.timers.election {
-                    self.start_election();
+                    if self.shared.config.pre_vote {
+                        self.start_pre_vote();
+                    } else {
+                        self.start_election();
+                    }
                 }
             }
         }
@@ -412,12 +439,17 @@ fn step_candidate(
             false
         }
         Message::RequestVoteReply(m) => crate::election::count_vote(shared, votes, from, m),
+        Message::PreVote(m) => {
+            shared.on_pre_vote(from, m, false);
+            false
+        }
         // A well-formed AppendEntries or InstallSnapshot of our term made us
         // a follower before dispatch; what is left is malformed. Replies are
         // to requests of an earlier role.
         Message::AppendEntries(_)
         | Message::InstallSnapshot(_)
         | Message::AppendEntriesReply(_)
-        | Message::InstallSnapshotReply(_) => false,
+        | Message::InstallSnapshotReply(_)
+        | Message::PreVoteReply(_) => false,
     }
 }

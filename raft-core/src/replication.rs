@@ -20,9 +20,11 @@ impl LeaderState {
     pub(crate) fn step(&mut self, s: &mut Shared, from: NodeId, message: Message) {
         match message {
             Message::RequestVote(m) => s.on_request_vote(from, m, false),
+            Message::PreVote(m) => s.on_pre_vote(from, m, true),
             Message::AppendEntriesReply(m) => self.on_append_entries_reply(s, from, m),
             Message::InstallSnapshotReply(m) => self.on_install_snapshot_reply(s, from, m),
             Message::RequestVoteReply(_)
+            | Message::PreVoteReply(_)
             | Message::AppendEntries(_)
             | Message::InstallSnapshot(_) => {}
         }
@@ -214,9 +216,11 @@ impl Shared {
     pub(crate) fn step_follower(&mut self, from: NodeId, message: Message) {
         match message {
             Message::RequestVote(m) => self.on_request_vote(from, m, true),
+            Message::PreVote(m) => self.on_pre_vote(from, m, false),
             Message::AppendEntries(m) => self.on_append_entries(from, m),
             Message::InstallSnapshot(m) => self.on_install_snapshot(from, m),
             Message::RequestVoteReply(_)
+            | Message::PreVoteReply(_)
             | Message::AppendEntriesReply(_)
             | Message::InstallSnapshotReply(_) => {}
         }

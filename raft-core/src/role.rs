@@ -19,12 +19,27 @@ pub enum Role {
     Candidate,
     /// Accepts proposals and replicates the log.
     Leader,
+    /// Asks whether it could win the next term, without standing yet
+    /// (pre-vote, [`crate::Config::pre_vote`]); still in its old term.
+    PreCandidate,
 }
 
 /// The role with its own state.
 #[derive(Debug)]
 pub(crate) enum RoleState {
     Follower,
+    /// Asking for pre-votes for the term after the current one.
+    PreCandidate {
+        /// Every answer to this pre-vote round so far: `true` for a grant
+        /// (its own included), `false` for a refusal.
+        votes: BTreeMap<NodeId, bool>,
+        /// The votes of its candidacy in the current term, if it stood in
+        /// it and timed out: late grants still elect it in that term (its
+        /// vote for itself and its log are unchanged), so under long
+        /// reordering a pre-vote round does not throw a nearly won
+        /// election away.
+        candidacy: Option<BTreeMap<NodeId, bool>>,
+    },
     Candidate {
         /// Every answer to this candidacy so far: `true` for a grant (its own
         /// vote included), `false` for a refusal.
@@ -38,6 +53,7 @@ impl RoleState {
     pub(crate) fn role(&self) -> Role {
         match self {
             RoleState::Follower => Role::Follower,
+            RoleState::PreCandidate { .. } => Role::PreCandidate,
             RoleState::Candidate { .. } => Role::Candidate,
             RoleState::Leader(_) => Role::Leader,
         }

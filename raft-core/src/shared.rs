@@ -60,6 +60,10 @@ pub(crate) struct Shared {
 
     // Volatile state.
     pub(crate) leader_hint: Option<NodeId>,
+    /// When a leader of the current term last reached us (a well-formed
+    /// AppendEntries or InstallSnapshot): pre-votes are refused within the
+    /// minimum election timeout of it (leader stickiness, thesis §9.6).
+    pub(crate) leader_contact: Option<Instant>,
     pub(crate) commit_index: Index,
     pub(crate) last_applied: Index,
     pub(crate) timers: Timers,
@@ -104,6 +108,10 @@ impl Shared {
         let term = self.hard.term;
         let reply = match message {
             Message::RequestVote(_) => Message::RequestVoteReply(RequestVoteReply {
+                term,
+                vote_granted: false,
+            }),
+            Message::PreVote(_) => Message::PreVoteReply(RequestVoteReply {
                 term,
                 vote_granted: false,
             }),

@@ -2273,3 +2273,372 @@ fn leader_answered_by_a_majority_keeps_leading_across_quorum_checks() {
     );
     assert!(!n.is_leader());
 }
+
+// ----- pre-vote (thesis §9.6) ---------------------------------------------------
+
+fn pre_vote_config(id: NodeId, members: u64) -> Config {
+    Config {
+        pre_vote: true,
+        ..config(id, members)
+    }
+}
+
+/// A node with pre-vote on, booting for the first time.
+fn fresh_pre_vote(id: NodeId, members: u64) -> RaftNode {
+    RaftNode::new(pre_vote_config(id, members), SEED).expect("valid config")
+}
+
+/// A node with pre-vote on, restarting from this hard state and log.
+fn recovered_pre_vote(id: NodeId, members: u64, hard_state: HardState, terms: &[Term]) -> RaftNode {
+    let durable = DurableState {
+        hard_state,
+        snapshot: None,
+        entries: entries_from(1, terms),
+    };
+    RaftNode::recover(pre_vote_config(id, members), SEED, durable, None).expect("consistent state")
+}
+
+fn pv(term: Term, last_log_index: Index, last_log_term: Term) -> Message {
+    Message::PreVote(RequestVote {
+        term,
+        last_log_index,
+        last_log_term,
+    })
+}
+
+fn pvr(term: Term, vote_granted: bool) -> Message {
+    Message::PreVoteReply(RequestVoteReply { term, vote_granted })
+}
+
+/// Boots `n` and lets its election deadline pass: it becomes a
+/// pre-candidate. Returns the time.
+fn pre_campaign(n: &mut RaftNode) -> Instant {
+    boot(n);
+    let now = n.next_deadline().unwrap();
+    step(n, now, Event::TimerFired);
+    assert_eq!(n.role(), Role::PreCandidate);
+    now
+}
+
+#[test]
+fn pre_vote_timeout_asks_for_next_term_with_plain_sends_and_persists_nothing() {
+    let mut n = recovered_pre_vote(
+        1,
+        3,
+        HardState {
+            term: 2,
+            voted_for: Some(2),
+        },
+        &[1, 2],
+    );
+    boot(&mut n);
+    let t = n.next_deadline().unwrap();
+    let actions = step(&mut n, t, Event::TimerFired);
+    let next = n.next_deadline().unwrap();
+    assert_eq!(
+        actions,
+        vec![
+            Action::Send {
+                to: 2,
+                message: pv(3, 2, 2)
+            },
+            Action::Send {
+                to: 3,
+                message: pv(3, 2, 2)
+            },
+            Action::SetTimer { deadline: next },
+        ]
+    );
+    assert!(next >= t + Duration::from_millis(300) && next < t + Duration::from_millis(600));
+    assert_eq!(n.role(), Role::PreCandidate);
+    assert_eq!(
+        (n.term(), n.voted_for()),
+        (2, Some(2)),
+        "term and vote kept"
+    );
+}
+
+#[test]
+fn pre_candidate_forgets_its_leader() {
+    let mut n = fresh_pre_vote(1, 3);
+    boot(&mut n);
+    recv(&mut n, ms(10), 2, ae(1, 0, 0, vec![], 0));
+    assert_eq!(n.leader_hint(), Some(2));
+    let t = n.next_deadline().unwrap();
+    step(&mut n, t, Event::TimerFired);
+    assert_eq!(n.role(), Role::PreCandidate);
+    assert_eq!(n.leader_hint(), None, "etcd#9586");
+    assert_eq!(n.term(), 1);
+}
+
+#[test]
+fn majority_of_pre_votes_starts_the_real_election() {
+    let mut n = fresh_pre_vote(1, 3);
+    let t = pre_campaign(&mut n);
+    let actions = recv(&mut n, t, 2, pvr(1, true));
+    let next = n.next_deadline().unwrap();
+    assert_eq!(
+        actions,
+        vec![
+            Action::Persist(Persist {
+                hard_state: Some(HardState {
+                    term: 1,
+                    voted_for: Some(1)
+                }),
+                then_send: vec![(2, rv(1, 0, 0)), (3, rv(1, 0, 0))],
+                ..write(1)
+            }),
+            Action::SetTimer { deadline: next },
+        ]
+    );
+    assert_eq!(n.role(), Role::Candidate);
+    assert_eq!(n.term(), 1);
+}
+
+#[test]
+fn pre_vote_grant_for_another_term_or_a_refusal_is_not_a_win() {
+    let mut n = fresh_pre_vote(1, 3);
+    let t = pre_campaign(&mut n);
+    // A grant for a term it did not ask about answers an earlier round.
+    assert_eq!(recv(&mut n, t, 2, pvr(5, true)), vec![]);
+    assert_eq!(recv(&mut n, t, 3, pvr(0, false)), vec![]);
+    assert_eq!((n.role(), n.term()), (Role::PreCandidate, 0));
+}
+
+#[test]
+fn pre_vote_refusal_with_a_higher_term_is_adopted() {
+    let mut n = fresh_pre_vote(1, 3);
+    let t = pre_campaign(&mut n);
+    let actions = recv(&mut n, t, 2, pvr(4, false));
+    let next = n.next_deadline().unwrap();
+    assert_eq!(
+        actions,
+        vec![
+            Action::Persist(Persist {
+                hard_state: Some(HardState {
+                    term: 4,
+                    voted_for: None
+                }),
+                ..write(1)
+            }),
+            Action::SetTimer { deadline: next },
+        ]
+    );
+    assert_eq!((n.role(), n.term()), (Role::Follower, 4));
+}
+
+#[test]
+fn pre_candidate_follows_a_leader_of_its_term() {
+    let mut n = recovered_pre_vote(
+        1,
+        3,
+        HardState {
+            term: 2,
+            voted_for: None,
+        },
+        &[],
+    );
+    boot(&mut n);
+    let t = n.next_deadline().unwrap();
+    step(&mut n, t, Event::TimerFired);
+    assert_eq!(n.role(), Role::PreCandidate);
+    recv(&mut n, t, 3, ae(2, 0, 0, vec![], 0));
+    assert_eq!(
+        (n.role(), n.term(), n.leader_hint()),
+        (Role::Follower, 2, Some(3))
+    );
+}
+
+#[test]
+fn pre_vote_is_granted_without_changing_term_vote_or_deadline() {
+    let mut n = fresh_pre_vote(1, 3);
+    boot(&mut n);
+    let deadline = n.next_deadline();
+    let actions = recv(&mut n, ms(10), 2, pv(1, 0, 0));
+    assert_eq!(
+        actions,
+        vec![Action::Send {
+            to: 2,
+            message: pvr(1, true)
+        }]
+    );
+    assert_eq!(
+        (n.term(), n.voted_for(), n.next_deadline()),
+        (0, None, deadline)
+    );
+    // Far in the future: still only a question.
+    let actions = recv(&mut n, ms(20), 3, pv(9, 0, 0));
+    assert_eq!(
+        actions,
+        vec![Action::Send {
+            to: 3,
+            message: pvr(9, true)
+        }]
+    );
+    assert_eq!((n.term(), n.role()), (0, Role::Follower));
+}
+
+#[test]
+fn pre_vote_is_refused_within_the_minimum_election_timeout_of_the_leader() {
+    let mut n = fresh_pre_vote(1, 3);
+    boot(&mut n);
+    let actions = recv(&mut n, ms(100), 2, ae(1, 0, 0, vec![], 0));
+    persist_all(&mut n, ms(100), &actions);
+    let actions = recv(&mut n, ms(399), 3, pv(2, 0, 0));
+    assert_eq!(
+        actions,
+        vec![Action::Send {
+            to: 3,
+            message: pvr(1, false)
+        }]
+    );
+    let actions = recv(&mut n, ms(400), 3, pv(2, 0, 0));
+    assert_eq!(
+        actions,
+        vec![Action::Send {
+            to: 3,
+            message: pvr(2, true)
+        }]
+    );
+    assert_eq!((n.term(), n.leader_hint()), (1, Some(2)));
+}
+
+#[test]
+fn pre_vote_is_refused_for_a_stale_log() {
+    let mut n = recovered_pre_vote(
+        1,
+        3,
+        HardState {
+            term: 2,
+            voted_for: None,
+        },
+        &[1, 2],
+    );
+    boot(&mut n);
+    // Shorter log in the same last term, then an older last term.
+    let actions = recv(&mut n, ms(10), 2, pv(3, 1, 2));
+    assert_eq!(
+        actions,
+        vec![Action::Send {
+            to: 2,
+            message: pvr(2, false)
+        }]
+    );
+    let actions = recv(&mut n, ms(10), 2, pv(3, 5, 1));
+    assert_eq!(
+        actions,
+        vec![Action::Send {
+            to: 2,
+            message: pvr(2, false)
+        }]
+    );
+    assert_eq!(n.term(), 2);
+}
+
+#[test]
+fn pre_vote_from_a_lower_term_is_refused_with_the_voters_term() {
+    let mut n = recovered_pre_vote(
+        1,
+        3,
+        HardState {
+            term: 3,
+            voted_for: None,
+        },
+        &[],
+    );
+    boot(&mut n);
+    let actions = recv(&mut n, ms(10), 2, pv(2, 0, 0));
+    assert_eq!(
+        actions,
+        vec![Action::Send {
+            to: 2,
+            message: pvr(3, false)
+        }]
+    );
+}
+
+#[test]
+fn pre_vote_for_the_current_term_needs_a_free_vote() {
+    // Term 2, voted for 3: a pre-vote for term 2 (from a node in term 1)
+    // could only win with our vote, which is taken.
+    let mut n = recovered_pre_vote(
+        1,
+        3,
+        HardState {
+            term: 2,
+            voted_for: Some(3),
+        },
+        &[],
+    );
+    boot(&mut n);
+    let actions = recv(&mut n, ms(10), 2, pv(2, 0, 0));
+    assert_eq!(
+        actions,
+        vec![Action::Send {
+            to: 2,
+            message: pvr(2, false)
+        }]
+    );
+    let actions = recv(&mut n, ms(10), 3, pv(2, 0, 0));
+    assert_eq!(
+        actions,
+        vec![Action::Send {
+            to: 3,
+            message: pvr(2, true)
+        }]
+    );
+}
+
+#[test]
+fn leader_refuses_a_pre_vote_and_keeps_leading() {
+    let mut n = RaftNode::new(pre_vote_config(1, 3), SEED).unwrap();
+    boot(&mut n);
+    let t = n.next_deadline().unwrap();
+    step(&mut n, t, Event::TimerFired);
+    let actions = recv(&mut n, t, 2, pvr(1, true));
+    persist_all(&mut n, t, &actions);
+    recv(&mut n, t, 2, rvr(1, true));
+    assert!(n.is_leader());
+    let actions = recv(&mut n, t, 3, pv(2, 0, 0));
+    assert_eq!(
+        sends(&actions),
+        vec![(3, pvr(1, false))],
+        "refused with the leader's term"
+    );
+    assert!(n.is_leader());
+    assert_eq!(n.term(), 1);
+}
+
+#[test]
+fn single_node_with_pre_vote_stands_at_once() {
+    let mut n = fresh_pre_vote(1, 1);
+    boot(&mut n);
+    let t = n.next_deadline().unwrap();
+    let actions = step(&mut n, t, Event::TimerFired);
+    assert_eq!(persists(&actions).len(), 1);
+    assert_eq!((n.role(), n.term()), (Role::Candidate, 1));
+    persist_all(&mut n, t, &actions);
+    assert!(n.is_leader());
+}
+
+#[test]
+fn late_vote_grants_still_elect_a_candidate_that_went_back_to_pre_vote() {
+    let mut n = fresh_pre_vote(1, 3);
+    let t = pre_campaign(&mut n);
+    let actions = recv(&mut n, t, 2, pvr(1, true));
+    persist_all(&mut n, t, &actions);
+    assert_eq!((n.role(), n.term()), (Role::Candidate, 1));
+    // The candidacy times out before any grant arrives: a new pre-vote
+    // round for term 2, still in term 1 with its vote for itself.
+    let t2 = n.next_deadline().unwrap();
+    let actions = step(&mut n, t2, Event::TimerFired);
+    assert_eq!(sends(&actions), vec![(2, pv(2, 0, 0)), (3, pv(2, 0, 0))]);
+    assert_eq!(
+        (n.role(), n.term(), n.voted_for()),
+        (Role::PreCandidate, 1, Some(1))
+    );
+    // A late grant of term 1 completes that candidacy.
+    recv(&mut n, t2, 3, rvr(1, true));
+    assert!(n.is_leader());
+    assert_eq!(n.term(), 1);
+}

@@ -37,9 +37,9 @@
 //!
 //! | command | what it does |
 //! |---|---|
-//! | `add-nodes <n> [noop]` | create and boot nodes 1..=n (`noop`: leaders append an empty entry on election) |
+//! | `add-nodes <n> [noop] [prevote]` | create and boot nodes 1..=n (`noop`: leaders append an empty entry on election; `prevote`: `Config::pre_vote`) |
 //! | `load <id> term=<t> [vote=<v>] [snap=<t>/<i>] [log=<t>,<t>,...]` | restart `<id>` from this durable state (entries after the snapshot, with these terms) |
-//! | `campaign <id>` | move the clock to `<id>`'s armed deadline and fire its timer (a follower stands for election) |
+//! | `campaign <id>` | move the clock to `<id>`'s armed deadline and fire its timer (a follower stands for election, or with pre-vote asks for pre-votes) |
 //! | `tick-heartbeat <id>` | the same for a leader (its heartbeat or quorum check) |
 //! | `advance-time <ms>` | move the clock `<ms>` ahead, firing every timer that falls due, in time order |
 //! | `propose <id> <command>` | a client command to `<id>` |
@@ -55,7 +55,8 @@
 //! | `status [<id>...]`, `log <id>`, `progress <id>` | show nodes, a node's log, a leader's view of its followers |
 //!
 //! Hand-written messages: `vote term=<t> log=<t>/<i>`, `vote-resp term=<t>
-//! granted|rejected`, `app term=<t> log=<t>/<i> commit=<c>
+//! granted|rejected`, `prevote term=<t> log=<t>/<i>`, `prevote-resp
+//! term=<t> granted|rejected`, `app term=<t> log=<t>/<i> commit=<c>
 //! [entries=<t>/<i>,...]`, `app-resp term=<t> index=<i>` or `app-resp
 //! term=<t> rejected prev=<p> [conflict-term=<t>] conflict-index=<i>`, `snap
 //! term=<t> snap=<t>/<i> [data=<text>]`, `snap-resp term=<t> index=<i>`. A
@@ -433,6 +434,18 @@ fn parse_message(args: &[&str]) -> Result<Message, String> {
             term,
             vote_granted: words.contains(&"granted"),
         }),
+        "prevote" => {
+            let (last_log_term, last_log_index) = position(need(&keys, "log")?)?;
+            Message::PreVote(RequestVote {
+                term,
+                last_log_index,
+                last_log_term,
+            })
+        }
+        "prevote-resp" => Message::PreVoteReply(RequestVoteReply {
+            term,
+            vote_granted: words.contains(&"granted"),
+        }),
         "app" => {
             let (prev_log_term, prev_log_index) = position(need(&keys, "log")?)?;
             let entries = match keys.get("entries") {
@@ -498,6 +511,7 @@ fn run_command(c: &mut Cluster, line: &str, out: &mut Out) -> Result<(), String>
             let members: Vec<NodeId> = (1..first + n).collect();
             c.config = Config {
                 noop_on_election: args.contains(&"noop"),
+                pre_vote: args.contains(&"prevote"),
                 ..Config::new(1, members)
             };
             for id in first..first + n {

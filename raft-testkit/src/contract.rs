@@ -15,7 +15,7 @@
 //!   hard state; what it counts durable is stored).
 
 use raft_core::{
-    Action, DurableState, HardState, Index, Instant, NodeId, Persist, RaftLog, RaftNode,
+    Action, DurableState, HardState, Index, Instant, Message, NodeId, Persist, RaftLog, RaftNode,
 };
 
 /// What storage holds once every write in `pending` is durable too.
@@ -75,6 +75,17 @@ pub fn durable_prefix_is_stored(durable: &DurableState, node: &RaftNode) -> Resu
         }
     }
     Ok(())
+}
+
+/// A message carries at most the sender's term, except a pre-vote (the term
+/// after it, the one the pre-candidate would stand for) and a pre-vote grant
+/// (the term asked about, whatever the voter's own).
+fn sent_term_ok(message: &Message, node: &RaftNode) -> bool {
+    match message {
+        Message::PreVote(m) => m.term <= node.term().saturating_add(1),
+        Message::PreVoteReply(m) if m.vote_granted => true,
+        _ => message.term() <= node.term(),
+    }
 }
 
 /// One node incarnation's side of the contract, checked after every step
@@ -141,7 +152,7 @@ impl ContractChecker {
             match action {
                 Action::Send { to, message } => {
                     assert!(self.is_peer(*to), "node {id} sent to {to}, not a peer");
-                    assert!(message.term() <= node.term(), "sent a future term");
+                    assert!(sent_term_ok(message, node), "sent a future term");
                 }
                 Action::Persist(p) => {
                     assert_eq!(
@@ -155,7 +166,7 @@ impl ContractChecker {
                             self.is_peer(*to),
                             "node {id} holds a message for {to}, not a peer"
                         );
-                        assert!(m.term() <= node.term(), "sends a future term");
+                        assert!(sent_term_ok(m, node), "sends a future term");
                     }
                 }
                 Action::Apply { entries } => {

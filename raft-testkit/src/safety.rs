@@ -1,6 +1,7 @@
 //! The cluster safety checker, run after every step of every node (Raft
 //! paper, Figure 3): election safety, log matching, leader completeness,
-//! state machine safety, and the persist-before-send contract. A violation
+//! state machine safety, the persist-before-send contract, and term origin
+//! (every term a node holds is one some candidate stood for). A violation
 //! panics with what broke, so the test fails with its seed.
 
 use std::collections::BTreeMap;
@@ -49,12 +50,16 @@ pub struct SafetyChecker {
     /// Every entry ever covered by a node's commit index, by index: (term,
     /// fingerprint) ([`Self::check_committed_log`]).
     log_committed: BTreeMap<Index, (Term, u64)>,
+    /// Every term some node stood for (voted for itself in), for
+    /// [`Self::check_term_origin`].
+    stood: std::collections::BTreeSet<Term>,
 }
 
 impl SafetyChecker {
     /// Called after node `id` stepped.
     pub fn after_step(&mut self, node: &RaftNode) {
         let id = node.id();
+        self.check_term_origin(node);
         if !node.is_leader() {
             self.was_leader.remove(&id);
             return;
@@ -68,6 +73,23 @@ impl SafetyChecker {
         if self.was_leader.insert(id, term) != Some(term) {
             self.check_leader_completeness(node);
         }
+    }
+
+    /// Term origin: a term comes into being only when a candidate stands for
+    /// it (votes for itself); every other node holding it learned it from a
+    /// message. A node holding a term nobody stood for raised it some other
+    /// way, for example a pre-vote that bumped the term, which is exactly
+    /// what pre-vote exists to prevent (thesis §9.6).
+    fn check_term_origin(&mut self, node: &RaftNode) {
+        let term = node.term();
+        if node.voted_for() == Some(node.id()) {
+            self.stood.insert(term);
+        }
+        assert!(
+            term == 0 || self.stood.contains(&term),
+            "term origin: node {} holds term {term}, which no node stood for (a term rises only by a candidacy)",
+            node.id()
+        );
     }
 
     /// A new leader holds every entry ever committed (§5.4, Leader
@@ -192,6 +214,7 @@ impl SafetyChecker {
             // that has moved on never votes in that term again (a group
             // commit can make several writes durable at once).
             Message::RequestVote(m) => {
+                self.stood.insert(m.term);
                 let hs = durable.hard_state;
                 assert!(
                     hs.term > m.term || (hs.term == m.term && hs.voted_for == Some(from)),

@@ -155,6 +155,7 @@ impl Service for DigestLog {
         let role = match role {
             Role::Leader => "leader",
             Role::Candidate => "candidate",
+            Role::PreCandidate => "pre-candidate",
             Role::Follower => "follower",
         };
         let leader = leader.map_or("none".to_string(), |l| l.to_string());
