@@ -34,6 +34,16 @@ pub fn current_test_name() -> String {
     TEST_NAME.with(|n| n.borrow().clone())
 }
 
+/// With `SIM_TRACE_ROLES=1`, the Raft lab harness prints every change of a
+/// server's role or term (virtual time, role, term, last log entry, commit
+/// index) to stderr: what an election-liveness failure needs to be read.
+pub fn trace_roles() -> bool {
+    thread_local! {
+        static ON: bool = std::env::var_os("SIM_TRACE_ROLES").is_some_and(|v| v == "1");
+    }
+    ON.with(|on| *on)
+}
+
 /// The seed used when `SIM_SEED` is not set.
 pub const DEFAULT_SEED: u64 = 1;
 

@@ -117,6 +117,7 @@ impl<const PRE_VOTE: bool> RaftHarness for SimCfg<PRE_VOTE> {
     fn crash1(&self, i: usize) {
         self.disconnect(i);
         self.world.borrow_mut().slots[i] = None;
+        self.trace_connectivity(i, "crashed");
     }
 
     /// (Re)start server `i` from its persisted state, not connected.
@@ -154,11 +155,13 @@ impl<const PRE_VOTE: bool> RaftHarness for SimCfg<PRE_VOTE> {
     /// Connect server `i` to every other connected server.
     fn connect(&self, i: usize) {
         self.world.borrow_mut().connected[i] = true;
+        self.trace_connectivity(i, "connected");
     }
 
     /// Cut server `i` off from every other server.
     fn disconnect(&self, i: usize) {
         self.world.borrow_mut().connected[i] = false;
+        self.trace_connectivity(i, "disconnected");
     }
 
     /// Is server `i` connected?
@@ -262,6 +265,28 @@ impl<const PRE_VOTE: bool> RaftHarness for SimCfg<PRE_VOTE> {
 }
 
 impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
+    /// With `SIM_TRACE_ROLES=1`: what happened to server `i`, and which
+    /// servers are now up and connected (`+`), for reading liveness failures.
+    fn trace_connectivity(&self, i: usize, what: &str) {
+        if !crate::trace_roles() {
+            return;
+        }
+        let w = self.world.borrow();
+        let up: String = (0..w.n)
+            .map(|j| {
+                if w.slots[j].is_some() && w.connected[j] {
+                    '+'
+                } else {
+                    '.'
+                }
+            })
+            .collect();
+        eprintln!(
+            "{:>10.3} s  server {i} {what}; up and connected: {up}",
+            now().as_nanos() as f64 / 1e9
+        );
+    }
+
     /// A fingerprint of every message delivered so far and when: equal for
     /// two runs of a scenario with the same seed.
     pub fn trace_hash(&self) -> u64 {
@@ -283,11 +308,26 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
                 let Some(slot) = w.slots[i].as_mut() else {
                     break;
                 };
+                let before = (slot.node.role(), slot.node.term());
                 let actions = slot
                     .node
                     .step(now(), event)
                     .expect("the harness uses the node correctly");
                 w.safety.after_step(&slot.node);
+                if crate::trace_roles() && before != (slot.node.role(), slot.node.term()) {
+                    let n = &slot.node;
+                    eprintln!(
+                        "{:>10.3} s  server {i}: {:?} term {} (was {:?} term {}), log {}/{}, commit {}",
+                        now().as_nanos() as f64 / 1e9,
+                        n.role(),
+                        n.term(),
+                        before.0,
+                        before.1,
+                        n.log().last_term(),
+                        n.log().last_index(),
+                        n.commit_index()
+                    );
+                }
                 actions
             };
             for follow in self.execute(i, &actions, caller) {
