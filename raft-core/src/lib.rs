@@ -91,11 +91,12 @@ mod shared;
 mod snapshot;
 mod time;
 mod timers;
+mod transfer;
 mod types;
 
 pub use config::Config;
 pub use durable::{DurableError, DurableWrite};
-pub use io::{Action, DurableState, Event, Persist, RejectReason};
+pub use io::{Action, DurableState, Event, Persist, RejectReason, TransferAbort, TransferOutcome};
 pub use log::RaftLog;
 pub use membership::{ChangeError, Membership, MembershipChange};
 pub use message::{
