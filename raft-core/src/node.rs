@@ -41,6 +41,8 @@ use crate::Error;
 /// - `Apply` / `ApplySnapshot`: give to the service, in order.
 /// - `SetTimer`: arm the one timer; step `Event::TimerFired` when it passes.
 /// - `AcceptProposal` / `RejectProposal`: answer a `ProposalReceived`.
+/// - `LeadershipTransfer`: what became of a `LeadershipTransferRequested`
+///   (informational; nothing to execute).
 ///
 /// The node never reads a clock, a file or the network, and draws randomness
 /// only from the generator seeded at construction: the same inputs give the
@@ -219,9 +221,9 @@ impl RaftNode {
     }
     /// The deadline the driver's timer is armed for: the earliest deadline of
     /// the current role (a follower's or candidate's election deadline, a
-    /// leader's next heartbeat or quorum check). Between steps it is always
-    /// the deadline of the last `SetTimer` returned. `None` before the first
-    /// step, which arms the first timer.
+    /// leader's next heartbeat, quorum check or transfer deadline). Between
+    /// steps it is always the deadline of the last `SetTimer` returned.
+    /// `None` before the first step, which arms the first timer.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.shared
             .started
