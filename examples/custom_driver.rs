@@ -67,6 +67,8 @@ fn node(id: NodeId, peers: Vec<Sender<Input>>, inbox: Receiver<Input>, out: Send
                     let accepted = matches!(a, Action::AcceptProposal { .. });
                     let _ = answer.take().map(|reply| reply.send(accepted));
                 }
+                // Nobody asks this cluster for a leadership transfer.
+                Action::LeadershipTransfer { .. } => {}
             }
         }
         // Report the write durable before taking new input.

@@ -870,7 +870,8 @@ impl Server {
                 Action::SetTimer { deadline } => self.deadline = Some(*deadline),
                 Action::Send { .. }
                 | Action::AcceptProposal { .. }
-                | Action::RejectProposal { .. } => {}
+                | Action::RejectProposal { .. }
+                | Action::LeadershipTransfer { .. } => {}
             }
         }
     }

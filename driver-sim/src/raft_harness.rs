@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use raft_core::{Action, Config, Event, Index, Instant, Message, RaftNode, Term};
+use raft_core::{Action, Config, Event, Index, Instant, Message, RaftNode, Term, TransferOutcome};
 
 use lab::net::{Faults, ReplyFate, RequestFate, Traffic};
 use lab::{Appliers, Cmd, Harness, RaftCounters, RaftHarness, Runtime, TestRun};
@@ -293,6 +293,22 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
         self.world.borrow().trace
     }
 
+    /// Asks server `i` to hand its leadership to server `to` (or, with
+    /// `None`, to the most up-to-date voter): steps it with
+    /// `Event::LeadershipTransferRequested` and returns the transfer outcomes
+    /// it reported at once (none if it is not running).
+    pub fn transfer_leadership(&self, i: usize, to: Option<usize>) -> Vec<TransferOutcome> {
+        let to = to.map(|t| t as raft_core::NodeId);
+        let actions = self.step(i, Event::LeadershipTransferRequested { to }, None);
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::LeadershipTransfer { outcome, .. } => Some(*outcome),
+                _ => None,
+            })
+            .collect()
+    }
+
     // ----- driving nodes --------------------------------------------------
 
     /// Steps server `i` (if running) and executes its actions, including any
@@ -373,7 +389,9 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
                         .apply_snapshot(i, &snapshot.data, snapshot.meta.index);
                 }
                 Action::SetTimer { deadline } => self.set_timer(i, *deadline),
-                Action::AcceptProposal { .. } | Action::RejectProposal { .. } => {}
+                Action::AcceptProposal { .. }
+                | Action::RejectProposal { .. }
+                | Action::LeadershipTransfer { .. } => {}
             }
         }
         follow

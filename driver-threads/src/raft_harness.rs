@@ -64,7 +64,8 @@ fn apply(appliers: &Mutex<Appliers>, safety: &Safety, id: usize, action: Action)
         | Action::Persist(_)
         | Action::SetTimer { .. }
         | Action::AcceptProposal { .. }
-        | Action::RejectProposal { .. } => None,
+        | Action::RejectProposal { .. }
+        | Action::LeadershipTransfer { .. } => None,
     }
 }
 

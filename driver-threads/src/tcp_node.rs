@@ -436,6 +436,8 @@ impl<S: Service> NodeLoop<S> {
                         let _ = reply.try_send(Proposal::Rejected(reason));
                     }
                 }
+                // This node requests no transfers.
+                Action::LeadershipTransfer { .. } => {}
             }
         }
         Ok(())

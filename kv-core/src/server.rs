@@ -285,11 +285,16 @@ impl KvServer {
                             out.push(self.wrong_leader(old.id));
                         }
                     }
+                    // The service requests no transfers yet (issue 12 item 8).
+                    Action::LeadershipTransfer { .. } => {}
                     Action::RejectProposal { id, reason } => {
                         let (rid, _) = self.proposals.remove(&id).expect("our proposal");
                         let leader_hint = match reason {
                             RejectReason::NotLeader { leader_hint } => leader_hint,
                             RejectReason::TooManyUncommitted => Some(self.raft.id()),
+                            // Leadership is moving to a node the client
+                            // will find by trying the others.
+                            RejectReason::TransferInProgress => None,
                         };
                         out.push(ServerAction::Reply {
                             id: rid,

@@ -491,7 +491,9 @@ impl World {
                 )))
             }
             Action::SetTimer { deadline } => self.deadline[n] = Some(deadline),
-            Action::AcceptProposal { .. } | Action::RejectProposal { .. } => {}
+            Action::AcceptProposal { .. }
+            | Action::RejectProposal { .. }
+            | Action::LeadershipTransfer { .. } => {}
         }
         Ok(())
     }

@@ -22,13 +22,14 @@
 //! | `InstallSnapshotReply` | `MsgSnapResp Term:2 Index:10` |
 //! | `PreVote` | `MsgPreVote Term:2 Log:1/5` |
 //! | `PreVoteReply` | `MsgPreVoteResp Term:2 Granted` / `Rejected` |
-//! | `Event` | `Receive from 2: <message>`, `Propose #1 "foo"`, `TimerFired`, `Persisted Upto:#3`, `SnapshotTaken Index:5 Data:"..."` |
-//! | `Action` | `Send to 2: <message>`, `Persist #1 ...`, `Apply Entries:[...]`, `ApplySnapshot Snapshot:1/10 Data:"..."`, `SetTimer 812ms`, `AcceptProposal #1 Index:3 Term:1`, `RejectProposal #1 NotLeader Leader:2` |
+//! | `TimeoutNow` | `MsgTimeoutNow Term:2` |
+//! | `Event` | `Receive from 2: <message>`, `Propose #1 "foo"`, `TimerFired`, `Persisted Upto:#3`, `SnapshotTaken Index:5 Data:"..."`, `TransferLeadership To:2` (`To:-` for the most up-to-date voter) |
+//! | `Action` | `Send to 2: <message>`, `Persist #1 ...`, `Apply Entries:[...]`, `ApplySnapshot Snapshot:1/10 Data:"..."`, `SetTimer 812ms`, `AcceptProposal #1 Index:3 Term:1`, `RejectProposal #1 NotLeader Leader:2`, `LeadershipTransfer To:2 Started` / `TimeoutNowSent` / `Aborted:TimedOut` |
 //! | `Persist` | `Persist #1 Term:1 Vote:1 Snapshot:1/10 Data:"..." TruncateFrom:5 Entries:[...] Then:[to 2: <message>, ...]`, each part only when present; `Persist #2 Barrier Then:[...]` when it changes nothing |
 
 use core::fmt::{self, Display, Formatter};
 
-use crate::io::{Action, Event, Persist, RejectReason};
+use crate::io::{Action, Event, Persist, RejectReason, TransferOutcome};
 use crate::membership::Membership;
 use crate::message::{AppendOutcome, Message};
 use crate::time::Instant;
@@ -215,6 +216,7 @@ impl Display for Message {
                 "MsgSnapResp Term:{} Index:{}",
                 m.term, m.last_included_index
             ),
+            Message::TimeoutNow { term } => write!(f, "MsgTimeoutNow Term:{term}"),
         }
     }
 }
@@ -230,6 +232,9 @@ impl Display for Event {
             Event::Persisted { upto } => write!(f, "Persisted Upto:#{upto}"),
             Event::SnapshotTaken { index, data } => {
                 write!(f, "SnapshotTaken Index:{index} Data:{}", Data(data))
+            }
+            Event::LeadershipTransferRequested { to } => {
+                write!(f, "TransferLeadership To:{}", Target(*to))
             }
         }
     }
@@ -275,6 +280,29 @@ impl Display for RejectReason {
             } => write!(f, "NotLeader Leader:{l}"),
             RejectReason::NotLeader { leader_hint: None } => f.write_str("NotLeader Leader:-"),
             RejectReason::TooManyUncommitted => f.write_str("TooManyUncommitted"),
+            RejectReason::TransferInProgress => f.write_str("TransferInProgress"),
+        }
+    }
+}
+
+/// A transfer target, `-` when none was named or could be chosen.
+struct Target(Option<NodeId>);
+
+impl Display for Target {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id}"),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+impl Display for TransferOutcome {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        match self {
+            TransferOutcome::Started => f.write_str("Started"),
+            TransferOutcome::TimeoutNowSent => f.write_str("TimeoutNowSent"),
+            TransferOutcome::Aborted(why) => write!(f, "Aborted:{why:?}"),
         }
     }
 }
@@ -291,6 +319,9 @@ impl Display for Action {
                 write!(f, "AcceptProposal #{id} Index:{index} Term:{term}")
             }
             Action::RejectProposal { id, reason } => write!(f, "RejectProposal #{id} {reason}"),
+            Action::LeadershipTransfer { to, outcome } => {
+                write!(f, "LeadershipTransfer To:{} {outcome}", Target(*to))
+            }
         }
     }
 }

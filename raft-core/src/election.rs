@@ -19,7 +19,7 @@
 //! candidacy still elect it in its term (it voted for itself and its log has
 //! not changed), so long reordering does not throw nearly won elections
 //! away. A leader
-//! transfer's `TimeoutNow` (to come) skips pre-vote by calling
+//! transfer's `TimeoutNow` (`transfer.rs`) skips pre-vote by calling
 //! `RaftNode::start_election` directly.
 
 use std::collections::BTreeMap;
@@ -127,6 +127,7 @@ impl RaftNode {
         let mut leader = LeaderState {
             progress: s.config.peers().map(|p| (p, Progress::new(last))).collect(),
             term_start_index: last,
+            transfer: None,
         };
         s.timers.lead(
             s.now + s.config.heartbeat_interval,
@@ -214,6 +215,8 @@ pub(crate) fn step_pre_candidate(
         | Message::InstallSnapshot(_)
         | Message::AppendEntriesReply(_)
         | Message::InstallSnapshotReply(_) => {}
+        // Only a follower of the sender's term acts on it.
+        Message::TimeoutNow { .. } => {}
     }
     PreCandidacy::Asking
 }

@@ -40,6 +40,15 @@ pub enum Event {
         /// The service's snapshot bytes.
         data: Vec<u8>,
     },
+    /// The caller asks the leader to hand its leadership to `to`, or, when
+    /// `None`, to the most up-to-date voter (highest match index, the lowest
+    /// id among equals). The leader stops taking proposals, brings the
+    /// target up to date and sends it `Message::TimeoutNow`; the outcome
+    /// comes back as `Action::LeadershipTransfer`.
+    LeadershipTransferRequested {
+        /// The target, or `None` for the most up-to-date voter.
+        to: Option<NodeId>,
+    },
 }
 
 /// Why a proposal was refused.
@@ -53,6 +62,45 @@ pub enum RejectReason {
     /// The leader has `Config::max_uncommitted_entries` entries waiting to
     /// commit; try again later.
     TooManyUncommitted,
+    /// The leader is handing its leadership over
+    /// (`Event::LeadershipTransferRequested`); try the new leader soon.
+    TransferInProgress,
+}
+
+/// What became of a leadership transfer, reported by
+/// `Action::LeadershipTransfer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransferOutcome {
+    /// The leader accepted the request: it refuses proposals until the
+    /// transfer ends, and brings the target up to date.
+    Started,
+    /// The target's log matches the leader's: `TimeoutNow` was sent. The
+    /// transfer succeeds when the target's election deposes the leader
+    /// (reported as `Aborted(SteppedDown)`, the leader cannot know who won).
+    TimeoutNowSent,
+    /// The transfer was refused or ended without the leader handing over.
+    Aborted(TransferAbort),
+}
+
+/// Why a leadership transfer was refused or ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransferAbort {
+    /// Refused: this node is not the leader.
+    NotLeader,
+    /// Refused: the target is this node, not a member, or (none named) there
+    /// is no other voter.
+    InvalidTarget,
+    /// Refused: another transfer is in progress (it goes on).
+    InProgress,
+    /// No election deposed the leader within an election timeout
+    /// (`Config::election_timeout_max`) of the request: proposals are taken
+    /// again.
+    TimedOut,
+    /// The leader left office while the transfer was in progress: after
+    /// `TimeoutNowSent`, normally because the target won a newer term.
+    SteppedDown,
 }
 
 /// An output of [`crate::RaftNode::step`]. Execute them in the order given.
@@ -103,6 +151,16 @@ pub enum Action {
         id: u64,
         /// Why.
         reason: RejectReason,
+    },
+    /// What became of a leadership transfer
+    /// (`Event::LeadershipTransferRequested`): `Started`, then
+    /// `TimeoutNowSent` once the target is up to date, then `Aborted` if it
+    /// timed out or the leader stepped down; or `Aborted` at once if refused.
+    LeadershipTransfer {
+        /// The target, `None` only when a refusal came before one was chosen.
+        to: Option<NodeId>,
+        /// What happened.
+        outcome: TransferOutcome,
     },
 }
 

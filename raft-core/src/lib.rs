@@ -50,6 +50,14 @@
 //! minimum election timeout of hearing from a leader (leader stickiness).
 //! The rules and the two known liveness bugs they avoid are in `election.rs`.
 //!
+//! Leadership transfer (thesis §3.10, `transfer.rs`): on
+//! `Event::LeadershipTransferRequested` a leader refuses proposals
+//! (`RejectReason::TransferInProgress`), brings the target up to date and
+//! sends it `Message::TimeoutNow`, on which the target stands at once,
+//! skipping pre-vote. The transfer gives up after `election_timeout_max` (its
+//! deadline is in the timer table) or ends when the leader steps down; each
+//! step is reported as `Action::LeadershipTransfer`.
+//!
 //! [`Message`], [`Event`], [`Action`] and the types inside them have compact
 //! one-line `Display` forms (`MsgApp Term:1 Log:1/10 Commit:10
 //! Entries:[1/11 "foo"]`) for logs and traces.
@@ -91,11 +99,12 @@ mod shared;
 mod snapshot;
 mod time;
 mod timers;
+mod transfer;
 mod types;
 
 pub use config::Config;
 pub use durable::{DurableError, DurableWrite};
-pub use io::{Action, DurableState, Event, Persist, RejectReason};
+pub use io::{Action, DurableState, Event, Persist, RejectReason, TransferAbort, TransferOutcome};
 pub use log::RaftLog;
 pub use membership::{ChangeError, Membership, MembershipChange};
 pub use message::{

@@ -29,6 +29,14 @@ pub enum Message {
     /// The answer to a `PreVote`: a grant carries the pre-vote's term, a
     /// refusal the voter's own term (so a stale pre-candidate learns it).
     PreVoteReply(RequestVoteReply),
+    /// A leader transferring its leadership (Raft thesis §3.10) tells the
+    /// target, whose log matches its own, to stand for election at once,
+    /// skipping pre-vote. `term` is the leader's term. It has no reply: the
+    /// target's `RequestVote`s are the answer.
+    TimeoutNow {
+        /// The leader's term.
+        term: Term,
+    },
 }
 
 impl Message {
@@ -43,11 +51,13 @@ impl Message {
             Message::InstallSnapshotReply(m) => m.term,
             Message::PreVote(m) => m.term,
             Message::PreVoteReply(m) => m.term,
+            Message::TimeoutNow { term } => *term,
         }
     }
 
-    /// True for the four requests, false for their replies. RPC-style
-    /// transports (like the lab's) pair each reply with the request it answers.
+    /// True for the four requests and `TimeoutNow` (a request that is never
+    /// answered), false for the replies. RPC-style transports (like the
+    /// lab's) pair each reply with the request it answers.
     pub fn is_request(&self) -> bool {
         matches!(
             self,
@@ -55,6 +65,7 @@ impl Message {
                 | Message::AppendEntries(_)
                 | Message::InstallSnapshot(_)
                 | Message::PreVote(_)
+                | Message::TimeoutNow { .. }
         )
     }
 

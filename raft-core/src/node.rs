@@ -41,6 +41,8 @@ use crate::Error;
 /// - `Apply` / `ApplySnapshot`: give to the service, in order.
 /// - `SetTimer`: arm the one timer; step `Event::TimerFired` when it passes.
 /// - `AcceptProposal` / `RejectProposal`: answer a `ProposalReceived`.
+/// - `LeadershipTransfer`: what became of a `LeadershipTransferRequested`
+///   (informational; nothing to execute).
 ///
 /// The node never reads a clock, a file or the network, and draws randomness
 /// only from the generator seeded at construction: the same inputs give the
@@ -137,6 +139,7 @@ impl RaftNode {
             Event::TimerFired => {}
             Event::Persisted { upto } => self.on_persisted(upto),
             Event::SnapshotTaken { index, data } => self.shared.on_snapshot_taken(index, data),
+            Event::LeadershipTransferRequested { to } => self.on_transfer_requested(to),
         }
         self.on_time_passed();
         self.shared.flush();
@@ -218,9 +221,9 @@ impl RaftNode {
     }
     /// The deadline the driver's timer is armed for: the earliest deadline of
     /// the current role (a follower's or candidate's election deadline, a
-    /// leader's next heartbeat or quorum check). Between steps it is always
-    /// the deadline of the last `SetTimer` returned. `None` before the first
-    /// step, which arms the first timer.
+    /// leader's next heartbeat, quorum check or transfer deadline). Between
+    /// steps it is always the deadline of the last `SetTimer` returned.
+    /// `None` before the first step, which arms the first timer.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.shared
             .started
@@ -277,7 +280,13 @@ impl RaftNode {
             }
         }
         match &mut self.role {
-            RoleState::Follower => self.shared.step_follower(from, message),
+            RoleState::Follower => {
+                if let Message::TimeoutNow { .. } = message {
+                    self.on_timeout_now(from);
+                } else {
+                    self.shared.step_follower(from, message);
+                }
+            }
             RoleState::PreCandidate { votes, candidacy } => {
                 use crate::election::{step_pre_candidate, PreCandidacy};
                 match step_pre_candidate(&mut self.shared, votes, candidacy, from, message) {
@@ -334,6 +343,9 @@ impl RaftNode {
                     self.become_follower(term, None);
                     return;
                 }
+                if timers.transfer.is_some_and(|t| now >= t) {
+                    leader.end_transfer(&mut self.shared, crate::TransferAbort::TimedOut);
+                }
                 if now >= timers.heartbeat {
                     self.shared.timers.leader_mut().heartbeat =
                         now + self.shared.config.heartbeat_interval;
@@ -358,6 +370,9 @@ impl RaftNode {
     /// role drops its state and draws a new election deadline.
     pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
         self.shared.adopt_term(term);
+        if let RoleState::Leader(leader) = &mut self.role {
+            leader.end_transfer(&mut self.shared, crate::TransferAbort::SteppedDown);
+        }
         if !matches!(self.role, RoleState::Follower) {
             self.role = RoleState::Follower;
             self.shared.timers.unlead();
@@ -398,6 +413,13 @@ impl RaftNode {
             self.is_leader(),
             "leader deadlines exist exactly while leading"
         );
+        if let RoleState::Leader(leader) = &self.role {
+            assert_eq!(
+                leader.transfer.is_some(),
+                s.timers.leader.is_some_and(|t| t.transfer.is_some()),
+                "a transfer has a deadline exactly while it is in progress"
+            );
+        }
         if self.is_leader() {
             assert_eq!(
                 s.hard.voted_for,
@@ -451,5 +473,7 @@ fn step_candidate(
         | Message::AppendEntriesReply(_)
         | Message::InstallSnapshotReply(_)
         | Message::PreVoteReply(_) => false,
+        // Only a follower of the sender's term acts on it.
+        Message::TimeoutNow { .. } => false,
     }
 }

@@ -26,7 +26,8 @@ impl LeaderState {
             Message::RequestVoteReply(_)
             | Message::PreVoteReply(_)
             | Message::AppendEntries(_)
-            | Message::InstallSnapshot(_) => {}
+            | Message::InstallSnapshot(_)
+            | Message::TimeoutNow { .. } => {}
         }
     }
 
@@ -36,6 +37,11 @@ impl LeaderState {
         // Only this term's entries count: older ones commit only once one of
         // ours does (Figure 8), so refusing proposals because of them could
         // leave a new leader unable to ever commit again.
+        if self.transfer.is_some() {
+            let reason = RejectReason::TransferInProgress;
+            s.out.push(Action::RejectProposal { id, reason });
+            return;
+        }
         let uncommitted = s.log.last_index() - s.commit_index.max(self.term_start_index);
         if uncommitted >= s.config.max_uncommitted_entries {
             let reason = RejectReason::TooManyUncommitted;
@@ -130,6 +136,7 @@ impl LeaderState {
                     self.maybe_commit(s);
                 }
                 self.send_append(s, from, false);
+                self.maybe_send_timeout_now(s, from);
             }
             AppendOutcome::Rejected {
                 rejected_prev,
@@ -223,6 +230,8 @@ impl Shared {
             | Message::PreVoteReply(_)
             | Message::AppendEntriesReply(_)
             | Message::InstallSnapshotReply(_) => {}
+            // `RaftNode::on_message` hands it to `RaftNode::on_timeout_now`.
+            Message::TimeoutNow { .. } => {}
         }
     }
 

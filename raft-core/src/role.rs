@@ -68,6 +68,18 @@ pub(crate) struct LeaderState {
     /// The leader's last index when it took office: entries after it are its
     /// own term's.
     pub(crate) term_start_index: Index,
+    /// The leadership transfer in progress, if any (its deadline is in the
+    /// timer table).
+    pub(crate) transfer: Option<Transfer>,
+}
+
+/// A leadership transfer in progress (`transfer.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Transfer {
+    /// Who is to lead next.
+    pub(crate) target: NodeId,
+    /// Whether `TimeoutNow` has been sent to it.
+    pub(crate) timeout_now_sent: bool,
 }
 
 impl LeaderState {

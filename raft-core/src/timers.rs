@@ -3,7 +3,8 @@
 //!
 //! A follower or candidate waits for its election deadline; a leader for its
 //! next heartbeat and its next check that a majority still answers
-//! (CheckQuorum). The leader's two deadlines exist exactly while the node
+//! (CheckQuorum), and, during a leadership transfer, for the transfer to
+//! give up. The leader's deadlines exist exactly while the node
 //! leads ([`Timers::lead`] sets them, [`Timers::unlead`] clears them), so
 //! [`Timers::next_deadline`] needs no role. The node emits `SetTimer` only
 //! when the next deadline differs from the one it last reported.
@@ -17,6 +18,8 @@ pub(crate) struct LeaderTimers {
     pub(crate) heartbeat: Instant,
     /// When the leader next checks that a majority answered it.
     pub(crate) check_quorum: Instant,
+    /// When the leadership transfer in progress, if any, gives up.
+    pub(crate) transfer: Option<Instant>,
 }
 
 /// Every deadline of one node.
@@ -37,6 +40,7 @@ impl Timers {
         self.leader = Some(LeaderTimers {
             heartbeat,
             check_quorum,
+            transfer: None,
         });
     }
 
@@ -56,7 +60,10 @@ impl Timers {
     /// The earliest deadline that matters in the current role.
     pub(crate) fn next_deadline(&self) -> Instant {
         match self.leader {
-            Some(l) => l.heartbeat.min(l.check_quorum),
+            Some(l) => {
+                let next = l.heartbeat.min(l.check_quorum);
+                l.transfer.map_or(next, |t| next.min(t))
+            }
             None => self.election,
         }
     }

@@ -14,7 +14,7 @@ use raft_core::{
     Action, AppendEntries, AppendEntriesReply, AppendOutcome, Config, DurableState, Entry, Error,
     Event, HardState, Index, InstallSnapshot, InstallSnapshotReply, Instant, Message, NodeId,
     Persist, ProgressState, RaftNode, RejectReason, RequestVote, RequestVoteReply, Role, Snapshot,
-    SnapshotMeta, Term,
+    SnapshotMeta, Term, TransferAbort, TransferOutcome,
 };
 
 // ----- helpers ---------------------------------------------------------------
@@ -2641,4 +2641,244 @@ fn late_vote_grants_still_elect_a_candidate_that_went_back_to_pre_vote() {
     recv(&mut n, t2, 3, rvr(1, true));
     assert!(n.is_leader());
     assert_eq!(n.term(), 1);
+}
+
+// ----- leadership transfer -----------------------------------------------------
+
+fn transfer(to: Option<NodeId>) -> Event {
+    Event::LeadershipTransferRequested { to }
+}
+
+fn report(to: NodeId, outcome: TransferOutcome) -> Action {
+    Action::LeadershipTransfer {
+        to: Some(to),
+        outcome,
+    }
+}
+
+fn aborted(to: NodeId, why: TransferAbort) -> Action {
+    report(to, TransferOutcome::Aborted(why))
+}
+
+fn propose(n: &mut RaftNode, now: Instant, id: u64) -> Vec<Action> {
+    let command = format!("cmd{id}").into_bytes();
+    step(n, now, Event::ProposalReceived { id, command })
+}
+
+#[test]
+fn transfer_to_an_up_to_date_target_sends_timeout_now_at_once_and_refuses_proposals() {
+    let mut n = fresh(1, 3);
+    let t = elect(&mut n);
+    ack_probes(&mut n, t, 0);
+    let actions = step(&mut n, t, transfer(Some(2)));
+    // The deadline (t + 600 ms) is later than the next heartbeat: no SetTimer.
+    assert_eq!(
+        actions,
+        vec![
+            report(2, TransferOutcome::Started),
+            Action::Send {
+                to: 2,
+                message: Message::TimeoutNow { term: 1 }
+            },
+            report(2, TransferOutcome::TimeoutNowSent),
+        ]
+    );
+    assert_eq!(
+        propose(&mut n, t, 5),
+        vec![Action::RejectProposal {
+            id: 5,
+            reason: RejectReason::TransferInProgress
+        }]
+    );
+    assert_eq!(n.log().last_index(), 0);
+}
+
+#[test]
+fn transfer_to_a_lagging_target_appends_first_and_sends_timeout_now_once_it_caught_up() {
+    let mut n = fresh(1, 3);
+    let t = elect(&mut n);
+    ack_probes(&mut n, t, 0);
+    let accepted_actions = propose(&mut n, t, 1);
+    persist_all(&mut n, t, &accepted_actions);
+    // Node 2 has not acknowledged entry 1; its one append slot is full, so
+    // the leader sends it an empty append (a heartbeat) now.
+    let actions = step(&mut n, t, transfer(Some(2)));
+    assert_eq!(
+        actions,
+        vec![
+            report(2, TransferOutcome::Started),
+            Action::Send {
+                to: 2,
+                message: ae(1, 1, 1, vec![], 0)
+            },
+        ]
+    );
+    // Its acknowledgement of entry 1 shows it caught up.
+    let actions = recv(&mut n, t, 2, accepted(1, 1));
+    assert_eq!(
+        sends(&actions),
+        vec![(2, Message::TimeoutNow { term: 1 })],
+        "nothing more to append: only TimeoutNow"
+    );
+    assert!(actions.contains(&report(2, TransferOutcome::TimeoutNowSent)));
+    // A duplicate acknowledgement sends no second TimeoutNow.
+    let actions = recv(&mut n, t, 2, accepted(1, 1));
+    assert!(sends(&actions).is_empty());
+}
+
+#[test]
+fn transfer_without_a_target_picks_the_highest_match_index_then_the_lowest_id() {
+    let mut n = fresh(1, 3);
+    let t = elect(&mut n);
+    ack_probes(&mut n, t, 0);
+    let actions = propose(&mut n, t, 1);
+    persist_all(&mut n, t, &actions);
+    recv(&mut n, t, 3, accepted(1, 1));
+    let actions = step(&mut n, t, transfer(None));
+    assert_eq!(actions[0], report(3, TransferOutcome::Started));
+    assert_eq!(sends(&actions), vec![(3, Message::TimeoutNow { term: 1 })]);
+
+    let mut n = fresh(1, 3);
+    let t = elect(&mut n);
+    ack_probes(&mut n, t, 0);
+    let actions = step(&mut n, t, transfer(None));
+    assert_eq!(actions[0], report(2, TransferOutcome::Started));
+}
+
+#[test]
+fn transfer_requests_that_cannot_be_honoured_are_refused() {
+    let mut f = fresh(2, 3);
+    boot(&mut f);
+    assert_eq!(
+        step(&mut f, ms(1), transfer(Some(3))),
+        vec![aborted(3, TransferAbort::NotLeader)]
+    );
+    assert_eq!(
+        step(&mut f, ms(1), transfer(None)),
+        vec![Action::LeadershipTransfer {
+            to: None,
+            outcome: TransferOutcome::Aborted(TransferAbort::NotLeader)
+        }]
+    );
+    let mut n = fresh(1, 3);
+    let t = elect(&mut n);
+    ack_probes(&mut n, t, 0);
+    assert_eq!(
+        step(&mut n, t, transfer(Some(1))),
+        vec![aborted(1, TransferAbort::InvalidTarget)]
+    );
+    assert_eq!(
+        step(&mut n, t, transfer(Some(9))),
+        vec![aborted(9, TransferAbort::InvalidTarget)]
+    );
+    let _ = step(&mut n, t, transfer(Some(2)));
+    assert_eq!(
+        step(&mut n, t, transfer(Some(3))),
+        vec![aborted(3, TransferAbort::InProgress)]
+    );
+    // A lone node has nobody to hand over to.
+    let mut solo = fresh(1, 1);
+    boot(&mut solo);
+    let t = solo.next_deadline().unwrap();
+    let actions = step(&mut solo, t, Event::TimerFired);
+    persist_all(&mut solo, t, &actions);
+    assert!(solo.is_leader());
+    assert_eq!(
+        step(&mut solo, t, transfer(None)),
+        vec![Action::LeadershipTransfer {
+            to: None,
+            outcome: TransferOutcome::Aborted(TransferAbort::InvalidTarget)
+        }]
+    );
+}
+
+#[test]
+fn transfer_aborts_at_its_own_deadline_and_proposals_are_taken_again() {
+    let mut n = fresh(1, 3);
+    let t = elect(&mut n);
+    ack_probes(&mut n, t, 0);
+    // Requested half a heartbeat after taking office, so its deadline is
+    // neither a heartbeat nor a quorum check.
+    let t1 = t + Duration::from_millis(50);
+    let _ = step(&mut n, t1, transfer(Some(2)));
+    let deadline = t1 + Duration::from_millis(600);
+    loop {
+        let next = n.next_deadline().unwrap();
+        assert!(next <= deadline, "the transfer deadline is in the table");
+        let actions = step(&mut n, next, Event::TimerFired);
+        // Keep a majority active for the quorum checks.
+        recv(&mut n, next, 3, accepted(1, 0));
+        if next == deadline {
+            assert_eq!(actions[0], aborted(2, TransferAbort::TimedOut));
+            break;
+        }
+        assert!(!actions.contains(&aborted(2, TransferAbort::TimedOut)));
+    }
+    assert!(n.is_leader());
+    let actions = propose(&mut n, deadline, 1);
+    assert!(matches!(actions[0], Action::AcceptProposal { id: 1, .. }));
+}
+
+#[test]
+fn transfer_ends_when_the_leader_steps_down() {
+    let mut n = fresh(1, 3);
+    let t = elect(&mut n);
+    ack_probes(&mut n, t, 0);
+    let _ = step(&mut n, t, transfer(Some(2)));
+    // The target's election reaches the leader.
+    let actions = recv(&mut n, t, 2, rv(2, 0, 0));
+    assert_eq!(actions[0], aborted(2, TransferAbort::SteppedDown));
+    assert_eq!((n.role(), n.term()), (Role::Follower, 2));
+}
+
+#[test]
+fn follower_receiving_timeout_now_from_its_leader_stands_at_once_skipping_pre_vote() {
+    let mut n = fresh_pre_vote(1, 3);
+    boot(&mut n);
+    let actions = recv(&mut n, ms(10), 2, ae(1, 0, 0, vec![], 0));
+    persist_all(&mut n, ms(10), &actions);
+    let actions = recv(&mut n, ms(20), 2, Message::TimeoutNow { term: 1 });
+    assert_eq!(
+        (n.role(), n.term(), n.voted_for()),
+        (Role::Candidate, 2, Some(1))
+    );
+    let request = rv(2, 0, 0);
+    assert_eq!(
+        actions,
+        vec![
+            Action::Persist(Persist {
+                hard_state: Some(HardState {
+                    term: 2,
+                    voted_for: Some(1)
+                }),
+                then_send: vec![(2, request.clone()), (3, request)],
+                ..write(2)
+            }),
+            Action::SetTimer {
+                deadline: n.next_deadline().unwrap()
+            },
+        ]
+    );
+}
+
+#[test]
+fn timeout_now_is_ignored_unless_from_the_known_leader_of_the_current_term() {
+    let mut n = fresh(1, 3);
+    boot(&mut n);
+    // No leader known yet.
+    assert!(recv(&mut n, ms(5), 2, Message::TimeoutNow { term: 0 }).is_empty());
+    let actions = recv(&mut n, ms(10), 2, ae(1, 0, 0, vec![], 0));
+    persist_all(&mut n, ms(10), &actions);
+    // Not from the leader.
+    assert!(recv(&mut n, ms(20), 3, Message::TimeoutNow { term: 1 }).is_empty());
+    // A stale term gets no answer (TimeoutNow has no reply).
+    assert!(recv(&mut n, ms(20), 2, Message::TimeoutNow { term: 0 }).is_empty());
+    assert_eq!((n.role(), n.term()), (Role::Follower, 1));
+    // A newer term is adopted, but its sender is not known to lead it.
+    let actions = recv(&mut n, ms(30), 2, Message::TimeoutNow { term: 3 });
+    assert_eq!(
+        (n.role(), n.term(), n.voted_for()),
+        (Role::Follower, 3, None)
+    );
+    assert!(sends(&actions).is_empty());
 }

@@ -43,6 +43,7 @@
 //! | `tick-heartbeat <id>` | the same for a leader (its heartbeat or quorum check) |
 //! | `advance-time <ms>` | move the clock `<ms>` ahead, firing every timer that falls due, in time order |
 //! | `propose <id> <command>` | a client command to `<id>` |
+//! | `transfer <id> [<to>]` | ask `<id>` to hand its leadership to `<to>` (default: the most up-to-date voter) |
 //! | `persist [<id>...]` | make every waiting write of these nodes (default all) durable |
 //! | `deliver-msgs [<id>...]` | deliver the queued messages to these nodes (default all), in order; messages sent meanwhile wait |
 //! | `stabilize` | persist and deliver until nothing waits |
@@ -59,7 +60,8 @@
 //! term=<t> granted|rejected`, `app term=<t> log=<t>/<i> commit=<c>
 //! [entries=<t>/<i>,...]`, `app-resp term=<t> index=<i>` or `app-resp
 //! term=<t> rejected prev=<p> [conflict-term=<t>] conflict-index=<i>`, `snap
-//! term=<t> snap=<t>/<i> [data=<text>]`, `snap-resp term=<t> index=<i>`. A
+//! term=<t> snap=<t>/<i> [data=<text>]`, `snap-resp term=<t> index=<i>`,
+//! `timeout-now term=<t>`. A
 //! term may be `max`. Entries carry the command `<index>@<term>`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -214,7 +216,9 @@ impl Cluster {
                 out.push(format!("  {action}"));
                 self.node(id)?.timer = Some(deadline);
             }
-            Action::AcceptProposal { .. } | Action::RejectProposal { .. } => {
+            Action::AcceptProposal { .. }
+            | Action::RejectProposal { .. }
+            | Action::LeadershipTransfer { .. } => {
                 out.push(format!("  {action}"));
             }
         }
@@ -492,6 +496,7 @@ fn parse_message(args: &[&str]) -> Result<Message, String> {
             term,
             last_included_index: num(need(&keys, "index")?)?,
         }),
+        "timeout-now" => Message::TimeoutNow { term },
         other => return Err(format!("unknown message kind {other:?}")),
     })
 }
@@ -574,6 +579,12 @@ fn run_command(c: &mut Cluster, line: &str, out: &mut Out) -> Result<(), String>
             let pid = c.next_proposal;
             c.next_proposal += 1;
             let event = Event::ProposalReceived { id: pid, command };
+            c.step(id, event.clone(), format!("{id}: {event}"), out)?;
+        }
+        "transfer" => {
+            let id = id_arg(arg(0)?)?;
+            let to = args.get(1).map(|a| id_arg(a)).transpose()?;
+            let event = Event::LeadershipTransferRequested { to };
             c.step(id, event.clone(), format!("{id}: {event}"), out)?;
         }
         "persist" => {

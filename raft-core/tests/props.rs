@@ -1035,7 +1035,9 @@ impl Cluster {
                 Action::Apply { entries } => self.apply(id, entries)?,
                 Action::ApplySnapshot { snapshot } => self.apply_snapshot(id, snapshot)?,
                 Action::SetTimer { deadline } => self.server(id).deadline = Some(deadline),
-                Action::AcceptProposal { .. } | Action::RejectProposal { .. } => {}
+                Action::AcceptProposal { .. }
+                | Action::RejectProposal { .. }
+                | Action::LeadershipTransfer { .. } => {}
             }
         }
         Ok(())

@@ -196,7 +196,7 @@ impl ContractChecker {
                     );
                     self.applied_to = snapshot.meta.index;
                 }
-                Action::SetTimer { .. } => {}
+                Action::SetTimer { .. } | Action::LeadershipTransfer { .. } => {}
                 Action::AcceptProposal {
                     id: pid,
                     index,

@@ -180,6 +180,9 @@ fn describe(proposal: Proposal) -> String {
         Proposal::Rejected(RejectReason::TooManyUncommitted) => {
             "rejected too-many-uncommitted".to_string()
         }
+        Proposal::Rejected(RejectReason::TransferInProgress) => {
+            "rejected transfer-in-progress".to_string()
+        }
     }
 }
 
