@@ -52,6 +52,8 @@ pub struct Limits {
     /// A bug planted in the core (`raft_core::canary`, only with this
     /// crate's `canaries` feature), to show that the search catches it.
     pub canary: Option<Canary>,
+    /// Whether the nodes run pre-vote (`Config::pre_vote`).
+    pub pre_vote: bool,
 }
 
 impl Default for Limits {
@@ -62,6 +64,7 @@ impl Default for Limits {
             drops: true,
             duplicates: false,
             canary: None,
+            pre_vote: false,
         }
     }
 }
@@ -94,6 +97,7 @@ impl Envelope {
 #[derive(Clone, Debug)]
 struct Incarnation {
     seed: u64,
+    pre_vote: bool,
     durable: DurableState,
     events: Vec<(Instant, Event)>,
 }
@@ -105,11 +109,17 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    fn start(id: usize, seed: u64, durable: DurableState) -> Result<Slot, Violation> {
-        let node = RaftNode::recover(config(id), seed, durable.clone(), None)
+    fn start(
+        id: usize,
+        seed: u64,
+        durable: DurableState,
+        pre_vote: bool,
+    ) -> Result<Slot, Violation> {
+        let node = RaftNode::recover(config(id, pre_vote), seed, durable.clone(), None)
             .map_err(|e| Violation::new(format!("node {id} cannot recover its image: {e}")))?;
         let incarnation = Incarnation {
             seed,
+            pre_vote,
             durable,
             events: Vec::new(),
         };
@@ -120,7 +130,8 @@ impl Slot {
     fn rebuild(&self) -> Slot {
         let inc = &self.incarnation;
         let id = usize::try_from(self.node.id()).expect("small id");
-        let mut node = RaftNode::recover(config(id), inc.seed, inc.durable.clone(), None)
+        let config = config(id, inc.pre_vote);
+        let mut node = RaftNode::recover(config, inc.seed, inc.durable.clone(), None)
             .expect("it recovered before");
         for (now, event) in &inc.events {
             let _ = node.step(*now, event.clone()).expect("it stepped before");
@@ -132,8 +143,11 @@ impl Slot {
     }
 }
 
-fn config(id: usize) -> Config {
-    Config::new(id as NodeId, (0..NODES as NodeId).collect())
+fn config(id: usize, pre_vote: bool) -> Config {
+    Config {
+        pre_vote,
+        ..Config::new(id as NodeId, (0..NODES as NodeId).collect())
+    }
 }
 
 /// The global state: nodes, network, storage, and the history the
@@ -195,6 +209,7 @@ impl World {
                 id,
                 1 + id as u64,
                 DurableState::default(),
+                limits.pre_vote,
             )?));
         }
         for id in 0..NODES {
@@ -547,7 +562,8 @@ impl World {
         self.deadline[n] = None;
         self.history.on_crash(n);
         let seed = 1000 * u64::from(self.crashes) + n as u64;
-        self.slots[n] = Rc::new(Slot::start(n, seed, (*self.durable[n]).clone())?);
+        let durable = (*self.durable[n]).clone();
+        self.slots[n] = Rc::new(Slot::start(n, seed, durable, self.limits.pre_vote)?);
         self.step(n, Event::TimerFired)
     }
 }

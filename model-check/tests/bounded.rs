@@ -38,6 +38,25 @@ fn every_state_within_eight_choices_is_safe() {
     );
 }
 
+/// The same with pre-vote on: a pre-vote round before each candidacy, and
+/// voters that refuse while they hear from a leader.
+#[test]
+fn every_state_within_eight_choices_with_pre_vote_is_safe() {
+    let limits = Limits {
+        pre_vote: true,
+        ..Limits::default()
+    };
+    let report = search(8, limits);
+    assert!(report.violations.is_empty(), "an invariant broke");
+    assert_eq!(report.max_depth, 8);
+    assert!(!report.truncated);
+    assert!(
+        report.stats.distinct > 10_000,
+        "only {} states",
+        report.stats.distinct
+    );
+}
+
 #[test]
 fn every_state_within_seven_choices_with_a_crash_and_duplicates_is_safe() {
     let limits = Limits {

@@ -16,15 +16,21 @@ use raft_core::canary::Canary;
 /// The search with `canary` planted, after a control run without it that
 /// must find nothing.
 fn search(canary: Canary, prefix_steps: &[&[&str]], depth: usize) -> Report {
-    let control = run(None, prefix_steps, depth);
-    assert!(control.violations.is_empty(), "the control run broke");
-    run(Some(canary), prefix_steps, depth)
+    search_with(canary, prefix_steps, depth, false)
 }
 
-fn run(canary: Option<Canary>, prefix_steps: &[&[&str]], depth: usize) -> Report {
+/// [`search`], with pre-vote on in every node if `pre_vote`.
+fn search_with(canary: Canary, prefix_steps: &[&[&str]], depth: usize, pre_vote: bool) -> Report {
+    let control = run(None, prefix_steps, depth, pre_vote);
+    assert!(control.violations.is_empty(), "the control run broke");
+    run(Some(canary), prefix_steps, depth, pre_vote)
+}
+
+fn run(canary: Option<Canary>, prefix_steps: &[&[&str]], depth: usize, pre_vote: bool) -> Report {
     let limits = Limits {
         canary,
         drops: false,
+        pre_vote,
         ..Limits::default()
     };
     let prefix: Vec<Choice> = drive(limits, prefix_steps);
@@ -37,7 +43,10 @@ fn run(canary: Option<Canary>, prefix_steps: &[&[&str]], depth: usize) -> Report
     };
     let report = explore(&opts, &mut |_| {});
     for found in &report.violations {
-        let flag = canary.map_or(String::new(), |c| format!(" --canary {c:?}"));
+        let mut flag = canary.map_or(String::new(), |c| format!(" --canary {c:?}"));
+        if pre_vote {
+            flag += " --pre-vote";
+        }
         eprintln!(
             "{}\nmodel-check --no-drop{flag} --replay \"{}\"",
             found.violation,
@@ -146,4 +155,12 @@ fn committing_an_older_terms_entry_by_counting() {
     let steps: Vec<&[&str]> = ELECT_N0.iter().chain(stage).copied().collect();
     let report = search(Canary::CommitOlderTermByCounting, &steps, 6);
     caught(&report, "lacks committed entry");
+}
+
+/// A pre-candidate that raises its own term: the shared safety checker's
+/// term-origin check sees it within a few choices of the start.
+#[test]
+fn a_pre_vote_that_bumps_the_term() {
+    let report = search_with(Canary::PreVoteBumpsTerm, &[], 4, true);
+    caught(&report, "term origin");
 }
