@@ -64,11 +64,7 @@ impl RaftNode {
             // and let it lead the same term again with another log.
             return;
         }
-        let request = RequestVote {
-            term,
-            last_log_index: s.log.last_index(),
-            last_log_term: s.log.last_term(),
-        };
+        let request = s.vote_request(term);
         let peers: Vec<NodeId> = s.config.peers().collect();
         for peer in peers {
             s.send_durable(peer, Message::RequestVote(request.clone()));
@@ -106,11 +102,7 @@ impl RaftNode {
             self.start_election();
             return;
         }
-        let request = RequestVote {
-            term,
-            last_log_index: s.log.last_index(),
-            last_log_term: s.log.last_term(),
-        };
+        let request = s.vote_request(term);
         let peers: Vec<NodeId> = s.config.peers().collect();
         for peer in peers {
             s.send(peer, Message::PreVote(request.clone()));

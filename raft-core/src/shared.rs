@@ -80,6 +80,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A request for a vote (or a pre-vote) in `term`, naming our last log
+    /// entry for the voter's up-to-date check.
+    pub(crate) fn vote_request(&self, term: Term) -> RequestVote {
+        RequestVote {
+            term,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+        }
+    }
+
     /// Adopt `term` if it is newer, forgetting the vote (which was cast in an
     /// older term).
     pub(crate) fn adopt_term(&mut self, term: Term) {
