@@ -67,8 +67,12 @@ fn node(id: NodeId, peers: Vec<Sender<Input>>, inbox: Receiver<Input>, out: Send
                     let accepted = matches!(a, Action::AcceptProposal { .. });
                     let _ = answer.take().map(|reply| reply.send(accepted));
                 }
-                // Nobody asks this cluster for a leadership transfer.
-                Action::LeadershipTransfer { .. } => {}
+                // Nobody asks this cluster for a leadership transfer or a
+                // membership change, so its peers stay the ones it started with.
+                Action::LeadershipTransfer { .. }
+                | Action::AcceptMembershipChange { .. }
+                | Action::RejectMembershipChange { .. }
+                | Action::MembershipChanged { .. } => {}
             }
         }
         // Report the write durable before taking new input.

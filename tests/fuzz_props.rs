@@ -497,6 +497,7 @@ impl FuzzMessage {
                     term: term.at(node.term()),
                     last_included_index: index,
                     last_included_term: last_included_term.at(term_here(index)),
+                    membership: raft_core::Membership::default(),
                     data: vec![*len; usize::from(*len % 16)],
                 })
             }
@@ -582,11 +583,8 @@ impl Setup {
     /// The fuzzed stored state, if the input has one.
     fn stored(&self) -> Option<(DurableState, Option<Vec<u8>>)> {
         let s = self.stored.as_ref()?;
-        let snapshot = s.snapshot.map(|(i, t)| SnapshotMeta {
-            index: i.at(0),
-            term: t.at(0),
-        });
-        let meta = snapshot.unwrap_or_default();
+        let snapshot = s.snapshot.map(|(i, t)| SnapshotMeta::at(i.at(0), t.at(0)));
+        let meta = snapshot.clone().unwrap_or_default();
         let durable = DurableState {
             hard_state: HardState {
                 term: s.term.at(0),
@@ -871,7 +869,10 @@ impl Server {
                 Action::Send { .. }
                 | Action::AcceptProposal { .. }
                 | Action::RejectProposal { .. }
-                | Action::LeadershipTransfer { .. } => {}
+                | Action::LeadershipTransfer { .. }
+                | Action::AcceptMembershipChange { .. }
+                | Action::RejectMembershipChange { .. }
+                | Action::MembershipChanged { .. } => {}
             }
         }
     }

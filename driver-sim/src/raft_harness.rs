@@ -391,7 +391,10 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
                 Action::SetTimer { deadline } => self.set_timer(i, *deadline),
                 Action::AcceptProposal { .. }
                 | Action::RejectProposal { .. }
-                | Action::LeadershipTransfer { .. } => {}
+                | Action::LeadershipTransfer { .. }
+                | Action::AcceptMembershipChange { .. }
+                | Action::RejectMembershipChange { .. }
+                | Action::MembershipChanged { .. } => {}
             }
         }
         follow

@@ -65,7 +65,10 @@ fn apply(appliers: &Mutex<Appliers>, safety: &Safety, id: usize, action: Action)
         | Action::SetTimer { .. }
         | Action::AcceptProposal { .. }
         | Action::RejectProposal { .. }
-        | Action::LeadershipTransfer { .. } => None,
+        | Action::LeadershipTransfer { .. }
+        | Action::AcceptMembershipChange { .. }
+        | Action::RejectMembershipChange { .. }
+        | Action::MembershipChanged { .. } => None,
     }
 }
 

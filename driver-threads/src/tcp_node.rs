@@ -56,7 +56,7 @@ pub trait Service: Send + 'static {
     /// Replace the state with a snapshot through `meta.index`: the node's
     /// own at startup, or one its leader sent. Bytes that [`Service::snapshot`]
     /// did not produce are an error (and stop the node).
-    fn restore(&mut self, meta: SnapshotMeta, data: &[u8]) -> Result<(), String>;
+    fn restore(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), String>;
     /// The node's role, term or known leader changed.
     fn role_changed(&mut self, _role: Role, _term: Term, _leader: Option<NodeId>) {}
 }
@@ -216,7 +216,7 @@ impl TcpNode {
                 path.display()
             );
         }
-        if let (Some(meta), Some(data)) = (recovered.state.snapshot, &recovered.snapshot) {
+        if let (Some(meta), Some(data)) = (&recovered.state.snapshot, &recovered.snapshot) {
             service.restore(meta, data).map_err(NodeError::Service)?;
         }
         let raft = RaftNode::recover(
@@ -421,7 +421,7 @@ impl<S: Service> NodeLoop<S> {
                 }
                 Action::ApplySnapshot { snapshot } => self
                     .service
-                    .restore(snapshot.meta, &snapshot.data)
+                    .restore(&snapshot.meta, &snapshot.data)
                     .map_err(NodeError::Service)?,
                 Action::SetTimer { deadline } => {
                     self.deadline = Some(self.clock.deadline(deadline));
@@ -436,8 +436,12 @@ impl<S: Service> NodeLoop<S> {
                         let _ = reply.try_send(Proposal::Rejected(reason));
                     }
                 }
-                // This node requests no transfers.
-                Action::LeadershipTransfer { .. } => {}
+                // This node requests no transfers or membership changes,
+                // and its peers are fixed at start.
+                Action::LeadershipTransfer { .. }
+                | Action::AcceptMembershipChange { .. }
+                | Action::RejectMembershipChange { .. }
+                | Action::MembershipChanged { .. } => {}
             }
         }
         Ok(())

@@ -34,7 +34,7 @@ pub enum Planted {
 
 impl Planted {
     /// Every planted bug of the service, in a fixed order.
-    pub const ALL: [Planted; 10] = {
+    pub const ALL: [Planted; 15] = {
         use raft_core::canary::Canary as R;
         [
             Planted::Raft(R::CommitOlderTermByCounting),
@@ -47,6 +47,11 @@ impl Planted {
             Planted::Kv(Canary::LocalGetOnLeader),
             Planted::Raft(R::AckBeforePersist),
             Planted::Raft(R::PreVoteBumpsTerm),
+            Planted::Raft(R::TwoChangesInFlight),
+            Planted::Raft(R::ChangeBeforeOwnTermCommit),
+            Planted::Raft(R::JointCommitOnOneMajority),
+            Planted::Raft(R::RemovedLeaderCountsItself),
+            Planted::Raft(R::LearnerCountsForCommit),
         ]
     };
 

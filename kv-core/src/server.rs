@@ -285,8 +285,12 @@ impl KvServer {
                             out.push(self.wrong_leader(old.id));
                         }
                     }
-                    // The service requests no transfers yet (issue 12 item 8).
-                    Action::LeadershipTransfer { .. } => {}
+                    // The service requests no transfers or membership
+                    // changes yet (issue 12 item 8).
+                    Action::LeadershipTransfer { .. }
+                    | Action::AcceptMembershipChange { .. }
+                    | Action::RejectMembershipChange { .. }
+                    | Action::MembershipChanged { .. } => {}
                     Action::RejectProposal { id, reason } => {
                         let (rid, _) = self.proposals.remove(&id).expect("our proposal");
                         let leader_hint = match reason {

@@ -508,7 +508,10 @@ impl World {
             Action::SetTimer { deadline } => self.deadline[n] = Some(deadline),
             Action::AcceptProposal { .. }
             | Action::RejectProposal { .. }
-            | Action::LeadershipTransfer { .. } => {}
+            | Action::LeadershipTransfer { .. }
+            | Action::AcceptMembershipChange { .. }
+            | Action::RejectMembershipChange { .. }
+            | Action::MembershipChanged { .. } => {}
         }
         Ok(())
     }

@@ -77,6 +77,7 @@ mod tests {
             term: 1,
             last_included_index: 2,
             last_included_term: 1,
+            membership: crate::Membership::with_voters([1, 2, 3]),
             data: vec![9; 1000],
         });
         let bytes = postcard::to_allocvec(&m).unwrap();

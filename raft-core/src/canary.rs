@@ -26,11 +26,24 @@ pub enum Canary {
     AckBeforePersist,
     /// A pre-candidate bumps its own term (pre-vote is meant to leave it).
     PreVoteBumpsTerm,
+    /// A leader accepts a membership change while its previous one is not
+    /// yet committed (two single-server changes in flight at once).
+    TwoChangesInFlight,
+    /// A leader accepts a membership change before an entry of its own term
+    /// has committed (the single-server bug of 2015).
+    ChangeBeforeOwnTermCommit,
+    /// A leader in a joint configuration commits on the incoming majority
+    /// alone.
+    JointCommitOnOneMajority,
+    /// A leader that is no longer a voter still counts itself for commit.
+    RemovedLeaderCountsItself,
+    /// A leader counts learners' acknowledgements for commit.
+    LearnerCountsForCommit,
 }
 
 impl Canary {
     /// Every canary, in a fixed order.
-    pub const ALL: [Canary; 8] = [
+    pub const ALL: [Canary; 13] = [
         Canary::CommitOlderTermByCounting,
         Canary::VoteBeforePersist,
         Canary::KeepVoteOnNewTerm,
@@ -39,6 +52,11 @@ impl Canary {
         Canary::KeepAppliedAfterSnapshot,
         Canary::AckBeforePersist,
         Canary::PreVoteBumpsTerm,
+        Canary::TwoChangesInFlight,
+        Canary::ChangeBeforeOwnTermCommit,
+        Canary::JointCommitOnOneMajority,
+        Canary::RemovedLeaderCountsItself,
+        Canary::LearnerCountsForCommit,
     ];
 }
 

@@ -8,9 +8,16 @@ use crate::types::NodeId;
 /// A node's configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// This node's id; must appear in `members`.
+    /// This node's id; must appear in `members` unless that is empty.
     pub id: NodeId,
-    /// Every member of the cluster, this node included, without duplicates.
+    /// The cluster's initial voters, this node included, without
+    /// duplicates: the configuration in force before the log (or a
+    /// snapshot) records one. Every node the cluster was born with must be
+    /// given the same list. Empty for a node joining a running cluster: it
+    /// knows no configuration, never stands for election, and learns the
+    /// configuration from the leader's log or snapshot. Once the log records
+    /// a configuration ([`crate::Payload::Membership`]) that one is in force
+    /// and this list is not consulted again.
     pub members: Vec<NodeId>,
     /// Lower bound of the randomized election timeout.
     pub election_timeout_min: Duration,
@@ -75,7 +82,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), crate::Error> {
         use crate::ConfigError as E;
         let bad = |why: E| Err(crate::Error::InvalidConfig(why));
-        if !self.members.contains(&self.id) {
+        if !self.members.is_empty() && !self.members.contains(&self.id) {
             return bad(E::NotAMember);
         }
         let mut sorted = self.members.clone();
@@ -106,12 +113,13 @@ impl Config {
         Ok(())
     }
 
-    /// How many votes (or acknowledgements) make a majority.
+    /// How many of the initial members make a majority.
     pub fn quorum(&self) -> usize {
         self.members.len() / 2 + 1
     }
 
-    /// The members other than this node, in configuration order.
+    /// The initial members other than this node, in configuration order
+    /// (the node's current peers are `RaftNode::membership`'s).
     pub fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.members.iter().copied().filter(move |&m| m != self.id)
     }

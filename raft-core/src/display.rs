@@ -29,8 +29,8 @@
 
 use core::fmt::{self, Display, Formatter};
 
-use crate::io::{Action, Event, Persist, RejectReason, TransferOutcome};
-use crate::membership::Membership;
+use crate::io::{Action, ChangeRefusal, Event, Persist, RejectReason, TransferOutcome};
+use crate::membership::{Membership, MembershipChange};
 use crate::message::{AppendOutcome, Message};
 use crate::time::Instant;
 use crate::types::{Entry, HardState, NodeId, Payload, Snapshot, SnapshotMeta};
@@ -115,7 +115,46 @@ impl Display for SnapshotMeta {
 
 impl Display for Snapshot {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
-        write!(f, "Snapshot:{} Data:{}", self.meta, Data(&self.data))
+        write!(f, "Snapshot:{} Data:{}", self.meta, Data(&self.data))?;
+        Recorded(&self.meta.membership).fmt(f)
+    }
+}
+
+/// A snapshot's configuration, after a space; nothing when none is recorded.
+struct Recorded<'a>(&'a Membership);
+
+impl Display for Recorded<'_> {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        if self.0.voters.is_empty() {
+            return Ok(());
+        }
+        write!(f, " {}", self.0)
+    }
+}
+
+impl Display for ChangeRefusal {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        match self {
+            ChangeRefusal::NotLeader { leader_hint } => {
+                write!(f, "NotLeader Leader:{}", Target(*leader_hint))
+            }
+            ChangeRefusal::ChangeInProgress => f.write_str("ChangeInProgress"),
+            ChangeRefusal::LeaderNotReady => f.write_str("LeaderNotReady"),
+            ChangeRefusal::TransferInProgress => f.write_str("TransferInProgress"),
+            ChangeRefusal::Invalid(why) => write!(f, "Invalid ({why})"),
+        }
+    }
+}
+
+impl Display for MembershipChange {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        match self {
+            MembershipChange::AddVoter(n) => write!(f, "v{n}"),
+            MembershipChange::AddLearner(n) => write!(f, "l{n}"),
+            MembershipChange::Promote(n) => write!(f, "p{n}"),
+            MembershipChange::Demote(n) => write!(f, "d{n}"),
+            MembershipChange::Remove(n) => write!(f, "r{n}"),
+        }
     }
 }
 
@@ -205,11 +244,12 @@ impl Display for Message {
             }
             Message::InstallSnapshot(m) => write!(
                 f,
-                "MsgSnap Term:{} Snapshot:{}/{} Data:{}",
+                "MsgSnap Term:{} Snapshot:{}/{} Data:{}{}",
                 m.term,
                 m.last_included_term,
                 m.last_included_index,
-                Data(&m.data)
+                Data(&m.data),
+                Recorded(&m.membership)
             ),
             Message::InstallSnapshotReply(m) => write!(
                 f,
@@ -235,6 +275,10 @@ impl Display for Event {
             }
             Event::LeadershipTransferRequested { to } => {
                 write!(f, "TransferLeadership To:{}", Target(*to))
+            }
+            Event::MembershipChangeRequested { id, changes } => {
+                let list: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
+                write!(f, "ChangeMembership #{id} {}", list.join(" "))
             }
         }
     }
@@ -322,6 +366,28 @@ impl Display for Action {
             Action::LeadershipTransfer { to, outcome } => {
                 write!(f, "LeadershipTransfer To:{} {outcome}", Target(*to))
             }
+            Action::AcceptMembershipChange {
+                id,
+                index,
+                term,
+                membership,
+            } => write!(
+                f,
+                "AcceptMembershipChange #{id} Index:{index} Term:{term} {membership}"
+            ),
+            Action::RejectMembershipChange { id, reason } => {
+                write!(f, "RejectMembershipChange #{id} {reason}")
+            }
+            Action::MembershipChanged {
+                effective,
+                committed,
+            } => {
+                if effective == committed {
+                    write!(f, "MembershipChanged {effective} (committed)")
+                } else {
+                    write!(f, "MembershipChanged {effective} (committed: {committed})")
+                }
+            }
         }
     }
 }
@@ -367,6 +433,7 @@ mod tests {
             term: 2,
             last_included_index: 10,
             last_included_term: 1,
+            membership: Membership::default(),
             data: vec![0; 100],
         });
         assert_eq!(

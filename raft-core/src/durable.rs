@@ -39,7 +39,7 @@ impl Persist {
     pub fn durable_write(&self) -> DurableWrite<'_> {
         DurableWrite {
             hard_state: self.hard_state,
-            snapshot: self.snapshot.as_ref().map(|s| s.meta),
+            snapshot: self.snapshot.as_ref().map(|s| s.meta.clone()),
             truncate_from: self.truncate_from,
             entries: Cow::Borrowed(&self.entries),
         }
@@ -90,8 +90,12 @@ impl DurableState {
     /// boundary, as every state built by `try_apply` from the default one is
     /// ([`DurableState::check`] tells).
     pub fn try_apply(&mut self, write: DurableWrite<'_>) -> Result<(), DurableError> {
-        let (start, end) = self.surviving(write.snapshot, write.truncate_from);
-        let base = write.snapshot.or(self.snapshot).map_or(0, |s| s.index);
+        let (start, end) = self.surviving(write.snapshot.as_ref(), write.truncate_from);
+        let base = write
+            .snapshot
+            .as_ref()
+            .or(self.snapshot.as_ref())
+            .map_or(0, |s| s.index);
         let last = self.entries[start..end].last().map_or(base, |e| e.index);
         for (position, entry) in write.entries.iter().enumerate() {
             let expected = u64::try_from(position)
@@ -127,7 +131,7 @@ impl DurableState {
     /// being the snapshot's last index (0 without one): what a state loaded
     /// whole from disk must satisfy before it is trusted.
     pub fn check(&self) -> Result<(), DurableError> {
-        let base = self.snapshot.map_or(0, |s| s.index);
+        let base = self.snapshot.as_ref().map_or(0, |s| s.index);
         for (position, entry) in self.entries.iter().enumerate() {
             let expected = u64::try_from(position)
                 .ok()
@@ -149,7 +153,7 @@ impl DurableState {
     /// truncating from `truncate_from`, computed as `apply` does it.
     fn surviving(
         &self,
-        snapshot: Option<SnapshotMeta>,
+        snapshot: Option<&SnapshotMeta>,
         truncate_from: Option<Index>,
     ) -> (usize, usize) {
         let (mut start, mut end) = (0, self.entries.len());
@@ -198,7 +202,7 @@ mod tests {
     /// A random write, mostly one the core could emit, sometimes one whose
     /// entries leave a gap or overlap.
     fn random_persist(rng: &mut SplitMix64, state: &DurableState, id: u64) -> Persist {
-        let base = state.snapshot.map_or(0, |s| s.index);
+        let base = state.snapshot.as_ref().map_or(0, |s| s.index);
         let last = state.last_index();
         let hard_state = rng.chance(1, 3).then(|| HardState {
             term: state.hard_state.term + rng.below(2),
@@ -211,16 +215,13 @@ mod tests {
                 _ => rng.range(base, last + 1),         // inside the log
             };
             Snapshot {
-                meta: SnapshotMeta {
-                    index,
-                    term: rng.below(9),
-                },
+                meta: SnapshotMeta::at(index, rng.below(9)),
                 data: vec![7; rng.below(5) as usize],
             }
         });
         let truncate_from = rng.chance(1, 5).then(|| rng.range(0, last + 3));
         let mut probe = state.clone();
-        let meta = snapshot.as_ref().map(|s| s.meta);
+        let meta = snapshot.as_ref().map(|s| s.meta.clone());
         probe
             .try_apply(DurableWrite {
                 snapshot: meta,
@@ -258,7 +259,7 @@ mod tests {
                     .min(state.entries.len());
                 state.entries.drain(..drop);
             }
-            state.snapshot = Some(snap.meta);
+            state.snapshot = Some(snap.meta.clone());
             if state
                 .entries
                 .first()
@@ -347,10 +348,10 @@ mod tests {
             .unwrap();
         assert_eq!(truncated.last_index(), 3);
         assert_eq!(truncated.term_at(3), Some(2));
-        let snap = SnapshotMeta { index: 10, term: 2 };
+        let snap = SnapshotMeta::at(10, 2);
         state
             .try_apply(DurableWrite {
-                snapshot: Some(snap),
+                snapshot: Some(snap.clone()),
                 ..write(vec![entry(11, 2)])
             })
             .unwrap();
@@ -361,10 +362,7 @@ mod tests {
     #[test]
     fn the_largest_index_is_the_end_of_the_log() {
         let mut state = DurableState {
-            snapshot: Some(SnapshotMeta {
-                index: Index::MAX,
-                term: 1,
-            }),
+            snapshot: Some(SnapshotMeta::at(Index::MAX, 1)),
             ..DurableState::default()
         };
         assert_eq!(
@@ -377,7 +375,7 @@ mod tests {
     #[test]
     fn check_finds_a_misplaced_entry() {
         let state = DurableState {
-            snapshot: Some(SnapshotMeta { index: 4, term: 1 }),
+            snapshot: Some(SnapshotMeta::at(4, 1)),
             entries: vec![entry(5, 1), entry(7, 1)],
             ..DurableState::default()
         };

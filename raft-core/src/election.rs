@@ -65,7 +65,7 @@ impl RaftNode {
             return;
         }
         let request = s.vote_request(term);
-        let peers: Vec<NodeId> = s.config.peers().collect();
+        let peers = s.voter_peers();
         for peer in peers {
             s.send_durable(peer, Message::RequestVote(request.clone()));
         }
@@ -103,7 +103,7 @@ impl RaftNode {
             return;
         }
         let request = s.vote_request(term);
-        let peers: Vec<NodeId> = s.config.peers().collect();
+        let peers = s.voter_peers();
         for peer in peers {
             s.send(peer, Message::PreVote(request.clone()));
         }
@@ -117,7 +117,11 @@ impl RaftNode {
         s.leader_hint = Some(s.config.id);
         let last = s.log.last_index();
         let mut leader = LeaderState {
-            progress: s.config.peers().map(|p| (p, Progress::new(last))).collect(),
+            progress: s
+                .member_peers()
+                .into_iter()
+                .map(|p| (p, Progress::new(last)))
+                .collect(),
             term_start_index: last,
             transfer: None,
         };
@@ -125,7 +129,11 @@ impl RaftNode {
             s.now + s.config.heartbeat_interval,
             s.now + s.config.election_timeout_max,
         );
-        if s.config.noop_on_election {
+        // A configuration change left uncommitted (or a joint one not yet
+        // left) by an earlier leader needs an entry of this term to commit
+        // under before the next step can be taken.
+        let unsettled = s.configs.latest_index() > s.commit_index || s.membership().is_joint();
+        if s.config.noop_on_election || unsettled {
             let entry = crate::types::Entry {
                 index: last + 1,
                 term: s.hard.term,

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::membership::{ChangeError, Membership, MembershipChange};
 use crate::message::Message;
 use crate::types::{Entry, HardState, Index, NodeId, Snapshot, SnapshotMeta, Term};
 
@@ -49,6 +50,40 @@ pub enum Event {
         /// The target, or `None` for the most up-to-date voter.
         to: Option<NodeId>,
     },
+    /// The caller asks the leader to change the configuration: all of
+    /// `changes` at once (one voter added or removed takes the simple path,
+    /// more go through a joint configuration that the leader leaves by
+    /// itself). Answered with `Action::AcceptMembershipChange` (the entry is
+    /// in the log: watch `Action::MembershipChanged` for its commit) or
+    /// `Action::RejectMembershipChange`.
+    MembershipChangeRequested {
+        /// The caller's id for this request, echoed in the answer.
+        id: u64,
+        /// What to change, applied together.
+        changes: Vec<MembershipChange>,
+    },
+}
+
+/// Why a membership change was refused. Nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChangeRefusal {
+    /// This node is not the leader; `leader_hint` is who it believes is.
+    NotLeader {
+        /// The leader of the current term, if known.
+        leader_hint: Option<NodeId>,
+    },
+    /// A configuration change is not yet committed (or a joint
+    /// configuration not yet left): one change at a time.
+    ChangeInProgress,
+    /// The leader has not yet committed an entry of its own term, so it may
+    /// not know of a change an earlier leader made (the single-server bug
+    /// of 2015). It appends a no-op if it has none; try again soon.
+    LeaderNotReady,
+    /// A leadership transfer is in progress.
+    TransferInProgress,
+    /// The changes do not apply to the latest configuration.
+    Invalid(ChangeError),
 }
 
 /// Why a proposal was refused.
@@ -101,6 +136,9 @@ pub enum TransferAbort {
     /// The leader left office while the transfer was in progress: after
     /// `TimeoutNowSent`, normally because the target won a newer term.
     SteppedDown,
+    /// The target stopped being a voter (a configuration change removed or
+    /// demoted it) while the transfer was in progress.
+    TargetRemoved,
 }
 
 /// An output of [`crate::RaftNode::step`]. Execute them in the order given.
@@ -162,6 +200,39 @@ pub enum Action {
         /// What happened.
         outcome: TransferOutcome,
     },
+    /// The leader appended the membership change at `index` in `term`; it
+    /// is in force now, and committed once `MembershipChanged` reports a
+    /// committed configuration from that index on (watch for another entry
+    /// taking its place if leadership is lost).
+    AcceptMembershipChange {
+        /// The request's id.
+        id: u64,
+        /// Where the configuration entry was placed.
+        index: Index,
+        /// The leader's term.
+        term: Term,
+        /// The configuration it sets.
+        membership: Membership,
+    },
+    /// This node cannot make the change.
+    RejectMembershipChange {
+        /// The request's id.
+        id: u64,
+        /// Why.
+        reason: ChangeRefusal,
+    },
+    /// The node's configurations changed: `effective` is the latest in its
+    /// log (in force, possibly uncommitted), `committed` the latest
+    /// committed one. A driver connects to every member of either and may
+    /// drop links to nodes in neither. Reported after the step's `Persist`,
+    /// only when one of them changed since the last report (the starting
+    /// ones are `RaftNode::membership` and `RaftNode::committed_membership`).
+    MembershipChanged {
+        /// The latest configuration in the log.
+        effective: Membership,
+        /// The latest committed configuration.
+        committed: Membership,
+    },
 }
 
 /// One atomic durable write. Applied to the stored image in this order:
@@ -213,21 +284,21 @@ impl DurableState {
     pub fn last_index(&self) -> Index {
         match self.entries.last() {
             Some(e) => e.index,
-            None => self.snapshot.map_or(0, |s| s.index),
+            None => self.snapshot.as_ref().map_or(0, |s| s.index),
         }
     }
 
     /// The term of the stored entry at `index`, if it is stored (the
     /// snapshot's last entry counts).
     pub fn term_at(&self, index: Index) -> Option<Term> {
-        let snap = self.snapshot.unwrap_or_default();
-        if index == snap.index {
-            return Some(snap.term);
+        let (snap_index, snap_term) = self.snapshot.as_ref().map_or((0, 0), |s| (s.index, s.term));
+        if index == snap_index {
+            return Some(snap_term);
         }
-        if index < snap.index {
+        if index < snap_index {
             return None;
         }
-        let offset = usize::try_from(index - snap.index - 1).ok()?;
+        let offset = usize::try_from(index - snap_index - 1).ok()?;
         self.entries.get(offset).map(|e| e.term)
     }
 

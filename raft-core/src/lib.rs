@@ -82,6 +82,7 @@
 pub mod bytes;
 pub mod canary;
 mod config;
+mod configs;
 mod display;
 mod durable;
 mod election;
@@ -92,6 +93,7 @@ mod message;
 mod node;
 mod progress;
 mod quorum;
+mod reconfig;
 mod replication;
 mod rng;
 mod role;
@@ -104,7 +106,10 @@ mod types;
 
 pub use config::Config;
 pub use durable::{DurableError, DurableWrite};
-pub use io::{Action, DurableState, Event, Persist, RejectReason, TransferAbort, TransferOutcome};
+pub use io::{
+    Action, ChangeRefusal, DurableState, Event, Persist, RejectReason, TransferAbort,
+    TransferOutcome,
+};
 pub use log::RaftLog;
 pub use membership::{ChangeError, Membership, MembershipChange};
 pub use message::{
@@ -123,8 +128,8 @@ pub use types::{Entry, HardState, Index, NodeId, Payload, Snapshot, SnapshotMeta
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// `members` does not contain `id`.
-    #[error("members must contain id")]
+    /// `members` is not empty and does not contain `id`.
+    #[error("members must be empty or contain id")]
     NotAMember,
     /// A member is listed twice.
     #[error("members must not repeat")]
@@ -151,9 +156,6 @@ pub enum DurableStateError {
     /// The state names a snapshot but no snapshot bytes were given.
     #[error("the durable state names a snapshot but no snapshot bytes were given")]
     SnapshotBytesMissing,
-    /// The stored vote names a node that is not a member.
-    #[error("voted for a node that is not a member")]
-    VoteForNonMember,
     /// The entries do not continue the snapshot one by one, or reach the
     /// last representable index.
     #[error("log entries are not consecutive after the snapshot, or reach the last index")]

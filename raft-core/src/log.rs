@@ -37,8 +37,8 @@ impl RaftLog {
     }
 
     /// Where the compacted prefix ends.
-    pub fn snapshot(&self) -> SnapshotMeta {
-        self.snapshot
+    pub fn snapshot(&self) -> &SnapshotMeta {
+        &self.snapshot
     }
 
     /// Index of the last entry (the snapshot's if none follow it).

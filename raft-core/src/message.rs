@@ -155,6 +155,8 @@ pub struct InstallSnapshot {
     pub last_included_index: Index,
     /// The term of that entry.
     pub last_included_term: Term,
+    /// The configuration in force at `last_included_index`.
+    pub membership: crate::Membership,
     /// The service's snapshot bytes.
     #[serde(with = "crate::bytes")]
     pub data: Vec<u8>,

@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 
 use crate::config::Config;
+use crate::configs::Configs;
 use crate::io::{Action, DurableState, Event, RejectReason};
 use crate::log::RaftLog;
 use crate::membership::Membership;
@@ -20,7 +21,7 @@ use crate::role::{Role, RoleState};
 use crate::shared::{PendingWrite, Shared};
 use crate::time::Instant;
 use crate::timers::Timers;
-use crate::types::{HardState, Index, NodeId, Term};
+use crate::types::{HardState, Index, NodeId, Payload, Term};
 use crate::Error;
 
 /// One Raft peer as a deterministic state machine.
@@ -71,23 +72,31 @@ impl RaftNode {
         config.validate()?;
         use crate::DurableStateError as E;
         let bad = Error::InvalidDurableState;
-        let meta = durable.snapshot.unwrap_or_default();
+        let meta = durable.snapshot.clone().unwrap_or_default();
         if durable.snapshot.is_some() && snapshot_data.is_none() {
             return Err(bad(E::SnapshotBytesMissing));
         }
-        if let Some(v) = durable.hard_state.voted_for {
-            if !config.members.contains(&v) {
-                return Err(bad(E::VoteForNonMember));
-            }
-        }
-        let log = RaftLog::restore(meta, durable.entries).ok_or(bad(E::LogNotConsecutive))?;
+        let config_entries: Vec<(Index, Membership)> = durable
+            .entries
+            .iter()
+            .filter_map(|e| match &e.payload {
+                Payload::Membership(m) => Some((e.index, m.clone())),
+                Payload::Command(_) | Payload::Noop => None,
+            })
+            .collect();
+        let initial = Membership::with_voters(config.members.iter().copied());
+        let configs = Configs::new(initial, &meta, config_entries);
+        let log =
+            RaftLog::restore(meta.clone(), durable.entries).ok_or(bad(E::LogNotConsecutive))?;
         if log.last_term() > durable.hard_state.term {
             return Err(bad(E::LogTermAfterCurrentTerm));
         }
         let durable_index = log.last_index();
         let shared = Shared {
             rng: SplitMix64::new(seed ^ config.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-            voters: Membership::with_voters(config.members.iter().copied()).quorum(),
+            voters: configs.latest().quorum(),
+            reported: (configs.latest().clone(), configs.at(meta.index).clone()),
+            configs,
             config,
             now: Instant::ZERO,
             started: false,
@@ -140,8 +149,12 @@ impl RaftNode {
             Event::Persisted { upto } => self.on_persisted(upto),
             Event::SnapshotTaken { index, data } => self.shared.on_snapshot_taken(index, data),
             Event::LeadershipTransferRequested { to } => self.on_transfer_requested(to),
+            Event::MembershipChangeRequested { id, changes } => {
+                self.on_membership_change_requested(id, changes)
+            }
         }
         self.on_time_passed();
+        self.follow_configuration();
         self.shared.flush();
         self.check_invariants(before);
         Ok(std::mem::take(&mut self.shared.out))
@@ -212,7 +225,24 @@ impl RaftNode {
     pub fn snapshot_data(&self) -> Option<&[u8]> {
         self.shared.snapshot_data.as_deref()
     }
-    /// The leader's view of a follower's replication (leaders only).
+    /// The latest configuration in its log: the one in force (possibly not
+    /// yet committed). Before the log records one, the initial
+    /// `Config::members` (empty for a node that joins a running cluster).
+    pub fn membership(&self) -> &Membership {
+        self.shared.membership()
+    }
+    /// The latest configuration at or below its commit index.
+    pub fn committed_membership(&self) -> &Membership {
+        self.shared.committed_membership()
+    }
+    /// True if it votes in its latest configuration (in either half of a
+    /// joint one): only voters stand for election.
+    pub fn is_voter(&self) -> bool {
+        self.shared.is_voter()
+    }
+    /// The leader's view of a follower's replication (leaders only). A
+    /// learner's `match_index` tells the caller when it has caught up
+    /// enough to promote.
     pub fn progress(&self, peer: NodeId) -> Option<&Progress> {
         match &self.role {
             RoleState::Leader(leader) => leader.progress.get(&peer),
@@ -239,8 +269,21 @@ impl RaftNode {
     /// Handle the term once, then dispatch by role (etcd-io/raft's `Step`,
     /// then `stepLeader` / `stepCandidate` / `stepFollower`).
     fn on_message(&mut self, from: NodeId, message: Message) {
-        if from == self.shared.config.id || !self.shared.config.members.contains(&from) {
+        if from == self.shared.config.id {
             return; // not a peer: drop
+        }
+        // A leader's messages are taken from anyone (a node that joined
+        // later than our latest configuration may lead now; a term has at
+        // most one leader); the rest only from members of our latest
+        // configuration, so a removed node cannot disturb us. A node that
+        // knows no configuration yet takes everything.
+        let known = &self.shared.membership().voters;
+        let leader_message = matches!(
+            message,
+            Message::AppendEntries(_) | Message::InstallSnapshot(_) | Message::TimeoutNow { .. }
+        );
+        if !leader_message && !known.is_empty() && !self.shared.membership().contains(from) {
+            return;
         }
         let term = message.term();
         if term == Term::MAX {
@@ -353,7 +396,14 @@ impl RaftNode {
                 }
             }
             RoleState::Follower | RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
-                if now >= self.shared.timers.election {
+                if now >= self.shared.timers.election && !self.shared.is_voter() {
+                    // A learner, a removed node or one that knows no
+                    // configuration yet never stands.
+                    self.shared.reset_election_deadline();
+                    if !matches!(self.role, RoleState::Follower) {
+                        self.role = RoleState::Follower;
+                    }
+                } else if now >= self.shared.timers.election {
                     if self.shared.config.pre_vote {
                         self.start_pre_vote();
                     } else {
@@ -414,6 +464,10 @@ impl RaftNode {
             "leader deadlines exist exactly while leading"
         );
         if let RoleState::Leader(leader) = &self.role {
+            assert!(
+                leader.progress.keys().copied().eq(s.member_peers()),
+                "a leader tracks exactly the other members of its configuration"
+            );
             assert_eq!(
                 leader.transfer.is_some(),
                 s.timers.leader.is_some_and(|t| t.transfer.is_some()),

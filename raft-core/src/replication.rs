@@ -52,12 +52,10 @@ impl LeaderState {
         let term = s.hard.term;
         s.append_entry(Entry::new(index, term, command));
         s.out.push(Action::AcceptProposal { id, index, term });
-        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
-        for peer in peers {
-            self.send_append(s, peer, false);
-        }
+        self.replicate(s);
     }
 
+    /// A heartbeat to every follower.
     pub(crate) fn broadcast_heartbeat(&mut self, s: &mut Shared) {
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for peer in peers {
@@ -175,13 +173,36 @@ impl LeaderState {
             s.durable_index
         };
         let id = s.config.id;
-        let candidate = s.voters.committed_index(|v| {
+        let acked = |v: NodeId| {
             if v == id {
                 Some(own)
             } else {
                 self.progress.get(&v).map(|p| p.match_index)
             }
-        });
+        };
+        let candidate = if crate::canary::on(crate::canary::Canary::JointCommitOnOneMajority) {
+            s.voters.incoming().committed_index(acked)
+        } else if crate::canary::on(crate::canary::Canary::RemovedLeaderCountsItself)
+            && !s.voters.voters().contains(&id)
+        {
+            let m = s.membership();
+            let mut voters: Vec<NodeId> = m.voters.iter().copied().collect();
+            voters.push(id);
+            let with_self = crate::quorum::JointConfig::new(
+                crate::quorum::MajorityConfig::new(voters),
+                crate::quorum::MajorityConfig::new(m.outgoing.iter().copied()),
+            );
+            with_self.committed_index(acked)
+        } else if crate::canary::on(crate::canary::Canary::LearnerCountsForCommit) {
+            let m = s.membership();
+            let with_learners = crate::quorum::JointConfig::new(
+                crate::quorum::MajorityConfig::new(m.voters.iter().chain(&m.learners).copied()),
+                crate::quorum::MajorityConfig::new(m.outgoing.iter().copied()),
+            );
+            with_learners.committed_index(acked)
+        } else {
+            s.voters.committed_index(acked)
+        };
         let current_term = s.log.term_at(candidate) == Some(s.hard.term)
             || crate::canary::on(crate::canary::Canary::CommitOlderTermByCounting);
         if candidate > s.commit_index && current_term {

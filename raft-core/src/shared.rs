@@ -11,8 +11,10 @@
 use std::collections::VecDeque;
 
 use crate::config::Config;
+use crate::configs::Configs;
 use crate::io::{Action, Persist};
 use crate::log::RaftLog;
+use crate::membership::Membership;
 use crate::message::{AppendEntriesReply, AppendOutcome, InstallSnapshotReply, Message};
 use crate::message::{RequestVote, RequestVoteReply};
 use crate::quorum::JointConfig;
@@ -44,9 +46,15 @@ impl PendingWrite {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: Config,
-    /// The voters' quorums: a majority, and during a joint change a
-    /// majority of the outgoing voters too.
+    /// The configurations of the log: the latest is in force.
+    pub(crate) configs: Configs,
+    /// The latest configuration's quorums: a majority of its voters, and
+    /// during a joint change a majority of the outgoing voters too. Kept in
+    /// step with `configs` by `sync_voters`.
     pub(crate) voters: JointConfig,
+    /// The (effective, committed) configurations last reported in
+    /// `Action::MembershipChanged` (or known at construction).
+    pub(crate) reported: (Membership, Membership),
     pub(crate) rng: SplitMix64,
     /// The time of the current (or latest) step.
     pub(crate) now: Instant,
@@ -198,6 +206,8 @@ impl Shared {
             "committed entries are never truncated"
         );
         self.log.truncate_from(from);
+        self.configs.truncate(from);
+        self.sync_voters();
         self.pending.entries.retain(|e| e.index < from);
         self.pending.truncate_from = Some(self.pending.truncate_from.map_or(from, |t| t.min(from)));
         self.lower_durable_index(from - 1);
@@ -213,6 +223,10 @@ impl Shared {
 
     /// Append an entry to the log and to the pending write.
     pub(crate) fn append_entry(&mut self, entry: Entry) {
+        if let crate::types::Payload::Membership(m) = &entry.payload {
+            self.configs.append(entry.index, m.clone());
+            self.sync_voters();
+        }
         self.log.append(entry.clone());
         self.pending.entries.push(entry);
     }
@@ -269,7 +283,48 @@ impl Shared {
     }
 
     /// The snapshot boundary of the log.
-    pub(crate) fn snapshot_meta(&self) -> SnapshotMeta {
+    pub(crate) fn snapshot_meta(&self) -> &SnapshotMeta {
         self.log.snapshot()
+    }
+
+    /// Recompute the quorums from the latest configuration.
+    pub(crate) fn sync_voters(&mut self) {
+        self.voters = self.configs.latest().quorum();
+    }
+
+    /// The latest configuration in the log.
+    pub(crate) fn membership(&self) -> &Membership {
+        self.configs.latest()
+    }
+
+    /// The latest configuration at or below the commit index.
+    pub(crate) fn committed_membership(&self) -> &Membership {
+        self.configs.at(self.commit_index)
+    }
+
+    /// Does this node vote in its latest configuration (in either half)?
+    pub(crate) fn is_voter(&self) -> bool {
+        self.membership().is_voter(self.config.id)
+    }
+
+    /// The voters of the latest configuration other than this node.
+    pub(crate) fn voter_peers(&self) -> Vec<NodeId> {
+        let id = self.config.id;
+        self.voters
+            .voters()
+            .into_iter()
+            .filter(|&v| v != id)
+            .collect()
+    }
+
+    /// Every member of the latest configuration other than this node:
+    /// whom a leader replicates to.
+    pub(crate) fn member_peers(&self) -> Vec<NodeId> {
+        let id = self.config.id;
+        self.membership()
+            .members()
+            .into_iter()
+            .filter(|&v| v != id)
+            .collect()
     }
 }

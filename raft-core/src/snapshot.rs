@@ -15,8 +15,13 @@ impl Shared {
             return; // older than what we hold: nothing to do
         }
         let term = self.log.term_at(index).expect("applied entries are held");
-        let meta = SnapshotMeta { index, term };
-        self.log.compact_to(meta);
+        let meta = SnapshotMeta {
+            index,
+            term,
+            membership: self.configs.at(index).clone(),
+        };
+        self.configs.compact(index);
+        self.log.compact_to(meta.clone());
         self.snapshot_data = Some(data.clone());
         self.pending.snapshot = Some(Snapshot { meta, data });
     }
@@ -33,27 +38,31 @@ impl Shared {
         let meta = SnapshotMeta {
             index: m.last_included_index,
             term: m.last_included_term,
+            membership: m.membership,
         };
+        let index = meta.index;
         if meta.index > self.commit_index {
             let keeps_suffix = self.log.term_at(meta.index) == Some(meta.term);
-            self.log.compact_to(meta);
+            self.configs.install(&meta, keeps_suffix);
+            self.sync_voters();
+            self.log.compact_to(meta.clone());
             if !keeps_suffix {
                 self.pending.entries.clear();
-                self.pending.truncate_from = Some(meta.index + 1);
-                self.lower_durable_index(meta.index);
+                self.pending.truncate_from = Some(index + 1);
+                self.lower_durable_index(index);
             }
             let snapshot = Snapshot { meta, data: m.data };
             self.snapshot_data = Some(snapshot.data.clone());
             self.pending.snapshot = Some(snapshot.clone());
-            self.commit_index = meta.index;
+            self.commit_index = index;
             if !crate::canary::on(crate::canary::Canary::KeepAppliedAfterSnapshot) {
-                self.last_applied = meta.index;
+                self.last_applied = index;
             }
             self.pending_apply_snapshot = Some(snapshot);
         }
         let reply = InstallSnapshotReply {
             term: self.hard.term,
-            last_included_index: meta.index,
+            last_included_index: index,
         };
         self.send_durable(from, Message::InstallSnapshotReply(reply));
     }
@@ -63,7 +72,7 @@ impl LeaderState {
     /// Send the whole snapshot and wait for its answer (resent on each
     /// heartbeat until answered).
     pub(crate) fn send_snapshot(&mut self, s: &mut Shared, peer: NodeId) {
-        let meta = s.snapshot_meta();
+        let meta = s.snapshot_meta().clone();
         let data = s
             .snapshot_data
             .clone()
@@ -79,6 +88,7 @@ impl LeaderState {
             term: s.hard.term,
             last_included_index: meta.index,
             last_included_term: meta.term,
+            membership: meta.membership,
             data,
         };
         s.send(peer, Message::InstallSnapshot(message));

@@ -44,7 +44,7 @@ impl RaftNode {
     /// dropped before dispatch; a newer one made us a follower with no known
     /// leader, so it is ignored below).
     pub(crate) fn on_timeout_now(&mut self, from: NodeId) {
-        if self.shared.leader_hint == Some(from) {
+        if self.shared.leader_hint == Some(from) && self.shared.is_voter() {
             self.start_election();
         }
     }
@@ -52,11 +52,11 @@ impl RaftNode {
 
 impl LeaderState {
     fn start_transfer(&mut self, s: &mut Shared, to: Option<NodeId>) {
-        let Some(target) = to.or_else(|| self.most_up_to_date()) else {
+        let Some(target) = to.or_else(|| self.most_up_to_date(s)) else {
             report(s, None, abort(TransferAbort::InvalidTarget));
             return;
         };
-        if target == s.config.id || !s.config.members.contains(&target) {
+        if target == s.config.id || !s.membership().is_voter(target) {
             report(s, Some(target), abort(TransferAbort::InvalidTarget));
             return;
         }
@@ -80,10 +80,12 @@ impl LeaderState {
         }
     }
 
-    /// The peer with the highest match index, the lowest id among equals.
-    fn most_up_to_date(&self) -> Option<NodeId> {
+    /// The voter (other than us) with the highest match index, the lowest
+    /// id among equals.
+    pub(crate) fn most_up_to_date(&self, s: &Shared) -> Option<NodeId> {
         let mut best: Option<(NodeId, crate::types::Index)> = None;
-        for (&id, pr) in &self.progress {
+        let voters = s.membership();
+        for (&id, pr) in self.progress.iter().filter(|(id, _)| voters.is_voter(**id)) {
             if best.is_none_or(|(_, m)| pr.match_index > m) {
                 best = Some((id, pr.match_index));
             }

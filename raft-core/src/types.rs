@@ -72,13 +72,29 @@ pub struct HardState {
     pub voted_for: Option<NodeId>,
 }
 
-/// Where a snapshot ends in the log.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a snapshot ends in the log, and the configuration in force there.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SnapshotMeta {
     /// The last index the snapshot covers.
     pub index: Index,
     /// The term of that entry.
     pub term: Term,
+    /// The latest configuration at `index` (the entry that set it may be
+    /// compacted away). Empty (no voters) means "none recorded": the node's
+    /// initial configuration (`Config::members`) applies. Snapshots written
+    /// before configurations were recorded decode as empty.
+    pub membership: Membership,
+}
+
+impl SnapshotMeta {
+    /// A boundary at (`index`, `term`) with no configuration recorded.
+    pub fn at(index: Index, term: Term) -> Self {
+        SnapshotMeta {
+            index,
+            term,
+            membership: Membership::default(),
+        }
+    }
 }
 
 /// A service snapshot and where it ends in the log.

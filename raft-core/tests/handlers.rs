@@ -9,13 +9,13 @@
 
 use core::time::Duration;
 
-use raft_core::Payload;
 use raft_core::{
     Action, AppendEntries, AppendEntriesReply, AppendOutcome, Config, DurableState, Entry, Error,
     Event, HardState, Index, InstallSnapshot, InstallSnapshotReply, Instant, Message, NodeId,
     Persist, ProgressState, RaftNode, RejectReason, RequestVote, RequestVoteReply, Role, Snapshot,
     SnapshotMeta, Term, TransferAbort, TransferOutcome,
 };
+use raft_core::{Membership, Payload};
 
 // ----- helpers ---------------------------------------------------------------
 
@@ -43,14 +43,19 @@ fn recovered(
     snapshot: Option<SnapshotMeta>,
     terms: &[Term],
 ) -> RaftNode {
-    let first = snapshot.map_or(1, |s| s.index + 1);
+    let first = snapshot.as_ref().map_or(1, |s| s.index + 1);
+    let data = snapshot.as_ref().map(|_| b"snap".to_vec());
     let durable = DurableState {
         hard_state,
         snapshot,
         entries: entries_from(first, terms),
     };
-    let data = snapshot.map(|_| b"snap".to_vec());
     RaftNode::recover(config(id, members), SEED, durable, data).expect("consistent state")
+}
+
+/// A snapshot boundary's (index, term).
+fn position(meta: &SnapshotMeta) -> (Index, Term) {
+    (meta.index, meta.term)
 }
 
 /// The entry the tests place at `index` in `term`: its command names both,
@@ -189,6 +194,7 @@ fn install(term: Term, index: Index, snap_term: Term, data: &[u8]) -> Message {
         term,
         last_included_index: index,
         last_included_term: snap_term,
+        membership: Membership::default(),
         data: data.to_vec(),
     })
 }
@@ -1452,7 +1458,10 @@ fn snapshot_taken_compacts_the_log_and_persists_the_snapshot() {
         },
     );
     let snapshot = Snapshot {
-        meta: SnapshotMeta { index: 2, term: 1 },
+        meta: SnapshotMeta {
+            membership: Membership::with_voters([1, 2, 3]),
+            ..SnapshotMeta::at(2, 1)
+        },
         data: b"s2".to_vec(),
     };
     assert_eq!(
@@ -1462,7 +1471,7 @@ fn snapshot_taken_compacts_the_log_and_persists_the_snapshot() {
             ..write(2)
         })]
     );
-    assert_eq!(n.log().snapshot(), SnapshotMeta { index: 2, term: 1 });
+    assert_eq!(position(n.log().snapshot()), (2, 1));
     assert_eq!(n.log().entry(2), None);
     assert_eq!(n.log().term_at(2), Some(1));
     assert_eq!(n.log().entry(3), Some(&entry(3, 1)));
@@ -1484,7 +1493,7 @@ fn snapshot_taken_compacts_the_log_and_persists_the_snapshot() {
 
 #[test]
 fn leader_sends_install_snapshot_to_a_follower_behind_its_snapshot() {
-    let snap = SnapshotMeta { index: 3, term: 1 };
+    let snap = SnapshotMeta::at(3, 1);
     let mut n = recovered(
         1,
         3,
@@ -1563,7 +1572,7 @@ fn leader_compacting_past_a_followers_next_entry_switches_it_to_snapshot() {
     assert_eq!(n.last_applied(), 3);
     let data = b"s3".to_vec();
     step(&mut n, t, Event::SnapshotTaken { index: 3, data });
-    assert_eq!(n.log().snapshot(), SnapshotMeta { index: 3, term: 1 });
+    assert_eq!(position(n.log().snapshot()), (3, 1));
     // Peer 3 lost all three appends; the heartbeat (prev 3) tells.
     let hb = t + Duration::from_millis(100);
     let actions = step(&mut n, hb, Event::TimerFired);
@@ -1577,7 +1586,14 @@ fn leader_compacting_past_a_followers_next_entry_switches_it_to_snapshot() {
         actions,
         vec![Action::Send {
             to: 3,
-            message: install(1, 3, 1, b"s3")
+            // The snapshot records the configuration in force at its index.
+            message: match install(1, 3, 1, b"s3") {
+                Message::InstallSnapshot(m) => Message::InstallSnapshot(InstallSnapshot {
+                    membership: Membership::with_voters([1, 2, 3]),
+                    ..m
+                }),
+                _ => unreachable!(),
+            }
         }]
     );
     assert_eq!(
@@ -1601,7 +1617,7 @@ fn follower_installing_a_snapshot_discards_a_log_that_does_not_hold_it() {
     boot(&mut n);
     let actions = recv(&mut n, ms(5), 1, install(2, 5, 2, b"five"));
     let snapshot = Snapshot {
-        meta: SnapshotMeta { index: 5, term: 2 },
+        meta: SnapshotMeta::at(5, 2),
         data: b"five".to_vec(),
     };
     assert_eq!(
@@ -1625,7 +1641,7 @@ fn follower_installing_a_snapshot_discards_a_log_that_does_not_hold_it() {
     );
     assert_eq!((n.commit_index(), n.last_applied()), (5, 5));
     assert_eq!(n.log().last_index(), 5);
-    assert_eq!(n.log().snapshot(), SnapshotMeta { index: 5, term: 2 });
+    assert_eq!(position(n.log().snapshot()), (5, 2));
     assert_eq!(n.snapshot_data(), Some(&b"five"[..]));
     // The durable image agrees with memory.
     let start = DurableState {
@@ -1637,7 +1653,7 @@ fn follower_installing_a_snapshot_discards_a_log_that_does_not_hold_it() {
         entries: entries_from(1, &[1, 1]),
     };
     let image = durable_image(start, &actions);
-    assert_eq!(image.snapshot, Some(SnapshotMeta { index: 5, term: 2 }));
+    assert_eq!(image.snapshot.as_ref().map(position), Some((5, 2)));
     assert_eq!(image.entries, vec![]);
     // The next Apply continues right after the snapshot.
     persist_all(&mut n, ms(5), &actions);
@@ -1660,7 +1676,7 @@ fn follower_installing_a_snapshot_keeps_the_entries_that_follow_it() {
     boot(&mut n);
     let actions = recv(&mut n, ms(5), 1, install(1, 3, 1, b"three"));
     let snapshot = Snapshot {
-        meta: SnapshotMeta { index: 3, term: 1 },
+        meta: SnapshotMeta::at(3, 1),
         data: b"three".to_vec(),
     };
     assert_eq!(
@@ -1797,18 +1813,24 @@ fn invalid_configs_are_refused() {
 // ----- peer input that must not panic -----------------------------------------
 
 #[test]
-fn messages_from_non_members_and_from_itself_are_dropped() {
+fn messages_from_itself_and_non_leader_messages_from_non_members_are_dropped() {
     let mut n = fresh(1, 3);
     boot(&mut n);
-    for from in [1, 4, 99] {
-        for m in [
-            rv(5, 9, 9),
-            rvr(5, true),
-            ae(5, 0, 0, entries_from(1, &[5]), 1),
-            accepted(5, 1),
-            install(5, 9, 5, b"x"),
-            install_reply(5, 9),
-        ] {
+    for m in [
+        rv(5, 9, 9),
+        rvr(5, true),
+        ae(5, 0, 0, entries_from(1, &[5]), 1),
+        accepted(5, 1),
+        install(5, 9, 5, b"x"),
+        install_reply(5, 9),
+    ] {
+        assert_eq!(recv(&mut n, ms(1), 1, m), vec![]);
+    }
+    // A removed node cannot disturb the cluster: its votes, pre-votes and
+    // replies are dropped (a leader's messages are not: a node added after
+    // our latest configuration may lead).
+    for from in [4, 99] {
+        for m in [rv(5, 9, 9), rvr(5, true), accepted(5, 1), install_reply(5, 9)] {
             assert_eq!(recv(&mut n, ms(1), from, m), vec![]);
         }
     }
@@ -1986,7 +2008,7 @@ fn recover_resumes_from_the_durable_state() {
             term: 3,
             voted_for: Some(2),
         },
-        snapshot: Some(SnapshotMeta { index: 4, term: 2 }),
+        snapshot: Some(SnapshotMeta::at(4, 2)),
         entries: vec![entry(5, 2), entry(6, 3)],
     };
     let mut n = RaftNode::recover(config(1, 3), SEED, durable, Some(b"s4".to_vec())).unwrap();
@@ -2023,7 +2045,7 @@ fn recovered_node_campaigns_with_its_stored_log() {
             term: 3,
             voted_for: Some(2),
         },
-        Some(SnapshotMeta { index: 4, term: 2 }),
+        Some(SnapshotMeta::at(4, 2)),
         &[2, 3],
     );
     boot(&mut n);
@@ -2048,28 +2070,30 @@ fn recover_rejects_inconsistent_state() {
     let try_recover =
         |d: DurableState, data: Option<Vec<u8>>| RaftNode::recover(config(1, 3), SEED, d, data);
     let invalid = |r: Result<RaftNode, Error>| matches!(r, Err(Error::InvalidDurableState(_)));
-    let snap = Some(SnapshotMeta { index: 2, term: 1 });
+    let snap = Some(SnapshotMeta::at(2, 1));
     // A snapshot without its bytes.
     assert!(invalid(try_recover(
         DurableState {
             hard_state: hs(1, None),
-            snapshot: snap,
+            snapshot: snap.clone(),
             entries: vec![]
         },
         None
     )));
-    // A vote for a stranger.
-    assert!(invalid(try_recover(
+    // A vote for a node outside the initial configuration is fine (it may
+    // have been added since).
+    assert!(try_recover(
         DurableState {
             hard_state: hs(1, Some(9)),
             ..Default::default()
         },
         None
-    )));
+    )
+    .is_ok());
     // Entries that do not continue the snapshot.
     let d = DurableState {
         hard_state: hs(1, None),
-        snapshot: snap,
+        snapshot: snap.clone(),
         entries: vec![entry(4, 1)],
     };
     assert!(invalid(try_recover(d, Some(vec![]))));
@@ -2096,14 +2120,14 @@ fn recover_rejects_inconsistent_state() {
     assert!(invalid(try_recover(d, None)));
     let d = DurableState {
         hard_state: hs(1, None),
-        snapshot: Some(SnapshotMeta { index: 2, term: 5 }),
+        snapshot: Some(SnapshotMeta::at(2, 5)),
         entries: vec![],
     };
     assert!(invalid(try_recover(d, Some(vec![]))));
     // And the consistent version of the same is accepted.
     let d = DurableState {
         hard_state: hs(2, Some(1)),
-        snapshot: snap,
+        snapshot: snap.clone(),
         entries: entries_from(3, &[2]),
     };
     assert!(try_recover(d, Some(vec![])).is_ok());

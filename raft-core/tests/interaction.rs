@@ -68,12 +68,12 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use raft_core::Payload;
 use raft_core::{
     Action, AppendEntries, AppendEntriesReply, AppendOutcome, Config, DurableState, Entry, Event,
     HardState, Index, InstallSnapshot, InstallSnapshotReply, Instant, Message, NodeId, Persist,
     RaftNode, RequestVote, RequestVoteReply, SnapshotMeta, Term,
 };
+use raft_core::{Membership, Payload};
 
 const SEED: u64 = 1;
 
@@ -218,7 +218,10 @@ impl Cluster {
             }
             Action::AcceptProposal { .. }
             | Action::RejectProposal { .. }
-            | Action::LeadershipTransfer { .. } => {
+            | Action::LeadershipTransfer { .. }
+            | Action::AcceptMembershipChange { .. }
+            | Action::RejectMembershipChange { .. }
+            | Action::MembershipChanged { .. } => {
                 out.push(format!("  {action}"));
             }
         }
@@ -348,7 +351,7 @@ impl Cluster {
         node.raft = Some(raft);
         node.pending.clear();
         node.timer = None;
-        node.applied = node.durable.snapshot.map_or(0, |s| s.index);
+        node.applied = node.durable.snapshot.as_ref().map_or(0, |s| s.index);
         self.boot(id, out)
     }
 
@@ -489,6 +492,12 @@ fn parse_message(args: &[&str]) -> Result<Message, String> {
                 term,
                 last_included_index,
                 last_included_term,
+                membership: match keys.get("voters") {
+                    Some(list) => Membership::with_voters(
+                        list.split(',').map(num).collect::<Result<Vec<_>, _>>()?,
+                    ),
+                    None => Membership::default(),
+                },
                 data: keys.get("data").unwrap_or(&"").as_bytes().to_vec(),
             })
         }
@@ -540,9 +549,9 @@ fn run_command(c: &mut Cluster, line: &str, out: &mut Out) -> Result<(), String>
             let (keys, _) = keyed(&args[1..]);
             let snapshot = keys
                 .get("snap")
-                .map(|s| position(s).map(|(term, index)| SnapshotMeta { index, term }))
+                .map(|s| position(s).map(|(term, index)| SnapshotMeta::at(index, term)))
                 .transpose()?;
-            let first = snapshot.map_or(1, |s| s.index + 1);
+            let first = snapshot.as_ref().map_or(1, |s| s.index + 1);
             let entries = match keys.get("log") {
                 Some(list) => list
                     .split(',')
@@ -556,12 +565,14 @@ fn run_command(c: &mut Cluster, line: &str, out: &mut Out) -> Result<(), String>
                 voted_for: keys.get("vote").map(|v| id_arg(v)).transpose()?,
             };
             let node = c.node(id)?;
+            node.snapshot_data = snapshot
+                .as_ref()
+                .map(|s| format!("snap@{}", s.index).into_bytes());
             node.durable = DurableState {
                 hard_state,
                 snapshot,
                 entries,
             };
-            node.snapshot_data = snapshot.map(|s| format!("snap@{}", s.index).into_bytes());
             c.restart(id, out)?;
         }
         "campaign" | "tick-heartbeat" => {

@@ -133,12 +133,7 @@ fn check_log(log: &RaftLog, m: &ModelLog) -> Result<(), String> {
     if log.last_term() != m.last_term() {
         return fail("last_term");
     }
-    if log.snapshot()
-        != (SnapshotMeta {
-            index: m.snapshot.0,
-            term: m.snapshot.1,
-        })
-    {
+    if (log.snapshot().index, log.snapshot().term) != m.snapshot {
         return fail("snapshot");
     }
     let end = m.last_index() + 2;
@@ -219,7 +214,7 @@ fn check_log(log: &RaftLog, m: &ModelLog) -> Result<(), String> {
         return fail("is_up_to_date of a shorter log");
     }
     let entries: Vec<Entry> = m.entries.iter().map(|&(i, t)| sized_entry(i, t)).collect();
-    if RaftLog::restore(log.snapshot(), entries).as_ref() != Some(log) {
+    if RaftLog::restore(log.snapshot().clone(), entries).as_ref() != Some(log) {
         return fail("restore round trip");
     }
     Ok(())
@@ -249,7 +244,7 @@ fn prop_raft_log_matches_model(ops: Vec<LogOp>) -> TestResult {
                     Some(t) if matching => t,
                     _ => m.last_term() + 1,
                 };
-                log.compact_to(SnapshotMeta { index, term });
+                log.compact_to(SnapshotMeta::at(index, term));
                 if index > m.snapshot.0 {
                     if m.term_at(index) == Some(term) {
                         m.entries.retain(|e| e.0 > index);
@@ -274,20 +269,20 @@ fn raft_log_matches_a_vec_model() {
 
 #[test]
 fn raft_log_restore_refuses_what_is_not_a_log() {
-    let snap = SnapshotMeta { index: 2, term: 2 };
+    let snap = SnapshotMeta::at(2, 2);
     assert!(
-        RaftLog::restore(snap, vec![entry(4, 2)]).is_none(),
+        RaftLog::restore(snap.clone(), vec![entry(4, 2)]).is_none(),
         "gap after the snapshot"
     );
     assert!(
-        RaftLog::restore(snap, vec![entry(3, 1)]).is_none(),
+        RaftLog::restore(snap.clone(), vec![entry(3, 1)]).is_none(),
         "older than the snapshot"
     );
     assert!(
-        RaftLog::restore(snap, vec![entry(3, 3), entry(4, 2)]).is_none(),
+        RaftLog::restore(snap.clone(), vec![entry(3, 3), entry(4, 2)]).is_none(),
         "terms going down"
     );
-    assert!(RaftLog::restore(snap, vec![entry(3, 2), entry(4, 3)]).is_some());
+    assert!(RaftLog::restore(snap.clone(), vec![entry(3, 2), entry(4, 3)]).is_some());
 }
 
 // ----- (b) a follower's durable image against its memory ----------------------
@@ -492,6 +487,7 @@ impl FollowerHarness {
                         term: view.term,
                         last_included_index: index,
                         last_included_term: view.term_at(index),
+                        membership: raft_core::Membership::default(),
                         data: format!("leader snapshot {index}").into_bytes(),
                     });
                     self.step(Event::MessageReceived { from, message })?;
@@ -1037,7 +1033,10 @@ impl Cluster {
                 Action::SetTimer { deadline } => self.server(id).deadline = Some(deadline),
                 Action::AcceptProposal { .. }
                 | Action::RejectProposal { .. }
-                | Action::LeadershipTransfer { .. } => {}
+                | Action::LeadershipTransfer { .. }
+                | Action::AcceptMembershipChange { .. }
+                | Action::RejectMembershipChange { .. }
+                | Action::MembershipChanged { .. } => {}
             }
         }
         Ok(())

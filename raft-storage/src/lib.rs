@@ -31,10 +31,13 @@
 //! All integers are little-endian.
 //!
 //! - Header, 12 bytes: the magic `RKVLOG\0\0` and a `u32` format version
-//!   ([`FORMAT_VERSION`], 2). Version 1 ([`LEGACY_FORMAT_VERSION`]), whose
-//!   entries held only command bytes (an empty command for a leader's
-//!   no-op), is still read: recovery replays such a segment, then rotates to
-//!   a new segment in version 2 before writing anything.
+//!   ([`FORMAT_VERSION`], 3). Two older versions are still read: 2
+//!   ([`UNRECORDED_CONFIG_FORMAT_VERSION`]), whose snapshot boundaries
+//!   recorded no configuration (read as none recorded: the node's initial
+//!   configuration), and 1 ([`LEGACY_FORMAT_VERSION`]), whose entries also
+//!   held only command bytes (an empty command for a leader's no-op).
+//!   Recovery replays such a segment, then rotates to a new segment in
+//!   version 3 before writing anything.
 //! - Then records, each `u32 length | u32 crc32 of payload | payload`, where
 //!   the payload is the postcard encoding of a record:
 //!   - `Write { hard_state: Option<HardState>, snapshot: Option<SnapshotMeta>,
@@ -56,13 +59,16 @@
 //!
 //! # Snapshot file format
 //!
-//! `magic "RKVSNAP\0" | u32 version ([`SNAPSHOT_FORMAT_VERSION`], 1) | u32 header length | u32 crc32 of
+//! `magic "RKVSNAP\0" | u32 version ([`SNAPSHOT_FORMAT_VERSION`], 2) | u32 header length | u32 crc32 of
 //! header | header | data`, the header being the postcard encoding of
 //! `{ meta: SnapshotMeta, hard_state: Option<HardState>, truncate_from:
 //! Option<Index>, data_len: u64, data_crc: u32 }`. Besides the meta, the
 //! header carries the hard state and `truncate_from` of the `Persist` that
 //! brought the snapshot, so that recovery can complete that `Persist`
-//! atomically if a crash lost its log record (see below).
+//! atomically if a crash lost its log record (see below). The meta holds
+//! the configuration in force at the snapshot's last index; version 1
+//! ([`LEGACY_SNAPSHOT_FORMAT_VERSION`]), whose meta held only index and
+//! term, is still read (as no configuration recorded).
 //!
 //! # What is written and fsynced when
 //!
@@ -157,9 +163,11 @@ pub use record::{MAX_RECORD_LEN, RECORD_HEADER_LEN};
 pub use recovery::Recovered;
 pub use segment::{
     segment_file_name, FORMAT_VERSION, LEGACY_FORMAT_VERSION, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
+    UNRECORDED_CONFIG_FORMAT_VERSION,
 };
 pub use snapshot_file::{
-    SNAPSHOT_FILE, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC, SNAPSHOT_TMP_FILE,
+    LEGACY_SNAPSHOT_FORMAT_VERSION, SNAPSHOT_FILE, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC,
+    SNAPSHOT_TMP_FILE,
 };
 pub use store::{Committed, Storage};
 

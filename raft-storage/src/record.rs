@@ -24,6 +24,21 @@ pub(crate) enum Record {
     Checkpoint(DurableState),
 }
 
+/// A snapshot boundary as format versions 1 and 2 stored it: no
+/// configuration (it decodes as none recorded, so the node's initial
+/// configuration applies).
+#[derive(Deserialize)]
+struct LegacyMeta {
+    index: Index,
+    term: u64,
+}
+
+impl From<LegacyMeta> for SnapshotMeta {
+    fn from(m: LegacyMeta) -> SnapshotMeta {
+        SnapshotMeta::at(m.index, m.term)
+    }
+}
+
 /// An entry as format version 1 stored it: command bytes only.
 #[derive(Deserialize)]
 struct LegacyEntry {
@@ -50,29 +65,31 @@ impl From<LegacyEntry> for Entry {
     }
 }
 
-/// A durable state as format version 1 stored it.
+/// A durable state as format versions 1 (`E = LegacyEntry`) and 2
+/// (`E = Entry`) stored it.
 #[derive(Deserialize)]
-struct LegacyDurableState {
+struct LegacyDurableState<E> {
     hard_state: HardState,
-    snapshot: Option<SnapshotMeta>,
-    entries: Vec<LegacyEntry>,
+    snapshot: Option<LegacyMeta>,
+    entries: Vec<E>,
 }
 
-/// A log record as format version 1 stored it.
+/// A log record as format versions 1 (`E = LegacyEntry`) and 2
+/// (`E = Entry`) stored it.
 #[derive(Deserialize)]
-enum LegacyRecord {
+enum LegacyRecord<E> {
     Write {
         hard_state: Option<HardState>,
-        snapshot: Option<SnapshotMeta>,
+        snapshot: Option<LegacyMeta>,
         truncate_from: Option<Index>,
-        entries: Vec<LegacyEntry>,
+        entries: Vec<E>,
     },
-    Checkpoint(LegacyDurableState),
+    Checkpoint(LegacyDurableState<E>),
 }
 
-impl From<LegacyRecord> for Record {
-    fn from(r: LegacyRecord) -> Record {
-        let entries = |v: Vec<LegacyEntry>| v.into_iter().map(Entry::from).collect();
+impl<E: Into<Entry>> From<LegacyRecord<E>> for Record {
+    fn from(r: LegacyRecord<E>) -> Record {
+        let entries = |v: Vec<E>| v.into_iter().map(Into::into).collect();
         match r {
             LegacyRecord::Write {
                 hard_state,
@@ -81,13 +98,13 @@ impl From<LegacyRecord> for Record {
                 entries: e,
             } => Record::Write {
                 hard_state,
-                snapshot,
+                snapshot: snapshot.map(SnapshotMeta::from),
                 truncate_from,
                 entries: entries(e),
             },
             LegacyRecord::Checkpoint(s) => Record::Checkpoint(DurableState {
                 hard_state: s.hard_state,
-                snapshot: s.snapshot,
+                snapshot: s.snapshot.map(SnapshotMeta::from),
                 entries: entries(s.entries),
             }),
         }
@@ -95,7 +112,7 @@ impl From<LegacyRecord> for Record {
 }
 
 /// Decodes one record's payload written in segment format `version`
-/// (1 or 2); the reason it does not decode otherwise.
+/// (1, 2 or 3); the reason it does not decode otherwise.
 pub(crate) fn decode_record(payload: &[u8], version: u32) -> Result<Record, String> {
     fn whole<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
         match postcard::take_from_bytes::<T>(payload) {
@@ -105,7 +122,9 @@ pub(crate) fn decode_record(payload: &[u8], version: u32) -> Result<Record, Stri
         }
     }
     if version == crate::segment::LEGACY_FORMAT_VERSION {
-        whole::<LegacyRecord>(payload).map(Record::from)
+        whole::<LegacyRecord<LegacyEntry>>(payload).map(Record::from)
+    } else if version == crate::segment::UNRECORDED_CONFIG_FORMAT_VERSION {
+        whole::<LegacyRecord<Entry>>(payload).map(Record::from)
     } else {
         whole::<Record>(payload)
     }
@@ -225,7 +244,7 @@ mod tests {
                 term: 3,
                 voted_for: Some(2),
             },
-            snapshot: Some(SnapshotMeta { index: 4, term: 2 }),
+            snapshot: Some(SnapshotMeta::at(4, 2)),
             entries: vec![entry(5, 3), entry(6, 3)],
         };
         let bytes = postcard::to_allocvec(&RecordRef::Checkpoint(&state)).unwrap();
@@ -235,7 +254,7 @@ mod tests {
         }
         let record = RecordRef::Write {
             hard_state: Some(state.hard_state),
-            snapshot: state.snapshot,
+            snapshot: state.snapshot.clone(),
             truncate_from: Some(5),
             entries: &state.entries,
         };

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use raft_core::{DurableState, DurableWrite};
+use raft_core::{DurableState, DurableWrite, SnapshotMeta};
 
 use crate::error::io_err;
 use crate::fsutil::{list_dir, remove_segments_except, sync_dir, write_new_file};
@@ -118,7 +118,7 @@ impl Storage {
             None
         };
         let mut rotate = legacy;
-        match (&snapshot_file, state.snapshot) {
+        match (&snapshot_file, state.snapshot.clone()) {
             (None, None) => {}
             (None, Some(meta)) => {
                 return Err(StorageError::Inconsistent {
@@ -130,10 +130,18 @@ impl Storage {
                 })
             }
             (Some(f), current) => {
-                let meta = f.header.meta;
-                if current == Some(meta) {
-                    // The usual case: the log recorded this snapshot.
-                } else if current.is_none() || current.is_some_and(|c| meta.index > c.index) {
+                let meta = f.header.meta.clone();
+                let position = |m: &SnapshotMeta| (m.index, m.term);
+                if current.as_ref().map(position) == Some(position(&meta)) {
+                    // The usual case: the log recorded this snapshot. (A log
+                    // written before boundaries recorded configurations
+                    // takes the file's.)
+                    if let Some(c) = state.snapshot.as_mut() {
+                        if c.membership.voters.is_empty() {
+                            c.membership = meta.membership.clone();
+                        }
+                    }
+                } else if current.is_none() || current.as_ref().is_some_and(|c| meta.index > c.index) {
                     tracing::warn!(
                         index = meta.index,
                         "the snapshot file is newer than the log: completing its write"

@@ -14,13 +14,17 @@ use crate::StorageError;
 
 /// The magic at the start of every log segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"RKVLOG\0\0";
-/// The format version of the segments this version writes: 2, where an
-/// entry carries a payload (a command, a no-op or a configuration).
-pub const FORMAT_VERSION: u32 = 2;
-/// The older segment format still read: 1, where an entry carried only
-/// command bytes (an empty command was a leader's no-op). Recovery replays
-/// such a segment and starts a new one in the current format before
-/// writing anything.
+/// The format version of the segments this version writes: 3, where an
+/// entry carries a payload (a command, a no-op or a configuration) and a
+/// snapshot boundary the configuration in force there.
+pub const FORMAT_VERSION: u32 = 3;
+/// An older segment format still read: 2, like 3 but a snapshot boundary
+/// records no configuration. Recovery replays such a segment and starts a
+/// new one in the current format before writing anything.
+pub const UNRECORDED_CONFIG_FORMAT_VERSION: u32 = 2;
+/// The oldest segment format still read: 1, where an entry carried only
+/// command bytes (an empty command was a leader's no-op), and boundaries
+/// no configuration. Recovered like version 2.
 pub const LEGACY_FORMAT_VERSION: u32 = 1;
 /// The length of a segment header: magic and version.
 pub const SEGMENT_HEADER_LEN: usize = 12;
@@ -76,7 +80,13 @@ pub(crate) fn scan_segment(
     };
     if bytes.len() < SEGMENT_HEADER_LEN {
         // A header cut short, in either format (a crash while creating it).
-        let torn_header = [FORMAT_VERSION, LEGACY_FORMAT_VERSION].iter().any(|v| {
+        let torn_header = [
+            FORMAT_VERSION,
+            UNRECORDED_CONFIG_FORMAT_VERSION,
+            LEGACY_FORMAT_VERSION,
+        ]
+        .iter()
+        .any(|v| {
             let mut header = SEGMENT_MAGIC.to_vec();
             header.extend_from_slice(&v.to_le_bytes());
             header.starts_with(bytes)
@@ -93,7 +103,13 @@ pub(crate) fn scan_segment(
         return Err(corrupt(0, "bad segment magic".into()));
     }
     let version = read_u32(bytes, 8);
-    if version != FORMAT_VERSION && version != LEGACY_FORMAT_VERSION {
+    if ![
+        FORMAT_VERSION,
+        UNRECORDED_CONFIG_FORMAT_VERSION,
+        LEGACY_FORMAT_VERSION,
+    ]
+    .contains(&version)
+    {
         return Err(corrupt(
             8,
             format!("unsupported segment format version {version}"),

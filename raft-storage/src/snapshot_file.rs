@@ -12,9 +12,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::io_err;
 use crate::fsutil::sync_dir;
 use crate::record::read_u32;
-/// The snapshot file's format version (unchanged since segments moved to
-/// version 2: its header holds no entries).
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// The snapshot file's format version: 2, whose header records the
+/// configuration in force at the snapshot's last index.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// The older snapshot format still read: 1, whose header recorded no
+/// configuration (read as none recorded: the node's initial one applies).
+pub const LEGACY_SNAPSHOT_FORMAT_VERSION: u32 = 1;
 use crate::StorageError;
 
 /// The magic at the start of the snapshot file.
@@ -39,6 +42,29 @@ pub(crate) struct SnapshotHeader {
     data_crc: u32,
 }
 
+/// The header as snapshot format version 1 stored it.
+#[derive(Deserialize)]
+struct LegacySnapshotHeader {
+    index: Index,
+    term: u64,
+    hard_state: Option<HardState>,
+    truncate_from: Option<Index>,
+    data_len: u64,
+    data_crc: u32,
+}
+
+impl From<LegacySnapshotHeader> for SnapshotHeader {
+    fn from(h: LegacySnapshotHeader) -> SnapshotHeader {
+        SnapshotHeader {
+            meta: SnapshotMeta::at(h.index, h.term),
+            hard_state: h.hard_state,
+            truncate_from: h.truncate_from,
+            data_len: h.data_len,
+            data_crc: h.data_crc,
+        }
+    }
+}
+
 /// A verified snapshot file.
 pub(crate) struct SnapshotFile {
     pub(crate) header: SnapshotHeader,
@@ -54,7 +80,7 @@ pub(crate) fn write_snapshot_file(
     let tmp = dir.join(SNAPSHOT_TMP_FILE);
     let dst = dir.join(SNAPSHOT_FILE);
     let header = SnapshotHeader {
-        meta: snapshot.meta,
+        meta: snapshot.meta.clone(),
         hard_state,
         truncate_from,
         data_len: snapshot.data.len() as u64,
@@ -91,7 +117,7 @@ pub(crate) fn read_snapshot_file(path: &Path) -> Result<SnapshotFile, StorageErr
         return Err(corrupt(0, "bad snapshot magic".into()));
     }
     let version = read_u32(&bytes, 8);
-    if version != SNAPSHOT_FORMAT_VERSION {
+    if version != SNAPSHOT_FORMAT_VERSION && version != LEGACY_SNAPSHOT_FORMAT_VERSION {
         return Err(corrupt(
             8,
             format!("unsupported snapshot format version {version}"),
@@ -113,7 +139,13 @@ pub(crate) fn read_snapshot_file(path: &Path) -> Result<SnapshotFile, StorageErr
             "snapshot header checksum mismatch".into(),
         ));
     }
-    let header = match postcard::take_from_bytes::<SnapshotHeader>(header_bytes) {
+    let decoded = if version == LEGACY_SNAPSHOT_FORMAT_VERSION {
+        postcard::take_from_bytes::<LegacySnapshotHeader>(header_bytes)
+            .map(|(h, rest)| (SnapshotHeader::from(h), rest))
+    } else {
+        postcard::take_from_bytes::<SnapshotHeader>(header_bytes)
+    };
+    let header = match decoded {
         Ok((header, [])) => header,
         Ok(_) => {
             return Err(corrupt(

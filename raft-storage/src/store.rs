@@ -53,7 +53,7 @@ impl Storage {
         if persist.is_barrier() {
             return Ok(());
         }
-        let snapshot_meta = persist.snapshot.as_ref().map(|s| s.meta);
+        let snapshot_meta = persist.snapshot.as_ref().map(|s| s.meta.clone());
         let mut frame = Vec::new();
         encode_record(
             &mut frame,

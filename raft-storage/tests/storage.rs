@@ -4,10 +4,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use raft_core::Payload;
 use raft_core::{
     DurableState, Entry, HardState, Index, Persist, Snapshot, SnapshotMeta, SplitMix64,
 };
+use raft_core::{Membership, Payload};
 use raft_storage::{
     segment_file_name, Recovered, Storage, StorageError, MAX_RECORD_LEN, RECORD_HEADER_LEN,
     SEGMENT_HEADER_LEN, SNAPSHOT_FILE, SNAPSHOT_TMP_FILE,
@@ -35,7 +35,7 @@ fn write(
         id: 0,
         hard_state: hard_state.map(|(term, voted_for)| HardState { term, voted_for }),
         snapshot: snapshot.map(|(index, term, data)| Snapshot {
-            meta: SnapshotMeta { index, term },
+            meta: SnapshotMeta::at(index, term),
             data: data.to_vec(),
         }),
         truncate_from,
@@ -141,7 +141,7 @@ fn assert_corrupt(err: StorageError, path: &Path, offset: u64, reason_has: &str)
 /// state changes, appends, truncations, snapshots taken inside the log or
 /// installed beyond it.
 fn random_persist(rng: &mut SplitMix64, state: &DurableState, id: u64) -> Persist {
-    let base = state.snapshot.map_or(0, |s| s.index);
+    let base = state.snapshot.as_ref().map_or(0, |s| s.index);
     let last = state.last_index();
     let term = state.hard_state.term;
     let mut p = Persist {
@@ -170,13 +170,14 @@ fn random_persist(rng: &mut SplitMix64, state: &DurableState, id: u64) -> Persis
             meta: SnapshotMeta {
                 index,
                 term: snap_term,
+                membership: Membership::with_voters([1, 2, 3]),
             },
             data,
         });
     }
     let mut after = state.clone();
     after.apply(&p);
-    let after_base = after.snapshot.map_or(0, |s| s.index);
+    let after_base = after.snapshot.as_ref().map_or(0, |s| s.index);
     if after.last_index() > after_base && rng.chance(1, 5) {
         p.truncate_from = Some(rng.range(after_base + 1, after.last_index() + 1));
         after = state.clone();

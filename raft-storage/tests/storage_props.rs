@@ -231,7 +231,7 @@ impl Model {
     }
 
     fn base(&self) -> Index {
-        self.state.snapshot.map_or(0, |s| s.index)
+        self.state.snapshot.as_ref().map_or(0, |s| s.index)
     }
 
     fn last(&self) -> Index {
@@ -293,7 +293,7 @@ fn snapshot_persist(model: &Model, kind: SnapshotKind, count: u8, data: u8) -> O
             let index = base + 1 + u64::from(at) % (last - base);
             let term = model.state.term_at(index).expect("a stored entry");
             let snapshot = Snapshot {
-                meta: SnapshotMeta { index, term },
+                meta: SnapshotMeta::at(index, term),
                 data,
             };
             Some(persist(
@@ -314,7 +314,7 @@ fn snapshot_persist(model: &Model, kind: SnapshotKind, count: u8, data: u8) -> O
             // A new leader's term: the term stored at `index` (older) differs.
             let term = model.term() + 1;
             let snapshot = Snapshot {
-                meta: SnapshotMeta { index, term },
+                meta: SnapshotMeta::at(index, term),
                 data,
             };
             let hard_state = HardState {

@@ -55,7 +55,7 @@ impl Persister {
     pub fn load(&self) -> (DurableState, Option<Vec<u8>>) {
         let state: DurableState =
             postcard::from_bytes(&self.raft_state()).expect("durable state decodes");
-        let snapshot = state.snapshot.map(|_| self.snapshot.clone());
+        let snapshot = state.snapshot.as_ref().map(|_| self.snapshot.clone());
         (state, snapshot)
     }
 }

@@ -237,7 +237,7 @@ impl SafetyChecker {
                         *acked = (m.term, 0);
                     }
                     acked.1 = acked.1.max(match_index);
-                    let snap = durable.snapshot.map_or(0, |s| s.index);
+                    let snap = durable.snapshot.as_ref().map_or(0, |s| s.index);
                     // As for votes: a node whose durable term has moved past
                     // the message's acknowledged before it learned the new
                     // term; the new term's leader may then truncate what it

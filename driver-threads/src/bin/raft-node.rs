@@ -131,7 +131,7 @@ impl Service for DigestLog {
         [self.index.to_le_bytes(), self.digest.to_le_bytes()].concat()
     }
 
-    fn restore(&mut self, meta: SnapshotMeta, data: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), String> {
         let words: Vec<u64> = data
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
