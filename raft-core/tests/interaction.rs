@@ -44,6 +44,9 @@
 //! | `advance-time <ms>` | move the clock `<ms>` ahead, firing every timer that falls due, in time order |
 //! | `propose <id> <command>` | a client command to `<id>` |
 //! | `transfer <id> [<to>]` | ask `<id>` to hand its leadership to `<to>` (default: the most up-to-date voter) |
+//! | `join <id>...` | create and boot nodes that know no configuration (empty `Config.members`: they join a running cluster) |
+//! | `change <id> <change>...` | ask `<id>` to change the configuration: `v<n>` add voter, `l<n>` add learner, `p<n>` promote, `d<n>` demote, `r<n>` remove, all at once |
+//! | `membership [<id>...]` | each node's effective and committed configuration |
 //! | `persist [<id>...]` | make every waiting write of these nodes (default all) durable |
 //! | `deliver-msgs [<id>...]` | deliver the queued messages to these nodes (default all), in order; messages sent meanwhile wait |
 //! | `stabilize` | persist and deliver until nothing waits |
@@ -60,7 +63,7 @@
 //! term=<t> granted|rejected`, `app term=<t> log=<t>/<i> commit=<c>
 //! [entries=<t>/<i>,...]`, `app-resp term=<t> index=<i>` or `app-resp
 //! term=<t> rejected prev=<p> [conflict-term=<t>] conflict-index=<i>`, `snap
-//! term=<t> snap=<t>/<i> [data=<text>]`, `snap-resp term=<t> index=<i>`,
+//! term=<t> snap=<t>/<i> [data=<text>] [voters=<id>,...]`, `snap-resp term=<t> index=<i>`,
 //! `timeout-now term=<t>`. A
 //! term may be `max`. Entries carry the command `<index>@<term>`.
 
@@ -73,7 +76,7 @@ use raft_core::{
     HardState, Index, InstallSnapshot, InstallSnapshotReply, Instant, Message, NodeId, Persist,
     RaftNode, RequestVote, RequestVoteReply, SnapshotMeta, Term,
 };
-use raft_core::{Membership, Payload};
+use raft_core::{Membership, MembershipChange, Payload};
 
 const SEED: u64 = 1;
 
@@ -89,6 +92,8 @@ struct Node {
     timer: Option<Instant>,
     /// The last index given to the service.
     applied: Index,
+    /// It joined a running cluster: its `Config.members` is empty.
+    joined: bool,
 }
 
 struct Cluster {
@@ -128,8 +133,14 @@ impl Cluster {
     }
 
     fn config(&self, id: NodeId) -> Config {
+        let joined = self.nodes.get(&id).is_some_and(|n| n.joined);
         Config {
             id,
+            members: if joined {
+                Vec::new()
+            } else {
+                self.config.members.clone()
+            },
             ..self.config.clone()
         }
     }
@@ -510,6 +521,21 @@ fn parse_message(args: &[&str]) -> Result<Message, String> {
     })
 }
 
+/// `v<id>` add voter, `l<id>` add learner, `p<id>` promote, `d<id>` demote,
+/// `r<id>` remove.
+fn parse_change(s: &str) -> Result<MembershipChange, String> {
+    let (kind, id) = s.split_at(1.min(s.len()));
+    let id = id_arg(id)?;
+    Ok(match kind {
+        "v" => MembershipChange::AddVoter(id),
+        "l" => MembershipChange::AddLearner(id),
+        "p" => MembershipChange::Promote(id),
+        "d" => MembershipChange::Demote(id),
+        "r" => MembershipChange::Remove(id),
+        _ => return Err(format!("not a change: {s:?} (v/l/p/d/r and an id)")),
+    })
+}
+
 fn run_command(c: &mut Cluster, line: &str, out: &mut Out) -> Result<(), String> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let (cmd, args) = words.split_first().ok_or("empty command")?;
@@ -539,9 +565,60 @@ fn run_command(c: &mut Cluster, line: &str, out: &mut Out) -> Result<(), String>
                         pending: VecDeque::new(),
                         timer: None,
                         applied: 0,
+                        joined: false,
                     },
                 );
                 c.boot(id, out)?;
+            }
+        }
+        "join" => {
+            for id in ids(args)? {
+                if c.nodes.contains_key(&id) {
+                    return Err(format!("node {id} exists"));
+                }
+                c.nodes.insert(
+                    id,
+                    Node {
+                        raft: None,
+                        durable: DurableState::default(),
+                        snapshot_data: None,
+                        pending: VecDeque::new(),
+                        timer: None,
+                        applied: 0,
+                        joined: true,
+                    },
+                );
+                let raft = RaftNode::new(c.config(id), SEED).map_err(|e| e.to_string())?;
+                c.node(id)?.raft = Some(raft);
+                c.boot(id, out)?;
+            }
+        }
+        "change" => {
+            let id = id_arg(arg(0)?)?;
+            let changes = args[1..]
+                .iter()
+                .map(|a| parse_change(a))
+                .collect::<Result<Vec<_>, _>>()?;
+            let rid = c.next_proposal;
+            c.next_proposal += 1;
+            let event = Event::MembershipChangeRequested { id: rid, changes };
+            c.step(id, event.clone(), format!("{id}: {event}"), out)?;
+        }
+        "membership" => {
+            let chosen = ids(args)?;
+            let all: Vec<NodeId> = c.nodes.keys().copied().collect();
+            for id in all {
+                if !chosen.is_empty() && !chosen.contains(&id) {
+                    continue;
+                }
+                match &c.nodes[&id].raft {
+                    None => out.push(format!("{id}: down")),
+                    Some(r) => out.push(format!(
+                        "{id}: {} (committed: {})",
+                        r.membership(),
+                        r.committed_membership()
+                    )),
+                }
             }
         }
         "load" => {
@@ -710,7 +787,12 @@ fn run_command(c: &mut Cluster, line: &str, out: &mut Out) -> Result<(), String>
         "progress" => {
             let id = id_arg(arg(0)?)?;
             let r = c.running(id)?;
-            let peers: Vec<NodeId> = r.config().peers().collect();
+            let peers: Vec<NodeId> = r
+                .membership()
+                .members()
+                .into_iter()
+                .filter(|&p| p != id)
+                .collect();
             for p in peers {
                 match r.progress(p) {
                     Some(pr) => out.push(format!(
