@@ -36,8 +36,8 @@
 //! role drops its state.
 //! `step` handles the term of a message once and then dispatches by role
 //! (etcd-io/raft's `Step`, then `stepLeader` / `stepCandidate` /
-//! `stepFollower`). Quorum arithmetic is [`MajorityConfig`] (commit index and
-//! vote results, shaped for a joint configuration later); every deadline is
+//! `stepFollower`). Quorum arithmetic is [`MajorityConfig`] and
+//! [`JointConfig`] (commit index and vote results); every deadline is
 //! in one timer table, whose earliest is [`RaftNode::next_deadline`].
 //!
 //! With [`Config::pre_vote`] (Raft thesis §9.6) a node whose election timeout
@@ -57,6 +57,23 @@
 //! skipping pre-vote. The transfer gives up after `election_timeout_max` (its
 //! deadline is in the timer table) or ends when the leader steps down; each
 //! step is reported as `Action::LeadershipTransfer`.
+//!
+//! Membership change (thesis §4; the design and what it requires are in
+//! `membership.rs`'s module doc): a configuration ([`Membership`]: voters,
+//! learners, and during a joint change the outgoing voters) is a log entry
+//! ([`Payload::Membership`]) in force from the moment a node appends it; a
+//! truncation reverts to the latest one left, and [`SnapshotMeta`] records
+//! the one in force at its index. On `Event::MembershipChangeRequested` a
+//! leader validates the changes against its latest configuration and
+//! appends it (one voter added or removed: the simple path; more: a joint
+//! configuration it leaves by itself once it commits), or refuses with a
+//! [`ChangeRefusal`]: one change at a time, and none before an entry of its
+//! own term has committed. Learners receive the log and never vote, stand
+//! or count; a leader that removed itself steps down (after a `TimeoutNow`
+//! to the most up-to-date voter) once the removal commits. Drivers follow
+//! `Action::MembershipChanged` to add and drop peers; a node that joins a
+//! running cluster starts with an empty `Config::members` and learns the
+//! configuration from the leader. Quorums are [`JointConfig`]s.
 //!
 //! [`Message`], [`Event`], [`Action`] and the types inside them have compact
 //! one-line `Display` forms (`MsgApp Term:1 Log:1/10 Commit:10

@@ -44,6 +44,10 @@ use crate::Error;
 /// - `AcceptProposal` / `RejectProposal`: answer a `ProposalReceived`.
 /// - `LeadershipTransfer`: what became of a `LeadershipTransferRequested`
 ///   (informational; nothing to execute).
+/// - `AcceptMembershipChange` / `RejectMembershipChange`: answer a
+///   `MembershipChangeRequested`.
+/// - `MembershipChanged`: the effective or committed configuration changed;
+///   connect to every member of either (and drop the others if you like).
 ///
 /// The node never reads a clock, a file or the network, and draws randomness
 /// only from the generator seeded at construction: the same inputs give the
