@@ -387,13 +387,20 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
     /// What the running leader `leader` knows of `peer`'s log: its match
     /// index (`None` if `leader` does not lead or does not replicate to it).
     pub fn match_index(&self, leader: usize, peer: usize) -> Option<Index> {
-        self.with_node(leader, |n| n.progress(peer as NodeId).map(|p| p.match_index))
-            .flatten()
+        self.with_node(leader, |n| {
+            n.progress(peer as NodeId).map(|p| p.match_index)
+        })
+        .flatten()
     }
 
     /// Server `i`'s commit index, if it is running.
     pub fn commit_index(&self, i: usize) -> Option<Index> {
         self.with_node(i, RaftNode::commit_index)
+    }
+
+    /// The last index in server `i`'s log, if it is running.
+    pub fn last_index(&self, i: usize) -> Option<Index> {
+        self.with_node(i, |n| n.log().last_index())
     }
 
     fn with_node<T>(&self, i: usize, f: impl FnOnce(&RaftNode) -> T) -> Option<T> {
@@ -524,7 +531,10 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
         self.change_membership(&[MembershipChange::AddLearner(new as NodeId)])
             .await
             .unwrap_or_else(|r| panic!("adding {new} as a learner refused: {r:?}"));
-        assert!(self.wait_caught_up(new).await, "learner {new} never caught up");
+        assert!(
+            self.wait_caught_up(new).await,
+            "learner {new} never caught up"
+        );
         let changes = [
             MembershipChange::Promote(new as NodeId),
             MembershipChange::Remove(old as NodeId),
@@ -559,7 +569,10 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
             let actions = {
                 let mut w = self.world.borrow_mut();
                 let w = &mut *w;
-                let Some(slot) = w.servers.get_mut(&(i as NodeId)).and_then(|s| s.slot.as_mut())
+                let Some(slot) = w
+                    .servers
+                    .get_mut(&(i as NodeId))
+                    .and_then(|s| s.slot.as_mut())
                 else {
                     break;
                 };
@@ -676,9 +689,9 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
         let from_connected = sender.connected;
         // A server the harness never started (an id only named in a
         // configuration) is as good as crashed.
-        let (to_connected, to_running, to_gen) = w
-            .get(to)
-            .map_or((false, false, 0), |s| (s.connected, s.slot.is_some(), s.gen));
+        let (to_connected, to_running, to_gen) = w.get(to).map_or((false, false, 0), |s| {
+            (s.connected, s.slot.is_some(), s.gen)
+        });
         if message.is_request() {
             let enabled = from_connected && to_connected && to_running;
             w.traffic.request_sent(bytes.len());

@@ -403,7 +403,11 @@ impl SafetyChecker {
             e.index,
             log.term_at(commit)
         );
-        let committed = if prev_index <= commit { prev } else { node.committed_membership().clone() };
+        let committed = if prev_index <= commit {
+            prev
+        } else {
+            node.committed_membership().clone()
+        };
         if let Some((a, b)) = disjoint_quorums(&committed, next) {
             panic!(
                 "quorum overlap: leader {id} of term {term} appended configuration {next} at {} after committed configuration {committed}: quorums {a:?} and {b:?} share no node",
@@ -438,7 +442,10 @@ fn config_before(node: &RaftNode, index: Index) -> (Index, Membership) {
     // records none, the node's initial one.
     let recorded = &log.snapshot().membership;
     if recorded.voters.is_empty() {
-        (boundary, Membership::with_voters(node.config().members.iter().copied()))
+        (
+            boundary,
+            Membership::with_voters(node.config().members.iter().copied()),
+        )
     } else {
         (boundary, recorded.clone())
     }
@@ -449,7 +456,11 @@ fn config_before(node: &RaftNode, index: Index) -> (Index, Membership) {
 /// complement holds a quorum of `b`; quorums are closed under supersets).
 fn disjoint_quorums(a: &Membership, b: &Membership) -> Option<(Vec<NodeId>, Vec<NodeId>)> {
     let universe: Vec<NodeId> = a.members().union(&b.members()).copied().collect();
-    assert!(universe.len() <= 16, "quorum overlap: {} members are too many to check", universe.len());
+    assert!(
+        universe.len() <= 16,
+        "quorum overlap: {} members are too many to check",
+        universe.len()
+    );
     let (qa, qb) = (a.quorum(), b.quorum());
     for bits in 0u32..1 << universe.len() {
         let (mut inside, mut outside) = (Vec::new(), Vec::new());
