@@ -1,8 +1,8 @@
 //! Membership change scenarios (issue 12) in the lab style, on the
 //! simulator, under the seed from `SIM_SEED` like the lab suites: rolling
 //! replacement of every server of a 3- and a 5-server cluster under load,
-//! removing the leader under load, partitions during joint changes, and
-//! learners never counted. The bodies are `lab_tests::membership`'s.
+//! removing the leader under load, partitions during joint changes,
+//! learners never counted, and one change at a time. The bodies are `lab_tests::membership`'s.
 
 use driver_sim::run_test;
 
@@ -29,4 +29,5 @@ membership_tests!(
     remove_leader_under_load,
     partitions_during_joint_change,
     learners_never_counted,
+    one_change_at_a_time,
 );

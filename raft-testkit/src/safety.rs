@@ -65,6 +65,8 @@ struct Leading {
     /// The latest configuration in its log, and the index of the entry that
     /// set it (the snapshot boundary if none follows it).
     config: (Index, Membership),
+    /// Its progress: each member's match index.
+    matched: BTreeMap<NodeId, Index>,
 }
 
 /// What the checker has seen across the whole run, every incarnation of
@@ -97,7 +99,13 @@ impl SafetyChecker {
         let id = node.id();
         self.check_term_origin(node);
         if !node.is_leader() {
-            self.leading.remove(&id);
+            // A leader that stepped down in its own term (removed, its
+            // removal committed) may have committed in its last step.
+            if let Some(before) = self.leading.remove(&id) {
+                if before.term == node.term() {
+                    self.check_commit_quorum(node, &before);
+                }
+            }
             return;
         }
         let term = node.term();
@@ -107,90 +115,130 @@ impl SafetyChecker {
             "election safety: nodes {holder} and {id} both lead term {term}"
         );
         let before = self.leading.remove(&id).filter(|l| l.term == term);
-        let now = match &before {
+        let config = match &before {
             // Continuing in office: only the entries appended since the
             // previous step can change the latest configuration.
             Some(before) => {
-                let log = node.log();
-                let mut config = before.config.clone();
-                for index in before.last_index + 1..=log.last_index() {
-                    if let Some(Entry {
-                        payload: Payload::Membership(m),
-                        ..
-                    }) = log.entry(index)
-                    {
-                        config = (index, m.clone());
-                    }
-                }
                 self.check_commit_quorum(node, before);
-                config
+                appended_configs(node, before.last_index)
+                    .last()
+                    .map_or_else(|| before.config.clone(), |(i, m)| (*i, (*m).clone()))
             }
             None => {
                 self.check_leader_completeness(node);
                 latest_config(node)
             }
         };
+        let matched = config
+            .1
+            .members()
+            .into_iter()
+            .filter_map(|n| node.progress(n).map(|p| (n, p.match_index)))
+            .collect();
         self.leading.insert(
             id,
             Leading {
                 term,
                 commit: node.commit_index(),
                 last_index: node.log().last_index(),
-                config: now,
+                config,
+                matched,
             },
         );
     }
 
-    /// The nodes that acknowledged `index` to the leader of `term`, and the
-    /// leader itself (a quorum check ignores it if it does not vote).
-    fn acknowledged(&self, leader: NodeId, term: Term, index: Index) -> Vec<NodeId> {
-        let mut nodes: Vec<NodeId> = self
+    /// Could the leader `node` (or the leader it was before this step, if
+    /// it stepped down in it) have counted a quorum of `config` having
+    /// `index`? Counted are the nodes that sent an acknowledgement of it
+    /// in the leader's term and that the leader's progress shows (a leader
+    /// counts only what it received), and the leader itself if its log is
+    /// durable there (a quorum check ignores it if it does not vote). A
+    /// node the leader no longer tracks counts if it sent one. A leader
+    /// that stepped down has no progress left: its progress at the end of
+    /// its previous step counts, plus any one node (a step handles one
+    /// message). Returns the nodes counted, for the message.
+    fn counted_quorum(
+        &self,
+        node: &RaftNode,
+        before: &Leading,
+        config: &Membership,
+        index: Index,
+    ) -> Result<(), Vec<NodeId>> {
+        let term = node.term();
+        let sent: Vec<NodeId> = self
             .acked
             .range((term, 0)..=(term, NodeId::MAX))
             .filter(|&(_, &acked)| acked >= index)
             .map(|(&(_, n), _)| n)
             .collect();
-        nodes.push(leader);
-        nodes
+        let received = |n: NodeId| {
+            if node.is_leader() {
+                node.progress(n).is_none_or(|p| p.match_index >= index)
+            } else {
+                before.matched.get(&n).is_some_and(|&m| m >= index)
+            }
+        };
+        let mut counted: Vec<NodeId> = sent.iter().copied().filter(|&n| received(n)).collect();
+        if node.durable_index() >= index {
+            counted.push(node.id());
+        }
+        let quorum = config.quorum();
+        if quorum.is_quorum(&counted) {
+            return Ok(());
+        }
+        if !node.is_leader() {
+            for &extra in sent.iter().filter(|n| !counted.contains(n)) {
+                let mut with = counted.clone();
+                with.push(extra);
+                if quorum.is_quorum(&with) {
+                    return Ok(());
+                }
+            }
+        }
+        Err(counted)
     }
 
-    /// Commit quorum: a leader that stayed in office through a step and
-    /// moved its commit index there had it acknowledged by a quorum of a
-    /// configuration in force at it during the step (the latest before the
-    /// step, or one appended in it); if the commit passed the entry of the
-    /// configuration in force before the step, that entry had a quorum of
-    /// its own configuration (nothing else can commit it: the next
-    /// configuration is appended only after it commits).
+    /// Commit quorum: a leader that moved its commit index in a step (and
+    /// was leader of that term in its previous step) had it acknowledged by
+    /// a quorum of a configuration in force at it during the step (the
+    /// latest before the step, or one appended in it); if the commit passed
+    /// the entry of the configuration in force before the step, that entry
+    /// had a quorum of its own configuration (nothing else can commit it:
+    /// the next configuration is appended only after it commits).
     fn check_commit_quorum(&self, node: &RaftNode, before: &Leading) {
         let commit = node.commit_index();
         if commit <= before.commit {
             return;
         }
         let (id, term) = (node.id(), node.term());
-        let acked = self.acknowledged(id, term, commit);
-        let log = node.log();
         let mut in_force: Vec<&Membership> = vec![&before.config.1];
-        for index in before.last_index + 1..=log.last_index() {
-            if let Some(Entry {
-                payload: Payload::Membership(m),
-                ..
-            }) = log.entry(index)
-            {
-                in_force.push(m);
-            }
-        }
+        in_force.extend(
+            appended_configs(node, before.last_index)
+                .into_iter()
+                .map(|(_, m)| m),
+        );
+        let mut counted = Vec::new();
+        let ok = in_force
+            .iter()
+            .any(|m| match self.counted_quorum(node, before, m, commit) {
+                Ok(()) => true,
+                Err(c) => {
+                    counted = c;
+                    false
+                }
+            });
         assert!(
-            in_force.iter().any(|m| m.quorum().is_quorum(&acked)),
-            "commit quorum: leader {id} of term {term} committed index {commit} acknowledged only by {acked:?} (itself included), no quorum of its configuration {}",
+            ok,
+            "commit quorum: leader {id} of term {term} committed index {commit} counting only {counted:?} (itself if durable), no quorum of its configuration {}",
             before.config.1
         );
         let (config_index, config) = &before.config;
         if before.commit < *config_index && *config_index <= commit {
-            let acked = self.acknowledged(id, term, *config_index);
-            assert!(
-                config.quorum().is_quorum(&acked),
-                "commit quorum: leader {id} of term {term} committed the configuration entry {config_index} ({config}) acknowledged only by {acked:?} (itself included), no quorum of that configuration"
-            );
+            if let Err(counted) = self.counted_quorum(node, before, config, *config_index) {
+                panic!(
+                    "commit quorum: leader {id} of term {term} committed the configuration entry {config_index} ({config}) counting only {counted:?} (itself if durable), no quorum of that configuration"
+                );
+            }
         }
     }
 
@@ -415,6 +463,20 @@ impl SafetyChecker {
             );
         }
     }
+}
+
+/// The configuration entries in a node's log after `index`, in order.
+fn appended_configs(node: &RaftNode, index: Index) -> Vec<(Index, &Membership)> {
+    let log = node.log();
+    (index + 1..=log.last_index())
+        .filter_map(|i| match log.entry(i) {
+            Some(Entry {
+                payload: Payload::Membership(m),
+                ..
+            }) => Some((i, m)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The latest configuration in a node's log and the index of the entry

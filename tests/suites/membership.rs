@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use driver_sim::{ms, now, sleep, spawn, Cfg, Cmd, JoinHandle, PreVoteCfg, SimCfg};
 use lab::RaftHarness;
-use raft_core::{Membership, MembershipChange, NodeId};
+use raft_core::{ChangeRefusal, Membership, MembershipChange, NodeId};
 
 use MembershipChange::{AddLearner, AddVoter, Promote, Remove};
 
@@ -271,6 +271,56 @@ pub async fn learners_never_counted() {
     cfg.end();
 }
 
+/// One change at a time, and none before the leader's own entry commits:
+/// a second change requested while the first is uncommitted is refused
+/// (`ChangeInProgress`), and a newly elected leader refuses a change until
+/// an entry of its term has committed (`LeaderNotReady`: the single-server
+/// bug of 2015), then takes it.
+pub async fn one_change_at_a_time() {
+    let cfg = Cfg::new(3, false, false);
+    cfg.begin("Test (membership): one change at a time, none before the leader's own entry");
+    cfg.check_one_leader().await;
+    cfg.one(Cmd::Int(1), 3, true).await;
+    let (a, b) = (cfg.add_server() as NodeId, cfg.add_server() as NodeId);
+    let leader = cfg.leader().expect("a leader");
+    let first = cfg.request_membership_change(leader, &[AddLearner(a)]);
+    assert!(first.is_ok(), "the first change is taken: {first:?}");
+    let second = cfg.request_membership_change(leader, &[AddLearner(b)]);
+    assert_eq!(
+        second,
+        Err(ChangeRefusal::ChangeInProgress),
+        "a second change while the first is uncommitted"
+    );
+    cfg.change_membership(&[AddLearner(b)])
+        .await
+        .expect("the second change once the first committed");
+
+    // A new leader has committed nothing of its own term.
+    cfg.crash1(leader);
+    let asked = now();
+    let next = loop {
+        if let Some(l) = cfg.leader().filter(|&l| l != leader) {
+            break l;
+        }
+        assert!(now() - asked < Duration::from_secs(5), "no new leader");
+        sleep(ms(1)).await;
+    };
+    assert_eq!(
+        cfg.request_membership_change(next, &[Promote(a)]),
+        Err(ChangeRefusal::LeaderNotReady),
+        "a new leader before an entry of its term committed"
+    );
+    let m = cfg
+        .change_membership(&[Promote(a)])
+        .await
+        .expect("the change once the leader is ready");
+    assert!(m.voters.contains(&a));
+    cfg.start1(leader);
+    cfg.connect(leader);
+    cfg.one(Cmd::Int(2), 5, true).await;
+    cfg.end();
+}
+
 /// Every body, by name.
 pub fn tests() -> Vec<(&'static str, crate::Body)> {
     vec![
@@ -289,5 +339,6 @@ pub fn tests() -> Vec<(&'static str, crate::Body)> {
         ("learners_never_counted", || {
             Box::pin(learners_never_counted())
         }),
+        ("one_change_at_a_time", || Box::pin(one_change_at_a_time())),
     ]
 }
