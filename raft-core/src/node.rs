@@ -396,9 +396,9 @@ impl RaftNode {
                 }
             }
             RoleState::Follower | RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
-                if now >= self.shared.timers.election && !self.shared.is_voter() {
+                if now >= self.shared.timers.election && !self.shared.may_stand() {
                     // A learner, a removed node or one that knows no
-                    // configuration yet never stands.
+                    // configuration yet never stands (`Shared::may_stand`).
                     self.shared.reset_election_deadline();
                     if !matches!(self.role, RoleState::Follower) {
                         self.role = RoleState::Follower;

@@ -2911,3 +2911,41 @@ fn timeout_now_is_ignored_unless_from_the_known_leader_of_the_current_term() {
     );
     assert!(sends(&actions).is_empty());
 }
+
+/// A leader of `{1, 2}` that demoted itself (`{1}`, learner 2) and crashed
+/// before the entry reached node 1 stands again after restarting: the
+/// demotion is not known to be committed and the committed configuration
+/// still counts it. Node 1, which lacks the entry, cannot win without its
+/// vote (node 2's log is longer), so if node 2 never stood the cluster
+/// would be stuck (chaos seed 541). It wins on node 1's vote (a quorum of
+/// `{1}`), then, not a voter of the configuration once that commits, hands
+/// over.
+#[test]
+fn a_demoted_leader_whose_demotion_is_uncommitted_still_stands() {
+    let demoted = Membership {
+        learners: [2].into_iter().collect(),
+        ..Membership::with_voters([1])
+    };
+    let durable = DurableState {
+        hard_state: HardState {
+            term: 1,
+            voted_for: Some(2),
+        },
+        snapshot: None,
+        entries: vec![
+            entry(1, 1),
+            Entry {
+                index: 2,
+                term: 1,
+                payload: Payload::Membership(demoted.clone()),
+            },
+        ],
+    };
+    let mut n = RaftNode::recover(config(2, 2), SEED, durable, None).expect("consistent state");
+    assert_eq!(n.membership(), &demoted);
+    assert!(!n.is_voter());
+    let now = campaign(&mut n);
+    assert_eq!(n.term(), 2);
+    recv(&mut n, now, 1, rvr(2, true));
+    assert!(n.is_leader(), "node 1's vote is a quorum of {{1}}");
+}
