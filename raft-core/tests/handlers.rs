@@ -1826,9 +1826,13 @@ fn messages_from_itself_and_non_leader_messages_from_non_members_are_dropped() {
     ] {
         assert_eq!(recv(&mut n, ms(1), 1, m), vec![]);
     }
-    // A removed node cannot disturb the cluster: its votes, pre-votes and
-    // replies are dropped (a leader's messages are not: a node added after
-    // our latest configuration may lead).
+    // A removed node cannot disturb a cluster whose leader works: while we
+    // hear from ours, its votes, pre-votes and replies are dropped (a
+    // leader's messages are not: a node added after our latest
+    // configuration may lead).
+    let actions = recv(&mut n, ms(1), 2, ae(1, 0, 0, vec![], 0));
+    persist_all(&mut n, ms(1), &actions);
+    assert_eq!(n.leader_hint(), Some(2));
     for from in [4, 99] {
         for m in [
             rv(5, 9, 9),
@@ -1836,11 +1840,22 @@ fn messages_from_itself_and_non_leader_messages_from_non_members_are_dropped() {
             accepted(5, 1),
             install_reply(5, 9),
         ] {
-            assert_eq!(recv(&mut n, ms(1), from, m), vec![]);
+            assert_eq!(recv(&mut n, ms(2), from, m), vec![]);
         }
     }
-    assert_eq!(n.term(), 0);
+    assert_eq!(n.term(), 1);
     assert_eq!(n.log().last_index(), 0);
+    // Without a working leader (nothing heard for the minimum election
+    // timeout) a candidate outside our configuration is answered: our
+    // configuration may be behind, and it may need our vote (thesis
+    // 4.2.2).
+    let actions = recv(&mut n, ms(400), 4, rv(5, 9, 9));
+    assert_eq!(n.term(), 5);
+    let granted = persists(&actions)
+        .iter()
+        .flat_map(|p| p.then_send.clone())
+        .any(|(to, m)| to == 4 && m == rvr(5, true));
+    assert!(granted, "the vote is granted once durable: {actions:?}");
 }
 
 #[test]
