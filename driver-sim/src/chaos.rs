@@ -231,6 +231,12 @@ pub fn run_seed(seed: u64) -> ChaosReport {
         faults.await;
         chaos.heal();
         let healed_at = now();
+        // Like an operator, shut down servers whose removal has committed
+        // (during the fault phase they kept running, and must not have
+        // disturbed the cluster): a clerk that still tries them would
+        // otherwise follow their stale leader hints.
+        let liveness = Rc::new(std::cell::Cell::new(true));
+        let retirer = spawn(chaos.clone().retire_removed(liveness.clone()));
         let mut acked = Vec::new();
         for c in clients {
             match timeout(LIVENESS_LIMIT, c).await {
@@ -240,6 +246,8 @@ pub fn run_seed(seed: u64) -> ChaosReport {
         }
         chaos.check_converged(healed_at).await;
         chaos.check_acknowledged(&acked).await;
+        liveness.set(false);
+        retirer.await;
         chaos.check_linearizable();
         let (ops, changes) = {
             let w = chaos.w.borrow();
@@ -371,6 +379,30 @@ impl Chaos {
                 me.start(i);
             }
         });
+    }
+
+    /// Every 50 ms while `running`: crashes, for good, each running server
+    /// that neither the leader's latest nor its committed configuration
+    /// names.
+    async fn retire_removed(self, running: Rc<std::cell::Cell<bool>>) {
+        while running.get() {
+            if let Some(leader) = self.leader() {
+                let mut w = self.w.borrow_mut();
+                let raft = w.nodes[leader].as_ref().expect("running").server.raft();
+                let (latest, committed) = (
+                    raft.membership().clone(),
+                    raft.committed_membership().clone(),
+                );
+                for i in 0..w.nodes.len() {
+                    let id = i as NodeId;
+                    if w.nodes[i].is_some() && !latest.contains(id) && !committed.contains(id) {
+                        w.nodes[i] = None;
+                        w.started[i] = false;
+                    }
+                }
+            }
+            sleep(ms(50)).await;
+        }
     }
 
     /// The running node that leads the highest term, if any.
