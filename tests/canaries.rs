@@ -1,8 +1,8 @@
 //! Every planted bug (`kv_core::canary::Planted`: the Raft core's and the KV
 //! service's) is caught: each canary is
 //! switched on in turn, and the hunt runs, cheapest first, the Raft lab suite
-//! over a few seeds, then chaos seeds, then the KV lab suite, until some check
-//! fails. The test fails if any canary survives every run in its budget, and
+//! over a few seeds, then the membership scenarios, then chaos seeds, then
+//! the KV lab suite, until some check fails. The test fails if any canary survives every run in its budget, and
 //! prints, for each, what caught it and the command that replays the catch.
 //!
 //! The canaries are compiled into this crate's tests only (the
@@ -20,6 +20,8 @@ use kv_core::canary::Planted;
 
 /// Raft lab suite seeds tried per canary (28 tests each).
 const RAFT_SEEDS: u64 = 6;
+/// Membership scenario seeds tried per canary (5 scenarios each).
+const MEMBERSHIP_SEEDS: u64 = 3;
 /// Chaos seeds tried per canary.
 const CHAOS_SEEDS: u64 = 1000;
 /// KV lab suite seeds tried per canary (23 tests each).
@@ -71,6 +73,7 @@ fn hunt(c: Planted) -> Option<Catch> {
         })
     };
     lab("raft", &lab_tests::raft::tests::<driver_sim::Cfg>(), RAFT_SEEDS)
+        .or_else(|| lab("membership", &lab_tests::membership::tests(), MEMBERSHIP_SEEDS))
         .or_else(|| {
             (1..=CHAOS_SEEDS).find_map(|seed| {
                 catch_unwind(AssertUnwindSafe(|| run_seed(seed)))
@@ -126,7 +129,7 @@ fn canaries_are_caught() {
     println!("{}", table.join("\n"));
     assert!(
         survivors.is_empty(),
-        "canaries not caught by {RAFT_SEEDS} Raft suite seeds, {CHAOS_SEEDS} chaos seeds, {KV_SEEDS} KV suite seeds: {survivors:?}\n{}",
+        "canaries not caught by {RAFT_SEEDS} Raft suite seeds, {MEMBERSHIP_SEEDS} membership scenario seeds, {CHAOS_SEEDS} chaos seeds, {KV_SEEDS} KV suite seeds: {survivors:?}\n{}",
         table.join("\n")
     );
 }

@@ -24,3 +24,7 @@ pub mod raft;
 /// The KV lab suite, 3A–3B (23 tests).
 #[path = "suites/kv.rs"]
 pub mod kv;
+
+/// Membership change scenarios on the simulator's Raft harness (issue 12).
+#[path = "suites/membership.rs"]
+pub mod membership;

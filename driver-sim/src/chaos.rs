@@ -5,14 +5,23 @@
 //! Faults: request and reply loss (0–30%), duplication (0–20%), reordering
 //! (random delays up to 1–60 ms), symmetric and asymmetric partitions, crashes
 //! that lose every write not yet reported `Persisted` (the disk is
-//! asynchronous here, with its own latency), and restarts.
+//! asynchronous here, with its own latency), and restarts. In two seeds of
+//! three, also membership changes and leadership transfers, asked of the
+//! leader: add a learner (a new server that knows no configuration, or one
+//! removed earlier), promote, demote, remove, replace (promote a learner and
+//! remove a voter at once), other joint changes (several changes at once),
+//! a transfer to a voter or to the most up-to-date one, and a crash of the
+//! leader right after it took a change. Servers are known by node id: the
+//! ids `0..nodes` start the cluster, [`SPARE_IDS`] more may join.
 //!
 //! Checked after every step of every node: at most one leader per term,
 //! log matching, leader completeness, state machine safety (the same entry at
 //! every committed index on every node), persist-before-send against the
-//! durable image, and the core's own invariants. After healing, within 20
-//! election timeouts: every client operation completes, exactly one leader,
-//! every node has applied the same state, every acknowledged append is
+//! durable image, the configuration rules (commit quorum, quorum overlap,
+//! one change at a time, own-term commit before a change), and the core's
+//! own invariants. After healing, within 20 election timeouts: every client
+//! operation completes, exactly one leader, every member of the leader's
+//! configuration has applied the same state, every acknowledged append is
 //! present exactly once and in order. Finally the whole history must be
 //! linearizable.
 
@@ -24,7 +33,7 @@ use std::time::Duration;
 use kv_core::{
     Clerk, Command, KvServer, Op, Outcome, Progress, Reply, ServerAction, ServerConfig, ServerEvent,
 };
-use raft_core::{Config, Index, Instant, Message, Persist};
+use raft_core::{Config, Event, Index, Instant, MembershipChange, Message, NodeId, Persist};
 
 use crate::executor::{
     ms, now, oneshot, schedule_after, schedule_at, sleep, spawn, timeout, with_rng, OneshotSender,
@@ -62,7 +71,19 @@ pub struct FaultMix {
     pub partition: u64,
     /// Snapshot threshold in bytes (`None`: never).
     pub max_raft_state: Option<usize>,
+    /// Per-mille chance per fault tick of asking the leader for a
+    /// membership change.
+    pub reconfig: u64,
+    /// Per-mille chance per fault tick of asking the leader to transfer
+    /// its leadership.
+    pub transfer: u64,
+    /// Per-mille chance that the leader crashes right after taking a
+    /// membership change.
+    pub crash_after_change: u64,
 }
+
+/// Node ids beyond the initial ones that may join a seed's cluster.
+pub const SPARE_IDS: usize = 3;
 
 impl FaultMix {
     /// Draws a mix from the simulation's generator.
@@ -85,9 +106,19 @@ impl FaultMix {
             } else {
                 None
             },
+            reconfig: 0,
+            transfer: 0,
+            crash_after_change: 0,
         });
         if with_rng(|r| r.chance(1, 2)) {
             mix.slow_disk = Some(with_rng(|r| r.below(mix.nodes as u64)) as usize);
+        }
+        if with_rng(|r| r.chance(2, 3)) {
+            with_rng(|r| {
+                mix.reconfig = 100 + r.below(700);
+                mix.transfer = r.below(300);
+                mix.crash_after_change = r.below(400);
+            });
         }
         mix
     }
@@ -104,6 +135,8 @@ pub struct ChaosReport {
     pub ops: usize,
     /// Appends acknowledged.
     pub acked: usize,
+    /// Membership changes the leader took.
+    pub changes: usize,
 }
 
 const SAFETY_PHASE: Duration = Duration::from_secs(6);
@@ -123,9 +156,24 @@ struct Call {
     reply: OneshotSender<Reply>,
 }
 
+/// What a node is stepped with.
+enum Input {
+    Server(ServerEvent),
+    Raft(Event),
+}
+
 struct World {
     mix: FaultMix,
+    /// By node id: every id that may ever run (the initial ones, then the
+    /// spares); `None` while down or never started.
     nodes: Vec<Option<Node>>,
+    /// The `Config::members` each id starts with: the initial voters, or
+    /// none for a spare (it learns the configuration from the leader).
+    members: Vec<Vec<NodeId>>,
+    /// Ids that have run at least once (healing restarts only those).
+    started: Vec<bool>,
+    /// Membership changes the leader took.
+    changes: usize,
     gens: Vec<u64>,
     disks: Vec<Persister>,
     blocked: Vec<Vec<bool>>,
@@ -148,12 +196,19 @@ pub fn run_seed(seed: u64) -> ChaosReport {
     crate::executor::run(seed, async move {
         let mix = FaultMix::draw();
         let n = mix.nodes;
+        let ids = n + SPARE_IDS;
+        let initial: Vec<NodeId> = (0..n as NodeId).collect();
         let chaos = Chaos {
             w: Rc::new(RefCell::new(World {
-                nodes: (0..n).map(|_| None).collect(),
-                gens: vec![0; n],
-                disks: vec![Persister::new(); n],
-                blocked: vec![vec![false; n]; n],
+                nodes: (0..ids).map(|_| None).collect(),
+                members: (0..ids)
+                    .map(|i| if i < n { initial.clone() } else { Vec::new() })
+                    .collect(),
+                started: vec![false; ids],
+                changes: 0,
+                gens: vec![0; ids],
+                disks: vec![Persister::new(); ids],
+                blocked: vec![vec![false; ids]; ids],
                 healed: false,
                 safety: SafetyChecker::default(),
                 calls: BTreeMap::new(),
@@ -176,6 +231,12 @@ pub fn run_seed(seed: u64) -> ChaosReport {
         faults.await;
         chaos.heal();
         let healed_at = now();
+        // Like an operator, shut down servers whose removal has committed
+        // (during the fault phase they kept running, and must not have
+        // disturbed the cluster): a clerk that still tries them would
+        // otherwise follow their stale leader hints.
+        let liveness = Rc::new(std::cell::Cell::new(true));
+        let retirer = spawn(chaos.clone().retire_removed(liveness.clone()));
         let mut acked = Vec::new();
         for c in clients {
             match timeout(LIVENESS_LIMIT, c).await {
@@ -185,13 +246,19 @@ pub fn run_seed(seed: u64) -> ChaosReport {
         }
         chaos.check_converged(healed_at).await;
         chaos.check_acknowledged(&acked).await;
+        liveness.set(false);
+        retirer.await;
         chaos.check_linearizable();
-        let ops = chaos.w.borrow().history.len();
+        let (ops, changes) = {
+            let w = chaos.w.borrow();
+            (w.history.len(), w.changes)
+        };
         ChaosReport {
             mix,
             events: crate::executor::events_run(),
             ops,
             acked: acked.iter().map(Vec::len).sum(),
+            changes,
         }
     })
 }
@@ -201,8 +268,9 @@ impl Chaos {
         {
             let mut w = self.w.borrow_mut();
             w.gens[i] += 1;
+            w.started[i] = true;
             let (state, snapshot) = w.disks[i].load();
-            let members = (0..w.mix.nodes as u64).collect();
+            let members = w.members[i].clone();
             let config = ServerConfig::new(Config::new(i as u64, members), w.mix.max_raft_state);
             let seed = with_rng(|r| r.next_u64());
             let server =
@@ -238,7 +306,11 @@ impl Chaos {
             w.nodes.len()
         };
         for i in 0..n {
-            if self.w.borrow().nodes[i].is_none() {
+            let down = {
+                let w = self.w.borrow();
+                w.started[i] && w.nodes[i].is_none()
+            };
+            if down {
                 self.start(i);
             }
         }
@@ -254,6 +326,12 @@ impl Chaos {
                 let w = self.w.borrow();
                 (w.nodes.len(), w.mix.clone())
             };
+            if with_rng(|r| r.chance(mix.reconfig, 1000)) {
+                self.change_membership();
+            }
+            if with_rng(|r| r.chance(mix.transfer, 1000)) {
+                self.transfer_leadership();
+            }
             if with_rng(|r| r.chance(mix.partition, 1000)) {
                 let mut w = self.w.borrow_mut();
                 let side: Vec<bool> = (0..n).map(|_| with_rng(|r| r.chance(1, 2))).collect();
@@ -282,16 +360,159 @@ impl Chaos {
                     Some(l) if with_rng(|r| r.chance(mix.crash_leader, 1000)) => l,
                     _ => with_rng(|r| r.below(n as u64)) as usize,
                 };
-                self.crash(i);
-                let me = self.clone();
-                let down = ms(with_rng(|r| r.range(50, 1500)));
-                schedule_after(down, move || {
-                    if me.w.borrow().nodes[i].is_none() && !me.w.borrow().healed {
-                        me.start(i);
-                    }
-                });
+                self.crash_for_a_while(i);
             }
         }
+    }
+
+    /// Crashes node `i` (if it has ever run) and restarts it 50–1500 ms
+    /// later, unless healing has restarted it already.
+    fn crash_for_a_while(&self, i: usize) {
+        if !self.w.borrow().started[i] {
+            return;
+        }
+        self.crash(i);
+        let me = self.clone();
+        let down = ms(with_rng(|r| r.range(50, 1500)));
+        schedule_after(down, move || {
+            if me.w.borrow().nodes[i].is_none() && !me.w.borrow().healed {
+                me.start(i);
+            }
+        });
+    }
+
+    /// Every 50 ms while `running`: crashes, for good, each running server
+    /// that neither the leader's latest nor its committed configuration
+    /// names.
+    async fn retire_removed(self, running: Rc<std::cell::Cell<bool>>) {
+        while running.get() {
+            if let Some(leader) = self.leader() {
+                let mut w = self.w.borrow_mut();
+                let raft = w.nodes[leader].as_ref().expect("running").server.raft();
+                let (latest, committed) = (
+                    raft.membership().clone(),
+                    raft.committed_membership().clone(),
+                );
+                for i in 0..w.nodes.len() {
+                    let id = i as NodeId;
+                    if w.nodes[i].is_some() && !latest.contains(id) && !committed.contains(id) {
+                        w.nodes[i] = None;
+                        w.started[i] = false;
+                    }
+                }
+            }
+            sleep(ms(50)).await;
+        }
+    }
+
+    /// The running node that leads the highest term, if any.
+    fn leader(&self) -> Option<usize> {
+        let w = self.w.borrow();
+        (0..w.nodes.len())
+            .filter_map(|i| w.nodes[i].as_ref().map(|nd| (i, nd.server.raft())))
+            .filter(|(_, r)| r.is_leader())
+            .max_by_key(|(_, r)| r.term())
+            .map(|(i, _)| i)
+    }
+
+    /// Draws a membership change against the leader's latest configuration
+    /// and asks the leader for it (it may refuse: one change at a time, not
+    /// before its own entry commits, or an invalid one); a spare id it adds
+    /// is started first, knowing no configuration. If the leader takes it,
+    /// it may crash at once.
+    fn change_membership(&self) {
+        let Some(leader) = self.leader() else {
+            return;
+        };
+        let (latest, ids) = {
+            let w = self.w.borrow();
+            let raft = w.nodes[leader].as_ref().expect("running").server.raft();
+            (raft.membership().clone(), w.nodes.len())
+        };
+        let voters: Vec<NodeId> = latest.voters.iter().copied().collect();
+        let learners: Vec<NodeId> = latest.learners.iter().copied().collect();
+        let outsiders: Vec<NodeId> = (0..ids as NodeId)
+            .filter(|&i| !latest.contains(i))
+            .collect();
+        let pick = |from: &[NodeId]| -> Option<NodeId> {
+            (!from.is_empty()).then(|| from[with_rng(|r| r.below(from.len() as u64)) as usize])
+        };
+        use MembershipChange::*;
+        let changes: Vec<MembershipChange> = match with_rng(|r| r.below(8)) {
+            0 | 1 => pick(&outsiders).map(AddLearner).into_iter().collect(),
+            2 => pick(&learners).map(Promote).into_iter().collect(),
+            3 => pick(&voters).map(Remove).into_iter().collect(),
+            4 => pick(&voters).map(Demote).into_iter().collect(),
+            // Replace: a learner in, a voter out, in one joint change.
+            5 => match (pick(&learners), pick(&voters)) {
+                (Some(l), Some(v)) => vec![Promote(l), Remove(v)],
+                _ => Vec::new(),
+            },
+            // Grow by two at once (a new voter straight away, and a
+            // learner promoted), or shrink by two.
+            6 => match (pick(&outsiders), pick(&learners)) {
+                (Some(o), Some(l)) => vec![AddVoter(o), Promote(l)],
+                (Some(o), None) => vec![AddVoter(o), AddLearner(o + 1)]
+                    .into_iter()
+                    .filter(|c| outsiders.contains(&c.node()))
+                    .collect(),
+                _ => Vec::new(),
+            },
+            _ => {
+                let (a, b) = (pick(&voters), pick(&voters));
+                match (a, b) {
+                    (Some(a), Some(b)) if a != b => vec![Remove(a), Demote(b)],
+                    _ => Vec::new(),
+                }
+            }
+        };
+        if changes.is_empty() {
+            return;
+        }
+        for c in &changes {
+            let i = c.node() as usize;
+            if !self.w.borrow().started[i] {
+                self.start(i);
+            }
+        }
+        let id = {
+            let mut w = self.w.borrow_mut();
+            w.next_call += 1;
+            w.next_call
+        };
+        self.step_raft(leader, Event::MembershipChangeRequested { id, changes });
+        let took = {
+            let w = self.w.borrow();
+            w.nodes[leader]
+                .as_ref()
+                .is_some_and(|nd| *nd.server.raft().membership() != latest)
+        };
+        if took {
+            self.w.borrow_mut().changes += 1;
+            let crash = self.w.borrow().mix.crash_after_change;
+            if with_rng(|r| r.chance(crash, 1000)) {
+                self.crash_for_a_while(leader);
+            }
+        }
+    }
+
+    /// Asks the leader to hand over to a random voter, or (half the time)
+    /// to the most up-to-date one.
+    fn transfer_leadership(&self) {
+        let Some(leader) = self.leader() else {
+            return;
+        };
+        let voters: Vec<NodeId> = {
+            let w = self.w.borrow();
+            let raft = w.nodes[leader].as_ref().expect("running").server.raft();
+            raft.membership().voters.iter().copied().collect()
+        };
+        let to = if with_rng(|r| r.chance(1, 2)) {
+            None
+        } else {
+            Some(voters[with_rng(|r| r.below(voters.len() as u64)) as usize])
+        };
+        self.step_raft(leader, Event::LeadershipTransferRequested { to });
     }
 
     fn status(&self) -> String {
@@ -303,7 +524,8 @@ impl Chaos {
                 Some(nd) => {
                     let r = nd.server.raft();
                     s += &format!(
-                        "  node {i}: term {} {:?} commit {} applied {} last {} waiting {}\n",
+                        "  node {i}: {} term {} {:?} commit {} applied {} last {} waiting {}\n",
+                        r.membership(),
                         r.term(),
                         r.role(),
                         r.commit_index(),
@@ -320,18 +542,29 @@ impl Chaos {
     // ----- nodes ------------------------------------------------------------
 
     fn step(&self, i: usize, event: ServerEvent) {
-        let mut queue = VecDeque::from([event]);
-        while let Some(event) = queue.pop_front() {
+        self.step_with(i, Input::Server(event));
+    }
+
+    /// Steps node `i` with a Raft event the service does not issue itself
+    /// (a membership change or a transfer).
+    fn step_raft(&self, i: usize, event: Event) {
+        self.step_with(i, Input::Raft(event));
+    }
+
+    fn step_with(&self, i: usize, input: Input) {
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
             let actions = {
                 let mut w = self.w.borrow_mut();
                 let w = &mut *w;
                 let Some(node) = w.nodes[i].as_mut() else {
                     return;
                 };
-                let actions = node
-                    .server
-                    .step(now(), event)
-                    .expect("the harness uses the server correctly");
+                let actions = match input {
+                    Input::Server(event) => node.server.step(now(), event),
+                    Input::Raft(event) => node.server.step_raft_event(now(), event),
+                }
+                .expect("the harness uses the server correctly");
                 let raft = node.server.raft();
                 w.safety.after_step(raft);
                 // State machine safety: the committed prefix is the same everywhere.
@@ -603,32 +836,48 @@ impl Chaos {
 
     // ----- end checks -----------------------------------------------------------
 
+    /// Waits for one leader of the highest term whose configuration's
+    /// members (voters and learners) all run and have applied the same
+    /// state as it. Servers outside that configuration (removed ones that
+    /// keep running) are not waited for.
     async fn check_converged(&self, healed_at: Instant) {
         loop {
             let (ok, detail) = {
                 let w = self.w.borrow();
-                let nodes: Vec<&Node> = w.nodes.iter().flatten().collect();
-                let max_term = nodes
-                    .iter()
-                    .map(|n| n.server.raft().term())
-                    .max()
-                    .unwrap_or(0);
-                let leaders = nodes
-                    .iter()
-                    .filter(|n| n.server.raft().is_leader() && n.server.raft().term() == max_term)
-                    .count();
-                let applied: Vec<Index> = nodes
-                    .iter()
-                    .map(|n| n.server.raft().last_applied())
+                let running = || w.nodes.iter().flatten().map(|n| n.server.raft());
+                let max_term = running().map(|r| r.term()).max().unwrap_or(0);
+                let leaders: Vec<&raft_core::RaftNode> = running()
+                    .filter(|r| r.is_leader() && r.term() == max_term)
                     .collect();
-                let stores: Vec<Vec<u8>> =
-                    nodes.iter().map(|n| n.server.store().snapshot()).collect();
-                let same = applied.windows(2).all(|p| p[0] == p[1])
-                    && stores.windows(2).all(|p| p[0] == p[1]);
-                (
-                    leaders == 1 && same && nodes.len() == w.nodes.len(),
-                    format!("leaders {leaders}, applied {applied:?}"),
-                )
+                match leaders.as_slice() {
+                    [leader] => {
+                        let members = leader.membership().members();
+                        let nodes: Vec<Option<&Node>> = members
+                            .iter()
+                            .map(|&m| w.nodes[m as usize].as_ref())
+                            .collect();
+                        let applied: Vec<Option<Index>> = nodes
+                            .iter()
+                            .map(|n| n.map(|n| n.server.raft().last_applied()))
+                            .collect();
+                        let stores: Vec<Option<Vec<u8>>> = nodes
+                            .iter()
+                            .map(|n| n.map(|n| n.server.store().snapshot()))
+                            .collect();
+                        let same = applied.iter().all(|a| a.is_some())
+                            && applied.windows(2).all(|p| p[0] == p[1])
+                            && stores.windows(2).all(|p| p[0] == p[1]);
+                        (
+                            same,
+                            format!(
+                                "leader {} of {}, applied {applied:?}",
+                                leader.id(),
+                                leader.membership()
+                            ),
+                        )
+                    }
+                    _ => (false, format!("{} leaders", leaders.len())),
+                }
             };
             if ok {
                 return;

@@ -12,13 +12,18 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use raft_core::{Action, Config, Event, Index, Instant, Message, RaftNode, Term, TransferOutcome};
+use std::collections::BTreeMap;
+
+use raft_core::{
+    Action, ChangeRefusal, Config, Event, Index, Instant, Membership, MembershipChange, Message,
+    NodeId, RaftNode, Term, TransferOutcome,
+};
 
 use lab::net::{Faults, ReplyFate, RequestFate, Traffic};
 use lab::{Appliers, Cmd, Harness, RaftCounters, RaftHarness, Runtime, TestRun};
 use raft_testkit::{fnv1a, Persister, SafetyChecker};
 
-use crate::executor::{now, schedule_after, schedule_at, with_rng, SimRuntime};
+use crate::executor::{now, schedule_after, schedule_at, sleep, with_rng, SimRuntime};
 
 /// A running server: one incarnation of a node.
 struct Slot {
@@ -29,16 +34,31 @@ struct Slot {
     timer: Option<Instant>,
 }
 
+/// One server, by node id: its running incarnation (if any) and what
+/// outlives a crash.
+struct Server {
+    slot: Option<Slot>,
+    /// The incarnation counter (the latest incarnation's `gen`).
+    gen: u64,
+    persister: Persister,
+    connected: bool,
+    rpc_count: u64,
+    /// The `Config::members` it starts with: the cluster's initial voters,
+    /// or none for a server added to a running cluster (it learns the
+    /// configuration from the leader).
+    members: Vec<NodeId>,
+}
+
 /// The mutable state of a cluster (the Go `config` struct).
 struct World {
+    /// How many servers the cluster was made with (the result line's peers).
     n: usize,
-    slots: Vec<Option<Slot>>,
-    gens: Vec<u64>,
-    persisters: Vec<Persister>,
-    connected: Vec<bool>,
+    /// Every server ever added, by node id. The first `n` have ids
+    /// `0..n` (the lab's server numbers); each added one takes the next
+    /// unused id, and ids are never reused.
+    servers: BTreeMap<NodeId, Server>,
     faults: Faults,
     traffic: Traffic,
-    rpc_count: Vec<u64>,
     appliers: Appliers,
     safety: SafetyChecker,
     next_proposal: u64,
@@ -63,6 +83,10 @@ pub type Cfg = SimCfg<false>;
 /// The Raft harness with pre-vote on in every node.
 pub type PreVoteCfg = SimCfg<true>;
 
+/// How long [`SimCfg::change_membership`] and its helpers keep trying:
+/// the lab's `one()` budget.
+pub const MEMBERSHIP_CHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A follow-up input for a node, produced while executing its actions.
 enum FollowUp {
     Persisted(u64),
@@ -77,18 +101,18 @@ impl<const PRE_VOTE: bool> RaftHarness for SimCfg<PRE_VOTE> {
     /// `make_config(n, unreliable, snapshot)`: starts `n` servers (with the
     /// snapshotting applier if `snapshot`), connects them all.
     fn new(n: usize, unreliable: bool, snapshot: bool) -> Self {
+        let members: Vec<NodeId> = (0..n as NodeId).collect();
         let world = World {
             n,
-            slots: (0..n).map(|_| None).collect(),
-            gens: vec![0; n],
-            persisters: vec![Persister::new(); n],
-            connected: vec![false; n],
+            servers: members
+                .iter()
+                .map(|&id| (id, Server::new(members.clone())))
+                .collect(),
             faults: Faults {
                 reliable: !unreliable,
                 ..Faults::default()
             },
             traffic: Traffic::default(),
-            rpc_count: vec![0; n],
             appliers: Appliers::new(n, snapshot),
             safety: SafetyChecker::default(),
             next_proposal: 0,
@@ -107,16 +131,18 @@ impl<const PRE_VOTE: bool> RaftHarness for SimCfg<PRE_VOTE> {
         cfg
     }
 
-    /// Number of servers.
+    /// Number of server ids handed out: the servers the cluster was made
+    /// with plus those added since ([`SimCfg::add_server`]); a server
+    /// number `i` is node id `i`. Removed servers keep their number.
     fn n(&self) -> usize {
-        self.world.borrow().n
+        self.world.borrow().servers.len()
     }
 
     /// Crash server `i`: disconnect it, delete it from the network, detach its
     /// persister. Its in-flight replies are discarded.
     fn crash1(&self, i: usize) {
         self.disconnect(i);
-        self.world.borrow_mut().slots[i] = None;
+        self.world.borrow_mut().server(i).slot = None;
         self.trace_connectivity(i, "crashed");
     }
 
@@ -125,21 +151,23 @@ impl<const PRE_VOTE: bool> RaftHarness for SimCfg<PRE_VOTE> {
         self.crash1(i);
         let (node, gen) = {
             let mut w = self.world.borrow_mut();
-            w.gens[i] += 1;
-            w.rpc_count[i] = 0;
-            let (state, snapshot) = w.persisters[i].load();
-            w.appliers.restarted(i, snapshot.as_deref());
-            let members: Vec<u64> = (0..w.n as u64).collect();
+            let w = &mut *w;
+            let server = w.server(i);
+            server.gen += 1;
+            server.rpc_count = 0;
+            let (state, snapshot) = server.persister.load();
+            let gen = server.gen;
             let config = Config {
                 pre_vote: PRE_VOTE,
-                ..Config::new(i as u64, members)
+                ..Config::new(i as NodeId, server.members.clone())
             };
+            w.appliers.restarted(i, snapshot.as_deref());
             let seed = with_rng(|r| r.next_u64());
             let node = RaftNode::recover(config, seed, state, snapshot)
                 .expect("a node recovers from what it persisted");
-            (node, w.gens[i])
+            (node, gen)
         };
-        self.world.borrow_mut().slots[i] = Some(Slot {
+        self.world.borrow_mut().server(i).slot = Some(Slot {
             node,
             gen,
             timer: None,
@@ -149,24 +177,24 @@ impl<const PRE_VOTE: bool> RaftHarness for SimCfg<PRE_VOTE> {
 
     /// Is server `i` running (not crashed)?
     fn is_alive(&self, i: usize) -> bool {
-        self.world.borrow().slots[i].is_some()
+        self.world.borrow().get(i).is_some_and(|s| s.slot.is_some())
     }
 
     /// Connect server `i` to every other connected server.
     fn connect(&self, i: usize) {
-        self.world.borrow_mut().connected[i] = true;
+        self.world.borrow_mut().server(i).connected = true;
         self.trace_connectivity(i, "connected");
     }
 
     /// Cut server `i` off from every other server.
     fn disconnect(&self, i: usize) {
-        self.world.borrow_mut().connected[i] = false;
+        self.world.borrow_mut().server(i).connected = false;
         self.trace_connectivity(i, "disconnected");
     }
 
     /// Is server `i` connected?
     fn is_connected(&self, i: usize) -> bool {
-        self.world.borrow().connected[i]
+        self.world.borrow().get(i).is_some_and(|s| s.connected)
     }
 
     /// Turn request/reply loss and short delays on (`false`) or off.
@@ -184,7 +212,7 @@ impl<const PRE_VOTE: bool> RaftHarness for SimCfg<PRE_VOTE> {
     fn start(&self, i: usize, cmd: impl Into<Cmd>) -> Option<(Index, Term)> {
         let id = {
             let mut w = self.world.borrow_mut();
-            w.slots[i].as_ref()?;
+            w.get(i)?.slot.as_ref()?;
             w.next_proposal += 1;
             w.next_proposal
         };
@@ -204,8 +232,8 @@ impl<const PRE_VOTE: bool> RaftHarness for SimCfg<PRE_VOTE> {
     /// answers `(0, false)`.
     fn get_state(&self, i: usize) -> (Term, bool) {
         let w = self.world.borrow();
-        w.slots[i]
-            .as_ref()
+        w.get(i)
+            .and_then(|s| s.slot.as_ref())
             .map_or((0, false), |s| (s.node.term(), s.node.is_leader()))
     }
 
@@ -230,7 +258,7 @@ impl<const PRE_VOTE: bool> RaftHarness for SimCfg<PRE_VOTE> {
 
     /// Handler invocations on server `i` since it (re)started.
     fn rpc_count(&self, i: usize) -> u64 {
-        self.world.borrow().rpc_count[i]
+        self.world.borrow().get(i).map_or(0, |s| s.rpc_count)
     }
 
     /// Requests sent so far.
@@ -246,9 +274,9 @@ impl<const PRE_VOTE: bool> RaftHarness for SimCfg<PRE_VOTE> {
     /// The largest encoded Raft state over all servers.
     fn log_size(&self) -> usize {
         let w = self.world.borrow();
-        w.persisters
-            .iter()
-            .map(Persister::raft_state_size)
+        w.servers
+            .values()
+            .map(|s| s.persister.raft_state_size())
             .max()
             .unwrap_or(0)
     }
@@ -256,9 +284,9 @@ impl<const PRE_VOTE: bool> RaftHarness for SimCfg<PRE_VOTE> {
     /// The largest snapshot over all servers.
     fn snapshot_size(&self) -> usize {
         let w = self.world.borrow();
-        w.persisters
-            .iter()
-            .map(Persister::snapshot_size)
+        w.servers
+            .values()
+            .map(|s| s.persister.snapshot_size())
             .max()
             .unwrap_or(0)
     }
@@ -272,9 +300,11 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
             return;
         }
         let w = self.world.borrow();
-        let up: String = (0..w.n)
-            .map(|j| {
-                if w.slots[j].is_some() && w.connected[j] {
+        let up: String = w
+            .servers
+            .values()
+            .map(|s| {
+                if s.slot.is_some() && s.connected {
                     '+'
                 } else {
                     '.'
@@ -309,6 +339,224 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
             .collect()
     }
 
+    // ----- membership -----------------------------------------------------
+
+    /// Adds a server: a fresh node with the next unused id that knows no
+    /// configuration (empty `Config::members`), started and connected. It
+    /// never stands for election; it learns the configuration from the
+    /// leader once a configuration names it (add it with
+    /// [`SimCfg::change_membership`]). Returns its number, which is its
+    /// node id.
+    pub fn add_server(&self) -> usize {
+        let id = {
+            let mut w = self.world.borrow_mut();
+            let id = w.servers.len();
+            let added = w.appliers.add_server();
+            assert_eq!(added, id, "server numbers are node ids");
+            w.servers.insert(id as NodeId, Server::new(Vec::new()));
+            id
+        };
+        self.start1(id);
+        self.connect(id);
+        id
+    }
+
+    /// The running, connected server that leads the highest term, if any.
+    pub fn leader(&self) -> Option<usize> {
+        let w = self.world.borrow();
+        w.servers
+            .iter()
+            .filter(|(_, s)| s.connected)
+            .filter_map(|(&id, s)| s.slot.as_ref().map(|slot| (id, &slot.node)))
+            .filter(|(_, node)| node.is_leader())
+            .max_by_key(|(_, node)| node.term())
+            .map(|(id, _)| id as usize)
+    }
+
+    /// Server `i`'s effective configuration (the latest in its log), if it
+    /// is running.
+    pub fn membership(&self, i: usize) -> Option<Membership> {
+        self.with_node(i, |n| n.membership().clone())
+    }
+
+    /// Server `i`'s latest committed configuration, if it is running.
+    pub fn committed_membership(&self, i: usize) -> Option<Membership> {
+        self.with_node(i, |n| n.committed_membership().clone())
+    }
+
+    /// What the running leader `leader` knows of `peer`'s log: its match
+    /// index (`None` if `leader` does not lead or does not replicate to it).
+    pub fn match_index(&self, leader: usize, peer: usize) -> Option<Index> {
+        self.with_node(leader, |n| {
+            n.progress(peer as NodeId).map(|p| p.match_index)
+        })
+        .flatten()
+    }
+
+    /// Server `i`'s commit index, if it is running.
+    pub fn commit_index(&self, i: usize) -> Option<Index> {
+        self.with_node(i, RaftNode::commit_index)
+    }
+
+    /// The last index in server `i`'s log, if it is running.
+    pub fn last_index(&self, i: usize) -> Option<Index> {
+        self.with_node(i, |n| n.log().last_index())
+    }
+
+    fn with_node<T>(&self, i: usize, f: impl FnOnce(&RaftNode) -> T) -> Option<T> {
+        let w = self.world.borrow();
+        w.get(i).and_then(|s| s.slot.as_ref()).map(|s| f(&s.node))
+    }
+
+    /// Asks server `i` once to make `changes`
+    /// (`Event::MembershipChangeRequested`): the index and configuration of
+    /// the entry it appended, or why it refused.
+    pub fn request_membership_change(
+        &self,
+        i: usize,
+        changes: &[MembershipChange],
+    ) -> Result<(Index, Membership), ChangeRefusal> {
+        let id = {
+            let mut w = self.world.borrow_mut();
+            if w.get(i).is_none_or(|s| s.slot.is_none()) {
+                return Err(ChangeRefusal::NotLeader { leader_hint: None });
+            }
+            w.next_proposal += 1;
+            w.next_proposal
+        };
+        let event = Event::MembershipChangeRequested {
+            id,
+            changes: changes.to_vec(),
+        };
+        let actions = self.step(i, event, None);
+        for a in actions {
+            match a {
+                Action::AcceptMembershipChange {
+                    id: aid,
+                    index,
+                    membership,
+                    ..
+                } if aid == id => return Ok((index, membership)),
+                Action::RejectMembershipChange { id: aid, reason } if aid == id => {
+                    return Err(reason)
+                }
+                _ => {}
+            }
+        }
+        panic!("server {i} answered no membership change request {id}")
+    }
+
+    /// Makes `changes` through whoever leads, the way a client would:
+    /// retries while there is no leader, the leader is not ready, another
+    /// change is in progress or a transfer is, and again if leadership is
+    /// lost before the change commits; then waits until a leader has
+    /// committed the resulting configuration and settled on it (a joint
+    /// one left). Returns that configuration; an invalid change is refused
+    /// at once, and after [`MEMBERSHIP_CHANGE_TIMEOUT`] the last refusal
+    /// is returned.
+    pub async fn change_membership(
+        &self,
+        changes: &[MembershipChange],
+    ) -> Result<Membership, ChangeRefusal> {
+        let started = now();
+        let mut target: Option<Membership> = None;
+        let mut last = ChangeRefusal::NotLeader { leader_hint: None };
+        while now() - started < MEMBERSHIP_CHANGE_TIMEOUT {
+            let Some(leader) = self.leader() else {
+                sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            };
+            if let Some(t) = &target {
+                let settled = self.committed_membership(leader).as_ref() == Some(t)
+                    && self.membership(leader).as_ref() == Some(t);
+                if settled {
+                    return Ok(t.clone());
+                }
+                // Still on its way (the entry, or the leave of a joint one,
+                // is in the leader's log): wait. Otherwise it was lost.
+                let latest = self.membership(leader).expect("the leader runs");
+                if &latest == t || latest.leave_joint() == *t {
+                    sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
+            match self.request_membership_change(leader, changes) {
+                Ok((_, m)) => target = Some(m.leave_joint()),
+                Err(ChangeRefusal::Invalid(e)) => return Err(ChangeRefusal::Invalid(e)),
+                Err(refusal) => {
+                    last = refusal;
+                    sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Waits until the leader's match index for server `i` has reached the
+    /// leader's commit index (a learner that caught up may be promoted);
+    /// false after [`MEMBERSHIP_CHANGE_TIMEOUT`].
+    pub async fn wait_caught_up(&self, i: usize) -> bool {
+        let started = now();
+        while now() - started < MEMBERSHIP_CHANGE_TIMEOUT {
+            if let Some(leader) = self.leader() {
+                let commit = self.commit_index(leader).expect("the leader runs");
+                if leader == i || self.match_index(leader, i).is_some_and(|m| m >= commit) {
+                    return true;
+                }
+            }
+            sleep(std::time::Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// Adds server `i` (started by [`SimCfg::add_server`]) as a voter the
+    /// careful way: as a learner, then promoted once it has caught up.
+    /// Panics (naming the refusal) if either change fails.
+    pub async fn add_voter(&self, i: usize) -> Membership {
+        let id = i as NodeId;
+        self.change_membership(&[MembershipChange::AddLearner(id)])
+            .await
+            .unwrap_or_else(|r| panic!("adding {i} as a learner refused: {r:?}"));
+        assert!(self.wait_caught_up(i).await, "learner {i} never caught up");
+        self.change_membership(&[MembershipChange::Promote(id)])
+            .await
+            .unwrap_or_else(|r| panic!("promoting {i} refused: {r:?}"))
+    }
+
+    /// Replaces voter `old` by a new server: adds one, brings it in as a
+    /// learner, then promotes it and removes `old` in one joint change, and
+    /// crashes `old` once that has committed. Returns the new server.
+    pub async fn replace_server(&self, old: usize) -> usize {
+        let new = self.add_server();
+        self.change_membership(&[MembershipChange::AddLearner(new as NodeId)])
+            .await
+            .unwrap_or_else(|r| panic!("adding {new} as a learner refused: {r:?}"));
+        assert!(
+            self.wait_caught_up(new).await,
+            "learner {new} never caught up"
+        );
+        let changes = [
+            MembershipChange::Promote(new as NodeId),
+            MembershipChange::Remove(old as NodeId),
+        ];
+        self.change_membership(&changes)
+            .await
+            .unwrap_or_else(|r| panic!("replacing {old} by {new} refused: {r:?}"));
+        self.crash1(old);
+        new
+    }
+
+    /// Removes server `i` from the configuration and, once that has
+    /// committed, crashes it (it is gone for good).
+    pub async fn remove_server(&self, i: usize) -> Membership {
+        let m = self
+            .change_membership(&[MembershipChange::Remove(i as NodeId)])
+            .await
+            .unwrap_or_else(|r| panic!("removing {i} refused: {r:?}"));
+        self.crash1(i);
+        m
+    }
+
     // ----- driving nodes --------------------------------------------------
 
     /// Steps server `i` (if running) and executes its actions, including any
@@ -321,7 +569,11 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
             let actions = {
                 let mut w = self.world.borrow_mut();
                 let w = &mut *w;
-                let Some(slot) = w.slots[i].as_mut() else {
+                let Some(slot) = w
+                    .servers
+                    .get_mut(&(i as NodeId))
+                    .and_then(|s| s.slot.as_mut())
+                else {
                     break;
                 };
                 let before = (slot.node.role(), slot.node.term());
@@ -366,8 +618,9 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
                     {
                         let mut w = self.world.borrow_mut();
                         let w = &mut *w;
-                        w.persisters[i].save(p);
-                        if let Some(slot) = w.slots[i].as_ref() {
+                        let server = w.servers.get_mut(&(i as NodeId)).expect("a server");
+                        server.persister.save(p);
+                        if let Some(slot) = server.slot.as_ref() {
                             w.safety.persist_issued(i as u64, &slot.node, p);
                         }
                     }
@@ -403,7 +656,7 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
     fn set_timer(&self, i: usize, deadline: Instant) {
         let gen = {
             let mut w = self.world.borrow_mut();
-            let Some(slot) = w.slots[i].as_mut() else {
+            let Some(slot) = w.server(i).slot.as_mut() else {
                 return;
             };
             slot.timer = Some(deadline);
@@ -413,8 +666,8 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
         schedule_at(deadline, move || {
             let current = {
                 let w = cfg.world.borrow();
-                w.slots[i]
-                    .as_ref()
+                w.get(i)
+                    .and_then(|s| s.slot.as_ref())
                     .is_some_and(|s| s.gen == gen && s.timer == Some(deadline))
             };
             if current {
@@ -429,12 +682,18 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
         let bytes = postcard::to_allocvec(message).expect("messages encode");
         let mut w = self.world.borrow_mut();
         let w = &mut *w;
+        let sender = &w.servers[&(from as NodeId)];
         w.safety
-            .check_send(from as u64, to as u64, message, w.persisters[from].state());
-        let from_gen = w.gens[from];
+            .check_send(from as u64, to as u64, message, sender.persister.state());
+        let from_gen = sender.gen;
+        let from_connected = sender.connected;
+        // A server the harness never started (an id only named in a
+        // configuration) is as good as crashed.
+        let (to_connected, to_running, to_gen) = w.get(to).map_or((false, false, 0), |s| {
+            (s.connected, s.slot.is_some(), s.gen)
+        });
         if message.is_request() {
-            let enabled = w.connected[from] && w.connected[to] && w.slots[to].is_some();
-            let to_gen = w.gens[to];
+            let enabled = from_connected && to_connected && to_running;
             w.traffic.request_sent(bytes.len());
             match with_rng(|r| w.faults.send_request(enabled, r)) {
                 RequestFate::Fail => {}
@@ -448,12 +707,15 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
         } else {
             let caller_gen = match caller {
                 Some((c, g)) if c == to => g,
-                _ => w.gens[to],
+                _ => to_gen,
             };
-            let alive = w.connected[from]
-                && w.connected[to]
-                && w.gens[to] == caller_gen
-                && w.slots[from].as_ref().is_some_and(|s| s.gen == from_gen);
+            let alive = from_connected
+                && to_connected
+                && to_gen == caller_gen
+                && w.servers[&(from as NodeId)]
+                    .slot
+                    .as_ref()
+                    .is_some_and(|s| s.gen == from_gen);
             match with_rng(|r| w.faults.send_reply(alive, r)) {
                 ReplyFate::Drop => {}
                 ReplyFate::Deliver { delay } => {
@@ -474,10 +736,11 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
             }
             // The server was replaced meanwhile: the old instance handles it
             // and its reply is discarded; nothing observable remains.
-            if w.slots[to].as_ref().is_none_or(|s| s.gen != to_gen) {
+            let server = w.server(to);
+            if server.slot.as_ref().is_none_or(|s| s.gen != to_gen) {
                 return;
             }
-            w.rpc_count[to] += 1;
+            server.rpc_count += 1;
             w.trace = fnv1a(w.trace, &now().as_nanos().to_le_bytes());
             w.trace = fnv1a(w.trace, &[from as u8, to as u8]);
             w.trace = fnv1a(w.trace, &bytes);
@@ -497,7 +760,7 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
         {
             let mut w = self.world.borrow_mut();
             w.traffic.reply_delivered(bytes.len());
-            if w.slots[to].as_ref().is_none_or(|s| s.gen != to_gen) {
+            if w.server(to).slot.as_ref().is_none_or(|s| s.gen != to_gen) {
                 return;
             }
             w.trace = fnv1a(w.trace, &now().as_nanos().to_le_bytes());
@@ -516,7 +779,32 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
     }
 }
 
+impl Server {
+    fn new(members: Vec<NodeId>) -> Self {
+        Server {
+            slot: None,
+            gen: 0,
+            persister: Persister::new(),
+            connected: false,
+            rpc_count: 0,
+            members,
+        }
+    }
+}
+
 impl World {
+    /// Server `i`; panics on a number the harness never handed out.
+    fn server(&mut self, i: usize) -> &mut Server {
+        self.servers
+            .get_mut(&(i as NodeId))
+            .unwrap_or_else(|| panic!("no server {i}"))
+    }
+
+    /// Server `i`, if the harness handed that number out.
+    fn get(&self, i: usize) -> Option<&Server> {
+        self.servers.get(&(i as NodeId))
+    }
+
     /// The result line's counters now.
     fn counters(&self) -> RaftCounters {
         RaftCounters {

@@ -239,6 +239,27 @@ impl KvServer {
         Ok(out)
     }
 
+    /// Feeds `event` straight to the Raft node and handles its actions like
+    /// any step's: for what the service does not request itself yet
+    /// (membership changes and leadership transfers, which the simulator's
+    /// chaos draws). Client commands go through
+    /// [`ServerEvent::RequestReceived`]; `event` must not be a proposal.
+    #[must_use = "the actions must be executed"]
+    pub fn step_raft_event(
+        &mut self,
+        now: Instant,
+        event: Event,
+    ) -> Result<Vec<ServerAction>, Error> {
+        assert!(
+            !matches!(event, Event::ProposalReceived { .. }),
+            "client commands go through ServerEvent::RequestReceived"
+        );
+        let mut out = Vec::new();
+        self.step_raft(now, event, &mut out)?;
+        self.release_if_deposed(&mut out);
+        Ok(out)
+    }
+
     fn step_raft(
         &mut self,
         now: Instant,

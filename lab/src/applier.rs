@@ -7,8 +7,13 @@
 //! ("commit index=…"); a server applies index `k > 1` only after `k - 1`
 //! ("apply out of order"); with the snapshotting applier, exactly
 //! `last_applied + 1` comes next.
+//!
+//! Entries without a command (a leader's no-op, a configuration) take
+//! their index like any entry: they keep the order checks going, carry no
+//! command, and count as nobody's commit for `n_committed`. The lab suites
+//! log only commands; the membership scenarios log configurations too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use raft_core::{Entry, Index};
 
@@ -23,6 +28,8 @@ pub const SNAPSHOT_INTERVAL: u64 = 10;
 pub struct Appliers {
     snapshot_applier: bool,
     logs: Vec<BTreeMap<Index, Cmd>>,
+    /// The indices each server applied that carried no command.
+    without_command: Vec<BTreeSet<Index>>,
     last_applied: Vec<Index>,
     max_index: Index,
 }
@@ -33,9 +40,19 @@ impl Appliers {
         Appliers {
             snapshot_applier,
             logs: vec![BTreeMap::new(); n],
+            without_command: vec![BTreeSet::new(); n],
             last_applied: vec![0; n],
             max_index: 0,
         }
+    }
+
+    /// One more server, numbered `n` (the number of servers so far): a
+    /// server added to a running cluster, which has applied nothing.
+    pub fn add_server(&mut self) -> usize {
+        self.logs.push(BTreeMap::new());
+        self.without_command.push(BTreeSet::new());
+        self.last_applied.push(0);
+        self.logs.len() - 1
     }
 
     /// Server `i` (re)starts from `snapshot`, what it persisted: it applies
@@ -57,7 +74,7 @@ impl Appliers {
     pub fn apply_entries(&mut self, i: usize, entries: &[Entry]) -> Option<(Index, Vec<u8>)> {
         let mut snap = None;
         for e in entries {
-            let cmd = Cmd::decode(e.command().expect("the lab cluster logs only commands"));
+            let cmd = e.command().map(Cmd::decode);
             if self.snapshot_applier && e.index != self.last_applied[i] + 1 {
                 panic!(
                     "server {i} apply out of order, expected index {}, got {}",
@@ -65,7 +82,11 @@ impl Appliers {
                     e.index
                 );
             }
-            match self.check_logs(i, e.index, cmd) {
+            let checked = match cmd {
+                Some(cmd) => self.check_logs(i, e.index, cmd),
+                None => Ok(self.note_without_command(i, e.index)),
+            };
+            match checked {
                 Err(err) => panic!("{err}"),
                 Ok(prev_ok) => {
                     if e.index > 1 && !prev_ok {
@@ -75,6 +96,7 @@ impl Appliers {
             }
             self.last_applied[i] = e.index;
             if self.snapshot_applier && (e.index + 1) % SNAPSHOT_INTERVAL == 0 {
+                // Indices without a command are `None`, like index 0.
                 let xlog: Vec<Option<Cmd>> = (0..=e.index)
                     .map(|k| self.logs[i].get(&k).cloned())
                     .collect();
@@ -116,6 +138,20 @@ impl Appliers {
         self.max_index
     }
 
+    /// Did server `i` apply `index` (a command or not)?
+    fn has_applied(&self, i: usize, index: Index) -> bool {
+        self.logs[i].contains_key(&index) || self.without_command[i].contains(&index)
+    }
+
+    /// Server `i` applied an entry without a command at `index`; returns
+    /// whether it had applied the index before.
+    fn note_without_command(&mut self, i: usize, index: Index) -> bool {
+        let prev_ok = self.has_applied(i, index - 1);
+        self.without_command[i].insert(index);
+        self.max_index = self.max_index.max(index);
+        prev_ok
+    }
+
     /// The Go `checkLogs`: no other server applied something else at `index`.
     fn check_logs(&mut self, i: usize, index: Index, cmd: Cmd) -> Result<bool, String> {
         for (j, log) in self.logs.iter().enumerate() {
@@ -127,7 +163,7 @@ impl Appliers {
                 }
             }
         }
-        let prev_ok = self.logs[i].contains_key(&(index - 1));
+        let prev_ok = self.has_applied(i, index - 1);
         self.logs[i].insert(index, cmd);
         self.max_index = self.max_index.max(index);
         Ok(prev_ok)
@@ -147,6 +183,12 @@ impl Appliers {
                 return Err(format!("server {i} snapshot doesn't match m.SnapshotIndex"));
             }
         }
+        // What the snapshot holds no command for (after index 0) was an
+        // entry without one.
+        self.without_command[i] = (1..xlog.len())
+            .filter(|&k| xlog[k].is_none())
+            .map(|k| k as Index)
+            .collect();
         self.logs[i] = xlog
             .into_iter()
             .enumerate()

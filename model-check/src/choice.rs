@@ -26,6 +26,9 @@ pub enum Choice {
     Propose(u8),
     /// The node crashes and restarts from its durable image.
     Crash(u8),
+    /// The operator asks the first node (offered only to leaders) to
+    /// remove the second from the configuration.
+    RemoveMember(u8, u8),
 }
 
 impl fmt::Display for Choice {
@@ -38,6 +41,7 @@ impl fmt::Display for Choice {
             Choice::CompletePersist(n) => write!(f, "persist:{n}"),
             Choice::Propose(n) => write!(f, "propose:{n}"),
             Choice::Crash(n) => write!(f, "crash:{n}"),
+            Choice::RemoveMember(n, m) => write!(f, "remove:{n}.{m}"),
         }
     }
 }
@@ -58,6 +62,12 @@ impl FromStr for Choice {
             "persist" => Choice::CompletePersist(arg.parse().map_err(bad)?),
             "propose" => Choice::Propose(arg.parse().map_err(bad)?),
             "crash" => Choice::Crash(arg.parse().map_err(bad)?),
+            "remove" => {
+                let (n, m) = arg
+                    .split_once('.')
+                    .ok_or_else(|| format!("choice {s:?}: not remove:N.M"))?;
+                Choice::RemoveMember(n.parse().map_err(bad)?, m.parse().map_err(bad)?)
+            }
             _ => return Err(format!("choice {s:?}: unknown kind {kind:?}")),
         })
     }
@@ -91,6 +101,7 @@ mod tests {
             Choice::Drop(0),
             Choice::Propose(1),
             Choice::Crash(2),
+            Choice::RemoveMember(0, 2),
         ];
         assert_eq!(parse_trace(&format_trace(&trace)).unwrap(), trace);
         assert!(parse_trace("fly:1").is_err());

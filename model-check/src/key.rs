@@ -64,6 +64,7 @@ struct WorldKey<'a> {
     network: &'a [Envelope],
     proposals: u8,
     crashes: u8,
+    changes: u8,
     history: &'a History,
 }
 
@@ -76,6 +77,7 @@ impl World {
             network: &self.network,
             proposals: self.proposals,
             crashes: self.crashes,
+            changes: self.changes,
             history: &self.history,
         };
         postcard::to_allocvec(&key).expect("keys encode")

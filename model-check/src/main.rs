@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! model-check --depth D [--max-states N] [--crash | --crashes C] [--proposals K]
-//!             [--no-drop] [--dup] [--pre-vote] [--threads T] [--keep-going N] [--from TRACE]
+//!             [--no-drop] [--dup] [--pre-vote] [--membership] [--threads T] [--keep-going N] [--from TRACE]
 //!             [--canary NAME]   (with `--features canaries`)
 //! model-check --replay "timer:0 persist:0 deliver:1 ..." [--crash ...]
 //! ```
@@ -15,7 +15,7 @@ use model_check::{explore, format_trace, parse_trace, Limits, Options, Stats, Wo
 use raft_core::canary::Canary;
 
 const USAGE: &str = "usage: model-check --depth D [--max-states N] [--crash | --crashes C] \
-[--proposals K] [--no-drop] [--dup] [--pre-vote] [--threads T] [--keep-going N] [--from TRACE] \
+[--proposals K] [--no-drop] [--dup] [--pre-vote] [--membership] [--threads T] [--keep-going N] [--from TRACE] \
 [--canary NAME]\n       \
 model-check --replay TRACE [same environment flags as the search that found it]";
 
@@ -44,6 +44,7 @@ fn parse_args() -> Result<Args, String> {
             "--no-drop" => opts.limits.drops = false,
             "--dup" => opts.limits.duplicates = true,
             "--pre-vote" => opts.limits.pre_vote = true,
+            "--membership" => opts.limits.membership = true,
             "--threads" => opts.threads = number(value("--threads")?)?.max(1) as usize,
             "--keep-going" => opts.max_violations = number(value("--keep-going")?)? as usize,
             "--replay" => replay = Some(value("--replay")?),
@@ -190,6 +191,9 @@ fn flags(l: Limits) -> String {
     }
     if l.pre_vote {
         s += " --pre-vote";
+    }
+    if l.membership {
+        s += " --membership";
     }
     if let Some(c) = l.canary {
         s += &format!(" --canary {c:?}");

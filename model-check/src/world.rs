@@ -54,6 +54,10 @@ pub struct Limits {
     pub canary: Option<Canary>,
     /// Whether the nodes run pre-vote (`Config::pre_vote`).
     pub pre_vote: bool,
+    /// Whether an operator may ask a leader, once per trace, to remove one
+    /// node (any of the three, the leader too) from the configuration
+    /// (`Choice::RemoveMember`; a refused request may be made again).
+    pub membership: bool,
 }
 
 impl Default for Limits {
@@ -65,6 +69,7 @@ impl Default for Limits {
             duplicates: false,
             canary: None,
             pre_vote: false,
+            membership: false,
         }
     }
 }
@@ -163,6 +168,8 @@ pub struct World {
     pub(crate) network: Vec<Envelope>,
     pub(crate) proposals: u8,
     pub(crate) crashes: u8,
+    /// Membership changes a leader took (at most one).
+    pub(crate) changes: u8,
     pub(crate) history: History,
     /// The cluster safety checker every harness runs (`raft_testkit`),
     /// shared until a step changes it. Not part of the state's identity: it
@@ -199,6 +206,7 @@ impl World {
             network: Vec::new(),
             proposals: 0,
             crashes: 0,
+            changes: 0,
             history: History::default(),
             safety: Rc::default(),
             safety_violation: None,
@@ -280,6 +288,11 @@ impl World {
             if self.crashes < self.limits.max_crashes {
                 out.push(Choice::Crash(id));
             }
+            if self.limits.membership && self.changes == 0 && self.node(n).is_leader() {
+                for target in 0..NODES as u8 {
+                    out.push(Choice::RemoveMember(id, target));
+                }
+            }
         }
         out
     }
@@ -328,6 +341,18 @@ impl World {
                 self.step(usize::from(id), event)?;
             }
             Choice::Crash(id) => self.crash(usize::from(id))?,
+            Choice::RemoveMember(id, target) => {
+                let n = usize::from(id);
+                let before = self.node(n).membership().clone();
+                let event = Event::MembershipChangeRequested {
+                    id: 1,
+                    changes: vec![raft_core::MembershipChange::Remove(NodeId::from(target))],
+                };
+                self.step(n, event)?;
+                if *self.node(n).membership() != before {
+                    self.changes += 1;
+                }
+            }
         }
         self.check()?;
         match self.safety_violation.take() {
@@ -378,6 +403,7 @@ impl World {
             ),
             Choice::Propose(n) => format!("a client proposes c{} to n{n}", self.proposals + 1),
             Choice::Crash(n) => format!("n{n} crashes and restarts from its image"),
+            Choice::RemoveMember(n, m) => format!("the operator asks n{n} to remove n{m}"),
         }
     }
 

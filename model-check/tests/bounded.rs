@@ -113,6 +113,58 @@ fn every_state_within_seven_choices_of_a_new_leader_is_safe() {
     assert!(c.applied >= 1 && c.leader_term >= 2, "{c:?}");
 }
 
+/// One membership change (`--membership`): after node 0 has won term 1 and
+/// committed an entry of it, the operator may ask it to remove any node,
+/// itself included, and every state within eight more choices is safe,
+/// with the configuration rules of the shared checker. The search gets as
+/// far as the removal committing.
+#[test]
+fn every_state_within_eight_choices_of_a_removal_is_safe() {
+    let limits = Limits {
+        drops: false,
+        max_proposals: 1,
+        membership: true,
+        ..Limits::default()
+    };
+    let commit: &[&[&str]] = &[
+        &["deliver", "n0 -> n1 AppendEntries"],
+        &["deliver", "n1 -> n0 AppendEntriesReply"],
+        &["propose:0"],
+        &["persist:0"],
+        &["deliver", "n0 -> n1 AppendEntries", "entries: [Entry"],
+        &["persist:1"],
+        &["deliver", "n1 -> n0 AppendEntriesReply", "Accepted"],
+    ];
+    let steps: Vec<&[&str]> = ELECT_N0.iter().chain(commit).copied().collect();
+    let prefix = drive(limits, &steps);
+    // The leader is ready: it takes a removal at once.
+    let mut world = World::replay(limits, &prefix).unwrap();
+    world.apply(Choice::RemoveMember(0, 2)).unwrap();
+    assert!(!world.node(0).membership().contains(2));
+    let opts = Options {
+        depth: 8,
+        threads: 2,
+        prefix,
+        limits,
+        ..Options::default()
+    };
+    let report = explore(&opts, &mut |_| {});
+    for found in &report.violations {
+        eprintln!(
+            "violation: {}\nreplay: model-check --no-drop --proposals 1 --membership --replay \"{}\"",
+            found.violation,
+            format_trace(&found.trace)
+        );
+    }
+    assert!(report.violations.is_empty(), "an invariant broke");
+    assert_eq!(report.max_depth, 8);
+    assert!(
+        report.stats.distinct > 10_000,
+        "only {} states",
+        report.stats.distinct
+    );
+}
+
 #[test]
 fn the_count_does_not_depend_on_threads() {
     let run = |threads| {

@@ -164,3 +164,30 @@ fn a_pre_vote_that_bumps_the_term() {
     let report = search_with(Canary::PreVoteBumpsTerm, &[], 4, true);
     caught(&report, "term origin");
 }
+
+/// A membership change taken by a new leader before an entry of its term
+/// committed (`--membership`): the shared checker's own-term rule.
+#[test]
+fn a_change_before_the_leaders_own_entry_commits() {
+    let limits = |canary| Limits {
+        canary,
+        drops: false,
+        membership: true,
+        ..Limits::default()
+    };
+    let search = |canary| {
+        let opts = Options {
+            depth: 2,
+            limits: limits(canary),
+            threads: 2,
+            prefix: drive(limits(canary), ELECT_N0),
+            ..Options::default()
+        };
+        explore(&opts, &mut |_| {})
+    };
+    assert!(search(None).violations.is_empty(), "the control run broke");
+    caught(
+        &search(Some(Canary::ChangeBeforeOwnTermCommit)),
+        "own-term commit before a change",
+    );
+}

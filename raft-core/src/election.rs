@@ -253,7 +253,7 @@ impl Shared {
     /// We heard from the leader of our term within the minimum election
     /// timeout, so a working leader exists as far as we know: refuse to
     /// help replace it (thesis §9.6).
-    fn leader_is_sticky(&self) -> bool {
+    pub(crate) fn leader_is_sticky(&self) -> bool {
         let recent = |t: Instant| self.now < t + self.config.election_timeout_min;
         self.leader_hint.is_some() && self.leader_contact.is_some_and(recent)
     }

@@ -278,15 +278,26 @@ impl RaftNode {
         }
         // A leader's messages are taken from anyone (a node that joined
         // later than our latest configuration may lead now; a term has at
-        // most one leader); the rest only from members of our latest
-        // configuration, so a removed node cannot disturb us. A node that
+        // most one leader). The rest are dropped from a node outside our
+        // latest configuration while a leader works (we lead, or heard from
+        // ours within the minimum election timeout), so a removed node
+        // cannot disturb us. Without a working leader they are taken: our
+        // configuration may be behind (we missed the entry that added the
+        // sender), or the sender may still be needed for a change to
+        // commit, and it may need our vote (thesis §4.2.2: servers vote for
+        // candidates outside their latest configuration). A node that
         // knows no configuration yet takes everything.
         let known = &self.shared.membership().voters;
         let leader_message = matches!(
             message,
             Message::AppendEntries(_) | Message::InstallSnapshot(_) | Message::TimeoutNow { .. }
         );
-        if !leader_message && !known.is_empty() && !self.shared.membership().contains(from) {
+        let leader_works = self.is_leader() || self.shared.leader_is_sticky();
+        if !leader_message
+            && leader_works
+            && !known.is_empty()
+            && !self.shared.membership().contains(from)
+        {
             return;
         }
         let term = message.term();
@@ -400,9 +411,9 @@ impl RaftNode {
                 }
             }
             RoleState::Follower | RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
-                if now >= self.shared.timers.election && !self.shared.is_voter() {
+                if now >= self.shared.timers.election && !self.shared.may_stand() {
                     // A learner, a removed node or one that knows no
-                    // configuration yet never stands.
+                    // configuration yet never stands (`Shared::may_stand`).
                     self.shared.reset_election_deadline();
                     if !matches!(self.role, RoleState::Follower) {
                         self.role = RoleState::Follower;

@@ -307,6 +307,23 @@ impl Shared {
         self.membership().is_voter(self.config.id)
     }
 
+    /// May this node stand for election? A voter of its latest
+    /// configuration may. So may a node that the latest configuration
+    /// leaves out (or makes a learner) while that change is not known to
+    /// be committed and the committed configuration still counts it
+    /// (thesis §4.2.2: until the change commits it may still be needed; a
+    /// leader that removed or demoted itself and crashed before its entry
+    /// reached the others may hold the only log that can win, and those
+    /// others, still in the old configuration, need its vote). A learner,
+    /// a node whose removal it knows committed, and one that knows no
+    /// configuration never stand.
+    pub(crate) fn may_stand(&self) -> bool {
+        let id = self.config.id;
+        self.is_voter()
+            || (self.configs.latest_index() > self.commit_index
+                && self.committed_membership().is_voter(id))
+    }
+
     /// The voters of the latest configuration other than this node.
     pub(crate) fn voter_peers(&self) -> Vec<NodeId> {
         let id = self.config.id;

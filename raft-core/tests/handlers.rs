@@ -1826,9 +1826,13 @@ fn messages_from_itself_and_non_leader_messages_from_non_members_are_dropped() {
     ] {
         assert_eq!(recv(&mut n, ms(1), 1, m), vec![]);
     }
-    // A removed node cannot disturb the cluster: its votes, pre-votes and
-    // replies are dropped (a leader's messages are not: a node added after
-    // our latest configuration may lead).
+    // A removed node cannot disturb a cluster whose leader works: while we
+    // hear from ours, its votes, pre-votes and replies are dropped (a
+    // leader's messages are not: a node added after our latest
+    // configuration may lead).
+    let actions = recv(&mut n, ms(1), 2, ae(1, 0, 0, vec![], 0));
+    persist_all(&mut n, ms(1), &actions);
+    assert_eq!(n.leader_hint(), Some(2));
     for from in [4, 99] {
         for m in [
             rv(5, 9, 9),
@@ -1836,11 +1840,22 @@ fn messages_from_itself_and_non_leader_messages_from_non_members_are_dropped() {
             accepted(5, 1),
             install_reply(5, 9),
         ] {
-            assert_eq!(recv(&mut n, ms(1), from, m), vec![]);
+            assert_eq!(recv(&mut n, ms(2), from, m), vec![]);
         }
     }
-    assert_eq!(n.term(), 0);
+    assert_eq!(n.term(), 1);
     assert_eq!(n.log().last_index(), 0);
+    // Without a working leader (nothing heard for the minimum election
+    // timeout) a candidate outside our configuration is answered: our
+    // configuration may be behind, and it may need our vote (thesis
+    // 4.2.2).
+    let actions = recv(&mut n, ms(400), 4, rv(5, 9, 9));
+    assert_eq!(n.term(), 5);
+    let granted = persists(&actions)
+        .iter()
+        .flat_map(|p| p.then_send.clone())
+        .any(|(to, m)| to == 4 && m == rvr(5, true));
+    assert!(granted, "the vote is granted once durable: {actions:?}");
 }
 
 #[test]
@@ -2910,4 +2925,42 @@ fn timeout_now_is_ignored_unless_from_the_known_leader_of_the_current_term() {
         (Role::Follower, 3, None)
     );
     assert!(sends(&actions).is_empty());
+}
+
+/// A leader of `{1, 2}` that demoted itself (`{1}`, learner 2) and crashed
+/// before the entry reached node 1 stands again after restarting: the
+/// demotion is not known to be committed and the committed configuration
+/// still counts it. Node 1, which lacks the entry, cannot win without its
+/// vote (node 2's log is longer), so if node 2 never stood the cluster
+/// would be stuck (chaos seed 541). It wins on node 1's vote (a quorum of
+/// `{1}`), then, not a voter of the configuration once that commits, hands
+/// over.
+#[test]
+fn a_demoted_leader_whose_demotion_is_uncommitted_still_stands() {
+    let demoted = Membership {
+        learners: [2].into_iter().collect(),
+        ..Membership::with_voters([1])
+    };
+    let durable = DurableState {
+        hard_state: HardState {
+            term: 1,
+            voted_for: Some(2),
+        },
+        snapshot: None,
+        entries: vec![
+            entry(1, 1),
+            Entry {
+                index: 2,
+                term: 1,
+                payload: Payload::Membership(demoted.clone()),
+            },
+        ],
+    };
+    let mut n = RaftNode::recover(config(2, 2), SEED, durable, None).expect("consistent state");
+    assert_eq!(n.membership(), &demoted);
+    assert!(!n.is_voter());
+    let now = campaign(&mut n);
+    assert_eq!(n.term(), 2);
+    recv(&mut n, now, 1, rvr(2, true));
+    assert!(n.is_leader(), "node 1's vote is a quorum of {{1}}");
 }

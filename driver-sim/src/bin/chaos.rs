@@ -58,12 +58,13 @@ fn main() -> ExitCode {
     // Failures are reported here, with their seed; keep panics quiet.
     std::panic::set_hook(Box::new(|_| {}));
     let started = Instant::now();
-    let (mut failed, mut events, mut ops) = (Vec::new(), 0u64, 0usize);
+    let (mut failed, mut events, mut ops, mut changes) = (Vec::new(), 0u64, 0usize, 0usize);
     for (k, seed) in (from..from + count).enumerate() {
         match catch_unwind(AssertUnwindSafe(|| run_seed(seed))) {
             Ok(report) => {
                 events += report.events;
                 ops += report.ops;
+                changes += report.changes;
             }
             Err(panic) => {
                 let why = panic
@@ -103,7 +104,7 @@ fn main() -> ExitCode {
     }
     eprintln!();
     println!(
-        "chaos: {} seeds from {from}: {} passed, {} failed; {events} events, {ops} client operations checked, {:.1} s",
+        "chaos: {} seeds from {from}: {} passed, {} failed; {events} events, {ops} client operations checked, {changes} membership changes, {:.1} s",
         count,
         count as usize - failed.len(),
         failed.len(),
