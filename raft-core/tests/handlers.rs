@@ -1830,7 +1830,12 @@ fn messages_from_itself_and_non_leader_messages_from_non_members_are_dropped() {
     // replies are dropped (a leader's messages are not: a node added after
     // our latest configuration may lead).
     for from in [4, 99] {
-        for m in [rv(5, 9, 9), rvr(5, true), accepted(5, 1), install_reply(5, 9)] {
+        for m in [
+            rv(5, 9, 9),
+            rvr(5, true),
+            accepted(5, 1),
+            install_reply(5, 9),
+        ] {
             assert_eq!(recv(&mut n, ms(1), from, m), vec![]);
         }
     }
