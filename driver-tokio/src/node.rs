@@ -22,8 +22,10 @@
 //! link to and drops the links to nodes in neither configuration. A
 //! message to a node it has no link to, but an address for, opens one (a
 //! joining node's first answer to the leader). A member whose own addresses
-//! are not yet recorded asks the leader to record them, about once a
-//! second ([`KvServer::registration`]).
+//! are not yet recorded asks the leader to record them, at most every
+//! 250 ms ([`KvServer::registration`]). Status answers carry the node's
+//! address book, so a joining node learns the initial members' peer
+//! addresses even before they are recorded.
 
 use kv_core::{KvServer, MemberAddrs, Reply, ServerAction, ServerConfig, ServerEvent};
 use raft_core::{Message, NodeId, Persist, Role};
@@ -320,15 +322,46 @@ async fn initial_book(config: &NodeConfig, fresh: bool) -> Result<AddressBook, N
             "a new data directory needs --peers (a new cluster) or --join (a running one)".into(),
         ));
     }
+    // Every server answers with its view of the members and its address
+    // book; the most up-to-date view decides, the books are merged (so the
+    // initial members' peer addresses are known even before they are
+    // recorded).
     let mut client = crate::Client::connect(config.cluster_id, config.join.clone())
         .await
         .map_err(|e| NodeError::Join(e.to_string()))?;
-    client.op_timeout = Duration::from_secs(30);
-    let list = client
-        .members()
-        .await
-        .map_err(|e| NodeError::Join(e.to_string()))?;
-    if list
+    let deadline = TokioInstant::now() + Duration::from_secs(30);
+    let (view, mut peers) = loop {
+        let mut best: Option<kv_core::MemberList> = None;
+        let mut peers = BTreeMap::new();
+        let mut errors = Vec::new();
+        for &addr in &config.join {
+            match client.status_at(addr).await {
+                Ok(status) => {
+                    peers.extend(status.peers);
+                    let newer = best.as_ref().is_none_or(|b| {
+                        (status.members.term, status.members.commit_index)
+                            > (b.term, b.commit_index)
+                    });
+                    if newer {
+                        best = Some(status.members);
+                    }
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        match best {
+            Some(view) if !view.members.is_empty() => break (view, peers),
+            _ if TokioInstant::now() > deadline => {
+                return Err(NodeError::Join(format!(
+                    "no server of {:?} answered with a configuration: {}",
+                    config.join,
+                    errors.join("; ")
+                )))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    if view
         .member(config.id)
         .is_some_and(|m| m.role != kv_core::MemberRole::Learner)
     {
@@ -337,13 +370,13 @@ async fn initial_book(config: &NodeConfig, fresh: bool) -> Result<AddressBook, N
             config.id
         )));
     }
-    let peers: BTreeMap<NodeId, SocketAddr> = list
-        .members
-        .iter()
-        .filter(|m| m.id != config.id)
-        .filter_map(|m| Some((m.id, m.addrs.as_ref()?.peer.parse().ok()?)))
-        .collect();
-    info!(leader = ?list.leader, ?peers, "joining a running cluster");
+    for m in &view.members {
+        if let Some(addr) = m.addrs.as_ref().and_then(|a| a.peer.parse().ok()) {
+            peers.insert(m.id, addr);
+        }
+    }
+    peers.remove(&config.id);
+    info!(leader = ?view.leader, ?peers, "joining a running cluster");
     Ok(AddressBook {
         bootstrap: Vec::new(),
         peers,
@@ -380,8 +413,9 @@ fn storage_loop(
     }
 }
 
-/// How often a member whose addresses are not recorded asks the leader.
-const REGISTRATION_INTERVAL: Duration = Duration::from_secs(1);
+/// How often, at most, a member whose addresses are not recorded asks the
+/// leader to record them.
+const REGISTRATION_INTERVAL: Duration = Duration::from_millis(250);
 
 /// An outgoing connection to a peer: its queue and its dialling task,
 /// stopped when the link is dropped.
@@ -409,8 +443,8 @@ struct EventLoop {
     links: BTreeMap<NodeId, Link>,
     /// The core's `peers_version` the links were last matched against.
     seen_peers_version: Option<u64>,
-    /// The registration task in flight, if any.
-    registering: Option<tokio::task::JoinHandle<()>>,
+    /// The latest registration task and when it started.
+    registering: Option<(TokioInstant, tokio::task::JoinHandle<()>)>,
     storage: std_mpsc::Sender<Persist>,
     /// Client requests waiting for the core's reply: our id → (their id, queue).
     waiting: BTreeMap<u64, (u64, mpsc::Sender<ClientResponse>)>,
@@ -420,8 +454,6 @@ struct EventLoop {
 impl EventLoop {
     async fn run(mut self, mut inputs: mpsc::Receiver<Input>) -> Result<(), NodeError> {
         self.step(ServerEvent::TimerFired)?;
-        let mut register = tokio::time::interval(REGISTRATION_INTERVAL);
-        register.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let sleep = async {
                 match self.deadline {
@@ -438,7 +470,6 @@ impl EventLoop {
                     self.deadline = None;
                     self.step(ServerEvent::TimerFired)?;
                 }
-                _ = register.tick() => self.register(),
             }
         }
     }
@@ -505,6 +536,7 @@ impl EventLoop {
                 ServerAction::Reply { id, reply } => self.reply(id, reply),
             }
         }
+        self.register();
         self.follow_membership()
     }
 
@@ -592,7 +624,11 @@ impl EventLoop {
     /// A follower whose addresses are not recorded asks the leader (at its
     /// recorded client address) to record them.
     fn register(&mut self) {
-        if self.registering.as_ref().is_some_and(|t| !t.is_finished()) {
+        let recent = self
+            .registering
+            .as_ref()
+            .is_some_and(|(at, task)| !task.is_finished() || at.elapsed() < REGISTRATION_INTERVAL);
+        if recent {
             return;
         }
         let Some(request) = self.server.registration() else {
@@ -606,12 +642,18 @@ impl EventLoop {
             return;
         };
         let cluster_id = self.cluster_id;
-        self.registering = Some(tokio::spawn(async move {
-            match crate::client::admin_once(cluster_id, addr, request).await {
-                Ok(reply) => debug!(?reply, "asked the leader to record our addresses"),
-                Err(e) => debug!(error = %e, "could not ask the leader to record our addresses"),
-            }
-        }));
+        let started = TokioInstant::now();
+        self.registering = Some((
+            started,
+            tokio::spawn(async move {
+                match crate::client::admin_once(cluster_id, addr, request).await {
+                    Ok(reply) => debug!(?reply, "asked the leader to record our addresses"),
+                    Err(e) => {
+                        debug!(error = %e, "could not ask the leader to record our addresses")
+                    }
+                }
+            }),
+        ));
     }
 
     fn reply(&mut self, id: u64, reply: Reply) {
@@ -641,6 +683,7 @@ impl EventLoop {
             last_index: r.log().last_index(),
             snapshot_index: r.log().snapshot().index,
             members: self.server.member_list(),
+            peers: self.book.peers.clone(),
         }
     }
 }

@@ -86,6 +86,9 @@ pub struct NodeStatus {
     pub snapshot_index: u64,
     /// The members as it knows them (with match indices if it leads).
     pub members: MemberList,
+    /// Every peer address its driver knows (its address book, see
+    /// `driver_tokio::book`): the bootstrap members' as well as recorded ones.
+    pub peers: std::collections::BTreeMap<u64, std::net::SocketAddr>,
 }
 
 /// Reads one frame of at most [`MAX_FRAME`] bytes and decodes it.
