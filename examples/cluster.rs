@@ -35,7 +35,9 @@ impl Cluster {
             id,
             cluster_id: CLUSTER_ID,
             peers: self.peers.clone(),
+            peer_addr: None,
             client_addr: self.clients[id as usize],
+            join: Vec::new(),
             data_dir: self.dir.join(format!("node{id}")),
             max_raft_state: Some(64 << 10),
         }

@@ -2,11 +2,22 @@
 //! one session (a random client id, requests numbered from 1, one outstanding
 //! at a time), so a retry after a timeout or a leader change is applied
 //! exactly once.
+//!
+//! The client is given some servers' client addresses and learns the rest:
+//! before its first request, and again whenever a leader hint names a node
+//! it does not know or a whole round of servers failed, it asks every server
+//! it knows for its status, which names the server's node id and its view
+//! of the members and their recorded addresses ([`kv_core::admin`]). So it
+//! follows membership changes: new servers are found, and a cluster whose
+//! original servers have all been replaced is still reached through any
+//! server it has met.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use kv_core::{Attempt, Clerk, Op, Outcome, Progress, Reply};
+use kv_core::{AdminReply, AdminRequest, Clerk, MemberList, Op, Outcome, Progress, Refusal, Reply};
+use raft_core::NodeId;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -14,6 +25,8 @@ use crate::wire::{read_frame, write_frame, ClientRequest, ClientResponse, Hello,
 
 /// How long to wait for a connection to a server.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// The pause before retrying an admin request the leader refused for now.
+const ADMIN_RETRY: Duration = Duration::from_millis(200);
 
 /// Why an operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +49,17 @@ pub enum ClientError {
     /// The client was built with no servers.
     #[error("no servers given")]
     NoServers,
+    /// The cluster refused an administrative request.
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    /// A server answered with something that is not an answer to the request.
+    #[error("unexpected answer from {addr}: {what}")]
+    Unexpected {
+        /// The server.
+        addr: SocketAddr,
+        /// What came.
+        what: String,
+    },
 }
 
 struct Conn {
@@ -46,9 +70,14 @@ struct Conn {
 /// A session with a cluster.
 pub struct Client {
     cluster_id: u64,
-    servers: Vec<SocketAddr>,
-    conns: Vec<Option<Conn>>,
-    clerk: Clerk,
+    /// The addresses given to `connect`, in order.
+    seeds: Vec<SocketAddr>,
+    /// The client address of every server whose node id is known.
+    addrs: BTreeMap<NodeId, SocketAddr>,
+    conns: BTreeMap<SocketAddr, Conn>,
+    /// Built on the first request, once some server's id is known.
+    clerk: Option<Clerk>,
+    id: u64,
     next_id: u64,
     /// How long to wait for one server's answer before trying the next.
     pub attempt_timeout: Duration,
@@ -56,30 +85,53 @@ pub struct Client {
     pub op_timeout: Duration,
 }
 
-/// The node ids of the members served at `servers`: their positions (the
-/// addresses are given in node-id order, for a cluster numbered from 0).
-fn member_ids(servers: &[SocketAddr]) -> Vec<raft_core::NodeId> {
-    (0..servers.len() as u64).collect()
+/// Sends one admin request to the server at `addr` and returns its answer
+/// (no retries, one attempt timeout).
+pub async fn admin_once(
+    cluster_id: u64,
+    addr: SocketAddr,
+    request: AdminRequest,
+) -> Result<AdminReply, ClientError> {
+    let mut c = Client::connect(cluster_id, vec![addr]).await?;
+    match c
+        .call(addr, ClientRequest::Admin { id: 0, request })
+        .await?
+    {
+        ClientResponse::Reply {
+            reply: Reply::Admin(reply),
+            ..
+        } => Ok(reply),
+        other => Err(ClientError::Unexpected {
+            addr,
+            what: format!("{other:?}"),
+        }),
+    }
 }
 
 impl Client {
-    /// A session with the cluster `cluster_id` served at `servers` (their
-    /// client addresses, in node-id order). Connections are made lazily.
+    /// A session with the cluster `cluster_id`, reached through `servers`
+    /// (client addresses of some of its servers, in any order; the others
+    /// are learned). Connections are made lazily.
     pub async fn connect(cluster_id: u64, servers: Vec<SocketAddr>) -> Result<Client, ClientError> {
         if servers.is_empty() {
             return Err(ClientError::NoServers);
         }
-        let id = raft_wire::seed_from_entropy(servers.len() as u64);
-        let first = (id % servers.len() as u64) as usize;
         Ok(Client {
             cluster_id,
-            conns: servers.iter().map(|_| None).collect(),
-            clerk: Clerk::new(id, member_ids(&servers), first),
-            servers,
+            seeds: servers,
+            addrs: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            clerk: None,
+            id: raft_wire::seed_from_entropy(0x6b76),
             next_id: 0,
             attempt_timeout: Duration::from_secs(1),
             op_timeout: Duration::from_secs(30),
         })
+    }
+
+    /// The client address of every server whose node id it knows.
+    pub fn known_servers(&self) -> &BTreeMap<NodeId, SocketAddr> {
+        &self.addrs
     }
 
     /// The value of `key` ("" if it was never set).
@@ -117,107 +169,261 @@ impl Client {
 
     /// Asks server `index` (in the order given to `connect`) for its state.
     pub async fn status(&mut self, index: usize) -> Result<NodeStatus, ClientError> {
-        self.next_id += 1;
-        let id = self.next_id;
-        let addr = self.servers[index];
-        let result = tokio::time::timeout(self.attempt_timeout, async {
-            let conn = self.conn(index).await?;
-            write_frame(&mut conn.writer, &ClientRequest::Status { id }).await?;
-            conn.writer.flush().await?;
-            loop {
-                match read_frame::<ClientResponse, _>(&mut conn.reader).await {
-                    Ok(ClientResponse::Status { id: rid, status }) if rid == id => {
-                        return Ok(status)
+        self.status_at(self.seeds[index]).await
+    }
+
+    /// Asks the server at `addr` for its state.
+    pub async fn status_at(&mut self, addr: SocketAddr) -> Result<NodeStatus, ClientError> {
+        match self.call(addr, ClientRequest::Status { id: 0 }).await? {
+            ClientResponse::Status { status, .. } => Ok(status),
+            other => Err(ClientError::Unexpected {
+                addr,
+                what: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// The members as the leader knows them (with match indices).
+    pub async fn members(&mut self) -> Result<MemberList, ClientError> {
+        match self.admin(AdminRequest::Members).await? {
+            AdminReply::Members(list) => Ok(list),
+            other => Err(ClientError::Unexpected {
+                addr: self.seeds[0],
+                what: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// Sends an administrative request to the leader, following leader
+    /// hints and retrying refusals that may pass later (a change in
+    /// progress, a leader not ready yet) until `op_timeout`. A member list
+    /// is only taken from the leader.
+    pub async fn admin(&mut self, request: AdminRequest) -> Result<AdminReply, ClientError> {
+        let started = tokio::time::Instant::now();
+        let mut target: Option<NodeId> = None;
+        let mut last_refusal = None;
+        loop {
+            if started.elapsed() > self.op_timeout {
+                return Err(last_refusal
+                    .map_or(ClientError::Timeout(self.op_timeout), ClientError::Refused));
+            }
+            if self.addrs.is_empty() || target.is_some_and(|t| !self.addrs.contains_key(&t)) {
+                self.discover().await;
+            }
+            let candidates: Vec<(NodeId, SocketAddr)> = match target {
+                Some(t) if self.addrs.contains_key(&t) => vec![(t, self.addrs[&t])],
+                _ => self.addrs.iter().map(|(&i, &a)| (i, a)).collect(),
+            };
+            target = None;
+            let mut pause = true;
+            for (_, addr) in candidates {
+                let id = self.fresh_id();
+                let request = ClientRequest::Admin {
+                    id,
+                    request: request.clone(),
+                };
+                let reply = match self.call(addr, request).await {
+                    Ok(ClientResponse::Reply {
+                        reply: Reply::Admin(reply),
+                        ..
+                    }) => reply,
+                    _ => continue,
+                };
+                match reply {
+                    AdminReply::Members(list) if !list.from_leader() => {
+                        target = list.leader;
+                        pause = target.is_none();
+                        break;
                     }
-                    Ok(_) => continue, // a stale answer to an earlier request
-                    Err(e) => return Err(std::io::Error::other(e.to_string())),
+                    AdminReply::Refused(Refusal::NotLeader { leader_hint }) => {
+                        if leader_hint.is_some() {
+                            target = leader_hint;
+                            pause = false;
+                            break;
+                        }
+                    }
+                    AdminReply::Refused(r) if r.is_retryable() => {
+                        last_refusal = Some(r);
+                        break;
+                    }
+                    AdminReply::Refused(r) => return Err(ClientError::Refused(r)),
+                    done => return Ok(done),
                 }
             }
-        })
-        .await;
-        match result {
-            Ok(Ok(status)) => Ok(status),
-            Ok(Err(e)) => {
-                self.conns[index] = None;
-                Err(ClientError::Unreachable {
-                    addr,
-                    reason: e.to_string(),
-                })
+            if pause {
+                tokio::time::sleep(ADMIN_RETRY).await;
             }
-            Err(_) => {
-                self.conns[index] = None;
-                Err(ClientError::Unreachable {
-                    addr,
-                    reason: "no answer in time".into(),
-                })
+            if target.is_none() {
+                self.discover().await;
             }
         }
     }
 
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Asks every server it knows of for its status: learns their node ids
+    /// and, from the most up-to-date view, the members' client addresses.
+    async fn discover(&mut self) {
+        let mut targets: BTreeSet<SocketAddr> = self.seeds.iter().copied().collect();
+        targets.extend(self.addrs.values().copied());
+        let mut asks = tokio::task::JoinSet::new();
+        for addr in targets {
+            let (cluster_id, timeout) = (self.cluster_id, self.attempt_timeout);
+            asks.spawn(async move {
+                let mut c = Client::connect(cluster_id, vec![addr]).await.ok()?;
+                c.attempt_timeout = timeout;
+                c.status_at(addr).await.ok().map(|s| (addr, s))
+            });
+        }
+        let mut direct = BTreeMap::new();
+        let mut best: Option<MemberList> = None;
+        while let Some(result) = asks.join_next().await {
+            let Ok(Some((addr, status))) = result else {
+                continue;
+            };
+            direct.insert(status.node_id, addr);
+            let newer = best.as_ref().is_none_or(|b| {
+                (status.members.term, status.members.commit_index) > (b.term, b.commit_index)
+            });
+            if newer {
+                best = Some(status.members);
+            }
+        }
+        let Some(view) = best else { return };
+        let mut addrs = BTreeMap::new();
+        for m in &view.members {
+            let recorded = m.addrs.as_ref().and_then(|a| a.client.parse().ok());
+            if let Some(addr) = direct.get(&m.id).copied().or(recorded) {
+                addrs.insert(m.id, addr);
+            }
+        }
+        if addrs.is_empty() {
+            // No member is reachable by a known address (a cluster still
+            // recording them): use whoever answered.
+            addrs = direct;
+        }
+        if addrs.is_empty() {
+            return;
+        }
+        let ids: Vec<NodeId> = addrs.keys().copied().collect();
+        match &mut self.clerk {
+            Some(clerk) => clerk.set_servers(ids),
+            None => {
+                let first = (self.id % ids.len() as u64) as usize;
+                self.clerk = Some(Clerk::new(self.id, ids, first));
+            }
+        }
+        self.conns.retain(|a, _| addrs.values().any(|b| b == a));
+        self.addrs = addrs;
+    }
+
     async fn execute(&mut self, op: Op) -> Result<Outcome, ClientError> {
         let started = tokio::time::Instant::now();
-        let mut attempt = self.clerk.begin(op);
+        while self.clerk.is_none() {
+            if started.elapsed() > self.op_timeout {
+                return Err(ClientError::Timeout(self.op_timeout));
+            }
+            self.discover().await;
+            if self.clerk.is_none() {
+                tokio::time::sleep(kv_core::ROUND_BACKOFF).await;
+            }
+        }
+        let mut attempt = self.clerk.as_mut().expect("built").begin(op);
         loop {
             if started.elapsed() > self.op_timeout {
                 // Leave the clerk usable: the request stays outstanding and
                 // the next operation would be refused; start over instead.
-                let id = raft_wire::seed_from_entropy(self.next_id);
-                let first = attempt.server as usize;
-                self.clerk = Clerk::new(id, member_ids(&self.servers), first);
+                self.id = raft_wire::seed_from_entropy(self.next_id);
+                let ids: Vec<NodeId> = self.addrs.keys().copied().collect();
+                self.clerk = Some(Clerk::new(self.id, ids, 0));
                 return Err(ClientError::Timeout(self.op_timeout));
             }
             if let Some(delay) = attempt.delay {
+                // A whole round failed: the membership may have moved.
                 tokio::time::sleep(delay).await;
+                self.discover().await;
             }
             let server = attempt.server;
-            attempt = match self.try_once(&attempt).await {
-                Some(reply) => match self.clerk.on_reply(server, reply) {
+            let reply = match self.addrs.get(&server).copied() {
+                Some(addr) => {
+                    let id = self.fresh_id();
+                    let request = ClientRequest::Command {
+                        id,
+                        command: attempt.command.clone(),
+                    };
+                    match self.call(addr, request).await {
+                        Ok(ClientResponse::Reply { reply, .. }) => Some(reply),
+                        _ => None,
+                    }
+                }
+                None => None,
+            };
+            let hint_unknown = matches!(
+                &reply,
+                Some(Reply::WrongLeader { leader_hint: Some(h) }) if !self.addrs.contains_key(h)
+            );
+            if hint_unknown {
+                self.discover().await;
+            }
+            let clerk = self.clerk.as_mut().expect("built");
+            attempt = match reply {
+                Some(reply) => match clerk.on_reply(server, reply) {
                     Progress::Done(Outcome::SessionExpired) => {
                         return Err(ClientError::SessionExpired)
                     }
                     Progress::Done(outcome) => return Ok(outcome),
                     Progress::Retry(next) => next,
                 },
-                None => self.clerk.on_failure(server),
+                None => clerk.on_failure(server),
             };
         }
     }
 
-    /// One request to one server: its reply, or `None` on any failure.
-    async fn try_once(&mut self, attempt: &Attempt) -> Option<Reply> {
-        self.next_id += 1;
-        let id = self.next_id;
-        // Member ids are the servers' positions ([`member_ids`]).
-        let index = attempt.server as usize;
-        let request = ClientRequest::Command {
-            id,
-            command: attempt.command.clone(),
-        };
+    /// One request to one server and the response with its id (`id` is
+    /// replaced by a fresh one), within one attempt timeout.
+    async fn call(
+        &mut self,
+        addr: SocketAddr,
+        mut request: ClientRequest,
+    ) -> Result<ClientResponse, ClientError> {
+        let id = self.fresh_id();
+        match &mut request {
+            ClientRequest::Command { id: rid, .. }
+            | ClientRequest::Status { id: rid }
+            | ClientRequest::Admin { id: rid, .. } => *rid = id,
+        }
         let result = tokio::time::timeout(self.attempt_timeout, async {
-            let conn = self.conn(index).await?;
+            let conn = self.conn(addr).await?;
             write_frame(&mut conn.writer, &request).await?;
             conn.writer.flush().await?;
             loop {
-                match read_frame::<ClientResponse, _>(&mut conn.reader).await {
-                    Ok(ClientResponse::Reply { id: rid, reply }) if rid == id => return Ok(reply),
-                    Ok(_) => continue, // an answer to a request we gave up on
-                    Err(e) => return Err(std::io::Error::other(e.to_string())),
+                let response = read_frame::<ClientResponse, _>(&mut conn.reader)
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                let rid = match &response {
+                    ClientResponse::Reply { id, .. } | ClientResponse::Status { id, .. } => *id,
+                };
+                if rid == id {
+                    return Ok::<_, std::io::Error>(response);
                 }
+                // An answer to a request we gave up on.
             }
         })
         .await;
-        match result {
-            Ok(Ok(reply)) => Some(reply),
-            _ => {
-                self.conns[index] = None;
-                None
-            }
-        }
+        let reason = match result {
+            Ok(Ok(response)) => return Ok(response),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer in time".to_string(),
+        };
+        self.conns.remove(&addr);
+        Err(ClientError::Unreachable { addr, reason })
     }
 
-    async fn conn(&mut self, index: usize) -> std::io::Result<&mut Conn> {
-        if self.conns[index].is_none() {
-            let addr = self.servers[index];
+    async fn conn(&mut self, addr: SocketAddr) -> std::io::Result<&mut Conn> {
+        if !self.conns.contains_key(&addr) {
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
                 .await
                 .map_err(|_| {
@@ -227,11 +433,14 @@ impl Client {
             let (r, mut w) = stream.into_split();
             let hello = Hello::client(self.cluster_id);
             write_frame(&mut w, &hello).await?;
-            self.conns[index] = Some(Conn {
-                reader: BufReader::new(r),
-                writer: w,
-            });
+            self.conns.insert(
+                addr,
+                Conn {
+                    reader: BufReader::new(r),
+                    writer: w,
+                },
+            );
         }
-        Ok(self.conns[index].as_mut().expect("just connected"))
+        Ok(self.conns.get_mut(&addr).expect("just connected"))
     }
 }

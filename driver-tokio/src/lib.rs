@@ -6,6 +6,7 @@
 //! - [`wire`]: the client protocol and async frame adapters over
 //!   `raft-wire` (frames and handshake, shared with every TCP transport).
 //! - [`transport`]: the connections between peers and to clients.
+//! - [`book`]: the peer addresses a node keeps in its data directory.
 //!
 //! The log and snapshots on disk are `raft-storage`'s.
 //!
@@ -13,6 +14,7 @@
 //! storage; `raft-core` and `kv-core` decide.
 #![forbid(unsafe_code)]
 
+pub mod book;
 pub mod client;
 pub mod node;
 pub mod transport;

@@ -11,8 +11,23 @@
 //! ([`raft_storage::Storage::commit`]: append them all, one fsync), and only
 //! then hands back their `then_send` messages and reports them `Persisted`. Client replies come from applied entries, which the core only
 //! applies once they are durable. An I/O error in storage stops the node.
+//!
+//! Membership: a node starts as one of the initial voters (`peers`), by
+//! joining a running cluster (`join`: it asks there for the members' peer
+//! addresses and knows no configuration until the leader's log or snapshot
+//! reaches it), or from its data directory (the log, the snapshot and the
+//! [`crate::book`]). Its links follow the configuration: after every step
+//! in which the core's configurations or the member address table may have
+//! changed ([`KvServer::peers_version`]) it dials every member it has no
+//! link to and drops the links to nodes in neither configuration. A
+//! message to a node it has no link to, but an address for, opens one (a
+//! joining node's first answer to the leader). A member whose own addresses
+//! are not yet recorded asks the leader to record them, at most every
+//! 250 ms ([`KvServer::registration`]). Status answers carry the node's
+//! address book, so a joining node learns the initial members' peer
+//! addresses even before they are recorded.
 
-use kv_core::{KvServer, Reply, ServerAction, ServerConfig, ServerEvent};
+use kv_core::{KvServer, MemberAddrs, Reply, ServerAction, ServerConfig, ServerEvent};
 use raft_core::{Message, NodeId, Persist, Role};
 use raft_storage::{Storage, StorageError};
 use raft_wire::{seed_from_entropy, Clock};
@@ -20,26 +35,36 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant as TokioInstant;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::book::{AddressBook, BookError};
 use crate::transport::{run_client_listener, run_outgoing, run_peer_listener, PEER_QUEUE};
 use crate::wire::{ClientRequest, ClientResponse, NodeStatus};
 
 /// How a node is configured.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
-    /// This node's id (a key of `peers`).
+    /// This node's id.
     pub id: NodeId,
     /// Connections from another cluster are refused.
     pub cluster_id: u64,
-    /// Every member's peer address, this node's included.
+    /// To bootstrap a new cluster: every initial member's peer address, this
+    /// node's included. Empty for a node that joins a running cluster or
+    /// restarts from its data directory.
     pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Where peers connect; `None`: this node's entry in `peers`.
+    pub peer_addr: Option<SocketAddr>,
     /// Where clients connect.
     pub client_addr: SocketAddr,
+    /// To join a running cluster with a new data directory: some of its
+    /// servers' client addresses, where the members' addresses are asked
+    /// for. An operator then adds the node (`rkv member add-learner`).
+    pub join: Vec<SocketAddr>,
     /// Where the log and snapshots live.
     pub data_dir: PathBuf,
     /// Snapshot once the on-disk Raft state reaches this many bytes.
@@ -69,6 +94,12 @@ pub enum NodeError {
     /// The storage thread stopped without reporting why.
     #[error("the storage thread is gone")]
     StorageGone,
+    /// The address book in the data directory.
+    #[error(transparent)]
+    Book(#[from] BookError),
+    /// The cluster to join could not be asked for its members.
+    #[error("cannot join: {0}")]
+    Join(String),
 }
 
 /// What the event loop reacts to.
@@ -127,10 +158,10 @@ impl NodeHandle {
 
 /// Binds the node's listeners and starts it.
 pub async fn start_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
-    let peer_addr = *config
-        .peers
-        .get(&config.id)
-        .ok_or_else(|| NodeError::Config(format!("node {} is not among the peers", config.id)))?;
+    let peer_addr = config
+        .peer_addr
+        .or_else(|| config.peers.get(&config.id).copied())
+        .ok_or_else(|| NodeError::Config("no peer address: give --peer-addr".into()))?;
     let peer_listener = TcpListener::bind(peer_addr)
         .await
         .map_err(|source| NodeError::Bind {
@@ -153,49 +184,59 @@ pub async fn start_node_with(
     peer_listener: TcpListener,
     client_listener: TcpListener,
 ) -> Result<NodeHandle, NodeError> {
-    if !config.peers.contains_key(&config.id) {
+    if !config.peers.is_empty() && !config.join.is_empty() {
+        return Err(NodeError::Config(
+            "give --peers (a new cluster) or --join (a running one), not both".into(),
+        ));
+    }
+    if !config.peers.is_empty() && !config.peers.contains_key(&config.id) {
         return Err(NodeError::Config(format!(
             "node {} is not among the peers",
             config.id
         )));
     }
+    let peer_addr = match peer_listener.local_addr() {
+        Ok(bound) => config.peer_addr.unwrap_or(bound),
+        Err(e) => return Err(NodeError::Config(format!("peer listener: {e}"))),
+    };
+    if let Some(&listed) = config.peers.get(&config.id) {
+        if listed != peer_addr {
+            return Err(NodeError::Config(format!(
+                "--peer-addr {peer_addr} differs from this node's entry in --peers ({listed})"
+            )));
+        }
+    }
     let (storage, recovered) = Storage::open(&config.data_dir)?;
     if let Some((path, offset)) = &recovered.truncated_torn_tail {
         warn!(path = %path.display(), offset, "truncated a torn record at the end of the log");
     }
-    let members: Vec<NodeId> = config.peers.keys().copied().collect();
-    let raft = raft_core::Config::new(config.id, members.clone());
+    let fresh = recovered.state == raft_core::DurableState::default();
+    let book = initial_book(&config, fresh).await?;
+    book.store(&config.data_dir)?;
+    let raft = raft_core::Config::new(config.id, book.bootstrap.clone());
     let seed = seed_from_entropy(config.id);
-    let server = KvServer::recover(
-        ServerConfig::new(raft, config.max_raft_state),
-        seed,
-        recovered.state,
-        recovered.snapshot,
-    )?;
+    let mut server_config = ServerConfig::new(raft, config.max_raft_state);
+    server_config.addresses = Some(MemberAddrs {
+        peer: peer_addr.to_string(),
+        client: config.client_addr.to_string(),
+    });
+    let server = KvServer::recover(server_config, seed, recovered.state, recovered.snapshot)?;
     info!(
         id = config.id,
         term = server.raft().term(),
         last_index = server.raft().log().last_index(),
+        members = ?server.raft().membership().members(),
+        known_peers = ?book.peers,
         data_dir = %config.data_dir.display(),
         "node starting"
     );
 
     let (input_tx, input_rx) = mpsc::channel::<Input>(8192);
     let mut tasks = JoinSet::new();
-    let mut peers = BTreeMap::new();
-    for (&peer, &addr) in &config.peers {
-        if peer == config.id {
-            continue;
-        }
-        let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        peers.insert(peer, tx);
-        tasks.spawn(run_outgoing(config.id, config.cluster_id, peer, addr, rx));
-    }
     tasks.spawn(run_peer_listener(
         peer_listener,
         config.id,
         config.cluster_id,
-        members,
         input_tx.clone(),
     ));
     tasks.spawn(run_client_listener(
@@ -214,15 +255,22 @@ pub async fn start_node_with(
     };
 
     let (done_tx, done_rx) = oneshot::channel();
-    let event_loop = EventLoop {
+    let mut event_loop = EventLoop {
         server,
         clock: Clock::start(),
         deadline: None,
-        peers,
+        me: config.id,
+        cluster_id: config.cluster_id,
+        data_dir: config.data_dir.clone(),
+        book,
+        links: BTreeMap::new(),
+        seen_peers_version: None,
+        registering: None,
         storage: storage_tx,
         waiting: BTreeMap::new(),
         next_request: 0,
     };
+    event_loop.follow_membership()?;
     tasks.spawn(async move {
         let result = event_loop.run(input_rx).await;
         if let Err(e) = &result {
@@ -234,6 +282,104 @@ pub async fn start_node_with(
         tasks,
         done: done_rx,
         storage_thread: Some(storage_thread),
+    })
+}
+
+/// What the node starts from: its data directory's book, or (a new data
+/// directory) the bootstrap peers, or the members of the cluster it joins.
+async fn initial_book(config: &NodeConfig, fresh: bool) -> Result<AddressBook, NodeError> {
+    if let Some(mut book) = AddressBook::load(&config.data_dir)? {
+        if !config.peers.is_empty() {
+            let given: Vec<NodeId> = config.peers.keys().copied().collect();
+            if given != book.bootstrap {
+                warn!(
+                    ?given,
+                    recorded = ?book.bootstrap,
+                    "--peers differs from the data directory's bootstrap members; using the recorded ones"
+                );
+            }
+        }
+        book.peers
+            .extend(config.peers.iter().map(|(&i, &a)| (i, a)));
+        return Ok(book);
+    }
+    if !config.peers.is_empty() {
+        // A new cluster, or a data directory from before the book existed.
+        return Ok(AddressBook {
+            bootstrap: config.peers.keys().copied().collect(),
+            peers: config.peers.clone(),
+        });
+    }
+    if !fresh {
+        return Err(NodeError::Config(format!(
+            "{} holds a log but no {}: give --peers as when it was created",
+            config.data_dir.display(),
+            crate::book::FILE_NAME
+        )));
+    }
+    if config.join.is_empty() {
+        return Err(NodeError::Config(
+            "a new data directory needs --peers (a new cluster) or --join (a running one)".into(),
+        ));
+    }
+    // Every server answers with its view of the members and its address
+    // book; the most up-to-date view decides, the books are merged (so the
+    // initial members' peer addresses are known even before they are
+    // recorded).
+    let mut client = crate::Client::connect(config.cluster_id, config.join.clone())
+        .await
+        .map_err(|e| NodeError::Join(e.to_string()))?;
+    let deadline = TokioInstant::now() + Duration::from_secs(30);
+    let (view, mut peers) = loop {
+        let mut best: Option<kv_core::MemberList> = None;
+        let mut peers = BTreeMap::new();
+        let mut errors = Vec::new();
+        for &addr in &config.join {
+            match client.status_at(addr).await {
+                Ok(status) => {
+                    peers.extend(status.peers);
+                    let newer = best.as_ref().is_none_or(|b| {
+                        (status.members.term, status.members.commit_index)
+                            > (b.term, b.commit_index)
+                    });
+                    if newer {
+                        best = Some(status.members);
+                    }
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        match best {
+            Some(view) if !view.members.is_empty() => break (view, peers),
+            _ if TokioInstant::now() > deadline => {
+                return Err(NodeError::Join(format!(
+                    "no server of {:?} answered with a configuration: {}",
+                    config.join,
+                    errors.join("; ")
+                )))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    if view
+        .member(config.id)
+        .is_some_and(|m| m.role != kv_core::MemberRole::Learner)
+    {
+        return Err(NodeError::Join(format!(
+            "node {} is already a voter of that cluster; pick a new id",
+            config.id
+        )));
+    }
+    for m in &view.members {
+        if let Some(addr) = m.addrs.as_ref().and_then(|a| a.peer.parse().ok()) {
+            peers.insert(m.id, addr);
+        }
+    }
+    peers.remove(&config.id);
+    info!(leader = ?view.leader, ?peers, "joining a running cluster");
+    Ok(AddressBook {
+        bootstrap: Vec::new(),
+        peers,
     })
 }
 
@@ -267,11 +413,38 @@ fn storage_loop(
     }
 }
 
+/// How often, at most, a member whose addresses are not recorded asks the
+/// leader to record them.
+const REGISTRATION_INTERVAL: Duration = Duration::from_millis(250);
+
+/// An outgoing connection to a peer: its queue and its dialling task,
+/// stopped when the link is dropped.
+struct Link {
+    addr: SocketAddr,
+    queue: mpsc::Sender<Message>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 struct EventLoop {
     server: KvServer,
     clock: Clock,
     deadline: Option<TokioInstant>,
-    peers: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    me: NodeId,
+    cluster_id: u64,
+    data_dir: PathBuf,
+    /// Every known node's peer address, as stored in the data directory.
+    book: AddressBook,
+    links: BTreeMap<NodeId, Link>,
+    /// The core's `peers_version` the links were last matched against.
+    seen_peers_version: Option<u64>,
+    /// The latest registration task and when it started.
+    registering: Option<(TokioInstant, tokio::task::JoinHandle<()>)>,
     storage: std_mpsc::Sender<Persist>,
     /// Client requests waiting for the core's reply: our id → (their id, queue).
     waiting: BTreeMap<u64, (u64, mpsc::Sender<ClientResponse>)>,
@@ -316,6 +489,15 @@ impl EventLoop {
                 self.step(ServerEvent::RequestReceived { id: ours, command })
             }
             Input::Client {
+                request: ClientRequest::Admin { id, request },
+                respond,
+            } => {
+                self.next_request += 1;
+                let ours = self.next_request;
+                self.waiting.insert(ours, (id, respond));
+                self.step(ServerEvent::AdminReceived { id: ours, request })
+            }
+            Input::Client {
                 request: ClientRequest::Status { id },
                 respond,
             } => {
@@ -354,14 +536,124 @@ impl EventLoop {
                 ServerAction::Reply { id, reply } => self.reply(id, reply),
             }
         }
+        self.register();
+        self.follow_membership()
+    }
+
+    fn send(&mut self, to: NodeId, message: Message) {
+        if !self.links.contains_key(&to) {
+            // Not a member we know of (a joining node answering the leader
+            // before it has the configuration): link if we have an address.
+            let Some(&addr) = self.book.peers.get(&to) else {
+                return;
+            };
+            self.link(to, addr);
+        }
+        if let Some(link) = self.links.get(&to) {
+            // A full queue means the peer is slow or gone: drop, Raft retries.
+            let _ = link.queue.try_send(message);
+        }
+    }
+
+    fn link(&mut self, to: NodeId, addr: SocketAddr) {
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let task = tokio::spawn(run_outgoing(self.me, self.cluster_id, to, addr, rx));
+        info!(peer = to, %addr, "linking to peer");
+        let link = Link {
+            addr,
+            queue: tx,
+            task: task.abort_handle(),
+        };
+        self.links.insert(to, link);
+    }
+
+    /// Match the links to the configurations and the address table, if
+    /// either may have changed; store new addresses in the book.
+    fn follow_membership(&mut self) -> Result<(), NodeError> {
+        let version = self.server.peers_version();
+        if self.seen_peers_version == Some(version) {
+            return Ok(());
+        }
+        self.seen_peers_version = Some(version);
+        let mut book_changed = false;
+        for (&id, addrs) in self.server.member_addrs() {
+            let Ok(addr) = addrs.peer.parse::<SocketAddr>() else {
+                warn!(node = id, peer = %addrs.peer, "recorded peer address does not parse");
+                continue;
+            };
+            if id != self.me && self.book.peers.insert(id, addr) != Some(addr) {
+                book_changed = true;
+            }
+        }
+        if book_changed {
+            self.book.store(&self.data_dir)?;
+        }
+        let raft = self.server.raft();
+        let mut wanted = raft.membership().members();
+        wanted.extend(raft.committed_membership().members());
+        wanted.remove(&self.me);
+        let knows_config = !raft.membership().voters.is_empty();
+        let stale: Vec<NodeId> = self
+            .links
+            .iter()
+            .filter(|(id, link)| {
+                let moved = self.book.peers.get(id).is_some_and(|&a| a != link.addr);
+                moved || (knows_config && !wanted.contains(id))
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in stale {
+            info!(
+                peer = id,
+                "dropping the link to a node that is no longer a member"
+            );
+            self.links.remove(&id);
+        }
+        for id in wanted {
+            if self.links.contains_key(&id) {
+                continue;
+            }
+            match self.book.peers.get(&id) {
+                Some(&addr) => self.link(id, addr),
+                None => debug!(peer = id, "a member whose address is not known yet"),
+            }
+        }
         Ok(())
     }
 
-    fn send(&self, to: NodeId, message: Message) {
-        if let Some(q) = self.peers.get(&to) {
-            // A full queue means the peer is slow or gone: drop, Raft retries.
-            let _ = q.try_send(message);
+    /// A follower whose addresses are not recorded asks the leader (at its
+    /// recorded client address) to record them.
+    fn register(&mut self) {
+        let recent = self
+            .registering
+            .as_ref()
+            .is_some_and(|(at, task)| !task.is_finished() || at.elapsed() < REGISTRATION_INTERVAL);
+        if recent {
+            return;
         }
+        let Some(request) = self.server.registration() else {
+            return;
+        };
+        let leader = self.server.raft().leader_hint();
+        let Some(addr) = leader
+            .and_then(|l| self.server.member_addrs().get(&l))
+            .and_then(|a| a.client.parse::<SocketAddr>().ok())
+        else {
+            return;
+        };
+        let cluster_id = self.cluster_id;
+        let started = TokioInstant::now();
+        self.registering = Some((
+            started,
+            tokio::spawn(async move {
+                match crate::client::admin_once(cluster_id, addr, request).await {
+                    Ok(reply) => debug!(?reply, "asked the leader to record our addresses"),
+                    Err(e) => {
+                        debug!(error = %e, "could not ask the leader to record our addresses")
+                    }
+                }
+            }),
+        ));
     }
 
     fn reply(&mut self, id: u64, reply: Reply) {
@@ -390,6 +682,8 @@ impl EventLoop {
             last_applied: r.last_applied(),
             last_index: r.log().last_index(),
             snapshot_index: r.log().snapshot().index,
+            members: self.server.member_list(),
+            peers: self.book.peers.clone(),
         }
     }
 }

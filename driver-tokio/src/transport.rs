@@ -1,12 +1,14 @@
-//! TCP connections. Each node dials every peer (one outgoing connection per
-//! peer, carrying this node's messages to it) and accepts its peers' dials
+//! TCP connections. Each node dials every member (one outgoing connection
+//! per peer, carrying this node's messages to it; the node opens and drops
+//! them as the membership changes) and accepts its peers' dials
 //! and its clients on two listeners.
 //!
 //! - Outgoing: a bounded queue per peer. When it is full, or the connection
 //!   is down, messages are dropped: Raft retries what matters. A lost
 //!   connection is redialled with exponential backoff (50 ms to 1 s).
 //! - Incoming: the first frame must be a [`Hello`] with our cluster id (and,
-//!   for peers, a member id other than ours); anything else, an oversized
+//!   for peers, a node id other than ours; the core drops what non-members
+//!   send); anything else, an oversized
 //!   frame or an undecodable one closes that connection with a logged reason.
 //!   Nothing a connection sends can panic or stop the node.
 
@@ -92,7 +94,6 @@ pub async fn run_peer_listener(
     listener: TcpListener,
     me: NodeId,
     cluster_id: u64,
-    members: Vec<NodeId>,
     node: mpsc::Sender<Input>,
 ) {
     let mut conns = JoinSet::new();
@@ -105,9 +106,9 @@ pub async fn run_peer_listener(
                 continue;
             }
         };
-        let (node, members) = (node.clone(), members.clone());
+        let node = node.clone();
         conns.spawn(async move {
-            if let Err(reason) = serve_peer(stream, me, cluster_id, &members, node).await {
+            if let Err(reason) = serve_peer(stream, me, cluster_id, node).await {
                 warn!(%addr, %reason, "closed peer connection");
             }
         });
@@ -119,13 +120,14 @@ async fn serve_peer(
     stream: TcpStream,
     me: NodeId,
     cluster_id: u64,
-    members: &[NodeId],
     node: mpsc::Sender<Input>,
 ) -> Result<(), ConnectionError> {
     let _ = stream.set_nodelay(true);
     let mut r = BufReader::new(stream);
     let hello = read_hello(&mut r).await?;
-    let from = hello.accept_peer(cluster_id, me, |id| members.contains(&id))?;
+    // Any node of our cluster but ourselves: the membership changes, and
+    // the core drops what a non-member sends.
+    let from = hello.accept_peer(cluster_id, me, |_| true)?;
     loop {
         let message: Message = read_frame(&mut r).await?;
         if node.send(Input::Peer { from, message }).await.is_err() {

@@ -11,7 +11,7 @@
 //! arrive, so announcing a large frame and sending little costs the reader
 //! little. An oversized or undecodable frame closes the connection.
 
-use kv_core::{Command, Reply};
+use kv_core::{AdminRequest, Command, MemberList, Reply};
 pub use raft_wire::{
     encode_frame, FrameError, Hello, HelloError, MAX_FRAME, MAX_HELLO_FRAME, PROTOCOL_VERSION,
 };
@@ -35,6 +35,14 @@ pub enum ClientRequest {
     Status {
         /// Echoed in the response.
         id: u64,
+    },
+    /// An administrative request (membership, leadership transfer);
+    /// answered with a `Reply` carrying `kv_core::Reply::Admin`.
+    Admin {
+        /// Echoed in the response.
+        id: u64,
+        /// The request.
+        request: AdminRequest,
     },
 }
 
@@ -76,6 +84,11 @@ pub struct NodeStatus {
     pub last_index: u64,
     /// Where its snapshot ends.
     pub snapshot_index: u64,
+    /// The members as it knows them (with match indices if it leads).
+    pub members: MemberList,
+    /// Every peer address its driver knows (its address book, see
+    /// `driver_tokio::book`): the bootstrap members' as well as recorded ones.
+    pub peers: std::collections::BTreeMap<u64, std::net::SocketAddr>,
 }
 
 /// Reads one frame of at most [`MAX_FRAME`] bytes and decodes it.

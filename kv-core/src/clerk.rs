@@ -90,18 +90,39 @@ impl Clerk {
         }
     }
 
-    /// The position of member `server` in the clerk's order.
+    /// The members' node ids, in the order the clerk tries them.
+    pub fn servers(&self) -> &[NodeId] {
+        &self.servers
+    }
+
+    /// The cluster's members changed (a driver learned them, see
+    /// `kv_core::admin`): try `servers` from now on, keeping the leader
+    /// guess if it is still among them.
+    pub fn set_servers(&mut self, servers: Vec<NodeId>) {
+        assert!(!servers.is_empty(), "a cluster has servers");
+        let guess = self.servers[self.leader];
+        self.leader = servers.iter().position(|&s| s == guess).unwrap_or(0);
+        self.servers = servers;
+    }
+
+    /// The position of member `server` in the clerk's order (a server the
+    /// clerk no longer lists counts as the one before the first).
     fn position(&self, server: NodeId) -> usize {
         self.servers
             .iter()
             .position(|&s| s == server)
-            .expect("replies come from the clerk's own members")
+            .unwrap_or(self.servers.len() - 1)
     }
 
     /// Member `server` answered.
     pub fn on_reply(&mut self, server: NodeId, reply: Reply) -> Progress {
         let at = self.position(server);
         match reply {
+            // An answer to another kind of request: not this one's.
+            Reply::Admin(_) => {
+                self.leader = (at + 1) % self.servers.len();
+                Progress::Retry(self.attempt())
+            }
             Reply::Applied(outcome) => {
                 self.leader = at;
                 self.current = None;

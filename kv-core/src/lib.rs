@@ -11,12 +11,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod canary;
 mod clerk;
 mod command;
 mod server;
 mod store;
 
+pub use admin::{
+    AdminReply, AdminRequest, MemberAddrs, MemberInfo, MemberList, MemberRole, Refusal,
+};
 pub use clerk::{Attempt, Clerk, Progress, ROUND_BACKOFF};
 pub use command::{ClientId, Command, Op, Outcome, Reply};
 pub use server::{KvServer, ServerAction, ServerConfig, ServerEvent};

@@ -8,6 +8,11 @@
 //! safe). Gets go through the log too, so a minority or deposed leader never
 //! answers one.
 //!
+//! Administrative requests ([`ServerEvent::AdminReceived`], see
+//! [`crate::admin`]) change the membership, hand leadership over or list the
+//! members; they are answered with [`Reply::Admin`]. A change is answered
+//! once its configuration entry is applied, or refused with a reason.
+//!
 //! When `max_raft_state` is set and the driver reports that the encoded Raft
 //! state has reached it, the server snapshots the store (with its sessions)
 //! and lets Raft compact its log. With `None` it never snapshots.
@@ -15,11 +20,14 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use raft_core::{
-    Action, DurableState, Event, Index, Instant, Message, NodeId, Persist, RaftNode, RejectReason,
-    Term,
+    Action, ChangeRefusal, DurableState, Event, Index, Instant, MembershipChange, Message, NodeId,
+    Payload, Persist, RaftNode, RejectReason, Term, TransferAbort, TransferOutcome,
 };
 
-use crate::command::{Command, Reply};
+use crate::admin::{
+    AdminReply, AdminRequest, MemberAddrs, MemberInfo, MemberList, MemberRole, Refusal,
+};
+use crate::command::{Command, Decoded, Logged, Reply};
 use crate::store::KvStore;
 use crate::Error;
 
@@ -33,6 +41,10 @@ pub struct ServerConfig {
     pub max_raft_state: Option<usize>,
     /// The bound on the session table (see [`KvStore`]).
     pub max_sessions: usize,
+    /// Where this server listens, recorded in the member table so that
+    /// other servers and clients can find it (`None`: never recorded, as in
+    /// the simulated lab, where nodes are known by id only).
+    pub addresses: Option<MemberAddrs>,
 }
 
 impl ServerConfig {
@@ -49,6 +61,7 @@ impl ServerConfig {
             raft,
             max_raft_state,
             max_sessions: crate::store::DEFAULT_MAX_SESSIONS,
+            addresses: None,
         }
     }
 }
@@ -79,6 +92,14 @@ pub enum ServerEvent {
         id: u64,
         /// The command.
         command: Command,
+    },
+    /// An administrative request; answered later by a `Reply` with the same
+    /// `id` carrying [`Reply::Admin`].
+    AdminReceived {
+        /// The driver's id for this request.
+        id: u64,
+        /// The request.
+        request: AdminRequest,
     },
 }
 
@@ -116,6 +137,29 @@ struct Waiting {
     term: Term,
 }
 
+/// A proposal handed to Raft, until it is accepted or rejected.
+#[derive(Clone, Debug)]
+enum Proposal {
+    /// A client's command (the driver's request id).
+    Client(u64, Command),
+    /// An address record: for an admin request (`reply`), which may go on
+    /// with a membership change once the record is applied; or (`reply`
+    /// `None`) this leader recording its own addresses.
+    Record {
+        reply: Option<u64>,
+        then: Option<MembershipChange>,
+    },
+}
+
+/// An admin request waiting for its entry to apply.
+#[derive(Clone, Debug)]
+struct AdminWaiting {
+    id: u64,
+    term: Term,
+    /// For a record: the membership change to ask for once it is applied.
+    then: Option<MembershipChange>,
+}
+
 /// A KV replica.
 #[derive(Debug)]
 pub struct KvServer {
@@ -124,10 +168,25 @@ pub struct KvServer {
     max_raft_state: Option<usize>,
     raft_state_bytes: usize,
     waiting: BTreeMap<Index, Waiting>,
-    proposals: BTreeMap<u64, (u64, Command)>,
+    proposals: BTreeMap<u64, Proposal>,
     next_proposal: u64,
     /// The term this node led at the last staleness check, if it led.
     leading_term: Option<Term>,
+    /// This server's own addresses, to record.
+    addresses: Option<MemberAddrs>,
+    /// The term in which this leader proposed its own record.
+    recorded_in: Option<Term>,
+    /// Admin requests waiting for the entry at an index to apply.
+    admin_waiting: BTreeMap<Index, AdminWaiting>,
+    /// Membership change requests handed to Raft: our id -> the admin id.
+    changes: BTreeMap<u64, u64>,
+    /// The transfer request being stepped, until Raft answers it.
+    transfer_request: Option<u64>,
+    /// Transfer requests waiting for the transfer's end.
+    transfer_waiters: Vec<u64>,
+    /// Bumped whenever the membership or the address table may have
+    /// changed ([`KvServer::peers_version`]).
+    peers_version: u64,
 }
 
 impl KvServer {
@@ -157,7 +216,87 @@ impl KvServer {
             proposals: BTreeMap::new(),
             next_proposal: 0,
             leading_term: None,
+            addresses: config.addresses,
+            recorded_in: None,
+            admin_waiting: BTreeMap::new(),
+            changes: BTreeMap::new(),
+            transfer_request: None,
+            transfer_waiters: Vec::new(),
+            peers_version: 0,
         })
+    }
+
+    /// Grows whenever the configuration or the member address table may
+    /// have changed: a driver that keeps links to the members
+    /// ([`RaftNode::membership`], [`RaftNode::committed_membership`],
+    /// [`KvServer::member_addrs`]) looks again when it moves.
+    pub fn peers_version(&self) -> u64 {
+        self.peers_version
+    }
+
+    /// The recorded addresses of every node, by id (including nodes that
+    /// are no longer members).
+    pub fn member_addrs(&self) -> &BTreeMap<NodeId, MemberAddrs> {
+        self.store.member_addrs()
+    }
+
+    /// The request a follower should send the leader so that its own
+    /// addresses are recorded: `Some` while it is a member whose record is
+    /// missing or differs from its configured addresses. (A leader records
+    /// its own by itself.)
+    pub fn registration(&self) -> Option<AdminRequest> {
+        let addrs = self.addresses.as_ref()?;
+        let me = self.raft.id();
+        let needed = !self.raft.is_leader()
+            && self.raft.membership().contains(me)
+            && self.member_addrs().get(&me) != Some(addrs);
+        needed.then(|| AdminRequest::RecordAddresses {
+            node: me,
+            addrs: addrs.clone(),
+        })
+    }
+
+    /// The members as this server knows them.
+    pub fn member_list(&self) -> MemberList {
+        let r = &self.raft;
+        let me = r.id();
+        let m = r.membership();
+        let members = m
+            .members()
+            .into_iter()
+            .map(|id| {
+                let role = if m.voters.contains(&id) {
+                    MemberRole::Voter
+                } else if m.outgoing.contains(&id) {
+                    MemberRole::Leaving
+                } else {
+                    MemberRole::Learner
+                };
+                let match_index = match (r.is_leader(), id == me) {
+                    (false, _) => None,
+                    (true, true) => Some(r.log().last_index()),
+                    (true, false) => r.progress(id).map(|p| p.match_index),
+                };
+                MemberInfo {
+                    id,
+                    role,
+                    addrs: self.member_addrs().get(&id).cloned(),
+                    match_index,
+                }
+            })
+            .collect();
+        MemberList {
+            from: me,
+            term: r.term(),
+            leader: if r.is_leader() {
+                Some(me)
+            } else {
+                r.leader_hint()
+            },
+            commit_index: r.commit_index(),
+            committed: r.membership() == r.committed_membership(),
+            members,
+        }
     }
 
     /// The Raft node (for queries such as `term()` and `is_leader()`).
@@ -208,34 +347,44 @@ impl KvServer {
         }
         let mut out = Vec::new();
         let raft_event = match event {
+            ServerEvent::AdminReceived { id, request } => self.admin(id, request, &mut out),
             ServerEvent::MessageReceived { from, message } => {
-                Event::MessageReceived { from, message }
+                Some(Event::MessageReceived { from, message })
             }
-            ServerEvent::TimerFired => Event::TimerFired,
+            ServerEvent::TimerFired => Some(Event::TimerFired),
             ServerEvent::Persisted {
                 upto,
                 raft_state_bytes,
             } => {
                 self.raft_state_bytes = raft_state_bytes;
-                Event::Persisted { upto }
+                Some(Event::Persisted { upto })
             }
             ServerEvent::RequestReceived { id, command } => {
-                self.next_proposal += 1;
-                let proposal = self.next_proposal;
                 let bytes = postcard::to_allocvec(&command).expect("commands encode");
-                self.proposals.insert(proposal, (id, command));
-                Event::ProposalReceived {
-                    id: proposal,
-                    command: bytes,
-                }
+                Some(self.propose(Proposal::Client(id, command), bytes))
             }
         };
-        self.step_raft(now, raft_event, &mut out)?;
-        self.release_if_deposed(&mut out);
+        if let Some(event) = raft_event {
+            self.step_raft(now, event, &mut out)?;
+            self.release_if_deposed(&mut out);
+        }
+        if let Some(event) = self.own_record_due() {
+            self.step_raft(now, event, &mut out)?;
+            self.release_if_deposed(&mut out);
+        }
         debug_assert!(
-            self.proposals.is_empty(),
-            "every proposal is answered in its step"
+            self.proposals.is_empty() && self.changes.is_empty(),
+            "every proposal and change request is answered in its step"
         );
+        if let Some(id) = self.transfer_request.take() {
+            // Raft answers every transfer request in its step; never leave
+            // a client waiting if it did not.
+            debug_assert!(false, "transfer request {id} unanswered");
+            out.push(admin_reply(
+                id,
+                AdminReply::Refused(Refusal::TransferFailed("no answer".into())),
+            ));
+        }
         Ok(out)
     }
 
@@ -254,10 +403,134 @@ impl KvServer {
             !matches!(event, Event::ProposalReceived { .. }),
             "client commands go through ServerEvent::RequestReceived"
         );
+        // A change gets an id of ours that no admin request waits on, so
+        // its answer is dropped and never mistaken for another's.
+        let event = match event {
+            Event::MembershipChangeRequested { changes, .. } => {
+                self.next_proposal += 1;
+                Event::MembershipChangeRequested {
+                    id: self.next_proposal,
+                    changes,
+                }
+            }
+            other => other,
+        };
         let mut out = Vec::new();
         self.step_raft(now, event, &mut out)?;
         self.release_if_deposed(&mut out);
         Ok(out)
+    }
+
+    fn propose(&mut self, proposal: Proposal, command: Vec<u8>) -> Event {
+        self.next_proposal += 1;
+        let id = self.next_proposal;
+        self.proposals.insert(id, proposal);
+        Event::ProposalReceived { id, command }
+    }
+
+    /// A leader whose own addresses are not (correctly) recorded proposes
+    /// its record, once per term.
+    fn own_record_due(&mut self) -> Option<Event> {
+        let addrs = self.addresses.clone()?;
+        let (me, term) = (self.raft.id(), self.raft.term());
+        let due = self.raft.is_leader()
+            && self.recorded_in != Some(term)
+            && self.raft.membership().contains(me)
+            && self.member_addrs().get(&me) != Some(&addrs);
+        if !due {
+            return None;
+        }
+        self.recorded_in = Some(term);
+        let record = Proposal::Record {
+            reply: None,
+            then: None,
+        };
+        Some(self.propose(record, Logged::record(me, addrs)))
+    }
+
+    /// An admin request: answered at once, or handed to Raft.
+    fn admin(
+        &mut self,
+        id: u64,
+        request: AdminRequest,
+        out: &mut Vec<ServerAction>,
+    ) -> Option<Event> {
+        if let AdminRequest::Members = request {
+            out.push(admin_reply(id, AdminReply::Members(self.member_list())));
+            return None;
+        }
+        if !self.raft.is_leader() {
+            let leader_hint = self.raft.leader_hint();
+            out.push(admin_reply(
+                id,
+                AdminReply::Refused(Refusal::NotLeader { leader_hint }),
+            ));
+            return None;
+        }
+        let m = self.raft.membership();
+        // A change that already holds in a committed configuration is done
+        // (so a client may retry one whose answer it lost).
+        let settled = m == self.raft.committed_membership();
+        let done = |out: &mut Vec<ServerAction>| {
+            out.push(admin_reply(id, AdminReply::Done));
+            None
+        };
+        let record = |s: &mut Self, node, addrs, then| {
+            let proposal = Proposal::Record {
+                reply: Some(id),
+                then,
+            };
+            Some(s.propose(proposal, Logged::record(node, addrs)))
+        };
+        match request {
+            AdminRequest::Members => unreachable!("answered above"),
+            AdminRequest::AddLearner { node, addrs } => {
+                if m.is_voter(node) {
+                    let why = format!("node {node} is already a voter");
+                    out.push(admin_reply(id, AdminReply::Refused(Refusal::Invalid(why))));
+                    return None;
+                }
+                let is_learner = m.is_learner(node) && settled;
+                if is_learner && self.member_addrs().get(&node) == Some(&addrs) {
+                    return done(out);
+                }
+                // A learner already: only its addresses change.
+                let then = (!is_learner).then_some(MembershipChange::AddLearner(node));
+                record(self, node, addrs, then)
+            }
+            AdminRequest::RecordAddresses { node, addrs } => {
+                if self.member_addrs().get(&node) == Some(&addrs) {
+                    return done(out);
+                }
+                record(self, node, addrs, None)
+            }
+            AdminRequest::Promote { node } => {
+                if settled && m.voters.contains(&node) && !m.is_joint() {
+                    return done(out);
+                }
+                Some(self.change(id, MembershipChange::Promote(node)))
+            }
+            AdminRequest::Remove { node } => {
+                if settled && !m.contains(node) {
+                    return done(out);
+                }
+                Some(self.change(id, MembershipChange::Remove(node)))
+            }
+            AdminRequest::TransferLeader { to } => {
+                self.transfer_request = Some(id);
+                Some(Event::LeadershipTransferRequested { to })
+            }
+        }
+    }
+
+    fn change(&mut self, admin_id: u64, change: MembershipChange) -> Event {
+        self.next_proposal += 1;
+        let id = self.next_proposal;
+        self.changes.insert(id, admin_id);
+        Event::MembershipChangeRequested {
+            id,
+            changes: vec![change],
+        }
     }
 
     fn step_raft(
@@ -277,6 +550,12 @@ impl KvServer {
                         for entry in entries {
                             // A no-op or configuration entry carries no command.
                             self.apply(entry.index, entry.command().unwrap_or_default(), out);
+                            if let Some(event) = self.admin_applied(entry.index, entry.term, out) {
+                                queue.push_back(event);
+                            }
+                            if let Payload::Membership(_) = entry.payload {
+                                self.peers_version += 1;
+                            }
                         }
                         if let Some(event) = self.snapshot_if_due() {
                             queue.push_back(event);
@@ -284,6 +563,7 @@ impl KvServer {
                     }
                     Action::ApplySnapshot { snapshot } => {
                         self.store.restore(&snapshot.data)?;
+                        self.peers_version += 1;
                         let covered: Vec<Index> = self
                             .waiting
                             .range(..=snapshot.meta.index)
@@ -293,27 +573,64 @@ impl KvServer {
                             let w = self.waiting.remove(&index).expect("listed");
                             out.push(self.wrong_leader(w.id));
                         }
-                    }
-                    Action::AcceptProposal { id, index, term } => {
-                        let (rid, command) = self.proposals.remove(&id).expect("our proposal");
-                        let w = Waiting {
-                            id: rid,
-                            client: command.client,
-                            seq: command.seq,
-                            term,
-                        };
-                        if let Some(old) = self.waiting.insert(index, w) {
-                            out.push(self.wrong_leader(old.id));
+                        let covered: Vec<Index> = self
+                            .admin_waiting
+                            .range(..=snapshot.meta.index)
+                            .map(|(&i, _)| i)
+                            .collect();
+                        for index in covered {
+                            let w = self.admin_waiting.remove(&index).expect("listed");
+                            out.push(self.admin_not_leader(w.id));
                         }
                     }
-                    // The service requests no transfers or membership
-                    // changes yet (issue 12 item 8).
-                    Action::LeadershipTransfer { .. }
-                    | Action::AcceptMembershipChange { .. }
-                    | Action::RejectMembershipChange { .. }
-                    | Action::MembershipChanged { .. } => {}
+                    Action::AcceptProposal { id, index, term } => {
+                        match self.proposals.remove(&id).expect("our proposal") {
+                            Proposal::Client(rid, command) => {
+                                let w = Waiting {
+                                    id: rid,
+                                    client: command.client,
+                                    seq: command.seq,
+                                    term,
+                                };
+                                if let Some(old) = self.waiting.insert(index, w) {
+                                    out.push(self.wrong_leader(old.id));
+                                }
+                            }
+                            Proposal::Record { reply: None, .. } => {}
+                            Proposal::Record {
+                                reply: Some(rid),
+                                then,
+                            } => self.admin_wait(index, rid, term, then, out),
+                        }
+                    }
+                    Action::AcceptMembershipChange {
+                        id, index, term, ..
+                    } => {
+                        // None: a change fed by `step_raft_event`.
+                        if let Some(rid) = self.changes.remove(&id) {
+                            self.admin_wait(index, rid, term, None, out);
+                        }
+                    }
+                    Action::RejectMembershipChange { id, reason } => {
+                        let Some(rid) = self.changes.remove(&id) else {
+                            continue;
+                        };
+                        let refusal = match reason {
+                            ChangeRefusal::NotLeader { leader_hint } => {
+                                Refusal::NotLeader { leader_hint }
+                            }
+                            ChangeRefusal::ChangeInProgress => Refusal::ChangeInProgress,
+                            ChangeRefusal::LeaderNotReady => Refusal::LeaderNotReady,
+                            ChangeRefusal::TransferInProgress => Refusal::TransferInProgress,
+                            ChangeRefusal::Invalid(e) => Refusal::Invalid(e.to_string()),
+                            other => Refusal::Invalid(format!("{other:?}")),
+                        };
+                        out.push(admin_reply(rid, AdminReply::Refused(refusal)));
+                    }
+                    Action::MembershipChanged { .. } => self.peers_version += 1,
+                    Action::LeadershipTransfer { outcome, .. } => self.transfer(outcome, out),
                     Action::RejectProposal { id, reason } => {
-                        let (rid, _) = self.proposals.remove(&id).expect("our proposal");
+                        let proposal = self.proposals.remove(&id).expect("our proposal");
                         let leader_hint = match reason {
                             RejectReason::NotLeader { leader_hint } => leader_hint,
                             RejectReason::TooManyUncommitted => Some(self.raft.id()),
@@ -321,10 +638,26 @@ impl KvServer {
                             // will find by trying the others.
                             RejectReason::TransferInProgress => None,
                         };
-                        out.push(ServerAction::Reply {
-                            id: rid,
-                            reply: Reply::WrongLeader { leader_hint },
-                        });
+                        match proposal {
+                            Proposal::Client(rid, _) => out.push(ServerAction::Reply {
+                                id: rid,
+                                reply: Reply::WrongLeader { leader_hint },
+                            }),
+                            // Try again at the next step.
+                            Proposal::Record { reply: None, .. } => self.recorded_in = None,
+                            Proposal::Record {
+                                reply: Some(rid), ..
+                            } => {
+                                let refusal = match reason {
+                                    RejectReason::NotLeader { leader_hint } => {
+                                        Refusal::NotLeader { leader_hint }
+                                    }
+                                    RejectReason::TooManyUncommitted => Refusal::Busy,
+                                    RejectReason::TransferInProgress => Refusal::TransferInProgress,
+                                };
+                                out.push(admin_reply(rid, AdminReply::Refused(refusal)));
+                            }
+                        }
                     }
                 }
             }
@@ -332,8 +665,105 @@ impl KvServer {
         Ok(())
     }
 
+    /// An admin request now waits for the entry at `index`.
+    fn admin_wait(
+        &mut self,
+        index: Index,
+        id: u64,
+        term: Term,
+        then: Option<MembershipChange>,
+        out: &mut Vec<ServerAction>,
+    ) {
+        let w = AdminWaiting { id, term, then };
+        if let Some(old) = self.admin_waiting.insert(index, w) {
+            out.push(self.admin_not_leader(old.id));
+        }
+    }
+
+    /// The entry at `index` (of `term`) was applied: an admin request
+    /// waiting for it is done, or goes on to its membership change.
+    fn admin_applied(
+        &mut self,
+        index: Index,
+        term: Term,
+        out: &mut Vec<ServerAction>,
+    ) -> Option<Event> {
+        let w = self.admin_waiting.remove(&index)?;
+        if w.term != term {
+            // Another leader's entry took this index.
+            out.push(self.admin_not_leader(w.id));
+            return None;
+        }
+        match w.then {
+            None => {
+                out.push(admin_reply(w.id, AdminReply::Done));
+                None
+            }
+            Some(change) => Some(self.change(w.id, change)),
+        }
+    }
+
+    /// What became of a leadership transfer.
+    fn transfer(&mut self, outcome: TransferOutcome, out: &mut Vec<ServerAction>) {
+        let refused = |abort: TransferAbort| match abort {
+            TransferAbort::NotLeader => Some(Refusal::NotLeader {
+                leader_hint: self.raft.leader_hint(),
+            }),
+            TransferAbort::InProgress => Some(Refusal::TransferInProgress),
+            TransferAbort::InvalidTarget => Some(Refusal::Invalid(
+                "the target is this node, not a voter, or there is no other voter".into(),
+            )),
+            _ => None,
+        };
+        match outcome {
+            TransferOutcome::Started => {
+                if let Some(id) = self.transfer_request.take() {
+                    self.transfer_waiters.push(id);
+                }
+            }
+            TransferOutcome::TimeoutNowSent => {}
+            TransferOutcome::Aborted(abort) => {
+                if let Some(refusal) = refused(abort) {
+                    // The answer to the request being stepped; a transfer
+                    // already under way goes on.
+                    if let Some(id) = self.transfer_request.take() {
+                        out.push(admin_reply(id, AdminReply::Refused(refusal)));
+                    }
+                    return;
+                }
+                let reply = match abort {
+                    TransferAbort::SteppedDown => AdminReply::Done,
+                    TransferAbort::TimedOut => AdminReply::Refused(Refusal::TransferFailed(
+                        "no election deposed the leader in time".into(),
+                    )),
+                    TransferAbort::TargetRemoved => AdminReply::Refused(Refusal::TransferFailed(
+                        "the target stopped being a voter".into(),
+                    )),
+                    other => AdminReply::Refused(Refusal::TransferFailed(format!("{other:?}"))),
+                };
+                for id in std::mem::take(&mut self.transfer_waiters) {
+                    out.push(admin_reply(id, reply.clone()));
+                }
+            }
+            other => {
+                let reply = AdminReply::Refused(Refusal::TransferFailed(format!("{other:?}")));
+                for id in std::mem::take(&mut self.transfer_waiters) {
+                    out.push(admin_reply(id, reply.clone()));
+                }
+            }
+        }
+    }
+
     fn apply(&mut self, index: Index, bytes: &[u8], out: &mut Vec<ServerAction>) {
-        let command: Option<Command> = postcard::from_bytes(bytes).ok();
+        let command = match Logged::decode(bytes) {
+            Some(Decoded::Client(c)) => Some(c),
+            Some(Decoded::Record { node, addrs }) => {
+                self.store.record_member(node, addrs);
+                self.peers_version += 1;
+                None
+            }
+            None => None,
+        };
         let outcome = command.as_ref().map(|c| self.store.apply(index, c));
         if let Some(w) = self.waiting.remove(&index) {
             match (command, outcome) {
@@ -386,6 +816,21 @@ impl KvServer {
             let w = self.waiting.remove(&index).expect("listed");
             out.push(self.wrong_leader(w.id));
         }
+        let stale: Vec<Index> = self
+            .admin_waiting
+            .iter()
+            .filter(|(_, w)| !leader || w.term != term)
+            .map(|(&i, _)| i)
+            .collect();
+        for index in stale {
+            let w = self.admin_waiting.remove(&index).expect("listed");
+            out.push(self.admin_not_leader(w.id));
+        }
+    }
+
+    fn admin_not_leader(&self, id: u64) -> ServerAction {
+        let leader_hint = self.raft.leader_hint().filter(|&l| l != self.raft.id());
+        admin_reply(id, AdminReply::Refused(Refusal::NotLeader { leader_hint }))
     }
 
     fn wrong_leader(&self, id: u64) -> ServerAction {
@@ -394,5 +839,12 @@ impl KvServer {
             id,
             reply: Reply::WrongLeader { leader_hint },
         }
+    }
+}
+
+fn admin_reply(id: u64, reply: AdminReply) -> ServerAction {
+    ServerAction::Reply {
+        id,
+        reply: Reply::Admin(reply),
     }
 }

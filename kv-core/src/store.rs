@@ -27,11 +27,22 @@
 //! bound it was taken with, so `max_sessions` must be the same on every
 //! replica of a cluster and must not change over its life (it is part of the
 //! state machine's definition, like the meaning of a command).
+//!
+//! # Member addresses
+//!
+//! The store also holds the members' address table ([`crate::admin`]): one
+//! record per node id, set by record entries. It is encoded after the rest
+//! of the store, and only when it is not empty, so the snapshot of a store
+//! that never recorded an address is byte for byte what it was before the
+//! table existed.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use raft_core::NodeId;
+
+use crate::admin::MemberAddrs;
 use crate::command::{ClientId, Command, Op, Outcome};
 
 /// The default bound on the session table.
@@ -56,6 +67,10 @@ pub struct KvStore {
     /// Sessions by last use, for eviction: (last index, client).
     by_use: BTreeMap<(u64, ClientId), ()>,
     max_sessions: usize,
+    /// The members' addresses: encoded after the store, only when not empty
+    /// (see [`KvStore::snapshot`]).
+    #[serde(skip)]
+    members: BTreeMap<NodeId, MemberAddrs>,
 }
 
 impl Default for KvStore {
@@ -73,7 +88,18 @@ impl KvStore {
             sessions: BTreeMap::new(),
             by_use: BTreeMap::new(),
             max_sessions,
+            members: BTreeMap::new(),
         }
+    }
+
+    /// Sets `node`'s addresses (a record entry, applied in log order).
+    pub fn record_member(&mut self, node: NodeId, addrs: MemberAddrs) {
+        self.members.insert(node, addrs);
+    }
+
+    /// The recorded addresses of every node, by id.
+    pub fn member_addrs(&self) -> &BTreeMap<NodeId, MemberAddrs> {
+        &self.members
     }
 
     /// Applies the command at log `index`, exactly once per (client, seq).
@@ -145,15 +171,21 @@ impl KvStore {
         self.sessions.len()
     }
 
-    /// The store and its sessions, encoded.
+    /// The store, its sessions and (if any) the member addresses, encoded.
     pub fn snapshot(&self) -> Vec<u8> {
-        if crate::canary::on(crate::canary::Canary::SessionsLeftOutOfSnapshot) {
+        let mut bytes = if crate::canary::on(crate::canary::Canary::SessionsLeftOutOfSnapshot) {
             let mut without = self.clone();
             without.sessions.clear();
             without.by_use.clear();
-            return postcard::to_allocvec(&without).expect("the store encodes");
+            postcard::to_allocvec(&without).expect("the store encodes")
+        } else {
+            postcard::to_allocvec(self).expect("the store encodes")
+        };
+        if !self.members.is_empty() {
+            let table = postcard::to_allocvec(&self.members).expect("the table encodes");
+            bytes.extend_from_slice(&table);
         }
-        postcard::to_allocvec(self).expect("the store encodes")
+        bytes
     }
 
     /// Replaces the store with a decoded snapshot. A snapshot that does not
@@ -163,10 +195,16 @@ impl KvStore {
     pub fn restore(&mut self, bytes: &[u8]) -> Result<(), crate::Error> {
         use crate::SnapshotError as E;
         let bad = crate::Error::BadSnapshot;
-        let (store, rest): (KvStore, _) =
+        let (mut store, rest): (KvStore, _) =
             postcard::take_from_bytes(bytes).map_err(|e| bad(E::Decode(e)))?;
         if !rest.is_empty() {
-            return Err(bad(E::TrailingBytes(rest.len())));
+            // The member table; an empty one is never written.
+            let (members, after): (BTreeMap<NodeId, MemberAddrs>, _) =
+                postcard::take_from_bytes(rest).map_err(|e| bad(E::Decode(e)))?;
+            if members.is_empty() || !after.is_empty() {
+                return Err(bad(E::TrailingBytes(rest.len())));
+            }
+            store.members = members;
         }
         if store.max_sessions == 0 || store.sessions.len() > store.max_sessions {
             return Err(bad(E::SessionBound {
@@ -365,6 +403,40 @@ mod tests {
         assert_eq!(t, s);
         assert_eq!(t.apply(2, &a), Outcome::Done);
         assert!(t.restore(b"\xff\xff\xff").is_err());
+    }
+
+    #[test]
+    fn member_addresses_travel_in_the_snapshot_after_the_store() {
+        let mut s = KvStore::new(10);
+        s.apply(
+            1,
+            &cmd(
+                1,
+                1,
+                Op::Put {
+                    key: "a".into(),
+                    value: "1".into(),
+                },
+            ),
+        );
+        let without = s.snapshot();
+        let addrs = MemberAddrs {
+            peer: "10.0.0.1:7000".into(),
+            client: "10.0.0.1:7100".into(),
+        };
+        s.record_member(4, addrs.clone());
+        let with = s.snapshot();
+        assert!(with.starts_with(&without), "the table follows the store");
+        let mut t = KvStore::new(1);
+        t.restore(&with).unwrap();
+        assert_eq!(t, s);
+        assert_eq!(t.member_addrs().get(&4), Some(&addrs));
+        let mut u = t.clone();
+        u.restore(&without).unwrap();
+        assert!(
+            u.member_addrs().is_empty(),
+            "a snapshot replaces the table too"
+        );
     }
 
     quickcheck! {

@@ -3,11 +3,20 @@
 //! ```text
 //! rkv serve --id 0 --cluster-id 7 --peers 0=127.0.0.1:7000,1=127.0.0.1:7001,2=127.0.0.1:7002 \
 //!           --client-addr 127.0.0.1:7100 --data-dir data/0 [--max-raft-state 1048576]
+//! rkv serve --id 3 --cluster-id 7 --join 127.0.0.1:7100 --peer-addr 127.0.0.1:7003 \
+//!           --client-addr 127.0.0.1:7103 --data-dir data/3
+//! rkv serve --id 3 --cluster-id 7 --peer-addr 127.0.0.1:7003 --client-addr 127.0.0.1:7103 \
+//!           --data-dir data/3                  (a restart: the data directory knows the rest)
 //! rkv serve --config node0.toml
 //! rkv put KEY VALUE  --servers 127.0.0.1:7100,127.0.0.1:7101,127.0.0.1:7102 [--cluster-id 7]
 //! rkv get KEY        --servers ...
 //! rkv append KEY VALUE --servers ...
 //! rkv status         --servers ...
+//! rkv member list    --servers ...
+//! rkv member add-learner ID PEER_ADDR CLIENT_ADDR --servers ...
+//! rkv member promote ID --servers ...
+//! rkv member remove ID  --servers ...
+//! rkv transfer-leader [ID] --servers ...
 //! ```
 
 use std::collections::BTreeMap;
@@ -18,6 +27,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use driver_tokio::{start_node, Client, NodeConfig};
+use kv_core::{AdminReply, AdminRequest, MemberAddrs};
 use serde::Deserialize;
 
 #[derive(Parser)]
@@ -60,8 +70,56 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Show each server's role, term, commit and applied index.
+    /// Show each server's role, term, commit and applied index, its part in
+    /// the configuration and (from the leader) its match index.
     Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List or change the cluster's members.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+    /// Hand leadership to server ID (default: the most up-to-date voter).
+    TransferLeader {
+        /// The new leader.
+        id: Option<u64>,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// Each member's id, role, addresses and (from the leader) match index.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Record a new server's addresses and add it as a learner (it receives
+    /// the log and votes for nothing). Start it with `rkv serve --join`.
+    AddLearner {
+        /// The new server's node id.
+        id: u64,
+        /// Its peer address (its `--peer-addr`).
+        peer_addr: SocketAddr,
+        /// Its client address (its `--client-addr`).
+        client_addr: SocketAddr,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Make learner ID a voter (wait until its match index has caught up).
+    Promote {
+        /// The learner.
+        id: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove member ID (a voter or a learner; the leader hands over first).
+    Remove {
+        /// The member.
+        id: u64,
         #[command(flatten)]
         target: Target,
     },
@@ -69,7 +127,8 @@ enum Command {
 
 #[derive(Args)]
 struct Target {
-    /// The servers' client addresses, in node-id order, comma-separated.
+    /// Some servers' client addresses, comma-separated (the others are
+    /// learned from them).
     #[arg(long, value_delimiter = ',', required = true)]
     servers: Vec<SocketAddr>,
     /// The cluster id the servers were started with.
@@ -91,9 +150,17 @@ struct ServeArgs {
     /// The cluster id (connections from other clusters are refused).
     #[arg(long)]
     cluster_id: Option<u64>,
-    /// Every member's peer address, this node's included: ID=HOST:PORT,...
+    /// To bootstrap a new cluster: every initial member's peer address,
+    /// this node's included: ID=HOST:PORT,...
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
+    /// Where peers connect (default: this node's entry in --peers).
+    #[arg(long)]
+    peer_addr: Option<SocketAddr>,
+    /// To join a running cluster with a new data directory: some of its
+    /// servers' client addresses, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<SocketAddr>,
     /// Where clients connect.
     #[arg(long)]
     client_addr: Option<SocketAddr>,
@@ -112,6 +179,8 @@ struct FileConfig {
     id: Option<u64>,
     cluster_id: Option<u64>,
     peers: Option<BTreeMap<String, SocketAddr>>,
+    peer_addr: Option<SocketAddr>,
+    join: Option<Vec<SocketAddr>>,
     client_addr: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     max_raft_state: Option<usize>,
@@ -148,11 +217,22 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, String> {
         peers.insert(id, addr);
     }
     let id = args.id.or(file.id).ok_or("--id is required")?;
-    if peers.is_empty() {
-        return Err("--peers is required (every member, this node included)".into());
+    let join = if args.join.is_empty() {
+        file.join.unwrap_or_default()
+    } else {
+        args.join
+    };
+    let peer_addr = args.peer_addr.or(file.peer_addr);
+    if !peers.is_empty() && !join.is_empty() {
+        return Err("give --peers (a new cluster) or --join (a running one), not both".into());
     }
-    if !peers.contains_key(&id) {
+    if !peers.is_empty() && !peers.contains_key(&id) {
         return Err(format!("--peers must include this node ({id})"));
+    }
+    if peers.is_empty() && peer_addr.is_none() {
+        return Err(
+            "--peer-addr is required without --peers (a joining or restarting node)".into(),
+        );
     }
     let max = args
         .max_raft_state
@@ -162,6 +242,8 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, String> {
         id,
         cluster_id: args.cluster_id.or(file.cluster_id).unwrap_or(1),
         peers,
+        peer_addr,
+        join,
         client_addr: args
             .client_addr
             .or(file.client_addr)
@@ -235,41 +317,158 @@ async fn run_client_command(command: Command) -> Result<(), String> {
             println!("{v}");
             Ok(())
         }
-        Command::Status { target } => {
+        Command::Status { target } => status(&target).await,
+        Command::Member { command } => member(command).await,
+        Command::TransferLeader { id, target } => {
             let mut c = client(&target).await?;
-            c.attempt_timeout = Duration::from_millis(700);
-            println!(
-                "{:<5} {:<22} {:<10} {:>5} {:>7} {:>10} {:>10} {:>10} {:>9}",
-                "node",
-                "address",
-                "role",
-                "term",
-                "leader",
-                "commit",
-                "applied",
-                "last",
-                "snapshot"
-            );
-            for (i, addr) in target.servers.iter().enumerate() {
-                match c.status(i).await {
-                    Ok(s) => println!(
-                        "{:<5} {:<22} {:<10} {:>5} {:>7} {:>10} {:>10} {:>10} {:>9}",
-                        s.node_id,
-                        addr.to_string(),
-                        s.role,
-                        s.term,
-                        s.leader.map_or("-".to_string(), |l| l.to_string()),
-                        s.commit_index,
-                        s.last_applied,
-                        s.last_index,
-                        s.snapshot_index
-                    ),
-                    Err(e) => println!("{:<5} {:<22} unreachable ({e})", "?", addr.to_string()),
+            admin(&mut c, AdminRequest::TransferLeader { to: id }).await?;
+            // Report who leads now, once someone does.
+            for _ in 0..50 {
+                if let Ok(list) = c.members().await {
+                    if let Some(leader) = list.leader {
+                        println!("leader: node {leader} (term {})", list.term);
+                        return Ok(());
+                    }
                 }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            println!("leadership left the old leader");
             Ok(())
         }
     }
+}
+
+async fn admin(c: &mut Client, request: AdminRequest) -> Result<AdminReply, String> {
+    c.admin(request).await.map_err(|e| e.to_string())
+}
+
+async fn member(command: MemberCommand) -> Result<(), String> {
+    let (target, request) = match command {
+        MemberCommand::List { target } => {
+            let list = client(&target)
+                .await?
+                .members()
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "{:<5} {:<8} {:<22} {:<22} {:>10}",
+                "node", "role", "peer address", "client address", "match"
+            );
+            for m in &list.members {
+                let (peer, client) = m.addrs.as_ref().map_or(("-".into(), "-".into()), |a| {
+                    (a.peer.clone(), a.client.clone())
+                });
+                let leader = if list.leader == Some(m.id) {
+                    " (leader)"
+                } else {
+                    ""
+                };
+                println!(
+                    "{:<5} {:<8} {:<22} {:<22} {:>10}{leader}",
+                    m.id,
+                    m.role.name(),
+                    peer,
+                    client,
+                    m.match_index.map_or("-".to_string(), |i| i.to_string()),
+                );
+            }
+            if !list.committed {
+                println!("(the latest configuration is not yet committed)");
+            }
+            return Ok(());
+        }
+        MemberCommand::AddLearner {
+            id,
+            peer_addr,
+            client_addr,
+            target,
+        } => {
+            let addrs = MemberAddrs {
+                peer: peer_addr.to_string(),
+                client: client_addr.to_string(),
+            };
+            (target, AdminRequest::AddLearner { node: id, addrs })
+        }
+        MemberCommand::Promote { id, target } => (target, AdminRequest::Promote { node: id }),
+        MemberCommand::Remove { id, target } => (target, AdminRequest::Remove { node: id }),
+    };
+    let mut c = client(&target).await?;
+    admin(&mut c, request).await?;
+    println!("ok");
+    Ok(())
+}
+
+/// The status table: every server given, and every other member whose
+/// client address is recorded.
+async fn status(target: &Target) -> Result<(), String> {
+    let mut c = client(target).await?;
+    c.attempt_timeout = Duration::from_millis(700);
+    let mut addrs: Vec<SocketAddr> = target.servers.clone();
+    let mut rows = Vec::new();
+    let mut leader_view: Option<kv_core::MemberList> = None;
+    let mut i = 0;
+    while i < addrs.len() {
+        let addr = addrs[i];
+        i += 1;
+        let result = c.status_at(addr).await;
+        if let Ok(s) = &result {
+            for m in &s.members.members {
+                let recorded = m.addrs.as_ref().and_then(|a| a.client.parse().ok());
+                if let Some(a) = recorded.filter(|a| !addrs.contains(a)) {
+                    addrs.push(a);
+                }
+            }
+            if s.members.from_leader() {
+                leader_view = Some(s.members.clone());
+            }
+        }
+        rows.push((addr, result));
+    }
+    println!(
+        "{:<5} {:<22} {:<10} {:>5} {:>7} {:>10} {:>10} {:>10} {:>9}  {:<8} {:>10}",
+        "node",
+        "address",
+        "role",
+        "term",
+        "leader",
+        "commit",
+        "applied",
+        "last",
+        "snapshot",
+        "member",
+        "match"
+    );
+    for (addr, result) in rows {
+        match result {
+            Ok(s) => {
+                let me = leader_view
+                    .as_ref()
+                    .unwrap_or(&s.members)
+                    .member(s.node_id)
+                    .cloned();
+                let member = me.as_ref().map_or("-", |m| m.role.name());
+                let matched = me
+                    .and_then(|m| m.match_index)
+                    .map_or("-".to_string(), |i| i.to_string());
+                println!(
+                    "{:<5} {:<22} {:<10} {:>5} {:>7} {:>10} {:>10} {:>10} {:>9}  {:<8} {:>10}",
+                    s.node_id,
+                    addr.to_string(),
+                    s.role,
+                    s.term,
+                    s.leader.map_or("-".to_string(), |l| l.to_string()),
+                    s.commit_index,
+                    s.last_applied,
+                    s.last_index,
+                    s.snapshot_index,
+                    member,
+                    matched,
+                )
+            }
+            Err(e) => println!("{:<5} {:<22} unreachable ({e})", "?", addr.to_string()),
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
