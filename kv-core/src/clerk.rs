@@ -25,6 +25,12 @@ pub struct Attempt {
     pub delay: Option<Duration>,
 }
 
+/// How many times the clerk follows leader hints to the same member within
+/// one request before it stops believing them (two servers with stale views,
+/// say both removed from the cluster, that name each other would otherwise
+/// bounce it between them forever).
+pub const MAX_FOLLOWS: usize = 3;
+
 /// What the clerk makes of a reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Progress {
@@ -38,7 +44,12 @@ pub enum Progress {
 ///
 /// The clerk tries the members in the order it was given (the driver may
 /// shuffle it), starting from its guess of the leader, and follows leader
-/// hints that name a member.
+/// hints that name a member, but to each member at most
+/// [`MAX_FOLLOWS`] times per request: past that, a hint to it is taken as
+/// stale, and the clerk tries the next member in order instead (it still
+/// reaches that member in its turn). Otherwise two servers with stale views (say, both
+/// removed from the cluster) that name each other as leader would keep it
+/// bouncing between them forever.
 #[derive(Clone, Debug)]
 pub struct Clerk {
     id: ClientId,
@@ -50,6 +61,9 @@ pub struct Clerk {
     current: Option<Command>,
     /// Failed attempts since the last success.
     failures: usize,
+    /// The members hints sent the clerk to since the last success (with
+    /// repeats).
+    followed: Vec<NodeId>,
 }
 
 impl Clerk {
@@ -65,6 +79,7 @@ impl Clerk {
             servers,
             current: None,
             failures: 0,
+            followed: Vec::new(),
         }
     }
 
@@ -103,6 +118,7 @@ impl Clerk {
         let guess = self.servers[self.leader];
         self.leader = servers.iter().position(|&s| s == guess).unwrap_or(0);
         self.servers = servers;
+        self.followed.clear();
     }
 
     /// The position of member `server` in the clerk's order (a server the
@@ -127,12 +143,20 @@ impl Clerk {
                 self.leader = at;
                 self.current = None;
                 self.failures = 0;
+                self.followed.clear();
                 Progress::Done(outcome)
             }
             Reply::WrongLeader { leader_hint } => {
-                let hinted = leader_hint.and_then(|h| self.servers.iter().position(|&s| s == h));
+                let fresh =
+                    |h: &NodeId| self.followed.iter().filter(|&&f| f == *h).count() < MAX_FOLLOWS;
+                let hinted = leader_hint
+                    .filter(fresh)
+                    .and_then(|h| self.servers.iter().position(|&s| s == h));
                 self.leader = match hinted {
-                    Some(h) if h != at => h,
+                    Some(h) if h != at => {
+                        self.followed.push(self.servers[h]);
+                        h
+                    }
                     _ => (at + 1) % self.servers.len(),
                 };
                 Progress::Retry(self.attempt())
@@ -158,5 +182,48 @@ impl Clerk {
             command,
             delay,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry_at(p: Progress) -> NodeId {
+        match p {
+            Progress::Retry(a) => a.server,
+            Progress::Done(o) => panic!("done: {o:?}"),
+        }
+    }
+
+    /// Two servers with stale views naming each other (chaos seed 4598 with
+    /// membership changes: both were removed) no longer trap the clerk.
+    #[test]
+    fn stale_hints_between_two_servers_do_not_trap_the_clerk() {
+        let mut ck = Clerk::new(7, vec![0, 1, 2], 0);
+        let first = ck.begin(Op::Get { key: "k".into() });
+        assert_eq!(first.server, 0);
+        let none = || Reply::WrongLeader { leader_hint: None };
+        let to0 = || Reply::WrongLeader {
+            leader_hint: Some(0),
+        };
+        for _ in 0..MAX_FOLLOWS {
+            assert_eq!(retry_at(ck.on_reply(0, none())), 1);
+            assert_eq!(retry_at(ck.on_reply(1, to0())), 0, "the hint is followed");
+        }
+        // Once more is once too many: the clerk moves on to 2.
+        assert_eq!(retry_at(ck.on_reply(0, none())), 1);
+        assert_eq!(retry_at(ck.on_reply(1, to0())), 2);
+    }
+
+    /// A fresh hint is followed as before.
+    #[test]
+    fn a_hint_to_a_new_leader_is_followed() {
+        let mut ck = Clerk::new(7, vec![0, 1, 2], 0);
+        ck.begin(Op::Get { key: "k".into() });
+        let reply = Reply::WrongLeader {
+            leader_hint: Some(2),
+        };
+        assert_eq!(retry_at(ck.on_reply(0, reply)), 2);
     }
 }
