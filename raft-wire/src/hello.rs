@@ -10,8 +10,11 @@
 use raft_core::NodeId;
 use serde::{Deserialize, Serialize};
 
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this crate speaks: 2 since membership change
+/// (entries carry configurations, `InstallSnapshot` the configuration at its
+/// index, clients send admin requests and get member lists in status). A
+/// peer or client of another version is refused at the hello.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame accepted before the hello: the one frame a stranger can
 /// send, and a hello is a few varints.
@@ -185,14 +188,15 @@ mod tests {
 
     #[test]
     fn the_encoding_is_the_deployed_one() {
-        // driver-tokio's version 1, as deployed: variant index, then varints.
+        // The hello's layout is unchanged since driver-tokio's version 1:
+        // variant index, then varints (the version, now 2, first).
         assert_eq!(
             postcard::to_allocvec(&Hello::peer(7, 2)).unwrap(),
-            [0, 1, 7, 2]
+            [0, 2, 7, 2]
         );
         assert_eq!(
             postcard::to_allocvec(&Hello::client(300)).unwrap(),
-            [1, 1, 0xAC, 0x02]
+            [1, 2, 0xAC, 0x02]
         );
         let longest = Hello::Peer {
             version: u32::MAX,
