@@ -536,6 +536,14 @@ impl KvCfg {
         self.world.borrow().slots[i].is_some()
     }
 
+    /// The last index in running server `i`'s snapshot (0: none taken or
+    /// installed yet); `None` if it is down.
+    pub fn snapshot_index(&self, i: usize) -> Option<raft_core::Index> {
+        let w = self.world.borrow();
+        let slot = w.slots[i].as_ref()?;
+        Some(slot.server.raft().log().snapshot().index)
+    }
+
     /// InstallSnapshot requests delivered to server `i` so far.
     pub fn snapshots_received(&self, i: usize) -> u64 {
         self.world.borrow().snapshots_received[i]

@@ -386,10 +386,10 @@ async fn kv_client(
 
 /// Replaces every server of an `n`-server KV cluster, one at a time, on an
 /// unreliable network with snapshots (maxraftstate 1000 bytes), while five
-/// clients run: through the service, a new server (knowing no
-/// configuration) is added as a learner, waited for until its match index
-/// reaches the commit index (it catches up by InstallSnapshot: the log has
-/// been compacted long before), promoted; then the old one is removed and
+/// clients run: once every server has compacted its log, through the
+/// service, a new server (knowing no configuration) is added as a learner,
+/// waited for until its match index reaches the commit index (it catches
+/// up by InstallSnapshot), promoted; then the old one is removed and
 /// stopped. The clerks are told the members after each change. At the end
 /// the configuration is exactly the new servers, all voters; every
 /// acknowledged append and put is in the final state; the history is
@@ -409,8 +409,18 @@ async fn kv_rolling_replacement(n: usize) {
             spawn(kv_client(cfg.clone(), ck, cli, nclients, done.clone()))
         })
         .collect();
-    // Load first, so the log is compacted before anyone joins.
-    sleep(Duration::from_secs(1)).await;
+    // Load first, until every server has compacted its log: then whoever
+    // leads when the first server joins must send it a snapshot.
+    let loaded = now();
+    while (0..n).any(|i| cfg.snapshot_index(i).is_some_and(|s| s == 0)) {
+        assert!(
+            now() - loaded < Duration::from_secs(20),
+            "the servers never snapshotted\n{}",
+            cfg.status()
+        );
+        sleep(ms(50)).await;
+    }
+    sleep(ms(cfg.rand_below(500))).await;
     let mut replaced = Vec::new();
     for old in 0..n {
         let new = cfg.replace_server(&admin, old).await;
