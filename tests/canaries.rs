@@ -20,7 +20,8 @@ use kv_core::canary::Planted;
 
 /// Raft lab suite seeds tried per canary (28 tests each).
 const RAFT_SEEDS: u64 = 6;
-/// Membership scenario seeds tried per canary (5 scenarios each).
+/// Membership scenario seeds tried per canary (every scenario of
+/// `lab_tests::membership`, on the Raft and the KV harness).
 const MEMBERSHIP_SEEDS: u64 = 3;
 /// Chaos seeds tried per canary.
 const CHAOS_SEEDS: u64 = 1000;

@@ -25,6 +25,6 @@ pub mod raft;
 #[path = "suites/kv.rs"]
 pub mod kv;
 
-/// Membership change scenarios on the simulator's Raft harness (issue 12).
+/// Membership change scenarios on the simulator's Raft and KV harnesses (issue 12).
 #[path = "suites/membership.rs"]
 pub mod membership;

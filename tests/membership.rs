@@ -2,7 +2,11 @@
 //! simulator, under the seed from `SIM_SEED` like the lab suites: rolling
 //! replacement of every server of a 3- and a 5-server cluster under load,
 //! removing the leader under load, partitions during joint changes,
-//! learners never counted, and one change at a time. The bodies are `lab_tests::membership`'s.
+//! learners never counted, and one change at a time; and the rolling
+//! replacement of every server of a 3- and a 5-server KV cluster through the
+//! service's administrative requests, on an unreliable network with
+//! snapshots, while clients run (linearizable, every acknowledged write
+//! present). The bodies are `lab_tests::membership`'s.
 
 use driver_sim::run_test;
 
@@ -30,4 +34,6 @@ membership_tests!(
     partitions_during_joint_change,
     learners_never_counted,
     one_change_at_a_time,
+    kv_rolling_replacement_3_nodes,
+    kv_rolling_replacement_5_nodes,
 );

@@ -8,6 +8,14 @@
 //! This file runs the servers and the clerks' calls; what the tester does
 //! (the clerk loop, the history and its check, partitions, the result line)
 //! is the `lab` crate's, shared with the other drivers' harnesses.
+//!
+//! Beyond the lab (issue 12), the cluster can grow and shrink by node id:
+//! [`KvCfg::add_server`] starts a server that knows no configuration,
+//! [`KvCfg::admin`] sends an administrative request through the service
+//! over the same network as the clerks' calls, and
+//! [`KvCfg::replace_server`] replaces a voter the way an operator would
+//! (add a learner, wait until it caught up, promote it, remove the old one,
+//! stop it), telling every clerk the new members as it goes.
 
 use std::cell::{RefCell, RefMut};
 use std::collections::{BTreeMap, VecDeque};
@@ -15,19 +23,34 @@ use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
-use kv_core::{Clerk, Command, KvServer, Op, Reply, ServerAction, ServerConfig, ServerEvent};
-use raft_core::{Config, Instant, Message};
+use kv_core::{
+    AdminReply, AdminRequest, Clerk, Command, KvServer, MemberAddrs, MemberList, MemberRole, Op,
+    Refusal, Reply, ServerAction, ServerConfig, ServerEvent,
+};
+use raft_core::{Config, Instant, Message, NodeId};
 
 use lab::net::{Faults, ReplyFate, RequestFate, Traffic};
-use lab::{ClerkEnds, Harness, History, HistoryOp, KvCounters, KvHarness, Links, Runtime, TestRun};
+use lab::{
+    ClerkEnds, Harness, History, HistoryOp, KvCounters, KvHarness, Links, Runtime, TestRun,
+    CLERK_CALL_TIMEOUT,
+};
 use raft_testkit::{fnv1a, Persister, SafetyChecker};
 
 use crate::executor::{
-    now, oneshot, schedule_after, schedule_at, with_rng, OneshotReceiver, OneshotSender, SimRuntime,
+    now, oneshot, schedule_after, schedule_at, sleep, timeout, with_rng, OneshotReceiver,
+    OneshotSender, SimRuntime,
 };
 
 /// How often labrpc checks whether the server of a pending call died.
 const DEAD_POLL: Duration = Duration::from_millis(100);
+
+/// How long [`KvCfg::admin`] keeps trying one request, and
+/// [`KvCfg::wait_caught_up`] waits for a learner.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long [`KvCfg::admin`] pauses before retrying a request the leader
+/// refused for now (not ready, busy, another change in progress).
+const ADMIN_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 struct Slot {
     server: KvServer,
@@ -39,6 +62,17 @@ struct Slot {
 struct Ends {
     /// Which real servers its ends reach.
     enabled: Vec<bool>,
+    /// The clerk, told the members when they change
+    /// ([`KvCfg::tell_clerks`]).
+    clerk: Rc<RefCell<Clerk>>,
+}
+
+/// What a call carries to a server, encoded as it travels.
+enum Request {
+    /// A clerk's command (`ServerEvent::RequestReceived`).
+    Client(Vec<u8>),
+    /// An administrative request (`ServerEvent::AdminReceived`).
+    Admin(Vec<u8>),
 }
 
 struct Call {
@@ -51,6 +85,12 @@ struct Call {
 struct World {
     n: usize,
     slots: Vec<Option<Slot>>,
+    /// The `Config::members` each server starts with: the initial servers
+    /// for those of `new`, none for one added later (it learns the
+    /// configuration from the leader).
+    members: Vec<Vec<NodeId>>,
+    /// InstallSnapshot requests delivered to each server.
+    snapshots_received: Vec<u64>,
     gens: Vec<u64>,
     persisters: Vec<Persister>,
     links: Vec<Vec<bool>>,
@@ -95,6 +135,8 @@ impl KvHarness for KvCfg {
         let world = World {
             n,
             slots: (0..n).map(|_| None).collect(),
+            members: vec![(0..n as NodeId).collect(); n],
+            snapshots_received: vec![0; n],
             gens: vec![0; n],
             persisters: vec![Persister::new(); n],
             links: vec![vec![false; n]; n],
@@ -162,7 +204,7 @@ impl KvHarness for KvCfg {
             w.slots[i] = None;
             w.gens[i] += 1;
             let (state, snapshot) = w.persisters[i].load();
-            let members: Vec<u64> = (0..w.n as u64).collect();
+            let members = w.members[i].clone();
             let config = ServerConfig::new(Config::new(i as u64, members), w.max_raft_state);
             let seed = with_rng(|r| r.next_u64());
             let server = KvServer::recover(config, seed, state, snapshot)
@@ -179,17 +221,24 @@ impl KvHarness for KvCfg {
 
     /// A new clerk whose ends reach the servers in `to`.
     fn make_client(&self, to: &[usize]) -> SimClerk {
-        let clerk = lab::clerk::new_clerk::<SimRuntime>(self.n());
+        let clerk = Rc::new(RefCell::new(lab::clerk::new_clerk::<SimRuntime>(self.n())));
         let mut w = self.world.borrow_mut();
         let n = w.n;
         let enabled = (0..n).map(|j| to.contains(&j)).collect();
         let ends = w.next_clerk;
         w.next_clerk += 1;
-        w.clerks.insert(ends, Ends { enabled });
+        let clerk_for_ends = clerk.clone();
+        w.clerks.insert(
+            ends,
+            Ends {
+                enabled,
+                clerk: clerk_for_ends,
+            },
+        );
         SimClerk {
             cfg: self.clone(),
             ends,
-            clerk: Rc::new(RefCell::new(clerk)),
+            clerk,
         }
     }
 
@@ -299,6 +348,207 @@ impl KvCfg {
     pub fn history(&self) -> Vec<HistoryOp> {
         self.world.borrow().history.ops().to_vec()
     }
+    // ----- membership -----------------------------------------------------
+
+    /// Adds a server: a fresh one with the next unused number, which is its
+    /// node id, that knows no configuration (empty `Config::members`: it
+    /// stands for no election and learns the configuration from the leader
+    /// once a configuration names it), started and linked to every server.
+    /// Every clerk's ends reach it; a clerk tries it once told
+    /// ([`KvCfg::tell_clerks`]).
+    pub fn add_server(&self) -> usize {
+        let id = {
+            let mut w = self.world.borrow_mut();
+            let id = w.n;
+            w.n += 1;
+            w.slots.push(None);
+            w.members.push(Vec::new());
+            w.snapshots_received.push(0);
+            w.gens.push(0);
+            w.persisters.push(Persister::new());
+            for row in w.links.iter_mut() {
+                row.push(false);
+            }
+            w.links.push(vec![false; id + 1]);
+            w.rpc_count.push(0);
+            for ends in w.clerks.values_mut() {
+                ends.enabled.push(true);
+            }
+            id
+        };
+        self.start_server(id);
+        self.connect(id, &self.all());
+        id
+    }
+
+    /// Sends `request` through the service the way an operator's tool
+    /// would, over clerk `ck`'s ends (the clerks' network, with its losses
+    /// and delays): tries the servers `ck` knows in turn, follows leader
+    /// hints, and retries a refusal that may pass later
+    /// ([`Refusal::is_retryable`]) after a pause. A member list is wanted
+    /// from the leader (only it knows match indices). Returns the answer
+    /// (a member list, `Done`, or a refusal that will not pass); panics
+    /// after [`ADMIN_TIMEOUT`].
+    pub async fn admin(&self, ck: &SimClerk, request: AdminRequest) -> AdminReply {
+        let bytes = postcard::to_allocvec(&request).expect("admin requests encode");
+        let servers: Vec<NodeId> = ck.clerk.borrow().servers().to_vec();
+        let started = now();
+        let (mut at, mut target) = (0, servers[0]);
+        let mut misses = 0;
+        let mut last = String::from("nothing yet");
+        while now() - started < ADMIN_TIMEOUT {
+            let call = self.call(ck.ends, target as usize, Request::Admin(bytes.clone()));
+            let hint = match timeout(CLERK_CALL_TIMEOUT, call).await.flatten().flatten() {
+                None => {
+                    last = format!("no answer from {target}");
+                    None
+                }
+                Some(Reply::Admin(AdminReply::Members(list))) if !list.from_leader() => {
+                    last = format!("{target} does not lead");
+                    list.leader
+                }
+                Some(Reply::Admin(AdminReply::Refused(Refusal::NotLeader { leader_hint }))) => {
+                    last = format!("{target} does not lead");
+                    leader_hint
+                }
+                Some(Reply::Admin(AdminReply::Refused(r))) if r.is_retryable() => {
+                    last = format!("{target} refused: {r}");
+                    sleep(ADMIN_RETRY_PAUSE).await;
+                    continue;
+                }
+                Some(Reply::Admin(reply)) => return reply,
+                Some(other) => panic!("{target} answered {request:?} with {other:?}"),
+            };
+            // A hint may name a server the tool does not list yet (one
+            // just promoted); one it cannot reach fails and the round goes on.
+            match hint.filter(|&h| h != target && (h as usize) < self.n()) {
+                Some(h) => target = h,
+                None => {
+                    at = (at + 1) % servers.len();
+                    target = servers[at];
+                }
+            }
+            misses += 1;
+            if misses % servers.len() == 0 {
+                sleep(kv_core::ROUND_BACKOFF).await;
+            }
+        }
+        panic!(
+            "admin request {request:?} not answered within {ADMIN_TIMEOUT:?} (last: {last})\n{}",
+            self.status()
+        );
+    }
+
+    /// [`KvCfg::admin`], which must answer `Done`.
+    async fn admin_done(&self, ck: &SimClerk, request: AdminRequest) {
+        let reply = self.admin(ck, request.clone()).await;
+        assert_eq!(reply, AdminReply::Done, "the answer to {request:?}");
+    }
+
+    /// The members as the leader knows them (with match indices).
+    pub async fn members(&self, ck: &SimClerk) -> MemberList {
+        match self.admin(ck, AdminRequest::Members).await {
+            AdminReply::Members(list) => list,
+            other => panic!("a member list was asked for, not {other:?}"),
+        }
+    }
+
+    /// Waits until the leader's match index for learner `i` has reached its
+    /// commit index (asking the service for the members every 20 ms), so
+    /// that promoting it does not stall commits; panics after
+    /// [`ADMIN_TIMEOUT`]. Returns the last member list.
+    pub async fn wait_caught_up(&self, ck: &SimClerk, i: usize) -> MemberList {
+        let started = now();
+        loop {
+            let list = self.members(ck).await;
+            let matched = list.member(i as NodeId).and_then(|m| m.match_index);
+            if matched.is_some_and(|m| m >= list.commit_index) {
+                return list;
+            }
+            assert!(
+                now() - started < ADMIN_TIMEOUT,
+                "learner {i} never caught up: {list:?}\n{}",
+                self.status()
+            );
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Tells every clerk of the cluster that the servers are `servers`
+    /// (`Clerk::set_servers`): each keeps its own order for those it knew
+    /// and tries the others after them.
+    pub fn tell_clerks(&self, servers: &[NodeId]) {
+        let w = self.world.borrow();
+        for ends in w.clerks.values() {
+            let mut clerk = ends.clerk.borrow_mut();
+            let mut order: Vec<NodeId> = clerk
+                .servers()
+                .iter()
+                .copied()
+                .filter(|s| servers.contains(s))
+                .collect();
+            let known = order.clone();
+            order.extend(servers.iter().filter(|s| !known.contains(s)));
+            clerk.set_servers(order);
+        }
+    }
+
+    /// Replaces voter `old` the way an operator would, through the service
+    /// with clerk `ck` as the tool: starts a new server
+    /// ([`KvCfg::add_server`]), adds it as a learner with (dummy)
+    /// addresses, waits until it has caught up, promotes it, tells the
+    /// clerks, removes `old`, tells the clerks again, and stops `old` once
+    /// its removal has committed (so no clerk follows its stale leader
+    /// hints). Returns the new server.
+    pub async fn replace_server(&self, ck: &SimClerk, old: usize) -> usize {
+        let new = self.add_server();
+        let node = new as NodeId;
+        let addrs = MemberAddrs {
+            peer: format!("sim-peer-{new}"),
+            client: format!("sim-client-{new}"),
+        };
+        self.admin_done(ck, AdminRequest::AddLearner { node, addrs })
+            .await;
+        self.wait_caught_up(ck, new).await;
+        self.admin_done(ck, AdminRequest::Promote { node }).await;
+        let list = self.members(ck).await;
+        self.tell_clerks(&voters(&list));
+        self.admin_done(
+            ck,
+            AdminRequest::Remove {
+                node: old as NodeId,
+            },
+        )
+        .await;
+        let list = self.members(ck).await;
+        let now_voters = voters(&list);
+        assert!(
+            now_voters.contains(&node) && list.member(old as NodeId).is_none(),
+            "after replacing {old} by {new}: {list:?}"
+        );
+        self.tell_clerks(&now_voters);
+        self.shutdown_server(old);
+        new
+    }
+
+    /// Is server `i` running?
+    pub fn is_running(&self, i: usize) -> bool {
+        self.world.borrow().slots[i].is_some()
+    }
+
+    /// The last index in running server `i`'s snapshot (0: none taken or
+    /// installed yet); `None` if it is down.
+    pub fn snapshot_index(&self, i: usize) -> Option<raft_core::Index> {
+        let w = self.world.borrow();
+        let slot = w.slots[i].as_ref()?;
+        Some(slot.server.raft().log().snapshot().index)
+    }
+
+    /// InstallSnapshot requests delivered to server `i` so far.
+    pub fn snapshots_received(&self, i: usize) -> u64 {
+        self.world.borrow().snapshots_received[i]
+    }
+
     // ----- driving servers ----------------------------------------------------
 
     fn step(&self, i: usize, event: ServerEvent, caller: Option<(usize, u64)>) {
@@ -385,6 +635,7 @@ impl KvCfg {
             .check_send(from as u64, to as u64, message, w.persisters[from].state());
         let from_gen = w.gens[from];
         if message.is_request() {
+            let is_snapshot = matches!(message, Message::InstallSnapshot(_));
             let enabled = w.links[from][to] && w.slots[to].is_some();
             let to_gen = w.gens[to];
             w.traffic.request_sent(bytes.len());
@@ -398,6 +649,9 @@ impl KvCfg {
                         let handle = !with_rng(|r| w.faults.drop_request_now(r)) && alive;
                         if handle {
                             w.rpc_count[to] += 1;
+                            if is_snapshot {
+                                w.snapshots_received[to] += 1;
+                            }
                         }
                         handle
                     };
@@ -445,11 +699,11 @@ impl KvCfg {
 
     /// A clerk's call to real server `server`: resolves to the reply, or
     /// `None` when labrpc's `Call` would return false.
-    fn call(&self, clerk: u64, server: usize, command: Command) -> OneshotReceiver<Option<Reply>> {
+    fn call(&self, clerk: u64, server: usize, request: Request) -> OneshotReceiver<Option<Reply>> {
         let (tx, rx) = oneshot();
-        let bytes = postcard::to_allocvec(&command).expect("commands encode");
         let mut w = self.world.borrow_mut();
         let enabled = w.clerks[&clerk].enabled[server] && w.slots[server].is_some();
+        let (Request::Client(bytes) | Request::Admin(bytes)) = &request;
         w.traffic.request_sent(bytes.len());
         match with_rng(|r| w.faults.send_request(enabled, r)) {
             RequestFate::Fail => {
@@ -471,7 +725,7 @@ impl KvCfg {
                     },
                 );
                 let cfg = self.clone();
-                schedule_after(delay, move || cfg.client_request_arrived(id, bytes));
+                schedule_after(delay, move || cfg.client_request_arrived(id, request));
             }
         }
         rx
@@ -491,7 +745,7 @@ impl KvCfg {
         }
     }
 
-    fn client_request_arrived(&self, id: u64, bytes: Vec<u8>) {
+    fn client_request_arrived(&self, id: u64, request: Request) {
         let server = {
             let mut w = self.world.borrow_mut();
             let Some(call) = w.calls.get(&id) else { return };
@@ -505,8 +759,17 @@ impl KvCfg {
             server
         };
         self.watch_call(id);
-        let command: Command = postcard::from_bytes(&bytes).expect("commands decode");
-        self.step(server, ServerEvent::RequestReceived { id, command }, None);
+        let event = match request {
+            Request::Client(bytes) => ServerEvent::RequestReceived {
+                id,
+                command: postcard::from_bytes(&bytes).expect("commands decode"),
+            },
+            Request::Admin(bytes) => ServerEvent::AdminReceived {
+                id,
+                request: postcard::from_bytes(&bytes).expect("admin requests decode"),
+            },
+        };
+        self.step(server, event, None);
     }
 
     /// labrpc polls a pending call every 100 ms: if its end was disabled or
@@ -586,13 +849,23 @@ impl ClerkEnds for SimEnds<'_> {
     fn call(&self, server: usize, command: Command) -> impl Future<Output = Option<Reply>> {
         // The call starts now (its draws and events happen here), not when
         // the future is first polled.
-        let reply = self.0.cfg.call(self.0.ends, server, command);
+        let bytes = postcard::to_allocvec(&command).expect("commands encode");
+        let reply = self.0.cfg.call(self.0.ends, server, Request::Client(bytes));
         async move { reply.await.flatten() }
     }
 
     fn history(&self) -> RefMut<'_, History> {
         RefMut::map(self.0.cfg.world.borrow_mut(), |w| &mut w.history)
     }
+}
+
+/// The voters of a member list, in id order.
+fn voters(list: &MemberList) -> Vec<NodeId> {
+    list.members
+        .iter()
+        .filter(|m| m.role == MemberRole::Voter)
+        .map(|m| m.id)
+        .collect()
 }
 
 /// Fingerprint helper re-exported for tests that compare runs.

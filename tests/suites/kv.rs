@@ -17,7 +17,7 @@ use lab::KV_ELECTION_TIMEOUT as ELECTION_TIMEOUT;
 
 /// `checkClntAppends`: every "x clnt j y" for j < count appears exactly once,
 /// in order.
-fn check_clnt_appends(clnt: usize, v: &str, count: usize) {
+pub(crate) fn check_clnt_appends(clnt: usize, v: &str, count: usize) {
     let mut last: Option<usize> = None;
     for j in 0..count {
         let wanted = format!("x {clnt} {j} y");

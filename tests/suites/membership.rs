@@ -6,6 +6,11 @@
 //! before a change); the lab's appliers check that no two servers apply
 //! different commands at one index.
 //!
+//! The `kv_` scenarios do the same to the KV service on the simulator's KV
+//! harness (`driver_sim::KvCfg`), through its administrative requests: the
+//! clerks' whole history must be linearizable and every acknowledged write
+//! present at the end.
+//!
 //! Each body is run by `tests/membership.rs` under the seed from
 //! `SIM_SEED`, and hunted with each planted bug by `tests/canaries.rs`.
 
@@ -13,8 +18,9 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use driver_sim::{ms, now, sleep, spawn, Cfg, Cmd, JoinHandle, PreVoteCfg, SimCfg};
-use lab::RaftHarness;
+use driver_sim::{ms, now, sleep, spawn, Cfg, Cmd, JoinHandle, KvCfg, PreVoteCfg, SimCfg};
+use kv_core::MemberRole;
+use lab::{KvHarness, RaftHarness};
 use raft_core::{ChangeRefusal, Membership, MembershipChange, NodeId};
 
 use MembershipChange::{AddLearner, AddVoter, Promote, Remove};
@@ -321,6 +327,162 @@ pub async fn one_change_at_a_time() {
     cfg.end();
 }
 
+/// What one client of the KV scenarios had acknowledged when it stopped.
+struct Acked {
+    /// Its own key's value: every append it made, in order.
+    appended: String,
+    /// How many appends that is.
+    appends: usize,
+    /// The last value it put to its put key, if any.
+    put: Option<String>,
+}
+
+/// A client of the KV scenarios: appends to its own key (checking on every
+/// get of it that it holds exactly what it appended), puts to a key of its
+/// own (`p<cli>`), and reads the other clients' keys, until told to stop.
+/// Every operation completes (the clerk retries until it does), so all it
+/// did was acknowledged.
+async fn kv_client(
+    cfg: KvCfg,
+    ck: driver_sim::SimClerk,
+    cli: usize,
+    nclients: usize,
+    done: Rc<Cell<bool>>,
+) -> Acked {
+    let (own, put_key) = (cli.to_string(), format!("p{cli}"));
+    let mut acked = Acked {
+        appended: String::new(),
+        appends: 0,
+        put: None,
+    };
+    cfg.put(&ck, &own, "", cli as u64).await;
+    let mut puts = 0;
+    while !done.get() {
+        match cfg.rand_below(100) {
+            0..45 => {
+                let nv = format!("x {cli} {} y", acked.appends);
+                cfg.append(&ck, &own, &nv, cli as u64).await;
+                acked.appended.push_str(&nv);
+                acked.appends += 1;
+            }
+            45..55 => {
+                let nv = format!("put {cli} {puts}");
+                puts += 1;
+                cfg.put(&ck, &put_key, &nv, cli as u64).await;
+                acked.put = Some(nv);
+            }
+            55..80 => {
+                let v = cfg.get(&ck, &own, cli as u64).await;
+                assert_eq!(v, acked.appended, "client {cli}: get of its own key");
+            }
+            _ => {
+                let other = cfg.rand_below(nclients as u64).to_string();
+                cfg.get(&ck, &other, cli as u64).await;
+            }
+        }
+    }
+    acked
+}
+
+/// Replaces every server of an `n`-server KV cluster, one at a time, on an
+/// unreliable network with snapshots (maxraftstate 1000 bytes), while five
+/// clients run: once every server has compacted its log, through the
+/// service, a new server (knowing no configuration) is added as a learner,
+/// waited for until its match index reaches the commit index (it catches
+/// up by InstallSnapshot), promoted; then the old one is removed and
+/// stopped. The clerks are told the members after each change. At the end
+/// the configuration is exactly the new servers, all voters; every
+/// acknowledged append and put is in the final state; the history is
+/// linearizable.
+async fn kv_rolling_replacement(n: usize) {
+    let nclients = 5;
+    let maxraftstate = 1000;
+    let cfg = KvCfg::new(n, true, Some(maxraftstate));
+    cfg.begin(&format!(
+        "Test (membership): KV rolling replacement of {n} servers, unreliable net, snapshots, many clients"
+    ));
+    let admin = cfg.make_client(&cfg.all());
+    let done = Rc::new(Cell::new(false));
+    let clients: Vec<_> = (0..nclients)
+        .map(|cli| {
+            let ck = cfg.make_client(&cfg.all());
+            spawn(kv_client(cfg.clone(), ck, cli, nclients, done.clone()))
+        })
+        .collect();
+    // Load first, until every server has compacted its log: then whoever
+    // leads when the first server joins must send it a snapshot.
+    let loaded = now();
+    while (0..n).any(|i| cfg.snapshot_index(i).is_some_and(|s| s == 0)) {
+        assert!(
+            now() - loaded < Duration::from_secs(20),
+            "the servers never snapshotted\n{}",
+            cfg.status()
+        );
+        sleep(ms(50)).await;
+    }
+    sleep(ms(cfg.rand_below(500))).await;
+    let mut replaced = Vec::new();
+    for old in 0..n {
+        let new = cfg.replace_server(&admin, old).await;
+        assert!(!cfg.is_running(old), "{old} stopped once removed");
+        replaced.push(new);
+        sleep(ms(500 + cfg.rand_below(1000))).await;
+    }
+    done.set(true);
+    let mut acked = Vec::new();
+    for c in clients {
+        acked.push(c.await);
+    }
+
+    let list = cfg.members(&admin).await;
+    let ids: Vec<u64> = list.members.iter().map(|m| m.id).collect();
+    assert_eq!(
+        ids,
+        replaced.iter().map(|&i| i as u64).collect::<Vec<_>>(),
+        "the members are the new servers: {list:?}"
+    );
+    assert!(
+        list.committed && list.members.iter().all(|m| m.role == MemberRole::Voter),
+        "every new server is a voter, committed: {list:?}"
+    );
+    let ck = cfg.make_client(&cfg.all());
+    cfg.tell_clerks(&ids);
+    for (cli, a) in acked.iter().enumerate() {
+        let v = cfg.get(&ck, &cli.to_string(), 0).await;
+        crate::kv::check_clnt_appends(cli, &v, a.appends);
+        assert_eq!(v, a.appended, "client {cli}'s appends, exactly");
+        let p = cfg.get(&ck, &format!("p{cli}"), 0).await;
+        assert_eq!(
+            p,
+            a.put.clone().unwrap_or_default(),
+            "client {cli}'s last put"
+        );
+    }
+    for &new in &replaced {
+        assert!(
+            cfg.snapshots_received(new) > 0,
+            "server {new} caught up without an InstallSnapshot"
+        );
+    }
+    let sz = cfg.log_size();
+    assert!(
+        sz <= 8 * maxraftstate,
+        "logs were not trimmed ({sz} > 8*{maxraftstate})"
+    );
+    let ops: usize = acked.iter().map(|a| a.appends).sum();
+    println!("  {ops} appends acknowledged across {n} replacements");
+    cfg.check_linearizable();
+    cfg.end();
+}
+
+pub async fn kv_rolling_replacement_3_nodes() {
+    kv_rolling_replacement(3).await;
+}
+
+pub async fn kv_rolling_replacement_5_nodes() {
+    kv_rolling_replacement(5).await;
+}
+
 /// Every body, by name.
 pub fn tests() -> Vec<(&'static str, crate::Body)> {
     vec![
@@ -340,5 +502,11 @@ pub fn tests() -> Vec<(&'static str, crate::Body)> {
             Box::pin(learners_never_counted())
         }),
         ("one_change_at_a_time", || Box::pin(one_change_at_a_time())),
+        ("kv_rolling_replacement_3_nodes", || {
+            Box::pin(kv_rolling_replacement_3_nodes())
+        }),
+        ("kv_rolling_replacement_5_nodes", || {
+            Box::pin(kv_rolling_replacement_5_nodes())
+        }),
     ]
 }
