@@ -482,7 +482,14 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
             }
             match self.request_membership_change(leader, changes) {
                 Ok((_, m)) => target = Some(m.leave_joint()),
-                Err(ChangeRefusal::Invalid(e)) => return Err(ChangeRefusal::Invalid(e)),
+                // Refused as invalid before any leader took it: the change
+                // itself is wrong. Once one took it, an invalid answer comes
+                // from a leader whose log is behind ours or ahead of it (a
+                // stale leader in a partition still taking requests, seed
+                // 361 of partitions_during_joint_change): keep waiting.
+                Err(ChangeRefusal::Invalid(e)) if target.is_none() => {
+                    return Err(ChangeRefusal::Invalid(e))
+                }
                 Err(refusal) => {
                     last = refusal;
                     sleep(std::time::Duration::from_millis(20)).await;
