@@ -11,11 +11,15 @@ use std::time::{Duration, Instant};
 
 use driver_tokio::wire::{encode_frame, Hello, PROTOCOL_VERSION};
 use driver_tokio::Client;
-use lincheck::{check, KvInput, KvModel, KvOutput, Operation, Verdict, UNKNOWN_RETURN};
+use lincheck::KvInput;
 use raft_storage::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use raft_wire::test_util::free_addrs;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+mod common;
+
+use common::{check_acked_appends, check_linearizable, run, Record};
 
 const CLUSTER_ID: u64 = 77;
 
@@ -193,19 +197,6 @@ fn record_payloads(segment: &[u8]) -> Vec<std::ops::Range<usize>> {
     payloads
 }
 
-fn run<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        tokio::time::timeout(limit, f)
-            .await
-            .expect("test exceeded its time limit");
-    });
-}
-
 #[test]
 fn cluster_basic_ops() {
     run(Duration::from_secs(60), async {
@@ -240,15 +231,6 @@ fn cluster_basic_ops() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-}
-
-#[derive(Clone)]
-struct Record {
-    client: u64,
-    call: u64,
-    ret: Option<u64>,
-    input: KvInput,
-    output: Option<String>,
 }
 
 #[test]
@@ -331,46 +313,13 @@ fn kill_leader_under_load_loses_nothing() {
         }
         // Every acknowledged append is present, exactly once, in order.
         let mut c = cluster.client().await;
-        let mut total = 0;
-        for (cli, values) in acked.iter().enumerate() {
-            let v = c.get(&format!("k{cli}")).await.expect("final get");
-            let mut last = 0;
-            for value in values {
-                let off = v
-                    .find(value.as_str())
-                    .unwrap_or_else(|| panic!("acknowledged {value:?} lost"));
-                assert_eq!(
-                    v.rfind(value.as_str()),
-                    Some(off),
-                    "{value:?} applied twice"
-                );
-                assert!(off >= last, "{value:?} out of order");
-                last = off;
-            }
-            total += values.len();
-        }
+        let total = check_acked_appends(&mut c, &acked).await;
         assert!(
             total > 50,
             "the workload must actually run ({total} acknowledged appends)"
         );
         // The whole history is linearizable.
-        let ops: Vec<Operation<KvInput, KvOutput>> = history
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|r| Operation {
-                client: r.client,
-                call: r.call,
-                ret: r.ret.unwrap_or(UNKNOWN_RETURN),
-                input: r.input.clone(),
-                output: r.output.clone().map_or(KvOutput::Unknown, KvOutput::Value),
-            })
-            .collect();
-        let n = ops.len();
-        match check(&KvModel, &ops, Duration::from_secs(10)) {
-            Verdict::Linearizable => {}
-            other => panic!("history of {n} operations: {}", other.name()),
-        }
+        let n = check_linearizable(&history.lock().unwrap(), Duration::from_secs(10));
         println!(
             "{n} operations, {total} acknowledged appends, leader {leader} killed and restarted"
         );

@@ -14,8 +14,12 @@ use std::time::{Duration, Instant};
 
 use driver_tokio::Client;
 use kv_core::{AdminReply, AdminRequest, MemberAddrs, MemberRole};
-use lincheck::{check, KvInput, KvModel, KvOutput, Operation, Verdict, UNKNOWN_RETURN};
+use lincheck::KvInput;
 use raft_wire::test_util::free_addrs;
+
+mod common;
+
+use common::{check_acked_appends, check_linearizable, run, Record};
 
 const CLUSTER_ID: u64 = 78;
 
@@ -243,15 +247,6 @@ impl Drop for Procs {
     }
 }
 
-#[derive(Clone)]
-struct Record {
-    client: u64,
-    call: u64,
-    ret: Option<u64>,
-    input: KvInput,
-    output: Option<String>,
-}
-
 /// Clients appending to (and now and then reading) a key each, recording
 /// every operation, until stopped.
 struct Load {
@@ -344,65 +339,18 @@ impl Load {
             acked.push(w.await.expect("worker"));
         }
         let mut c = procs.client().await;
-        let mut total = 0;
-        for (cli, values) in acked.iter().enumerate() {
-            let v = c.get(&format!("k{cli}")).await.expect("final get");
-            let mut last = 0;
-            for value in values {
-                let off = v
-                    .find(value.as_str())
-                    .unwrap_or_else(|| panic!("acknowledged {value:?} lost"));
-                assert_eq!(
-                    v.rfind(value.as_str()),
-                    Some(off),
-                    "{value:?} applied twice"
-                );
-                assert!(off >= last, "{value:?} out of order");
-                last = off;
-            }
-            total += values.len();
-        }
+        let total = check_acked_appends(&mut c, &acked).await;
         assert!(
             total >= at_least,
             "the workload must actually run ({total} acknowledged appends)"
         );
-        let ops: Vec<Operation<KvInput, KvOutput>> = self
-            .history
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|r| Operation {
-                client: r.client,
-                call: r.call,
-                ret: r.ret.unwrap_or(UNKNOWN_RETURN),
-                input: r.input.clone(),
-                output: r.output.clone().map_or(KvOutput::Unknown, KvOutput::Value),
-            })
-            .collect();
-        let n = ops.len();
-        match check(&KvModel, &ops, Duration::from_secs(20)) {
-            Verdict::Linearizable => {}
-            other => panic!("history of {n} operations: {}", other.name()),
-        }
+        let n = check_linearizable(&self.history.lock().unwrap(), Duration::from_secs(20));
         println!(
             "{n} operations, {total} acknowledged appends in {:?}",
             self.t0.elapsed()
         );
         total
     }
-}
-
-fn run<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        tokio::time::timeout(limit, f)
-            .await
-            .expect("test exceeded its time limit");
-    });
 }
 
 #[test]

@@ -8,16 +8,23 @@ use model_check::{explore, format_trace, Choice, Limits, Options, Report, World}
 use raft_core::Role;
 
 fn search(depth: usize, limits: Limits) -> Report {
+    search_from(depth, limits, Vec::new(), "")
+}
+
+/// The search to `depth` after `prefix`, printing each violation with the
+/// command (`model-check {flags}--replay ...`) that replays it.
+fn search_from(depth: usize, limits: Limits, prefix: Vec<Choice>, flags: &str) -> Report {
     let opts = Options {
         depth,
         limits,
         threads: 2,
+        prefix,
         ..Options::default()
     };
     let report = explore(&opts, &mut |_| {});
     for found in &report.violations {
         eprintln!(
-            "violation: {}\nreplay: model-check --replay \"{}\"",
+            "violation: {}\nreplay: model-check {flags}--replay \"{}\"",
             found.violation,
             format_trace(&found.trace)
         );
@@ -25,19 +32,24 @@ fn search(depth: usize, limits: Limits) -> Report {
     report
 }
 
-/// The whole search to `depth` under `limits` finds no violation, reaches
-/// the full depth without being cut short, and covers more than 10,000
-/// distinct states.
-fn assert_all_safe(depth: usize, limits: Limits) {
-    let report = search(depth, limits);
+/// The search found no violation, reached the full `depth`, and covered
+/// more than 10,000 distinct states.
+fn assert_safe(report: &Report, depth: usize) {
     assert!(report.violations.is_empty(), "an invariant broke");
     assert_eq!(report.max_depth, depth);
-    assert!(!report.truncated);
     assert!(
         report.stats.distinct > 10_000,
         "only {} states",
         report.stats.distinct
     );
+}
+
+/// The whole search to `depth` under `limits` is safe (`assert_safe`) and
+/// was not cut short.
+fn assert_all_safe(depth: usize, limits: Limits) {
+    let report = search(depth, limits);
+    assert_safe(&report, depth);
+    assert!(!report.truncated);
 }
 
 #[test]
@@ -86,28 +98,8 @@ fn every_state_within_seven_choices_of_a_new_leader_is_safe() {
         drops: false,
         ..Limits::default()
     };
-    let opts = Options {
-        depth: 7,
-        threads: 2,
-        prefix,
-        limits,
-        ..Options::default()
-    };
-    let report = explore(&opts, &mut |_| {});
-    for found in &report.violations {
-        eprintln!(
-            "violation: {}\nreplay: model-check --replay \"{}\"",
-            found.violation,
-            format_trace(&found.trace)
-        );
-    }
-    assert!(report.violations.is_empty(), "an invariant broke");
-    assert_eq!(report.max_depth, 7);
-    assert!(
-        report.stats.distinct > 10_000,
-        "only {} states",
-        report.stats.distinct
-    );
+    let report = search_from(7, limits, prefix, "--no-drop ");
+    assert_safe(&report, 7);
     // It gets as far as an applied commit and a later leader.
     let c = report.coverage;
     assert!(c.applied >= 1 && c.leader_term >= 2, "{c:?}");
@@ -141,28 +133,8 @@ fn every_state_within_eight_choices_of_a_removal_is_safe() {
     let mut world = World::replay(limits, &prefix).unwrap();
     world.apply(Choice::RemoveMember(0, 2)).unwrap();
     assert!(!world.node(0).membership().contains(2));
-    let opts = Options {
-        depth: 8,
-        threads: 2,
-        prefix,
-        limits,
-        ..Options::default()
-    };
-    let report = explore(&opts, &mut |_| {});
-    for found in &report.violations {
-        eprintln!(
-            "violation: {}\nreplay: model-check --no-drop --proposals 1 --membership --replay \"{}\"",
-            found.violation,
-            format_trace(&found.trace)
-        );
-    }
-    assert!(report.violations.is_empty(), "an invariant broke");
-    assert_eq!(report.max_depth, 8);
-    assert!(
-        report.stats.distinct > 10_000,
-        "only {} states",
-        report.stats.distinct
-    );
+    let report = search_from(8, limits, prefix, "--no-drop --proposals 1 --membership ");
+    assert_safe(&report, 8);
 }
 
 #[test]
