@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use driver_tokio::wire::{encode_frame, Hello, PROTOCOL_VERSION};
 use driver_tokio::Client;
-use lincheck::KvInput;
 use raft_storage::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use raft_wire::test_util::free_addrs;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,7 +18,7 @@ use tokio::net::TcpStream;
 
 mod common;
 
-use common::{check_acked_appends, check_linearizable, run, Record};
+use common::{check_acked_appends, check_linearizable, run, workload_op, Record};
 
 const CLUSTER_ID: u64 = 77;
 
@@ -249,51 +248,17 @@ fn kill_leader_under_load_loses_nothing() {
                     .await
                     .expect("client");
                 c.op_timeout = Duration::from_secs(15);
-                let key = format!("k{cli}");
                 let mut acked = Vec::new();
                 let mut j = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let value = format!("x {cli} {j} y");
-                    let (input, is_get) = if j % 4 == 3 {
-                        (KvInput::get(key.clone()), true)
-                    } else {
-                        (KvInput::append(key.clone(), value.clone()), false)
-                    };
-                    let call = t0.elapsed().as_nanos() as u64;
-                    let result = if is_get {
-                        c.get(&key).await.map(Some)
-                    } else {
-                        c.append(&key, &value).await.map(|()| None)
-                    };
-                    let ret = t0.elapsed().as_nanos() as u64;
-                    let record = match result {
-                        Ok(out) => {
-                            if !is_get {
-                                acked.push(value);
-                            }
-                            Record {
-                                client: cli,
-                                call,
-                                ret: Some(ret),
-                                input,
-                                output: Some(out.unwrap_or_default()),
-                            }
-                        }
-                        Err(_) => {
-                            // Outcome unknown: a fresh session for the next op.
-                            c = Client::connect(CLUSTER_ID, servers.clone())
-                                .await
-                                .expect("client");
-                            c.op_timeout = Duration::from_secs(15);
-                            Record {
-                                client: cli,
-                                call,
-                                ret: None,
-                                input,
-                                output: None,
-                            }
-                        }
-                    };
+                    let (record, failed) = workload_op(&mut c, cli, j, t0, &mut acked).await;
+                    if failed {
+                        // Outcome unknown: a fresh session for the next op.
+                        c = Client::connect(CLUSTER_ID, servers.clone())
+                            .await
+                            .expect("client");
+                        c.op_timeout = Duration::from_secs(15);
+                    }
                     history.lock().unwrap().push(record);
                     j += 1;
                 }

@@ -14,12 +14,11 @@ use std::time::{Duration, Instant};
 
 use driver_tokio::Client;
 use kv_core::{AdminReply, AdminRequest, MemberAddrs, MemberRole};
-use lincheck::KvInput;
 use raft_wire::test_util::free_addrs;
 
 mod common;
 
-use common::{check_acked_appends, check_linearizable, run, Record};
+use common::{check_acked_appends, check_linearizable, run, workload_op, Record};
 
 const CLUSTER_ID: u64 = 78;
 
@@ -272,49 +271,14 @@ impl Load {
                     c
                 };
                 let mut c = connect().await;
-                let key = format!("k{cli}");
                 let mut acked = Vec::new();
                 let mut j = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let value = format!("x {cli} {j} y");
-                    let is_get = j % 4 == 3;
-                    let input = if is_get {
-                        KvInput::get(key.clone())
-                    } else {
-                        KvInput::append(key.clone(), value.clone())
-                    };
-                    let call = t0.elapsed().as_nanos() as u64;
-                    let result = if is_get {
-                        c.get(&key).await.map(Some)
-                    } else {
-                        c.append(&key, &value).await.map(|()| None)
-                    };
-                    let ret = t0.elapsed().as_nanos() as u64;
-                    let record = match result {
-                        Ok(out) => {
-                            if !is_get {
-                                acked.push(value);
-                            }
-                            Record {
-                                client: cli,
-                                call,
-                                ret: Some(ret),
-                                input,
-                                output: Some(out.unwrap_or_default()),
-                            }
-                        }
-                        Err(_) => {
-                            // Outcome unknown: a fresh session for the next op.
-                            c = connect().await;
-                            Record {
-                                client: cli,
-                                call,
-                                ret: None,
-                                input,
-                                output: None,
-                            }
-                        }
-                    };
+                    let (record, failed) = workload_op(&mut c, cli, j, t0, &mut acked).await;
+                    if failed {
+                        // Outcome unknown: a fresh session for the next op.
+                        c = connect().await;
+                    }
                     history.lock().unwrap().push(record);
                     j += 1;
                 }

@@ -239,6 +239,26 @@ impl Cluster {
         Ok(())
     }
 
+    /// Creates node `id` on first boot (`joined`: it knows no
+    /// configuration) and boots it.
+    fn create(&mut self, id: NodeId, joined: bool, out: &mut Out) -> Result<(), String> {
+        self.nodes.insert(
+            id,
+            Node {
+                raft: None,
+                durable: DurableState::default(),
+                snapshot_data: None,
+                pending: VecDeque::new(),
+                timer: None,
+                applied: 0,
+                joined,
+            },
+        );
+        let raft = RaftNode::new(self.config(id), SEED).map_err(|e| e.to_string())?;
+        self.node(id)?.raft = Some(raft);
+        self.boot(id, out)
+    }
+
     /// A node's first step: arms its election timer.
     fn boot(&mut self, id: NodeId, out: &mut Out) -> Result<(), String> {
         self.step(
@@ -555,20 +575,7 @@ fn run_command(c: &mut Cluster, line: &str, out: &mut Out) -> Result<(), String>
                 ..Config::new(1, members)
             };
             for id in first..first + n {
-                let raft = RaftNode::new(c.config(id), SEED).map_err(|e| e.to_string())?;
-                c.nodes.insert(
-                    id,
-                    Node {
-                        raft: Some(raft),
-                        durable: DurableState::default(),
-                        snapshot_data: None,
-                        pending: VecDeque::new(),
-                        timer: None,
-                        applied: 0,
-                        joined: false,
-                    },
-                );
-                c.boot(id, out)?;
+                c.create(id, false, out)?;
             }
         }
         "join" => {
@@ -576,21 +583,7 @@ fn run_command(c: &mut Cluster, line: &str, out: &mut Out) -> Result<(), String>
                 if c.nodes.contains_key(&id) {
                     return Err(format!("node {id} exists"));
                 }
-                c.nodes.insert(
-                    id,
-                    Node {
-                        raft: None,
-                        durable: DurableState::default(),
-                        snapshot_data: None,
-                        pending: VecDeque::new(),
-                        timer: None,
-                        applied: 0,
-                        joined: true,
-                    },
-                );
-                let raft = RaftNode::new(c.config(id), SEED).map_err(|e| e.to_string())?;
-                c.node(id)?.raft = Some(raft);
-                c.boot(id, out)?;
+                c.create(id, true, out)?;
             }
         }
         "change" => {

@@ -78,3 +78,44 @@ pub fn check_linearizable(history: &[Record], budget: Duration) -> usize {
     }
     n
 }
+
+/// Client `cli`'s `j`th operation of the shared workload: an append of a
+/// value unique to (`cli`, `j`) to its key `k{cli}`, every fourth a get of
+/// that key instead, timed from `t0`. An acknowledged append's value is
+/// pushed to `acked`. Returns the record and whether the call failed (its
+/// outcome unknown: the caller should go on with a fresh session).
+pub async fn workload_op(
+    c: &mut Client,
+    cli: u64,
+    j: u64,
+    t0: std::time::Instant,
+    acked: &mut Vec<String>,
+) -> (Record, bool) {
+    let key = format!("k{cli}");
+    let value = format!("x {cli} {j} y");
+    let is_get = j % 4 == 3;
+    let input = if is_get {
+        KvInput::get(key.clone())
+    } else {
+        KvInput::append(key.clone(), value.clone())
+    };
+    let call = t0.elapsed().as_nanos() as u64;
+    let result = if is_get {
+        c.get(&key).await.map(Some)
+    } else {
+        c.append(&key, &value).await.map(|()| None)
+    };
+    let ret = t0.elapsed().as_nanos() as u64;
+    let failed = result.is_err();
+    if result.is_ok() && !is_get {
+        acked.push(value);
+    }
+    let record = Record {
+        client: cli,
+        call,
+        ret: result.is_ok().then_some(ret),
+        input,
+        output: result.ok().map(Option::unwrap_or_default),
+    };
+    (record, failed)
+}
