@@ -72,7 +72,9 @@ fn node(id: NodeId, peers: Vec<Sender<Input>>, inbox: Receiver<Input>, out: Send
                 Action::LeadershipTransfer { .. }
                 | Action::AcceptMembershipChange { .. }
                 | Action::RejectMembershipChange { .. }
-                | Action::MembershipChanged { .. } => {}
+                | Action::MembershipChanged { .. }
+                | Action::ReadReady { .. }
+                | Action::RejectRead { .. } => {}
             }
         }
         // Report the write durable before taking new input.

@@ -872,7 +872,9 @@ impl Server {
                 | Action::LeadershipTransfer { .. }
                 | Action::AcceptMembershipChange { .. }
                 | Action::RejectMembershipChange { .. }
-                | Action::MembershipChanged { .. } => {}
+                | Action::MembershipChanged { .. }
+                | Action::ReadReady { .. }
+                | Action::RejectRead { .. } => {}
             }
         }
     }

@@ -654,7 +654,9 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
                 | Action::LeadershipTransfer { .. }
                 | Action::AcceptMembershipChange { .. }
                 | Action::RejectMembershipChange { .. }
-                | Action::MembershipChanged { .. } => {}
+                | Action::MembershipChanged { .. }
+                | Action::ReadReady { .. }
+                | Action::RejectRead { .. } => {}
             }
         }
         follow

@@ -68,7 +68,9 @@ fn apply(appliers: &Mutex<Appliers>, safety: &Safety, id: usize, action: Action)
         | Action::LeadershipTransfer { .. }
         | Action::AcceptMembershipChange { .. }
         | Action::RejectMembershipChange { .. }
-        | Action::MembershipChanged { .. } => None,
+        | Action::MembershipChanged { .. }
+        | Action::ReadReady { .. }
+        | Action::RejectRead { .. } => None,
     }
 }
 

@@ -441,7 +441,9 @@ impl<S: Service> NodeLoop<S> {
                 Action::LeadershipTransfer { .. }
                 | Action::AcceptMembershipChange { .. }
                 | Action::RejectMembershipChange { .. }
-                | Action::MembershipChanged { .. } => {}
+                | Action::MembershipChanged { .. }
+                | Action::ReadReady { .. }
+                | Action::RejectRead { .. } => {}
             }
         }
         Ok(())

@@ -628,6 +628,9 @@ impl KvServer {
                         out.push(admin_reply(rid, AdminReply::Refused(refusal)));
                     }
                     Action::MembershipChanged { .. } => self.peers_version += 1,
+                    // The service does not request reads yet (issue 13
+                    // item 5: Gets still go through the log).
+                    Action::ReadReady { .. } | Action::RejectRead { .. } => {}
                     Action::LeadershipTransfer { outcome, .. } => self.transfer(outcome, out),
                     Action::RejectProposal { id, reason } => {
                         let proposal = self.proposals.remove(&id).expect("our proposal");

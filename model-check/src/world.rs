@@ -537,7 +537,9 @@ impl World {
             | Action::LeadershipTransfer { .. }
             | Action::AcceptMembershipChange { .. }
             | Action::RejectMembershipChange { .. }
-            | Action::MembershipChanged { .. } => {}
+            | Action::MembershipChanged { .. }
+            | Action::ReadReady { .. }
+            | Action::RejectRead { .. } => {}
         }
         Ok(())
     }

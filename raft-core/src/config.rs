@@ -39,6 +39,9 @@ pub struct Config {
     /// Most entries a leader holds that are not yet committed; more proposals
     /// are rejected with `RejectReason::TooManyUncommitted`.
     pub max_uncommitted_entries: u64,
+    /// Most reads (`Event::ReadRequested`) a leader holds pending; more are
+    /// refused with `ReadRefusal::TooManyPendingReads`.
+    pub max_pending_reads: usize,
     /// Append a no-op entry ([`crate::Payload::Noop`]) when taking office
     /// (Raft thesis §6.4), so that entries of earlier terms commit without
     /// waiting for the next proposal. It reaches the service in `Apply` like
@@ -61,7 +64,7 @@ pub struct Config {
 impl Config {
     /// The defaults used by the lab harness: 100 ms heartbeats, 300–600 ms
     /// election timeouts, 256 entries or 1 MiB per append, 1 append in
-    /// flight per peer, 10 000 uncommitted entries.
+    /// flight per peer, 10 000 uncommitted entries, 10 000 pending reads.
     pub fn new(id: NodeId, members: Vec<NodeId>) -> Self {
         Config {
             id,
@@ -73,6 +76,7 @@ impl Config {
             max_append_bytes: 1 << 20,
             max_inflight_appends: 1,
             max_uncommitted_entries: 10_000,
+            max_pending_reads: 10_000,
             noop_on_election: false,
             pre_vote: false,
         }
@@ -107,6 +111,7 @@ impl Config {
             || self.max_append_bytes == 0
             || self.max_inflight_appends == 0
             || self.max_uncommitted_entries == 0
+            || self.max_pending_reads == 0
         {
             return bad(E::ZeroLimit);
         }

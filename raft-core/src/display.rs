@@ -29,7 +29,9 @@
 
 use core::fmt::{self, Display, Formatter};
 
-use crate::io::{Action, ChangeRefusal, Event, Persist, RejectReason, TransferOutcome};
+use crate::io::{
+    Action, ChangeRefusal, Event, Persist, ReadRefusal, RejectReason, TransferOutcome,
+};
 use crate::membership::{Membership, MembershipChange};
 use crate::message::{AppendOutcome, Message};
 use crate::time::Instant;
@@ -257,6 +259,12 @@ impl Display for Message {
                 m.term, m.last_included_index
             ),
             Message::TimeoutNow { term } => write!(f, "MsgTimeoutNow Term:{term}"),
+            Message::ReadRound { term, round } => {
+                write!(f, "MsgReadRound Term:{term} Round:{round}")
+            }
+            Message::ReadRoundReply { term, round } => {
+                write!(f, "MsgReadRoundResp Term:{term} Round:{round}")
+            }
         }
     }
 }
@@ -276,6 +284,7 @@ impl Display for Event {
             Event::LeadershipTransferRequested { to } => {
                 write!(f, "TransferLeadership To:{}", Target(*to))
             }
+            Event::ReadRequested { id } => write!(f, "Read #{id}"),
             Event::MembershipChangeRequested { id, changes } => {
                 let list: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
                 write!(f, "ChangeMembership #{id} {}", list.join(" "))
@@ -375,6 +384,17 @@ impl Display for Action {
                 f,
                 "AcceptMembershipChange #{id} Index:{index} Term:{term} {membership}"
             ),
+            Action::ReadReady { id, index } => write!(f, "ReadReady #{id} Index:{index}"),
+            Action::RejectRead { id, reason } => match reason {
+                ReadRefusal::NotLeader { leader_hint } => write!(
+                    f,
+                    "RejectRead #{id} NotLeader Leader:{}",
+                    Target(*leader_hint)
+                ),
+                ReadRefusal::TooManyPendingReads => {
+                    write!(f, "RejectRead #{id} TooManyPendingReads")
+                }
+            },
             Action::RejectMembershipChange { id, reason } => {
                 write!(f, "RejectMembershipChange #{id} {reason}")
             }

@@ -124,6 +124,7 @@ impl RaftNode {
                 .collect(),
             term_start_index: last,
             transfer: None,
+            reads: crate::read::Reads::default(),
         };
         s.timers.lead(
             s.now + s.config.heartbeat_interval,
@@ -217,6 +218,9 @@ pub(crate) fn step_pre_candidate(
         | Message::InstallSnapshotReply(_) => {}
         // Only a follower of the sender's term acts on it.
         Message::TimeoutNow { .. } => {}
+        // A round of our term made us a follower before dispatch; a reply
+        // answers a round of an earlier role.
+        Message::ReadRound { .. } | Message::ReadRoundReply { .. } => {}
     }
     PreCandidacy::Asking
 }

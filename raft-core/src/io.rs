@@ -62,6 +62,32 @@ pub enum Event {
         /// What to change, applied together.
         changes: Vec<MembershipChange>,
     },
+    /// The caller wants to read the service's state linearizably without
+    /// writing to the log (ReadIndex, Raft thesis §6.4). Only a leader takes
+    /// it: once an entry of its term has committed, it records its commit
+    /// index as the read index, confirms it still leads with a round of
+    /// `ReadRound`s acknowledged by a quorum after the read arrived, and
+    /// answers `Action::ReadReady`; the caller serves the read once its
+    /// service has applied through that index. Refused with
+    /// `Action::RejectRead`.
+    ReadRequested {
+        /// The caller's id for this read, echoed in the answer.
+        id: u64,
+    },
+}
+
+/// Why a read was refused (or, when pending, failed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReadRefusal {
+    /// This node is not the leader (or stopped being it while the read was
+    /// pending); `leader_hint` is who it believes is.
+    NotLeader {
+        /// The leader of the current term, if known.
+        leader_hint: Option<NodeId>,
+    },
+    /// `Config::max_pending_reads` reads are already pending.
+    TooManyPendingReads,
 }
 
 /// Why a membership change was refused. Nothing changed.
@@ -220,6 +246,22 @@ pub enum Action {
         id: u64,
         /// Why.
         reason: ChangeRefusal,
+    },
+    /// The read may be served once the service has applied through `index`:
+    /// nothing written before the read arrived is beyond it.
+    ReadReady {
+        /// The read's id.
+        id: u64,
+        /// The read index.
+        index: Index,
+    },
+    /// This node cannot serve the read (or can no longer: it stopped
+    /// leading while the read was pending).
+    RejectRead {
+        /// The read's id.
+        id: u64,
+        /// Why.
+        reason: ReadRefusal,
     },
     /// The node's configurations changed: `effective` is the latest in its
     /// log (in force, possibly uncommitted), `committed` the latest

@@ -110,6 +110,7 @@ mod message;
 mod node;
 mod progress;
 mod quorum;
+mod read;
 mod reconfig;
 mod replication;
 mod rng;
@@ -124,7 +125,7 @@ mod types;
 pub use config::Config;
 pub use durable::{DurableError, DurableWrite};
 pub use io::{
-    Action, ChangeRefusal, DurableState, Event, Persist, RejectReason, TransferAbort,
+    Action, ChangeRefusal, DurableState, Event, Persist, ReadRefusal, RejectReason, TransferAbort,
     TransferOutcome,
 };
 pub use log::RaftLog;

@@ -37,6 +37,23 @@ pub enum Message {
         /// The leader's term.
         term: Term,
     },
+    /// A leader confirming it still leads, for reads (ReadIndex, Raft thesis
+    /// §6.4): round `round` of its term. Rounds are numbered by the leader,
+    /// and only a reply echoing a round counts for it, so a delayed answer
+    /// to an older round never confirms a newer one.
+    ReadRound {
+        /// The leader's term.
+        term: Term,
+        /// The round, counted by the leader from 1 in its term.
+        round: u64,
+    },
+    /// The answer to a `ReadRound`: the follower's term and the round.
+    ReadRoundReply {
+        /// The follower's current term.
+        term: Term,
+        /// The round answered.
+        round: u64,
+    },
 }
 
 impl Message {
@@ -52,6 +69,8 @@ impl Message {
             Message::PreVote(m) => m.term,
             Message::PreVoteReply(m) => m.term,
             Message::TimeoutNow { term } => *term,
+            Message::ReadRound { term, .. } => *term,
+            Message::ReadRoundReply { term, .. } => *term,
         }
     }
 
@@ -66,6 +85,7 @@ impl Message {
                 | Message::InstallSnapshot(_)
                 | Message::PreVote(_)
                 | Message::TimeoutNow { .. }
+                | Message::ReadRound { .. }
         )
     }
 

@@ -156,9 +156,14 @@ impl RaftNode {
             Event::MembershipChangeRequested { id, changes } => {
                 self.on_membership_change_requested(id, changes)
             }
+            Event::ReadRequested { id } => self.on_read_requested(id),
         }
         self.on_time_passed();
         self.follow_configuration();
+        if let RoleState::Leader(leader) = &mut self.role {
+            // A commit of our term's first entry lets waiting reads go on.
+            leader.advance_reads(&mut self.shared);
+        }
         self.shared.flush();
         self.check_invariants(before);
         Ok(std::mem::take(&mut self.shared.out))
@@ -375,6 +380,19 @@ impl RaftNode {
         }
     }
 
+    /// A read: only a leader takes it (`read.rs`).
+    fn on_read_requested(&mut self, id: u64) {
+        match &mut self.role {
+            RoleState::Leader(leader) => leader.on_read_requested(&mut self.shared, id),
+            RoleState::Follower | RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
+                let reason = crate::ReadRefusal::NotLeader {
+                    leader_hint: self.shared.leader_hint,
+                };
+                self.shared.out.push(Action::RejectRead { id, reason });
+            }
+        }
+    }
+
     fn on_persisted(&mut self, upto: u64) {
         self.shared.mark_durable(upto);
         // A lone candidate's own vote is now durable: it wins.
@@ -408,6 +426,7 @@ impl RaftNode {
                     self.shared.timers.leader_mut().heartbeat =
                         now + self.shared.config.heartbeat_interval;
                     leader.broadcast_heartbeat(&mut self.shared);
+                    leader.resend_read_round(&mut self.shared);
                 }
             }
             RoleState::Follower | RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
@@ -435,8 +454,9 @@ impl RaftNode {
     /// role drops its state and draws a new election deadline.
     pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
         self.shared.adopt_term(term);
-        if let RoleState::Leader(leader) = &mut self.role {
-            leader.end_transfer(&mut self.shared, crate::TransferAbort::SteppedDown);
+        if let RoleState::Leader(state) = &mut self.role {
+            state.end_transfer(&mut self.shared, crate::TransferAbort::SteppedDown);
+            state.reads.fail_all(&mut self.shared, leader);
         }
         if !matches!(self.role, RoleState::Follower) {
             self.role = RoleState::Follower;
@@ -512,6 +532,7 @@ fn from_a_leader(message: &Message) -> bool {
     match message {
         Message::AppendEntries(m) => crate::replication::well_formed(m),
         Message::InstallSnapshot(m) => crate::snapshot::well_formed(m),
+        Message::ReadRound { .. } => true,
         _ => false,
     }
 }
@@ -544,5 +565,8 @@ fn step_candidate(
         | Message::PreVoteReply(_) => false,
         // Only a follower of the sender's term acts on it.
         Message::TimeoutNow { .. } => false,
+        // A round of our term made us a follower before dispatch; a reply
+        // answers a round of an earlier role.
+        Message::ReadRound { .. } | Message::ReadRoundReply { .. } => false,
     }
 }

@@ -23,6 +23,8 @@ impl LeaderState {
             Message::PreVote(m) => s.on_pre_vote(from, m, true),
             Message::AppendEntriesReply(m) => self.on_append_entries_reply(s, from, m),
             Message::InstallSnapshotReply(m) => self.on_install_snapshot_reply(s, from, m),
+            Message::ReadRoundReply { round, .. } => self.on_read_round_reply(s, from, round),
+            Message::ReadRound { .. } => {}
             Message::RequestVoteReply(_)
             | Message::PreVoteReply(_)
             | Message::AppendEntries(_)
@@ -247,6 +249,8 @@ impl Shared {
             Message::PreVote(m) => self.on_pre_vote(from, m, false),
             Message::AppendEntries(m) => self.on_append_entries(from, m),
             Message::InstallSnapshot(m) => self.on_install_snapshot(from, m),
+            Message::ReadRound { round, .. } => self.on_read_round(from, round),
+            Message::ReadRoundReply { .. } => {}
             Message::RequestVoteReply(_)
             | Message::PreVoteReply(_)
             | Message::AppendEntriesReply(_)

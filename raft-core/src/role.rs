@@ -71,6 +71,8 @@ pub(crate) struct LeaderState {
     /// The leadership transfer in progress, if any (its deadline is in the
     /// timer table).
     pub(crate) transfer: Option<Transfer>,
+    /// Reads waiting for a round (`read.rs`).
+    pub(crate) reads: crate::read::Reads,
 }
 
 /// A leadership transfer in progress (`transfer.rs`).

@@ -145,6 +145,10 @@ impl Shared {
                 term,
                 last_included_index: m.last_included_index,
             }),
+            Message::ReadRound { round, .. } => Message::ReadRoundReply {
+                term,
+                round: *round,
+            },
             _ => return,
         };
         self.send_durable(to, reply);

@@ -47,6 +47,7 @@
 //! | `join <id>...` | create and boot nodes that know no configuration (empty `Config.members`: they join a running cluster) |
 //! | `change <id> <change>...` | ask `<id>` to change the configuration: `v<n>` add voter, `l<n>` add learner, `p<n>` promote, `d<n>` demote, `r<n>` remove, all at once |
 //! | `membership [<id>...]` | each node's effective and committed configuration |
+//! | `read <id>` | a linearizable read (ReadIndex) at `<id>` |
 //! | `persist [<id>...]` | make every waiting write of these nodes (default all) durable |
 //! | `deliver-msgs [<id>...]` | deliver the queued messages to these nodes (default all), in order; messages sent meanwhile wait |
 //! | `stabilize` | persist and deliver until nothing waits |
@@ -64,7 +65,8 @@
 //! [entries=<t>/<i>,...]`, `app-resp term=<t> index=<i>` or `app-resp
 //! term=<t> rejected prev=<p> [conflict-term=<t>] conflict-index=<i>`, `snap
 //! term=<t> snap=<t>/<i> [data=<text>] [voters=<id>,...]`, `snap-resp term=<t> index=<i>`,
-//! `timeout-now term=<t>`. A
+//! `timeout-now term=<t>`, `read-round term=<t> round=<r>`,
+//! `read-round-resp term=<t> round=<r>`. A
 //! term may be `max`. Entries carry the command `<index>@<term>`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -232,7 +234,9 @@ impl Cluster {
             | Action::LeadershipTransfer { .. }
             | Action::AcceptMembershipChange { .. }
             | Action::RejectMembershipChange { .. }
-            | Action::MembershipChanged { .. } => {
+            | Action::MembershipChanged { .. }
+            | Action::ReadReady { .. }
+            | Action::RejectRead { .. } => {
                 out.push(format!("  {action}"));
             }
         }
@@ -537,6 +541,14 @@ fn parse_message(args: &[&str]) -> Result<Message, String> {
             last_included_index: num(need(&keys, "index")?)?,
         }),
         "timeout-now" => Message::TimeoutNow { term },
+        "read-round" => Message::ReadRound {
+            term,
+            round: num(need(&keys, "round")?)?,
+        },
+        "read-round-resp" => Message::ReadRoundReply {
+            term,
+            round: num(need(&keys, "round")?)?,
+        },
         other => return Err(format!("unknown message kind {other:?}")),
     })
 }
@@ -595,6 +607,13 @@ fn run_command(c: &mut Cluster, line: &str, out: &mut Out) -> Result<(), String>
             let rid = c.next_proposal;
             c.next_proposal += 1;
             let event = Event::MembershipChangeRequested { id: rid, changes };
+            c.step(id, event.clone(), format!("{id}: {event}"), out)?;
+        }
+        "read" => {
+            let id = id_arg(arg(0)?)?;
+            let rid = c.next_proposal;
+            c.next_proposal += 1;
+            let event = Event::ReadRequested { id: rid };
             c.step(id, event.clone(), format!("{id}: {event}"), out)?;
         }
         "membership" => {

@@ -1036,7 +1036,9 @@ impl Cluster {
                 | Action::LeadershipTransfer { .. }
                 | Action::AcceptMembershipChange { .. }
                 | Action::RejectMembershipChange { .. }
-                | Action::MembershipChanged { .. } => {}
+                | Action::MembershipChanged { .. }
+                | Action::ReadReady { .. }
+                | Action::RejectRead { .. } => {}
             }
         }
         Ok(())

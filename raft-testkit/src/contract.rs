@@ -201,7 +201,9 @@ impl ContractChecker {
                 | Action::LeadershipTransfer { .. }
                 | Action::AcceptMembershipChange { .. }
                 | Action::RejectMembershipChange { .. }
-                | Action::MembershipChanged { .. } => {}
+                | Action::MembershipChanged { .. }
+                | Action::ReadReady { .. }
+                | Action::RejectRead { .. } => {}
                 Action::AcceptProposal {
                     id: pid,
                     index,
