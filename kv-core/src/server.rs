@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use raft_core::{
     Action, ChangeRefusal, DurableState, Event, Index, Instant, MembershipChange, Message, NodeId,
-    Payload, Persist, RaftNode, RejectReason, Term, TransferAbort, TransferOutcome,
+    Payload, Persist, RaftNode, ReadRefusal, RejectReason, Term, TransferAbort, TransferOutcome,
 };
 
 use crate::admin::{
@@ -45,6 +45,25 @@ pub struct ServerConfig {
     /// other servers and clients can find it (`None`: never recorded, as in
     /// the simulated lab, where nodes are known by id only).
     pub addresses: Option<MemberAddrs>,
+    /// How a Get is served ([`ReadPolicy::ReadIndex`] by default).
+    pub read_policy: ReadPolicy,
+}
+
+/// How the service serves a Get. Every policy is linearizable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReadPolicy {
+    /// Through the log, like a write: replicated, made durable on a
+    /// majority and applied.
+    Log,
+    /// ReadIndex (`raft_core::Event::ReadRequested`): the leader confirms
+    /// it still leads with one round of messages acknowledged by a quorum,
+    /// and the read is served from its state once applied through the read
+    /// index; nothing is written. A client's first request goes through the
+    /// log even if it is a Get, so that it has a session (a later write
+    /// without one would read as an expired session).
+    #[default]
+    ReadIndex,
 }
 
 impl ServerConfig {
@@ -62,6 +81,7 @@ impl ServerConfig {
             max_raft_state,
             max_sessions: crate::store::DEFAULT_MAX_SESSIONS,
             addresses: None,
+            read_policy: ReadPolicy::default(),
         }
     }
 }
@@ -187,6 +207,14 @@ pub struct KvServer {
     /// Bumped whenever the membership or the address table may have
     /// changed ([`KvServer::peers_version`]).
     peers_version: u64,
+    read_policy: ReadPolicy,
+    /// The last index the store has applied (or restored).
+    applied: Index,
+    /// Reads handed to Raft: our read id -> (request id, key).
+    reads: BTreeMap<u64, (u64, String)>,
+    /// Reads Raft confirmed, waiting for the store to apply through their
+    /// read index.
+    reads_ready: BTreeMap<Index, Vec<(u64, String)>>,
 }
 
 impl KvServer {
@@ -206,6 +234,7 @@ impl KvServer {
         if let Some(bytes) = snapshot.as_deref().filter(|b| !b.is_empty()) {
             store.restore(bytes)?;
         }
+        let applied = durable.snapshot.as_ref().map_or(0, |s| s.index);
         let raft = RaftNode::recover(config.raft, seed, durable, snapshot)?;
         Ok(KvServer {
             raft,
@@ -223,6 +252,10 @@ impl KvServer {
             transfer_request: None,
             transfer_waiters: Vec::new(),
             peers_version: 0,
+            read_policy: config.read_policy,
+            applied,
+            reads: BTreeMap::new(),
+            reads_ready: BTreeMap::new(),
         })
     }
 
@@ -359,10 +392,21 @@ impl KvServer {
                 self.raft_state_bytes = raft_state_bytes;
                 Some(Event::Persisted { upto })
             }
-            ServerEvent::RequestReceived { id, command } => {
-                let bytes = postcard::to_allocvec(&command).expect("commands encode");
-                Some(self.propose(Proposal::Client(id, command), bytes))
-            }
+            ServerEvent::RequestReceived { id, command } => match &command.op {
+                crate::command::Op::Get { key }
+                    if self.read_policy == ReadPolicy::ReadIndex
+                        && self.store.has_session(command.client) =>
+                {
+                    self.next_proposal += 1;
+                    let rid = self.next_proposal;
+                    self.reads.insert(rid, (id, key.clone()));
+                    Some(Event::ReadRequested { id: rid })
+                }
+                _ => {
+                    let bytes = postcard::to_allocvec(&command).expect("commands encode");
+                    Some(self.propose(Proposal::Client(id, command), bytes))
+                }
+            },
         };
         if let Some(event) = raft_event {
             self.step_raft(now, event, &mut out)?;
@@ -564,6 +608,8 @@ impl KvServer {
                     Action::ApplySnapshot { snapshot } => {
                         self.store.restore(&snapshot.data)?;
                         self.peers_version += 1;
+                        self.applied = snapshot.meta.index;
+                        self.serve_ready_reads(out);
                         let covered: Vec<Index> = self
                             .waiting
                             .range(..=snapshot.meta.index)
@@ -628,9 +674,24 @@ impl KvServer {
                         out.push(admin_reply(rid, AdminReply::Refused(refusal)));
                     }
                     Action::MembershipChanged { .. } => self.peers_version += 1,
-                    // The service does not request reads yet (issue 13
-                    // item 5: Gets still go through the log).
-                    Action::ReadReady { .. } | Action::RejectRead { .. } => {}
+                    Action::ReadReady { id, index } => {
+                        let read = self.reads.remove(&id).expect("our read");
+                        self.reads_ready.entry(index).or_default().push(read);
+                        self.serve_ready_reads(out);
+                    }
+                    Action::RejectRead { id, reason } => {
+                        let (rid, _) = self.reads.remove(&id).expect("our read");
+                        let leader_hint = match reason {
+                            ReadRefusal::NotLeader { leader_hint } => leader_hint,
+                            // Overloaded: try again, here.
+                            _ => Some(self.raft.id()),
+                        };
+                        let leader_hint = leader_hint.filter(|&l| l != self.raft.id());
+                        out.push(ServerAction::Reply {
+                            id: rid,
+                            reply: Reply::WrongLeader { leader_hint },
+                        });
+                    }
                     Action::LeadershipTransfer { outcome, .. } => self.transfer(outcome, out),
                     Action::RejectProposal { id, reason } => {
                         let proposal = self.proposals.remove(&id).expect("our proposal");
@@ -757,7 +818,24 @@ impl KvServer {
         }
     }
 
+    /// Answer the confirmed reads whose read index the store has reached.
+    fn serve_ready_reads(&mut self, out: &mut Vec<ServerAction>) {
+        while let Some(entry) = self.reads_ready.first_entry() {
+            if *entry.key() > self.applied {
+                break;
+            }
+            for (id, key) in entry.remove() {
+                let value = self.store.get(&key).unwrap_or_default().to_string();
+                out.push(ServerAction::Reply {
+                    id,
+                    reply: Reply::Applied(crate::command::Outcome::Value(value)),
+                });
+            }
+        }
+    }
+
     fn apply(&mut self, index: Index, bytes: &[u8], out: &mut Vec<ServerAction>) {
+        self.applied = index;
         let command = match Logged::decode(bytes) {
             Some(Decoded::Client(c)) => Some(c),
             Some(Decoded::Record { node, addrs }) => {
