@@ -34,7 +34,7 @@ pub enum Planted {
 
 impl Planted {
     /// Every planted bug of the service, in a fixed order.
-    pub const ALL: [Planted; 15] = {
+    pub const ALL: [Planted; 16] = {
         use raft_core::canary::Canary as R;
         [
             Planted::Raft(R::CommitOlderTermByCounting),
@@ -52,6 +52,7 @@ impl Planted {
             Planted::Raft(R::JointCommitOnOneMajority),
             Planted::Raft(R::RemovedLeaderCountsItself),
             Planted::Raft(R::LearnerCountsForCommit),
+            Planted::Raft(R::ReadWithoutFreshRound),
         ]
     };
 

@@ -39,11 +39,14 @@ pub enum Canary {
     RemovedLeaderCountsItself,
     /// A leader counts learners' acknowledgements for commit.
     LearnerCountsForCommit,
+    /// A leader releases a read on a round confirmed before the read
+    /// arrived (an old acknowledgement) instead of a fresh one.
+    ReadWithoutFreshRound,
 }
 
 impl Canary {
     /// Every canary, in a fixed order.
-    pub const ALL: [Canary; 13] = [
+    pub const ALL: [Canary; 14] = [
         Canary::CommitOlderTermByCounting,
         Canary::VoteBeforePersist,
         Canary::KeepVoteOnNewTerm,
@@ -57,6 +60,7 @@ impl Canary {
         Canary::JointCommitOnOneMajority,
         Canary::RemovedLeaderCountsItself,
         Canary::LearnerCountsForCommit,
+        Canary::ReadWithoutFreshRound,
     ];
 }
 

@@ -110,6 +110,16 @@ impl LeaderState {
         if s.commit_index <= self.term_start_index {
             return;
         }
+        if crate::canary::on(crate::canary::Canary::ReadWithoutFreshRound) {
+            // The planted bug: waiting reads take the round last confirmed.
+            let (confirmed, index) = (self.confirmed_round(s), s.commit_index);
+            if confirmed > 0 {
+                for read in self.reads.pending.iter_mut().filter(|r| r.round == 0) {
+                    read.round = confirmed;
+                    read.index = index;
+                }
+            }
+        }
         self.release_confirmed(s);
         let waiting = self.reads.pending.back().is_some_and(|r| r.round == 0);
         if waiting && self.confirmed_round(s) >= self.reads.round {
