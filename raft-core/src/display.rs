@@ -265,6 +265,11 @@ impl Display for Message {
             Message::ReadRoundReply { term, round } => {
                 write!(f, "MsgReadRoundResp Term:{term} Round:{round}")
             }
+            Message::ReadIndex { term, ctx } => write!(f, "MsgReadIndex Term:{term} Ctx:{ctx}"),
+            Message::ReadIndexReply { term, ctx, index } => match index {
+                Some(i) => write!(f, "MsgReadIndexResp Term:{term} Ctx:{ctx} Index:{i}"),
+                None => write!(f, "MsgReadIndexResp Term:{term} Ctx:{ctx} Refused"),
+            },
         }
     }
 }

@@ -220,7 +220,10 @@ pub(crate) fn step_pre_candidate(
         Message::TimeoutNow { .. } => {}
         // A round of our term made us a follower before dispatch; a reply
         // answers a round of an earlier role.
-        Message::ReadRound { .. } | Message::ReadRoundReply { .. } => {}
+        Message::ReadRound { .. }
+        | Message::ReadRoundReply { .. }
+        | Message::ReadIndex { .. }
+        | Message::ReadIndexReply { .. } => {}
     }
     PreCandidacy::Asking
 }

@@ -54,6 +54,26 @@ pub enum Message {
         /// The round answered.
         round: u64,
     },
+    /// A follower forwards a read to its leader (follower reads): `ctx` is
+    /// the follower's own number for it, echoed in the reply.
+    ReadIndex {
+        /// The follower's current term.
+        term: Term,
+        /// The follower's number for the read.
+        ctx: u64,
+    },
+    /// The leader's answer to a `ReadIndex`: the read index once a round
+    /// started after the request arrived is confirmed, or `None` if it
+    /// cannot serve the read (it is not, or no longer, the leader, or too
+    /// many reads are pending).
+    ReadIndexReply {
+        /// The leader's term.
+        term: Term,
+        /// The follower's number for the read.
+        ctx: u64,
+        /// The read index, if the read can be served.
+        index: Option<Index>,
+    },
 }
 
 impl Message {
@@ -71,6 +91,8 @@ impl Message {
             Message::TimeoutNow { term } => *term,
             Message::ReadRound { term, .. } => *term,
             Message::ReadRoundReply { term, .. } => *term,
+            Message::ReadIndex { term, .. } => *term,
+            Message::ReadIndexReply { term, .. } => *term,
         }
     }
 
@@ -86,6 +108,7 @@ impl Message {
                 | Message::PreVote(_)
                 | Message::TimeoutNow { .. }
                 | Message::ReadRound { .. }
+                | Message::ReadIndex { .. }
         )
     }
 

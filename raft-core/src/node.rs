@@ -109,6 +109,7 @@ impl RaftNode {
             snapshot_data: durable.snapshot.and(snapshot_data),
             leader_hint: None,
             leader_contact: None,
+            forwarded: crate::read::Forwarded::default(),
             commit_index: meta.index,
             last_applied: meta.index,
             timers: Timers::default(),
@@ -160,6 +161,7 @@ impl RaftNode {
         }
         self.on_time_passed();
         self.follow_configuration();
+        self.shared.expire_forwarded_reads();
         if let RoleState::Leader(leader) = &mut self.role {
             // A commit of our term's first entry lets waiting reads go on.
             leader.advance_reads(&mut self.shared);
@@ -380,15 +382,14 @@ impl RaftNode {
         }
     }
 
-    /// A read: only a leader takes it (`read.rs`).
+    /// A read: a leader takes it, a follower forwards it to its leader
+    /// (`read.rs`).
     fn on_read_requested(&mut self, id: u64) {
         match &mut self.role {
             RoleState::Leader(leader) => leader.on_read_requested(&mut self.shared, id),
-            RoleState::Follower | RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
-                let reason = crate::ReadRefusal::NotLeader {
-                    leader_hint: self.shared.leader_hint,
-                };
-                self.shared.out.push(Action::RejectRead { id, reason });
+            RoleState::Follower => self.shared.forward_read(id, true),
+            RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
+                self.shared.forward_read(id, false)
             }
         }
     }
@@ -566,7 +567,10 @@ fn step_candidate(
         // Only a follower of the sender's term acts on it.
         Message::TimeoutNow { .. } => false,
         // A round of our term made us a follower before dispatch; a reply
-        // answers a round of an earlier role.
-        Message::ReadRound { .. } | Message::ReadRoundReply { .. } => false,
+        // answers a round of an earlier role. Only a leader serves reads.
+        Message::ReadRound { .. }
+        | Message::ReadRoundReply { .. }
+        | Message::ReadIndex { .. }
+        | Message::ReadIndexReply { .. } => false,
     }
 }

@@ -51,9 +51,42 @@ pub(crate) struct Reads {
 
 #[derive(Debug)]
 struct PendingRead {
-    id: u64,
+    origin: Origin,
     index: Index,
     round: u64,
+}
+
+/// Who asked for a read.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    /// Our caller, with its id.
+    Local(u64),
+    /// A follower's forwarded read, with its number for it.
+    Remote(NodeId, u64),
+}
+
+/// A follower's reads forwarded to its leader, waiting for the answer.
+#[derive(Debug, Default)]
+pub(crate) struct Forwarded {
+    /// The next number to give a forwarded read.
+    next_ctx: u64,
+    /// Number -> (the caller's id, the term it was sent in, when).
+    pending: BTreeMap<u64, (u64, crate::types::Term, crate::time::Instant)>,
+}
+
+/// Answer a read: to our caller, or to the follower that forwarded it.
+fn answer(s: &mut Shared, origin: Origin, index: Option<Index>, refusal: ReadRefusal) {
+    match (origin, index) {
+        (Origin::Local(id), Some(index)) => s.out.push(Action::ReadReady { id, index }),
+        (Origin::Local(id), None) => s.out.push(Action::RejectRead {
+            id,
+            reason: refusal,
+        }),
+        (Origin::Remote(to, ctx), index) => {
+            let term = s.hard.term;
+            s.send(to, Message::ReadIndexReply { term, ctx, index });
+        }
+    }
 }
 
 impl Reads {
@@ -62,24 +95,30 @@ impl Reads {
     pub(crate) fn fail_all(&mut self, s: &mut Shared, leader_hint: Option<NodeId>) {
         let reason = ReadRefusal::NotLeader { leader_hint };
         for read in self.pending.drain(..) {
-            s.out.push(Action::RejectRead {
-                id: read.id,
-                reason,
-            });
+            answer(s, read.origin, None, reason);
         }
     }
 }
 
 impl LeaderState {
-    /// A read arrived at the leader.
+    /// A read arrived at the leader from its caller.
     pub(crate) fn on_read_requested(&mut self, s: &mut Shared, id: u64) {
+        self.take_read(s, Origin::Local(id));
+    }
+
+    /// A follower forwarded a read (of our term: older ones were refused
+    /// with our term before dispatch).
+    pub(crate) fn on_read_index(&mut self, s: &mut Shared, from: NodeId, ctx: u64) {
+        self.take_read(s, Origin::Remote(from, ctx));
+    }
+
+    fn take_read(&mut self, s: &mut Shared, origin: Origin) {
         if self.reads.pending.len() >= s.config.max_pending_reads {
-            let reason = ReadRefusal::TooManyPendingReads;
-            s.out.push(Action::RejectRead { id, reason });
+            answer(s, origin, None, ReadRefusal::TooManyPendingReads);
             return;
         }
         self.reads.pending.push_back(PendingRead {
-            id,
+            origin,
             index: 0,
             round: 0,
         });
@@ -176,15 +215,74 @@ impl LeaderState {
                 break;
             }
             let read = self.reads.pending.pop_front().expect("front exists");
-            s.out.push(Action::ReadReady {
-                id: read.id,
-                index: read.index,
-            });
+            let unused = ReadRefusal::TooManyPendingReads;
+            answer(s, read.origin, Some(read.index), unused);
         }
     }
 }
 
 impl Shared {
+    /// A read at a node that does not lead: forwarded to the leader it
+    /// follows (follower reads), or refused if it knows none.
+    pub(crate) fn forward_read(&mut self, id: u64, following: bool) {
+        let leader = self.leader_hint.filter(|&l| l != self.config.id);
+        let Some(leader) = leader.filter(|_| following) else {
+            let reason = ReadRefusal::NotLeader {
+                leader_hint: self.leader_hint,
+            };
+            self.out.push(Action::RejectRead { id, reason });
+            return;
+        };
+        if self.forwarded.pending.len() >= self.config.max_pending_reads {
+            let reason = ReadRefusal::TooManyPendingReads;
+            self.out.push(Action::RejectRead { id, reason });
+            return;
+        }
+        self.forwarded.next_ctx += 1;
+        let ctx = self.forwarded.next_ctx;
+        let term = self.hard.term;
+        self.forwarded.pending.insert(ctx, (id, term, self.now));
+        self.send(leader, Message::ReadIndex { term, ctx });
+    }
+
+    /// The leader answered a forwarded read (of our term).
+    pub(crate) fn on_read_index_reply(&mut self, ctx: u64, index: Option<Index>) {
+        let Some((id, _, _)) = self.forwarded.pending.remove(&ctx) else {
+            return; // answered already, or given up on
+        };
+        match index {
+            Some(index) => self.out.push(Action::ReadReady { id, index }),
+            None => {
+                let reason = ReadRefusal::NotLeader {
+                    leader_hint: self.leader_hint,
+                };
+                self.out.push(Action::RejectRead { id, reason });
+            }
+        }
+    }
+
+    /// Forwarded reads sent in an older term, or unanswered for an election
+    /// timeout (the request or its answer was lost), fail: the caller may
+    /// retry.
+    pub(crate) fn expire_forwarded_reads(&mut self) {
+        let (term, now) = (self.hard.term, self.now);
+        let limit = self.config.election_timeout_max;
+        let expired: Vec<u64> = self
+            .forwarded
+            .pending
+            .iter()
+            .filter(|(_, &(_, t, at))| t != term || now >= at + limit)
+            .map(|(&ctx, _)| ctx)
+            .collect();
+        let reason = ReadRefusal::NotLeader {
+            leader_hint: self.leader_hint,
+        };
+        for ctx in expired {
+            let (id, _, _) = self.forwarded.pending.remove(&ctx).expect("listed");
+            self.out.push(Action::RejectRead { id, reason });
+        }
+    }
+
     /// A follower answers its leader's round (older terms were answered
     /// with our term before dispatch). It is a leader's message: it counts
     /// as contact and defers our election.

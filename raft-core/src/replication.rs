@@ -24,7 +24,8 @@ impl LeaderState {
             Message::AppendEntriesReply(m) => self.on_append_entries_reply(s, from, m),
             Message::InstallSnapshotReply(m) => self.on_install_snapshot_reply(s, from, m),
             Message::ReadRoundReply { round, .. } => self.on_read_round_reply(s, from, round),
-            Message::ReadRound { .. } => {}
+            Message::ReadIndex { ctx, .. } => self.on_read_index(s, from, ctx),
+            Message::ReadRound { .. } | Message::ReadIndexReply { .. } => {}
             Message::RequestVoteReply(_)
             | Message::PreVoteReply(_)
             | Message::AppendEntries(_)
@@ -250,6 +251,18 @@ impl Shared {
             Message::AppendEntries(m) => self.on_append_entries(from, m),
             Message::InstallSnapshot(m) => self.on_install_snapshot(from, m),
             Message::ReadRound { round, .. } => self.on_read_round(from, round),
+            Message::ReadIndexReply { ctx, index, .. } => self.on_read_index_reply(ctx, index),
+            // Only a leader serves reads: the follower that sent it will
+            // give up on it after an election timeout.
+            Message::ReadIndex { ctx, .. } => {
+                let term = self.hard.term;
+                let reply = Message::ReadIndexReply {
+                    term,
+                    ctx,
+                    index: None,
+                };
+                self.send(from, reply);
+            }
             Message::ReadRoundReply { .. } => {}
             Message::RequestVoteReply(_)
             | Message::PreVoteReply(_)

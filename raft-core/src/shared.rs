@@ -74,6 +74,8 @@ pub(crate) struct Shared {
     pub(crate) leader_contact: Option<Instant>,
     pub(crate) commit_index: Index,
     pub(crate) last_applied: Index,
+    /// Reads forwarded to the leader, waiting for its answer (`read.rs`).
+    pub(crate) forwarded: crate::read::Forwarded,
     pub(crate) timers: Timers,
 
     // Durability tracking.
@@ -141,13 +143,21 @@ impl Shared {
                     conflict_index: 0,
                 },
             }),
-            Message::InstallSnapshot(m) => Message::InstallSnapshotReply(InstallSnapshotReply {
+            // Index 0 acknowledges nothing: the sender may lead our (newer)
+            // term by the time this arrives, and must not take it for an
+            // install it never got.
+            Message::InstallSnapshot(_) => Message::InstallSnapshotReply(InstallSnapshotReply {
                 term,
-                last_included_index: m.last_included_index,
+                last_included_index: 0,
             }),
             Message::ReadRound { round, .. } => Message::ReadRoundReply {
                 term,
                 round: *round,
+            },
+            Message::ReadIndex { ctx, .. } => Message::ReadIndexReply {
+                term,
+                ctx: *ctx,
+                index: None,
             },
             _ => return,
         };

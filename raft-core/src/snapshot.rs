@@ -104,6 +104,11 @@ impl LeaderState {
             return;
         };
         pr.recent_active = true;
+        if m.last_included_index == 0 {
+            // The answer to an InstallSnapshot of an older term (ours, sent
+            // while we led it): it acknowledges nothing.
+            return;
+        }
         if m.last_included_index > s.log.last_index() {
             return; // not a snapshot we could have sent
         }

@@ -66,7 +66,7 @@
 //! term=<t> rejected prev=<p> [conflict-term=<t>] conflict-index=<i>`, `snap
 //! term=<t> snap=<t>/<i> [data=<text>] [voters=<id>,...]`, `snap-resp term=<t> index=<i>`,
 //! `timeout-now term=<t>`, `read-round term=<t> round=<r>`,
-//! `read-round-resp term=<t> round=<r>`. A
+//! `read-round-resp term=<t> round=<r>`, `read-index term=<t> ctx=<c>`. A
 //! term may be `max`. Entries carry the command `<index>@<term>`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -544,6 +544,10 @@ fn parse_message(args: &[&str]) -> Result<Message, String> {
         "read-round" => Message::ReadRound {
             term,
             round: num(need(&keys, "round")?)?,
+        },
+        "read-index" => Message::ReadIndex {
+            term,
+            ctx: num(need(&keys, "ctx")?)?,
         },
         "read-round-resp" => Message::ReadRoundReply {
             term,
