@@ -15,11 +15,12 @@
 //! ids `0..nodes` start the cluster, [`SPARE_IDS`] more may join.
 //!
 //! Clocks drift ([`ChaosOptions::drift`], `crate::clock`): in one seed of
-//! three, every node's clock runs at its own rate, drawn uniformly within
-//! the bound (±5% by default), from its own epoch; the node is stepped with
-//! its local time and its timers fire by it. [`ChaosOptions::beyond`] draws
-//! rates beyond the bound instead, for a lease canary. A bound of zero
-//! draws nothing: every seed runs exactly as it did before clocks drifted.
+//! three (those divisible by three, [`drifts`]), every node's clock runs at
+//! its own rate, drawn uniformly within the bound (±5% by default), from its
+//! own epoch; the node is stepped with its local time and its timers fire by
+//! it. [`ChaosOptions::beyond`] draws rates beyond the bound instead, for a
+//! lease canary. The other seeds, and every seed with a bound of zero, draw
+//! nothing for clocks and run exactly as they did before clocks drifted.
 //!
 //! Checked after every step of every node: at most one leader per term,
 //! log matching, leader completeness, state machine safety (the same entry at
@@ -142,6 +143,12 @@ impl ChaosOptions {
     }
 }
 
+/// Whether seed `seed` runs with drifting clocks (when the options give a
+/// bound): one seed of three, those divisible by three.
+pub fn drifts(seed: u64) -> bool {
+    seed.is_multiple_of(3)
+}
+
 /// Node ids beyond the initial ones that may join a seed's cluster.
 pub const SPARE_IDS: usize = 3;
 
@@ -182,9 +189,10 @@ impl FaultMix {
                 mix.crash_after_change = r.below(400);
             });
         }
-        // Last, and only with a bound: without one the stream of draws is
-        // what it was before clocks drifted.
-        if options.drift.is_on() && with_rng(|r| r.chance(1, 3)) {
+        // Which seeds drift is the seed's own choice, not a draw, and their
+        // clocks are drawn last: every other seed, and every seed without a
+        // bound, runs exactly as it did before clocks drifted.
+        if options.drift.is_on() && drifts(crate::executor::seed()) {
             let ids = mix.nodes + SPARE_IDS;
             mix.clocks = with_rng(|r| {
                 (0..ids)
@@ -754,6 +762,8 @@ impl Chaos {
                 .as_ref()
                 .is_some_and(|n| n.gen == gen && n.timer == Some(deadline));
             if current {
+                let local = me.w.borrow().mix.clock(i).local(now());
+                assert!(local >= deadline, "a timer fired early");
                 me.step(i, ServerEvent::TimerFired);
             }
         });

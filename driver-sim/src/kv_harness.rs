@@ -654,6 +654,8 @@ impl KvCfg {
                     .is_some_and(|s| s.gen == gen && s.timer == Some(deadline))
             };
             if current {
+                let local = cfg.world.borrow().clocks[i].local(now());
+                assert!(local >= deadline, "a timer fired early");
                 cfg.step(i, ServerEvent::TimerFired, None);
             }
         });

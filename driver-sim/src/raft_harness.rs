@@ -752,7 +752,7 @@ impl<const PRE_VOTE: bool, const DRIFT_PPM: u64> SimCfg<PRE_VOTE, DRIFT_PPM> {
                 })
             };
             if current {
-                debug_assert!(cfg.local_now(i) >= deadline, "a timer fired early");
+                assert!(cfg.local_now(i) >= deadline, "a timer fired early");
                 cfg.step(i, Event::TimerFired, None);
             }
         });

@@ -3,11 +3,12 @@
 //! canaries`, also `--canary NAME` (plant one bug for the run) and
 //! `--canaries SEEDS` (hunt each planted bug in turn).
 //!
-//! Clocks: in one seed of three every node's clock drifts within
-//! `--drift-ppm` parts per million (default 50000, ±5%; 0 gives perfect
-//! clocks in every seed, the runs of chaos before clocks drifted), or with
-//! `--drift-beyond FACTOR` beyond that bound, up to FACTOR times it (for a
-//! lease canary: the clock assumption a lease rests on is broken).
+//! Clocks: in one seed of three (those divisible by 3) every node's clock
+//! drifts within `--drift-ppm` parts per million (default 50000, ±5%; 0
+//! gives perfect clocks in every seed, the runs of chaos before clocks
+//! drifted), or with `--drift-beyond FACTOR` beyond that bound, up to FACTOR
+//! times it (for a lease canary: the clock assumption a lease rests on is
+//! broken). The other seeds run exactly as with perfect clocks.
 //!
 //! Prints a progress bar on stderr, every failing seed with what broke and
 //! the command that replays it, and a summary. Exit status 1 if any failed.
