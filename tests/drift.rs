@@ -12,6 +12,8 @@
 //! - the same cluster after two clocks are set beyond the bound mid-run;
 //! - a 5-server KV cluster with drifting clocks through partitions, its
 //!   history linearizable;
+//! - the whole Raft lab suite (28 tests, `lab_suite_with_drift::*`) with
+//!   every clock drifting (`driver_sim::DriftCfg`);
 //! - the same seed with drift replays identically, and differs from the run
 //!   with perfect clocks (which equals the lab harness's own run).
 
@@ -229,3 +231,73 @@ fn drifting_runs_replay_identically_and_perfect_clocks_are_the_lab_run() {
     );
     assert_ne!(a, lab(seed), "SIM_SEED={seed}: drift changed nothing");
 }
+
+/// One `#[test]` per body of `lab_tests::raft`, on [`DriftCfg`], named
+/// `lab_suite_with_drift::<test>` so that a failure's replay command
+/// (`--exact lab_suite_with_drift::<test>`) runs this one and not the lab's.
+///
+/// Known failures, of raft-core and not of drift: on seeds 3 and 196 of
+/// 1–500, `snapshot_install_unreliable_2d` trips "acknowledged entries
+/// kept". A follower in term T answers a delayed InstallSnapshot of term
+/// T-1 with `InstallSnapshotReply { term: T, last_included_index }` (the
+/// stale-term reply echoes the index), which reads as an acknowledgement
+/// through that index in term T although the follower holds less; a leader
+/// of T that sent the old request in T-1 would count it toward a commit.
+/// The lab's own `snapshot_install_unreliable_2d` fails the same way on
+/// seeds 571 and 952 with perfect clocks.
+macro_rules! lab_suite_with_drift {
+    ($($name:ident),* $(,)?) => {
+        /// The Raft lab suite with every clock drifting within ±5%.
+        mod lab_suite_with_drift {
+            $(
+                #[test]
+                fn $name() {
+                    driver_sim::run_test(
+                        concat!("lab_suite_with_drift::", stringify!($name)),
+                        lab_tests::raft::$name::<driver_sim::DriftCfg>,
+                    );
+                }
+            )*
+            /// The registry names exactly the tests above, in order.
+            #[test]
+            fn registry_matches_the_tests() {
+                let names: Vec<&str> = lab_tests::raft::tests::<driver_sim::DriftCfg>()
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect();
+                assert_eq!(names, [$(stringify!($name)),*]);
+            }
+        }
+    };
+}
+
+lab_suite_with_drift!(
+    initial_election_2a,
+    re_election_2a,
+    many_elections_2a,
+    basic_agree_2b,
+    rpc_bytes_2b,
+    follower_failure_2b,
+    leader_failure_2b,
+    fail_agree_2b,
+    fail_no_agree_2b,
+    concurrent_starts_2b,
+    rejoin_2b,
+    backup_2b,
+    count_2b,
+    persist1_2c,
+    persist2_2c,
+    persist3_2c,
+    figure8_2c,
+    unreliable_agree_2c,
+    figure8_unreliable_2c,
+    reliable_churn_2c,
+    unreliable_churn_2c,
+    snapshot_basic_2d,
+    snapshot_install_2d,
+    snapshot_install_unreliable_2d,
+    snapshot_install_crash_2d,
+    snapshot_install_un_crash_2d,
+    snapshot_all_crash_2d,
+    snapshot_init_2d,
+);
