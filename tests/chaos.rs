@@ -1,13 +1,15 @@
-//! Chaos seeds in the test command, and the seeds that ever failed, kept as
-//! regressions. (The canary hunt is `chaos --canaries`, see the README.)
+//! Chaos seeds in the test command (clocks drifting within ±5% in the seeds
+//! divisible by three, as chaos runs by default), and the seeds that ever failed,
+//! kept as regressions. (The canary hunt is `chaos --canaries`, see the
+//! README.)
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use driver_sim::chaos::run_seed;
+use driver_sim::chaos::{run_seed, run_seed_with, ChaosOptions};
 
 /// What a failing run says (the first line of its panic).
-fn failure(seed: u64) -> Option<String> {
-    match catch_unwind(AssertUnwindSafe(|| run_seed(seed))) {
+fn failure(seed: u64, options: ChaosOptions) -> Option<String> {
+    match catch_unwind(AssertUnwindSafe(|| run_seed_with(seed, options))) {
         Ok(_) => None,
         Err(p) => Some(
             p.downcast_ref::<String>()
@@ -48,10 +50,59 @@ fn chaos_500_seeds() {
 /// dropped the votes of members they did not know (dropped now only while
 /// a leader works); seed 4598 because clerks followed stale leader hints
 /// of removed servers round in a circle (chaos now shuts removed servers
-/// down once healed).
+/// down once healed). All of these failed before clocks drifted: each runs
+/// as it did then (perfect clocks, `--drift-ppm 0`), and as chaos runs it
+/// now.
 #[test]
 fn chaos_regression_seeds() {
     for seed in [32, 234, 6290, 7307, 8813, 541, 4598, 6555, 8221, 9074] {
-        assert_eq!(failure(seed), None, "seed {seed}");
+        assert_eq!(
+            failure(seed, ChaosOptions::PERFECT_CLOCKS),
+            None,
+            "seed {seed}; replay: cargo run --release -p driver-sim --bin chaos -- --seed {seed} --drift-ppm 0"
+        );
+        assert_eq!(
+            failure(seed, ChaosOptions::default()),
+            None,
+            "seed {seed}; replay: cargo run --release -p driver-sim --bin chaos -- --seed {seed}"
+        );
+    }
+}
+
+/// Rates beyond the bound (what a lease canary runs with) break no check
+/// while nothing in the core rests on clocks.
+#[test]
+fn chaos_clocks_beyond_the_bound() {
+    // The seeds that drift: one in three.
+    for seed in (1..=100).map(|k| 3 * k) {
+        assert!(driver_sim::chaos::drifts(seed));
+        assert_eq!(
+            failure(seed, ChaosOptions::beyond_the_bound(4)),
+            None,
+            "seed {seed}; replay: cargo run --release -p driver-sim --bin chaos -- --seed {seed} --drift-beyond 4"
+        );
+    }
+}
+
+/// Only the seeds divisible by three drift: every other seed runs exactly
+/// as with perfect clocks, and a drifting one does not.
+#[test]
+fn only_one_seed_in_three_drifts() {
+    let run = |seed, options| {
+        let r = run_seed_with(seed, options);
+        (r.events, r.ops, r.acked, r.changes, r.mix.clocks.len())
+    };
+    for seed in 1..=30 {
+        let drifting = run(seed, ChaosOptions::default());
+        let perfect = run(seed, ChaosOptions::PERFECT_CLOCKS);
+        if driver_sim::chaos::drifts(seed) {
+            assert!(drifting.4 > 0, "seed {seed} drew no clocks");
+            assert_ne!(drifting, perfect, "seed {seed}: drift changed nothing");
+        } else {
+            assert_eq!(
+                drifting, perfect,
+                "seed {seed} does not drift but ran otherwise"
+            );
+        }
     }
 }

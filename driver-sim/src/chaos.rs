@@ -14,6 +14,14 @@
 //! leader right after it took a change. Servers are known by node id: the
 //! ids `0..nodes` start the cluster, [`SPARE_IDS`] more may join.
 //!
+//! Clocks drift ([`ChaosOptions::drift`], `crate::clock`): in one seed of
+//! three (those divisible by three, [`drifts`]), every node's clock runs at
+//! its own rate, drawn uniformly within the bound (±5% by default), from its
+//! own epoch; the node is stepped with its local time and its timers fire by
+//! it. [`ChaosOptions::beyond`] draws rates beyond the bound instead, for a
+//! lease canary. The other seeds, and every seed with a bound of zero, draw
+//! nothing for clocks and run exactly as they did before clocks drifted.
+//!
 //! Checked after every step of every node: at most one leader per term,
 //! log matching, leader completeness, state machine safety (the same entry at
 //! every committed index on every node), persist-before-send against the
@@ -34,6 +42,8 @@ use kv_core::{
     Clerk, Command, KvServer, Op, Outcome, Progress, Reply, ServerAction, ServerConfig, ServerEvent,
 };
 use raft_core::{Config, Event, Index, Instant, MembershipChange, Message, NodeId, Persist};
+
+use crate::clock::{ClockDrift, NodeClock};
 
 use crate::executor::{
     ms, now, oneshot, schedule_after, schedule_at, sleep, spawn, timeout, with_rng, OneshotSender,
@@ -80,14 +90,72 @@ pub struct FaultMix {
     /// Per-mille chance that the leader crashes right after taking a
     /// membership change.
     pub crash_after_change: u64,
+    /// Every node id's clock (the initial ids, then the spares); empty
+    /// when clocks are perfect.
+    pub clocks: Vec<NodeClock>,
+}
+
+/// How a chaos run treats clocks; the default drifts within
+/// [`ClockDrift::CHAOS`] (±5%) in one seed of three.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChaosOptions {
+    /// The bound clock rates are drawn within, in the seeds that draw
+    /// drift. [`ClockDrift::NONE`]: perfect clocks in every seed, and
+    /// nothing drawn for them (each seed runs as it did before clocks
+    /// drifted).
+    pub drift: ClockDrift,
+    /// `Some(factor)`: the seeds that draw drift draw every rate *beyond*
+    /// the bound instead, its distance from perfect time in `(bound,
+    /// factor * bound]` ([`ClockDrift::draw_rate_beyond`]). This breaks the
+    /// clock assumption a lease rests on: for a lease canary, which chaos
+    /// must then catch. Without leases nothing rests on clocks, and chaos
+    /// passes with these rates too.
+    pub beyond: Option<u64>,
+}
+
+impl Default for ChaosOptions {
+    fn default() -> Self {
+        ChaosOptions::DRIFT
+    }
+}
+
+impl ChaosOptions {
+    /// Chaos as it runs by default: clocks drift within ±5% in one seed of
+    /// three.
+    pub const DRIFT: ChaosOptions = ChaosOptions {
+        drift: ClockDrift::CHAOS,
+        beyond: None,
+    };
+
+    /// Perfect clocks in every seed (chaos as it was before clocks drifted).
+    pub const PERFECT_CLOCKS: ChaosOptions = ChaosOptions {
+        drift: ClockDrift::NONE,
+        beyond: None,
+    };
+
+    /// For a lease canary: in one seed of three, every clock's rate beyond
+    /// ±5%, up to `factor` times that.
+    pub const fn beyond_the_bound(factor: u64) -> ChaosOptions {
+        ChaosOptions {
+            drift: ClockDrift::CHAOS,
+            beyond: Some(factor),
+        }
+    }
+}
+
+/// Whether seed `seed` runs with drifting clocks (when the options give a
+/// bound): one seed of three, those divisible by three.
+pub fn drifts(seed: u64) -> bool {
+    seed.is_multiple_of(3)
 }
 
 /// Node ids beyond the initial ones that may join a seed's cluster.
 pub const SPARE_IDS: usize = 3;
 
 impl FaultMix {
-    /// Draws a mix from the simulation's generator.
-    pub fn draw() -> FaultMix {
+    /// Draws a mix from the simulation's generator, its clocks as `options`
+    /// say.
+    pub fn draw(options: ChaosOptions) -> FaultMix {
         let mut mix = with_rng(|r| FaultMix {
             nodes: if r.chance(1, 2) { 3 } else { 5 },
             clients: 1 + r.below(4) as usize,
@@ -109,6 +177,7 @@ impl FaultMix {
             reconfig: 0,
             transfer: 0,
             crash_after_change: 0,
+            clocks: Vec::new(),
         });
         if with_rng(|r| r.chance(1, 2)) {
             mix.slow_disk = Some(with_rng(|r| r.below(mix.nodes as u64)) as usize);
@@ -120,7 +189,30 @@ impl FaultMix {
                 mix.crash_after_change = r.below(400);
             });
         }
+        // Which seeds drift is the seed's own choice, not a draw, and their
+        // clocks are drawn last: every other seed, and every seed without a
+        // bound, runs exactly as it did before clocks drifted.
+        if options.drift.is_on() && drifts(crate::executor::seed()) {
+            let ids = mix.nodes + SPARE_IDS;
+            mix.clocks = with_rng(|r| {
+                (0..ids)
+                    .map(|_| {
+                        let rate = match options.beyond {
+                            None => options.drift.draw_rate(r),
+                            Some(factor) => options.drift.draw_rate_beyond(factor, r),
+                        };
+                        let offset = Instant::from_nanos(r.below(1_000_000_000));
+                        NodeClock::new(Instant::ZERO, offset, rate)
+                    })
+                    .collect()
+            });
+        }
         mix
+    }
+
+    /// Node `i`'s clock.
+    pub fn clock(&self, i: usize) -> NodeClock {
+        self.clocks.get(i).copied().unwrap_or_default()
     }
 }
 
@@ -190,11 +282,17 @@ struct Chaos {
     w: Rc<RefCell<World>>,
 }
 
-/// Runs one seed. Returns the report, or panics (with what broke) on any
-/// violation; the caller catches it and prints the replay command.
+/// Runs one seed with the default options ([`ChaosOptions::DRIFT`]).
+/// Returns the report, or panics (with what broke) on any violation; the
+/// caller catches it and prints the replay command.
 pub fn run_seed(seed: u64) -> ChaosReport {
+    run_seed_with(seed, ChaosOptions::default())
+}
+
+/// Runs one seed with its clocks as `options` say (see [`run_seed`]).
+pub fn run_seed_with(seed: u64, options: ChaosOptions) -> ChaosReport {
     crate::executor::run(seed, async move {
-        let mix = FaultMix::draw();
+        let mix = FaultMix::draw(options);
         let n = mix.nodes;
         let ids = n + SPARE_IDS;
         let initial: Vec<NodeId> = (0..n as NodeId).collect();
@@ -557,12 +655,13 @@ impl Chaos {
             let actions = {
                 let mut w = self.w.borrow_mut();
                 let w = &mut *w;
+                let local_now = w.mix.clock(i).local(now());
                 let Some(node) = w.nodes[i].as_mut() else {
                     return;
                 };
                 let actions = match input {
-                    Input::Server(event) => node.server.step(now(), event),
-                    Input::Raft(event) => node.server.step_raft_event(now(), event),
+                    Input::Server(event) => node.server.step(local_now, event),
+                    Input::Raft(event) => node.server.step_raft_event(local_now, event),
                 }
                 .expect("the harness uses the server correctly");
                 let raft = node.server.raft();
@@ -645,21 +744,26 @@ impl Chaos {
         });
     }
 
+    /// Arms node `i`'s timer for `deadline`, an instant of its own clock:
+    /// it fires once that clock reads `deadline` (never earlier).
     fn set_timer(&self, i: usize, deadline: Instant) {
-        let gen = {
+        let (gen, at) = {
             let mut w = self.w.borrow_mut();
+            let at = w.mix.clock(i).global_at(deadline);
             let Some(node) = w.nodes[i].as_mut() else {
                 return;
             };
             node.timer = Some(deadline);
-            node.gen
+            (node.gen, at)
         };
         let me = self.clone();
-        schedule_at(deadline, move || {
+        schedule_at(at, move || {
             let current = me.w.borrow().nodes[i]
                 .as_ref()
                 .is_some_and(|n| n.gen == gen && n.timer == Some(deadline));
             if current {
+                let local = me.w.borrow().mix.clock(i).local(now());
+                assert!(local >= deadline, "a timer fired early");
                 me.step(i, ServerEvent::TimerFired);
             }
         });

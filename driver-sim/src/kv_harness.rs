@@ -36,6 +36,7 @@ use lab::{
 };
 use raft_testkit::{fnv1a, Persister, SafetyChecker};
 
+use crate::clock::{draw_clock, ClockDrift, NodeClock};
 use crate::executor::{
     now, oneshot, schedule_after, schedule_at, sleep, timeout, with_rng, OneshotReceiver,
     OneshotSender, SimRuntime,
@@ -55,6 +56,7 @@ const ADMIN_RETRY_PAUSE: Duration = Duration::from_millis(50);
 struct Slot {
     server: KvServer,
     gen: u64,
+    /// The deadline of its last `SetTimer`, in its own local time.
     timer: Option<Instant>,
 }
 
@@ -92,6 +94,11 @@ struct World {
     /// InstallSnapshot requests delivered to each server.
     snapshots_received: Vec<u64>,
     gens: Vec<u64>,
+    /// Each server's machine clock: kept across restarts (and running while
+    /// the server is down), so its local time never goes backwards.
+    clocks: Vec<NodeClock>,
+    /// The bound the clocks' rates are drawn within.
+    drift: ClockDrift,
     persisters: Vec<Persister>,
     links: Vec<Vec<bool>>,
     faults: Faults,
@@ -131,42 +138,9 @@ impl KvHarness for KvCfg {
 
     /// `make_config(n, unreliable, maxraftstate)`: starts and connects `n`
     /// servers; `max_raft_state` of `None` is the lab's −1.
+    /// Perfect clocks ([`KvCfg::with_drift`] makes them drift).
     fn new(n: usize, unreliable: bool, max_raft_state: Option<usize>) -> KvCfg {
-        let world = World {
-            n,
-            slots: (0..n).map(|_| None).collect(),
-            members: vec![(0..n as NodeId).collect(); n],
-            snapshots_received: vec![0; n],
-            gens: vec![0; n],
-            persisters: vec![Persister::new(); n],
-            links: vec![vec![false; n]; n],
-            faults: Faults {
-                reliable: !unreliable,
-                ..Faults::default()
-            },
-            traffic: Traffic::default(),
-            rpc_count: vec![0; n],
-            clerks: BTreeMap::new(),
-            next_clerk: 0,
-            calls: BTreeMap::new(),
-            next_call: 0,
-            max_raft_state,
-            safety: SafetyChecker::default(),
-            history: History::new(),
-            run: TestRun::new(SimRuntime::now()),
-        };
-        let cfg = KvCfg {
-            world: Rc::new(RefCell::new(world)),
-        };
-        for i in 0..n {
-            cfg.start_server(i);
-        }
-        cfg.connect_all();
-        let watched = Rc::downgrade(&cfg.world);
-        lab::watch_time_limit::<SimRuntime>(move || {
-            watched.upgrade().map(|world| KvCfg { world }.status())
-        });
-        cfg
+        KvCfg::with_drift(n, unreliable, max_raft_state, ClockDrift::NONE)
     }
 
     /// Number of servers.
@@ -307,6 +281,60 @@ impl KvHarness for KvCfg {
 }
 
 impl KvCfg {
+    /// `make_config(n, unreliable, maxraftstate)` with every server's clock
+    /// drifting within `drift`: each runs at its own rate, drawn uniformly
+    /// within the bound, from its own epoch (see `crate::clock`). With
+    /// [`ClockDrift::NONE`] the run is that of [`KvHarness::new`].
+    pub fn with_drift(
+        n: usize,
+        unreliable: bool,
+        max_raft_state: Option<usize>,
+        drift: ClockDrift,
+    ) -> KvCfg {
+        let world = World {
+            n,
+            slots: (0..n).map(|_| None).collect(),
+            members: vec![(0..n as NodeId).collect(); n],
+            snapshots_received: vec![0; n],
+            gens: vec![0; n],
+            clocks: with_rng(|r| crate::clock::draw_clocks(n, now(), drift, r)),
+            drift,
+            persisters: vec![Persister::new(); n],
+            links: vec![vec![false; n]; n],
+            faults: Faults {
+                reliable: !unreliable,
+                ..Faults::default()
+            },
+            traffic: Traffic::default(),
+            rpc_count: vec![0; n],
+            clerks: BTreeMap::new(),
+            next_clerk: 0,
+            calls: BTreeMap::new(),
+            next_call: 0,
+            max_raft_state,
+            safety: SafetyChecker::default(),
+            history: History::new(),
+            run: TestRun::new(SimRuntime::now()),
+        };
+        let cfg = KvCfg {
+            world: Rc::new(RefCell::new(world)),
+        };
+        for i in 0..n {
+            cfg.start_server(i);
+        }
+        cfg.connect_all();
+        let watched = Rc::downgrade(&cfg.world);
+        lab::watch_time_limit::<SimRuntime>(move || {
+            watched.upgrade().map(|world| KvCfg { world }.status())
+        });
+        cfg
+    }
+
+    /// Server `i`'s clock.
+    pub fn clock(&self, i: usize) -> NodeClock {
+        self.world.borrow().clocks[i]
+    }
+
     /// Connect server `i` to each of `to` (both directions).
     pub fn connect(&self, i: usize, to: &[usize]) {
         self.set_links(i, to, true);
@@ -365,6 +393,8 @@ impl KvCfg {
             w.members.push(Vec::new());
             w.snapshots_received.push(0);
             w.gens.push(0);
+            let clock = with_rng(|r| draw_clock(now(), w.drift, r));
+            w.clocks.push(clock);
             w.persisters.push(Persister::new());
             for row in w.links.iter_mut() {
                 row.push(false);
@@ -557,12 +587,13 @@ impl KvCfg {
             let actions = {
                 let mut w = self.world.borrow_mut();
                 let w = &mut *w;
+                let local_now = w.clocks[i].local(now());
                 let Some(slot) = w.slots[i].as_mut() else {
                     return;
                 };
                 let actions = slot
                     .server
-                    .step(now(), event)
+                    .step(local_now, event)
                     .expect("the harness uses the server correctly");
                 w.safety.after_step(slot.server.raft());
                 actions
@@ -602,17 +633,20 @@ impl KvCfg {
         }
     }
 
+    /// Arms server `i`'s timer for `deadline`, an instant of its own clock:
+    /// it fires once that clock reads `deadline` (never earlier).
     fn set_timer(&self, i: usize, deadline: Instant) {
-        let gen = {
+        let (gen, at) = {
             let mut w = self.world.borrow_mut();
+            let at = w.clocks[i].global_at(deadline);
             let Some(slot) = w.slots[i].as_mut() else {
                 return;
             };
             slot.timer = Some(deadline);
-            slot.gen
+            (slot.gen, at)
         };
         let cfg = self.clone();
-        schedule_at(deadline, move || {
+        schedule_at(at, move || {
             let current = {
                 let w = cfg.world.borrow();
                 w.slots[i]
@@ -620,6 +654,8 @@ impl KvCfg {
                     .is_some_and(|s| s.gen == gen && s.timer == Some(deadline))
             };
             if current {
+                let local = cfg.world.borrow().clocks[i].local(now());
+                assert!(local >= deadline, "a timer fired early");
                 cfg.step(i, ServerEvent::TimerFired, None);
             }
         });

@@ -4,7 +4,9 @@
 //! state (`raft_testkit::Persister`), crash and restart, the MIT 6.5840 Raft
 //! and KV lab harnesses (implementations of `lab`'s [`RaftHarness`] and
 //! [`KvHarness`]), and the cluster safety checker
-//! (`raft_testkit::SafetyChecker`) run after every step.
+//! (`raft_testkit::SafetyChecker`) run after every step. Each node may read
+//! its own drifting clock ([`clock`]): off (perfect clocks) unless a
+//! harness or a chaos run is given a [`ClockDrift`] bound.
 //!
 //! The seed comes from `SIM_SEED` ([`seed_from_env`]); [`run_test`] prints it
 //! with the test's name whenever a test fails, and running again with that
@@ -13,14 +15,16 @@
 #![warn(missing_docs)]
 
 pub mod chaos;
+pub mod clock;
 pub mod executor;
 pub mod kv_harness;
 pub mod raft_harness;
 
+pub use clock::{ClockDrift, NodeClock};
 pub use executor::{ms, now, run, sleep, spawn, JoinHandle, SimRuntime};
 pub use kv_harness::{KvCfg, SimClerk};
 pub use lab::{Cmd, Harness, KvHarness, RaftHarness};
-pub use raft_harness::{Cfg, PreVoteCfg, SimCfg};
+pub use raft_harness::{Cfg, DriftCfg, PreVoteCfg, SimCfg};
 
 use std::future::Future;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};

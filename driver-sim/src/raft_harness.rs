@@ -23,6 +23,7 @@ use lab::net::{Faults, ReplyFate, RequestFate, Traffic};
 use lab::{Appliers, Cmd, Harness, RaftCounters, RaftHarness, Runtime, TestRun};
 use raft_testkit::{fnv1a, Persister, SafetyChecker};
 
+use crate::clock::{draw_clock, ClockDrift, NodeClock};
 use crate::executor::{now, schedule_after, schedule_at, sleep, with_rng, SimRuntime};
 
 /// A running server: one incarnation of a node.
@@ -31,6 +32,7 @@ struct Slot {
     /// Incarnation number; a restart makes a new one, and messages or timers
     /// for an older one are discarded.
     gen: u64,
+    /// The deadline of its last `SetTimer`, in its own local time.
     timer: Option<Instant>,
 }
 
@@ -47,6 +49,12 @@ struct Server {
     /// or none for a server added to a running cluster (it learns the
     /// configuration from the leader).
     members: Vec<NodeId>,
+    /// Its machine's clock: kept across crashes and restarts, and running
+    /// while it is down, so its local time never goes backwards.
+    clock: NodeClock,
+    /// Bumped when the clock's rate changes, which re-arms the timer:
+    /// timers armed before then are stale.
+    clock_epoch: u64,
 }
 
 /// The mutable state of a cluster (the Go `config` struct).
@@ -57,6 +65,8 @@ struct World {
     /// `0..n` (the lab's server numbers); each added one takes the next
     /// unused id, and ids are never reused.
     servers: BTreeMap<NodeId, Server>,
+    /// The bound every server's clock rate is drawn within.
+    drift: ClockDrift,
     faults: Faults,
     traffic: Traffic,
     appliers: Appliers,
@@ -72,8 +82,13 @@ struct World {
 /// `PRE_VOTE` sets every node's `Config::pre_vote`: off in [`Cfg`] (the
 /// lab's, whose tests count RPCs and terms of plain Raft), on in
 /// [`PreVoteCfg`] (the same bodies with pre-vote).
+///
+/// `DRIFT_PPM` is the clock-drift bound [`RaftHarness::new`] uses
+/// ([`ClockDrift`], `crate::clock`): zero (the default, perfect clocks) in
+/// the lab's harnesses; [`DriftCfg`] draws every server's clock rate within
+/// 5%. [`SimCfg::with_drift`] takes the bound at run time.
 #[derive(Clone)]
-pub struct SimCfg<const PRE_VOTE: bool> {
+pub struct SimCfg<const PRE_VOTE: bool, const DRIFT_PPM: u64 = 0> {
     world: Rc<RefCell<World>>,
 }
 
@@ -82,6 +97,11 @@ pub type Cfg = SimCfg<false>;
 
 /// The Raft harness with pre-vote on in every node.
 pub type PreVoteCfg = SimCfg<true>;
+
+/// The lab's Raft harness with every server's clock drifting: each runs at
+/// its own rate, drawn uniformly within [`ClockDrift::CHAOS`] (±5%), from
+/// its own epoch.
+pub type DriftCfg = SimCfg<false, { ClockDrift::CHAOS.max_ppm }>;
 
 /// How long [`SimCfg::change_membership`] and its helpers keep trying:
 /// the lab's `one()` budget.
@@ -93,42 +113,16 @@ enum FollowUp {
     Snapshot(Index, Vec<u8>),
 }
 
-impl<const PRE_VOTE: bool> Harness for SimCfg<PRE_VOTE> {
+impl<const PRE_VOTE: bool, const DRIFT_PPM: u64> Harness for SimCfg<PRE_VOTE, DRIFT_PPM> {
     type Rt = SimRuntime;
 }
 
-impl<const PRE_VOTE: bool> RaftHarness for SimCfg<PRE_VOTE> {
+impl<const PRE_VOTE: bool, const DRIFT_PPM: u64> RaftHarness for SimCfg<PRE_VOTE, DRIFT_PPM> {
     /// `make_config(n, unreliable, snapshot)`: starts `n` servers (with the
     /// snapshotting applier if `snapshot`), connects them all.
+    /// Every server's clock drifts within `DRIFT_PPM` (none by default).
     fn new(n: usize, unreliable: bool, snapshot: bool) -> Self {
-        let members: Vec<NodeId> = (0..n as NodeId).collect();
-        let world = World {
-            n,
-            servers: members
-                .iter()
-                .map(|&id| (id, Server::new(members.clone())))
-                .collect(),
-            faults: Faults {
-                reliable: !unreliable,
-                ..Faults::default()
-            },
-            traffic: Traffic::default(),
-            appliers: Appliers::new(n, snapshot),
-            safety: SafetyChecker::default(),
-            next_proposal: 0,
-            trace: 0,
-            run: TestRun::new(SimRuntime::now()),
-        };
-        let cfg = SimCfg {
-            world: Rc::new(RefCell::new(world)),
-        };
-        for i in 0..n {
-            cfg.start1(i);
-        }
-        for i in 0..n {
-            cfg.connect(i);
-        }
-        cfg
+        Self::with_drift(n, unreliable, snapshot, ClockDrift::ppm(DRIFT_PPM))
     }
 
     /// Number of server ids handed out: the servers the cluster was made
@@ -292,7 +286,7 @@ impl<const PRE_VOTE: bool> RaftHarness for SimCfg<PRE_VOTE> {
     }
 }
 
-impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
+impl<const PRE_VOTE: bool, const DRIFT_PPM: u64> SimCfg<PRE_VOTE, DRIFT_PPM> {
     /// With `SIM_TRACE_ROLES=1`: what happened to server `i`, and which
     /// servers are now up and connected (`+`), for reading liveness failures.
     fn trace_connectivity(&self, i: usize, what: &str) {
@@ -315,6 +309,77 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
             "{:>10.3} s  server {i} {what}; up and connected: {up}",
             now().as_nanos() as f64 / 1e9
         );
+    }
+
+    /// `make_config(n, unreliable, snapshot)` with every server's clock
+    /// drifting within `drift`: each runs at its own rate, drawn uniformly
+    /// within the bound, from its own epoch (a random offset under 1 s).
+    /// With [`ClockDrift::NONE`] every clock is the global one and nothing
+    /// is drawn: the run is that of [`RaftHarness::new`] without drift.
+    pub fn with_drift(n: usize, unreliable: bool, snapshot: bool, drift: ClockDrift) -> Self {
+        let members: Vec<NodeId> = (0..n as NodeId).collect();
+        let world = World {
+            n,
+            servers: members
+                .iter()
+                .map(|&id| (id, Server::new(members.clone(), drift)))
+                .collect(),
+            drift,
+            faults: Faults {
+                reliable: !unreliable,
+                ..Faults::default()
+            },
+            traffic: Traffic::default(),
+            appliers: Appliers::new(n, snapshot),
+            safety: SafetyChecker::default(),
+            next_proposal: 0,
+            trace: 0,
+            run: TestRun::new(SimRuntime::now()),
+        };
+        let cfg = SimCfg {
+            world: Rc::new(RefCell::new(world)),
+        };
+        for i in 0..n {
+            cfg.start1(i);
+        }
+        for i in 0..n {
+            cfg.connect(i);
+        }
+        cfg
+    }
+
+    /// Server `i`'s clock.
+    pub fn clock(&self, i: usize) -> NodeClock {
+        self.world.borrow().get(i).expect("a server").clock
+    }
+
+    /// Server `i`'s local time now: what it is stepped with.
+    pub fn local_now(&self, i: usize) -> Instant {
+        self.clock(i).local(now())
+    }
+
+    /// From now on, server `i`'s clock runs at `rate_ppm` parts per million
+    /// of real time (its local time now is unchanged). Any rate goes, also
+    /// one beyond the harness's bound
+    /// ([`ClockDrift::draw_rate_beyond`]), to break the clock assumption a
+    /// lease rests on. A pending timer is re-armed at the global time its
+    /// local deadline now falls on.
+    pub fn set_clock_rate(&self, i: usize, rate_ppm: u64) {
+        let timer = {
+            let mut w = self.world.borrow_mut();
+            let server = w.server(i);
+            server.clock.set_rate(now(), rate_ppm);
+            server.clock_epoch += 1;
+            server.slot.as_ref().and_then(|s| s.timer)
+        };
+        if let Some(deadline) = timer {
+            self.set_timer(i, deadline);
+        }
+    }
+
+    /// The clock-drift bound the servers' rates were drawn within.
+    pub fn drift(&self) -> ClockDrift {
+        self.world.borrow().drift
     }
 
     /// A fingerprint of every message delivered so far and when: equal for
@@ -353,7 +418,8 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
             let id = w.servers.len();
             let added = w.appliers.add_server();
             assert_eq!(added, id, "server numbers are node ids");
-            w.servers.insert(id as NodeId, Server::new(Vec::new()));
+            let server = Server::new(Vec::new(), w.drift);
+            w.servers.insert(id as NodeId, server);
             id
         };
         self.start1(id);
@@ -576,17 +642,17 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
             let actions = {
                 let mut w = self.world.borrow_mut();
                 let w = &mut *w;
-                let Some(slot) = w
-                    .servers
-                    .get_mut(&(i as NodeId))
-                    .and_then(|s| s.slot.as_mut())
-                else {
+                let Some(server) = w.servers.get_mut(&(i as NodeId)) else {
+                    break;
+                };
+                let local_now = server.clock.local(now());
+                let Some(slot) = server.slot.as_mut() else {
                     break;
                 };
                 let before = (slot.node.role(), slot.node.term());
                 let actions = slot
                     .node
-                    .step(now(), event)
+                    .step(local_now, event)
                     .expect("the harness uses the node correctly");
                 w.safety.after_step(&slot.node);
                 if crate::trace_roles() && before != (slot.node.role(), slot.node.term()) {
@@ -662,24 +728,33 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
         follow
     }
 
+    /// Arms server `i`'s timer for `deadline`, an instant of its own
+    /// clock: it fires at the first global instant at which that clock
+    /// reads `deadline` (never earlier in local time).
     fn set_timer(&self, i: usize, deadline: Instant) {
-        let gen = {
+        let (gen, epoch, at) = {
             let mut w = self.world.borrow_mut();
-            let Some(slot) = w.server(i).slot.as_mut() else {
+            let server = w.server(i);
+            let (epoch, at) = (server.clock_epoch, server.clock.global_at(deadline));
+            let Some(slot) = server.slot.as_mut() else {
                 return;
             };
             slot.timer = Some(deadline);
-            slot.gen
+            (slot.gen, epoch, at)
         };
         let cfg = self.clone();
-        schedule_at(deadline, move || {
+        schedule_at(at, move || {
             let current = {
                 let w = cfg.world.borrow();
-                w.get(i)
-                    .and_then(|s| s.slot.as_ref())
-                    .is_some_and(|s| s.gen == gen && s.timer == Some(deadline))
+                w.get(i).is_some_and(|s| {
+                    s.clock_epoch == epoch
+                        && s.slot
+                            .as_ref()
+                            .is_some_and(|s| s.gen == gen && s.timer == Some(deadline))
+                })
             };
             if current {
+                assert!(cfg.local_now(i) >= deadline, "a timer fired early");
                 cfg.step(i, Event::TimerFired, None);
             }
         });
@@ -789,7 +864,8 @@ impl<const PRE_VOTE: bool> SimCfg<PRE_VOTE> {
 }
 
 impl Server {
-    fn new(members: Vec<NodeId>) -> Self {
+    /// A server not yet started, its clock drawn within `drift` (from now).
+    fn new(members: Vec<NodeId>, drift: ClockDrift) -> Self {
         Server {
             slot: None,
             gen: 0,
@@ -797,6 +873,8 @@ impl Server {
             connected: false,
             rpc_count: 0,
             members,
+            clock: with_rng(|r| draw_clock(now(), drift, r)),
+            clock_epoch: 0,
         }
     }
 }

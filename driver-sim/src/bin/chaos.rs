@@ -1,6 +1,14 @@
-//! Runs chaos seeds: `chaos [--seeds N] [--from FIRST] [--seed ONE]`; built
-//! with `--features canaries`, also `--canary NAME` (plant one bug for the
-//! run) and `--canaries SEEDS` (hunt each planted bug in turn).
+//! Runs chaos seeds: `chaos [--seeds N] [--from FIRST] [--seed ONE]
+//! [--drift-ppm BOUND] [--drift-beyond FACTOR]`; built with `--features
+//! canaries`, also `--canary NAME` (plant one bug for the run) and
+//! `--canaries SEEDS` (hunt each planted bug in turn).
+//!
+//! Clocks: in one seed of three (those divisible by 3) every node's clock
+//! drifts within `--drift-ppm` parts per million (default 50000, ±5%; 0
+//! gives perfect clocks in every seed, the runs of chaos before clocks
+//! drifted), or with `--drift-beyond FACTOR` beyond that bound, up to FACTOR
+//! times it (for a lease canary: the clock assumption a lease rests on is
+//! broken). The other seeds run exactly as with perfect clocks.
 //!
 //! Prints a progress bar on stderr, every failing seed with what broke and
 //! the command that replays it, and a summary. Exit status 1 if any failed.
@@ -10,10 +18,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use driver_sim::chaos::run_seed;
+use driver_sim::chaos::{run_seed_with, ChaosOptions};
+use driver_sim::ClockDrift;
 
 fn usage() -> ExitCode {
     eprintln!("usage: chaos [--seeds N (default 1000)] [--from FIRST (default 1)] [--seed ONE]");
+    eprintln!("             [--drift-ppm BOUND (default 50000; 0: perfect clocks)] [--drift-beyond FACTOR (>= 2)]");
     eprintln!("       chaos --canaries SEEDS   (built with --features canaries): each planted bug in turn");
     eprintln!("       chaos --canary NAME ...  (built with --features canaries): run with one planted bug");
     ExitCode::from(2)
@@ -25,6 +35,9 @@ fn main() -> ExitCode {
     // How to rebuild this run in a replay command: the planted bug, if any.
     #[cfg_attr(not(feature = "canaries"), allow(unused_mut))]
     let mut planted = String::new();
+    let mut options = ChaosOptions::default();
+    #[cfg_attr(not(feature = "canaries"), allow(unused_mut))]
+    let mut hunt: Option<u64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         #[cfg(feature = "canaries")]
@@ -47,24 +60,42 @@ fn main() -> ExitCode {
             "--seeds" => count = value,
             "--from" => from = value,
             #[cfg(feature = "canaries")]
-            "--canaries" => return hunt_canaries(value),
+            "--canaries" => hunt = Some(value),
             "--seed" => {
                 from = value;
                 count = 1;
             }
+            "--drift-ppm" if value < 1_000_000 => options.drift = ClockDrift::ppm(value),
+            "--drift-beyond" if value >= 2 => options.beyond = Some(value),
             _ => return usage(),
         }
+    }
+    #[cfg(feature = "canaries")]
+    if let Some(seeds) = hunt {
+        return hunt_canaries(seeds, options);
+    }
+    #[cfg(not(feature = "canaries"))]
+    let _ = hunt;
+    // How to rebuild the clocks in a replay command.
+    let mut clocks = String::new();
+    if options.drift != ChaosOptions::default().drift {
+        clocks += &format!(" --drift-ppm {}", options.drift.max_ppm);
+    }
+    if let Some(factor) = options.beyond {
+        clocks += &format!(" --drift-beyond {factor}");
     }
     // Failures are reported here, with their seed; keep panics quiet.
     std::panic::set_hook(Box::new(|_| {}));
     let started = Instant::now();
     let (mut failed, mut events, mut ops, mut changes) = (Vec::new(), 0u64, 0usize, 0usize);
+    let mut drifting = 0u64;
     for (k, seed) in (from..from + count).enumerate() {
-        match catch_unwind(AssertUnwindSafe(|| run_seed(seed))) {
+        match catch_unwind(AssertUnwindSafe(|| run_seed_with(seed, options))) {
             Ok(report) => {
                 events += report.events;
                 ops += report.ops;
                 changes += report.changes;
+                drifting += u64::from(!report.mix.clocks.is_empty());
             }
             Err(panic) => {
                 let why = panic
@@ -78,7 +109,7 @@ fn main() -> ExitCode {
                 } else {
                     planted.as_str()
                 };
-                eprintln!("  replay: cargo run --release -p driver-sim{run} --seed {seed}");
+                eprintln!("  replay: cargo run --release -p driver-sim{run} --seed {seed}{clocks}");
                 if count == 1 {
                     eprintln!("{why}");
                 }
@@ -103,8 +134,21 @@ fn main() -> ExitCode {
         let _ = std::io::stderr().flush();
     }
     eprintln!();
+    // Named only when clocks may drift, so that a run with perfect clocks
+    // prints the line chaos printed before clocks drifted.
+    let clocks_note = match options.beyond {
+        _ if !options.drift.is_on() => String::new(),
+        None => format!(
+            ", {drifting} passed seeds with clocks drifting within {} ppm",
+            options.drift.max_ppm
+        ),
+        Some(factor) => format!(
+            ", {drifting} passed seeds with clocks drifting beyond {} ppm (up to {factor}x)",
+            options.drift.max_ppm
+        ),
+    };
     println!(
-        "chaos: {} seeds from {from}: {} passed, {} failed; {events} events, {ops} client operations checked, {changes} membership changes, {:.1} s",
+        "chaos: {} seeds from {from}: {} passed, {} failed; {events} events, {ops} client operations checked, {changes} membership changes{clocks_note}, {:.1} s",
         count,
         count as usize - failed.len(),
         failed.len(),
@@ -121,26 +165,25 @@ fn main() -> ExitCode {
 /// Switches each planted bug on in turn and runs seeds 1..=`seeds` until one
 /// fails; reports which check caught it, or that it survived.
 #[cfg(feature = "canaries")]
-fn hunt_canaries(seeds: u64) -> ExitCode {
+fn hunt_canaries(seeds: u64, options: ChaosOptions) -> ExitCode {
     use kv_core::canary::Planted;
     std::panic::set_hook(Box::new(|_| {}));
     let mut survivors = Vec::new();
     for c in Planted::ALL {
         Planted::set(Some(c));
-        let caught =
-            (1..=seeds).find_map(
-                |seed| match catch_unwind(AssertUnwindSafe(|| run_seed(seed))) {
-                    Ok(_) => None,
-                    Err(p) => {
-                        let why = p
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_default();
-                        Some((seed, why.lines().next().unwrap_or("").to_string()))
-                    }
-                },
-            );
+        let caught = (1..=seeds).find_map(|seed| {
+            match catch_unwind(AssertUnwindSafe(|| run_seed_with(seed, options))) {
+                Ok(_) => None,
+                Err(p) => {
+                    let why = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    Some((seed, why.lines().next().unwrap_or("").to_string()))
+                }
+            }
+        });
         Planted::set(None);
         match caught {
             Some((seed, why)) => println!("{c}: caught by seed {seed}: {why}"),
