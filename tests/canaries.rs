@@ -1,7 +1,7 @@
 //! Every planted bug (`kv_core::canary::Planted`: the Raft core's and the KV
 //! service's) is caught: each canary is
 //! switched on in turn, and the hunt runs, cheapest first, the Raft lab suite
-//! over a few seeds, then the membership scenarios, then chaos seeds, then
+//! over a few seeds, then the membership and read scenarios, then chaos seeds, then
 //! the KV lab suite, until some check fails. The test fails if any canary survives every run in its budget, and
 //! prints, for each, what caught it and the command that replays the catch.
 //!
@@ -23,6 +23,8 @@ const RAFT_SEEDS: u64 = 6;
 /// Membership scenario seeds tried per canary (every scenario of
 /// `lab_tests::membership`, on the Raft and the KV harness).
 const MEMBERSHIP_SEEDS: u64 = 3;
+/// Read scenario seeds tried per canary (`tests/reads.rs`).
+const READS_SEEDS: u64 = 1;
 /// Chaos seeds tried per canary.
 const CHAOS_SEEDS: u64 = 1000;
 /// KV lab suite seeds tried per canary (23 tests each).
@@ -75,6 +77,7 @@ fn hunt(c: Planted) -> Option<Catch> {
     };
     lab("raft", &lab_tests::raft::tests::<driver_sim::Cfg>(), RAFT_SEEDS)
         .or_else(|| lab("membership", &lab_tests::membership::tests(), MEMBERSHIP_SEEDS))
+        .or_else(|| lab("reads", &lab_tests::reads::tests(), READS_SEEDS))
         .or_else(|| {
             (1..=CHAOS_SEEDS).find_map(|seed| {
                 catch_unwind(AssertUnwindSafe(|| run_seed(seed)))

@@ -28,3 +28,7 @@ pub mod kv;
 /// Membership change scenarios on the simulator's Raft and KV harnesses (issue 12).
 #[path = "suites/membership.rs"]
 pub mod membership;
+
+/// Read scenarios (issue 13): ReadIndex, follower reads.
+#[path = "suites/reads.rs"]
+pub mod reads;

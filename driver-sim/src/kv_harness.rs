@@ -97,6 +97,9 @@ struct World {
     /// Each server's machine clock: kept across restarts (and running while
     /// the server is down), so its local time never goes backwards.
     clocks: Vec<NodeClock>,
+    /// Bumped by `set_clock_rate`, so that timers armed at the old rate
+    /// never fire.
+    clock_epochs: Vec<u64>,
     /// The bound the clocks' rates are drawn within.
     drift: ClockDrift,
     persisters: Vec<Persister>,
@@ -298,6 +301,7 @@ impl KvCfg {
             snapshots_received: vec![0; n],
             gens: vec![0; n],
             clocks: with_rng(|r| crate::clock::draw_clocks(n, now(), drift, r)),
+            clock_epochs: vec![0; n],
             drift,
             persisters: vec![Persister::new(); n],
             links: vec![vec![false; n]; n],
@@ -328,6 +332,22 @@ impl KvCfg {
             watched.upgrade().map(|world| KvCfg { world }.status())
         });
         cfg
+    }
+
+    /// From now on, server `i`'s clock runs at `rate_ppm` parts per million
+    /// of real time (its local time now is unchanged), any rate, also one
+    /// beyond the harness's bound; its pending timer is re-armed at the
+    /// global time its local deadline now falls on.
+    pub fn set_clock_rate(&self, i: usize, rate_ppm: u64) {
+        let timer = {
+            let mut w = self.world.borrow_mut();
+            w.clocks[i].set_rate(now(), rate_ppm);
+            w.clock_epochs[i] += 1;
+            w.slots[i].as_ref().and_then(|s| s.timer)
+        };
+        if let Some(deadline) = timer {
+            self.set_timer(i, deadline);
+        }
     }
 
     /// Server `i`'s clock.
@@ -395,6 +415,7 @@ impl KvCfg {
             w.gens.push(0);
             let clock = with_rng(|r| draw_clock(now(), w.drift, r));
             w.clocks.push(clock);
+            w.clock_epochs.push(0);
             w.persisters.push(Persister::new());
             for row in w.links.iter_mut() {
                 row.push(false);
@@ -636,22 +657,24 @@ impl KvCfg {
     /// Arms server `i`'s timer for `deadline`, an instant of its own clock:
     /// it fires once that clock reads `deadline` (never earlier).
     fn set_timer(&self, i: usize, deadline: Instant) {
-        let (gen, at) = {
+        let (gen, at, epoch) = {
             let mut w = self.world.borrow_mut();
             let at = w.clocks[i].global_at(deadline);
+            let epoch = w.clock_epochs[i];
             let Some(slot) = w.slots[i].as_mut() else {
                 return;
             };
             slot.timer = Some(deadline);
-            (slot.gen, at)
+            (slot.gen, at, epoch)
         };
         let cfg = self.clone();
         schedule_at(at, move || {
             let current = {
                 let w = cfg.world.borrow();
-                w.slots[i]
-                    .as_ref()
-                    .is_some_and(|s| s.gen == gen && s.timer == Some(deadline))
+                w.clock_epochs[i] == epoch
+                    && w.slots[i]
+                        .as_ref()
+                        .is_some_and(|s| s.gen == gen && s.timer == Some(deadline))
             };
             if current {
                 let local = cfg.world.borrow().clocks[i].local(now());

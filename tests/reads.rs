@@ -1,0 +1,28 @@
+//! Read scenarios (issue 13) in the lab style, on the simulator, under the
+//! seed from `SIM_SEED` like the lab suites: a partitioned leader never
+//! answers a read, and follower reads see every acknowledged write. The
+//! bodies are `lab_tests::reads`'s.
+
+use driver_sim::run_test;
+
+macro_rules! read_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                run_test(stringify!($name), lab_tests::reads::$name);
+            }
+        )*
+        /// The registry names exactly the tests above, in order.
+        #[test]
+        fn registry_matches_the_tests() {
+            let names: Vec<&str> = lab_tests::reads::tests().iter().map(|(n, _)| *n).collect();
+            assert_eq!(names, [$(stringify!($name)),*]);
+        }
+    };
+}
+
+read_tests!(
+    partitioned_leader_never_answers_reads,
+    follower_reads_see_every_acknowledged_write,
+);
