@@ -100,6 +100,8 @@ struct World {
     /// Bumped by `set_clock_rate`, so that timers armed at the old rate
     /// never fire.
     clock_epochs: Vec<u64>,
+    /// Whether servers serve follower reads (`ServerConfig::follower_reads`).
+    follower_reads: bool,
     /// The bound the clocks' rates are drawn within.
     drift: ClockDrift,
     persisters: Vec<Persister>,
@@ -182,7 +184,8 @@ impl KvHarness for KvCfg {
             w.gens[i] += 1;
             let (state, snapshot) = w.persisters[i].load();
             let members = w.members[i].clone();
-            let config = ServerConfig::new(Config::new(i as u64, members), w.max_raft_state);
+            let mut config = ServerConfig::new(Config::new(i as u64, members), w.max_raft_state);
+            config.follower_reads = w.follower_reads;
             let seed = with_rng(|r| r.next_u64());
             let server = KvServer::recover(config, seed, state, snapshot)
                 .expect("a server recovers from what it persisted");
@@ -302,6 +305,7 @@ impl KvCfg {
             gens: vec![0; n],
             clocks: with_rng(|r| crate::clock::draw_clocks(n, now(), drift, r)),
             clock_epochs: vec![0; n],
+            follower_reads: false,
             drift,
             persisters: vec![Persister::new(); n],
             links: vec![vec![false; n]; n],
@@ -332,6 +336,16 @@ impl KvCfg {
             watched.upgrade().map(|world| KvCfg { world }.status())
         });
         cfg
+    }
+
+    /// Turns follower reads on or off on every server, running or started
+    /// later.
+    pub fn set_follower_reads(&self, on: bool) {
+        let mut w = self.world.borrow_mut();
+        w.follower_reads = on;
+        for slot in w.slots.iter_mut().flatten() {
+            slot.server.set_follower_reads(on);
+        }
     }
 
     /// From now on, server `i`'s clock runs at `rate_ppm` parts per million

@@ -56,6 +56,7 @@ pub async fn partitioned_leader_never_answers_reads() {
 /// a follower reads every write acknowledged before it asks.
 pub async fn follower_reads_see_every_acknowledged_write() {
     let cfg = KvCfg::new(3, true, None);
+    cfg.set_follower_reads(true);
     cfg.begin("Test (reads): follower reads see every acknowledged write");
     let ck = cfg.make_client(&cfg.all());
     cfg.put(&ck, "k", "0", 0).await;
