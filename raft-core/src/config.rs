@@ -59,6 +59,16 @@ pub struct Config {
     /// depose a working leader when it comes back. Off by default: the MIT
     /// lab tests count RPCs and terms without it; the KV service turns it on.
     pub pre_vote: bool,
+    /// Tell followers of a new commit index at once: when a leader's commit
+    /// index moves, each follower in `Replicate` with no append in flight
+    /// gets an empty AppendEntries carrying it (at most one per follower
+    /// per step that moved it), instead of hearing of it with the next
+    /// heartbeat. Followers then apply, and serve follower reads, a round
+    /// trip after the commit rather than up to a heartbeat interval later.
+    /// Off by default: it costs messages (the MIT lab tests count RPCs),
+    /// and only pays where followers serve reads; the KV service turns it
+    /// on with its follower reads.
+    pub notify_commit: bool,
 }
 
 impl Config {
@@ -79,6 +89,7 @@ impl Config {
             max_pending_reads: 10_000,
             noop_on_election: false,
             pre_vote: false,
+            notify_commit: false,
         }
     }
 

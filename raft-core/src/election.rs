@@ -125,6 +125,7 @@ impl RaftNode {
             term_start_index: last,
             transfer: None,
             reads: crate::read::Reads::default(),
+            commit_told: BTreeMap::new(),
         };
         s.timers.lead(
             s.now + s.config.heartbeat_interval,

@@ -165,6 +165,7 @@ impl RaftNode {
         if let RoleState::Leader(leader) = &mut self.role {
             // A commit of our term's first entry lets waiting reads go on.
             leader.advance_reads(&mut self.shared);
+            leader.notify_commit(&mut self.shared);
         }
         self.shared.flush();
         self.check_invariants(before);

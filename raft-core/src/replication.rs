@@ -58,6 +58,30 @@ impl LeaderState {
         self.replicate(s);
     }
 
+    /// With `Config::notify_commit`: tell each follower in `Replicate` with
+    /// nothing in flight of a commit index it has not been told of (a
+    /// follower with an append in flight hears of it with the next one).
+    pub(crate) fn notify_commit(&mut self, s: &mut Shared) {
+        if !s.config.notify_commit {
+            return;
+        }
+        let commit = s.commit_index;
+        let due: Vec<NodeId> = self
+            .progress
+            .iter()
+            .filter(|(id, pr)| {
+                pr.state == ProgressState::Replicate
+                    && pr.inflight.is_empty()
+                    && self.commit_told.get(id).is_none_or(|&t| t < commit)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for peer in due {
+            self.commit_told.insert(peer, commit);
+            self.send_append(s, peer, true);
+        }
+    }
+
     /// A heartbeat to every follower.
     pub(crate) fn broadcast_heartbeat(&mut self, s: &mut Shared) {
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();

@@ -73,6 +73,9 @@ pub(crate) struct LeaderState {
     pub(crate) transfer: Option<Transfer>,
     /// Reads waiting for a round (`read.rs`).
     pub(crate) reads: crate::read::Reads,
+    /// The commit index each follower was last told of by a commit
+    /// notification (`Config::notify_commit`).
+    pub(crate) commit_told: BTreeMap<NodeId, Index>,
 }
 
 /// A leadership transfer in progress (`transfer.rs`).

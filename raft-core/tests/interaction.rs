@@ -37,7 +37,7 @@
 //!
 //! | command | what it does |
 //! |---|---|
-//! | `add-nodes <n> [noop] [prevote]` | create and boot nodes 1..=n (`noop`: leaders append an empty entry on election; `prevote`: `Config::pre_vote`) |
+//! | `add-nodes <n> [noop] [prevote] [notify]` | create and boot nodes 1..=n (`noop`: leaders append an empty entry on election; `prevote`: `Config::pre_vote`; `notify`: `Config::notify_commit`) |
 //! | `load <id> term=<t> [vote=<v>] [snap=<t>/<i>] [log=<t>,<t>,...]` | restart `<id>` from this durable state (entries after the snapshot, with these terms) |
 //! | `campaign <id>` | move the clock to `<id>`'s armed deadline and fire its timer (a follower stands for election, or with pre-vote asks for pre-votes) |
 //! | `tick-heartbeat <id>` | the same for a leader (its heartbeat or quorum check) |
@@ -588,6 +588,7 @@ fn run_command(c: &mut Cluster, line: &str, out: &mut Out) -> Result<(), String>
             c.config = Config {
                 noop_on_election: args.contains(&"noop"),
                 pre_vote: args.contains(&"prevote"),
+                notify_commit: args.contains(&"notify"),
                 ..Config::new(1, members)
             };
             for id in first..first + n {
