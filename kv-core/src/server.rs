@@ -705,10 +705,9 @@ impl KvServer {
                         let (rid, _) = self.reads.remove(&id).expect("our read");
                         let leader_hint = match reason {
                             ReadRefusal::NotLeader { leader_hint } => leader_hint,
-                            // Overloaded: try again, here.
+                            // Overloaded: try again here, as for proposals.
                             _ => Some(self.raft.id()),
                         };
-                        let leader_hint = leader_hint.filter(|&l| l != self.raft.id());
                         out.push(ServerAction::Reply {
                             id: rid,
                             reply: Reply::WrongLeader { leader_hint },

@@ -74,16 +74,17 @@ pub(crate) struct Forwarded {
     pending: BTreeMap<u64, (u64, crate::types::Term, crate::time::Instant)>,
 }
 
-/// Answer a read: to our caller, or to the follower that forwarded it.
-fn answer(s: &mut Shared, origin: Origin, index: Option<Index>, refusal: ReadRefusal) {
-    match (origin, index) {
-        (Origin::Local(id), Some(index)) => s.out.push(Action::ReadReady { id, index }),
-        (Origin::Local(id), None) => s.out.push(Action::RejectRead {
-            id,
-            reason: refusal,
+/// Answer a read with its index (`Ok`) or refuse it (`Err`): to our caller,
+/// or to the follower that forwarded it (which refuses its own caller).
+fn answer(s: &mut Shared, origin: Origin, result: Result<Index, ReadRefusal>) {
+    match origin {
+        Origin::Local(id) => s.out.push(match result {
+            Ok(index) => Action::ReadReady { id, index },
+            Err(reason) => Action::RejectRead { id, reason },
         }),
-        (Origin::Remote(to, ctx), index) => {
+        Origin::Remote(to, ctx) => {
             let term = s.hard.term;
+            let index = result.ok();
             s.send(to, Message::ReadIndexReply { term, ctx, index });
         }
     }
@@ -95,7 +96,7 @@ impl Reads {
     pub(crate) fn fail_all(&mut self, s: &mut Shared, leader_hint: Option<NodeId>) {
         let reason = ReadRefusal::NotLeader { leader_hint };
         for read in self.pending.drain(..) {
-            answer(s, read.origin, None, reason);
+            answer(s, read.origin, Err(reason));
         }
     }
 }
@@ -114,7 +115,7 @@ impl LeaderState {
 
     fn take_read(&mut self, s: &mut Shared, origin: Origin) {
         if self.reads.pending.len() >= s.config.max_pending_reads {
-            answer(s, origin, None, ReadRefusal::TooManyPendingReads);
+            answer(s, origin, Err(ReadRefusal::TooManyPendingReads));
             return;
         }
         self.reads.pending.push_back(PendingRead {
@@ -215,8 +216,7 @@ impl LeaderState {
                 break;
             }
             let read = self.reads.pending.pop_front().expect("front exists");
-            let unused = ReadRefusal::TooManyPendingReads;
-            answer(s, read.origin, Some(read.index), unused);
+            answer(s, read.origin, Ok(read.index));
         }
     }
 }
