@@ -418,6 +418,7 @@ impl FuzzMessage {
                 term: term.at(node.term()),
                 last_log_index: last_log_index.at(last),
                 last_log_term: last_log_term.at(log.last_term()),
+                transfer: false,
             }),
             FuzzMessage::PreVote {
                 term,
@@ -427,6 +428,7 @@ impl FuzzMessage {
                 term: term.at(node.term().saturating_add(1)),
                 last_log_index: last_log_index.at(last),
                 last_log_term: last_log_term.at(log.last_term()),
+                transfer: false,
             }),
             FuzzMessage::PreVoteReply { term, vote_granted } => {
                 Message::PreVoteReply(RequestVoteReply {

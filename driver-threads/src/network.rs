@@ -652,6 +652,7 @@ mod tests {
             term: 1,
             last_log_index: 0,
             last_log_term: 0,
+            transfer: false,
         })
     }
 

@@ -774,6 +774,7 @@ mod tests {
             term,
             last_log_index: 0,
             last_log_term: 0,
+            transfer: false,
         })
     }
 

@@ -16,6 +16,9 @@ pub enum Canary {
     SessionsLeftOutOfSnapshot,
     /// Answer Get from the local store on whoever thinks it leads.
     LocalGetOnLeader,
+    /// Serve a confirmed read before the store has applied through its
+    /// read index.
+    ReadBeforeApplied,
 }
 
 raft_core::canary_switch!(Canary);
@@ -34,7 +37,7 @@ pub enum Planted {
 
 impl Planted {
     /// Every planted bug of the service, in a fixed order.
-    pub const ALL: [Planted; 16] = {
+    pub const ALL: [Planted; 22] = {
         use raft_core::canary::Canary as R;
         [
             Planted::Raft(R::CommitOlderTermByCounting),
@@ -53,6 +56,12 @@ impl Planted {
             Planted::Raft(R::RemovedLeaderCountsItself),
             Planted::Raft(R::LearnerCountsForCommit),
             Planted::Raft(R::ReadWithoutFreshRound),
+            Planted::Raft(R::ReadBeforeOwnTermCommit),
+            Planted::Kv(Canary::ReadBeforeApplied),
+            Planted::Raft(R::FollowerReadsOwnCommit),
+            Planted::Raft(R::LeaseIgnoresDrift),
+            Planted::Raft(R::LeaseWithoutStickyVotes),
+            Planted::Raft(R::AcksKeyedByReadId),
         ]
     };
 

@@ -23,7 +23,7 @@ pub use admin::{
 };
 pub use clerk::{Attempt, Clerk, Progress, ROUND_BACKOFF};
 pub use command::{ClientId, Command, Op, Outcome, Reply};
-pub use server::{KvServer, ReadPolicy, ServerAction, ServerConfig, ServerEvent};
+pub use server::{KvServer, ReadConsistency, ReadPolicy, ServerAction, ServerConfig, ServerEvent};
 pub use store::{KvStore, DEFAULT_MAX_SESSIONS};
 
 /// What can go wrong in the KV core.

@@ -21,7 +21,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use raft_core::{
     Action, ChangeRefusal, DurableState, Event, Index, Instant, MembershipChange, Message, NodeId,
-    Payload, Persist, RaftNode, ReadRefusal, RejectReason, Term, TransferAbort, TransferOutcome,
+    Payload, Persist, RaftNode, ReadMode, ReadRefusal, RejectReason, Term, TransferAbort,
+    TransferOutcome,
 };
 
 use crate::admin::{
@@ -30,6 +31,7 @@ use crate::admin::{
 use crate::command::{Command, Decoded, Logged, Reply};
 use crate::store::KvStore;
 use crate::Error;
+use serde::{Deserialize, Serialize};
 
 /// How a server is set up.
 #[derive(Clone, Debug)]
@@ -74,6 +76,35 @@ pub enum ReadPolicy {
     /// without one would read as an expired session).
     #[default]
     ReadIndex,
+    /// As `ReadIndex`, but a leader whose lease holds answers at once, with
+    /// no round (`raft_core::ReadMode::Lease`). Turns on
+    /// `raft_core::Config::lease_reads` and `sticky_votes`, and so rests on
+    /// the clock assumption documented there: every server of the cluster
+    /// must run with this policy and with clocks whose rates stay within
+    /// `raft_core::Config::max_clock_drift_ppm` of true time. Also what
+    /// lets a [`ReadConsistency::Lease`] read use the lease.
+    Lease,
+}
+
+/// How a read that carries no session ([`ServerEvent::ReadReceived`]) is
+/// served. None of them writes anything.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadConsistency {
+    /// Linearizable by ReadIndex: the leader confirms it still leads with a
+    /// quorum round, and the value is read once applied through the read
+    /// index (at the leader, or at a follower with follower reads). Rests
+    /// on no clock.
+    #[default]
+    Linearizable,
+    /// Linearizable by the leader's lease (no round while it holds), if the
+    /// server runs [`ReadPolicy::Lease`]; otherwise served as
+    /// `Linearizable`. Rests on bounded clock drift.
+    Lease,
+    /// This server's applied state as it is, with no contact with the
+    /// leader: possibly stale (etcd's serializable reads), and a later read
+    /// elsewhere may see an older value. Served by any server, even one
+    /// cut off from the rest.
+    Local,
 }
 
 impl ServerConfig {
@@ -123,6 +154,17 @@ pub enum ServerEvent {
         id: u64,
         /// The command.
         command: Command,
+    },
+    /// A read that carries no session (it changes nothing, so needs none):
+    /// answered later by a `Reply` with the same `id`, `Applied(Value)` or
+    /// `WrongLeader`. Never written to the log, whatever the read policy.
+    ReadReceived {
+        /// The driver's id for this request.
+        id: u64,
+        /// The key to read.
+        key: String,
+        /// How it is served.
+        consistency: ReadConsistency,
     },
     /// An administrative request; answered later by a `Reply` with the same
     /// `id` carrying [`Reply::Admin`].
@@ -250,6 +292,10 @@ impl KvServer {
         let mut raft_config = config.raft;
         // Followers that serve reads should hear of commits at once.
         raft_config.notify_commit |= config.follower_reads;
+        if config.read_policy == ReadPolicy::Lease {
+            raft_config.lease_reads = true;
+            raft_config.sticky_votes = true;
+        }
         let raft = RaftNode::recover(raft_config, seed, durable, snapshot)?;
         Ok(KvServer {
             raft,
@@ -413,16 +459,22 @@ impl KvServer {
                 self.raft_state_bytes = raft_state_bytes;
                 Some(Event::Persisted { upto })
             }
+            ServerEvent::ReadReceived {
+                id,
+                key,
+                consistency,
+            } => self.sessionless_read(id, key, consistency, &mut out),
             ServerEvent::RequestReceived { id, command } => match &command.op {
                 crate::command::Op::Get { key }
-                    if self.read_policy == ReadPolicy::ReadIndex
+                    if self.read_policy != ReadPolicy::Log
                         && (self.raft.is_leader() || self.follower_reads)
                         && self.store.has_session(command.client) =>
                 {
-                    self.next_proposal += 1;
-                    let rid = self.next_proposal;
-                    self.reads.insert(rid, (id, key.clone()));
-                    Some(Event::ReadRequested { id: rid })
+                    let mode = match self.read_policy {
+                        ReadPolicy::Lease => ReadMode::Lease,
+                        _ => ReadMode::ReadIndex,
+                    };
+                    Some(self.read_event(id, key.clone(), mode))
                 }
                 _ => {
                     let bytes = postcard::to_allocvec(&command).expect("commands encode");
@@ -839,10 +891,53 @@ impl KvServer {
         }
     }
 
+    /// A read handed to Raft: the event, and the read recorded under a
+    /// fresh id.
+    fn read_event(&mut self, id: u64, key: String, mode: ReadMode) -> Event {
+        self.next_proposal += 1;
+        let rid = self.next_proposal;
+        self.reads.insert(rid, (id, key));
+        Event::ReadRequested { id: rid, mode }
+    }
+
+    /// A read without a session: served here from the applied state
+    /// (`Local`), or handed to Raft if this server leads or serves follower
+    /// reads; otherwise the client is sent to the leader.
+    fn sessionless_read(
+        &mut self,
+        id: u64,
+        key: String,
+        consistency: ReadConsistency,
+        out: &mut Vec<ServerAction>,
+    ) -> Option<Event> {
+        let mode = match consistency {
+            ReadConsistency::Local => {
+                let value = self.store.get(&key).unwrap_or_default().to_string();
+                out.push(ServerAction::Reply {
+                    id,
+                    reply: Reply::Applied(crate::command::Outcome::Value(value)),
+                });
+                return None;
+            }
+            ReadConsistency::Linearizable => ReadMode::ReadIndex,
+            ReadConsistency::Lease => ReadMode::Lease,
+        };
+        if self.raft.is_leader() || self.follower_reads {
+            return Some(self.read_event(id, key, mode));
+        }
+        let leader_hint = self.raft.leader_hint();
+        out.push(ServerAction::Reply {
+            id,
+            reply: Reply::WrongLeader { leader_hint },
+        });
+        None
+    }
+
     /// Answer the confirmed reads whose read index the store has reached.
     fn serve_ready_reads(&mut self, out: &mut Vec<ServerAction>) {
+        let planted = crate::canary::on(crate::canary::Canary::ReadBeforeApplied);
         while let Some(entry) = self.reads_ready.first_entry() {
-            if *entry.key() > self.applied {
+            if *entry.key() > self.applied && !planted {
                 break;
             }
             for (id, key) in entry.remove() {

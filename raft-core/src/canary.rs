@@ -42,11 +42,29 @@ pub enum Canary {
     /// A leader releases a read on a round confirmed before the read
     /// arrived (an old acknowledgement) instead of a fresh one.
     ReadWithoutFreshRound,
+    /// A leader serves a read before an entry of its own term has
+    /// committed (its commit index may be behind its predecessor's).
+    ReadBeforeOwnTermCommit,
+    /// A follower answers a read from its own commit index instead of
+    /// asking its leader for the read index.
+    FollowerReadsOwnCommit,
+    /// A lease lasts the whole minimum election timeout, with no margin
+    /// for clocks that drift within the bound.
+    LeaseIgnoresDrift,
+    /// Lease reads without leader stickiness: `Config::validate` lets
+    /// `lease_reads` through without `sticky_votes`, and voters grant votes
+    /// while a leader's lease holds.
+    LeaseWithoutStickyVotes,
+    /// A leader keys round acknowledgements by the caller's read id (as
+    /// etcd-io/raft did before PR #397, etcd#20418): a reply echoing a
+    /// read's id confirms any pending read of that id, even one that
+    /// arrived after the reply's round was sent.
+    AcksKeyedByReadId,
 }
 
 impl Canary {
     /// Every canary, in a fixed order.
-    pub const ALL: [Canary; 14] = [
+    pub const ALL: [Canary; 19] = [
         Canary::CommitOlderTermByCounting,
         Canary::VoteBeforePersist,
         Canary::KeepVoteOnNewTerm,
@@ -61,6 +79,11 @@ impl Canary {
         Canary::RemovedLeaderCountsItself,
         Canary::LearnerCountsForCommit,
         Canary::ReadWithoutFreshRound,
+        Canary::ReadBeforeOwnTermCommit,
+        Canary::FollowerReadsOwnCommit,
+        Canary::LeaseIgnoresDrift,
+        Canary::LeaseWithoutStickyVotes,
+        Canary::AcksKeyedByReadId,
     ];
 }
 

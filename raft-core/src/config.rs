@@ -69,6 +69,42 @@ pub struct Config {
     /// and only pays where followers serve reads; the KV service turns it
     /// on with its follower reads.
     pub notify_commit: bool,
+    /// Leader stickiness for votes (Raft thesis §4.2.3): a node ignores a
+    /// `RequestVote` of a newer term (neither adopting the term nor
+    /// voting) while it leads, within `election_timeout_min` of hearing
+    /// from the leader of its term, or within `election_timeout_min` of its
+    /// own start (it may have acknowledged a leader just before it
+    /// crashed). A leader transfer's election is exempt
+    /// (`RequestVote::transfer`). Lease reads rest on it: a majority that
+    /// acknowledged a leader's round cannot elect anyone else for an
+    /// election timeout. Off by default (the MIT lab tests expect a vote
+    /// request of a newer term to depose the leader at once).
+    pub sticky_votes: bool,
+    /// Lease reads ([`crate::ReadMode::Lease`], Raft thesis §6.4.1): a
+    /// leader answers a lease read from its commit index with no round of
+    /// messages while its lease holds. The lease starts when a round that
+    /// a quorum acknowledged was *sent*, and lasts
+    /// [`Config::lease_duration`]; it needs `sticky_votes` on every voter
+    /// (`validate` refuses the lease without it here; the cluster's other
+    /// nodes must be configured alike) and CheckQuorum (always on). A
+    /// leader drops its lease when its configuration changes and, for the
+    /// rest of its term, once it has sent `TimeoutNow` (a transfer's
+    /// election is exempt from stickiness). With lease reads on, a leader
+    /// starts a round on every heartbeat, so the lease is kept while it
+    /// leads. Off by default: without it, `ReadMode::Lease` reads are
+    /// served as ReadIndex reads.
+    ///
+    /// **The clock assumption.** A lease is safe only if, while it runs,
+    /// every node's clock advances at a rate within
+    /// `max_clock_drift_ppm` of true time. A leader whose clock runs slow
+    /// beyond that, or followers whose clocks run fast beyond it, can let
+    /// a new leader be elected while the old one still serves from its
+    /// lease: a stale read. ReadIndex reads rest on no clock.
+    pub lease_reads: bool,
+    /// The bound on clock-rate error that lease reads assume, in parts per
+    /// million of true time (50 000: every clock runs within 5% of true
+    /// time). Shortens the lease: see [`Config::lease_duration`].
+    pub max_clock_drift_ppm: u32,
 }
 
 impl Config {
@@ -90,7 +126,27 @@ impl Config {
             noop_on_election: false,
             pre_vote: false,
             notify_commit: false,
+            sticky_votes: false,
+            lease_reads: false,
+            max_clock_drift_ppm: 50_000,
         }
+    }
+
+    /// How long a lease lasts from the sending of the round that grants it,
+    /// by the leader's clock: `election_timeout_min × (1 − ρ) / (1 + ρ)`
+    /// with ρ = `max_clock_drift_ppm` / 10⁶. A voter that acknowledged the
+    /// round received it no earlier than it was sent, and refuses votes for
+    /// `election_timeout_min` of its own clock after that, at least
+    /// `election_timeout_min / (1 + ρ)` of true time; the lease lasts at
+    /// most `lease_duration / (1 − ρ)` of true time, which is no longer.
+    pub fn lease_duration(&self) -> Duration {
+        let rho = u128::from(self.max_clock_drift_ppm.min(999_999));
+        let min = self.election_timeout_min.as_nanos();
+        if crate::canary::on(crate::canary::Canary::LeaseIgnoresDrift) {
+            return self.election_timeout_min;
+        }
+        let nanos = min * (1_000_000 - rho) / (1_000_000 + rho);
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
     /// Checks the configuration, naming the first problem found.
@@ -125,6 +181,13 @@ impl Config {
             || self.max_pending_reads == 0
         {
             return bad(E::ZeroLimit);
+        }
+        if self.max_clock_drift_ppm >= 1_000_000 {
+            return bad(E::ClockDriftBound);
+        }
+        let planted = crate::canary::on(crate::canary::Canary::LeaseWithoutStickyVotes);
+        if self.lease_reads && !self.sticky_votes && !planted {
+            return bad(E::LeaseWithoutStickyVotes);
         }
         Ok(())
     }

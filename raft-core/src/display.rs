@@ -14,7 +14,7 @@
 //!
 //! | value | form |
 //! |---|---|
-//! | `RequestVote` | `MsgVote Term:2 Log:1/5` |
+//! | `RequestVote` | `MsgVote Term:2 Log:1/5` (`MsgVote Term:2 Log:1/5 Transfer` after `TimeoutNow`) |
 //! | `RequestVoteReply` | `MsgVoteResp Term:2 Granted` / `Rejected` |
 //! | `AppendEntries` | `MsgApp Term:1 Log:1/10 Commit:10 Entries:[1/11 "foo"]` (no `Entries` when empty) |
 //! | `AppendEntriesReply` | `MsgAppResp Term:1 Index:11`, or `MsgAppResp Term:1 Rejected Prev:10 ConflictTerm:1 ConflictIndex:8` (no `ConflictTerm` when the follower's log is too short) |
@@ -197,8 +197,11 @@ impl Display for Message {
         match self {
             Message::RequestVote(m) => write!(
                 f,
-                "MsgVote Term:{} Log:{}/{}",
-                m.term, m.last_log_term, m.last_log_index
+                "MsgVote Term:{} Log:{}/{}{}",
+                m.term,
+                m.last_log_term,
+                m.last_log_index,
+                if m.transfer { " Transfer" } else { "" }
             ),
             Message::RequestVoteReply(m) => {
                 write!(f, "MsgVoteResp Term:{} {}", m.term, answer(m.vote_granted))
@@ -289,7 +292,10 @@ impl Display for Event {
             Event::LeadershipTransferRequested { to } => {
                 write!(f, "TransferLeadership To:{}", Target(*to))
             }
-            Event::ReadRequested { id } => write!(f, "Read #{id}"),
+            Event::ReadRequested { id, mode } => match mode {
+                crate::ReadMode::ReadIndex => write!(f, "Read #{id}"),
+                crate::ReadMode::Lease => write!(f, "LeaseRead #{id}"),
+            },
             Event::MembershipChangeRequested { id, changes } => {
                 let list: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
                 write!(f, "ChangeMembership #{id} {}", list.join(" "))

@@ -34,9 +34,10 @@ use crate::time::Instant;
 use crate::types::{HardState, NodeId};
 
 impl RaftNode {
-    /// The election timeout passed without word from a leader: stand for the
-    /// next term. The vote for itself is durable before any request leaves.
-    pub(crate) fn start_election(&mut self) {
+    /// The election timeout passed without word from a leader (or, with
+    /// `transfer`, the leader sent `TimeoutNow`): stand for the next term.
+    /// The vote for itself is durable before any request leaves.
+    pub(crate) fn start_election(&mut self, transfer: bool) {
         let s = &mut self.shared;
         let Some(term) = s.hard.term.checked_add(1) else {
             // Term space exhausted (only reachable from a corrupt or hostile
@@ -64,7 +65,7 @@ impl RaftNode {
             // and let it lead the same term again with another log.
             return;
         }
-        let request = s.vote_request(term);
+        let request = s.vote_request(term, transfer);
         let peers = s.voter_peers();
         for peer in peers {
             s.send_durable(peer, Message::RequestVote(request.clone()));
@@ -99,10 +100,10 @@ impl RaftNode {
         s.reset_election_deadline();
         if won {
             // Alone in the cluster: nobody to ask.
-            self.start_election();
+            self.start_election(false);
             return;
         }
-        let request = s.vote_request(term);
+        let request = s.vote_request(term, false);
         let peers = s.voter_peers();
         for peer in peers {
             s.send(peer, Message::PreVote(request.clone()));
@@ -256,6 +257,21 @@ impl Shared {
             };
             self.send_durable(from, Message::PreVoteReply(reply));
         }
+    }
+
+    /// With `Config::sticky_votes`: a `RequestVote` of a newer term is
+    /// ignored now (thesis §4.2.3), because we heard from the leader of our
+    /// term, or started, within the minimum election timeout (`leading`:
+    /// we lead, and ignore it too). A transfer's election is exempt.
+    pub(crate) fn ignores_vote_request(&self, m: &RequestVote, leading: bool) -> bool {
+        if !self.config.sticky_votes || m.transfer || m.term <= self.hard.term {
+            return false;
+        }
+        if crate::canary::on(crate::canary::Canary::LeaseWithoutStickyVotes) {
+            return false;
+        }
+        let recent = |t: Instant| self.now < t + self.config.election_timeout_min;
+        leading || recent(self.started_at) || self.leader_contact.is_some_and(recent)
     }
 
     /// We heard from the leader of our term within the minimum election

@@ -69,11 +69,30 @@ pub enum Event {
     /// `ReadRound`s acknowledged by a quorum after the read arrived, and
     /// answers `Action::ReadReady`; the caller serves the read once its
     /// service has applied through that index. Refused with
-    /// `Action::RejectRead`.
+    /// `Action::RejectRead`. With `mode: ReadMode::Lease` and
+    /// `Config::lease_reads`, a leader whose lease holds answers at once,
+    /// with no round. A follower forwards the read to its leader (follower
+    /// reads, always by ReadIndex).
     ReadRequested {
         /// The caller's id for this read, echoed in the answer.
         id: u64,
+        /// How the leader confirms it still leads.
+        mode: ReadMode,
     },
+}
+
+/// How a leader confirms, for a read, that it still leads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ReadMode {
+    /// A round of messages acknowledged by a quorum after the read arrived
+    /// (ReadIndex): rests on no clock.
+    #[default]
+    ReadIndex,
+    /// Its lease, if it holds (`Config::lease_reads`): no messages, but
+    /// safe only under the clock assumption documented on
+    /// `Config::lease_reads`. Without a lease (lease reads off, expired, or
+    /// forfeited), served as `ReadIndex`.
+    Lease,
 }
 
 /// Why a read was refused (or, when pending, failed).

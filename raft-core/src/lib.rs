@@ -125,8 +125,8 @@ mod types;
 pub use config::Config;
 pub use durable::{DurableError, DurableWrite};
 pub use io::{
-    Action, ChangeRefusal, DurableState, Event, Persist, ReadRefusal, RejectReason, TransferAbort,
-    TransferOutcome,
+    Action, ChangeRefusal, DurableState, Event, Persist, ReadMode, ReadRefusal, RejectReason,
+    TransferAbort, TransferOutcome,
 };
 pub use log::RaftLog;
 pub use membership::{ChangeError, Membership, MembershipChange};
@@ -165,6 +165,13 @@ pub enum ConfigError {
     /// uncommitted entries) is zero.
     #[error("limits must be positive")]
     ZeroLimit,
+    /// `max_clock_drift_ppm` is a million or more (a clock that may stop).
+    #[error("max_clock_drift_ppm must be below 1 000 000")]
+    ClockDriftBound,
+    /// `lease_reads` without `sticky_votes`: a majority that acknowledged
+    /// the leader could elect another while the lease holds.
+    #[error("lease_reads needs sticky_votes (leader stickiness)")]
+    LeaseWithoutStickyVotes,
 }
 
 /// What is wrong with the state handed to [`RaftNode::recover`].

@@ -133,6 +133,10 @@ pub struct RequestVote {
     pub last_log_index: Index,
     /// Term of the candidate's last log entry.
     pub last_log_term: Term,
+    /// The election follows the leader's `TimeoutNow` (a leader transfer):
+    /// voters set leader stickiness aside (`Config::sticky_votes`), since
+    /// the leader itself asked for it. Always false in a pre-vote.
+    pub transfer: bool,
 }
 
 /// The answer to a `RequestVote`.

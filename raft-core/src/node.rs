@@ -104,6 +104,7 @@ impl RaftNode {
             config,
             now: Instant::ZERO,
             started: false,
+            started_at: crate::time::Instant::ZERO,
             hard: durable.hard_state,
             log,
             snapshot_data: durable.snapshot.and(snapshot_data),
@@ -145,6 +146,7 @@ impl RaftNode {
         self.shared.now = now;
         if !self.shared.started {
             self.shared.started = true;
+            self.shared.started_at = now;
             self.shared.reset_election_deadline();
         }
         match event {
@@ -157,7 +159,7 @@ impl RaftNode {
             Event::MembershipChangeRequested { id, changes } => {
                 self.on_membership_change_requested(id, changes)
             }
-            Event::ReadRequested { id } => self.on_read_requested(id),
+            Event::ReadRequested { id, mode } => self.on_read_requested(id, mode),
         }
         self.on_time_passed();
         self.follow_configuration();
@@ -308,6 +310,13 @@ impl RaftNode {
         {
             return;
         }
+        if let Message::RequestVote(m) = &message {
+            if self.shared.ignores_vote_request(m, self.is_leader()) {
+                // Leader stickiness (`Config::sticky_votes`): neither the
+                // term nor a vote, and no answer.
+                return;
+            }
+        }
         let term = message.term();
         if term == Term::MAX {
             // No correct node reaches the last term (it could never hold an
@@ -357,7 +366,7 @@ impl RaftNode {
                 use crate::election::{step_pre_candidate, PreCandidacy};
                 match step_pre_candidate(&mut self.shared, votes, candidacy, from, message) {
                     PreCandidacy::Asking => {}
-                    PreCandidacy::Stand => self.start_election(),
+                    PreCandidacy::Stand => self.start_election(false),
                     PreCandidacy::Lead => self.become_leader(),
                 }
             }
@@ -385,9 +394,9 @@ impl RaftNode {
 
     /// A read: a leader takes it, a follower forwards it to its leader
     /// (`read.rs`).
-    fn on_read_requested(&mut self, id: u64) {
+    fn on_read_requested(&mut self, id: u64, mode: crate::ReadMode) {
         match &mut self.role {
-            RoleState::Leader(leader) => leader.on_read_requested(&mut self.shared, id),
+            RoleState::Leader(leader) => leader.on_read_requested(&mut self.shared, id, mode),
             RoleState::Follower => self.shared.forward_read(id, true),
             RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
                 self.shared.forward_read(id, false)
@@ -429,6 +438,7 @@ impl RaftNode {
                         now + self.shared.config.heartbeat_interval;
                     leader.broadcast_heartbeat(&mut self.shared);
                     leader.resend_read_round(&mut self.shared);
+                    leader.renew_lease(&mut self.shared);
                 }
             }
             RoleState::Follower | RoleState::PreCandidate { .. } | RoleState::Candidate { .. } => {
@@ -443,7 +453,7 @@ impl RaftNode {
                     if self.shared.config.pre_vote {
                         self.start_pre_vote();
                     } else {
-                        self.start_election();
+                        self.start_election(false);
                     }
                 }
             }

@@ -27,13 +27,29 @@
 //!   heartbeat interval.
 //! - Reads pending when the node stops leading fail with
 //!   `ReadRefusal::NotLeader`.
+//!
+//! Lease reads (`ReadMode::Lease`, with `Config::lease_reads`, thesis
+//! §6.4.1): a confirmed round also grants a lease, from the time the round
+//! was first *sent* for `Config::lease_duration`. While it holds (and an
+//! entry of the leader's term has committed), a lease read is answered at
+//! once with the commit index; otherwise it waits for a round like any
+//! read. It rests on sticky votes (`Config::sticky_votes`): every voter
+//! that acknowledged the round ignores vote requests for an election
+//! timeout after receiving it, so no other leader can be elected before
+//! the lease ends, given clocks within the drift bound. The lease is
+//! dropped when the leader's configuration changes (it was granted by the
+//! old one's quorum), and forfeited for the rest of the term once the
+//! leader sends `TimeoutNow` (a transfer's election is exempt from
+//! stickiness). With lease reads on, every heartbeat starts a round if none
+//! is in flight, so an active leader keeps its lease.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::io::{Action, ReadRefusal};
+use crate::io::{Action, ReadMode, ReadRefusal};
 use crate::message::Message;
 use crate::role::LeaderState;
 use crate::shared::Shared;
+use crate::time::Instant;
 use crate::types::{Index, NodeId};
 
 /// A leader's reads: the rounds and the reads waiting for them.
@@ -47,6 +63,13 @@ pub(crate) struct Reads {
     /// round to start; the others for their round to be confirmed (rounds
     /// never decrease along the queue).
     pending: VecDeque<PendingRead>,
+    /// When each round not yet confirmed was first sent, oldest first.
+    sent: VecDeque<(u64, Instant)>,
+    /// The lease: reads may be answered without a round before this time,
+    /// while the configuration's latest index is the one recorded.
+    lease: Option<(Instant, Index)>,
+    /// `TimeoutNow` was sent in this term of office: no lease again.
+    lease_forfeit: bool,
 }
 
 #[derive(Debug)]
@@ -91,6 +114,14 @@ fn answer(s: &mut Shared, origin: Origin, result: Result<Index, ReadRefusal>) {
 }
 
 impl Reads {
+    /// The leader sent `TimeoutNow` (a transfer, or its own removal): the
+    /// target's election ignores sticky votes, so no lease may be trusted
+    /// again in this term.
+    pub(crate) fn forfeit_lease(&mut self) {
+        self.lease = None;
+        self.lease_forfeit = true;
+    }
+
     /// Fail every pending read: the node stopped leading (`leader_hint`:
     /// the new leader, if known).
     pub(crate) fn fail_all(&mut self, s: &mut Shared, leader_hint: Option<NodeId>) {
@@ -103,8 +134,24 @@ impl Reads {
 
 impl LeaderState {
     /// A read arrived at the leader from its caller.
-    pub(crate) fn on_read_requested(&mut self, s: &mut Shared, id: u64) {
+    pub(crate) fn on_read_requested(&mut self, s: &mut Shared, id: u64, mode: ReadMode) {
+        if mode == ReadMode::Lease && self.lease_holds(s) {
+            answer(s, Origin::Local(id), Ok(s.commit_index));
+            return;
+        }
         self.take_read(s, Origin::Local(id));
+    }
+
+    /// Whether a lease read may be answered now without a round: lease
+    /// reads are on, an entry of our term has committed, and a lease
+    /// granted under the current configuration has not expired.
+    fn lease_holds(&self, s: &Shared) -> bool {
+        s.config.lease_reads
+            && s.commit_index > self.term_start_index
+            && self
+                .reads
+                .lease
+                .is_some_and(|(until, config)| s.now < until && config == s.configs.latest_index())
     }
 
     /// A follower forwarded a read (of our term: older ones were refused
@@ -128,6 +175,20 @@ impl LeaderState {
 
     /// A voter answered a round.
     pub(crate) fn on_read_round_reply(&mut self, s: &mut Shared, from: NodeId, round: u64) {
+        let mut round = round;
+        if crate::canary::on(crate::canary::Canary::AcksKeyedByReadId) {
+            // The planted bug: the echoed label is a read's id; credit the
+            // round of the pending read with that id, whenever it arrived.
+            let by_id = self
+                .reads
+                .pending
+                .iter()
+                .rev()
+                .find(|r| matches!(r.origin, Origin::Local(id) if id == round) && r.round > 0);
+            if let Some(read) = by_id {
+                round = read.round;
+            }
+        }
         if round > self.reads.round {
             return; // a round we never started: drop
         }
@@ -147,7 +208,8 @@ impl LeaderState {
         }
         // Only once an entry of our term has committed does the commit
         // index cover everything committed before us.
-        if s.commit_index <= self.term_start_index {
+        let planted = crate::canary::on(crate::canary::Canary::ReadBeforeOwnTermCommit);
+        if s.commit_index <= self.term_start_index && !planted {
             return;
         }
         if crate::canary::on(crate::canary::Canary::ReadWithoutFreshRound) {
@@ -163,20 +225,55 @@ impl LeaderState {
         self.release_confirmed(s);
         let waiting = self.reads.pending.back().is_some_and(|r| r.round == 0);
         if waiting && self.confirmed_round(s) >= self.reads.round {
-            self.reads.round += 1;
-            let (round, index) = (self.reads.round, s.commit_index);
-            for read in self.reads.pending.iter_mut().filter(|r| r.round == 0) {
-                read.round = round;
-                read.index = index;
-            }
-            let term = s.hard.term;
-            for peer in s.voter_peers() {
-                s.send(peer, Message::ReadRound { term, round });
-            }
-            // A leader alone (or whose configuration needs no one else)
-            // confirms at once.
-            self.release_confirmed(s);
+            self.start_round(s);
         }
+    }
+
+    /// Start the next round: the reads waiting for one join it.
+    fn start_round(&mut self, s: &mut Shared) {
+        self.reads.round += 1;
+        let (round, index) = (self.reads.round, s.commit_index);
+        for read in self.reads.pending.iter_mut().filter(|r| r.round == 0) {
+            read.round = round;
+            read.index = index;
+        }
+        self.reads.sent.push_back((round, s.now));
+        let term = s.hard.term;
+        let label = self.round_label(round);
+        for peer in s.voter_peers() {
+            s.send(peer, Message::ReadRound { term, round: label });
+        }
+        // A leader alone (or whose configuration needs no one else)
+        // confirms at once.
+        self.release_confirmed(s);
+    }
+
+    /// With lease reads on, each heartbeat starts a round if none is in
+    /// flight, so that the lease is renewed while the leader leads.
+    pub(crate) fn renew_lease(&mut self, s: &mut Shared) {
+        if s.config.lease_reads
+            && !self.reads.lease_forfeit
+            && self.confirmed_round(s) >= self.reads.round
+        {
+            self.start_round(s);
+        }
+    }
+
+    /// What a round is called on the wire: its number. (The planted bug
+    /// `AcksKeyedByReadId` names it by the caller's id of its newest read
+    /// instead, and credits replies to reads by that id.)
+    fn round_label(&self, round: u64) -> u64 {
+        if crate::canary::on(crate::canary::Canary::AcksKeyedByReadId) {
+            let newest = self.reads.pending.iter().rev().find(|r| r.round == round);
+            if let Some(PendingRead {
+                origin: Origin::Local(id),
+                ..
+            }) = newest
+            {
+                return *id;
+            }
+        }
+        round
     }
 
     /// On each heartbeat: the round in flight, if any, is sent again to the
@@ -190,7 +287,8 @@ impl LeaderState {
         let term = s.hard.term;
         for peer in s.voter_peers() {
             if self.reads.acked.get(&peer).is_none_or(|&a| a < round) {
-                s.send(peer, Message::ReadRound { term, round });
+                let label = self.round_label(round);
+                s.send(peer, Message::ReadRound { term, round: label });
             }
         }
     }
@@ -211,6 +309,17 @@ impl LeaderState {
 
     fn release_confirmed(&mut self, s: &mut Shared) {
         let confirmed = self.confirmed_round(s);
+        // A confirmed round grants the lease from when it was sent.
+        while let Some(&(round, sent)) = self.reads.sent.front() {
+            if round > confirmed {
+                break;
+            }
+            self.reads.sent.pop_front();
+            if s.config.lease_reads && !self.reads.lease_forfeit {
+                let until = sent + s.config.lease_duration();
+                self.reads.lease = Some((until, s.configs.latest_index()));
+            }
+        }
         while let Some(read) = self.reads.pending.front() {
             if read.round == 0 || read.round > confirmed {
                 break;
@@ -233,6 +342,11 @@ impl Shared {
             self.out.push(Action::RejectRead { id, reason });
             return;
         };
+        if crate::canary::on(crate::canary::Canary::FollowerReadsOwnCommit) {
+            let index = self.commit_index;
+            self.out.push(Action::ReadReady { id, index });
+            return;
+        }
         if self.forwarded.pending.len() >= self.config.max_pending_reads {
             let reason = ReadRefusal::TooManyPendingReads;
             self.out.push(Action::RejectRead { id, reason });

@@ -56,6 +56,7 @@ impl RaftNode {
                 if let Some(target) = leader.most_up_to_date(s) {
                     if leader.progress[&target].match_index == last {
                         let term = s.hard.term;
+                        leader.reads.forfeit_lease();
                         s.send(target, Message::TimeoutNow { term });
                     }
                 }

@@ -60,6 +60,8 @@ pub(crate) struct Shared {
     pub(crate) now: Instant,
     /// False until the first step.
     pub(crate) started: bool,
+    /// The time of the first step (sticky votes count from it too).
+    pub(crate) started_at: Instant,
 
     // Persistent state (Figure 2), mirrored in memory.
     pub(crate) hard: HardState,
@@ -91,12 +93,14 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// A request for a vote (or a pre-vote) in `term`, naming our last log
-    /// entry for the voter's up-to-date check.
-    pub(crate) fn vote_request(&self, term: Term) -> RequestVote {
+    /// entry for the voter's up-to-date check; `transfer`: the election
+    /// follows the leader's `TimeoutNow`.
+    pub(crate) fn vote_request(&self, term: Term, transfer: bool) -> RequestVote {
         RequestVote {
             term,
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
+            transfer,
         }
     }
 

@@ -45,7 +45,7 @@ impl RaftNode {
     /// leader, so it is ignored below).
     pub(crate) fn on_timeout_now(&mut self, from: NodeId) {
         if self.shared.leader_hint == Some(from) && self.shared.is_voter() {
-            self.start_election();
+            self.start_election(true);
         }
     }
 }
@@ -107,6 +107,7 @@ impl LeaderState {
         }
         transfer.timeout_now_sent = true;
         let term = s.hard.term;
+        self.reads.forfeit_lease();
         s.send(peer, Message::TimeoutNow { term });
         report(s, Some(peer), TransferOutcome::TimeoutNowSent);
     }

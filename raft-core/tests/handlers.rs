@@ -149,6 +149,7 @@ fn rv(term: Term, last_log_index: Index, last_log_term: Term) -> Message {
         term,
         last_log_index,
         last_log_term,
+        transfer: false,
     })
 }
 
@@ -2361,6 +2362,7 @@ fn pv(term: Term, last_log_index: Index, last_log_term: Term) -> Message {
         term,
         last_log_index,
         last_log_term,
+        transfer: false,
     })
 }
 
@@ -2900,7 +2902,15 @@ fn follower_receiving_timeout_now_from_its_leader_stands_at_once_skipping_pre_vo
         (n.role(), n.term(), n.voted_for()),
         (Role::Candidate, 2, Some(1))
     );
-    let request = rv(2, 0, 0);
+    // The request says it follows the leader's TimeoutNow, so voters set
+    // leader stickiness aside.
+    let request = match rv(2, 0, 0) {
+        Message::RequestVote(m) => Message::RequestVote(RequestVote {
+            transfer: true,
+            ..m
+        }),
+        other => other,
+    };
     assert_eq!(
         actions,
         vec![

@@ -37,7 +37,7 @@
 //!
 //! | command | what it does |
 //! |---|---|
-//! | `add-nodes <n> [noop] [prevote] [notify]` | create and boot nodes 1..=n (`noop`: leaders append an empty entry on election; `prevote`: `Config::pre_vote`; `notify`: `Config::notify_commit`) |
+//! | `add-nodes <n> [noop] [prevote] [notify] [sticky] [lease]` | create and boot nodes 1..=n (`noop`: leaders append an empty entry on election; `prevote`: `Config::pre_vote`; `notify`: `Config::notify_commit`; `sticky`: `Config::sticky_votes`; `lease`: `Config::lease_reads` with sticky votes) |
 //! | `load <id> term=<t> [vote=<v>] [snap=<t>/<i>] [log=<t>,<t>,...]` | restart `<id>` from this durable state (entries after the snapshot, with these terms) |
 //! | `campaign <id>` | move the clock to `<id>`'s armed deadline and fire its timer (a follower stands for election, or with pre-vote asks for pre-votes) |
 //! | `tick-heartbeat <id>` | the same for a leader (its heartbeat or quorum check) |
@@ -47,7 +47,7 @@
 //! | `join <id>...` | create and boot nodes that know no configuration (empty `Config.members`: they join a running cluster) |
 //! | `change <id> <change>...` | ask `<id>` to change the configuration: `v<n>` add voter, `l<n>` add learner, `p<n>` promote, `d<n>` demote, `r<n>` remove, all at once |
 //! | `membership [<id>...]` | each node's effective and committed configuration |
-//! | `read <id>` | a linearizable read (ReadIndex) at `<id>` |
+//! | `read <id> [lease]` | a linearizable read at `<id>` (ReadIndex, or `lease`: `ReadMode::Lease`) |
 //! | `persist [<id>...]` | make every waiting write of these nodes (default all) durable |
 //! | `deliver-msgs [<id>...]` | deliver the queued messages to these nodes (default all), in order; messages sent meanwhile wait |
 //! | `stabilize` | persist and deliver until nothing waits |
@@ -59,7 +59,7 @@
 //! | `msgs` | list the queue |
 //! | `status [<id>...]`, `log <id>`, `progress <id>` | show nodes, a node's log, a leader's view of its followers |
 //!
-//! Hand-written messages: `vote term=<t> log=<t>/<i>`, `vote-resp term=<t>
+//! Hand-written messages: `vote term=<t> log=<t>/<i> [transfer]`, `vote-resp term=<t>
 //! granted|rejected`, `prevote term=<t> log=<t>/<i>`, `prevote-resp
 //! term=<t> granted|rejected`, `app term=<t> log=<t>/<i> commit=<c>
 //! [entries=<t>/<i>,...]`, `app-resp term=<t> index=<i>` or `app-resp
@@ -76,7 +76,7 @@ use std::path::{Path, PathBuf};
 use raft_core::{
     Action, AppendEntries, AppendEntriesReply, AppendOutcome, Config, DurableState, Entry, Event,
     HardState, Index, InstallSnapshot, InstallSnapshotReply, Instant, Message, NodeId, Persist,
-    RaftNode, RequestVote, RequestVoteReply, SnapshotMeta, Term,
+    RaftNode, ReadMode, RequestVote, RequestVoteReply, SnapshotMeta, Term,
 };
 use raft_core::{Membership, MembershipChange, Payload};
 
@@ -470,6 +470,7 @@ fn parse_message(args: &[&str]) -> Result<Message, String> {
                 term,
                 last_log_index,
                 last_log_term,
+                transfer: words.contains(&"transfer"),
             })
         }
         "vote-resp" => Message::RequestVoteReply(RequestVoteReply {
@@ -482,6 +483,7 @@ fn parse_message(args: &[&str]) -> Result<Message, String> {
                 term,
                 last_log_index,
                 last_log_term,
+                transfer: false,
             })
         }
         "prevote-resp" => Message::PreVoteReply(RequestVoteReply {
@@ -589,6 +591,8 @@ fn run_command(c: &mut Cluster, line: &str, out: &mut Out) -> Result<(), String>
                 noop_on_election: args.contains(&"noop"),
                 pre_vote: args.contains(&"prevote"),
                 notify_commit: args.contains(&"notify"),
+                sticky_votes: args.contains(&"sticky") || args.contains(&"lease"),
+                lease_reads: args.contains(&"lease"),
                 ..Config::new(1, members)
             };
             for id in first..first + n {
@@ -618,7 +622,12 @@ fn run_command(c: &mut Cluster, line: &str, out: &mut Out) -> Result<(), String>
             let id = id_arg(arg(0)?)?;
             let rid = c.next_proposal;
             c.next_proposal += 1;
-            let event = Event::ReadRequested { id: rid };
+            let mode = if args.get(1) == Some(&"lease") {
+                ReadMode::Lease
+            } else {
+                ReadMode::ReadIndex
+            };
+            let event = Event::ReadRequested { id: rid, mode };
             c.step(id, event.clone(), format!("{id}: {event}"), out)?;
         }
         "membership" => {

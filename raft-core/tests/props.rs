@@ -500,6 +500,7 @@ impl FollowerHarness {
                     term: view.term + u64::from(next_term),
                     last_log_index: last,
                     last_log_term: view.term_at(last),
+                    transfer: false,
                 });
                 self.step(Event::MessageReceived { from: 3, message })?;
             }

@@ -818,6 +818,7 @@ fn commit_makes_a_batch_durable_and_hands_back_what_waited() {
             term,
             last_log_index: 0,
             last_log_term: 0,
+            transfer: false,
         })
     };
     let batch: Vec<Persist> = (1..=3)
