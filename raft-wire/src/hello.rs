@@ -10,11 +10,13 @@
 use raft_core::NodeId;
 use serde::{Deserialize, Serialize};
 
-/// The protocol version this crate speaks: 2 since membership change
-/// (entries carry configurations, `InstallSnapshot` the configuration at its
-/// index, clients send admin requests and get member lists in status). A
-/// peer or client of another version is refused at the hello.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// The protocol version this crate speaks: 3 since reads without the log
+/// (`ReadRound`/`ReadIndex` messages, `RequestVote::transfer`, sessionless
+/// client reads); 2 was membership change (entries carry configurations,
+/// `InstallSnapshot` the configuration at its index, clients send admin
+/// requests and get member lists in status). A peer or client of another
+/// version is refused at the hello.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest frame accepted before the hello: the one frame a stranger can
 /// send, and a hello is a few varints.
