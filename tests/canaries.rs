@@ -1,6 +1,7 @@
 //! Every planted bug (`kv_core::canary::Planted`: the Raft core's and the KV
 //! service's) is caught: each canary is
-//! switched on in turn, and the hunt runs, cheapest first, the Raft lab suite
+//! switched on in turn, and the hunt runs, cheapest first, the bare-node
+//! read scenarios (deterministic: one run), the Raft lab suite
 //! over a few seeds, then the membership and read scenarios, then chaos seeds, then
 //! the KV lab suite, until some check fails. The test fails if any canary survives every run in its budget, and
 //! prints, for each, what caught it and the command that replays the catch.
@@ -61,21 +62,27 @@ fn lab_run(body: lab_tests::Body, seed: u64) -> Option<String> {
 }
 
 fn hunt(c: Planted) -> Option<Catch> {
-    let lab = |suite: &str, tests: &[(&str, lab_tests::Body)], seeds: u64| {
+    // `suite` names the test binary; `module` the module its tests sit in
+    // there ("" for the top level).
+    let lab_in = |suite: &str, module: &str, tests: &[(&str, lab_tests::Body)], seeds: u64| {
         (1..=seeds).find_map(|seed| {
             tests.iter().find_map(|&(name, body)| {
                 lab_run(body, seed).map(|check| Catch {
-                    run: format!("{suite} {name}"),
+                    run: format!("{suite} {module}{name}"),
                     seed,
                     check,
                     replay: format!(
-                        "SIM_CANARY={c} SIM_SEED={seed} cargo test --release -p lab-tests --test {suite} -- --exact {name}"
+                        "SIM_CANARY={c} SIM_SEED={seed} cargo test --release -p lab-tests --test {suite} -- --exact {module}{name}"
                     ),
                 })
             })
         })
     };
-    lab("raft", &lab_tests::raft::tests::<driver_sim::Cfg>(), RAFT_SEEDS)
+    let lab = |suite: &str, tests: &[(&str, lab_tests::Body)], seeds: u64| {
+        lab_in(suite, "", tests, seeds)
+    };
+    lab_in("reads", "core_reads::", &lab_tests::core_reads::tests(), 1)
+        .or_else(|| lab("raft", &lab_tests::raft::tests::<driver_sim::Cfg>(), RAFT_SEEDS))
         .or_else(|| lab("membership", &lab_tests::membership::tests(), MEMBERSHIP_SEEDS))
         .or_else(|| lab("reads", &lab_tests::reads::tests(), READS_SEEDS))
         .or_else(|| {

@@ -32,3 +32,9 @@ pub mod membership;
 /// Read scenarios (issue 13): ReadIndex, follower reads.
 #[path = "suites/reads.rs"]
 pub mod reads;
+
+/// Read scenarios on bare Raft nodes with exact timing (issue 13): own-term
+/// commit, delayed round replies, leases under drift and without sticky
+/// votes.
+#[path = "suites/core_reads.rs"]
+pub mod core_reads;

@@ -26,3 +26,34 @@ read_tests!(
     partitioned_leader_never_answers_reads,
     follower_reads_see_every_acknowledged_write,
 );
+
+/// The bare-node read scenarios (`lab_tests::core_reads`): deterministic,
+/// seedless.
+mod core_reads {
+    use driver_sim::run_test;
+
+    macro_rules! core_read_tests {
+        ($($name:ident),* $(,)?) => {
+            $(
+                #[test]
+                fn $name() {
+                    run_test(stringify!($name), lab_tests::core_reads::$name);
+                }
+            )*
+            /// The registry names exactly the tests above, in order.
+            #[test]
+            fn registry_matches_the_tests() {
+                let names: Vec<&str> =
+                    lab_tests::core_reads::tests().iter().map(|(n, _)| *n).collect();
+                assert_eq!(names, [$(stringify!($name)),*]);
+            }
+        };
+    }
+
+    core_read_tests!(
+        read_waits_for_the_new_leaders_own_term_commit,
+        delayed_round_replies_never_confirm_a_later_read,
+        lease_reads_stop_before_a_new_leader_can_be_elected,
+        lease_reads_need_sticky_votes,
+    );
+}

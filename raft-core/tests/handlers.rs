@@ -15,7 +15,7 @@ use raft_core::{
     Persist, ProgressState, RaftNode, RejectReason, RequestVote, RequestVoteReply, Role, Snapshot,
     SnapshotMeta, Term, TransferAbort, TransferOutcome,
 };
-use raft_core::{Membership, Payload};
+use raft_core::{ConfigError, Membership, Payload};
 
 // ----- helpers ---------------------------------------------------------------
 
@@ -1818,6 +1818,30 @@ fn invalid_configs_are_refused() {
     let mut c = config(1, 3);
     c.max_inflight_appends = 0;
     assert!(bad(c));
+    // Lease reads rest on sticky votes, and a clock-rate bound below 100%.
+    let mut c = config(1, 3);
+    c.lease_reads = true;
+    assert_eq!(
+        c.validate(),
+        Err(Error::InvalidConfig(ConfigError::LeaseWithoutStickyVotes))
+    );
+    c.sticky_votes = true;
+    assert_eq!(c.validate(), Ok(()));
+    c.max_clock_drift_ppm = 1_000_000;
+    assert_eq!(
+        c.validate(),
+        Err(Error::InvalidConfig(ConfigError::ClockDriftBound))
+    );
+}
+
+#[test]
+fn the_lease_is_shorter_than_the_minimum_election_timeout_by_the_drift_bound() {
+    let mut c = config(1, 3);
+    c.max_clock_drift_ppm = 50_000;
+    // 300 ms × 0.95 / 1.05
+    assert_eq!(c.lease_duration(), Duration::from_nanos(271_428_571));
+    c.max_clock_drift_ppm = 0;
+    assert_eq!(c.lease_duration(), c.election_timeout_min);
 }
 
 // ----- peer input that must not panic -----------------------------------------
