@@ -25,6 +25,10 @@ macro_rules! read_tests {
 read_tests!(
     partitioned_leader_never_answers_reads,
     follower_reads_see_every_acknowledged_write,
+    lease_reads_on_a_cut_off_leader_stop_in_time,
+    read_index_reads_during_replacement_and_transfers,
+    lease_reads_during_replacement_and_transfers,
+    learner_reads_see_every_acknowledged_write,
 );
 
 /// The bare-node read scenarios (`lab_tests::core_reads`): deterministic,

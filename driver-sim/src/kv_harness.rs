@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use kv_core::{
     AdminReply, AdminRequest, Clerk, Command, KvServer, MemberAddrs, MemberList, MemberRole, Op,
-    Refusal, Reply, ServerAction, ServerConfig, ServerEvent,
+    ReadPolicy, Refusal, Reply, ServerAction, ServerConfig, ServerEvent,
 };
 use raft_core::{Config, Instant, Message, NodeId};
 
@@ -102,6 +102,8 @@ struct World {
     clock_epochs: Vec<u64>,
     /// Whether servers serve follower reads (`ServerConfig::follower_reads`).
     follower_reads: bool,
+    /// How servers serve Gets (`ServerConfig::read_policy`).
+    read_policy: ReadPolicy,
     /// The bound the clocks' rates are drawn within.
     drift: ClockDrift,
     persisters: Vec<Persister>,
@@ -186,6 +188,9 @@ impl KvHarness for KvCfg {
             let members = w.members[i].clone();
             let mut config = ServerConfig::new(Config::new(i as u64, members), w.max_raft_state);
             config.follower_reads = w.follower_reads;
+            config.read_policy = w.read_policy;
+            let bound = u32::try_from(w.drift.max_ppm).unwrap_or(u32::MAX);
+            config.raft.max_clock_drift_ppm = config.raft.max_clock_drift_ppm.max(bound);
             let seed = with_rng(|r| r.next_u64());
             let server = KvServer::recover(config, seed, state, snapshot)
                 .expect("a server recovers from what it persisted");
@@ -297,6 +302,20 @@ impl KvCfg {
         max_raft_state: Option<usize>,
         drift: ClockDrift,
     ) -> KvCfg {
+        KvCfg::with_reads(n, unreliable, max_raft_state, drift, ReadPolicy::default())
+    }
+
+    /// [`KvCfg::with_drift`] with every server serving Gets by
+    /// `read_policy` (with [`ReadPolicy::Lease`], the lease's clock bound,
+    /// `raft_core::Config::max_clock_drift_ppm`, is set to `drift`'s when
+    /// that is larger than the default).
+    pub fn with_reads(
+        n: usize,
+        unreliable: bool,
+        max_raft_state: Option<usize>,
+        drift: ClockDrift,
+        read_policy: ReadPolicy,
+    ) -> KvCfg {
         let world = World {
             n,
             slots: (0..n).map(|_| None).collect(),
@@ -306,6 +325,7 @@ impl KvCfg {
             clocks: with_rng(|r| crate::clock::draw_clocks(n, now(), drift, r)),
             clock_epochs: vec![0; n],
             follower_reads: false,
+            read_policy,
             drift,
             persisters: vec![Persister::new(); n],
             links: vec![vec![false; n]; n],
@@ -505,7 +525,7 @@ impl KvCfg {
     }
 
     /// [`KvCfg::admin`], which must answer `Done`.
-    async fn admin_done(&self, ck: &SimClerk, request: AdminRequest) {
+    pub async fn admin_done(&self, ck: &SimClerk, request: AdminRequest) {
         let reply = self.admin(ck, request.clone()).await;
         assert_eq!(reply, AdminReply::Done, "the answer to {request:?}");
     }

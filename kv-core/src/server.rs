@@ -675,6 +675,9 @@ impl KvServer {
                                 self.peers_version += 1;
                             }
                         }
+                        // Confirmed reads waiting for the store to reach
+                        // their read index.
+                        self.serve_ready_reads(out);
                         if let Some(event) = self.snapshot_if_due() {
                             queue.push_back(event);
                         }
