@@ -56,6 +56,7 @@ mod core_reads {
 
     core_read_tests!(
         read_waits_for_the_new_leaders_own_term_commit,
+        lease_read_waits_for_the_new_leaders_own_term_commit,
         delayed_round_replies_never_confirm_a_later_read,
         lease_reads_stop_before_a_new_leader_can_be_elected,
         lease_reads_need_sticky_votes,

@@ -291,6 +291,19 @@ impl KvHarness for KvCfg {
     }
 }
 
+/// The read policy the KV suites run with: `SIM_READ_POLICY` (`log`,
+/// `read-index` or `lease`), else the service's default (ReadIndex). For
+/// comparing the suites' figures across policies on the same seeds.
+pub fn read_policy_from_env() -> ReadPolicy {
+    match std::env::var("SIM_READ_POLICY").as_deref() {
+        Err(_) | Ok("") => ReadPolicy::default(),
+        Ok("log") => ReadPolicy::Log,
+        Ok("read-index") => ReadPolicy::ReadIndex,
+        Ok("lease") => ReadPolicy::Lease,
+        Ok(other) => panic!("SIM_READ_POLICY={other:?}: expected log, read-index or lease"),
+    }
+}
+
 impl KvCfg {
     /// `make_config(n, unreliable, maxraftstate)` with every server's clock
     /// drifting within `drift`: each runs at its own rate, drawn uniformly
@@ -302,7 +315,7 @@ impl KvCfg {
         max_raft_state: Option<usize>,
         drift: ClockDrift,
     ) -> KvCfg {
-        KvCfg::with_reads(n, unreliable, max_raft_state, drift, ReadPolicy::default())
+        KvCfg::with_reads(n, unreliable, max_raft_state, drift, read_policy_from_env())
     }
 
     /// [`KvCfg::with_drift`] with every server serving Gets by

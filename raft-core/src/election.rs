@@ -264,14 +264,25 @@ impl Shared {
     /// term, or started, within the minimum election timeout (`leading`:
     /// we lead, and ignore it too). A transfer's election is exempt.
     pub(crate) fn ignores_vote_request(&self, m: &RequestVote, leading: bool) -> bool {
-        if !self.config.sticky_votes || m.transfer || m.term <= self.hard.term {
+        m.term > self.hard.term && (leading || self.refuses_votes(m))
+    }
+
+    /// With `Config::sticky_votes`: no vote may be granted now, in any term
+    /// (thesis §4.2.3), because we heard from a leader, or started, within
+    /// the minimum election timeout. Checked on the grant itself, not only
+    /// on the term: a node may have adopted a newer term without voting
+    /// (from a reply to one of its old requests), and a vote in that term
+    /// would still help elect a leader while a lease we acknowledged holds.
+    /// A transfer's election is exempt.
+    pub(crate) fn refuses_votes(&self, m: &RequestVote) -> bool {
+        if !self.config.sticky_votes || m.transfer {
             return false;
         }
         if crate::canary::on(crate::canary::Canary::LeaseWithoutStickyVotes) {
             return false;
         }
         let recent = |t: Instant| self.now < t + self.config.election_timeout_min;
-        leading || recent(self.started_at) || self.leader_contact.is_some_and(recent)
+        recent(self.started_at) || self.leader_contact.is_some_and(recent)
     }
 
     /// We heard from the leader of our term within the minimum election

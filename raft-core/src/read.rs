@@ -229,13 +229,20 @@ impl LeaderState {
         }
     }
 
-    /// Start the next round: the reads waiting for one join it.
+    /// Start the next round: the reads waiting for one join it, once an
+    /// entry of our term has committed (before that they keep waiting: our
+    /// commit index may be behind, and a lease renewal may start a round
+    /// that early).
     fn start_round(&mut self, s: &mut Shared) {
         self.reads.round += 1;
         let (round, index) = (self.reads.round, s.commit_index);
-        for read in self.reads.pending.iter_mut().filter(|r| r.round == 0) {
-            read.round = round;
-            read.index = index;
+        if s.commit_index > self.term_start_index
+            || crate::canary::on(crate::canary::Canary::ReadBeforeOwnTermCommit)
+        {
+            for read in self.reads.pending.iter_mut().filter(|r| r.round == 0) {
+                read.round = round;
+                read.index = index;
+            }
         }
         self.reads.sent.push_back((round, s.now));
         let term = s.hard.term;

@@ -170,11 +170,16 @@ impl Shared {
 
     /// Answer a vote request of the current term. Only a follower may grant
     /// (`may_grant`): a candidate or leader has voted for itself. A grant
-    /// needs that we have not voted for someone else this term and that the
-    /// candidate's log is at least as up-to-date as ours (§5.4.1).
+    /// needs that we have not voted for someone else this term, that the
+    /// candidate's log is at least as up-to-date as ours (§5.4.1), and,
+    /// with sticky votes, that no leader reached us within the minimum
+    /// election timeout (`Shared::refuses_votes`).
     pub(crate) fn on_request_vote(&mut self, from: NodeId, m: RequestVote, may_grant: bool) {
         let free = self.hard.voted_for.is_none_or(|v| v == from);
-        let grant = may_grant && free && self.log.is_up_to_date(m.last_log_index, m.last_log_term);
+        let grant = may_grant
+            && free
+            && !self.refuses_votes(&m)
+            && self.log.is_up_to_date(m.last_log_index, m.last_log_term);
         if grant {
             if self.hard.voted_for != Some(from) {
                 self.hard.voted_for = Some(from);
