@@ -264,7 +264,8 @@ impl Shared {
     /// term, or started, within the minimum election timeout (`leading`:
     /// we lead, and ignore it too). A transfer's election is exempt.
     pub(crate) fn ignores_vote_request(&self, m: &RequestVote, leading: bool) -> bool {
-        m.term > self.hard.term && (leading || self.refuses_votes(m))
+        let sticky = self.config.sticky_votes && !m.transfer;
+        sticky && m.term > self.hard.term && (leading || self.refuses_votes(m))
     }
 
     /// With `Config::sticky_votes`: no vote may be granted now, in any term
