@@ -1,8 +1,8 @@
 //! Every planted bug (`kv_core::canary::Planted`: the Raft core's and the KV
 //! service's) is caught: each canary is
-//! switched on in turn, and the hunt runs, cheapest first, the bare-node
-//! read scenarios (deterministic: one run), the Raft lab suite
-//! over a few seeds, then the membership and read scenarios, then chaos seeds, then
+//! switched on in turn, and the hunt runs, cheapest first, the Raft lab
+//! suite over a few seeds, the bare-node read scenarios (deterministic: one
+//! run), then the membership and read scenarios, then chaos seeds, then
 //! the KV lab suite, until some check fails. The test fails if any canary survives every run in its budget, and
 //! prints, for each, what caught it and the command that replays the catch.
 //!
@@ -81,8 +81,8 @@ fn hunt(c: Planted) -> Option<Catch> {
     let lab = |suite: &str, tests: &[(&str, lab_tests::Body)], seeds: u64| {
         lab_in(suite, "", tests, seeds)
     };
-    lab_in("reads", "core_reads::", &lab_tests::core_reads::tests(), 1)
-        .or_else(|| lab("raft", &lab_tests::raft::tests::<driver_sim::Cfg>(), RAFT_SEEDS))
+    lab("raft", &lab_tests::raft::tests::<driver_sim::Cfg>(), RAFT_SEEDS)
+        .or_else(|| lab_in("reads", "core_reads::", &lab_tests::core_reads::tests(), 1))
         .or_else(|| lab("membership", &lab_tests::membership::tests(), MEMBERSHIP_SEEDS))
         .or_else(|| lab("reads", &lab_tests::reads::tests(), READS_SEEDS))
         .or_else(|| {

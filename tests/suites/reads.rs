@@ -90,7 +90,8 @@ pub async fn follower_reads_see_every_acknowledged_write() {
     cfg.connect_client(&reader, &[follower]);
     for i in 1..=20 {
         cfg.put(&ck, "k", &i.to_string(), 0).await;
-        assert_eq!(cfg.get(&reader, "k", 1).await, i.to_string());
+        let got = cfg.get(&reader, "k", 1).await;
+        assert_eq!(got, i.to_string(), "stale read: missed an acknowledged write");
     }
     cfg.end();
 }
@@ -256,7 +257,8 @@ pub async fn learner_reads_see_every_acknowledged_write() {
     let started = now();
     for i in 1..=20 {
         cfg.put(&ck, "k", &i.to_string(), 0).await;
-        assert_eq!(cfg.get(&reader, "k", 1).await, i.to_string());
+        let got = cfg.get(&reader, "k", 1).await;
+        assert_eq!(got, i.to_string(), "stale read: missed an acknowledged write");
     }
     // Each read waits at most for the learner to hear of the commit (a
     // heartbeat interval): no read waits for a clerk's retry.
