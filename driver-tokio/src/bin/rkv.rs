@@ -487,7 +487,7 @@ async fn status(target: &Target) -> Result<(), String> {
         rows.push((addr, result));
     }
     println!(
-        "{:<5} {:<22} {:<10} {:>5} {:>7} {:>10} {:>10} {:>10} {:>9}  {:<8} {:>10}  {}",
+        "{:<5} {:<22} {:<10} {:>5} {:>7} {:>10} {:>10} {:>10} {:>9}  {:<8} {:>10}  reads",
         "node",
         "address",
         "role",
@@ -499,7 +499,6 @@ async fn status(target: &Target) -> Result<(), String> {
         "snapshot",
         "member",
         "match",
-        "reads"
     );
     for (addr, result) in rows {
         match result {
