@@ -5,8 +5,14 @@
 //! the waiting client gets the outcome; if a different entry lands there, or
 //! this node loses leadership or moves to a new term first, the client is
 //! told `WrongLeader` and retries elsewhere (the session table makes the retry
-//! safe). Gets go through the log too, so a minority or deposed leader never
-//! answers one.
+//! safe). Gets are served without the log by default ([`ReadPolicy`]):
+//! through a ReadIndex round (or the leader's lease) confirming that this
+//! node still leads, then from the store once it has applied through the
+//! read index, so a minority or deposed leader never answers one;
+//! [`ReadPolicy::Log`] sends them through the log like writes. Sessionless
+//! reads ([`ServerEvent::ReadReceived`]) never touch the log; with
+//! [`ReadConsistency::Local`] they are answered from this node's state as it
+//! is (possibly stale).
 //!
 //! Administrative requests ([`ServerEvent::AdminReceived`], see
 //! [`crate::admin`]) change the membership, hand leadership over or list the
