@@ -29,6 +29,9 @@ pub enum Choice {
     /// The operator asks the first node (offered only to leaders) to
     /// remove the second from the configuration.
     RemoveMember(u8, u8),
+    /// A client asks the node for a linearizable read (ReadIndex; a
+    /// follower forwards it to its leader).
+    Read(u8),
 }
 
 impl fmt::Display for Choice {
@@ -42,6 +45,7 @@ impl fmt::Display for Choice {
             Choice::Propose(n) => write!(f, "propose:{n}"),
             Choice::Crash(n) => write!(f, "crash:{n}"),
             Choice::RemoveMember(n, m) => write!(f, "remove:{n}.{m}"),
+            Choice::Read(n) => write!(f, "read:{n}"),
         }
     }
 }
@@ -62,6 +66,7 @@ impl FromStr for Choice {
             "persist" => Choice::CompletePersist(arg.parse().map_err(bad)?),
             "propose" => Choice::Propose(arg.parse().map_err(bad)?),
             "crash" => Choice::Crash(arg.parse().map_err(bad)?),
+            "read" => Choice::Read(arg.parse().map_err(bad)?),
             "remove" => {
                 let (n, m) = arg
                     .split_once('.')
@@ -102,6 +107,7 @@ mod tests {
             Choice::Propose(1),
             Choice::Crash(2),
             Choice::RemoveMember(0, 2),
+            Choice::Read(1),
         ];
         assert_eq!(parse_trace(&format_trace(&trace)).unwrap(), trace);
         assert!(parse_trace("fly:1").is_err());

@@ -89,6 +89,9 @@ impl Committed {
 pub(crate) struct History {
     /// Who led each term.
     leaders: BTreeMap<Term, NodeId>,
+    /// Reads asked and not yet answered: (node, read id) -> the highest
+    /// index any node had counted committed when the read was asked.
+    reads: BTreeMap<(usize, u64), Index>,
     /// Every entry any node has counted committed, by index.
     committed: BTreeMap<Index, Committed>,
     /// Granted votes that reached the network: (voter, term) -> candidate.
@@ -102,6 +105,44 @@ pub(crate) struct History {
 }
 
 impl History {
+    /// A client asked node `n` for read `id`.
+    pub(crate) fn on_read_requested(&mut self, n: usize, id: u64) {
+        let needed = self.committed.keys().next_back().copied().unwrap_or(0);
+        self.reads.insert((n, id), needed);
+    }
+
+    /// Node `n` answered read `id` with its read index: it must cover every
+    /// entry counted committed before the read was asked (a write
+    /// acknowledged before then would otherwise be missing from it).
+    pub(crate) fn on_read_ready(
+        &mut self,
+        n: usize,
+        id: u64,
+        index: Index,
+    ) -> Result<(), Violation> {
+        let Some(needed) = self.reads.remove(&(n, id)) else {
+            return Err(Violation::new(format!(
+                "node {n} answered read r{id}, which it was not asked or had answered"
+            )));
+        };
+        if index < needed {
+            return Err(Violation::new(format!(
+                "stale read: node {n} answered read r{id} at index {index}, but index {needed} had committed before it was asked"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Node `n` refused read `id` (or failed it).
+    pub(crate) fn on_read_refused(&mut self, n: usize, id: u64) -> Result<(), Violation> {
+        match self.reads.remove(&(n, id)) {
+            Some(_) => Ok(()),
+            None => Err(Violation::new(format!(
+                "node {n} refused read r{id}, which it was not asked or had answered"
+            ))),
+        }
+    }
+
     /// A message leaves node `from`, whose durable image is `image`.
     pub(crate) fn on_send(
         &mut self,
@@ -227,6 +268,8 @@ impl History {
     /// Node `n` restarts: its service starts over.
     pub(crate) fn on_crash(&mut self, n: usize) {
         self.applied[n] = 0;
+        // Its reads die with it, unanswered.
+        self.reads.retain(|&(m, _), _| m != n);
     }
 }
 

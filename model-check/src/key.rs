@@ -65,6 +65,7 @@ struct WorldKey<'a> {
     proposals: u8,
     crashes: u8,
     changes: u8,
+    reads: u8,
     history: &'a History,
 }
 
@@ -78,6 +79,7 @@ impl World {
             proposals: self.proposals,
             crashes: self.crashes,
             changes: self.changes,
+            reads: self.reads,
             history: &self.history,
         };
         postcard::to_allocvec(&key).expect("keys encode")

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! model-check --depth D [--max-states N] [--crash | --crashes C] [--proposals K]
-//!             [--no-drop] [--dup] [--pre-vote] [--membership] [--threads T] [--keep-going N] [--from TRACE]
+//!             [--no-drop] [--dup] [--pre-vote] [--membership] [--reads R] [--threads T] [--keep-going N] [--from TRACE]
 //!             [--canary NAME]   (with `--features canaries`)
 //! model-check --replay "timer:0 persist:0 deliver:1 ..." [--crash ...]
 //! ```
@@ -15,7 +15,7 @@ use model_check::{explore, format_trace, parse_trace, Limits, Options, Stats, Wo
 use raft_core::canary::Canary;
 
 const USAGE: &str = "usage: model-check --depth D [--max-states N] [--crash | --crashes C] \
-[--proposals K] [--no-drop] [--dup] [--pre-vote] [--membership] [--threads T] [--keep-going N] [--from TRACE] \
+[--proposals K] [--no-drop] [--dup] [--pre-vote] [--membership] [--reads R] [--threads T] [--keep-going N] [--from TRACE] \
 [--canary NAME]\n       \
 model-check --replay TRACE [same environment flags as the search that found it]";
 
@@ -45,6 +45,7 @@ fn parse_args() -> Result<Args, String> {
             "--dup" => opts.limits.duplicates = true,
             "--pre-vote" => opts.limits.pre_vote = true,
             "--membership" => opts.limits.membership = true,
+            "--reads" => opts.limits.max_reads = small(number(value("--reads")?)?)?,
             "--threads" => opts.threads = number(value("--threads")?)?.max(1) as usize,
             "--keep-going" => opts.max_violations = number(value("--keep-going")?)? as usize,
             "--replay" => replay = Some(value("--replay")?),
@@ -191,6 +192,9 @@ fn flags(l: Limits) -> String {
     }
     if l.pre_vote {
         s += " --pre-vote";
+    }
+    if l.max_reads > 0 {
+        s += &format!(" --reads {}", l.max_reads);
     }
     if l.membership {
         s += " --membership";

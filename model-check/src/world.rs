@@ -58,6 +58,10 @@ pub struct Limits {
     /// node (any of the three, the leader too) from the configuration
     /// (`Choice::RemoveMember`; a refused request may be made again).
     pub membership: bool,
+    /// Client reads in one trace (`Choice::Read`, at any node): each read
+    /// answered must cover every entry any node had counted committed when
+    /// it was asked.
+    pub max_reads: u8,
 }
 
 impl Default for Limits {
@@ -70,6 +74,7 @@ impl Default for Limits {
             canary: None,
             pre_vote: false,
             membership: false,
+            max_reads: 0,
         }
     }
 }
@@ -170,6 +175,8 @@ pub struct World {
     pub(crate) crashes: u8,
     /// Membership changes a leader took (at most one).
     pub(crate) changes: u8,
+    /// Client reads asked.
+    pub(crate) reads: u8,
     pub(crate) history: History,
     /// The cluster safety checker every harness runs (`raft_testkit`),
     /// shared until a step changes it. Not part of the state's identity: it
@@ -207,6 +214,7 @@ impl World {
             proposals: 0,
             crashes: 0,
             changes: 0,
+            reads: 0,
             history: History::default(),
             safety: Rc::default(),
             safety_violation: None,
@@ -288,6 +296,9 @@ impl World {
             if self.crashes < self.limits.max_crashes {
                 out.push(Choice::Crash(id));
             }
+            if self.reads < self.limits.max_reads {
+                out.push(Choice::Read(id));
+            }
             if self.limits.membership && self.changes == 0 && self.node(n).is_leader() {
                 for target in 0..NODES as u8 {
                     out.push(Choice::RemoveMember(id, target));
@@ -341,6 +352,14 @@ impl World {
                 self.step(usize::from(id), event)?;
             }
             Choice::Crash(id) => self.crash(usize::from(id))?,
+            Choice::Read(id) => {
+                self.reads += 1;
+                let read = u64::from(self.reads);
+                let n = usize::from(id);
+                self.history.on_read_requested(n, read);
+                let mode = raft_core::ReadMode::ReadIndex;
+                self.step(n, Event::ReadRequested { id: read, mode })?;
+            }
             Choice::RemoveMember(id, target) => {
                 let n = usize::from(id);
                 let before = self.node(n).membership().clone();
@@ -404,6 +423,7 @@ impl World {
             Choice::Propose(n) => format!("a client proposes c{} to n{n}", self.proposals + 1),
             Choice::Crash(n) => format!("n{n} crashes and restarts from its image"),
             Choice::RemoveMember(n, m) => format!("the operator asks n{n} to remove n{m}"),
+            Choice::Read(n) => format!("a client asks n{n} for read r{}", self.reads + 1),
         }
     }
 
@@ -537,9 +557,9 @@ impl World {
             | Action::LeadershipTransfer { .. }
             | Action::AcceptMembershipChange { .. }
             | Action::RejectMembershipChange { .. }
-            | Action::MembershipChanged { .. }
-            | Action::ReadReady { .. }
-            | Action::RejectRead { .. } => {}
+            | Action::MembershipChanged { .. } => {}
+            Action::ReadReady { id, index } => self.history.on_read_ready(n, id, index)?,
+            Action::RejectRead { id, .. } => self.history.on_read_refused(n, id)?,
         }
         Ok(())
     }

@@ -105,6 +105,23 @@ fn every_state_within_seven_choices_of_a_new_leader_is_safe() {
     assert!(c.applied >= 1 && c.leader_term >= 2, "{c:?}");
 }
 
+/// Reads (`--reads`): around the state where node 0 has just won term 1,
+/// two client reads may be asked of any node (a follower forwards its read
+/// to the leader) between replicating and committing an entry; every read
+/// answered covers every entry counted committed before it was asked.
+#[test]
+fn every_state_within_seven_choices_of_a_new_leader_with_reads_is_safe() {
+    let limits = Limits {
+        drops: false,
+        max_reads: 2,
+        max_proposals: 1,
+        ..Limits::default()
+    };
+    let prefix = drive(limits, ELECT_N0);
+    let report = search_from(7, limits, prefix, "--no-drop --reads 2 --proposals 1 ");
+    assert_safe(&report, 7);
+}
+
 /// One membership change (`--membership`): after node 0 has won term 1 and
 /// committed an entry of it, the operator may ask it to remove any node,
 /// itself included, and every state within eight more choices is safe,

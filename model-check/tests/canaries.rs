@@ -191,3 +191,44 @@ fn a_change_before_the_leaders_own_entry_commits() {
         "own-term commit before a change",
     );
 }
+
+/// A follower answering a read from its own commit index (`--reads`): once
+/// node 0 has won term 1, the search proposes, commits on node 1's
+/// acknowledgement, and asks node 2 (which has not heard of the commit)
+/// for a read: the read misses the committed entry.
+#[test]
+fn a_follower_reading_its_own_commit_index() {
+    let limits = |canary| Limits {
+        canary,
+        drops: false,
+        max_reads: 1,
+        max_proposals: 1,
+        ..Limits::default()
+    };
+    // Node 0 leads term 1; node 1 takes a proposal, and both have it
+    // durable: node 0 is one step from counting it committed.
+    let stage: Vec<&[&str]> = ELECT_N0
+        .iter()
+        .copied()
+        .chain([
+            &["deliver", "n0 -> n1 AppendEntries"][..],
+            &["deliver", "n1 -> n0 AppendEntriesReply"][..],
+            &["propose:0"][..],
+            &["deliver", "n0 -> n1 AppendEntries"][..],
+            &["persist:1"][..],
+            &["persist:0"][..],
+        ])
+        .collect();
+    let search = |canary| {
+        let opts = Options {
+            depth: 4,
+            limits: limits(canary),
+            threads: 2,
+            prefix: drive(limits(canary), &stage),
+            ..Options::default()
+        };
+        explore(&opts, &mut |_| {})
+    };
+    assert!(search(None).violations.is_empty(), "the control run broke");
+    caught(&search(Some(Canary::FollowerReadsOwnCommit)), "stale read");
+}

@@ -108,7 +108,9 @@ fn answer(s: &mut Shared, origin: Origin, result: Result<Index, ReadRefusal>) {
         Origin::Remote(to, ctx) => {
             let term = s.hard.term;
             let index = result.ok();
-            s.send(to, Message::ReadIndexReply { term, ctx, index });
+            // Durable first: a leader stepping down fails its reads in a
+            // term that may still be on its way to disk.
+            s.send_durable(to, Message::ReadIndexReply { term, ctx, index });
         }
     }
 }
@@ -363,7 +365,8 @@ impl Shared {
         let ctx = self.forwarded.next_ctx;
         let term = self.hard.term;
         self.forwarded.pending.insert(ctx, (id, term, self.now));
-        self.send(leader, Message::ReadIndex { term, ctx });
+        // It names our term, which may still be on its way to disk.
+        self.send_durable(leader, Message::ReadIndex { term, ctx });
     }
 
     /// The leader answered a forwarded read (of our term).

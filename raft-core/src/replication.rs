@@ -285,7 +285,7 @@ impl Shared {
                     ctx,
                     index: None,
                 };
-                self.send(from, reply);
+                self.send_durable(from, reply);
             }
             Message::ReadRoundReply { .. } => {}
             Message::RequestVoteReply(_)

@@ -91,7 +91,11 @@ pub async fn follower_reads_see_every_acknowledged_write() {
     for i in 1..=20 {
         cfg.put(&ck, "k", &i.to_string(), 0).await;
         let got = cfg.get(&reader, "k", 1).await;
-        assert_eq!(got, i.to_string(), "stale read: missed an acknowledged write");
+        assert_eq!(
+            got,
+            i.to_string(),
+            "stale read: missed an acknowledged write"
+        );
     }
     cfg.end();
 }
@@ -258,7 +262,11 @@ pub async fn learner_reads_see_every_acknowledged_write() {
     for i in 1..=20 {
         cfg.put(&ck, "k", &i.to_string(), 0).await;
         let got = cfg.get(&reader, "k", 1).await;
-        assert_eq!(got, i.to_string(), "stale read: missed an acknowledged write");
+        assert_eq!(
+            got,
+            i.to_string(),
+            "stale read: missed an acknowledged write"
+        );
     }
     // Each read waits at most for the learner to hear of the commit (a
     // heartbeat interval): no read waits for a clerk's retry.
