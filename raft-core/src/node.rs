@@ -66,7 +66,11 @@ impl RaftNode {
 
     /// A node restarting from what its driver loaded from storage: the
     /// durable image built from its `Persist` actions, and the bytes of the
-    /// snapshot it names (required when it names one).
+    /// snapshot it names (required when it names one). Give every
+    /// incarnation of a node its own `seed` (from entropy, or a simulation's
+    /// generator): besides its election timeouts, it picks where the
+    /// numbering of the reads it forwards starts, so that a reply to a read
+    /// forwarded by an earlier incarnation cannot answer a later one.
     pub fn recover(
         config: Config,
         seed: u64,
@@ -110,7 +114,7 @@ impl RaftNode {
             snapshot_data: durable.snapshot.and(snapshot_data),
             leader_hint: None,
             leader_contact: None,
-            forwarded: crate::read::Forwarded::default(),
+            forwarded: crate::read::Forwarded::new(seed),
             commit_index: meta.index,
             last_applied: meta.index,
             timers: Timers::default(),

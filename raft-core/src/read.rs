@@ -89,12 +89,27 @@ enum Origin {
 }
 
 /// A follower's reads forwarded to its leader, waiting for the answer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Forwarded {
-    /// The next number to give a forwarded read.
+    /// The last number given to a forwarded read. Each incarnation starts
+    /// from its own point, drawn from its seed (without touching the
+    /// node's generator): a reply to a read forwarded before a restart
+    /// must not answer a read forwarded after it, whose read index it may
+    /// not cover (found by the fuzzer's read-safety property). Drivers give
+    /// each incarnation a fresh seed, as `RaftNode::recover` asks.
     next_ctx: u64,
     /// Number -> (the caller's id, the term it was sent in, when).
     pending: BTreeMap<u64, (u64, crate::types::Term, crate::time::Instant)>,
+}
+
+impl Forwarded {
+    pub(crate) fn new(seed: u64) -> Forwarded {
+        let start = crate::rng::SplitMix64::new(seed ^ 0x7265_6164_6374_7821).next_u64();
+        Forwarded {
+            next_ctx: start,
+            pending: BTreeMap::new(),
+        }
+    }
 }
 
 /// Answer a read with its index (`Ok`) or refuse it (`Err`): to our caller,
@@ -361,7 +376,7 @@ impl Shared {
             self.out.push(Action::RejectRead { id, reason });
             return;
         }
-        self.forwarded.next_ctx += 1;
+        self.forwarded.next_ctx = self.forwarded.next_ctx.wrapping_add(1);
         let ctx = self.forwarded.next_ctx;
         let term = self.hard.term;
         self.forwarded.pending.insert(ctx, (id, term, self.now));
