@@ -16,21 +16,38 @@
 //!   that size is allocated.
 //! - [`step_events`]: one `RaftNode` (id 1) of a cluster of 1 to 5 members,
 //!   fed arbitrary messages from peers, non-members and itself (terms,
-//!   indices and entries near its own state or anywhere in `u64`), answers
+//!   indices, entries, read rounds and read contexts near its own state or
+//!   anywhere in `u64`; vote requests with `transfer` either way), answers
 //!   from correct peers, timer firings with non-decreasing time, proposals,
-//!   durability of writes actually issued, snapshots, restarts from storage,
-//!   and misuse (unknown persist ids, snapshots beyond what was applied, time
-//!   going backwards, arbitrary configurations and stored states): peer input
-//!   never panics it, misuse is an `Err` that changes nothing, and its writes,
-//!   applies and answers keep the driver contract.
-//! - [`step_cluster`]: 1 to 5 honest nodes, the fuzzer routing, dropping and
+//!   reads (`ReadIndex` and `Lease`, under ids of the caller's that may
+//!   repeat), leader transfers, durability of writes actually issued,
+//!   snapshots, restarts from storage, and misuse (unknown persist ids,
+//!   snapshots beyond what was applied, time going backwards, arbitrary
+//!   configurations, with `notify_commit`, `sticky_votes`, `lease_reads`,
+//!   `max_pending_reads` and the drift bound drawn, and stored states): peer
+//!   input never panics it, misuse is an `Err` that changes nothing, and its
+//!   writes, applies and answers keep the driver contract, reads included
+//!   (`Server::check_reads`: each read asked is taken as leader, forwarded
+//!   to the leader it follows or refused at once, and answered at most once;
+//!   a forwarded read is ready only with its `ReadIndexReply`'s index; a
+//!   leader's read only while it leads the term it was asked in, at an
+//!   index of that term no lower than its commit index when asked; pending
+//!   reads fail on losing leadership, a forwarded one on a term change or
+//!   after an election timeout).
+//! - [`step_cluster`]: 1 to 5 honest nodes, configured alike (read options
+//!   drawn, lease reads always with sticky votes, perfect clocks: time is
+//!   the fuzzer's and the same for all), the fuzzer routing, dropping and
 //!   duplicating their messages, firing timers, persisting, proposing,
-//!   snapshotting and restarting: no panic, `raft_testkit::SafetyChecker`'s
-//!   checks after every step, write, send and apply (one leader per term, log
-//!   matching, leader completeness, the same entry applied at every index
-//!   everywhere, persist before send), the same service state at every
-//!   applied index everywhere, and each node's storage image equal to its
-//!   memory.
+//!   reading, asking for leader transfers, snapshotting and restarting: no
+//!   panic, `raft_testkit::SafetyChecker`'s checks after every step, write,
+//!   send and apply (one leader per term, log matching, leader completeness,
+//!   the same entry applied at every index everywhere, persist before send),
+//!   the same service state at every applied index everywhere, each node's
+//!   storage image equal to its memory, the read checks above, and read
+//!   safety: a `ReadReady { index }` is at least the highest commit index
+//!   any node had when the read was asked (else a write acknowledged before
+//!   the read began could be missing from it), and a forwarded read is made
+//!   ready only by the reply of the node it was forwarded to.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, VecDeque};
@@ -45,7 +62,8 @@ use driver_tokio::wire::{read_frame, read_frame_within, ClientRequest, ClientRes
 use raft_core::{
     Action, AppendEntries, AppendEntriesReply, AppendOutcome, Config, DurableState, Entry, Error,
     Event, HardState, Index, InstallSnapshot, InstallSnapshotReply, Instant, Message, NodeId,
-    Payload, Persist, RaftLog, RaftNode, RequestVote, RequestVoteReply, Role, SnapshotMeta, Term,
+    Payload, Persist, RaftLog, RaftNode, ReadMode, RequestVote, RequestVoteReply, Role,
+    SnapshotMeta, Term,
 };
 use raft_testkit::{contract, ContractChecker, SafetyChecker};
 use raft_wire::{encode_frame, FrameDecoder, FrameError, Hello, MAX_FRAME, MAX_HELLO_FRAME};
@@ -367,6 +385,8 @@ enum FuzzMessage {
         term: Num,
         last_log_index: Num,
         last_log_term: Num,
+        /// An election after `TimeoutNow` (exempt from sticky votes).
+        transfer: bool,
     },
     RequestVoteReply {
         term: Num,
@@ -397,15 +417,61 @@ enum FuzzMessage {
         term: Num,
         last_log_index: Num,
         last_log_term: Num,
+        /// Never set by a correct pre-candidate.
+        transfer: bool,
     },
     PreVoteReply {
         term: Num,
         vote_granted: bool,
     },
+    TimeoutNow {
+        term: Num,
+    },
+    /// A leader's read round: `round` near the last one the node sent.
+    ReadRound {
+        term: Num,
+        round: Num,
+    },
+    ReadRoundReply {
+        term: Num,
+        round: Num,
+    },
+    /// A follower's forwarded read.
+    ReadIndex {
+        term: Num,
+        ctx: Num,
+    },
+    /// A leader's answer to a forwarded read: `ctx` near the last one the
+    /// node forwarded, `index` near its commit index.
+    ReadIndexReply {
+        term: Num,
+        ctx: Num,
+        index: Option<Num>,
+    },
+}
+
+/// What the node last sent for reads, so that fuzzed read messages can
+/// echo something near it.
+#[derive(Clone, Copy, Debug, Default)]
+struct ReadHints {
+    /// The round of the last `ReadRound` it sent.
+    round: u64,
+    /// The `ctx` of the last `ReadIndex` it sent.
+    ctx: u64,
+}
+
+impl ReadHints {
+    fn saw(&mut self, message: &Message) {
+        match *message {
+            Message::ReadRound { round, .. } => self.round = round,
+            Message::ReadIndex { ctx, .. } => self.ctx = ctx,
+            _ => {}
+        }
+    }
 }
 
 impl FuzzMessage {
-    fn resolve(&self, node: &RaftNode, from: NodeId) -> Message {
+    fn resolve(&self, node: &RaftNode, from: NodeId, hints: ReadHints) -> Message {
         let log = node.log();
         let last = log.last_index();
         let term_here = |i: Index| log.term_at(i).unwrap_or(log.last_term());
@@ -414,22 +480,44 @@ impl FuzzMessage {
                 term,
                 last_log_index,
                 last_log_term,
+                transfer,
             } => Message::RequestVote(RequestVote {
                 term: term.at(node.term()),
                 last_log_index: last_log_index.at(last),
                 last_log_term: last_log_term.at(log.last_term()),
-                transfer: false,
+                transfer: *transfer,
             }),
             FuzzMessage::PreVote {
                 term,
                 last_log_index,
                 last_log_term,
+                transfer,
             } => Message::PreVote(RequestVote {
                 term: term.at(node.term().saturating_add(1)),
                 last_log_index: last_log_index.at(last),
                 last_log_term: last_log_term.at(log.last_term()),
-                transfer: false,
+                transfer: *transfer,
             }),
+            FuzzMessage::TimeoutNow { term } => Message::TimeoutNow {
+                term: term.at(node.term()),
+            },
+            FuzzMessage::ReadRound { term, round } => Message::ReadRound {
+                term: term.at(node.term()),
+                round: round.at(hints.round),
+            },
+            FuzzMessage::ReadRoundReply { term, round } => Message::ReadRoundReply {
+                term: term.at(node.term()),
+                round: round.at(hints.round),
+            },
+            FuzzMessage::ReadIndex { term, ctx } => Message::ReadIndex {
+                term: term.at(node.term()),
+                ctx: ctx.at(hints.ctx),
+            },
+            FuzzMessage::ReadIndexReply { term, ctx, index } => Message::ReadIndexReply {
+                term: term.at(node.term()),
+                ctx: ctx.at(hints.ctx),
+                index: index.map(|i| i.at(node.commit_index())),
+            },
             FuzzMessage::PreVoteReply { term, vote_granted } => {
                 Message::PreVoteReply(RequestVoteReply {
                     term: term.at(node.term().saturating_add(1)),
@@ -530,6 +618,11 @@ struct Setup {
     timeouts: Option<[(u64, u32); 3]>,
     /// A stored state to recover from instead of booting empty.
     stored: Option<FuzzStored>,
+    /// Read options, by bit: 0 `notify_commit`, 1 `sticky_votes`, 2
+    /// `lease_reads`, 3-5 `max_pending_reads` (1, 2, 3, else the default), 7
+    /// `max_clock_drift_ppm` anywhere in `u32` (else below 20%).
+    reads: u8,
+    drift: u32,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -563,6 +656,18 @@ impl Setup {
         c.max_uncommitted_entries = 1 + u64::from(self.max_uncommitted_entries % 8);
         // Pre-vote in half the setups (one bit of the seed decides).
         c.pre_vote = (self.seed >> 8) & 1 == 1;
+        c.notify_commit = self.reads & 1 != 0;
+        c.sticky_votes = self.reads & 2 != 0;
+        // Without sticky votes, `validate` refuses it (checked below).
+        c.lease_reads = self.reads & 4 != 0;
+        if let small @ 1..=3 = 1 + usize::from((self.reads >> 3) % 8) {
+            c.max_pending_reads = small;
+        }
+        c.max_clock_drift_ppm = if self.reads & 0x80 != 0 {
+            self.drift
+        } else {
+            self.drift % 200_000
+        };
         if let Some([min, max, hb]) = self.timeouts {
             let d = |(s, n): (u64, u32)| Duration::new(s % 4, n);
             let raw = |(s, n): (u64, u32)| Duration::new(s, n % 1_000_000_000);
@@ -625,6 +730,15 @@ struct Server {
     /// looked, with the entry applied there (none for a snapshot) and the
     /// service state after it.
     journal: Vec<(Index, Option<Entry>, u64)>,
+    /// The reads this incarnation was asked for and has not answered, by
+    /// the caller's id (several may share one).
+    reads: BTreeMap<u64, Vec<AskedRead>>,
+    /// The commit index a read asked now must see at least, besides the
+    /// node's own: the highest any node of the cluster has had
+    /// (`step_cluster` sets it before each read).
+    read_floor: Index,
+    /// Steps accepted, to tell an answer in the step that asked.
+    steps: u64,
 }
 
 /// Snapshot bytes in the honest cluster: the index and the state's hash.
@@ -725,6 +839,9 @@ impl Server {
             service: 0,
             honest,
             journal: Vec::new(),
+            reads: BTreeMap::new(),
+            read_floor: 0,
+            steps: 0,
         };
         s.restore_service();
         s
@@ -761,6 +878,8 @@ impl Server {
         self.restarts += 1;
         self.pending.clear();
         self.deadline = None;
+        // The new incarnation owes no answer to the old one's reads.
+        self.reads.clear();
         self.node = RaftNode::recover(
             self.config.clone(),
             self.seed.wrapping_add(self.restarts),
@@ -791,7 +910,7 @@ impl Server {
     /// misuse accepted, is a failure.
     fn step(&mut self, now: Instant, event: Event) -> Result<Vec<Action>, Error> {
         let misuse = self.misuse(now, &event);
-        let before = misuse.as_ref().map(|_| observe(&self.node));
+        let unchanged = misuse.as_ref().map(|_| observe(&self.node));
         let proposal = match &event {
             Event::ProposalReceived { id, .. } => Some(*id),
             _ => None,
@@ -800,6 +919,11 @@ impl Server {
         if tracing() {
             eprintln!("node {} at {} ns: {desc:?}", self.id(), now.as_nanos());
         }
+        let before = ReadsBefore {
+            led: self.node.is_leader().then(|| self.node.term()),
+            commit: self.node.commit_index(),
+            leader: self.node.leader_hint(),
+        };
         let result = self.node.step(now, event);
         if tracing() {
             eprintln!("  -> {result:?}");
@@ -821,7 +945,7 @@ impl Server {
                     self.id()
                 );
                 assert_eq!(
-                    before.as_ref(),
+                    unchanged.as_ref(),
                     Some(&observe(&self.node)),
                     "a refused step changed the node"
                 );
@@ -837,6 +961,7 @@ impl Server {
                     .accepted(now, &self.node, proposal, &actions, &self.durable);
                 self.execute(&actions);
                 self.check_state();
+                self.check_reads(now, &desc, before, &actions);
                 Ok(actions)
             }
         }
@@ -914,6 +1039,350 @@ impl Server {
     }
 }
 
+// ----- reads: each asked read answered at most once, and not stale -------------------
+
+/// A read a node incarnation was asked for and has not answered yet.
+#[derive(Clone, Copy, Debug)]
+struct AskedRead {
+    /// The server's step that asked (an answer in it came at once).
+    step: u64,
+    /// The commit index the read must see: the highest known when it was
+    /// asked (the node's own in `step_events`, the cluster's in
+    /// `step_cluster`).
+    floor: Index,
+    lease: bool,
+    how: Asked,
+}
+
+/// What the node did with a read when it was asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asked {
+    /// It led `term`: it serves the read itself, after a round or from its
+    /// lease.
+    Leader { term: Term },
+    /// It sent `ReadIndex { term, ctx }` to `to`, the leader it follows, at
+    /// `at`.
+    Forwarded {
+        to: NodeId,
+        term: Term,
+        ctx: u64,
+        at: Instant,
+    },
+    /// Neither: it must refuse the read in the same step.
+    AtOnce,
+}
+
+/// What the read checks need from before a step.
+#[derive(Clone, Copy, Debug)]
+struct ReadsBefore {
+    /// The term the node led, if it led.
+    led: Option<Term>,
+    commit: Index,
+    leader: Option<NodeId>,
+}
+
+/// How the reads of the inputs run so far were answered (to tell that the
+/// properties are exercised: the random runner prints them).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadCounts {
+    /// `Event::ReadRequested` accepted.
+    pub asked: u64,
+    /// Served by the node as leader (after a round, or from its lease).
+    pub ready_leader: u64,
+    /// Lease reads served as leader in the step that asked (with more than
+    /// one voter: from the lease).
+    pub ready_lease_at_once: u64,
+    /// Forwarded reads made ready by the leader's reply.
+    pub ready_forwarded: u64,
+    /// `RejectRead`s with `NotLeader`.
+    pub refused_not_leader: u64,
+    /// `RejectRead`s with `TooManyPendingReads`.
+    pub refused_too_many: u64,
+}
+
+thread_local! {
+    static READ_COUNTS: std::cell::Cell<ReadCounts> = const {
+        std::cell::Cell::new(ReadCounts {
+            asked: 0,
+            ready_leader: 0,
+            ready_lease_at_once: 0,
+            ready_forwarded: 0,
+            refused_not_leader: 0,
+            refused_too_many: 0,
+        })
+    };
+}
+
+/// The read counts of this thread so far.
+pub fn read_counts() -> ReadCounts {
+    READ_COUNTS.with(std::cell::Cell::get)
+}
+
+fn count_read(f: impl FnOnce(&mut ReadCounts)) {
+    READ_COUNTS.with(|c| {
+        let mut counts = c.get();
+        f(&mut counts);
+        c.set(counts);
+    });
+}
+
+/// Every message a step sends, now or once a write is durable.
+fn sent(actions: &[Action]) -> impl Iterator<Item = (NodeId, &Message)> {
+    actions.iter().flat_map(|a| {
+        let held: &[(NodeId, Message)] = match a {
+            Action::Persist(p) => &p.then_send,
+            _ => &[],
+        };
+        let now = match a {
+            Action::Send { to, message } => Some((*to, message)),
+            _ => None,
+        };
+        now.into_iter().chain(held.iter().map(|(to, m)| (*to, m)))
+    })
+}
+
+impl Server {
+    /// The reads of an accepted step: a read asked is taken (as leader),
+    /// forwarded to the leader the node follows, or refused at once; each
+    /// is answered at most once (`ReadReady` or `RejectRead`); a forwarded
+    /// read is ready only with its own `ReadIndexReply`'s index; a read
+    /// served as leader is ready only while the node still leads the term
+    /// it was asked in, at an index of that term (an entry of its term has
+    /// committed) no lower than the commit index when it was asked; and
+    /// none is left pending that the node must have failed.
+    fn check_reads(
+        &mut self,
+        now: Instant,
+        event: &Event,
+        before: ReadsBefore,
+        actions: &[Action],
+    ) {
+        self.steps += 1;
+        let id = self.id();
+        let forwards: Vec<(NodeId, Term, u64)> = sent(actions)
+            .filter_map(|(to, m)| match *m {
+                Message::ReadIndex { term, ctx } => Some((to, term, ctx)),
+                _ => None,
+            })
+            .collect();
+        if let Event::ReadRequested { id: rid, mode } = *event {
+            count_read(|c| c.asked += 1);
+            let how = match (before.led, forwards.as_slice()) {
+                (Some(term), []) => Asked::Leader { term },
+                (None, []) => Asked::AtOnce,
+                (None, &[(to, term, ctx)]) => {
+                    assert_eq!(
+                        Some(to),
+                        before.leader,
+                        "node {id} forwarded read {rid} to {to}, not to the leader it follows"
+                    );
+                    Asked::Forwarded {
+                        to,
+                        term,
+                        ctx,
+                        at: now,
+                    }
+                }
+                _ => panic!(
+                    "node {id}: read {rid} (led: {:?}) sent {forwards:?}",
+                    before.led
+                ),
+            };
+            self.reads.entry(rid).or_default().push(AskedRead {
+                step: self.steps,
+                floor: self.read_floor.max(before.commit),
+                lease: mode == ReadMode::Lease,
+                how,
+            });
+        } else {
+            assert!(
+                forwards.is_empty(),
+                "node {id} sent {forwards:?} with no read asked ({event:?})"
+            );
+        }
+        let reply = match *event {
+            Event::MessageReceived {
+                from,
+                message: Message::ReadIndexReply { ctx, index, .. },
+            } => Some((from, ctx, index)),
+            _ => None,
+        };
+        for action in actions {
+            match *action {
+                Action::ReadReady { id: rid, index } => self.read_ready(rid, index, reply),
+                Action::RejectRead { id: rid, reason } => {
+                    self.read_refused(now, rid, reply, reason)
+                }
+                _ => {}
+            }
+        }
+        self.reads.retain(|_, asked| !asked.is_empty());
+        self.check_reads_pending(now);
+    }
+
+    /// `ReadReady { id: rid, index }`, in a step that delivered `reply`
+    /// (sender, ctx, index) if it delivered a `ReadIndexReply`.
+    fn read_ready(&mut self, rid: u64, index: Index, reply: Option<(NodeId, u64, Option<Index>)>) {
+        let (id, strict, steps) = (self.id(), self.honest, self.steps);
+        let asked = self.reads.get_mut(&rid).filter(|a| !a.is_empty());
+        let asked = asked.unwrap_or_else(|| {
+            panic!("node {id}: ReadReady for read {rid}, which is not pending (never asked, or answered already)")
+        });
+        if let Some((from, ctx, given)) = reply {
+            let mine = |r: &AskedRead| matches!(r.how, Asked::Forwarded { ctx: c, .. } if c == ctx);
+            if let Some(k) = asked.iter().position(mine) {
+                let r = asked.remove(k);
+                let Asked::Forwarded { to, .. } = r.how else {
+                    unreachable!("found as forwarded")
+                };
+                assert_eq!(
+                    given,
+                    Some(index),
+                    "node {id}: forwarded read {rid} ready at {index}, its leader's reply said {given:?}"
+                );
+                if strict {
+                    assert_eq!(
+                        from, to,
+                        "node {id}: read {rid} forwarded to {to} (ctx {ctx}) made ready by a reply from {from}"
+                    );
+                    assert!(
+                        index >= r.floor,
+                        "node {id}: stale read {rid}: forwarded, ready at index {index}, but index {} was committed when it was asked",
+                        r.floor
+                    );
+                }
+                count_read(|c| c.ready_forwarded += 1);
+                return;
+            }
+        }
+        // Otherwise only a read the node took as leader may be ready. With
+        // several pending under this id, the one asked under the highest
+        // commit index the answer covers (which leaves the others the most
+        // room).
+        let (term, leading) = (self.node.term(), self.node.is_leader());
+        let taken = |r: &&AskedRead| matches!(r.how, Asked::Leader { .. });
+        assert!(
+            asked.iter().any(|r| taken(&r)),
+            "node {id}: read {rid} ready at {index} without being taken as leader or its leader's ReadIndexReply: {asked:?}"
+        );
+        let best = asked
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| taken(r) && r.floor <= index)
+            .max_by_key(|(_, r)| r.floor)
+            .map(|(k, _)| k);
+        let Some(k) = best else {
+            panic!(
+                "node {id}: stale read {rid}: ready at index {index}, below what was committed when it was asked: {asked:?}"
+            )
+        };
+        let r = asked.remove(k);
+        let Asked::Leader { term: asked_in } = r.how else {
+            unreachable!("filtered as taken")
+        };
+        assert!(
+            leading && term == asked_in,
+            "node {id}: read {rid} asked as leader of term {asked_in} is ready in term {term} (leading: {leading})"
+        );
+        assert!(
+            index <= self.node.commit_index(),
+            "node {id}: read {rid} ready at {index}, beyond the commit index {}",
+            self.node.commit_index()
+        );
+        let at = self.node.log().term_at(index);
+        assert!(
+            at.is_none_or(|t| t == term),
+            "node {id}: read {rid} ready at index {index} of term {at:?}: before an entry of its term {term} committed"
+        );
+        count_read(|c| {
+            c.ready_leader += 1;
+            if r.lease && r.step == steps {
+                c.ready_lease_at_once += 1;
+            }
+        });
+    }
+
+    /// `RejectRead { id: rid, reason }`: one pending read under `rid` that
+    /// the node had a cause to refuse now (asked in this step and neither
+    /// taken nor forwarded; its `ReadIndexReply` said no; forwarded in an
+    /// older term or over an election timeout ago; asked as leader in this
+    /// step, or of a term it no longer leads).
+    fn read_refused(
+        &mut self,
+        now: Instant,
+        rid: u64,
+        reply: Option<(NodeId, u64, Option<Index>)>,
+        reason: raft_core::ReadRefusal,
+    ) {
+        let (id, steps) = (self.id(), self.steps);
+        let (term, leading) = (self.node.term(), self.node.is_leader());
+        let limit = self.config.election_timeout_max;
+        let asked = self.reads.get_mut(&rid).filter(|a| !a.is_empty());
+        let asked = asked.unwrap_or_else(|| {
+            panic!("node {id}: RejectRead ({reason:?}) for read {rid}, which is not pending (never asked, or answered already)")
+        });
+        let refused_ctx = reply.and_then(|(_, ctx, index)| index.is_none().then_some(ctx));
+        let k = asked
+            .iter()
+            .position(|r| r.step == steps && r.how == Asked::AtOnce)
+            .or_else(|| {
+                asked.iter().position(|r| {
+                    matches!(r.how, Asked::Forwarded { ctx, .. } if Some(ctx) == refused_ctx)
+                })
+            })
+            .or_else(|| {
+                asked.iter().position(|r| {
+                    matches!(r.how, Asked::Forwarded { term: t, at, .. } if t != term || now >= at + limit)
+                })
+            })
+            .or_else(|| {
+                asked.iter().rposition(|r| {
+                    matches!(r.how, Asked::Leader { term: t } if r.step == steps || !(leading && t == term))
+                })
+            });
+        let Some(k) = k else {
+            panic!("node {id}: read {rid} refused ({reason:?}) for no cause: {asked:?}")
+        };
+        asked.remove(k);
+        count_read(|c| match reason {
+            raft_core::ReadRefusal::TooManyPendingReads => c.refused_too_many += 1,
+            _ => c.refused_not_leader += 1,
+        });
+    }
+
+    /// After a step: no read is pending that the node had to refuse at
+    /// once, that it took as leader of a term it no longer leads, or that
+    /// it forwarded in an older term or over an election timeout ago.
+    fn check_reads_pending(&self, now: Instant) {
+        let id = self.id();
+        let (term, leading) = (self.node.term(), self.node.is_leader());
+        let limit = self.config.election_timeout_max;
+        for (rid, asked) in &self.reads {
+            for r in asked {
+                match r.how {
+                    Asked::AtOnce => {
+                        panic!("node {id}: read {rid} neither taken as leader, forwarded, nor refused")
+                    }
+                    Asked::Leader { term: t } => assert!(
+                        leading && t == term,
+                        "node {id}: read {rid} asked as leader of term {t} still pending in term {term} (leading: {leading})"
+                    ),
+                    Asked::Forwarded { term: t, at, .. } => {
+                        assert_eq!(
+                            t, term,
+                            "node {id}: read {rid} forwarded in term {t} still pending in term {term}"
+                        );
+                        assert!(
+                            now < at + limit,
+                            "node {id}: read {rid} forwarded at {at:?} still pending at {now:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 // ----- step_events: one node, arbitrary peers ------------------------------------
 
 #[derive(Arbitrary, Debug)]
@@ -939,6 +1408,12 @@ enum PeerOp {
     Backwards { millis: u16 },
     /// Crash (writes in flight are lost) and recover from storage.
     Restart,
+    /// A client reads, under an id near the number of reads asked so far
+    /// (ids are the caller's: they may repeat, even while one is pending).
+    Read { id: Num, lease: bool },
+    /// The caller asks for a leadership transfer to a peer, a non-member or
+    /// the node itself, or (`None`) to the most up-to-date voter.
+    Transfer { to: Option<u8> },
 }
 
 struct Single {
@@ -947,6 +1422,8 @@ struct Single {
     /// Messages the node sent (and, for `then_send`, released), for `Answer`.
     outbox: VecDeque<(NodeId, Message)>,
     proposals: u64,
+    reads: u64,
+    hints: ReadHints,
 }
 
 impl Single {
@@ -959,6 +1436,7 @@ impl Single {
     }
 
     fn post(&mut self, to: NodeId, message: Message) {
+        self.hints.saw(&message);
         if self.outbox.len() >= 64 {
             self.outbox.pop_front();
         }
@@ -984,7 +1462,7 @@ impl Single {
         match op {
             PeerOp::Deliver { from, message } => {
                 let from = self.sender(from);
-                let message = message.resolve(&self.server.node, from);
+                let message = message.resolve(&self.server.node, from, self.hints);
                 let r = self
                     .server
                     .step(now, Event::MessageReceived { from, message });
@@ -1032,6 +1510,13 @@ impl Single {
                         term: m.term,
                         vote_granted: agree,
                     }),
+                    Message::ReadRound { term, round } => Message::ReadRoundReply { term, round },
+                    // A leader of the node's term, serving the read or not.
+                    Message::ReadIndex { term, ctx } => Message::ReadIndexReply {
+                        term,
+                        ctx,
+                        index: agree.then(|| self.server.node.commit_index()),
+                    },
                     _ => return,
                 };
                 let r = self.server.step(
@@ -1099,6 +1584,24 @@ impl Single {
                 let r = self.server.step(now, Event::TimerFired);
                 self.absorb(r);
             }
+            PeerOp::Read { id, lease } => {
+                self.reads += 1;
+                let id = id.at(self.reads);
+                let mode = if lease {
+                    ReadMode::Lease
+                } else {
+                    ReadMode::ReadIndex
+                };
+                let r = self.server.step(now, Event::ReadRequested { id, mode });
+                self.absorb(r);
+            }
+            PeerOp::Transfer { to } => {
+                let to = to.map(|k| self.sender(k));
+                let r = self
+                    .server
+                    .step(now, Event::LeadershipTransferRequested { to });
+                self.absorb(r);
+            }
         }
     }
 
@@ -1144,6 +1647,8 @@ pub fn step_events(data: &[u8]) {
         now: Instant::ZERO,
         outbox: VecDeque::new(),
         proposals: 0,
+        reads: 0,
+        hints: ReadHints::default(),
     };
     let r = single.server.step(Instant::ZERO, Event::TimerFired);
     single.absorb(r);
@@ -1180,6 +1685,14 @@ enum NetOp {
     Snapshot(u8),
     /// This node crashes and recovers from storage.
     Restart(u8),
+    /// A client reads at a node, mostly the leader of the highest term
+    /// (`.0`); `.1`: bit 0 a lease read, bits 1-3 an id of 1 to 4 if the
+    /// node has no read pending under it (ids repeat, as a retrying client's
+    /// do), else a fresh one.
+    Read(u8, u8),
+    /// The leader of the highest term (or node `.0`) is asked to hand over
+    /// to node `.1` (for `.1 % 6 == 0`: to the most up-to-date voter).
+    Transfer(u8, u8),
 }
 
 struct Cluster {
@@ -1192,6 +1705,10 @@ struct Cluster {
     safety: SafetyChecker,
     /// The entry applied at each index, and the service state after it.
     applied: BTreeMap<Index, (Option<Entry>, u64)>,
+    /// The highest commit index any node has had: every read asked from
+    /// now on must see it.
+    max_commit: Index,
+    reads: u64,
 }
 
 impl Cluster {
@@ -1201,6 +1718,15 @@ impl Cluster {
 
     fn node_of(&self, k: u8) -> NodeId {
         u64::from(k) % self.servers.len() as u64 + 1
+    }
+
+    /// The leader of the highest term, if any node leads.
+    fn leader(&self) -> Option<NodeId> {
+        self.servers
+            .iter()
+            .filter(|s| s.node.is_leader())
+            .max_by_key(|s| s.node.term())
+            .map(Server::id)
     }
 
     fn step(&mut self, id: NodeId, event: Event) {
@@ -1217,6 +1743,7 @@ impl Cluster {
     fn route(&mut self, id: NodeId, actions: Vec<Action>) {
         let s = &self.servers[id as usize - 1];
         self.safety.after_step(&s.node);
+        self.max_commit = self.max_commit.max(s.node.commit_index());
         for action in &actions {
             if let Action::Persist(p) = action {
                 self.safety.persist_issued(id, &s.node, p);
@@ -1325,13 +1852,7 @@ impl Cluster {
                 }
             }
             NetOp::Propose(k) => {
-                let leader = self
-                    .servers
-                    .iter()
-                    .filter(|s| s.node.is_leader())
-                    .max_by_key(|s| s.node.term())
-                    .map(Server::id);
-                let id = match leader {
+                let id = match self.leader() {
                     Some(leader) if k % 4 != 0 => leader,
                     _ => self.node_of(k),
                 };
@@ -1356,6 +1877,32 @@ impl Cluster {
                 self.server(id).restart();
                 self.step(id, Event::TimerFired);
             }
+            NetOp::Read(k, how) => {
+                let id = match self.leader() {
+                    Some(leader) if k % 3 != 0 => leader,
+                    _ => self.node_of(k),
+                };
+                let mode = if how & 1 != 0 {
+                    ReadMode::Lease
+                } else {
+                    ReadMode::ReadIndex
+                };
+                let reuse = 1 + u64::from((how >> 1) % 8);
+                let rid = if reuse <= 4 && !self.server(id).reads.contains_key(&reuse) {
+                    reuse
+                } else {
+                    self.reads += 1;
+                    100 + self.reads
+                };
+                let floor = self.max_commit;
+                self.server(id).read_floor = floor;
+                self.step(id, Event::ReadRequested { id: rid, mode });
+            }
+            NetOp::Transfer(k, t) => {
+                let id = self.leader().unwrap_or_else(|| self.node_of(k));
+                let to = (t % 6 != 0).then(|| self.node_of(t));
+                self.step(id, Event::LeadershipTransferRequested { to });
+            }
         }
     }
 }
@@ -1368,6 +1915,12 @@ pub fn step_cluster(data: &[u8]) {
     };
     setup.timeouts = None;
     setup.stored = None;
+    // Every node configured alike, validly: the lease with sticky votes,
+    // a drift bound below 20%.
+    setup.reads &= 0x7f;
+    if setup.reads & 4 != 0 {
+        setup.reads |= 2;
+    }
     let size = cluster_size(setup.size);
     let mut servers = Vec::new();
     for id in 1..=size {
@@ -1387,6 +1940,8 @@ pub fn step_cluster(data: &[u8]) {
         proposals: 0,
         safety: SafetyChecker::default(),
         applied: BTreeMap::new(),
+        max_commit: 0,
+        reads: 0,
     };
     for id in 1..=size {
         cluster.step(id, Event::TimerFired);
@@ -1400,4 +1955,138 @@ pub fn step_cluster(data: &[u8]) {
         };
         cluster.run(op);
     }
+}
+
+// ----- structured random inputs, for the stable random runner -----------------------
+
+/// Writes the bytes that `Unstructured` decodes to given values, for the
+/// derived `Arbitrary` impls used here: integers little-endian, a bool as a
+/// byte, `None` as a zero byte, variant `k` of an enum of `n` as the
+/// smallest `u32` tag `t` with `t * n >> 32 == k`.
+#[derive(Default)]
+struct Encoder(Vec<u8>);
+
+impl Encoder {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn variant(&mut self, k: u32, n: u32) {
+        let tag = (u64::from(k) << 32).div_ceil(u64::from(n));
+        self.u32(u32::try_from(tag).expect("k < n"));
+    }
+}
+
+impl Setup {
+    /// A setup with default timeouts and no stored state, drawn from `next`.
+    fn draw(next: &mut dyn FnMut() -> u64) -> Setup {
+        let w = next();
+        Setup {
+            size: w as u8,
+            seed: next(),
+            max_entries_per_append: (w >> 8) as u8,
+            max_append_bytes: (w >> 16) as u8,
+            max_inflight_appends: (w >> 24) as u8,
+            max_uncommitted_entries: (w >> 32) as u8,
+            timeouts: None,
+            stored: None,
+            reads: (w >> 40) as u8,
+            drift: (w >> 48) as u32,
+        }
+    }
+
+    fn encode(&self, e: &mut Encoder) {
+        assert!(self.timeouts.is_none() && self.stored.is_none());
+        e.u8(self.size);
+        e.u64(self.seed);
+        e.u8(self.max_entries_per_append);
+        e.u8(self.max_append_bytes);
+        e.u8(self.max_inflight_appends);
+        e.u8(self.max_uncommitted_entries);
+        e.u8(0); // timeouts: None
+        e.u8(0); // stored: None
+        e.u8(self.reads);
+        e.u32(self.drift);
+    }
+}
+
+impl NetOp {
+    /// One op, weighted towards what moves a cluster along (deliveries,
+    /// half of them of one of the four oldest messages, writes becoming
+    /// durable, timers), with reads and proposals often.
+    fn draw(w: u64) -> NetOp {
+        let (a, b) = ((w >> 8) as u8, (w >> 16) as u8);
+        match w % 100 {
+            0..=19 => NetOp::Deliver(a % 4),
+            20..=39 => NetOp::Deliver(a),
+            40..=43 => NetOp::Drop(a),
+            44..=46 => NetOp::Duplicate(a),
+            47..=61 => NetOp::Persist(a, b),
+            62..=71 => NetOp::NextTimer,
+            72..=73 => NetOp::Timer(a),
+            74..=81 => NetOp::Propose(a),
+            82..=83 => NetOp::Snapshot(a),
+            84..=85 => NetOp::Restart(a),
+            86..=97 => NetOp::Read(a, b),
+            _ => NetOp::Transfer(a, b),
+        }
+    }
+
+    fn encode(&self, e: &mut Encoder) {
+        const VARIANTS: u32 = 11;
+        let (k, args) = match *self {
+            NetOp::Deliver(a) => (0, vec![a]),
+            NetOp::Drop(a) => (1, vec![a]),
+            NetOp::Duplicate(a) => (2, vec![a]),
+            NetOp::Persist(a, b) => (3, vec![a, b]),
+            NetOp::NextTimer => (4, vec![]),
+            NetOp::Timer(a) => (5, vec![a]),
+            NetOp::Propose(a) => (6, vec![a]),
+            NetOp::Snapshot(a) => (7, vec![a]),
+            NetOp::Restart(a) => (8, vec![a]),
+            NetOp::Read(a, b) => (9, vec![a, b]),
+            NetOp::Transfer(a, b) => (10, vec![a, b]),
+        };
+        e.variant(k, VARIANTS);
+        args.into_iter().for_each(|a| e.u8(a));
+    }
+}
+
+/// A `step_cluster` input of `ops` ops drawn from `next`: a setup with
+/// default timeouts, then weighted ops. Checks that the bytes decode back
+/// to what was drawn (so the encoding follows the types).
+pub fn random_cluster_input(next: &mut dyn FnMut() -> u64, ops: usize) -> Vec<u8> {
+    let setup = Setup::draw(next);
+    let drawn: Vec<NetOp> = (0..ops).map(|_| NetOp::draw(next())).collect();
+    let mut e = Encoder::default();
+    setup.encode(&mut e);
+    drawn.iter().for_each(|op| op.encode(&mut e));
+    let mut u = Unstructured::new(&e.0);
+    let back = Setup::arbitrary(&mut u).expect("an encoded setup decodes");
+    assert_eq!(format!("{back:?}"), format!("{setup:?}"), "setup encoding");
+    for op in &drawn {
+        let back = NetOp::arbitrary(&mut u).expect("an encoded op decodes");
+        assert_eq!(format!("{back:?}"), format!("{op:?}"), "op encoding");
+    }
+    assert!(u.is_empty(), "every byte decoded");
+    e.0
+}
+
+/// A `step_events` input: a setup with default timeouts and no stored
+/// state (most fully random setups are invalid or short-lived), then
+/// `rest` as the ops.
+pub fn random_events_input(next: &mut dyn FnMut() -> u64, rest: &[u8]) -> Vec<u8> {
+    let setup = Setup::draw(next);
+    let mut e = Encoder::default();
+    setup.encode(&mut e);
+    let mut u = Unstructured::new(&e.0);
+    let back = Setup::arbitrary(&mut u).expect("an encoded setup decodes");
+    assert_eq!(format!("{back:?}"), format!("{setup:?}"), "setup encoding");
+    e.0.extend_from_slice(rest);
+    e.0
 }
