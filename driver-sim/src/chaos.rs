@@ -22,6 +22,21 @@
 //! lease canary. The other seeds, and every seed with a bound of zero, draw
 //! nothing for clocks and run exactly as they did before clocks drifted.
 //!
+//! Reads ([`ChaosOptions::reads`], [`ReadSetup`]): each seed draws how the
+//! cluster serves Gets (through the log, ReadIndex at the leader, ReadIndex
+//! with follower reads, or lease reads), or runs with the one the options
+//! name. Besides the clerks' Gets, 1–2 readers send sessionless reads
+//! (`ServerEvent::ReadReceived`, linearizable, and on lease seeds half of
+//! them by lease) to random servers (of those deployed, up or down),
+//! following a refusal's leader hint for up to three attempts; a read
+//! served is recorded in the history as a Get, one refused or unanswered is
+//! dropped (it had no effect). Once healed, a read of every key must be
+//! served each of those ways. Lease seeds
+//! assume the drift bound their clocks are actually drawn within:
+//! `max_clock_drift_ppm` is the options' bound in the seeds that drift and
+//! zero in the others, whose clocks are perfect, so each lease runs at the
+//! very edge of its assumption (with [`ChaosOptions::beyond`], beyond it).
+//!
 //! Checked after every step of every node: at most one leader per term,
 //! log matching, leader completeness, state machine safety (the same entry at
 //! every committed index on every node), persist-before-send against the
@@ -39,7 +54,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use kv_core::{
-    Clerk, Command, KvServer, Op, Outcome, Progress, Reply, ServerAction, ServerConfig, ServerEvent,
+    Clerk, Command, KvServer, Op, Outcome, Progress, ReadConsistency, ReadPolicy, Reply,
+    ServerAction, ServerConfig, ServerEvent,
 };
 use raft_core::{Config, Event, Index, Instant, MembershipChange, Message, NodeId, Persist};
 
@@ -48,7 +64,7 @@ use crate::clock::{ClockDrift, NodeClock};
 use crate::executor::{
     ms, now, oneshot, schedule_after, schedule_at, sleep, spawn, timeout, with_rng, OneshotSender,
 };
-use lincheck::{check, KvInput, KvModel, KvOutput, Operation, Verdict};
+use lincheck::{check, KvInput, KvModel, KvOutput, Model, Operation, Verdict};
 use raft_testkit::{Persister, SafetyChecker};
 
 /// The faults one seed runs with.
@@ -93,6 +109,80 @@ pub struct FaultMix {
     /// Every node id's clock (the initial ids, then the spares); empty
     /// when clocks are perfect.
     pub clocks: Vec<NodeClock>,
+    /// How the cluster serves reads.
+    pub reads: ReadSetup,
+    /// Tasks sending sessionless reads to random members (1 or 2).
+    pub readers: usize,
+    /// The clock-rate bound lease reads assume
+    /// (`raft_core::Config::max_clock_drift_ppm`) on a lease seed: the
+    /// bound the clocks were drawn within, zero when they are perfect.
+    pub assumed_drift_ppm: u32,
+}
+
+/// How one seed's cluster serves Gets (every server alike).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ReadSetup {
+    /// Through the log, like a write ([`ReadPolicy::Log`]).
+    Log,
+    /// ReadIndex at the leader ([`ReadPolicy::ReadIndex`], the service's
+    /// default); followers send clients to the leader.
+    ReadIndex,
+    /// ReadIndex, and followers serve reads themselves, forwarding them to
+    /// the leader for the read index (`ServerConfig::follower_reads`).
+    Follower,
+    /// Lease reads ([`ReadPolicy::Lease`]), assuming the seed's drift
+    /// bound ([`FaultMix::assumed_drift_ppm`]).
+    Lease,
+}
+
+impl ReadSetup {
+    /// Every setup, in the order seeds draw them.
+    pub const ALL: [ReadSetup; 4] = [
+        ReadSetup::Log,
+        ReadSetup::ReadIndex,
+        ReadSetup::Follower,
+        ReadSetup::Lease,
+    ];
+
+    /// Its name on the command line (`chaos --reads NAME`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            ReadSetup::Log => "log",
+            ReadSetup::ReadIndex => "read-index",
+            ReadSetup::Follower => "follower",
+            ReadSetup::Lease => "lease",
+        }
+    }
+
+    /// The setup called `name`.
+    pub fn by_name(name: &str) -> Option<ReadSetup> {
+        ReadSetup::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    /// Where it sits in [`ReadSetup::ALL`].
+    pub fn position(self) -> usize {
+        ReadSetup::ALL
+            .iter()
+            .position(|&r| r == self)
+            .expect("listed")
+    }
+}
+
+impl std::fmt::Display for ReadSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which read setup the seeds of a run use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Reads {
+    /// Each seed draws its own, uniformly.
+    #[default]
+    Drawn,
+    /// Every seed uses this one. The draw is still made (and discarded), so
+    /// a seed that drew this setup runs exactly as under `Drawn`.
+    Only(ReadSetup),
 }
 
 /// How a chaos run treats clocks; the default drifts within
@@ -109,8 +199,14 @@ pub struct ChaosOptions {
     /// factor * bound]` ([`ClockDrift::draw_rate_beyond`]). This breaks the
     /// clock assumption a lease rests on: for a lease canary, which chaos
     /// must then catch. Without leases nothing rests on clocks, and chaos
-    /// passes with these rates too.
+    /// passes with these rates too. With [`ReadSetup::Lease`] the catch is
+    /// rare: it takes a leader whose clock runs near a tenth of real time,
+    /// cut off while its lease outlasts the new leader's election and a
+    /// clerk's retry there (factor 20: seeds 3993 and 8235 of 1-30,000;
+    /// factors 2, 4, 10, 40: none of 1-10,000).
     pub beyond: Option<u64>,
+    /// How seeds serve reads ([`Reads::Drawn`] by default).
+    pub reads: Reads,
 }
 
 impl Default for ChaosOptions {
@@ -125,12 +221,14 @@ impl ChaosOptions {
     pub const DRIFT: ChaosOptions = ChaosOptions {
         drift: ClockDrift::CHAOS,
         beyond: None,
+        reads: Reads::Drawn,
     };
 
     /// Perfect clocks in every seed (chaos as it was before clocks drifted).
     pub const PERFECT_CLOCKS: ChaosOptions = ChaosOptions {
         drift: ClockDrift::NONE,
         beyond: None,
+        reads: Reads::Drawn,
     };
 
     /// For a lease canary: in one seed of three, every clock's rate beyond
@@ -139,7 +237,13 @@ impl ChaosOptions {
         ChaosOptions {
             drift: ClockDrift::CHAOS,
             beyond: Some(factor),
+            reads: Reads::Drawn,
         }
+    }
+
+    /// These options with every seed's reads as `reads` says.
+    pub const fn with_reads(self, reads: Reads) -> ChaosOptions {
+        ChaosOptions { reads, ..self }
     }
 }
 
@@ -178,6 +282,9 @@ impl FaultMix {
             transfer: 0,
             crash_after_change: 0,
             clocks: Vec::new(),
+            reads: ReadSetup::ReadIndex,
+            readers: 1,
+            assumed_drift_ppm: 0,
         });
         if with_rng(|r| r.chance(1, 2)) {
             mix.slow_disk = Some(with_rng(|r| r.below(mix.nodes as u64)) as usize);
@@ -189,10 +296,20 @@ impl FaultMix {
                 mix.crash_after_change = r.below(400);
             });
         }
+        // Drawn whatever the options say, so that a seed run with the setup
+        // it would draw anyway runs as it does when drawing.
+        let drawn = ReadSetup::ALL[with_rng(|r| r.below(ReadSetup::ALL.len() as u64)) as usize];
+        mix.reads = match options.reads {
+            Reads::Drawn => drawn,
+            Reads::Only(setup) => setup,
+        };
+        mix.readers = 1 + with_rng(|r| r.below(2)) as usize;
         // Which seeds drift is the seed's own choice, not a draw, and their
         // clocks are drawn last: every other seed, and every seed without a
-        // bound, runs exactly as it did before clocks drifted.
+        // bound, runs as it does with perfect clocks.
         if options.drift.is_on() && drifts(crate::executor::seed()) {
+            mix.assumed_drift_ppm =
+                u32::try_from(options.drift.max_ppm).expect("a bound below one million");
             let ids = mix.nodes + SPARE_IDS;
             mix.clocks = with_rng(|r| {
                 (0..ids)
@@ -229,12 +346,47 @@ pub struct ChaosReport {
     pub acked: usize,
     /// Membership changes the leader took.
     pub changes: usize,
+    /// What the reads did.
+    pub reads: ReadTally,
+}
+
+/// What a seed's reads did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadTally {
+    /// Sessionless reads served (none of them written to the log), and
+    /// recorded in the history.
+    pub served: u64,
+    /// Sessionless read attempts refused (`WrongLeader`).
+    pub refused: u64,
+    /// Sessionless read attempts that got no answer in time.
+    pub unanswered: u64,
+    /// Reads (sessionless, or a clerk's Get) answered in the very step
+    /// they arrived: with no round trip, so by the leader's lease (or by a
+    /// leader that is its configuration's only voter).
+    pub at_once: u64,
+}
+
+impl ReadTally {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &ReadTally) {
+        self.served += other.served;
+        self.refused += other.refused;
+        self.unanswered += other.unanswered;
+        self.at_once += other.at_once;
+    }
 }
 
 const SAFETY_PHASE: Duration = Duration::from_secs(6);
 /// 20 election timeouts (the longest, 600 ms).
 const LIVENESS_LIMIT: Duration = Duration::from_millis(20 * 600);
 const CALL_TIMEOUT: Duration = Duration::from_millis(400);
+/// Attempts of one sessionless read (the first at a random member, then
+/// wherever a refusal points).
+const READ_ATTEMPTS: usize = 3;
+/// History client ids: readers from here; the final reads of
+/// [`Chaos::check_reads_served`] just below.
+const READER_BASE: u64 = 100;
+const FINAL_READER: u64 = 98;
 
 struct Node {
     server: KvServer,
@@ -246,6 +398,13 @@ struct Node {
 
 struct Call {
     reply: OneshotSender<Reply>,
+}
+
+/// How one attempt of a sessionless read ended.
+enum ReadAttempt {
+    Served,
+    Refused(Option<NodeId>),
+    Unanswered,
 }
 
 /// What a node is stepped with.
@@ -275,6 +434,7 @@ struct World {
     next_call: u64,
     history: Vec<(u64, u64, u64, KvInput, String)>,
     last_stamp: u64,
+    reads: ReadTally,
 }
 
 #[derive(Clone)]
@@ -287,6 +447,12 @@ struct Chaos {
 /// caller catches it and prints the replay command.
 pub fn run_seed(seed: u64) -> ChaosReport {
     run_seed_with(seed, ChaosOptions::default())
+}
+
+/// The fault mix seed `seed` draws under `options` (what [`run_seed_with`]
+/// runs it with), without running it.
+pub fn mix_of(seed: u64, options: ChaosOptions) -> FaultMix {
+    crate::executor::run(seed, async move { FaultMix::draw(options) })
 }
 
 /// Runs one seed with its clocks as `options` say (see [`run_seed`]).
@@ -313,6 +479,7 @@ pub fn run_seed_with(seed: u64, options: ChaosOptions) -> ChaosReport {
                 next_call: 0,
                 history: Vec::new(),
                 last_stamp: 0,
+                reads: ReadTally::default(),
                 mix: mix.clone(),
             })),
         };
@@ -322,6 +489,9 @@ pub fn run_seed_with(seed: u64, options: ChaosOptions) -> ChaosReport {
         let done = Rc::new(std::cell::Cell::new(false));
         let clients: Vec<_> = (0..mix.clients)
             .map(|c| spawn(chaos.clone().client(c as u64, done.clone())))
+            .collect();
+        let readers: Vec<_> = (0..mix.readers)
+            .map(|r| spawn(chaos.clone().reader(READER_BASE + r as u64, done.clone())))
             .collect();
         let faults = spawn(chaos.clone().faults(done.clone()));
         sleep(SAFETY_PHASE).await;
@@ -342,14 +512,24 @@ pub fn run_seed_with(seed: u64, options: ChaosOptions) -> ChaosReport {
                 None => panic!("liveness: a client operation did not complete within 20 election timeouts of healing\n{}", chaos.status()),
             }
         }
+        for r in readers {
+            // A read gives up after three attempts of CALL_TIMEOUT each.
+            if timeout(LIVENESS_LIMIT, r).await.is_none() {
+                panic!(
+                    "liveness: a reader did not stop within 20 election timeouts of healing\n{}",
+                    chaos.status()
+                );
+            }
+        }
         chaos.check_converged(healed_at).await;
         chaos.check_acknowledged(&acked).await;
+        chaos.check_reads_served().await;
         liveness.set(false);
         retirer.await;
         chaos.check_linearizable();
-        let (ops, changes) = {
+        let (ops, changes, reads) = {
             let w = chaos.w.borrow();
-            (w.history.len(), w.changes)
+            (w.history.len(), w.changes, w.reads)
         };
         ChaosReport {
             mix,
@@ -357,6 +537,7 @@ pub fn run_seed_with(seed: u64, options: ChaosOptions) -> ChaosReport {
             ops,
             acked: acked.iter().map(Vec::len).sum(),
             changes,
+            reads,
         }
     })
 }
@@ -369,7 +550,20 @@ impl Chaos {
             w.started[i] = true;
             let (state, snapshot) = w.disks[i].load();
             let members = w.members[i].clone();
-            let config = ServerConfig::new(Config::new(i as u64, members), w.mix.max_raft_state);
+            let mut config =
+                ServerConfig::new(Config::new(i as u64, members), w.mix.max_raft_state);
+            match w.mix.reads {
+                ReadSetup::Log => config.read_policy = ReadPolicy::Log,
+                ReadSetup::ReadIndex => config.read_policy = ReadPolicy::ReadIndex,
+                ReadSetup::Follower => {
+                    config.read_policy = ReadPolicy::ReadIndex;
+                    config.follower_reads = true;
+                }
+                ReadSetup::Lease => {
+                    config.read_policy = ReadPolicy::Lease;
+                    config.raft.max_clock_drift_ppm = w.mix.assumed_drift_ppm;
+                }
+            }
             let seed = with_rng(|r| r.next_u64());
             let server =
                 KvServer::recover(config, seed, state, snapshot).expect("recovers from its disk");
@@ -650,6 +844,17 @@ impl Chaos {
     }
 
     fn step_with(&self, i: usize, input: Input) {
+        // A read's request id: answered in this very step, it was served
+        // with no round trip.
+        let read_id = match &input {
+            Input::Server(ServerEvent::ReadReceived { id, .. }) => Some(*id),
+            Input::Server(ServerEvent::RequestReceived { id, command })
+                if matches!(command.op, Op::Get { .. }) =>
+            {
+                Some(*id)
+            }
+            _ => None,
+        };
         let mut queue = VecDeque::from([input]);
         while let Some(input) = queue.pop_front() {
             let actions = {
@@ -685,7 +890,12 @@ impl Chaos {
                         self.kick_disk(i);
                     }
                     ServerAction::SetTimer { deadline } => self.set_timer(i, deadline),
-                    ServerAction::Reply { id, reply } => self.send_reply(id, reply),
+                    ServerAction::Reply { id, reply } => {
+                        if read_id == Some(id) && matches!(reply, Reply::Applied(_)) {
+                            self.w.borrow_mut().reads.at_once += 1;
+                        }
+                        self.send_reply(id, reply)
+                    }
                 }
             }
         }
@@ -836,6 +1046,19 @@ impl Chaos {
     // ----- clients ------------------------------------------------------------
 
     fn call(&self, server: usize, command: Command) -> crate::executor::OneshotReceiver<Reply> {
+        self.call_with(server, move |id| ServerEvent::RequestReceived {
+            id,
+            command: command.clone(),
+        })
+    }
+
+    /// Sends server `server` the request `request(id)` under a fresh id
+    /// (through the lossy network), and waits for its answer.
+    fn call_with(
+        &self,
+        server: usize,
+        request: impl Fn(u64) -> ServerEvent + Clone + 'static,
+    ) -> crate::executor::OneshotReceiver<Reply> {
         let (tx, rx) = oneshot();
         let id = {
             let mut w = self.w.borrow_mut();
@@ -845,12 +1068,99 @@ impl Chaos {
             id
         };
         for delay in self.fates() {
-            let (me, command) = (self.clone(), command.clone());
-            schedule_after(delay, move || {
-                me.step(server, ServerEvent::RequestReceived { id, command })
-            });
+            let (me, request) = (self.clone(), request.clone());
+            schedule_after(delay, move || me.step(server, request(id)));
         }
         rx
+    }
+
+    /// One attempt of a sessionless read at `server`; a value served is
+    /// recorded in the history as client `client`'s Get.
+    async fn read_once(
+        &self,
+        client: u64,
+        server: usize,
+        key: &str,
+        consistency: ReadConsistency,
+    ) -> ReadAttempt {
+        let call = self.stamp();
+        let k = key.to_string();
+        let rx = self.call_with(server, move |id| ServerEvent::ReadReceived {
+            id,
+            key: k.clone(),
+            consistency,
+        });
+        match timeout(CALL_TIMEOUT, rx).await.flatten() {
+            Some(Reply::Applied(Outcome::Value(value))) => {
+                let ret = self.stamp();
+                let mut w = self.w.borrow_mut();
+                w.reads.served += 1;
+                w.history
+                    .push((client, call, ret, KvInput::get(key.to_string()), value));
+                ReadAttempt::Served
+            }
+            Some(Reply::WrongLeader { leader_hint }) => {
+                self.w.borrow_mut().reads.refused += 1;
+                ReadAttempt::Refused(leader_hint)
+            }
+            Some(other) => panic!("a sessionless read of {key:?} was answered {other:?}"),
+            None => {
+                self.w.borrow_mut().reads.unanswered += 1;
+                ReadAttempt::Unanswered
+            }
+        }
+    }
+
+    /// A sessionless read of `key`: at a random server, then (for up to
+    /// [`READ_ATTEMPTS`] attempts) at the leader a refusal names, or at
+    /// another random member. Served or not, it changes nothing.
+    async fn sessionless_read(&self, client: u64, key: &str, consistency: ReadConsistency) -> bool {
+        let n = self.w.borrow().nodes.len();
+        let mut server = self.some_member();
+        for _ in 0..READ_ATTEMPTS {
+            server = match self.read_once(client, server, key, consistency).await {
+                ReadAttempt::Served => return true,
+                ReadAttempt::Refused(Some(hint)) if (hint as usize) < n => hint as usize,
+                ReadAttempt::Refused(_) => {
+                    // No leader known: give an election a moment.
+                    sleep(ms(with_rng(|r| r.range(10, 51)))).await;
+                    self.some_member()
+                }
+                ReadAttempt::Unanswered => self.some_member(),
+            };
+        }
+        false
+    }
+
+    /// A random server of those deployed (every id that has run and has
+    /// not been retired, up or down): where a client may send a read.
+    fn some_member(&self) -> usize {
+        let deployed: Vec<usize> = {
+            let w = self.w.borrow();
+            (0..w.nodes.len()).filter(|&i| w.started[i]).collect()
+        };
+        deployed[with_rng(|r| r.below(deployed.len() as u64)) as usize]
+    }
+
+    /// How a seed's sessionless reads are asked for: linearizable, and on
+    /// a lease seed half of them by lease.
+    fn draw_consistency(&self) -> ReadConsistency {
+        let lease = self.w.borrow().mix.reads == ReadSetup::Lease;
+        if lease && with_rng(|r| r.chance(1, 2)) {
+            ReadConsistency::Lease
+        } else {
+            ReadConsistency::Linearizable
+        }
+    }
+
+    /// Sends sessionless reads of random keys to random members until told
+    /// to stop.
+    async fn reader(self, client: u64, done: Rc<std::cell::Cell<bool>>) {
+        while !done.get() {
+            let key = format!("k{}", with_rng(|r| r.below(4)));
+            let consistency = self.draw_consistency();
+            self.sessionless_read(client, &key, consistency).await;
+        }
     }
 
     async fn execute(&self, clerk: &mut Clerk, op: Op) -> Outcome {
@@ -1024,6 +1334,31 @@ impl Chaos {
         }
     }
 
+    /// Once the cluster has converged, a sessionless read of every key is
+    /// served (each way the seed asks for them), each within 20 election
+    /// timeouts. (A read starts at a random id, which may be down or
+    /// retired: then it tries another.)
+    async fn check_reads_served(&self) {
+        let lease = self.w.borrow().mix.reads == ReadSetup::Lease;
+        let mut ways = vec![ReadConsistency::Linearizable];
+        if lease {
+            ways.push(ReadConsistency::Lease);
+        }
+        for k in 0..4 {
+            for &consistency in &ways {
+                let key = format!("k{k}");
+                let started = now();
+                while !self.sessionless_read(FINAL_READER, &key, consistency).await {
+                    assert!(
+                        now() - started <= LIVENESS_LIMIT,
+                        "liveness: no {consistency:?} read of {key:?} served within 20 election timeouts of a converged cluster\n{}",
+                        self.status()
+                    );
+                }
+            }
+        }
+    }
+
     fn check_linearizable(&self) {
         let ops: Vec<Operation<KvInput, KvOutput>> = self
             .w
@@ -1040,6 +1375,32 @@ impl Chaos {
             .collect();
         match check(&KvModel, &ops, Duration::from_secs(10)) {
             Verdict::Linearizable => {}
+            Verdict::NotLinearizable(v) => {
+                // The partition's operations, by call time (clients from
+                // READER_BASE are sessionless readers, FINAL_READER the
+                // final reads, 99 the final check's clerk).
+                let mut listed: Vec<usize> = (0..v.ops.len()).collect();
+                listed.sort_by_key(|&i| (v.ops[i].call, i));
+                let lines: Vec<String> = listed
+                    .iter()
+                    .map(|&i| {
+                        let o = &v.ops[i];
+                        format!(
+                            "  [{:.6} s, {:.6} s] client {} {}",
+                            o.call as f64 / 1e9,
+                            o.ret as f64 / 1e9,
+                            o.client,
+                            KvModel.describe_operation(&o.input, &o.output)
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "linearizability: the history of {} operations is not-linearizable\n{}\n{}",
+                    ops.len(),
+                    v.describe(&KvModel),
+                    lines.join("\n")
+                )
+            }
             other => panic!(
                 "linearizability: the history of {} operations is {}",
                 ops.len(),

@@ -273,10 +273,16 @@ impl LeaderState {
     }
 
     /// With lease reads on, each heartbeat starts a round if none is in
-    /// flight, so that the lease is renewed while the leader leads.
+    /// flight, so that the lease is renewed while the leader leads. Not
+    /// before an entry of our term has committed: a round takes the reads
+    /// waiting for one, with the commit index as their read index, and
+    /// until then a new leader's commit index may lag what its predecessor
+    /// committed (`advance_reads` waits for the same reason; no lease is
+    /// used before then either).
     pub(crate) fn renew_lease(&mut self, s: &mut Shared) {
         if s.config.lease_reads
             && !self.reads.lease_forfeit
+            && s.commit_index > self.term_start_index
             && self.confirmed_round(s) >= self.reads.round
         {
             self.start_round(s);

@@ -1,7 +1,12 @@
 //! Runs chaos seeds: `chaos [--seeds N] [--from FIRST] [--seed ONE]
-//! [--drift-ppm BOUND] [--drift-beyond FACTOR]`; built with `--features
-//! canaries`, also `--canary NAME` (plant one bug for the run) and
-//! `--canaries SEEDS` (hunt each planted bug in turn).
+//! [--drift-ppm BOUND] [--drift-beyond FACTOR] [--reads SETUP]`; built with
+//! `--features canaries`, also `--canary NAME` (plant one bug for the run)
+//! and `--canaries SEEDS` (hunt each planted bug in turn).
+//!
+//! Reads: `--reads log|read-index|follower|lease` runs every seed with that
+//! read setup (`driver_sim::chaos::ReadSetup`); `--reads drawn` (the
+//! default) lets each seed draw its own. A seed run with the setup it would
+//! draw runs exactly as when drawing.
 //!
 //! Clocks: in one seed of three (those divisible by 3) every node's clock
 //! drifts within `--drift-ppm` parts per million (default 50000, ±5%; 0
@@ -18,12 +23,15 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use driver_sim::chaos::{run_seed_with, ChaosOptions};
+use driver_sim::chaos::{mix_of, run_seed_with, ChaosOptions, ReadSetup, ReadTally, Reads};
 use driver_sim::ClockDrift;
 
 fn usage() -> ExitCode {
     eprintln!("usage: chaos [--seeds N (default 1000)] [--from FIRST (default 1)] [--seed ONE]");
     eprintln!("             [--drift-ppm BOUND (default 50000; 0: perfect clocks)] [--drift-beyond FACTOR (>= 2)]");
+    eprintln!(
+        "             [--reads log|read-index|follower|lease|drawn (default: drawn per seed)]"
+    );
     eprintln!("       chaos --canaries SEEDS   (built with --features canaries): each planted bug in turn");
     eprintln!("       chaos --canary NAME ...  (built with --features canaries): run with one planted bug");
     ExitCode::from(2)
@@ -51,6 +59,15 @@ fn main() -> ExitCode {
             };
             Planted::set(Some(c));
             planted = format!(" --features canaries --bin chaos -- --canary {c}");
+            continue;
+        }
+        if flag == "--reads" {
+            let name = args.next().unwrap_or_default();
+            options.reads = match ReadSetup::by_name(&name) {
+                Some(setup) => Reads::Only(setup),
+                None if name == "drawn" => Reads::Drawn,
+                None => return usage(),
+            };
             continue;
         }
         let Some(value) = args.next().and_then(|v| v.parse::<u64>().ok()) else {
@@ -84,11 +101,18 @@ fn main() -> ExitCode {
     if let Some(factor) = options.beyond {
         clocks += &format!(" --drift-beyond {factor}");
     }
+    if let Reads::Only(setup) = options.reads {
+        clocks += &format!(" --reads {setup}");
+    }
     // Failures are reported here, with their seed; keep panics quiet.
     std::panic::set_hook(Box::new(|_| {}));
     let started = Instant::now();
     let (mut failed, mut events, mut ops, mut changes) = (Vec::new(), 0u64, 0usize, 0usize);
     let mut drifting = 0u64;
+    // Passed seeds by read setup (in `ReadSetup::ALL` order), and what
+    // their reads did.
+    let mut by_setup = [0u64; ReadSetup::ALL.len()];
+    let mut reads = ReadTally::default();
     for (k, seed) in (from..from + count).enumerate() {
         match catch_unwind(AssertUnwindSafe(|| run_seed_with(seed, options))) {
             Ok(report) => {
@@ -96,6 +120,18 @@ fn main() -> ExitCode {
                 ops += report.ops;
                 changes += report.changes;
                 drifting += u64::from(!report.mix.clocks.is_empty());
+                by_setup[report.mix.reads.position()] += 1;
+                reads.add(&report.reads);
+                if count == 1 {
+                    eprintln!(
+                        "\rseed {seed}: reads {}, {} nodes, {} clients, {} readers, {:?}",
+                        report.mix.reads,
+                        report.mix.nodes,
+                        report.mix.clients,
+                        report.mix.readers,
+                        report.reads
+                    );
+                }
             }
             Err(panic) => {
                 let why = panic
@@ -103,7 +139,11 @@ fn main() -> ExitCode {
                     .cloned()
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_default();
-                eprintln!("\rseed {seed} FAILED: {}", why.lines().next().unwrap_or(""));
+                let setup = mix_of(seed, options).reads;
+                eprintln!(
+                    "\rseed {seed} FAILED (reads {setup}): {}",
+                    why.lines().next().unwrap_or("")
+                );
                 let run = if planted.is_empty() {
                     " --bin chaos --"
                 } else {
@@ -147,8 +187,22 @@ fn main() -> ExitCode {
             options.drift.max_ppm
         ),
     };
+    let setups: Vec<String> = ReadSetup::ALL
+        .iter()
+        .zip(by_setup)
+        .filter(|&(_, n)| n > 0)
+        .map(|(setup, n)| format!("{n} {setup}"))
+        .collect();
+    let reads_note = format!(
+        "; reads: passed seeds {}, {} sessionless reads served without the log ({} attempts refused, {} unanswered), {} reads answered with no round trip",
+        if setups.is_empty() { "none".to_string() } else { setups.join(", ") },
+        reads.served,
+        reads.refused,
+        reads.unanswered,
+        reads.at_once
+    );
     println!(
-        "chaos: {} seeds from {from}: {} passed, {} failed; {events} events, {ops} client operations checked, {changes} membership changes{clocks_note}, {:.1} s",
+        "chaos: {} seeds from {from}: {} passed, {} failed; {events} events, {ops} client operations checked, {changes} membership changes{clocks_note}{reads_note}, {:.1} s",
         count,
         count as usize - failed.len(),
         failed.len(),
