@@ -5,9 +5,9 @@ use std::time::Duration;
 #[cfg(feature = "ours")]
 use anyhow::anyhow;
 use anyhow::{bail, Context, Result};
-use etcd_client::{Client, ConnectOptions, KvClient};
+use etcd_client::{Client, ConnectOptions, GetOptions, KvClient};
 
-use crate::Target;
+use crate::{Consistency, Target};
 
 fn etcd_urls(endpoints: &[String]) -> Vec<String> {
     endpoints
@@ -30,6 +30,10 @@ fn etcd_urls(endpoints: &[String]) -> Vec<String> {
 /// the leader, as with any etcd v3 client that is given all endpoints). With
 /// `--etcd-conns K` the logical clients instead share K such Clients
 /// round-robin, like etcd's own `benchmark --conns K --clients N`.
+///
+/// Gets are Range requests: linearizable (etcd's default, served after a
+/// ReadIndex round by whichever member the channel picked) or, for
+/// [`Consistency::Local`], serializable (that member's own state).
 pub struct EtcdTarget {
     kvs: Vec<KvClient>,
 }
@@ -67,6 +71,17 @@ impl Target for EtcdTarget {
         let mut kv = self.kvs[client % self.kvs.len()].clone();
         kv.put(key, value, None).await?;
         Ok(())
+    }
+
+    async fn get(&self, client: usize, key: String, consistency: Consistency) -> Result<bool> {
+        let mut kv = self.kvs[client % self.kvs.len()].clone();
+        let opts = match consistency {
+            Consistency::Linearizable => None,
+            Consistency::Local => Some(GetOptions::new().with_serializable()),
+            Consistency::Lease => bail!("etcd has no lease read"),
+        };
+        let r = kv.get(key, opts).await?;
+        Ok(r.kvs().first().is_some_and(|kv| !kv.value().is_empty()))
     }
 }
 
@@ -168,6 +183,22 @@ impl Target for OursTarget {
             .await
             .map_err(|e| anyhow!("put: {e:?}"))?;
         Ok(())
+    }
+
+    async fn get(&self, client: usize, key: String, consistency: Consistency) -> Result<bool> {
+        #[allow(unused_mut)]
+        let mut c = self.clients[client].lock().await;
+        let v = match consistency {
+            // Through the session (the server's default read policy,
+            // ReadIndex).
+            Consistency::Linearizable => c.get(&key).await,
+            other => bail!(
+                "{} reads need driver_tokio::client::Client::get_with (branch reads-rkv)",
+                other.name()
+            ),
+        }
+        .map_err(|e| anyhow!("get: {e:?}"))?;
+        Ok(!v.is_empty())
     }
 }
 
