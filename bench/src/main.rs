@@ -333,7 +333,7 @@ fn next_is_put(workload: Workload, ops_rng: &mut Rng) -> bool {
     match workload {
         Workload::Put => true,
         Workload::Read => false,
-        Workload::Mixed90 => ops_rng.next() % 10 == 0,
+        Workload::Mixed90 => ops_rng.next().is_multiple_of(10),
     }
 }
 
