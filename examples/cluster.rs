@@ -40,6 +40,8 @@ impl Cluster {
             join: Vec::new(),
             data_dir: self.dir.join(format!("node{id}")),
             max_raft_state: Some(64 << 10),
+            read_policy: driver_tokio::ReadPolicy::ReadIndex,
+            follower_reads: false,
         }
     }
 

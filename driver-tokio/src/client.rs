@@ -11,12 +11,37 @@
 //! follows membership changes: new servers are found, and a cluster whose
 //! original servers have all been replaced is still reached through any
 //! server it has met.
+//!
+//! Writes go to the leader (the clerk's guess, then its hints). Gets
+//! ([`Client::get_with`]) carry no session and never reach the log
+//! ([`ClientRequest::Read`]); where each goes depends on its consistency:
+//!
+//! - `Linearizable`: to the leader, unless some members serve follower
+//!   reads (`rkv serve --follower-reads`, which their status reports): then
+//!   round-robin over those members and the leader, one more step with each
+//!   Get, so reads spread over the cluster while writes go to the leader.
+//! - `Lease`: to the leader, the only server that holds a lease (a follower
+//!   would serve it by ReadIndex).
+//! - `Local`: round-robin over the servers given to [`Client::connect`]
+//!   (the ones the caller chose to talk to), then the members learned; the
+//!   first that answers serves it from its own applied state, possibly
+//!   stale.
+//!
+//! A `WrongLeader` answer sends the read to the server it names, an
+//! unreachable server to the next in that order; after a whole round of
+//! failures the client pauses ([`kv_core::ROUND_BACKOFF`]), asks for the
+//! members again and starts over, until `op_timeout`. If a server reports
+//! `--read-policy log`, linearizable and lease Gets go through the log as
+//! session commands instead, as that policy asks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use kv_core::{AdminReply, AdminRequest, Clerk, MemberList, Op, Outcome, Progress, Refusal, Reply};
+use kv_core::{
+    AdminReply, AdminRequest, Clerk, MemberList, Op, Outcome, Progress, ReadConsistency, Refusal,
+    Reply,
+};
 use raft_core::NodeId;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -79,6 +104,15 @@ pub struct Client {
     clerk: Option<Clerk>,
     id: u64,
     next_id: u64,
+    /// The leader as last seen: a status, a hint, or a server that answered
+    /// what only a leader answers.
+    leader: Option<NodeId>,
+    /// The members whose status says they serve follower reads.
+    serves_reads: BTreeSet<NodeId>,
+    /// Some server runs `--read-policy log`: Gets go through the log.
+    log_reads: bool,
+    /// Where successive reads start their round-robin.
+    read_turn: usize,
     /// How long to wait for one server's answer before trying the next.
     pub attempt_timeout: Duration,
     /// How long an operation may take in all before failing with `Timeout`.
@@ -116,14 +150,20 @@ impl Client {
         if servers.is_empty() {
             return Err(ClientError::NoServers);
         }
+        let id = raft_wire::seed_from_entropy(0x6b76);
         Ok(Client {
             cluster_id,
             seeds: servers,
             addrs: BTreeMap::new(),
             conns: BTreeMap::new(),
             clerk: None,
-            id: raft_wire::seed_from_entropy(0x6b76),
+            id,
             next_id: 0,
+            leader: None,
+            serves_reads: BTreeSet::new(),
+            log_reads: false,
+            // Clients started together start their reads in different places.
+            read_turn: (id % 1024) as usize,
             attempt_timeout: Duration::from_secs(1),
             op_timeout: Duration::from_secs(30),
         })
@@ -134,8 +174,95 @@ impl Client {
         &self.addrs
     }
 
-    /// The value of `key` ("" if it was never set).
+    /// The value of `key` ("" if it was never set), linearizable: a
+    /// [`ReadConsistency::Linearizable`] read, which writes nothing.
     pub async fn get(&mut self, key: &str) -> Result<String, ClientError> {
+        self.get_with(key, ReadConsistency::Linearizable).await
+    }
+
+    /// The value of `key` ("" if it was never set), read with the given
+    /// consistency and never through the log (see the module doc for where
+    /// each goes):
+    ///
+    /// - `Linearizable`: the latest value at some instant between the call
+    ///   and its return (ReadIndex: the leader confirms it still leads with a
+    ///   quorum round; rests on no clock).
+    /// - `Lease`: the same, by the leader's lease when every server runs
+    ///   `--read-policy lease` (rests on bounded clock drift); served as
+    ///   `Linearizable` otherwise.
+    /// - `Local`: the answering server's applied state, possibly stale: it
+    ///   may miss acknowledged writes, and a later read may return an older
+    ///   value. Served by any server, even one cut off from the others.
+    ///
+    /// A read has no effect, so a `Timeout` here leaves nothing undecided.
+    pub async fn get_with(
+        &mut self,
+        key: &str,
+        consistency: ReadConsistency,
+    ) -> Result<String, ClientError> {
+        let started = tokio::time::Instant::now();
+        if consistency != ReadConsistency::Local {
+            self.await_servers(started).await?;
+            if self.log_reads {
+                return self.get_in_session(key).await;
+            }
+        }
+        self.read_turn = self.read_turn.wrapping_add(1);
+        let mut order = self.read_order(consistency);
+        let mut turn = 0;
+        let mut hinted: Option<SocketAddr> = None;
+        let mut failures = 0usize;
+        loop {
+            if started.elapsed() > self.op_timeout {
+                return Err(ClientError::Timeout(self.op_timeout));
+            }
+            let addr = hinted.take().unwrap_or_else(|| {
+                turn += 1;
+                order[(turn - 1) % order.len()]
+            });
+            let request = ClientRequest::Read {
+                id: 0,
+                key: key.to_string(),
+                consistency,
+            };
+            match self.call(addr, request).await {
+                Ok(ClientResponse::Reply {
+                    reply: Reply::Applied(Outcome::Value(value)),
+                    ..
+                }) => {
+                    self.read_answered(addr, consistency);
+                    return Ok(value);
+                }
+                Ok(ClientResponse::Reply {
+                    reply: Reply::WrongLeader { leader_hint },
+                    ..
+                }) => hinted = self.follow_hint(addr, leader_hint).await,
+                Ok(other) => {
+                    return Err(ClientError::Unexpected {
+                        addr,
+                        what: format!("{other:?}"),
+                    })
+                }
+                Err(_) => self.forget_leader_at(addr),
+            }
+            failures += 1;
+            if failures.is_multiple_of(order.len()) {
+                // A whole round failed: no leader yet, or the membership
+                // moved. Start over from what the servers say now.
+                tokio::time::sleep(kv_core::ROUND_BACKOFF).await;
+                self.discover().await;
+                order = self.read_order(consistency);
+                (turn, hinted) = (0, None);
+            }
+        }
+    }
+
+    /// The value of `key` read as a command of this session, which the
+    /// server serves by its read policy: through the log with
+    /// `--read-policy log`, by ReadIndex (or lease) otherwise, except for a
+    /// session's first request, which goes through the log to create the
+    /// session. [`Client::get`] writes nothing on any policy but `log`.
+    pub async fn get_in_session(&mut self, key: &str) -> Result<String, ClientError> {
         match self
             .execute(Op::Get {
                 key: key.to_string(),
@@ -280,11 +407,22 @@ impl Client {
         }
         let mut direct = BTreeMap::new();
         let mut best: Option<MemberList> = None;
+        let mut serving = BTreeSet::new();
+        let mut log_reads = false;
+        // The self-declared leader of the highest term.
+        let mut leading: Option<(u64, NodeId)> = None;
         while let Some(result) = asks.join_next().await {
             let Ok(Some((addr, status))) = result else {
                 continue;
             };
             direct.insert(status.node_id, addr);
+            if status.follower_reads {
+                serving.insert(status.node_id);
+            }
+            log_reads |= status.read_policy == crate::read_policy_name(kv_core::ReadPolicy::Log);
+            if status.role == "leader" && leading.is_none_or(|(t, _)| status.term > t) {
+                leading = Some((status.term, status.node_id));
+            }
             let newer = best.as_ref().is_none_or(|b| {
                 (status.members.term, status.members.commit_index) > (b.term, b.commit_index)
             });
@@ -317,11 +455,19 @@ impl Client {
             }
         }
         self.conns.retain(|a, _| addrs.values().any(|b| b == a));
+        serving.retain(|id| addrs.contains_key(id));
+        self.serves_reads = serving;
+        self.log_reads = log_reads;
+        self.leader = leading
+            .map(|(_, id)| id)
+            .or(view.leader)
+            .or(self.leader)
+            .filter(|id| addrs.contains_key(id));
         self.addrs = addrs;
     }
 
-    async fn execute(&mut self, op: Op) -> Result<Outcome, ClientError> {
-        let started = tokio::time::Instant::now();
+    /// Waits (within the operation's time) until some server's id is known.
+    async fn await_servers(&mut self, started: tokio::time::Instant) -> Result<(), ClientError> {
         while self.clerk.is_none() {
             if started.elapsed() > self.op_timeout {
                 return Err(ClientError::Timeout(self.op_timeout));
@@ -331,6 +477,77 @@ impl Client {
                 tokio::time::sleep(kv_core::ROUND_BACKOFF).await;
             }
         }
+        Ok(())
+    }
+
+    /// The servers a read tries, in order (see the module doc).
+    fn read_order(&self, consistency: ReadConsistency) -> Vec<SocketAddr> {
+        let mut first: Vec<SocketAddr> = match consistency {
+            ReadConsistency::Local => self.seeds.clone(),
+            ReadConsistency::Linearizable if !self.serves_reads.is_empty() => self
+                .addrs
+                .iter()
+                .filter(|(id, _)| self.serves_reads.contains(id) || self.leader == Some(**id))
+                .map(|(_, &a)| a)
+                .collect(),
+            _ => self
+                .leader
+                .and_then(|l| self.addrs.get(&l).copied())
+                .into_iter()
+                .collect(),
+        };
+        if !first.is_empty() {
+            let n = first.len();
+            first.rotate_left(self.read_turn % n);
+        }
+        for &a in self.addrs.values() {
+            if !first.contains(&a) {
+                first.push(a);
+            }
+        }
+        first
+    }
+
+    /// A read was answered by `addr`: if only a leader could have answered
+    /// it, that server leads.
+    fn read_answered(&mut self, addr: SocketAddr, consistency: ReadConsistency) {
+        if consistency == ReadConsistency::Local {
+            return;
+        }
+        let id = self.addrs.iter().find(|(_, &a)| a == addr).map(|(&i, _)| i);
+        if let Some(id) = id.filter(|i| !self.serves_reads.contains(i)) {
+            self.leader = Some(id);
+        }
+    }
+
+    /// `addr` answered `WrongLeader` with `hint`: where to send the read
+    /// next, if the hint names another server.
+    async fn follow_hint(&mut self, addr: SocketAddr, hint: Option<NodeId>) -> Option<SocketAddr> {
+        let Some(hint) = hint else {
+            self.forget_leader_at(addr);
+            return None;
+        };
+        if !self.addrs.contains_key(&hint) {
+            self.discover().await;
+        }
+        let to = self.addrs.get(&hint).copied()?;
+        self.leader = Some(hint);
+        (to != addr).then_some(to)
+    }
+
+    /// `addr` failed or does not lead: stop taking it for the leader.
+    fn forget_leader_at(&mut self, addr: SocketAddr) {
+        if self
+            .leader
+            .is_some_and(|l| self.addrs.get(&l) == Some(&addr))
+        {
+            self.leader = None;
+        }
+    }
+
+    async fn execute(&mut self, op: Op) -> Result<Outcome, ClientError> {
+        let started = tokio::time::Instant::now();
+        self.await_servers(started).await?;
         let mut attempt = self.clerk.as_mut().expect("built").begin(op);
         loop {
             if started.elapsed() > self.op_timeout {
@@ -374,7 +591,10 @@ impl Client {
                     Progress::Done(Outcome::SessionExpired) => {
                         return Err(ClientError::SessionExpired)
                     }
-                    Progress::Done(outcome) => return Ok(outcome),
+                    Progress::Done(outcome) => {
+                        self.leader = Some(server);
+                        return Ok(outcome);
+                    }
                     Progress::Retry(next) => next,
                 },
                 None => clerk.on_failure(server),
@@ -393,7 +613,8 @@ impl Client {
         match &mut request {
             ClientRequest::Command { id: rid, .. }
             | ClientRequest::Status { id: rid }
-            | ClientRequest::Admin { id: rid, .. } => *rid = id,
+            | ClientRequest::Admin { id: rid, .. }
+            | ClientRequest::Read { id: rid, .. } => *rid = id,
         }
         let result = tokio::time::timeout(self.attempt_timeout, async {
             let conn = self.conn(addr).await?;

@@ -21,4 +21,8 @@ pub mod transport;
 pub mod wire;
 
 pub use client::{Client, ClientError};
-pub use node::{start_node, start_node_with, NodeConfig, NodeError, NodeHandle};
+pub use kv_core::{ReadConsistency, ReadPolicy};
+pub use node::{
+    parse_read_policy, read_policy_name, start_node, start_node_with, NodeConfig, NodeError,
+    NodeHandle,
+};

@@ -26,8 +26,16 @@
 //! 250 ms ([`KvServer::registration`]). Status answers carry the node's
 //! address book, so a joining node learns the initial members' peer
 //! addresses even before they are recorded.
+//!
+//! Reads: a [`ClientRequest::Read`] becomes `ServerEvent::ReadReceived`,
+//! which kv-core serves without a log entry whatever the read policy, so it
+//! causes no `Persist` (ReadIndex rounds and forwarded reads are plain
+//! messages). A Get sent as a [`ClientRequest::Command`] follows
+//! [`NodeConfig::read_policy`]: through the log only with
+//! [`ReadPolicy::Log`] (and, on the other policies, for a session's first
+//! request, which must create the session).
 
-use kv_core::{KvServer, MemberAddrs, Reply, ServerAction, ServerConfig, ServerEvent};
+use kv_core::{KvServer, MemberAddrs, ReadPolicy, Reply, ServerAction, ServerConfig, ServerEvent};
 use raft_core::{Message, NodeId, Persist, Role};
 use raft_storage::{Storage, StorageError};
 use raft_wire::{seed_from_entropy, Clock};
@@ -69,6 +77,36 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Snapshot once the on-disk Raft state reaches this many bytes.
     pub max_raft_state: Option<usize>,
+    /// How Gets sent as commands are served, and whether the leader may
+    /// answer lease reads from its lease ([`ReadPolicy::Lease`], which
+    /// assumes bounded clock drift and must be set on every server).
+    pub read_policy: ReadPolicy,
+    /// Serve linearizable reads as a follower too (the read index is asked
+    /// of the leader), instead of sending the client to the leader.
+    pub follower_reads: bool,
+}
+
+/// The name of a read policy as `rkv serve --read-policy` takes it.
+pub fn read_policy_name(policy: ReadPolicy) -> &'static str {
+    match policy {
+        ReadPolicy::Log => "log",
+        ReadPolicy::ReadIndex => "read-index",
+        ReadPolicy::Lease => "lease",
+        _ => "unknown",
+    }
+}
+
+/// Parses a read policy by the name [`read_policy_name`] gives it
+/// (`read_index` is taken for `read-index`).
+pub fn parse_read_policy(name: &str) -> Result<ReadPolicy, String> {
+    match name {
+        "read-index" | "read_index" => Ok(ReadPolicy::ReadIndex),
+        "lease" => Ok(ReadPolicy::Lease),
+        "log" => Ok(ReadPolicy::Log),
+        other => Err(format!(
+            "unknown read policy {other:?}: expected read-index, lease or log"
+        )),
+    }
 }
 
 /// Why a node could not start or had to stop.
@@ -220,6 +258,8 @@ pub async fn start_node_with(
         peer: peer_addr.to_string(),
         client: config.client_addr.to_string(),
     });
+    server_config.read_policy = config.read_policy;
+    server_config.follower_reads = config.follower_reads;
     let server = KvServer::recover(server_config, seed, recovered.state, recovered.snapshot)?;
     info!(
         id = config.id,
@@ -228,6 +268,8 @@ pub async fn start_node_with(
         members = ?server.raft().membership().members(),
         known_peers = ?book.peers,
         data_dir = %config.data_dir.display(),
+        read_policy = read_policy_name(config.read_policy),
+        follower_reads = config.follower_reads,
         "node starting"
     );
 
@@ -269,6 +311,8 @@ pub async fn start_node_with(
         storage: storage_tx,
         waiting: BTreeMap::new(),
         next_request: 0,
+        read_policy: config.read_policy,
+        follower_reads: config.follower_reads,
     };
     event_loop.follow_membership()?;
     tasks.spawn(async move {
@@ -449,6 +493,9 @@ struct EventLoop {
     /// Client requests waiting for the core's reply: our id → (their id, queue).
     waiting: BTreeMap<u64, (u64, mpsc::Sender<ClientResponse>)>,
     next_request: u64,
+    /// As configured, for status answers.
+    read_policy: ReadPolicy,
+    follower_reads: bool,
 }
 
 impl EventLoop {
@@ -487,6 +534,24 @@ impl EventLoop {
                 let ours = self.next_request;
                 self.waiting.insert(ours, (id, respond));
                 self.step(ServerEvent::RequestReceived { id: ours, command })
+            }
+            Input::Client {
+                request:
+                    ClientRequest::Read {
+                        id,
+                        key,
+                        consistency,
+                    },
+                respond,
+            } => {
+                self.next_request += 1;
+                let ours = self.next_request;
+                self.waiting.insert(ours, (id, respond));
+                self.step(ServerEvent::ReadReceived {
+                    id: ours,
+                    key,
+                    consistency,
+                })
             }
             Input::Client {
                 request: ClientRequest::Admin { id, request },
@@ -681,6 +746,8 @@ impl EventLoop {
             commit_index: r.commit_index(),
             last_applied: r.last_applied(),
             last_index: r.log().last_index(),
+            read_policy: read_policy_name(self.read_policy).to_string(),
+            follower_reads: self.follower_reads,
             snapshot_index: r.log().snapshot().index,
             members: self.server.member_list(),
             peers: self.book.peers.clone(),

@@ -5,13 +5,19 @@
 //! `kv-core` types) and the async adapters that read and write frames on
 //! tokio streams.
 //!
+//! A Get travels as [`ClientRequest::Read`], outside any session: it changes
+//! nothing, so it needs no request number, and it never reaches the log
+//! (`kv_core::ServerEvent::ReadReceived`). A Get sent as a
+//! [`ClientRequest::Command`] is served by the server's read policy instead
+//! (through the log with `--read-policy log`).
+//!
 //! The length is checked against a limit before anything is allocated
 //! ([`MAX_FRAME`]; [`MAX_HELLO_FRAME`] for the handshake, the one frame a
 //! stranger can send), and the buffer grows with the bytes that actually
 //! arrive, so announcing a large frame and sending little costs the reader
 //! little. An oversized or undecodable frame closes the connection.
 
-use kv_core::{AdminRequest, Command, MemberList, Reply};
+use kv_core::{AdminRequest, Command, MemberList, ReadConsistency, Reply};
 pub use raft_wire::{
     encode_frame, FrameError, Hello, HelloError, MAX_FRAME, MAX_HELLO_FRAME, PROTOCOL_VERSION,
 };
@@ -44,12 +50,25 @@ pub enum ClientRequest {
         /// The request.
         request: AdminRequest,
     },
+    /// Read `key` outside any session, never through the log; answered with
+    /// a `Reply` carrying `Reply::Applied(Outcome::Value(_))`, or
+    /// `Reply::WrongLeader` from a server that cannot serve it (a follower
+    /// without follower reads, a leader that lost its term).
+    Read {
+        /// Echoed in the response.
+        id: u64,
+        /// The key.
+        key: String,
+        /// How it is served: linearizable (ReadIndex), the leader's lease,
+        /// or this server's applied state (possibly stale).
+        consistency: ReadConsistency,
+    },
 }
 
 /// A node's answer to a client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientResponse {
-    /// The answer to a `Command`.
+    /// The answer to a `Command`, an `Admin` request or a `Read`.
     Reply {
         /// The request's id.
         id: u64,
@@ -82,6 +101,13 @@ pub struct NodeStatus {
     pub last_applied: u64,
     /// Its last log index.
     pub last_index: u64,
+    /// How it serves Gets sent as commands and lease reads: "read-index",
+    /// "lease" or "log" (its `--read-policy`).
+    pub read_policy: String,
+    /// Whether it serves linearizable reads as a follower (forwarding for
+    /// the read index) rather than sending the client to the leader (its
+    /// `--follower-reads`).
+    pub follower_reads: bool,
     /// Where its snapshot ends.
     pub snapshot_index: u64,
     /// The members as it knows them (with match indices if it leads).

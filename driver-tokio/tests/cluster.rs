@@ -3,166 +3,25 @@
 //! files. Each test is bounded in time.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use driver_tokio::wire::{encode_frame, Hello, PROTOCOL_VERSION};
 use driver_tokio::Client;
 use raft_storage::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
-use raft_wire::test_util::free_addrs;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod common;
+#[path = "common/procs.rs"]
+mod procs;
 
 use common::{check_acked_appends, check_linearizable, run, workload_op, Record};
+use procs::ProcCluster;
 
 const CLUSTER_ID: u64 = 77;
-
-/// Three `rkv serve` processes sharing a temporary directory.
-struct ProcCluster {
-    dir: tempfile::TempDir,
-    peers: Vec<SocketAddr>,
-    clients: Vec<SocketAddr>,
-    procs: Vec<Option<Child>>,
-}
-
-impl ProcCluster {
-    fn new(n: usize) -> ProcCluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut addrs = free_addrs(2 * n);
-        let clients = addrs.split_off(n);
-        let peers = addrs;
-        let mut c = ProcCluster {
-            dir,
-            peers,
-            clients,
-            procs: (0..n).map(|_| None).collect(),
-        };
-        for i in 0..n {
-            c.start(i);
-        }
-        c
-    }
-
-    fn data_dir(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("node{i}"))
-    }
-
-    fn log_path(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("node{i}.log"))
-    }
-
-    fn command(&self, i: usize) -> Command {
-        let peers: Vec<String> = self
-            .peers
-            .iter()
-            .enumerate()
-            .map(|(j, a)| format!("{j}={a}"))
-            .collect();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rkv"));
-        cmd.arg("serve")
-            .args([
-                "--id",
-                &i.to_string(),
-                "--cluster-id",
-                &CLUSTER_ID.to_string(),
-            ])
-            .args(["--peers", &peers.join(",")])
-            .args(["--client-addr", &self.clients[i].to_string()])
-            .arg("--data-dir")
-            .arg(self.data_dir(i))
-            .args(["--max-raft-state", "65536"])
-            .env("RKV_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        cmd
-    }
-
-    fn start(&mut self, i: usize) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(i))
-            .expect("log");
-        let child = self
-            .command(i)
-            .stderr(log)
-            .spawn()
-            .expect("spawn rkv serve");
-        self.procs[i] = Some(child);
-    }
-
-    /// SIGKILL: no chance to flush or say goodbye.
-    fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.procs[i].take() {
-            c.kill().expect("kill");
-            c.wait().expect("wait");
-        }
-    }
-
-    fn kill_all(&mut self) {
-        for i in 0..self.procs.len() {
-            self.kill(i);
-        }
-    }
-
-    async fn client(&self) -> Client {
-        let mut c = Client::connect(CLUSTER_ID, self.clients.clone())
-            .await
-            .expect("client");
-        c.op_timeout = Duration::from_secs(20);
-        c
-    }
-
-    /// Waits (up to 15 s) for some node to report itself leader.
-    async fn leader(&self) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut c = self.client().await;
-        c.attempt_timeout = Duration::from_millis(300);
-        loop {
-            for i in 0..self.clients.len() {
-                if let Ok(s) = c.status(i).await {
-                    if s.role == "leader" {
-                        return i;
-                    }
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no leader within 15 s; logs in {}",
-                self.dir.path().display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for ProcCluster {
-    fn drop(&mut self) {
-        // A failing test shows what each node said, and whether it had
-        // exited by itself, before its directory goes.
-        if std::thread::panicking() {
-            for i in 0..self.procs.len() {
-                let exited = match self.procs[i].as_mut().map(Child::try_wait) {
-                    Some(Ok(Some(status))) => format!("exited by itself ({status})"),
-                    Some(_) => "running".to_string(),
-                    None => "not running (killed by the test)".to_string(),
-                };
-                let log = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
-                let lines: Vec<&str> = log.lines().collect();
-                eprintln!("--- node {i}: {exited}; last lines of its log:");
-                for line in &lines[lines.len().saturating_sub(15)..] {
-                    eprintln!("    {line}");
-                }
-            }
-        }
-        self.kill_all();
-    }
-}
 
 /// The newest log segment in a node's data directory.
 fn newest_segment(dir: &Path) -> PathBuf {
@@ -199,7 +58,7 @@ fn record_payloads(segment: &[u8]) -> Vec<std::ops::Range<usize>> {
 #[test]
 fn cluster_basic_ops() {
     run(Duration::from_secs(60), async {
-        let cluster = ProcCluster::new(3);
+        let cluster = ProcCluster::new(CLUSTER_ID, 3);
         cluster.leader().await;
         let mut c = cluster.client().await;
         assert_eq!(c.get("missing").await.unwrap(), "");
@@ -235,7 +94,7 @@ fn cluster_basic_ops() {
 #[test]
 fn kill_leader_under_load_loses_nothing() {
     run(Duration::from_secs(120), async {
-        let mut cluster = ProcCluster::new(3);
+        let mut cluster = ProcCluster::new(CLUSTER_ID, 3);
         cluster.leader().await;
         let t0 = Instant::now();
         let history: Arc<Mutex<Vec<Record>>> = Arc::default();
@@ -294,7 +153,7 @@ fn kill_leader_under_load_loses_nothing() {
 #[test]
 fn restart_all_recovers_from_disk() {
     run(Duration::from_secs(90), async {
-        let mut cluster = ProcCluster::new(3);
+        let mut cluster = ProcCluster::new(CLUSTER_ID, 3);
         cluster.leader().await;
         let mut c = cluster.client().await;
         for i in 0..300 {
@@ -321,7 +180,7 @@ fn restart_all_recovers_from_disk() {
 #[test]
 fn recovers_torn_tail() {
     run(Duration::from_secs(90), async {
-        let mut cluster = ProcCluster::new(3);
+        let mut cluster = ProcCluster::new(CLUSTER_ID, 3);
         cluster.leader().await;
         let mut c = cluster.client().await;
         for i in 0..50 {
@@ -356,7 +215,7 @@ fn recovers_torn_tail() {
 #[test]
 fn refuses_corrupt_log() {
     run(Duration::from_secs(90), async {
-        let mut cluster = ProcCluster::new(3);
+        let mut cluster = ProcCluster::new(CLUSTER_ID, 3);
         cluster.leader().await;
         let mut c = cluster.client().await;
         for i in 0..100 {
@@ -399,7 +258,7 @@ fn refuses_corrupt_log() {
 #[test]
 fn rejects_malformed_frames() {
     run(Duration::from_secs(60), async {
-        let cluster = ProcCluster::new(3);
+        let cluster = ProcCluster::new(CLUSTER_ID, 3);
         cluster.leader().await;
         // Each of these must make the node close the connection.
         let garbage = vec![0xFFu8; 64];

@@ -3,13 +3,14 @@
 //! ```text
 //! rkv serve --id 0 --cluster-id 7 --peers 0=127.0.0.1:7000,1=127.0.0.1:7001,2=127.0.0.1:7002 \
 //!           --client-addr 127.0.0.1:7100 --data-dir data/0 [--max-raft-state 1048576]
+//!           [--read-policy read-index|lease|log] [--follower-reads]
 //! rkv serve --id 3 --cluster-id 7 --join 127.0.0.1:7100 --peer-addr 127.0.0.1:7003 \
 //!           --client-addr 127.0.0.1:7103 --data-dir data/3
 //! rkv serve --id 3 --cluster-id 7 --peer-addr 127.0.0.1:7003 --client-addr 127.0.0.1:7103 \
 //!           --data-dir data/3                  (a restart: the data directory knows the rest)
 //! rkv serve --config node0.toml
 //! rkv put KEY VALUE  --servers 127.0.0.1:7100,127.0.0.1:7101,127.0.0.1:7102 [--cluster-id 7]
-//! rkv get KEY        --servers ...
+//! rkv get KEY        --servers ... [--consistency linearizable|lease|local]
 //! rkv append KEY VALUE --servers ...
 //! rkv status         --servers ...
 //! rkv member list    --servers ...
@@ -25,8 +26,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-use driver_tokio::{start_node, Client, NodeConfig};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use driver_tokio::{
+    parse_read_policy, start_node, Client, NodeConfig, ReadConsistency, ReadPolicy,
+};
 use kv_core::{AdminReply, AdminRequest, MemberAddrs};
 use serde::Deserialize;
 
@@ -54,10 +57,21 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Print the value of KEY ("" if unset).
+    /// Print the value of KEY ("" if unset). Never writes to the log.
     Get {
         /// The key.
         key: String,
+        /// linearizable: the latest value (ReadIndex: the leader confirms
+        /// with a quorum round that it still leads; no clock assumed).
+        /// lease: the same from the leader's lease, with no round, if every
+        /// server runs --read-policy lease (assumes bounded clock drift);
+        /// otherwise as linearizable. local: POSSIBLY STALE, the answering
+        /// server's own applied state, with no contact with the leader
+        /// (like etcd's serializable reads); answered even by a server cut
+        /// off from the rest; served by one of --servers (give just one to
+        /// read that server's state).
+        #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
+        consistency: Consistency,
         #[command(flatten)]
         target: Target,
     },
@@ -71,7 +85,8 @@ enum Command {
         target: Target,
     },
     /// Show each server's role, term, commit and applied index, its part in
-    /// the configuration and (from the leader) its match index.
+    /// the configuration, (from the leader) its match index, and how it
+    /// serves reads (its --read-policy, and +follower with --follower-reads).
     Status {
         #[command(flatten)]
         target: Target,
@@ -125,6 +140,27 @@ enum MemberCommand {
     },
 }
 
+/// `rkv get --consistency`.
+#[derive(Clone, Copy, ValueEnum)]
+enum Consistency {
+    /// The latest value, by ReadIndex (no clock assumed).
+    Linearizable,
+    /// The latest value, by the leader's lease (bounded clock drift).
+    Lease,
+    /// Possibly stale: the answering server's applied state.
+    Local,
+}
+
+impl From<Consistency> for ReadConsistency {
+    fn from(c: Consistency) -> Self {
+        match c {
+            Consistency::Linearizable => ReadConsistency::Linearizable,
+            Consistency::Lease => ReadConsistency::Lease,
+            Consistency::Local => ReadConsistency::Local,
+        }
+    }
+}
+
 #[derive(Args)]
 struct Target {
     /// Some servers' client addresses, comma-separated (the others are
@@ -170,6 +206,19 @@ struct ServeArgs {
     /// Snapshot once the on-disk log reaches this many bytes (default 64 MiB; 0: never).
     #[arg(long)]
     max_raft_state: Option<usize>,
+    /// How reads are served. read-index (the default): the leader confirms
+    /// it still leads with a quorum round, nothing is written, no clock is
+    /// assumed. lease: as read-index, but the leader answers
+    /// `get --consistency lease` from its lease with no round; it assumes
+    /// every clock runs within 5% of true time, and must be given to every
+    /// server of the cluster. log: Gets go through the log like writes.
+    #[arg(long, value_parser = parse_read_policy)]
+    read_policy: Option<ReadPolicy>,
+    /// Serve linearizable reads on a follower too (it asks the leader for
+    /// the read index and answers once it has applied that far), so that
+    /// clients spread reads over every member.
+    #[arg(long)]
+    follower_reads: bool,
 }
 
 /// The TOML form of `serve`'s settings.
@@ -184,6 +233,8 @@ struct FileConfig {
     client_addr: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     max_raft_state: Option<usize>,
+    read_policy: Option<String>,
+    follower_reads: Option<bool>,
 }
 
 fn node_config(args: ServeArgs) -> Result<NodeConfig, String> {
@@ -234,6 +285,11 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, String> {
             "--peer-addr is required without --peers (a joining or restarting node)".into(),
         );
     }
+    let read_policy = match (args.read_policy, &file.read_policy) {
+        (Some(p), _) => p,
+        (None, Some(name)) => parse_read_policy(name).map_err(|e| format!("read_policy: {e}"))?,
+        (None, None) => ReadPolicy::default(),
+    };
     let max = args
         .max_raft_state
         .or(file.max_raft_state)
@@ -253,6 +309,8 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, String> {
             .or(file.data_dir)
             .ok_or("--data-dir is required")?,
         max_raft_state: (max > 0).then_some(max),
+        read_policy,
+        follower_reads: args.follower_reads || file.follower_reads.unwrap_or(false),
     })
 }
 
@@ -308,10 +366,14 @@ async fn run_client_command(command: Command) -> Result<(), String> {
             .append(&key, &value)
             .await
             .map_err(|e| e.to_string()),
-        Command::Get { key, target } => {
+        Command::Get {
+            key,
+            consistency,
+            target,
+        } => {
             let v = client(&target)
                 .await?
-                .get(&key)
+                .get_with(&key, consistency.into())
                 .await
                 .map_err(|e| e.to_string())?;
             println!("{v}");
@@ -425,7 +487,7 @@ async fn status(target: &Target) -> Result<(), String> {
         rows.push((addr, result));
     }
     println!(
-        "{:<5} {:<22} {:<10} {:>5} {:>7} {:>10} {:>10} {:>10} {:>9}  {:<8} {:>10}",
+        "{:<5} {:<22} {:<10} {:>5} {:>7} {:>10} {:>10} {:>10} {:>9}  {:<8} {:>10}  reads",
         "node",
         "address",
         "role",
@@ -436,7 +498,7 @@ async fn status(target: &Target) -> Result<(), String> {
         "last",
         "snapshot",
         "member",
-        "match"
+        "match",
     );
     for (addr, result) in rows {
         match result {
@@ -450,8 +512,13 @@ async fn status(target: &Target) -> Result<(), String> {
                 let matched = me
                     .and_then(|m| m.match_index)
                     .map_or("-".to_string(), |i| i.to_string());
+                let reads = if s.follower_reads {
+                    format!("{} +follower", s.read_policy)
+                } else {
+                    s.read_policy.clone()
+                };
                 println!(
-                    "{:<5} {:<22} {:<10} {:>5} {:>7} {:>10} {:>10} {:>10} {:>9}  {:<8} {:>10}",
+                    "{:<5} {:<22} {:<10} {:>5} {:>7} {:>10} {:>10} {:>10} {:>9}  {:<8} {:>10}  {}",
                     s.node_id,
                     addr.to_string(),
                     s.role,
@@ -463,6 +530,7 @@ async fn status(target: &Target) -> Result<(), String> {
                     s.snapshot_index,
                     member,
                     matched,
+                    reads,
                 )
             }
             Err(e) => println!("{:<5} {:<22} unreachable ({e})", "?", addr.to_string()),
