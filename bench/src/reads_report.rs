@@ -366,7 +366,13 @@ fn detail_table(out: &mut String, m: &Matrix) -> Result<()> {
     Ok(())
 }
 
-pub fn render_md(rows: &[Row], etcd_version: &str, notes: &[String]) -> Result<String> {
+/// `svg_name`: the SVG files' name prefix, as linked from the markdown.
+pub fn render_md(
+    rows: &[Row],
+    svg_name: &str,
+    etcd_version: &str,
+    notes: &[String],
+) -> Result<String> {
     let m = Matrix::new(rows);
     if m.points.is_empty() {
         bail!("no read or mixed90 rows");
@@ -376,7 +382,7 @@ pub fn render_md(rows: &[Row], etcd_version: &str, notes: &[String]) -> Result<S
         out,
         "# Reads: ours (rkv) vs etcd, linearizable and local/serializable\n"
     )?;
-    writeln!(out, "Produced by `BENCH_MODE=reads scripts/bench-vs-etcd`; raw rows (one per repetition) in `reads.csv`, plots in `reads-read.svg` and `reads-mixed90.svg`.\n")?;
+    writeln!(out, "Produced by `scripts/bench-vs-etcd` (`BENCH_MODE=reads` for the full matrix); raw rows (one per repetition) in the CSV beside this file, plots in `{svg_name}-<workload>.svg`.\n")?;
     writeln!(out, "## Machine\n")?;
     for l in machine_lines(etcd_version) {
         writeln!(out, "- {l}")?;
@@ -403,7 +409,7 @@ pub fn render_md(rows: &[Row], etcd_version: &str, notes: &[String]) -> Result<S
         main_table(&mut out, &m, &w)?;
         writeln!(
             out,
-            "\n![{w}: throughput and Get latency vs clients](reads-{w}.svg)"
+            "\n![{w}: throughput and Get latency (etcd: its best client model) vs clients]({svg_name}-{w}.svg)"
         )?;
     }
     detail_table(&mut out, &m)?;
@@ -464,7 +470,10 @@ pub fn report(
     let text =
         std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
     let rows = parse_csv(&text)?;
-    let out = render_md(&rows, etcd_version, notes)?;
+    let svg_name = svg_prefix
+        .file_name()
+        .map_or("reads".into(), |n| n.to_string_lossy().into_owned());
+    let out = render_md(&rows, &svg_name, etcd_version, notes)?;
     std::fs::write(md, &out).with_context(|| format!("writing {}", md.display()))?;
     print!("{out}");
     let m = Matrix::new(&rows);
@@ -547,7 +556,7 @@ mod tests {
         assert_eq!(o.ops_per_sec, 10_000.0);
         let e = m.best_ops("etcd", "read", "linearizable", 256).unwrap();
         assert_eq!(e.conns, 16);
-        let md = render_md(&rows, "3.4.23", &[]).unwrap();
+        let md = render_md(&rows, "reads", "3.4.23", &[]).unwrap();
         // 10000 / 2000 = 5× at 256 clients: hit; 0.2 / 0.5 = 0.4 at 1: hit.
         assert!(md.contains("= **5.00×** → **HIT**"), "{md}");
         assert!(md.contains("= **0.40×** → **HIT**"), "{md}");

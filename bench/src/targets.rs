@@ -127,6 +127,9 @@ fn parse_addrs(endpoints: &[String]) -> Result<Vec<std::net::SocketAddr>> {
 
 /// Our cluster through `driver_tokio::client::Client`: one Client (one
 /// session) per logical client, each given all members' client addresses.
+/// Gets are `Client::get_with`: linearizable to the leader (or round-robin
+/// over follower-read members when the servers run `--follower-reads`),
+/// lease to the leader, local round-robin over the given servers.
 /// The mutex is uncontended (one task per logical client); it only lets the
 /// same code work whether `put` takes `&self` or `&mut self`.
 #[cfg(feature = "ours")]
@@ -188,16 +191,17 @@ impl Target for OursTarget {
     async fn get(&self, client: usize, key: String, consistency: Consistency) -> Result<bool> {
         #[allow(unused_mut)]
         let mut c = self.clients[client].lock().await;
-        let v = match consistency {
-            // Through the session (the server's default read policy,
-            // ReadIndex).
-            Consistency::Linearizable => c.get(&key).await,
-            other => bail!(
-                "{} reads need driver_tokio::client::Client::get_with (branch reads-rkv)",
-                other.name()
-            ),
-        }
-        .map_err(|e| anyhow!("get: {e:?}"))?;
+        let consistency = match consistency {
+            Consistency::Linearizable => driver_tokio::ReadConsistency::Linearizable,
+            Consistency::Lease => driver_tokio::ReadConsistency::Lease,
+            Consistency::Local => driver_tokio::ReadConsistency::Local,
+        };
+        // Sessionless, never through the log; routed by consistency (see
+        // driver_tokio::client's module doc).
+        let v = c
+            .get_with(&key, consistency)
+            .await
+            .map_err(|e| anyhow!("get: {e:?}"))?;
         Ok(!v.is_empty())
     }
 }
