@@ -217,7 +217,7 @@ fn main_table(out: &mut String, m: &Matrix, w: &str) -> Result<()> {
     writeln!(out, "\n### {}\n", workload_title(w))?;
     writeln!(
         out,
-        "Throughput is every operation completed in the window{}; p50 is the Gets' median latency. Medians over repetitions; etcd columns show its best client model for that point (named under the number when it is not one connection per client).\n",
+        "Throughput is every operation completed in the window{}; p50 is the Gets' median latency. Medians over repetitions; etcd columns show its best client model for that point (named beside the number when it is not one connection per client).\n",
         if w == "mixed90" { " (Gets and Puts)" } else { "" }
     )?;
     let mut head = String::from("| clients |");
