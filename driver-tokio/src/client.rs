@@ -181,8 +181,9 @@ impl Client {
     }
 
     /// The value of `key` ("" if it was never set), read with the given
-    /// consistency and never through the log (see the module doc for where
-    /// each goes):
+    /// consistency, outside any session and never through the log, unless
+    /// the servers run `--read-policy log` (see the module doc for where
+    /// each read goes):
     ///
     /// - `Linearizable`: the latest value at some instant between the call
     ///   and its return (ReadIndex: the leader confirms it still leads with a

@@ -675,6 +675,8 @@ impl KvServer {
                                 self.peers_version += 1;
                             }
                         }
+                        // Reads confirmed before the store got this far.
+                        self.serve_ready_reads(out);
                         if let Some(event) = self.snapshot_if_due() {
                             queue.push_back(event);
                         }

@@ -191,14 +191,15 @@ mod tests {
     #[test]
     fn the_encoding_is_the_deployed_one() {
         // The hello's layout is unchanged since driver-tokio's version 1:
-        // variant index, then varints (the version, now 2, first).
+        // variant index, then varints (the version, now 3, first).
+        assert_eq!(PROTOCOL_VERSION, 3);
         assert_eq!(
             postcard::to_allocvec(&Hello::peer(7, 2)).unwrap(),
-            [0, 2, 7, 2]
+            [0, 3, 7, 2]
         );
         assert_eq!(
             postcard::to_allocvec(&Hello::client(300)).unwrap(),
-            [1, 2, 0xAC, 0x02]
+            [1, 3, 0xAC, 0x02]
         );
         let longest = Hello::Peer {
             version: u32::MAX,

@@ -1,7 +1,9 @@
 //! `rkv serve` processes started from the built binary, sharing a temporary
 //! directory: what the real-process tests of one cluster share. Included by
 //! path from the test files that use it (not every file that includes
-//! `common` does), and not every test uses every method.
+//! `common` does), and not every test uses every method. The servers log at
+//! `info` to `node<i>.log` in the directory (`RKV_TEST_LOG` sets another
+//! filter, e.g. `debug`).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -77,7 +79,10 @@ impl ProcCluster {
             .arg("--data-dir")
             .arg(self.data_dir(i))
             .args(&self.serve_args)
-            .env("RKV_LOG", "info")
+            .env(
+                "RKV_LOG",
+                std::env::var("RKV_TEST_LOG").unwrap_or("info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         cmd
