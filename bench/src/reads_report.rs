@@ -330,6 +330,65 @@ fn targets(out: &mut String, m: &Matrix, w: &str) -> Result<()> {
     Ok(())
 }
 
+/// Where the CPU went: per system, the median over its points of the cores
+/// used by everything else on the machine (interference), and at the
+/// largest client count of each workload, whether the machine was
+/// saturated and by whom.
+fn cpu_section(out: &mut String, m: &Matrix) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get()) as f64;
+    writeln!(out, "\n## CPU\n")?;
+    for t in ["ours", "etcd"] {
+        let other: Vec<f64> = m
+            .points
+            .iter()
+            .filter(|(k, _)| k.0 == t)
+            .map(|(_, a)| a.other_cpu)
+            .collect();
+        if other.is_empty() {
+            continue;
+        }
+        let lo = other
+            .iter()
+            .copied()
+            .filter(|x| x.is_finite())
+            .fold(f64::INFINITY, f64::min);
+        let hi = other
+            .iter()
+            .copied()
+            .filter(|x| x.is_finite())
+            .fold(0.0, f64::max);
+        writeln!(
+            out,
+            "- other processes during {t}'s windows: median {:.2} cores (per point {lo:.2}–{hi:.2}) of {cores:.0}",
+            median(other.clone()),
+        )?;
+    }
+    for w in m.workloads() {
+        let Some(&n) = m.clients(&w).last() else {
+            continue;
+        };
+        for (label, t, c) in COLUMNS {
+            let Some(a) = m.best_ops(t, &w, c, n) else {
+                continue;
+            };
+            let total = a.gen_cpu + a.server_cpu + a.other_cpu;
+            writeln!(
+                out,
+                "- {w}, {label}, {n} clients: load generator {:.2}, servers {:.2}, other {:.2} = {total:.2} of {cores:.0} cores{}",
+                a.gen_cpu,
+                a.server_cpu,
+                a.other_cpu,
+                if total >= 0.9 * cores {
+                    " (saturated: the servers were short of CPU, not waiting on the network or disk)"
+                } else {
+                    ""
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn detail_table(out: &mut String, m: &Matrix) -> Result<()> {
     writeln!(out, "\n### Every point (medians over repetitions)\n")?;
     writeln!(out, "CPU columns are cores used during the window (CPU seconds per second; the machine has {}): the load generator, the three servers together, and everything else on the machine.\n", std::thread::available_parallelism().map_or(0, |n| n.get()))?;
@@ -412,6 +471,7 @@ pub fn render_md(
             "\n![{w}: throughput and Get latency (etcd: its best client model) vs clients]({svg_name}-{w}.svg)"
         )?;
     }
+    cpu_section(&mut out, &m)?;
     detail_table(&mut out, &m)?;
     let errs: u64 = m.points.values().map(|a| a.errors).sum();
     let empty: u64 = m.points.values().map(|a| a.get_empty).sum();
