@@ -337,6 +337,7 @@ fn targets(out: &mut String, m: &Matrix, w: &str) -> Result<()> {
 fn cpu_section(out: &mut String, m: &Matrix) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get()) as f64;
     writeln!(out, "\n## CPU\n")?;
+    writeln!(out, "Cores used during the measured windows, from /proc: the load generator's process, the servers' processes, and the rest of the machine's busy time (other sessions' work, and kernel threads such as ksoftirqd, which carry part of the loopback traffic of both systems).\n")?;
     for t in ["ours", "etcd"] {
         let other: Vec<f64> = m
             .points
@@ -359,7 +360,7 @@ fn cpu_section(out: &mut String, m: &Matrix) -> Result<()> {
             .fold(0.0, f64::max);
         writeln!(
             out,
-            "- other processes during {t}'s windows: median {:.2} cores (per point {lo:.2}–{hi:.2}) of {cores:.0}",
+            "- everything else on the machine during the {t} windows: median {:.2} cores (per point {lo:.2}–{hi:.2}) of {cores:.0}",
             median(other.clone()),
         )?;
     }
@@ -379,7 +380,7 @@ fn cpu_section(out: &mut String, m: &Matrix) -> Result<()> {
                 a.server_cpu,
                 a.other_cpu,
                 if total >= 0.9 * cores {
-                    " (saturated: the servers were short of CPU, not waiting on the network or disk)"
+                    " (machine saturated: CPU-bound)"
                 } else {
                     ""
                 },
