@@ -2,15 +2,24 @@
 //! etcd, driven by `scripts/bench-vs-etcd`.
 //!
 //! Subcommands:
-//! * `run`    — for each client count N: connect N logical clients, let each
-//!   do sequential puts of a fixed-size value for a warm-up then a measured
-//!   window, and append one CSV row (ops/s, latency percentiles) per N.
-//! * `wait`   — block until a cluster answers (etcd: every member reports the
-//!   same leader and a put succeeds; ours: a put succeeds).
-//! * `report` — turn the CSV into a markdown table and an SVG plot.
+//! * `run`     — for each client count N: connect N logical clients, let
+//!   each do sequential operations (one outstanding) of the chosen workload
+//!   (`put`, `read` or `mixed90`) for a warm-up then a measured window, and
+//!   append one CSV row (ops/s, latency percentiles, per-kind percentiles,
+//!   CPU use) per N.
+//! * `preload` — write every key of the keyspace once, so that reads find
+//!   values (run before `run --workload read|mixed90`).
+//! * `wait`    — block until a cluster answers (etcd: every member reports
+//!   the same leader and a put succeeds; ours: a put succeeds).
+//! * `report`  — turn the put CSV into a markdown table and an SVG plot.
+//! * `report-reads` — turn the read-matrix CSV into `reads.md` (medians over
+//!   repetitions, etcd at its best client model per point, the issue 13
+//!   targets hit or missed) and one SVG per workload.
 //!
 //! The same measuring loop drives both systems through the [`Target`] trait.
 
+mod cpu;
+mod reads_report;
 mod report;
 mod svg;
 mod targets;
@@ -32,6 +41,60 @@ pub trait Target: Send + Sync + 'static {
         key: String,
         value: Vec<u8>,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Reads `key`; `Ok(true)` if it had a value.
+    fn get(
+        &self,
+        client: usize,
+        key: String,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<bool>> + Send;
+}
+
+/// What each logical client does, one operation at a time.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Puts only.
+    Put,
+    /// Gets only, of keys written by `preload`.
+    Read,
+    /// Each operation a Get with probability 9/10, else a Put (drawn from
+    /// the client's seeded generator).
+    Mixed90,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Put => "put",
+            Workload::Read => "read",
+            Workload::Mixed90 => "mixed90",
+        }
+    }
+}
+
+/// How a Get is served.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Consistency {
+    /// ours: ReadIndex (`ReadConsistency::Linearizable`); etcd: a
+    /// linearizable Range (etcd's default, itself ReadIndex).
+    Linearizable,
+    /// ours only: the leader's lease (`ReadConsistency::Lease`, needs
+    /// `rkv serve --read-policy lease`); etcd has no counterpart.
+    Lease,
+    /// ours: the contacted server's applied state (`ReadConsistency::Local`);
+    /// etcd: a serializable Range. Possibly stale in both.
+    Local,
+}
+
+impl Consistency {
+    pub fn name(self) -> &'static str {
+        match self {
+            Consistency::Linearizable => "linearizable",
+            Consistency::Lease => "lease",
+            Consistency::Local => "local",
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -118,9 +181,40 @@ enum Cmd {
         /// Per-op timeout in seconds; a timed-out op counts as an error.
         #[arg(long, default_value_t = 10.0)]
         op_timeout: f64,
+        #[arg(long, value_enum, default_value_t = Workload::Put)]
+        workload: Workload,
+        /// How Gets are served (read and mixed90 workloads).
+        #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
+        consistency: Consistency,
+        /// Seed of the clients' key and operation generators.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Repetition number, only recorded in the CSV (the report takes
+        /// medians over repetitions).
+        #[arg(long, default_value_t = 1)]
+        rep: u32,
+        /// Server process ids whose CPU time over each measured window is
+        /// recorded (comma-separated; optional).
+        #[arg(long, value_delimiter = ',')]
+        server_pids: Vec<u32>,
         /// CSV file to append rows to (header written if new or empty).
         #[arg(long)]
         csv: PathBuf,
+    },
+    /// Write every key k0000000000..k<keyspace-1> once (values as `run`
+    /// writes them), so that reads return values.
+    Preload {
+        #[command(flatten)]
+        t: TargetArgs,
+        #[arg(long, default_value_t = 100_000)]
+        keyspace: u64,
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10.0)]
+        op_timeout: f64,
     },
     /// Wait until the cluster serves writes.
     Wait {
@@ -145,6 +239,22 @@ enum Cmd {
         #[arg(long)]
         note: Vec<String>,
     },
+    /// Render the read-matrix CSV into reads.md and one SVG per workload
+    /// (`<svg-prefix>-<workload>.svg`).
+    ReportReads {
+        #[arg(long)]
+        csv: PathBuf,
+        #[arg(long)]
+        md: PathBuf,
+        /// Path prefix of the SVG files.
+        #[arg(long)]
+        svg_prefix: PathBuf,
+        #[arg(long, default_value = "")]
+        etcd_version: String,
+        /// Extra lines for the "setup" section (repeatable).
+        #[arg(long)]
+        note: Vec<String>,
+    },
 }
 
 #[derive(Clone)]
@@ -154,6 +264,10 @@ struct RunCfg {
     keys: KeyMode,
     keyspace: u64,
     op_timeout: Duration,
+    workload: Workload,
+    consistency: Consistency,
+    seed: u64,
+    server_pids: Vec<u32>,
 }
 
 /// The outcome of one (system, N) point.
@@ -168,6 +282,29 @@ pub struct Point {
     pub p999_ms: f64,
     pub max_ms: f64,
     pub first_error: Option<String>,
+    pub gets: KindStats,
+    pub puts: KindStats,
+    /// Gets in the window that found no value (should be 0 after preload).
+    pub get_empty: u64,
+    pub cpu: cpu::WindowCpu,
+}
+
+/// Count and percentiles of one operation kind.
+#[derive(Clone, Copy, Debug)]
+pub struct KindStats {
+    pub ops: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl KindStats {
+    fn of(sorted_us: &[u32]) -> Self {
+        KindStats {
+            ops: sorted_us.len() as u64,
+            p50_ms: percentile(sorted_us, 0.50),
+            p99_ms: percentile(sorted_us, 0.99),
+        }
+    }
 }
 
 /// xorshift64*: a tiny deterministic per-client key generator.
@@ -183,6 +320,20 @@ impl Rng {
         x ^= x >> 27;
         self.0 = x;
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// The key `run` and `preload` use for index `i` of a shared keyspace.
+fn shared_key(i: u64) -> String {
+    format!("k{i:010}")
+}
+
+/// Whether the next operation is a put, for `workload`.
+fn next_is_put(workload: Workload, ops_rng: &mut Rng) -> bool {
+    match workload {
+        Workload::Put => true,
+        Workload::Read => false,
+        Workload::Mixed90 => ops_rng.next().is_multiple_of(10),
     }
 }
 
@@ -206,10 +357,10 @@ fn percentile(sorted_us: &[u32], p: f64) -> f64 {
     sorted_us[idx] as f64 / 1000.0
 }
 
-/// Run one point: N logical clients, each a task doing sequential puts.
-/// Ops that complete inside the measured window count towards throughput
-/// and the latency distribution; each op's latency is its own start-to-
-/// completion time.
+/// Run one point: N logical clients, each a task doing sequential
+/// operations of `cfg.workload`. Ops that complete inside the measured
+/// window count towards throughput and the latency distributions; each op's
+/// latency is its own start-to-completion time.
 async fn run_point<T: Target>(
     target: Arc<T>,
     n: usize,
@@ -219,6 +370,11 @@ async fn run_point<T: Target>(
     let begin = Instant::now();
     let measure_start = begin + cfg.warmup;
     let end = measure_start + cfg.seconds;
+    let cpu_task = tokio::spawn(cpu::sample_window(
+        cfg.server_pids.clone(),
+        measure_start,
+        end,
+    ));
     let mut set = tokio::task::JoinSet::new();
     for c in 0..n {
         let target = target.clone();
@@ -226,10 +382,17 @@ async fn run_point<T: Target>(
         let value = make_value(c, value_size);
         set.spawn(async move {
             let expected = 2000 * cfg.seconds.as_secs_f64().ceil() as usize;
-            let mut lat_us: Vec<u32> = Vec::with_capacity(expected.min(1 << 20));
+            let mut get_us: Vec<u32> = Vec::new();
+            let mut put_us: Vec<u32> = Vec::new();
+            match cfg.workload {
+                Workload::Put => put_us.reserve(expected.min(1 << 20)),
+                _ => get_us.reserve(expected.min(1 << 20)),
+            }
             let mut errors = 0u64;
+            let mut get_empty = 0u64;
             let mut first_error = None;
-            let mut rng = Rng::new(c as u64 + 1);
+            let mut rng = Rng::new(cfg.seed.wrapping_mul(1_000_003) + c as u64 + 1);
+            let mut ops_rng = Rng::new(cfg.seed.wrapping_mul(7_000_001) + c as u64 + 0x5EED);
             let mut seq = 0u64;
             loop {
                 let t0 = Instant::now();
@@ -237,32 +400,43 @@ async fn run_point<T: Target>(
                     break;
                 }
                 let key = match cfg.keys {
-                    KeyMode::Random => format!("k{:010}", rng.next() % cfg.keyspace),
+                    KeyMode::Random => shared_key(rng.next() % cfg.keyspace),
                     KeyMode::PerClient => format!("c{c:04}-{:010}", seq % cfg.keyspace),
                 };
                 seq += 1;
+                let is_put = next_is_put(cfg.workload, &mut ops_rng);
                 // The clients enforce op_timeout themselves; this outer bound
                 // only guards against a hung client.
-                let r = tokio::time::timeout(
-                    cfg.op_timeout + Duration::from_secs(2),
-                    target.put(c, key, value.clone()),
-                )
-                .await;
+                let outer = cfg.op_timeout + Duration::from_secs(2);
+                let r: Result<Result<bool>, _> = if is_put {
+                    tokio::time::timeout(outer, async {
+                        target.put(c, key, value.clone()).await.map(|()| true)
+                    })
+                    .await
+                } else {
+                    tokio::time::timeout(outer, target.get(c, key, cfg.consistency)).await
+                };
                 let t1 = Instant::now();
                 let in_window = t1 >= measure_start && t1 <= end;
                 let err = match r {
-                    Ok(Ok(())) => None,
+                    Ok(Ok(found)) => {
+                        if in_window && !found {
+                            get_empty += 1;
+                        }
+                        None
+                    }
                     Ok(Err(e)) => Some(format!("{e:#}")),
-                    Err(_) => Some(format!(
-                        "no answer within {:?} (outer bound)",
-                        cfg.op_timeout + Duration::from_secs(2)
-                    )),
+                    Err(_) => Some(format!("no answer within {outer:?} (outer bound)")),
                 };
                 match err {
                     None => {
                         if in_window {
                             let us = (t1 - t0).as_micros().min(u32::MAX as u128) as u32;
-                            lat_us.push(us);
+                            if is_put {
+                                put_us.push(us);
+                            } else {
+                                get_us.push(us);
+                            }
                         }
                     }
                     Some(e) => {
@@ -275,20 +449,30 @@ async fn run_point<T: Target>(
                     }
                 }
             }
-            (lat_us, errors, first_error)
+            (get_us, put_us, errors, get_empty, first_error)
         });
     }
-    let mut all: Vec<u32> = Vec::new();
+    let mut gets: Vec<u32> = Vec::new();
+    let mut puts: Vec<u32> = Vec::new();
     let mut errors = 0;
+    let mut get_empty = 0;
     let mut first_error = None;
     while let Some(r) = set.join_next().await {
-        let (lat, e, fe) = r.context("client task panicked")?;
-        all.extend_from_slice(&lat);
+        let (g, p, e, ge, fe) = r.context("client task panicked")?;
+        gets.extend_from_slice(&g);
+        puts.extend_from_slice(&p);
         errors += e;
+        get_empty += ge;
         if first_error.is_none() {
             first_error = fe;
         }
     }
+    let cpu = cpu_task.await.context("cpu sampler panicked")?;
+    gets.sort_unstable();
+    puts.sort_unstable();
+    let mut all = Vec::with_capacity(gets.len() + puts.len());
+    all.extend_from_slice(&gets);
+    all.extend_from_slice(&puts);
     all.sort_unstable();
     let ops = all.len() as u64;
     let secs = cfg.seconds.as_secs_f64();
@@ -308,10 +492,57 @@ async fn run_point<T: Target>(
         p999_ms: percentile(&all, 0.999),
         max_ms: all.last().map_or(f64::NAN, |&u| u as f64 / 1000.0),
         first_error,
+        gets: KindStats::of(&gets),
+        puts: KindStats::of(&puts),
+        get_empty,
+        cpu,
     })
 }
 
-pub const CSV_HEADER: &str = "target,clients,seconds,warmup_s,value_size,keys,etcd_conns,ops,errors,ops_per_sec,mean_ms,p50_ms,p90_ms,p99_ms,p999_ms,max_ms";
+/// Writes keys `shared_key(0..keyspace)` once each with `concurrency`
+/// concurrent writers.
+async fn preload<T: Target>(
+    target: Arc<T>,
+    concurrency: usize,
+    keyspace: u64,
+    value_size: usize,
+) -> Result<()> {
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for c in 0..concurrency {
+        let target = target.clone();
+        let value = make_value(c, value_size);
+        set.spawn(async move {
+            let mut i = c as u64;
+            while i < keyspace {
+                let mut tries = 0;
+                loop {
+                    match target.put(c, shared_key(i), value.clone()).await {
+                        Ok(()) => break,
+                        Err(e) if tries < 5 => {
+                            tries += 1;
+                            eprintln!("preload: put {} failed ({e:#}); retrying", shared_key(i));
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) => return Err(e.context(format!("preload put {}", shared_key(i)))),
+                    }
+                }
+                i += concurrency as u64;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.context("preload task panicked")??;
+    }
+    eprintln!(
+        "preloaded {keyspace} keys ({value_size}-byte values) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+pub const CSV_HEADER: &str = "target,clients,seconds,warmup_s,value_size,keys,etcd_conns,ops,errors,ops_per_sec,mean_ms,p50_ms,p90_ms,p99_ms,p999_ms,max_ms,workload,consistency,rep,get_ops,get_p50_ms,get_p99_ms,put_ops,put_p50_ms,put_p99_ms,get_empty,gen_cpu,server_cpu,other_cpu";
 
 #[allow(clippy::too_many_arguments)]
 async fn run(
@@ -320,6 +551,7 @@ async fn run(
     cfg: RunCfg,
     value_size: usize,
     etcd_conns: usize,
+    rep: u32,
     csv: PathBuf,
 ) -> Result<()> {
     use std::io::Write;
@@ -328,6 +560,18 @@ async fn run(
     }
     if cfg.keyspace == 0 {
         bail!("--keyspace must be positive");
+    }
+    if cfg.workload != Workload::Put && cfg.keys != KeyMode::Random {
+        bail!(
+            "--workload {} reads the preloaded shared keyspace: use --keys random",
+            cfg.workload.name()
+        );
+    }
+    if t.target == System::Etcd
+        && cfg.consistency == Consistency::Lease
+        && cfg.workload != Workload::Put
+    {
+        bail!("etcd has no lease read (its linearizable Range is ReadIndex): use --consistency linearizable or local");
     }
     let need_header = std::fs::metadata(&csv)
         .map(|m| m.len() == 0)
@@ -369,15 +613,26 @@ async fn run(
                 bail!("built without the `ours` feature; rebuild with default features")
             }
         };
+        let consistency = match cfg.workload {
+            Workload::Put => "-",
+            _ => cfg.consistency.name(),
+        };
         eprintln!(
-            "{:>4}  clients={:<4} ops/s={:>9.1}  p50={:>8.3} ms  p99={:>8.3} ms  max={:>8.3} ms  errors={}  (connect {:.2} s)",
+            "{:>4} {:<7} {:<12} conns={:<4} clients={:<4} ops/s={:>9.1}  p50={:>8.3} ms  p99={:>8.3} ms  max={:>8.3} ms  errors={} empty={}  cpu gen/srv/other={:.2}/{:.2}/{:.2}  (connect {:.2} s)",
             t.target.name(),
+            cfg.workload.name(),
+            consistency,
+            etcd_conns,
             n,
             point.ops_per_sec,
             point.p50_ms,
             point.p99_ms,
             point.max_ms,
             point.errors,
+            point.get_empty,
+            point.cpu.gen_cores,
+            point.cpu.server_cores,
+            point.cpu.other_cores,
             connect_secs,
         );
         if let Some(e) = &point.first_error {
@@ -390,7 +645,7 @@ async fn run(
         };
         writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{:.1},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3}",
+            "{},{},{},{},{},{},{},{},{},{:.1},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{:.3},{:.3},{},{:.3},{:.3},{},{:.3},{:.3},{:.3}",
             t.target.name(),
             n,
             cfg.seconds.as_secs_f64(),
@@ -407,6 +662,19 @@ async fn run(
             point.p99_ms,
             point.p999_ms,
             point.max_ms,
+            cfg.workload.name(),
+            consistency,
+            rep,
+            point.gets.ops,
+            point.gets.p50_ms,
+            point.gets.p99_ms,
+            point.puts.ops,
+            point.puts.p50_ms,
+            point.puts.p99_ms,
+            point.get_empty,
+            point.cpu.gen_cores,
+            point.cpu.server_cores,
+            point.cpu.other_cores,
         )?;
         out.flush()?;
         if point.ops == 0 {
@@ -473,6 +741,11 @@ async fn main() -> Result<()> {
             keyspace,
             etcd_conns,
             op_timeout,
+            workload,
+            consistency,
+            seed,
+            rep,
+            server_pids,
             csv,
         } => {
             let cfg = RunCfg {
@@ -481,11 +754,50 @@ async fn main() -> Result<()> {
                 keys,
                 keyspace,
                 op_timeout: Duration::from_secs_f64(op_timeout),
+                workload,
+                consistency,
+                seed,
+                server_pids,
             };
             if cfg.seconds.is_zero() {
                 bail!("--seconds must be positive");
             }
-            run(t, clients, cfg, value_size, etcd_conns, csv).await
+            run(t, clients, cfg, value_size, etcd_conns, rep, csv).await
+        }
+        Cmd::Preload {
+            t,
+            keyspace,
+            value_size,
+            concurrency,
+            op_timeout,
+        } => {
+            if concurrency == 0 || keyspace == 0 {
+                bail!("--concurrency and --keyspace must be positive");
+            }
+            let op_timeout = Duration::from_secs_f64(op_timeout);
+            match t.target {
+                System::Etcd => {
+                    let target =
+                        targets::EtcdTarget::connect(&t.endpoints, concurrency, 0, op_timeout)
+                            .await?;
+                    preload(Arc::new(target), concurrency, keyspace, value_size).await
+                }
+                System::Ours => {
+                    #[cfg(feature = "ours")]
+                    {
+                        let target = targets::OursTarget::connect(
+                            &t.endpoints,
+                            t.cluster_id,
+                            concurrency,
+                            op_timeout,
+                        )
+                        .await?;
+                        preload(Arc::new(target), concurrency, keyspace, value_size).await
+                    }
+                    #[cfg(not(feature = "ours"))]
+                    bail!("built without the `ours` feature; rebuild with default features")
+                }
+            }
         }
         Cmd::Wait { t, timeout } => wait(t, Duration::from_secs_f64(timeout)).await,
         Cmd::Report {
@@ -495,6 +807,13 @@ async fn main() -> Result<()> {
             etcd_version,
             note,
         } => report::report(&csv, &md, &svg, &etcd_version, &note),
+        Cmd::ReportReads {
+            csv,
+            md,
+            svg_prefix,
+            etcd_version,
+            note,
+        } => reads_report::report(&csv, &md, &svg_prefix, &etcd_version, &note),
     }
 }
 
@@ -510,6 +829,23 @@ mod tests {
         assert_eq!(percentile(&v, 1.0), 100.0);
         assert_eq!(percentile(&[7000], 0.99), 7.0);
         assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn mixed90_is_about_one_put_in_ten_and_seeded() {
+        let mut a = Rng::new(42);
+        let mut b = Rng::new(42);
+        let draws: Vec<bool> = (0..10_000)
+            .map(|_| next_is_put(Workload::Mixed90, &mut a))
+            .collect();
+        let again: Vec<bool> = (0..10_000)
+            .map(|_| next_is_put(Workload::Mixed90, &mut b))
+            .collect();
+        assert_eq!(draws, again);
+        let puts = draws.iter().filter(|p| **p).count();
+        assert!((900..1100).contains(&puts), "{puts} puts in 10 000");
+        assert!(!next_is_put(Workload::Read, &mut a));
+        assert!(next_is_put(Workload::Put, &mut a));
     }
 
     #[test]

@@ -26,6 +26,21 @@ pub struct Row {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
+    // Columns added with the read workloads; CSVs written before them read
+    // as a put workload with the per-kind and CPU figures missing (NaN).
+    pub workload: String,
+    pub consistency: String,
+    pub rep: u32,
+    pub get_ops: u64,
+    pub get_p50_ms: f64,
+    pub get_p99_ms: f64,
+    pub put_ops: u64,
+    pub put_p50_ms: f64,
+    pub put_p99_ms: f64,
+    pub get_empty: u64,
+    pub gen_cpu: f64,
+    pub server_cpu: f64,
+    pub other_cpu: f64,
 }
 
 pub fn parse_csv(text: &str) -> Result<Vec<Row>> {
@@ -72,6 +87,24 @@ pub fn parse_csv(text: &str) -> Result<Vec<Row>> {
                 .parse::<f64>()
                 .with_context(|| format!("CSV line {}: bad number {:?}", n + 2, f[i[k]]))
         };
+        let opt_str = |name: &str, default: &str| -> String {
+            cols.iter()
+                .position(|c| *c == name)
+                .map_or(default.to_string(), |j| f[j].trim().to_string())
+        };
+        let opt_num = |name: &str| -> Result<f64> {
+            match cols.iter().position(|c| *c == name) {
+                None => Ok(f64::NAN),
+                Some(j) => f[j]
+                    .trim()
+                    .parse::<f64>()
+                    .with_context(|| format!("CSV line {}: bad number {:?}", n + 2, f[j])),
+            }
+        };
+        let opt_count = |name: &str| -> Result<u64> {
+            let v = opt_num(name)?;
+            Ok(if v.is_finite() { v as u64 } else { 0 })
+        };
         rows.push(Row {
             target: f[i[0]].trim().to_string(),
             clients: num(1)? as usize,
@@ -89,18 +122,31 @@ pub fn parse_csv(text: &str) -> Result<Vec<Row>> {
             p99_ms: num(13)?,
             p999_ms: num(14)?,
             max_ms: num(15)?,
+            workload: opt_str("workload", "put"),
+            consistency: opt_str("consistency", "-"),
+            rep: opt_count("rep")?.max(1) as u32,
+            get_ops: opt_count("get_ops")?,
+            get_p50_ms: opt_num("get_p50_ms")?,
+            get_p99_ms: opt_num("get_p99_ms")?,
+            put_ops: opt_count("put_ops")?,
+            put_p50_ms: opt_num("put_p50_ms")?,
+            put_p99_ms: opt_num("put_p99_ms")?,
+            get_empty: opt_count("get_empty")?,
+            gen_cpu: opt_num("gen_cpu")?,
+            server_cpu: opt_num("server_cpu")?,
+            other_cpu: opt_num("other_cpu")?,
         });
     }
     Ok(rows)
 }
 
-fn read_trim(path: &str) -> Option<String> {
+pub(crate) fn read_trim(path: &str) -> Option<String> {
     std::fs::read_to_string(path)
         .ok()
         .map(|s| s.trim().to_string())
 }
 
-fn machine_lines(etcd_version: &str) -> Vec<String> {
+pub(crate) fn machine_lines(etcd_version: &str) -> Vec<String> {
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
@@ -139,7 +185,7 @@ fn machine_lines(etcd_version: &str) -> Vec<String> {
     v
 }
 
-fn fmt_f(x: Option<f64>, prec: usize) -> String {
+pub(crate) fn fmt_f(x: Option<f64>, prec: usize) -> String {
     match x {
         Some(v) if v.is_finite() => format!("{v:.prec$}"),
         _ => "–".into(),
@@ -155,9 +201,12 @@ pub fn report(
 ) -> Result<()> {
     let text =
         std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
-    let rows = parse_csv(&text)?;
+    let rows: Vec<Row> = parse_csv(&text)?
+        .into_iter()
+        .filter(|r| r.workload == "put")
+        .collect();
     if rows.is_empty() {
-        bail!("{} has no data rows", csv.display());
+        bail!("{} has no put rows", csv.display());
     }
     // (target, clients) -> row; a later row replaces an earlier one.
     let mut by: BTreeMap<(String, usize), Row> = BTreeMap::new();
@@ -285,7 +334,9 @@ mod tests {
     fn csv_roundtrip_and_report() {
         let csv = format!(
             "{}\netcd,1,3,1,256,random,1,300,0,100.0,10.0,9.0,12.0,20.0,30.0,31.0\netcd,16,3,1,256,random,16,3000,0,1000.0,16.0,15.0,18.0,25.0,40.0,41.0\nours,1,3,1,256,random,1,600,0,200.0,5.0,4.5,6.0,8.0,9.0,9.5\n",
-            crate::CSV_HEADER
+            // The header of CSVs written before the read workloads: still
+            // read, as puts.
+            "target,clients,seconds,warmup_s,value_size,keys,etcd_conns,ops,errors,ops_per_sec,mean_ms,p50_ms,p90_ms,p99_ms,p999_ms,max_ms"
         );
         let rows = parse_csv(&csv).unwrap();
         assert_eq!(rows.len(), 3);

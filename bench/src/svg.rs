@@ -150,6 +150,16 @@ fn y_tick(out: &mut String, x0: f64, y: f64, label: &str, major: bool) {
 }
 
 pub fn render(title: &str, series: &[Series]) -> String {
+    render_with(title, "throughput (puts/s)", series)
+}
+
+/// Legend room for one series name.
+fn legend_step(name: &str) -> f64 {
+    (50.0 + 8.0 * name.chars().count() as f64).max(90.0)
+}
+
+/// As [`render`], with the throughput axis labelled `ylabel`.
+pub fn render_with(title: &str, ylabel: &str, series: &[Series]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -198,7 +208,7 @@ pub fn render(title: &str, series: &[Series]) -> String {
         v += step;
     }
     x_ticks(&mut out, &sx, &xs);
-    frame(&mut out, x0, "Throughput", "throughput (puts/s)");
+    frame(&mut out, x0, "Throughput", ylabel);
     for s in series {
         let pts: Vec<(f64, f64)> = s
             .clients
@@ -272,7 +282,8 @@ pub fn render(title: &str, series: &[Series]) -> String {
 
     // Legend.
     let ly = H - 30.0;
-    let mut lx = W / 2.0 - 90.0 * series.len() as f64 / 2.0 - 90.0;
+    let width: f64 = series.iter().map(|s| legend_step(&s.name)).sum::<f64>() + 180.0;
+    let mut lx = (W / 2.0 - width / 2.0).max(10.0);
     for s in series {
         let _ = writeln!(
             out,
@@ -285,7 +296,7 @@ pub fn render(title: &str, series: &[Series]) -> String {
             ly + 5.0,
             esc(&s.name)
         );
-        lx += 90.0;
+        lx += legend_step(&s.name);
     }
     let _ = writeln!(
         out,

@@ -5,9 +5,9 @@ use std::time::Duration;
 #[cfg(feature = "ours")]
 use anyhow::anyhow;
 use anyhow::{bail, Context, Result};
-use etcd_client::{Client, ConnectOptions, KvClient};
+use etcd_client::{Client, ConnectOptions, GetOptions, KvClient};
 
-use crate::Target;
+use crate::{Consistency, Target};
 
 fn etcd_urls(endpoints: &[String]) -> Vec<String> {
     endpoints
@@ -30,6 +30,10 @@ fn etcd_urls(endpoints: &[String]) -> Vec<String> {
 /// the leader, as with any etcd v3 client that is given all endpoints). With
 /// `--etcd-conns K` the logical clients instead share K such Clients
 /// round-robin, like etcd's own `benchmark --conns K --clients N`.
+///
+/// Gets are Range requests: linearizable (etcd's default, served after a
+/// ReadIndex round by whichever member the channel picked) or, for
+/// [`Consistency::Local`], serializable (that member's own state).
 pub struct EtcdTarget {
     kvs: Vec<KvClient>,
 }
@@ -67,6 +71,17 @@ impl Target for EtcdTarget {
         let mut kv = self.kvs[client % self.kvs.len()].clone();
         kv.put(key, value, None).await?;
         Ok(())
+    }
+
+    async fn get(&self, client: usize, key: String, consistency: Consistency) -> Result<bool> {
+        let mut kv = self.kvs[client % self.kvs.len()].clone();
+        let opts = match consistency {
+            Consistency::Linearizable => None,
+            Consistency::Local => Some(GetOptions::new().with_serializable()),
+            Consistency::Lease => bail!("etcd has no lease read"),
+        };
+        let r = kv.get(key, opts).await?;
+        Ok(r.kvs().first().is_some_and(|kv| !kv.value().is_empty()))
     }
 }
 
@@ -112,6 +127,9 @@ fn parse_addrs(endpoints: &[String]) -> Result<Vec<std::net::SocketAddr>> {
 
 /// Our cluster through `driver_tokio::client::Client`: one Client (one
 /// session) per logical client, each given all members' client addresses.
+/// Gets are `Client::get_with`: linearizable to the leader (or round-robin
+/// over follower-read members when the servers run `--follower-reads`),
+/// lease to the leader, local round-robin over the given servers.
 /// The mutex is uncontended (one task per logical client); it only lets the
 /// same code work whether `put` takes `&self` or `&mut self`.
 #[cfg(feature = "ours")]
@@ -168,6 +186,23 @@ impl Target for OursTarget {
             .await
             .map_err(|e| anyhow!("put: {e:?}"))?;
         Ok(())
+    }
+
+    async fn get(&self, client: usize, key: String, consistency: Consistency) -> Result<bool> {
+        #[allow(unused_mut)]
+        let mut c = self.clients[client].lock().await;
+        let consistency = match consistency {
+            Consistency::Linearizable => driver_tokio::ReadConsistency::Linearizable,
+            Consistency::Lease => driver_tokio::ReadConsistency::Lease,
+            Consistency::Local => driver_tokio::ReadConsistency::Local,
+        };
+        // Sessionless, never through the log; routed by consistency (see
+        // driver_tokio::client's module doc).
+        let v = c
+            .get_with(&key, consistency)
+            .await
+            .map_err(|e| anyhow!("get: {e:?}"))?;
+        Ok(!v.is_empty())
     }
 }
 
