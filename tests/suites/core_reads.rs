@@ -231,6 +231,29 @@ impl Cluster {
         self.cut.clear();
     }
 
+    /// For `ms` milliseconds, the old leader `old` (cut off) is asked for
+    /// a lease read every millisecond while it believes it leads, and
+    /// whichever of `others` leads proposes a write whenever it has none
+    /// pending; returns how many lease reads `old` answered at once.
+    fn race(&mut self, old: NodeId, others: &[NodeId], ms: u64) -> u32 {
+        let mut served = 0;
+        for _ in 0..ms {
+            self.advance(1);
+            if let Some(&new) = others.iter().find(|&&i| self.nodes[&i].is_leader()) {
+                if self.nodes[&new].commit_index() == self.nodes[&new].log().last_index() {
+                    self.propose(new, "w");
+                }
+            }
+            if self.nodes[&old].is_leader() {
+                let rid = self.read(old, ReadMode::Lease, None);
+                if self.answered(old, rid) {
+                    served += 1;
+                }
+            }
+        }
+        served
+    }
+
     fn answered(&self, id: NodeId, rid: u64) -> bool {
         self.answered.iter().any(|&(n, r, _)| n == id && r == rid)
     }
@@ -384,21 +407,7 @@ pub async fn lease_reads_stop_before_a_new_leader_can_be_elected() {
     }
     c.isolate(old);
     let others: Vec<NodeId> = (1..=3).filter(|&i| i != old).collect();
-    let mut served = 0u32;
-    for _ in 0..1_000 {
-        c.advance(1);
-        if let Some(&new) = others.iter().find(|&&i| c.nodes[&i].is_leader()) {
-            if c.nodes[&new].commit_index() == c.nodes[&new].log().last_index() {
-                c.propose(new, "w");
-            }
-        }
-        if c.nodes[&old].is_leader() {
-            let rid = c.read(old, ReadMode::Lease, None);
-            if c.answered(old, rid) {
-                served += 1;
-            }
-        }
-    }
+    let served = c.race(old, &others, 1_000);
     assert!(
         served > 0,
         "the old leader served lease reads after the cut"
@@ -439,17 +448,7 @@ pub async fn lease_reads_need_sticky_votes() {
     // From now on the old leader is alone; it answers lease reads while
     // its lease holds.
     c.isolate(old);
-    for _ in 0..1_000 {
-        c.advance(1);
-        if let Some(&new) = others.iter().find(|&&i| c.nodes[&i].is_leader()) {
-            if c.nodes[&new].commit_index() == c.nodes[&new].log().last_index() {
-                c.propose(new, "w");
-            }
-        }
-        if c.nodes[&old].is_leader() {
-            c.read(old, ReadMode::Lease, None);
-        }
-    }
+    c.race(old, &others, 1_000);
     assert!(
         others.iter().any(|&i| c.nodes[&i].is_leader()),
         "the others elected a leader once the lease ran out"
