@@ -33,12 +33,7 @@ pub async fn partitioned_leader_never_answers_reads() {
     cfg.begin("Test (reads): a partitioned leader never answers a read");
     let ck = cfg.make_client(&cfg.all());
     cfg.put(&ck, "k", "v1", 0).await;
-    let old = loop {
-        if let Some(l) = cfg.leader() {
-            break l;
-        }
-        sleep(Duration::from_millis(10)).await;
-    };
+    let old = leader_of(&cfg).await;
     // A clerk that reaches only the old leader: its first Get opens its
     // session through the log, the second is a ReadIndex read (a confirmed
     // round the old leader remembers).
@@ -72,12 +67,7 @@ pub async fn follower_reads_see_every_acknowledged_write() {
     cfg.begin("Test (reads): follower reads see every acknowledged write");
     let ck = cfg.make_client(&cfg.all());
     cfg.put(&ck, "k", "0", 0).await;
-    let leader = loop {
-        if let Some(l) = cfg.leader() {
-            break l;
-        }
-        sleep(Duration::from_millis(10)).await;
-    };
+    let leader = leader_of(&cfg).await;
     let follower = cfg
         .all()
         .into_iter()
