@@ -18,6 +18,13 @@ pub enum StorageError {
         /// What is wrong.
         reason: String,
     },
+    /// Another process (or another open `Storage`) holds the data
+    /// directory's lock: it is in use.
+    #[error("the data directory is in use: {path} is locked by another process (a second server on the same directory?)")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
     /// An operating-system call failed (including fsync).
     #[error("I/O error on {path}: {source}")]
     Io {

@@ -160,7 +160,7 @@ mod store;
 pub use error::StorageError;
 pub use owner::{Owner, OWNER_FILE};
 pub use record::{MAX_RECORD_LEN, RECORD_HEADER_LEN};
-pub use recovery::Recovered;
+pub use recovery::{Recovered, LOCK_FILE};
 pub use segment::{
     segment_file_name, FORMAT_VERSION, LEGACY_FORMAT_VERSION, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
     UNRECORDED_CONFIG_FORMAT_VERSION,

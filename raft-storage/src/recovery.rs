@@ -2,7 +2,7 @@
 //! torn tail, and fitting the snapshot file to the log (see the crate docs).
 
 use std::borrow::Cow;
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use raft_core::{DurableState, DurableWrite, SnapshotMeta};
@@ -26,11 +26,34 @@ pub struct Recovered {
     pub truncated_torn_tail: Option<(PathBuf, u64)>,
 }
 
+/// The file whose exclusive lock marks a data directory in use.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// Takes the data directory's exclusive lock (an advisory `flock` on
+/// [`LOCK_FILE`], released when the process exits, however it exits), or
+/// fails at once if another process (or another `Storage` here) holds it:
+/// two writers on one log would corrupt it.
+fn lock_dir(dir: &Path) -> Result<File, StorageError> {
+    let path = dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked { path }),
+        Err(std::fs::TryLockError::Error(e)) => Err(StorageError::Io { path, source: e }),
+    }
+}
+
 impl Storage {
     /// Opens (creating if needed) the data directory and recovers its
     /// contents. See the crate documentation for what is tolerated.
     pub fn open(dir: &Path) -> Result<(Storage, Recovered), StorageError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock = lock_dir(dir)?;
         let listing = list_dir(dir)?;
         let mut dir_changed = false;
         if listing.snapshot_tmp {
@@ -181,6 +204,7 @@ impl Storage {
             unwritten: Vec::new(),
             mirror: state,
             poisoned: false,
+            _lock: lock,
         };
         if rotate {
             storage.rotate()?;

@@ -33,6 +33,8 @@ pub struct Storage {
     pub(crate) mirror: DurableState,
     /// An I/O error happened: refuse everything.
     pub(crate) poisoned: bool,
+    /// The data directory's lock, held while this value lives.
+    pub(crate) _lock: File,
 }
 
 /// What a group commit made durable ([`Storage::commit`]).

@@ -935,3 +935,25 @@ fn a_version_1_directory_is_read_and_continued_in_version_2() {
         "the old segment is gone"
     );
 }
+
+/// A data directory is used by one `Storage` at a time: a second open while
+/// the first lives fails at once, naming the lock; once the first is
+/// dropped (or its process exits) the directory opens again.
+#[test]
+fn a_second_open_of_a_data_directory_in_use_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, _) = Storage::open(tmp.path()).unwrap();
+    match Storage::open(tmp.path()) {
+        Err(e @ StorageError::Locked { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("in use") && text.contains(raft_storage::LOCK_FILE),
+                "{text}"
+            );
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("two Storages opened the same directory"),
+    }
+    drop(first);
+    Storage::open(tmp.path()).expect("reopens once the first is gone");
+}
