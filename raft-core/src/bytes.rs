@@ -1,7 +1,7 @@
 //! Serde for byte vectors as bytes, not as a sequence of `u8`s: serde's
 //! default walks a `Vec<u8>` element by element. With postcard both forms are
 //! the same on the wire (a varint length, then the raw bytes), so this only
-//! makes encoding and decoding commands, entries and snapshots a copy.
+//! makes encoding and decoding commands and entries a copy.
 
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserializer, Serializer};
@@ -78,7 +78,6 @@ mod tests {
             last_included_index: 2,
             last_included_term: 1,
             membership: crate::Membership::with_voters([1, 2, 3]),
-            data: vec![9; 1000],
         });
         let bytes = postcard::to_allocvec(&m).unwrap();
         assert_eq!(postcard::from_bytes::<Message>(&bytes).unwrap(), m);

@@ -7,8 +7,8 @@
 //!   ASCII (`1/11 "foo"`); a no-op is `1/11 Noop`, a configuration
 //!   `1/11 Voters:{1,2,3}` (with `Outgoing:`, `Learners:` when not empty).
 //! - A log position is `term/index` (`Log:1/10`), a snapshot's boundary too.
-//! - Service bytes (snapshot data) are shown like a command when they are at
-//!   most 32 bytes, otherwise as their length (`Data:<4096 bytes>`).
+//! - The core never sees snapshot bytes: a snapshot is its boundary and
+//!   configuration (`Snapshot:1/10 Voters:{1,2,3}`).
 //! - A persist id is `#id`; an instant is milliseconds since the epoch, with
 //!   a fraction only when it is not whole (`300ms`, `812.345678ms`).
 //!
@@ -18,14 +18,14 @@
 //! | `RequestVoteReply` | `MsgVoteResp Term:2 Granted` / `Rejected` |
 //! | `AppendEntries` | `MsgApp Term:1 Log:1/10 Commit:10 Entries:[1/11 "foo"]` (no `Entries` when empty) |
 //! | `AppendEntriesReply` | `MsgAppResp Term:1 Index:11`, or `MsgAppResp Term:1 Rejected Prev:10 ConflictTerm:1 ConflictIndex:8` (no `ConflictTerm` when the follower's log is too short) |
-//! | `InstallSnapshot` | `MsgSnap Term:2 Snapshot:1/10 Data:"..."` |
+//! | `InstallSnapshot` | `MsgSnap Term:2 Snapshot:1/10` |
 //! | `InstallSnapshotReply` | `MsgSnapResp Term:2 Index:10` |
 //! | `PreVote` | `MsgPreVote Term:2 Log:1/5` |
 //! | `PreVoteReply` | `MsgPreVoteResp Term:2 Granted` / `Rejected` |
 //! | `TimeoutNow` | `MsgTimeoutNow Term:2` |
-//! | `Event` | `Receive from 2: <message>`, `Propose #1 "foo"`, `TimerFired`, `Persisted Upto:#3`, `SnapshotTaken Index:5 Data:"..."`, `TransferLeadership To:2` (`To:-` for the most up-to-date voter) |
-//! | `Action` | `Send to 2: <message>`, `Persist #1 ...`, `Apply Entries:[...]`, `ApplySnapshot Snapshot:1/10 Data:"..."`, `SetTimer 812ms`, `AcceptProposal #1 Index:3 Term:1`, `RejectProposal #1 NotLeader Leader:2`, `LeadershipTransfer To:2 Started` / `TimeoutNowSent` / `Aborted:TimedOut` |
-//! | `Persist` | `Persist #1 Term:1 Vote:1 Snapshot:1/10 Data:"..." TruncateFrom:5 Entries:[...] Then:[to 2: <message>, ...]`, each part only when present; `Persist #2 Barrier Then:[...]` when it changes nothing |
+//! | `Event` | `Receive from 2: <message>`, `Propose #1 "foo"`, `TimerFired`, `Persisted Upto:#3`, `SnapshotTaken Index:5`, `SnapshotSendEnded To:2 Term:3 Index:10`, `TransferLeadership To:2` (`To:-` for the most up-to-date voter) |
+//! | `Action` | `Send to 2: <message>`, `Persist #1 ...`, `Apply Entries:[...]`, `ApplySnapshot Snapshot:1/10`, `SendSnapshot to 2: MsgSnap ...`, `SetTimer 812ms`, `AcceptProposal #1 Index:3 Term:1`, `RejectProposal #1 NotLeader Leader:2`, `LeadershipTransfer To:2 Started` / `TimeoutNowSent` / `Aborted:TimedOut` |
+//! | `Persist` | `Persist #1 Term:1 Vote:1 Snapshot:1/10 TruncateFrom:5 Entries:[...] Then:[to 2: <message>, ...]`, each part only when present; `Persist #2 Barrier Then:[...]` when it changes nothing |
 
 use core::fmt::{self, Display, Formatter};
 
@@ -35,7 +35,7 @@ use crate::io::{
 use crate::membership::{Membership, MembershipChange};
 use crate::message::{AppendOutcome, Message};
 use crate::time::Instant;
-use crate::types::{Entry, HardState, NodeId, Payload, Snapshot, SnapshotMeta};
+use crate::types::{Entry, HardState, NodeId, Payload, SnapshotMeta};
 
 /// Bytes as an escaped, quoted string.
 struct Quoted<'a>(&'a [u8]);
@@ -43,19 +43,6 @@ struct Quoted<'a>(&'a [u8]);
 impl Display for Quoted<'_> {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         write!(f, "\"{}\"", self.0.escape_ascii())
-    }
-}
-
-/// Service bytes: quoted when short, else their length.
-struct Data<'a>(&'a [u8]);
-
-impl Display for Data<'_> {
-    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
-        if self.0.len() <= 32 {
-            Quoted(self.0).fmt(f)
-        } else {
-            write!(f, "<{} bytes>", self.0.len())
-        }
     }
 }
 
@@ -115,10 +102,14 @@ impl Display for SnapshotMeta {
     }
 }
 
-impl Display for Snapshot {
+/// A snapshot as a persist or an apply names it: `Snapshot:1/10`, then its
+/// configuration when one is recorded.
+struct SnapshotAt<'a>(&'a SnapshotMeta);
+
+impl Display for SnapshotAt<'_> {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
-        write!(f, "Snapshot:{} Data:{}", self.meta, Data(&self.data))?;
-        Recorded(&self.meta.membership).fmt(f)
+        write!(f, "Snapshot:{}", self.0)?;
+        Recorded(&self.0.membership).fmt(f)
     }
 }
 
@@ -249,11 +240,10 @@ impl Display for Message {
             }
             Message::InstallSnapshot(m) => write!(
                 f,
-                "MsgSnap Term:{} Snapshot:{}/{} Data:{}{}",
+                "MsgSnap Term:{} Snapshot:{}/{}{}",
                 m.term,
                 m.last_included_term,
                 m.last_included_index,
-                Data(&m.data),
                 Recorded(&m.membership)
             ),
             Message::InstallSnapshotReply(m) => write!(
@@ -286,8 +276,9 @@ impl Display for Event {
             }
             Event::TimerFired => f.write_str("TimerFired"),
             Event::Persisted { upto } => write!(f, "Persisted Upto:#{upto}"),
-            Event::SnapshotTaken { index, data } => {
-                write!(f, "SnapshotTaken Index:{index} Data:{}", Data(data))
+            Event::SnapshotTaken { index } => write!(f, "SnapshotTaken Index:{index}"),
+            Event::SnapshotSendEnded { to, term, index } => {
+                write!(f, "SnapshotSendEnded To:{to} Term:{term} Index:{index}")
             }
             Event::LeadershipTransferRequested { to } => {
                 write!(f, "TransferLeadership To:{}", Target(*to))
@@ -314,7 +305,7 @@ impl Display for Persist {
             write!(f, " {hs}")?;
         }
         if let Some(s) = &self.snapshot {
-            write!(f, " {s}")?;
+            write!(f, " {}", SnapshotAt(s))?;
         }
         if let Some(t) = self.truncate_from {
             write!(f, " TruncateFrom:{t}")?;
@@ -377,7 +368,12 @@ impl Display for Action {
             Action::Send { to, message } => write!(f, "Send to {to}: {message}"),
             Action::Persist(p) => p.fmt(f),
             Action::Apply { entries } => write!(f, "Apply Entries:{}", Entries(entries)),
-            Action::ApplySnapshot { snapshot } => write!(f, "ApplySnapshot {snapshot}"),
+            Action::ApplySnapshot { meta } => write!(f, "ApplySnapshot {}", SnapshotAt(meta)),
+            Action::SendSnapshot { to, message } => write!(
+                f,
+                "SendSnapshot to {to}: {}",
+                Message::InstallSnapshot(message.clone())
+            ),
             Action::SetTimer { deadline } => write!(f, "SetTimer {deadline}"),
             Action::AcceptProposal { id, index, term } => {
                 write!(f, "AcceptProposal #{id} Index:{index} Term:{term}")
@@ -465,12 +461,8 @@ mod tests {
             last_included_index: 10,
             last_included_term: 1,
             membership: Membership::default(),
-            data: vec![0; 100],
         });
-        assert_eq!(
-            snap.to_string(),
-            "MsgSnap Term:2 Snapshot:1/10 Data:<100 bytes>"
-        );
+        assert_eq!(snap.to_string(), "MsgSnap Term:2 Snapshot:1/10");
     }
 
     #[test]

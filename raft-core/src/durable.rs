@@ -39,7 +39,7 @@ impl Persist {
     pub fn durable_write(&self) -> DurableWrite<'_> {
         DurableWrite {
             hard_state: self.hard_state,
-            snapshot: self.snapshot.as_ref().map(|s| s.meta.clone()),
+            snapshot: self.snapshot.clone(),
             truncate_from: self.truncate_from,
             entries: Cow::Borrowed(&self.entries),
         }
@@ -182,7 +182,7 @@ impl DurableState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Payload, Snapshot, SplitMix64};
+    use crate::{Payload, SplitMix64};
 
     fn entry(index: Index, term: u64) -> Entry {
         Entry {
@@ -214,14 +214,11 @@ mod tests {
                 1 => last + rng.range(1, 4),            // beyond the log
                 _ => rng.range(base, last + 1),         // inside the log
             };
-            Snapshot {
-                meta: SnapshotMeta::at(index, rng.below(9)),
-                data: vec![7; rng.below(5) as usize],
-            }
+            SnapshotMeta::at(index, rng.below(9))
         });
         let truncate_from = rng.chance(1, 5).then(|| rng.range(0, last + 3));
         let mut probe = state.clone();
-        let meta = snapshot.as_ref().map(|s| s.meta.clone());
+        let meta = snapshot.clone();
         probe
             .try_apply(DurableWrite {
                 snapshot: meta,
@@ -253,17 +250,17 @@ mod tests {
         if let Some(snap) = &persist.snapshot {
             let first = state.entries.first().map(|e| e.index);
             if let Some(first) = first {
-                let drop = snap.meta.index.saturating_sub(first - 1);
+                let drop = snap.index.saturating_sub(first - 1);
                 let drop = usize::try_from(drop)
                     .unwrap_or(usize::MAX)
                     .min(state.entries.len());
                 state.entries.drain(..drop);
             }
-            state.snapshot = Some(snap.meta.clone());
+            state.snapshot = Some(snap.clone());
             if state
                 .entries
                 .first()
-                .is_some_and(|e| e.index != snap.meta.index + 1)
+                .is_some_and(|e| e.index != snap.index + 1)
             {
                 // The snapshot lies beyond the stored log: nothing stored survives.
                 state.entries.clear();

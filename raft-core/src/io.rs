@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::membership::{ChangeError, Membership, MembershipChange};
-use crate::message::Message;
-use crate::types::{Entry, HardState, Index, NodeId, Snapshot, SnapshotMeta, Term};
+use crate::message::{InstallSnapshot, Message};
+use crate::types::{Entry, HardState, Index, NodeId, SnapshotMeta, Term};
 
 /// An input to [`crate::RaftNode::step`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,13 +33,28 @@ pub enum Event {
         /// The highest durable persist id.
         upto: u64,
     },
-    /// The service snapshotted its state through `index` (which it has been
-    /// given in an `Apply`); the log up to there may be discarded.
+    /// The driver holds, durably, the service's snapshot of its state
+    /// through `index` (which the service has been given in an `Apply`): the
+    /// log up to there may be discarded. The core never sees the bytes: it
+    /// answers with a `Persist` whose `snapshot` names this one, which makes
+    /// it the node's snapshot (see [`Persist::snapshot`]).
     SnapshotTaken {
         /// The last index the snapshot covers.
         index: Index,
-        /// The service's snapshot bytes.
-        data: Vec<u8>,
+    },
+    /// A transfer that `Action::SendSnapshot` asked for has ended, delivered
+    /// or not (the driver reports each one exactly once, and gives up on it
+    /// when the connection fails, stalls, or this node stops leading
+    /// `term`). The leader probes the follower at once and sends a snapshot
+    /// again only if the follower answers that it still needs one, so an
+    /// unreachable follower costs heartbeats, not snapshots.
+    SnapshotSendEnded {
+        /// The follower.
+        to: NodeId,
+        /// The term of the `InstallSnapshot` sent.
+        term: Term,
+        /// Its `last_included_index`.
+        index: Index,
     },
     /// The caller asks the leader to hand its leadership to `to`, or, when
     /// `None`, to the most up-to-date voter (highest match index, the lowest
@@ -206,11 +221,26 @@ pub enum Action {
         /// The entries, consecutive.
         entries: Vec<Entry>,
     },
-    /// Replace the service's state with this snapshot from the leader. The
-    /// next `Apply` continues at `snapshot.meta.index + 1`.
+    /// Replace the service's state with the snapshot the leader sent, which
+    /// the driver received with the `InstallSnapshot` it delivered in this
+    /// step (the snapshot at `meta.index`). The next `Apply` continues at
+    /// `meta.index + 1`.
     ApplySnapshot {
-        /// The snapshot.
-        snapshot: Snapshot,
+        /// Where the snapshot ends.
+        meta: SnapshotMeta,
+    },
+    /// Send `to` the snapshot `message` names (the one at
+    /// `message.last_included_index`, which the driver holds: this node's
+    /// own, or a newer one taken since), and deliver the message to `to`'s
+    /// core only once all of its bytes have arrived there. Stream it (a
+    /// driver need not hold it in memory) and report the end of the
+    /// transfer, whatever became of it, with `Event::SnapshotSendEnded`.
+    /// The core asks for at most one transfer per follower at a time.
+    SendSnapshot {
+        /// The follower.
+        to: NodeId,
+        /// The header: term, index, term at that index, configuration.
+        message: InstallSnapshot,
     },
     /// Arm the driver's one timer for `deadline`; the last one set wins.
     SetTimer {
@@ -305,8 +335,11 @@ pub struct Persist {
     pub id: u64,
     /// The new hard state, if it changed.
     pub hard_state: Option<HardState>,
-    /// A new snapshot, if one was taken or installed.
-    pub snapshot: Option<Snapshot>,
+    /// A new snapshot, if one was taken (`Event::SnapshotTaken`) or
+    /// installed (a delivered `InstallSnapshot`): the driver makes the
+    /// snapshot it holds at `index` the node's snapshot, atomically with the
+    /// rest of this write, and may then drop older ones.
+    pub snapshot: Option<SnapshotMeta>,
     /// Drop every stored entry with index `>=` this.
     pub truncate_from: Option<Index>,
     /// Entries to append, consecutive, starting right after the stored log.
@@ -326,8 +359,9 @@ impl Persist {
     }
 }
 
-/// Everything a node persists except the snapshot bytes: what a driver loads
-/// on restart and passes to [`crate::RaftNode::recover`]. Drivers may store it
+/// Everything a node persists except the snapshot bytes (the driver keeps
+/// those, by index): what a driver loads on restart and passes to
+/// [`crate::RaftNode::recover`]. Drivers may store it
 /// however they like; [`DurableState::apply`] shows the exact semantics of a
 /// `Persist` and is what the simulator's persister uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -363,14 +397,12 @@ impl DurableState {
         self.entries.get(offset).map(|e| e.term)
     }
 
-    /// Applies one write, returning the snapshot bytes it carried, if any
-    /// ([`DurableState::try_apply`]'s semantics). Panics if the write does
-    /// not continue the stored log: the core never emits such a write, so
-    /// it would be a bug in the core or the driver.
-    pub fn apply(&mut self, persist: &Persist) -> Option<Vec<u8>> {
+    /// Applies one write ([`DurableState::try_apply`]'s semantics). Panics
+    /// if the write does not continue the stored log: the core never emits
+    /// such a write, so it would be a bug in the core or the driver.
+    pub fn apply(&mut self, persist: &Persist) {
         if let Err(e) = self.try_apply(persist.durable_write()) {
             panic!("persisted entries must continue the stored log: {e}");
         }
-        persist.snapshot.as_ref().map(|s| s.data.clone())
     }
 }

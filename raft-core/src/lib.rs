@@ -140,7 +140,7 @@ pub use quorum::{JointConfig, MajorityConfig, VoteResult};
 pub use rng::SplitMix64;
 pub use role::Role;
 pub use time::Instant;
-pub use types::{Entry, HardState, Index, NodeId, Payload, Snapshot, SnapshotMeta, Term};
+pub use types::{Entry, HardState, Index, NodeId, Payload, SnapshotMeta, Term};
 
 /// What is wrong with a [`Config`] ([`Config::validate`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -178,9 +178,6 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DurableStateError {
-    /// The state names a snapshot but no snapshot bytes were given.
-    #[error("the durable state names a snapshot but no snapshot bytes were given")]
-    SnapshotBytesMissing,
     /// The entries do not continue the snapshot one by one, or reach the
     /// last representable index.
     #[error("log entries are not consecutive after the snapshot, or reach the last index")]

@@ -193,7 +193,9 @@ pub enum AppendOutcome {
     },
 }
 
-/// A leader's snapshot, sent whole (Figure 13 without chunking).
+/// A leader's snapshot (Figure 13): the header. The bytes travel beside it,
+/// streamed by the drivers (`Action::SendSnapshot`); the receiving driver
+/// delivers this message once they have all arrived.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallSnapshot {
     /// The leader's term.
@@ -204,9 +206,6 @@ pub struct InstallSnapshot {
     pub last_included_term: Term,
     /// The configuration in force at `last_included_index`.
     pub membership: crate::Membership,
-    /// The service's snapshot bytes.
-    #[serde(with = "crate::bytes")]
-    pub data: Vec<u8>,
 }
 
 /// The answer to an `InstallSnapshot`.

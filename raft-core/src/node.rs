@@ -61,29 +61,21 @@ pub struct RaftNode {
 impl RaftNode {
     /// A node booting for the first time, with an empty log.
     pub fn new(config: Config, seed: u64) -> Result<Self, Error> {
-        Self::recover(config, seed, DurableState::default(), None)
+        Self::recover(config, seed, DurableState::default())
     }
 
     /// A node restarting from what its driver loaded from storage: the
-    /// durable image built from its `Persist` actions, and the bytes of the
-    /// snapshot it names (required when it names one). Give every
+    /// durable image built from its `Persist` actions (the service restores
+    /// itself from the snapshot it names, which the driver holds). Give every
     /// incarnation of a node its own `seed` (from entropy, or a simulation's
     /// generator): besides its election timeouts, it picks where the
     /// numbering of the reads it forwards starts, so that a reply to a read
     /// forwarded by an earlier incarnation cannot answer a later one.
-    pub fn recover(
-        config: Config,
-        seed: u64,
-        durable: DurableState,
-        snapshot_data: Option<Vec<u8>>,
-    ) -> Result<Self, Error> {
+    pub fn recover(config: Config, seed: u64, durable: DurableState) -> Result<Self, Error> {
         config.validate()?;
         use crate::DurableStateError as E;
         let bad = Error::InvalidDurableState;
         let meta = durable.snapshot.clone().unwrap_or_default();
-        if durable.snapshot.is_some() && snapshot_data.is_none() {
-            return Err(bad(E::SnapshotBytesMissing));
-        }
         let config_entries: Vec<(Index, Membership)> = durable
             .entries
             .iter()
@@ -111,7 +103,6 @@ impl RaftNode {
             started_at: crate::time::Instant::ZERO,
             hard: durable.hard_state,
             log,
-            snapshot_data: durable.snapshot.and(snapshot_data),
             leader_hint: None,
             leader_contact: None,
             forwarded: crate::read::Forwarded::new(seed),
@@ -158,7 +149,12 @@ impl RaftNode {
             Event::ProposalReceived { id, command } => self.on_proposal(id, command),
             Event::TimerFired => {}
             Event::Persisted { upto } => self.on_persisted(upto),
-            Event::SnapshotTaken { index, data } => self.shared.on_snapshot_taken(index, data),
+            Event::SnapshotTaken { index } => self.shared.on_snapshot_taken(index),
+            Event::SnapshotSendEnded { to, term, index } => {
+                if let RoleState::Leader(leader) = &mut self.role {
+                    leader.on_snapshot_send_ended(&mut self.shared, to, term, index);
+                }
+            }
             Event::LeadershipTransferRequested { to } => self.on_transfer_requested(to),
             Event::MembershipChangeRequested { id, changes } => {
                 self.on_membership_change_requested(id, changes)
@@ -183,7 +179,7 @@ impl RaftNode {
             Event::Persisted { upto } if upto >= self.shared.next_persist_id => {
                 Err(Error::UnknownPersist { id: upto })
             }
-            Event::SnapshotTaken { index, .. } if index > self.shared.last_applied => {
+            Event::SnapshotTaken { index } if index > self.shared.last_applied => {
                 Err(Error::SnapshotBeyondApplied {
                     index,
                     applied: self.shared.last_applied,
@@ -238,10 +234,6 @@ impl RaftNode {
     /// The highest log index known to be durable locally.
     pub fn durable_index(&self) -> Index {
         self.shared.durable_index
-    }
-    /// The latest snapshot's bytes, if any.
-    pub fn snapshot_data(&self) -> Option<&[u8]> {
-        self.shared.snapshot_data.as_deref()
     }
     /// The latest configuration in its log: the one in force (possibly not
     /// yet committed). Before the log records one, the initial

@@ -100,8 +100,11 @@ impl LeaderState {
             (pr.state, pr.next_index, pr.paused, pr.inflight.len())
         };
         if let ProgressState::Snapshot { .. } = state {
+            // A transfer is in flight: only heartbeats, from our snapshot
+            // (the follower rejects them until it installs one, and they
+            // keep it from standing for election meanwhile).
             if heartbeat {
-                self.send_snapshot(s, peer);
+                s.send_append_from(peer, s.snapshot_meta().index + 1, false);
             }
             return;
         }

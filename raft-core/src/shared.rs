@@ -21,13 +21,13 @@ use crate::quorum::JointConfig;
 use crate::rng::SplitMix64;
 use crate::time::Instant;
 use crate::timers::Timers;
-use crate::types::{Entry, HardState, Index, NodeId, Snapshot, SnapshotMeta, Term};
+use crate::types::{Entry, HardState, Index, NodeId, SnapshotMeta, Term};
 
 /// A durable write being assembled during one step.
 #[derive(Debug, Default)]
 pub(crate) struct PendingWrite {
     pub(crate) hard_state_dirty: bool,
-    pub(crate) snapshot: Option<Snapshot>,
+    pub(crate) snapshot: Option<SnapshotMeta>,
     pub(crate) truncate_from: Option<Index>,
     pub(crate) entries: Vec<Entry>,
     pub(crate) then_send: Vec<(NodeId, Message)>,
@@ -66,7 +66,6 @@ pub(crate) struct Shared {
     // Persistent state (Figure 2), mirrored in memory.
     pub(crate) hard: HardState,
     pub(crate) log: RaftLog,
-    pub(crate) snapshot_data: Option<Vec<u8>>,
 
     // Volatile state.
     pub(crate) leader_hint: Option<NodeId>,
@@ -88,7 +87,7 @@ pub(crate) struct Shared {
     // Per-step output.
     pub(crate) out: Vec<Action>,
     pub(crate) pending: PendingWrite,
-    pub(crate) pending_apply_snapshot: Option<Snapshot>,
+    pub(crate) pending_apply_snapshot: Option<SnapshotMeta>,
 }
 
 impl Shared {
@@ -282,8 +281,8 @@ impl Shared {
                 then_send: pending.then_send,
             }));
         }
-        if let Some(snapshot) = self.pending_apply_snapshot.take() {
-            self.out.push(Action::ApplySnapshot { snapshot });
+        if let Some(meta) = self.pending_apply_snapshot.take() {
+            self.out.push(Action::ApplySnapshot { meta });
         }
         let apply_to = if crate::canary::on(crate::canary::Canary::ApplyUncommitted) {
             self.durable_index

@@ -1,16 +1,27 @@
 //! Log compaction (Raft paper §7): the service's snapshots, and
 //! InstallSnapshot for followers whose next entry was compacted away.
+//!
+//! The core never holds a snapshot's bytes: the driver keeps them by index.
+//! It writes the service's snapshot, then reports `SnapshotTaken`; it
+//! streams a snapshot to a follower on `Action::SendSnapshot` and delivers
+//! the `InstallSnapshot` header once the bytes are all there; and it makes
+//! a snapshot the node's own on the `Persist` that names it. A leader has
+//! at most one transfer in flight per follower: it waits for the driver's
+//! `SnapshotSendEnded` (or the follower's answer) and meanwhile only sends
+//! heartbeats, which keep the follower from standing for election during a
+//! long transfer.
 
+use crate::io::Action;
 use crate::message::{InstallSnapshot, InstallSnapshotReply, Message};
 use crate::progress::ProgressState;
 use crate::role::LeaderState;
 use crate::shared::Shared;
-use crate::types::{Index, NodeId, Snapshot, SnapshotMeta};
+use crate::types::{Index, NodeId, SnapshotMeta};
 
 impl Shared {
     /// The service snapshotted through `index` (checked `<= last_applied` by
     /// `step`): discard the log up to there and persist the snapshot with it.
-    pub(crate) fn on_snapshot_taken(&mut self, index: Index, data: Vec<u8>) {
+    pub(crate) fn on_snapshot_taken(&mut self, index: Index) {
         if index <= self.snapshot_meta().index {
             return; // older than what we hold: nothing to do
         }
@@ -22,8 +33,7 @@ impl Shared {
         };
         self.configs.compact(index);
         self.log.compact_to(meta.clone());
-        self.snapshot_data = Some(data.clone());
-        self.pending.snapshot = Some(Snapshot { meta, data });
+        self.pending.snapshot = Some(meta);
     }
 
     /// Follower side: adopt a snapshot that goes beyond our commit index. If
@@ -51,14 +61,12 @@ impl Shared {
                 self.pending.truncate_from = Some(index + 1);
                 self.lower_durable_index(index);
             }
-            let snapshot = Snapshot { meta, data: m.data };
-            self.snapshot_data = Some(snapshot.data.clone());
-            self.pending.snapshot = Some(snapshot.clone());
+            self.pending.snapshot = Some(meta.clone());
             self.commit_index = index;
             if !crate::canary::on(crate::canary::Canary::KeepAppliedAfterSnapshot) {
                 self.last_applied = index;
             }
-            self.pending_apply_snapshot = Some(snapshot);
+            self.pending_apply_snapshot = Some(meta);
         }
         let reply = InstallSnapshotReply {
             term: self.hard.term,
@@ -69,14 +77,11 @@ impl Shared {
 }
 
 impl LeaderState {
-    /// Send the whole snapshot and wait for its answer (resent on each
-    /// heartbeat until answered).
+    /// Ask the driver to stream our snapshot to `peer`, and wait for the
+    /// transfer's end (`SnapshotSendEnded`) or the follower's answer. It is
+    /// never resent while in flight.
     pub(crate) fn send_snapshot(&mut self, s: &mut Shared, peer: NodeId) {
         let meta = s.snapshot_meta().clone();
-        let data = s
-            .snapshot_data
-            .clone()
-            .expect("a compacted log has a snapshot");
         let pr = self
             .progress
             .get_mut(&peer)
@@ -89,9 +94,33 @@ impl LeaderState {
             last_included_index: meta.index,
             last_included_term: meta.term,
             membership: meta.membership,
-            data,
         };
-        s.send(peer, Message::InstallSnapshot(message));
+        s.out.push(Action::SendSnapshot { to: peer, message });
+    }
+
+    /// The driver's transfer to `to` of the snapshot at `index`, sent in
+    /// `term`, ended. If it is still the one we wait for (and the follower
+    /// has not answered), probe the follower right after the snapshot: its
+    /// answer tells whether it installed it (it accepts), or still needs
+    /// one (it rejects, and the rejection sends a snapshot again).
+    pub(crate) fn on_snapshot_send_ended(
+        &mut self,
+        s: &mut Shared,
+        to: NodeId,
+        term: crate::Term,
+        index: Index,
+    ) {
+        if term != s.hard.term {
+            return; // a transfer of an earlier term of ours
+        }
+        let Some(pr) = self.progress.get_mut(&to) else {
+            return;
+        };
+        if pr.state != (ProgressState::Snapshot { index }) {
+            return; // answered already, or another transfer
+        }
+        pr.become_probe(s.snapshot_meta().index + 1);
+        self.send_append(s, to, false);
     }
 
     pub(crate) fn on_install_snapshot_reply(

@@ -96,13 +96,3 @@ impl SnapshotMeta {
         }
     }
 }
-
-/// A service snapshot and where it ends in the log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// Where the snapshot ends.
-    pub meta: SnapshotMeta,
-    /// The service's bytes.
-    #[serde(with = "crate::bytes")]
-    pub data: Vec<u8>,
-}

@@ -29,7 +29,9 @@
 //! command moves it; nodes step at the current time. Messages wait in one
 //! FIFO queue until a command delivers them; a `Persist` waits until a
 //! command makes it durable (then its `then_send` messages join the queue and
-//! the node steps `Persisted`). A crashed node loses its unpersisted writes;
+//! the node steps `Persisted`). A snapshot transfer (`SendSnapshot`) waits
+//! in the queue as its `MsgSnap` header; once delivered or dropped, the
+//! sender steps `SnapshotSendEnded`. A crashed node loses its unpersisted writes;
 //! messages to or from it are dropped on delivery; messages across a
 //! partition are dropped when sent and when delivered.
 //!
@@ -64,7 +66,7 @@
 //! term=<t> granted|rejected`, `app term=<t> log=<t>/<i> commit=<c>
 //! [entries=<t>/<i>,...]`, `app-resp term=<t> index=<i>` or `app-resp
 //! term=<t> rejected prev=<p> [conflict-term=<t>] conflict-index=<i>`, `snap
-//! term=<t> snap=<t>/<i> [data=<text>] [voters=<id>,...]`, `snap-resp term=<t> index=<i>`,
+//! term=<t> snap=<t>/<i> [voters=<id>,...]`, `snap-resp term=<t> index=<i>`,
 //! `timeout-now term=<t>`, `read-round term=<t> round=<r>`,
 //! `read-round-resp term=<t> round=<r>`, `read-index term=<t> ctx=<c>`. A
 //! term may be `max`. Entries carry the command `<index>@<term>`.
@@ -87,7 +89,6 @@ const SEED: u64 = 1;
 struct Node {
     raft: Option<RaftNode>,
     durable: DurableState,
-    snapshot_data: Option<Vec<u8>>,
     /// Writes handed out and not yet durable, oldest first.
     pending: VecDeque<Persist>,
     /// The deadline of the last `SetTimer`.
@@ -103,6 +104,9 @@ struct Cluster {
     nodes: BTreeMap<NodeId, Node>,
     now: Instant,
     queue: VecDeque<(NodeId, NodeId, Message)>,
+    /// Snapshot transfers under way, (from, to) → (term, index): their
+    /// `MsgSnap` is in the queue.
+    transfers: BTreeMap<(NodeId, NodeId), (Term, Index)>,
     /// Which group each node is in while partitioned (none: all connected).
     groups: BTreeMap<NodeId, usize>,
     next_proposal: u64,
@@ -129,6 +133,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             now: Instant::ZERO,
             queue: VecDeque::new(),
+            transfers: BTreeMap::new(),
             groups: BTreeMap::new(),
             next_proposal: 1,
         }
@@ -221,9 +226,25 @@ impl Cluster {
                     node.applied = e.index;
                 }
             }
-            Action::ApplySnapshot { ref snapshot } => {
+            Action::ApplySnapshot { ref meta } => {
                 out.push(format!("  {action}"));
-                self.node(id)?.applied = snapshot.meta.index;
+                self.node(id)?.applied = meta.index;
+            }
+            Action::SendSnapshot { to, message } => {
+                let header = Message::InstallSnapshot(message.clone());
+                if self.connected(id, to) {
+                    out.push(format!("  {id}->{to} {header} (stream)"));
+                    let at = (message.term, message.last_included_index);
+                    if self.transfers.insert((id, to), at).is_some() {
+                        return Err(format!("{id} streams a second snapshot to {to}"));
+                    }
+                    self.queue.push_back((id, to, header));
+                } else {
+                    out.push(format!(
+                        "  {id}->{to} {header} (stream dropped: partitioned)"
+                    ));
+                    self.end_transfer(id, to, message.term, message.last_included_index, out)?;
+                }
             }
             Action::SetTimer { deadline } => {
                 out.push(format!("  {action}"));
@@ -251,7 +272,6 @@ impl Cluster {
             Node {
                 raft: None,
                 durable: DurableState::default(),
-                snapshot_data: None,
                 pending: VecDeque::new(),
                 timer: None,
                 applied: 0,
@@ -288,9 +308,7 @@ impl Cluster {
         let writes: Vec<Persist> = node.pending.drain(..).collect();
         let mut released = Vec::new();
         for p in &writes {
-            if let Some(data) = node.durable.apply(p) {
-                node.snapshot_data = Some(data);
-            }
+            node.durable.apply(p);
             released.extend(p.then_send.iter().cloned());
         }
         let upto = writes.last().map(|p| p.id).expect("not empty");
@@ -325,14 +343,48 @@ impl Cluster {
             } else {
                 None
             };
+            let streamed = self.streamed(from, to, &message);
             if let Some(why) = why {
                 out.push(format!("{from}->{to} {message} (dropped: {why})"));
-                continue;
+            } else {
+                let header = format!("{from}->{to} {message}");
+                self.step(to, Event::MessageReceived { from, message }, header, out)?;
             }
-            let header = format!("{from}->{to} {message}");
-            self.step(to, Event::MessageReceived { from, message }, header, out)?;
+            if let Some((term, index)) = streamed {
+                self.end_transfer(from, to, term, index, out)?;
+            }
         }
         Ok(())
+    }
+
+    /// If `message` is the header of a transfer under way from `from` to
+    /// `to`, the transfer ends with it: its (term, index).
+    fn streamed(&mut self, from: NodeId, to: NodeId, message: &Message) -> Option<(Term, Index)> {
+        let Message::InstallSnapshot(m) = message else {
+            return None;
+        };
+        let at = (m.term, m.last_included_index);
+        if self.transfers.get(&(from, to)) != Some(&at) {
+            return None;
+        }
+        self.transfers.remove(&(from, to));
+        Some(at)
+    }
+
+    /// The sender, if it is up, learns that its transfer ended.
+    fn end_transfer(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        term: Term,
+        index: Index,
+        out: &mut Out,
+    ) -> Result<(), String> {
+        if self.nodes.get(&from).is_none_or(|n| n.raft.is_none()) {
+            return Ok(());
+        }
+        let event = Event::SnapshotSendEnded { to, term, index };
+        self.step(from, event.clone(), format!("{from}: {event}"), out)
     }
 
     fn stabilize(&mut self, out: &mut Out) -> Result<(), String> {
@@ -376,13 +428,8 @@ impl Cluster {
     fn restart(&mut self, id: NodeId, out: &mut Out) -> Result<(), String> {
         let config = self.config(id);
         let node = self.node(id)?;
-        let raft = RaftNode::recover(
-            config,
-            SEED,
-            node.durable.clone(),
-            node.snapshot_data.clone(),
-        )
-        .map_err(|e| format!("recover refused: {e}"))?;
+        let raft = RaftNode::recover(config, SEED, node.durable.clone())
+            .map_err(|e| format!("recover refused: {e}"))?;
         node.raft = Some(raft);
         node.pending.clear();
         node.timer = None;
@@ -535,7 +582,6 @@ fn parse_message(args: &[&str]) -> Result<Message, String> {
                     ),
                     None => Membership::default(),
                 },
-                data: keys.get("data").unwrap_or(&"").as_bytes().to_vec(),
             })
         }
         "snap-resp" => Message::InstallSnapshotReply(InstallSnapshotReply {
@@ -668,9 +714,6 @@ fn run_command(c: &mut Cluster, line: &str, out: &mut Out) -> Result<(), String>
                 voted_for: keys.get("vote").map(|v| id_arg(v)).transpose()?,
             };
             let node = c.node(id)?;
-            node.snapshot_data = snapshot
-                .as_ref()
-                .map(|s| format!("snap@{}", s.index).into_bytes());
             node.durable = DurableState {
                 hard_state,
                 snapshot,
@@ -715,12 +758,12 @@ fn run_command(c: &mut Cluster, line: &str, out: &mut Out) -> Result<(), String>
         "compact" => {
             let id = id_arg(arg(0)?)?;
             let index = num(arg(1)?)?;
-            let data = format!("snap@{index}").into_bytes();
-            let event = Event::SnapshotTaken { index, data };
+            let event = Event::SnapshotTaken { index };
             c.step(id, event.clone(), format!("{id}: {event}"), out)?;
         }
         "crash" => {
             let id = id_arg(arg(0)?)?;
+            c.transfers.retain(|&(from, _), _| from != id);
             let node = c.node(id)?;
             node.raft = None;
             node.timer = None;
@@ -773,6 +816,9 @@ fn run_command(c: &mut Cluster, line: &str, out: &mut Out) -> Result<(), String>
                     c.queue.push_back((f, t, m));
                 } else if *cmd == "drop-msgs" {
                     out.push(format!("dropped {f}->{t} {m}"));
+                    if let Some((term, index)) = c.streamed(f, t, &m) {
+                        c.end_transfer(f, t, term, index, out)?;
+                    }
                 } else {
                     out.push(format!("duplicated {f}->{t} {m}"));
                     copies.push((f, t, m.clone()));

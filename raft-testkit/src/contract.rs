@@ -188,14 +188,29 @@ impl ContractChecker {
                         self.applied_to = e.index;
                     }
                 }
-                Action::ApplySnapshot { snapshot } => {
+                Action::ApplySnapshot { meta } => {
                     assert!(
-                        snapshot.meta.index > self.applied_to,
+                        meta.index > self.applied_to,
                         "node {id}: a snapshot at {} moves the service back from {}",
-                        snapshot.meta.index,
+                        meta.index,
                         self.applied_to
                     );
-                    self.applied_to = snapshot.meta.index;
+                    self.applied_to = meta.index;
+                }
+                Action::SendSnapshot { to, message } => {
+                    assert!(
+                        self.is_peer(*to),
+                        "node {id} sent a snapshot to {to}, not a peer"
+                    );
+                    assert!(
+                        node.is_leader(),
+                        "node {id} sent a snapshot as a non-leader"
+                    );
+                    assert_eq!(message.term, node.term(), "a snapshot of another term");
+                    assert!(
+                        message.last_included_index <= node.log().snapshot().index,
+                        "node {id} sent a snapshot it does not hold"
+                    );
                 }
                 Action::SetTimer { .. }
                 | Action::LeadershipTransfer { .. }
