@@ -24,7 +24,7 @@ pub use admin::{
 pub use clerk::{Attempt, Clerk, Progress, ROUND_BACKOFF};
 pub use command::{ClientId, Command, Op, Outcome, Reply};
 pub use server::{KvServer, ReadConsistency, ReadPolicy, ServerAction, ServerConfig, ServerEvent};
-pub use store::{KvStore, DEFAULT_MAX_SESSIONS};
+pub use store::{KvImage, KvStore, DEFAULT_MAX_SESSIONS};
 
 /// What can go wrong in the KV core.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +36,11 @@ pub enum Error {
     /// A snapshot was refused.
     #[error("bad snapshot: {0}")]
     BadSnapshot(#[from] SnapshotError),
+    /// A snapshot came without its bytes: `recover` without the snapshot
+    /// the state names, or an `InstallSnapshot` through `step` instead of
+    /// `install_snapshot`.
+    #[error("a snapshot without its bytes")]
+    SnapshotDataMissing,
 }
 
 /// Why a KV snapshot was refused ([`KvStore::restore`]).
@@ -56,7 +61,20 @@ pub enum SnapshotError {
         /// The snapshot's session bound.
         bound: usize,
     },
-    /// The sessions' use order does not match the sessions.
+    /// The sessions' use order does not match the sessions (two sessions
+    /// last used at one index).
     #[error("the sessions' use order does not match the sessions")]
     UseOrder,
+    /// Keys, clients or nodes are not in strictly increasing order.
+    #[error("records out of order")]
+    Unsorted,
+    /// The snapshot ends before its header says it does.
+    #[error("cut short")]
+    Truncated,
+    /// A snapshot format this version does not read.
+    #[error("unknown snapshot format version {0}")]
+    Version(u32),
+    /// Reading the snapshot failed (on disk: a checksum mismatch, say).
+    #[error("read failed: {0}")]
+    Read(String),
 }

@@ -20,22 +20,32 @@
 //! once its configuration entry is applied, or refused with a reason.
 //!
 //! When `max_raft_state` is set and the driver reports that the encoded Raft
-//! state has reached it, the server snapshots the store (with its sessions)
-//! and lets Raft compact its log. With `None` it never snapshots.
+//! state has reached it, the server asks the driver to write a snapshot of
+//! the store (with its sessions): [`ServerAction::TakeSnapshot`] hands over
+//! a constant-time image ([`crate::KvImage`]) that the driver encodes and
+//! makes durable off its event loop while the server goes on; once the
+//! driver reports [`ServerEvent::SnapshotTaken`], Raft compacts its log. At
+//! most one snapshot is in progress. With `None` it never snapshots.
+//!
+//! A leader's snapshot reaches a follower's driver as a stream beside its
+//! `InstallSnapshot` header ([`ServerAction::SendSnapshot`]); the follower's
+//! driver hands both over with [`KvServer::install_snapshot`], and the store
+//! is restored from the stream if Raft installs it.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::io::Read;
 
 use raft_core::{
-    Action, ChangeRefusal, DurableState, Event, Index, Instant, MembershipChange, Message, NodeId,
-    Payload, Persist, RaftNode, ReadMode, ReadRefusal, RejectReason, Term, TransferAbort,
-    TransferOutcome,
+    Action, ChangeRefusal, DurableState, Event, Index, InstallSnapshot, Instant, MembershipChange,
+    Message, NodeId, Payload, Persist, RaftNode, ReadMode, ReadRefusal, RejectReason, Term,
+    TransferAbort, TransferOutcome,
 };
 
 use crate::admin::{
     AdminReply, AdminRequest, MemberAddrs, MemberInfo, MemberList, MemberRole, Refusal,
 };
 use crate::command::{Command, Decoded, Logged, Reply};
-use crate::store::KvStore;
+use crate::store::{KvImage, KvStore};
 use crate::Error;
 use serde::{Deserialize, Serialize};
 
@@ -180,6 +190,22 @@ pub enum ServerEvent {
         /// The request.
         request: AdminRequest,
     },
+    /// The snapshot asked for by [`ServerAction::TakeSnapshot`] is durable
+    /// (the driver holds it under `index`).
+    SnapshotTaken {
+        /// Its index.
+        index: Index,
+    },
+    /// The transfer asked for by [`ServerAction::SendSnapshot`] ended,
+    /// delivered or not (report each exactly once).
+    SnapshotSendEnded {
+        /// The follower.
+        to: NodeId,
+        /// The `InstallSnapshot`'s term.
+        term: Term,
+        /// Its index.
+        index: Index,
+    },
 }
 
 /// An output of the server. Execute in order, like Raft's actions.
@@ -205,6 +231,26 @@ pub enum ServerAction {
         id: u64,
         /// The answer.
         reply: Reply,
+    },
+    /// Write `image` as the snapshot through `index` (encode it with
+    /// [`KvImage::write_to`], fsync it), off the event loop if you like,
+    /// keeping it under `index`; then report [`ServerEvent::SnapshotTaken`].
+    /// Not asked again until that report.
+    TakeSnapshot {
+        /// The last log index the snapshot covers.
+        index: Index,
+        /// The store at `index`.
+        image: KvImage,
+    },
+    /// Stream the snapshot at `message.last_included_index` to `to`; its
+    /// driver passes both to [`KvServer::install_snapshot`] once all of the
+    /// bytes have arrived. Report the end with
+    /// [`ServerEvent::SnapshotSendEnded`] (`raft_core::Action::SendSnapshot`).
+    SendSnapshot {
+        /// The follower.
+        to: NodeId,
+        /// The header.
+        message: InstallSnapshot,
     },
 }
 
@@ -275,6 +321,8 @@ pub struct KvServer {
     /// Reads Raft confirmed, waiting for the store to apply through their
     /// read index.
     reads_ready: BTreeMap<Index, Vec<(u64, String)>>,
+    /// The index of the snapshot the driver is writing, if any.
+    snapshotting: Option<Index>,
 }
 
 impl KvServer {
@@ -283,16 +331,19 @@ impl KvServer {
         Self::recover(config, seed, DurableState::default(), None)
     }
 
-    /// A server restarting from its stored Raft state and snapshot.
+    /// A server restarting from its stored Raft state and the snapshot it
+    /// names (read as a stream: required when the state names one).
     pub fn recover(
         config: ServerConfig,
         seed: u64,
         durable: DurableState,
-        snapshot: Option<Vec<u8>>,
+        snapshot: Option<&mut dyn Read>,
     ) -> Result<Self, Error> {
         let mut store = KvStore::new(config.max_sessions);
-        if let Some(bytes) = snapshot.as_deref().filter(|b| !b.is_empty()) {
-            store.restore(bytes)?;
+        match (snapshot, &durable.snapshot) {
+            (Some(r), Some(_)) => store.restore_from(r)?,
+            (None, Some(_)) => return Err(Error::SnapshotDataMissing),
+            (_, None) => {}
         }
         let applied = durable.snapshot.as_ref().map_or(0, |s| s.index);
         let mut raft_config = config.raft;
@@ -302,7 +353,7 @@ impl KvServer {
             raft_config.lease_reads = true;
             raft_config.sticky_votes = true;
         }
-        let raft = RaftNode::recover(raft_config, seed, durable, snapshot)?;
+        let raft = RaftNode::recover(raft_config, seed, durable)?;
         Ok(KvServer {
             raft,
             store,
@@ -324,6 +375,7 @@ impl KvServer {
             applied,
             reads: BTreeMap::new(),
             reads_ready: BTreeMap::new(),
+            snapshotting: None,
         })
     }
 
@@ -445,9 +497,45 @@ impl KvServer {
         Some(vec![ServerAction::Reply { id: *id, reply }])
     }
 
-    /// Feeds one event at `now`; returns what to do, in order.
+    /// Feeds one event at `now`; returns what to do, in order. An
+    /// `InstallSnapshot` comes with its bytes, through
+    /// [`KvServer::install_snapshot`]: here it is refused.
     #[must_use = "the actions must be executed"]
     pub fn step(&mut self, now: Instant, event: ServerEvent) -> Result<Vec<ServerAction>, Error> {
+        if let ServerEvent::MessageReceived {
+            message: Message::InstallSnapshot(_),
+            ..
+        } = event
+        {
+            return Err(Error::SnapshotDataMissing);
+        }
+        self.step_with(now, event, None)
+    }
+
+    /// A leader's `InstallSnapshot` and the snapshot's bytes, all arrived
+    /// (the driver holds them under `message.last_included_index`). If Raft
+    /// installs it, the store is restored from `data` in this step: the
+    /// returned actions then hold the `Persist` naming it; otherwise `data`
+    /// is not read and the driver may drop the bytes.
+    #[must_use = "the actions must be executed"]
+    pub fn install_snapshot(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        message: InstallSnapshot,
+        data: &mut dyn Read,
+    ) -> Result<Vec<ServerAction>, Error> {
+        let message = Message::InstallSnapshot(message);
+        let event = ServerEvent::MessageReceived { from, message };
+        self.step_with(now, event, Some(data))
+    }
+
+    fn step_with(
+        &mut self,
+        now: Instant,
+        event: ServerEvent,
+        mut snapshot: Option<&mut dyn Read>,
+    ) -> Result<Vec<ServerAction>, Error> {
         if let Some(planted) = self.canary_local_get(&event) {
             return Ok(planted);
         }
@@ -458,6 +546,16 @@ impl KvServer {
                 Some(Event::MessageReceived { from, message })
             }
             ServerEvent::TimerFired => Some(Event::TimerFired),
+            ServerEvent::SnapshotTaken { index } => {
+                self.snapshotting = None;
+                // Unknown until the next Persisted report: don't snapshot
+                // again on a stale size.
+                self.raft_state_bytes = 0;
+                Some(Event::SnapshotTaken { index })
+            }
+            ServerEvent::SnapshotSendEnded { to, term, index } => {
+                Some(Event::SnapshotSendEnded { to, term, index })
+            }
             ServerEvent::Persisted {
                 upto,
                 raft_state_bytes,
@@ -489,11 +587,11 @@ impl KvServer {
             },
         };
         if let Some(event) = raft_event {
-            self.step_raft(now, event, &mut out)?;
+            self.step_raft(now, event, &mut out, &mut snapshot)?;
             self.release_if_deposed(&mut out);
         }
         if let Some(event) = self.own_record_due() {
-            self.step_raft(now, event, &mut out)?;
+            self.step_raft(now, event, &mut out, &mut None)?;
             self.release_if_deposed(&mut out);
         }
         debug_assert!(
@@ -540,7 +638,7 @@ impl KvServer {
             other => other,
         };
         let mut out = Vec::new();
-        self.step_raft(now, event, &mut out)?;
+        self.step_raft(now, event, &mut out, &mut None)?;
         self.release_if_deposed(&mut out);
         Ok(out)
     }
@@ -657,11 +755,14 @@ impl KvServer {
         }
     }
 
+    /// Steps Raft with `event` (and the events its actions lead to).
+    /// `snapshot`: the bytes of the `InstallSnapshot` being delivered.
     fn step_raft(
         &mut self,
         now: Instant,
         event: Event,
         out: &mut Vec<ServerAction>,
+        snapshot: &mut Option<&mut dyn Read>,
     ) -> Result<(), Error> {
         let mut queue = VecDeque::from([event]);
         while let Some(event) = queue.pop_front() {
@@ -684,27 +785,30 @@ impl KvServer {
                         // Confirmed reads waiting for the store to reach
                         // their read index.
                         self.serve_ready_reads(out);
-                        if let Some(event) = self.snapshot_if_due() {
-                            queue.push_back(event);
-                        }
+                        self.snapshot_if_due(out);
                     }
-                    Action::ApplySnapshot { snapshot } => {
-                        self.store.restore(&snapshot.data)?;
+                    Action::SendSnapshot { to, message } => {
+                        out.push(ServerAction::SendSnapshot { to, message })
+                    }
+                    Action::ApplySnapshot { meta } => {
+                        let data = snapshot
+                            .take()
+                            .expect("only a delivered InstallSnapshot installs one");
+                        // Raft has moved on to the snapshot: a snapshot
+                        // that does not restore cannot be undone here.
+                        self.store.restore_from(data)?;
                         self.peers_version += 1;
-                        self.applied = snapshot.meta.index;
+                        self.applied = meta.index;
                         self.serve_ready_reads(out);
-                        let covered: Vec<Index> = self
-                            .waiting
-                            .range(..=snapshot.meta.index)
-                            .map(|(&i, _)| i)
-                            .collect();
+                        let covered: Vec<Index> =
+                            self.waiting.range(..=meta.index).map(|(&i, _)| i).collect();
                         for index in covered {
                             let w = self.waiting.remove(&index).expect("listed");
                             out.push(self.wrong_leader(w.id));
                         }
                         let covered: Vec<Index> = self
                             .admin_waiting
-                            .range(..=snapshot.meta.index)
+                            .range(..=meta.index)
                             .map(|(&i, _)| i)
                             .collect();
                         for index in covered {
@@ -985,21 +1089,30 @@ impl KvServer {
         }
     }
 
-    /// Snapshot when the stored Raft state has reached `max_raft_state` and
-    /// something was applied since the last snapshot.
-    fn snapshot_if_due(&mut self) -> Option<Event> {
-        let max = self.max_raft_state?;
+    /// Snapshot when the stored Raft state has reached `max_raft_state`,
+    /// something was applied since the last snapshot, and no snapshot is
+    /// being written.
+    fn snapshot_if_due(&mut self, out: &mut Vec<ServerAction>) {
+        let Some(max) = self.max_raft_state else {
+            return;
+        };
         let applied = self.raft.last_applied();
-        if self.raft_state_bytes < max || applied <= self.raft.log().snapshot().index {
-            return None;
+        if self.snapshotting.is_some()
+            || self.raft_state_bytes < max
+            || applied <= self.raft.log().snapshot().index
+        {
+            return;
         }
-        // Unknown until the next Persisted report: don't snapshot again on a
-        // stale size.
-        self.raft_state_bytes = 0;
-        Some(Event::SnapshotTaken {
+        self.snapshotting = Some(applied);
+        out.push(ServerAction::TakeSnapshot {
             index: applied,
-            data: self.store.snapshot(),
-        })
+            image: self.store.image(),
+        });
+    }
+
+    /// The index of the snapshot being written, if one is.
+    pub fn snapshot_in_progress(&self) -> Option<Index> {
+        self.snapshotting
     }
 
     /// A request can only be answered by the leader of the term it was

@@ -72,6 +72,10 @@ impl Cluster {
                     ServerAction::Reply { id, reply } => {
                         self.replies.insert(id, reply);
                     }
+                    // Servers here never snapshot (max_raft_state None).
+                    ServerAction::TakeSnapshot { .. } | ServerAction::SendSnapshot { .. } => {
+                        unreachable!("no snapshots in this cluster")
+                    }
                 }
             }
         }
