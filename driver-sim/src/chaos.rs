@@ -57,7 +57,9 @@ use kv_core::{
     Clerk, Command, KvServer, Op, Outcome, Progress, ReadConsistency, ReadPolicy, Reply,
     ServerAction, ServerConfig, ServerEvent,
 };
-use raft_core::{Config, Event, Index, Instant, MembershipChange, Message, NodeId, Persist};
+use raft_core::{
+    Config, Event, Index, InstallSnapshot, Instant, MembershipChange, Message, NodeId, Persist,
+};
 
 use crate::clock::{ClockDrift, NodeClock};
 
@@ -411,6 +413,12 @@ enum ReadAttempt {
 enum Input {
     Server(ServerEvent),
     Raft(Event),
+    /// A leader's snapshot, header and bytes, all arrived.
+    Snapshot {
+        from: u64,
+        header: InstallSnapshot,
+        data: Vec<u8>,
+    },
 }
 
 struct World {
@@ -548,6 +556,8 @@ impl Chaos {
             let mut w = self.w.borrow_mut();
             w.gens[i] += 1;
             w.started[i] = true;
+            // Snapshots staged but never named by a write do not survive.
+            w.disks[i] = w.disks[i].after_crash();
             let (state, snapshot) = w.disks[i].load();
             let members = w.members[i].clone();
             let mut config =
@@ -565,8 +575,10 @@ impl Chaos {
                 }
             }
             let seed = with_rng(|r| r.next_u64());
+            let mut data = snapshot.as_deref();
+            let reader = data.as_mut().map(|d| d as &mut dyn std::io::Read);
             let server =
-                KvServer::recover(config, seed, state, snapshot).expect("recovers from its disk");
+                KvServer::recover(config, seed, state, reader).expect("recovers from its disk");
             let gen = w.gens[i];
             w.nodes[i] = Some(Node {
                 server,
@@ -864,11 +876,29 @@ impl Chaos {
                 let Some(node) = w.nodes[i].as_mut() else {
                     return;
                 };
+                let mut staged = None;
                 let actions = match input {
                     Input::Server(event) => node.server.step(local_now, event),
                     Input::Raft(event) => node.server.step_raft_event(local_now, event),
+                    Input::Snapshot { from, header, data } => {
+                        let index = header.last_included_index;
+                        w.disks[i].stage(index, data.clone());
+                        staged = Some(index);
+                        node.server
+                            .install_snapshot(local_now, from, header, &mut &data[..])
+                    }
                 }
                 .expect("the harness uses the server correctly");
+                if let Some(index) = staged {
+                    // Kept until the write that names it reaches the disk.
+                    let named = actions.iter().any(|a| {
+                        matches!(a, ServerAction::Persist(p)
+                            if p.snapshot.as_ref().is_some_and(|m| m.index == index))
+                    });
+                    if !named {
+                        w.disks[i].unstage(index);
+                    }
+                }
                 let raft = node.server.raft();
                 w.safety.after_step(raft);
                 // State machine safety: the committed prefix is the same everywhere.
@@ -878,6 +908,12 @@ impl Chaos {
             for action in actions {
                 match action {
                     ServerAction::Send { to, message } => self.send_peer(i, to as usize, message),
+                    ServerAction::SendSnapshot { to, message } => {
+                        self.send_snapshot(i, to as usize, message)
+                    }
+                    ServerAction::TakeSnapshot { index, image } => {
+                        self.take_snapshot(i, index, image)
+                    }
                     ServerAction::Persist(p) => {
                         {
                             let mut w = self.w.borrow_mut();
@@ -1029,6 +1065,67 @@ impl Chaos {
                 }
             });
         }
+    }
+
+    /// A snapshot transfer: the header and the bytes arrive together after
+    /// one delay, or not at all (a stream is neither duplicated nor split);
+    /// either way the sender hears of its end then.
+    fn send_snapshot(&self, from: usize, to: usize, header: InstallSnapshot) {
+        let (data, gen) = {
+            let w = self.w.borrow();
+            let data = w.disks[from]
+                .snapshot_at(header.last_included_index)
+                .expect("a leader holds the snapshot it sends")
+                .to_vec();
+            (data, w.gens[from])
+        };
+        let blocked = self.w.borrow().blocked[from][to];
+        let fate = if blocked {
+            None
+        } else {
+            self.fates().first().copied()
+        };
+        let delay = fate.unwrap_or(ms(1));
+        let me = self.clone();
+        schedule_after(delay, move || {
+            let (term, index) = (header.term, header.last_included_index);
+            if fate.is_some() && !me.w.borrow().blocked[from][to] {
+                let from = from as u64;
+                me.step_with(to, Input::Snapshot { from, header, data });
+            }
+            let running = me.w.borrow().nodes[from]
+                .as_ref()
+                .is_some_and(|n| n.gen == gen);
+            if running {
+                let to = to as u64;
+                let ended = ServerEvent::SnapshotSendEnded { to, term, index };
+                me.step(from, ended);
+            }
+        });
+    }
+
+    /// The snapshot writer: the image is encoded and staged on the disk, and
+    /// reported taken after a disk-like delay (the server goes on meanwhile).
+    fn take_snapshot(&self, i: usize, index: u64, image: kv_core::KvImage) {
+        let mut data = Vec::new();
+        image
+            .write_to(&mut data)
+            .expect("writing into a Vec cannot fail");
+        let (gen, delay) = {
+            let mut w = self.w.borrow_mut();
+            w.disks[i].stage(index, data);
+            let disk_ms = w.mix.disk_ms;
+            (w.gens[i], ms(with_rng(|r| r.below(disk_ms + 1))))
+        };
+        let me = self.clone();
+        schedule_after(delay, move || {
+            let current = me.w.borrow().nodes[i]
+                .as_ref()
+                .is_some_and(|n| n.gen == gen);
+            if current {
+                me.step(i, ServerEvent::SnapshotTaken { index });
+            }
+        });
     }
 
     fn send_reply(&self, id: u64, reply: Reply) {

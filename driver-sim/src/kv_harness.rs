@@ -27,7 +27,7 @@ use kv_core::{
     AdminReply, AdminRequest, Clerk, Command, KvServer, MemberAddrs, MemberList, MemberRole, Op,
     ReadPolicy, Refusal, Reply, ServerAction, ServerConfig, ServerEvent,
 };
-use raft_core::{Config, Instant, Message, NodeId};
+use raft_core::{Config, InstallSnapshot, Instant, Message, NodeId};
 
 use lab::net::{Faults, ReplyFate, RequestFate, Traffic};
 use lab::{
@@ -44,6 +44,10 @@ use crate::executor::{
 
 /// How often labrpc checks whether the server of a pending call died.
 const DEAD_POLL: Duration = Duration::from_millis(100);
+
+/// A snapshot the server asks for is reported taken up to this long after
+/// (microseconds, drawn per snapshot): the writer thread of a real driver.
+const SNAPSHOT_WRITE_MAX_US: u64 = 5_000;
 
 /// How long [`KvCfg::admin`] keeps trying one request, and
 /// [`KvCfg::wait_caught_up`] waits for a learner.
@@ -184,6 +188,8 @@ impl KvHarness for KvCfg {
             let mut w = self.world.borrow_mut();
             w.slots[i] = None;
             w.gens[i] += 1;
+            // Snapshots staged but never named by a persist do not survive.
+            w.persisters[i] = w.persisters[i].after_crash();
             let (state, snapshot) = w.persisters[i].load();
             let members = w.members[i].clone();
             let mut config = ServerConfig::new(Config::new(i as u64, members), w.max_raft_state);
@@ -192,7 +198,9 @@ impl KvHarness for KvCfg {
             let bound = u32::try_from(w.drift.max_ppm).unwrap_or(u32::MAX);
             config.raft.max_clock_drift_ppm = config.raft.max_clock_drift_ppm.max(bound);
             let seed = with_rng(|r| r.next_u64());
-            let server = KvServer::recover(config, seed, state, snapshot)
+            let mut data = snapshot.as_deref();
+            let reader = data.as_mut().map(|d| d as &mut dyn std::io::Read);
+            let server = KvServer::recover(config, seed, state, reader)
                 .expect("a server recovers from what it persisted");
             let gen = w.gens[i];
             w.slots[i] = Some(Slot {
@@ -666,38 +674,132 @@ impl KvCfg {
                 w.safety.after_step(slot.server.raft());
                 actions
             };
-            for action in actions {
-                match action {
-                    ServerAction::Send { to, message } => {
-                        self.send(i, to as usize, &message, caller)
-                    }
-                    ServerAction::Persist(p) => {
-                        let size = {
-                            let mut w = self.world.borrow_mut();
-                            let w = &mut *w;
-                            w.persisters[i].save(&p);
-                            if let Some(slot) = w.slots[i].as_ref() {
-                                w.safety.persist_issued(i as u64, slot.server.raft(), &p);
-                            }
-                            // Sizing re-encodes the state: only when it matters.
-                            if w.max_raft_state.is_some() {
-                                w.persisters[i].raft_state_size()
-                            } else {
-                                0
-                            }
-                        };
-                        for (to, message) in &p.then_send {
-                            self.send(i, *to as usize, message, caller);
-                        }
-                        queue.push_back(ServerEvent::Persisted {
-                            upto: p.id,
-                            raft_state_bytes: size,
-                        });
-                    }
-                    ServerAction::SetTimer { deadline } => self.set_timer(i, deadline),
-                    ServerAction::Reply { id, reply } => self.server_replied(i, id, reply),
+            self.execute(i, actions, caller, &mut queue);
+        }
+    }
+
+    /// Delivers a leader's snapshot, header and bytes, to server `i`, then
+    /// handles what follows like `step`.
+    fn install(
+        &self,
+        i: usize,
+        from: usize,
+        from_gen: u64,
+        header: InstallSnapshot,
+        data: Vec<u8>,
+    ) {
+        let index = header.last_included_index;
+        let actions = {
+            let mut w = self.world.borrow_mut();
+            let w = &mut *w;
+            let local_now = w.clocks[i].local(now());
+            let Some(slot) = w.slots[i].as_mut() else {
+                return;
+            };
+            w.persisters[i].stage(index, data.clone());
+            let actions = slot
+                .server
+                .install_snapshot(local_now, from as u64, header, &mut &data[..])
+                .expect("the harness uses the server correctly");
+            w.safety.after_step(slot.server.raft());
+            actions
+        };
+        let mut queue = VecDeque::new();
+        let caller = Some((from, from_gen));
+        self.execute(i, actions, caller, &mut queue);
+        // Installed (now stored) or not wanted: no longer staged.
+        self.world.borrow_mut().persisters[i].unstage(index);
+        while let Some(event) = queue.pop_front() {
+            self.step(i, event, caller);
+        }
+    }
+
+    /// Carries out server `i`'s actions; the events they lead to (its own
+    /// writes durable, its snapshot taken) join `queue`.
+    fn execute(
+        &self,
+        i: usize,
+        actions: Vec<ServerAction>,
+        caller: Option<(usize, u64)>,
+        queue: &mut VecDeque<ServerEvent>,
+    ) {
+        for action in actions {
+            match action {
+                ServerAction::Send { to, message } => {
+                    self.send(i, to as usize, &message, None, caller)
                 }
+                ServerAction::SendSnapshot { to, message } => {
+                    let index = message.last_included_index;
+                    let data = self.world.borrow().persisters[i]
+                        .snapshot_at(index)
+                        .expect("a leader holds the snapshot it sends")
+                        .to_vec();
+                    let header = Message::InstallSnapshot(message);
+                    self.send(i, to as usize, &header, Some(data), caller);
+                }
+                ServerAction::TakeSnapshot { index, image } => {
+                    // Encoded now (the image is frozen anyway); reported
+                    // taken a little later, as a writer thread would, so
+                    // that the server goes on meanwhile.
+                    let mut data = Vec::new();
+                    image
+                        .write_to(&mut data)
+                        .expect("writing into a Vec cannot fail");
+                    let (gen, delay) = {
+                        let mut w = self.world.borrow_mut();
+                        w.persisters[i].stage(index, data);
+                        let delay = with_rng(|r| r.below(SNAPSHOT_WRITE_MAX_US));
+                        (w.gens[i], std::time::Duration::from_micros(delay))
+                    };
+                    let cfg = self.clone();
+                    schedule_after(delay, move || {
+                        let current = cfg.world.borrow().slots[i]
+                            .as_ref()
+                            .is_some_and(|s| s.gen == gen);
+                        if current {
+                            cfg.step(i, ServerEvent::SnapshotTaken { index }, None);
+                        }
+                    });
+                }
+                ServerAction::Persist(p) => {
+                    let size = {
+                        let mut w = self.world.borrow_mut();
+                        let w = &mut *w;
+                        w.persisters[i].save(&p);
+                        if let Some(slot) = w.slots[i].as_ref() {
+                            w.safety.persist_issued(i as u64, slot.server.raft(), &p);
+                        }
+                        // Sizing re-encodes the state: only when it matters.
+                        if w.max_raft_state.is_some() {
+                            w.persisters[i].raft_state_size()
+                        } else {
+                            0
+                        }
+                    };
+                    for (to, message) in &p.then_send {
+                        self.send(i, *to as usize, message, None, caller);
+                    }
+                    queue.push_back(ServerEvent::Persisted {
+                        upto: p.id,
+                        raft_state_bytes: size,
+                    });
+                }
+                ServerAction::SetTimer { deadline } => self.set_timer(i, deadline),
+                ServerAction::Reply { id, reply } => self.server_replied(i, id, reply),
             }
+        }
+    }
+
+    /// The sender learns that its transfer to `to` ended (if the
+    /// incarnation that started it still runs).
+    fn snapshot_send_ended(&self, from: usize, from_gen: u64, to: usize, term: u64, index: u64) {
+        let running = self.world.borrow().slots[from]
+            .as_ref()
+            .is_some_and(|s| s.gen == from_gen);
+        if running {
+            let to = to as u64;
+            let event = ServerEvent::SnapshotSendEnded { to, term, index };
+            self.step(from, event, None);
         }
     }
 
@@ -733,7 +835,17 @@ impl KvCfg {
 
     /// Raft traffic between servers, with labrpc semantics (see the Raft
     /// harness): requests start calls, replies answer the call being handled.
-    fn send(&self, from: usize, to: usize, message: &Message, caller: Option<(usize, u64)>) {
+    /// A snapshot transfer is an `InstallSnapshot` call carrying the
+    /// snapshot's bytes (`snapshot`), counted in the traffic; its end, on
+    /// arrival or on failure, is reported to the sender.
+    fn send(
+        &self,
+        from: usize,
+        to: usize,
+        message: &Message,
+        snapshot: Option<Vec<u8>>,
+        caller: Option<(usize, u64)>,
+    ) {
         let bytes = postcard::to_allocvec(message).expect("messages encode");
         let mut w = self.world.borrow_mut();
         let w = &mut *w;
@@ -744,9 +856,20 @@ impl KvCfg {
             let is_snapshot = matches!(message, Message::InstallSnapshot(_));
             let enabled = w.links[from][to] && w.slots[to].is_some();
             let to_gen = w.gens[to];
-            w.traffic.request_sent(bytes.len());
-            if let RequestFate::Deliver { delay } = with_rng(|r| w.faults.send_request(enabled, r))
-            {
+            w.traffic
+                .request_sent(bytes.len() + snapshot.as_ref().map_or(0, Vec::len));
+            let fate = with_rng(|r| w.faults.send_request(enabled, r));
+            let transfer = match message {
+                Message::InstallSnapshot(m) => Some((m.clone(), m.term, m.last_included_index)),
+                _ => None,
+            };
+            if let (RequestFate::Fail, Some((_, term, index))) = (&fate, &transfer) {
+                let (cfg, term, index) = (self.clone(), *term, *index);
+                schedule_after(std::time::Duration::ZERO, move || {
+                    cfg.snapshot_send_ended(from, from_gen, to, term, index)
+                });
+            }
+            if let RequestFate::Deliver { delay } = fate {
                 let cfg = self.clone();
                 schedule_after(delay, move || {
                     let handle = {
@@ -761,14 +884,23 @@ impl KvCfg {
                         }
                         handle
                     };
-                    if handle {
-                        let message: Message =
-                            postcard::from_bytes(&bytes).expect("messages decode");
-                        let event = ServerEvent::MessageReceived {
-                            from: from as u64,
-                            message,
-                        };
-                        cfg.step(to, event, Some((from, from_gen)));
+                    match (transfer, snapshot) {
+                        (Some((header, term, index)), Some(data)) => {
+                            if handle {
+                                cfg.install(to, from, from_gen, header, data);
+                            }
+                            cfg.snapshot_send_ended(from, from_gen, to, term, index);
+                        }
+                        _ if handle => {
+                            let message: Message =
+                                postcard::from_bytes(&bytes).expect("messages decode");
+                            let event = ServerEvent::MessageReceived {
+                                from: from as u64,
+                                message,
+                            };
+                            cfg.step(to, event, Some((from, from_gen)));
+                        }
+                        _ => {}
                     }
                 });
             }

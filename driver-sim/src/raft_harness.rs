@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::time::Duration;
 
 use std::collections::BTreeMap;
 
@@ -110,7 +111,8 @@ pub const MEMBERSHIP_CHANGE_TIMEOUT: std::time::Duration = std::time::Duration::
 /// A follow-up input for a node, produced while executing its actions.
 enum FollowUp {
     Persisted(u64),
-    Snapshot(Index, Vec<u8>),
+    /// The service's snapshot through this index is staged.
+    Snapshot(Index),
 }
 
 impl<const PRE_VOTE: bool, const DRIFT_PPM: u64> Harness for SimCfg<PRE_VOTE, DRIFT_PPM> {
@@ -149,6 +151,8 @@ impl<const PRE_VOTE: bool, const DRIFT_PPM: u64> RaftHarness for SimCfg<PRE_VOTE
             let server = w.server(i);
             server.gen += 1;
             server.rpc_count = 0;
+            // Snapshots staged but never named by a persist do not survive.
+            server.persister = server.persister.after_crash();
             let (state, snapshot) = server.persister.load();
             let gen = server.gen;
             let config = Config {
@@ -157,7 +161,7 @@ impl<const PRE_VOTE: bool, const DRIFT_PPM: u64> RaftHarness for SimCfg<PRE_VOTE
             };
             w.appliers.restarted(i, snapshot.as_deref());
             let seed = with_rng(|r| r.next_u64());
-            let node = RaftNode::recover(config, seed, state, snapshot)
+            let node = RaftNode::recover(config, seed, state)
                 .expect("a node recovers from what it persisted");
             (node, gen)
         };
@@ -674,7 +678,7 @@ impl<const PRE_VOTE: bool, const DRIFT_PPM: u64> SimCfg<PRE_VOTE, DRIFT_PPM> {
             for follow in self.execute(i, &actions, caller) {
                 queue.push_back(match follow {
                     FollowUp::Persisted(upto) => Event::Persisted { upto },
-                    FollowUp::Snapshot(index, data) => Event::SnapshotTaken { index, data },
+                    FollowUp::Snapshot(index) => Event::SnapshotTaken { index },
                 });
             }
             first.get_or_insert(actions);
@@ -686,7 +690,21 @@ impl<const PRE_VOTE: bool, const DRIFT_PPM: u64> SimCfg<PRE_VOTE, DRIFT_PPM> {
         let mut follow = Vec::new();
         for action in actions {
             match action {
-                Action::Send { to, message } => self.send(i, *to as usize, message, caller),
+                Action::Send { to, message } => self.send(i, *to as usize, message, None, caller),
+                Action::SendSnapshot { to, message } => {
+                    let index = message.last_included_index;
+                    let data = {
+                        let w = self.world.borrow();
+                        let server = w.get(i).expect("a server");
+                        server
+                            .persister
+                            .snapshot_at(index)
+                            .expect("a leader holds the snapshot it sends")
+                            .to_vec()
+                    };
+                    let header = Message::InstallSnapshot(message.clone());
+                    self.send(i, *to as usize, &header, Some(data), caller);
+                }
                 Action::Persist(p) => {
                     {
                         let mut w = self.world.borrow_mut();
@@ -698,7 +716,7 @@ impl<const PRE_VOTE: bool, const DRIFT_PPM: u64> SimCfg<PRE_VOTE, DRIFT_PPM> {
                         }
                     }
                     for (to, message) in &p.then_send {
-                        self.send(i, *to as usize, message, caller);
+                        self.send(i, *to as usize, message, None, caller);
                     }
                     follow.push(FollowUp::Persisted(p.id));
                 }
@@ -706,13 +724,19 @@ impl<const PRE_VOTE: bool, const DRIFT_PPM: u64> SimCfg<PRE_VOTE, DRIFT_PPM> {
                     let mut w = self.world.borrow_mut();
                     w.safety.entries_applied(i as u64, entries);
                     if let Some((index, data)) = w.appliers.apply_entries(i, entries) {
-                        follow.push(FollowUp::Snapshot(index, data));
+                        w.server(i).persister.stage(index, data);
+                        follow.push(FollowUp::Snapshot(index));
                     }
                 }
-                Action::ApplySnapshot { snapshot } => {
+                Action::ApplySnapshot { meta } => {
                     let mut w = self.world.borrow_mut();
-                    w.appliers
-                        .apply_snapshot(i, &snapshot.data, snapshot.meta.index);
+                    let w = &mut *w;
+                    let data = w
+                        .get(i)
+                        .and_then(|s| s.persister.snapshot_at(meta.index))
+                        .expect("a delivered snapshot is staged or stored")
+                        .to_vec();
+                    w.appliers.apply_snapshot(i, &data, meta.index);
                 }
                 Action::SetTimer { deadline } => self.set_timer(i, *deadline),
                 Action::AcceptProposal { .. }
@@ -761,8 +785,18 @@ impl<const PRE_VOTE: bool, const DRIFT_PPM: u64> SimCfg<PRE_VOTE, DRIFT_PPM> {
     }
 
     /// Server `from` sends `message` to `to` with labrpc semantics: requests
-    /// start a call; replies answer the call being handled (`caller`).
-    fn send(&self, from: usize, to: usize, message: &Message, caller: Option<(usize, u64)>) {
+    /// start a call; replies answer the call being handled (`caller`). A
+    /// snapshot transfer is an `InstallSnapshot` call carrying the
+    /// snapshot's bytes (`snapshot`), counted in the traffic; its end, on
+    /// arrival or on failure, is reported to the sender.
+    fn send(
+        &self,
+        from: usize,
+        to: usize,
+        message: &Message,
+        snapshot: Option<Vec<u8>>,
+        caller: Option<(usize, u64)>,
+    ) {
         let bytes = postcard::to_allocvec(message).expect("messages encode");
         let mut w = self.world.borrow_mut();
         let w = &mut *w;
@@ -778,13 +812,22 @@ impl<const PRE_VOTE: bool, const DRIFT_PPM: u64> SimCfg<PRE_VOTE, DRIFT_PPM> {
         });
         if message.is_request() {
             let enabled = from_connected && to_connected && to_running;
-            w.traffic.request_sent(bytes.len());
+            let extra = snapshot.as_ref().map_or(0, Vec::len);
+            w.traffic.request_sent(bytes.len() + extra);
             match with_rng(|r| w.faults.send_request(enabled, r)) {
-                RequestFate::Fail => {}
+                RequestFate::Fail => {
+                    if let Message::InstallSnapshot(m) = message {
+                        let cfg = self.clone();
+                        let (term, index) = (m.term, m.last_included_index);
+                        schedule_after(Duration::ZERO, move || {
+                            cfg.snapshot_send_ended(from, from_gen, to, term, index)
+                        });
+                    }
+                }
                 RequestFate::Deliver { delay } => {
                     let cfg = self.clone();
                     schedule_after(delay, move || {
-                        cfg.request_arrived(from, from_gen, to, to_gen, bytes)
+                        cfg.request_arrived(from, from_gen, to, to_gen, bytes, snapshot)
                     });
                 }
             }
@@ -812,32 +855,73 @@ impl<const PRE_VOTE: bool, const DRIFT_PPM: u64> SimCfg<PRE_VOTE, DRIFT_PPM> {
         }
     }
 
-    fn request_arrived(&self, from: usize, from_gen: u64, to: usize, to_gen: u64, bytes: Vec<u8>) {
-        {
-            let mut w = self.world.borrow_mut();
-            if with_rng(|r| w.faults.drop_request_now(r)) {
-                return;
+    fn request_arrived(
+        &self,
+        from: usize,
+        from_gen: u64,
+        to: usize,
+        to_gen: u64,
+        bytes: Vec<u8>,
+        snapshot: Option<Vec<u8>>,
+    ) {
+        let message: Message = postcard::from_bytes(&bytes).expect("messages decode");
+        let transfer = match &message {
+            Message::InstallSnapshot(m) if snapshot.is_some() => {
+                Some((m.term, m.last_included_index))
             }
+            _ => None,
+        };
+        let delivered = {
+            let mut w = self.world.borrow_mut();
             // The server was replaced meanwhile: the old instance handles it
             // and its reply is discarded; nothing observable remains.
+            let dropped = with_rng(|r| w.faults.drop_request_now(r));
             let server = w.server(to);
-            if server.slot.as_ref().is_none_or(|s| s.gen != to_gen) {
-                return;
+            if dropped || server.slot.as_ref().is_none_or(|s| s.gen != to_gen) {
+                false
+            } else {
+                server.rpc_count += 1;
+                if let (Some((_, index)), Some(data)) = (transfer, snapshot) {
+                    server.persister.stage(index, data);
+                }
+                w.trace = fnv1a(w.trace, &now().as_nanos().to_le_bytes());
+                w.trace = fnv1a(w.trace, &[from as u8, to as u8]);
+                w.trace = fnv1a(w.trace, &bytes);
+                true
             }
-            server.rpc_count += 1;
-            w.trace = fnv1a(w.trace, &now().as_nanos().to_le_bytes());
-            w.trace = fnv1a(w.trace, &[from as u8, to as u8]);
-            w.trace = fnv1a(w.trace, &bytes);
+        };
+        if delivered {
+            self.step(
+                to,
+                Event::MessageReceived {
+                    from: from as u64,
+                    message,
+                },
+                Some((from, from_gen)),
+            );
         }
-        let message: Message = postcard::from_bytes(&bytes).expect("messages decode");
-        self.step(
-            to,
-            Event::MessageReceived {
-                from: from as u64,
-                message,
-            },
-            Some((from, from_gen)),
-        );
+        if let Some((term, index)) = transfer {
+            if delivered {
+                // Installed (now stored) or not wanted: no longer staged.
+                self.world.borrow_mut().server(to).persister.unstage(index);
+            }
+            self.snapshot_send_ended(from, from_gen, to, term, index);
+        }
+    }
+
+    /// The sender's driver learns that its transfer to `to` ended (if the
+    /// incarnation that started it still runs).
+    fn snapshot_send_ended(&self, from: usize, from_gen: u64, to: usize, term: u64, index: Index) {
+        let running = self
+            .world
+            .borrow()
+            .get(from)
+            .and_then(|s| s.slot.as_ref())
+            .is_some_and(|s| s.gen == from_gen);
+        if running {
+            let to = to as NodeId;
+            self.step(from, Event::SnapshotSendEnded { to, term, index }, None);
+        }
     }
 
     fn reply_arrived(&self, from: usize, to: usize, to_gen: u64, bytes: Vec<u8>) {

@@ -7,7 +7,9 @@ use std::path::Path;
 
 use crate::error::io_err;
 use crate::segment::{parse_segment_name, segment_file_name};
-use crate::snapshot_file::{SNAPSHOT_FILE, SNAPSHOT_TMP_FILE};
+use crate::snapshot_file::{
+    is_snapshot_tmp_name, parse_snapshot_name, snapshot_file_name, SNAPSHOT_FILE,
+};
 use crate::StorageError;
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
@@ -33,15 +35,20 @@ pub(crate) fn write_new_file(path: &Path, bytes: &[u8]) -> Result<File, StorageE
 pub(crate) struct Listing {
     /// Segment numbers, ascending.
     pub(crate) segments: Vec<u64>,
+    /// The single `snapshot` file of formats 1 and 2.
     pub(crate) snapshot: bool,
-    pub(crate) snapshot_tmp: bool,
+    /// Temporary snapshot files (a writer that never finished).
+    pub(crate) snapshot_tmps: Vec<String>,
+    /// Staged snapshot files, by index, ascending.
+    pub(crate) staged: Vec<u64>,
 }
 
 pub(crate) fn list_dir(dir: &Path) -> Result<Listing, StorageError> {
     let mut listing = Listing {
         segments: Vec::new(),
         snapshot: false,
-        snapshot_tmp: false,
+        snapshot_tmps: Vec::new(),
+        staged: Vec::new(),
     };
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
@@ -49,14 +56,42 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Listing, StorageError> {
         let Some(name) = name.to_str() else { continue };
         if name == SNAPSHOT_FILE {
             listing.snapshot = true;
-        } else if name == SNAPSHOT_TMP_FILE {
-            listing.snapshot_tmp = true;
+        } else if is_snapshot_tmp_name(name) {
+            listing.snapshot_tmps.push(name.to_string());
+        } else if let Some(index) = parse_snapshot_name(name) {
+            listing.staged.push(index);
         } else if let Some(seq) = parse_segment_name(name) {
             listing.segments.push(seq);
         }
     }
     listing.segments.sort_unstable();
+    listing.staged.sort_unstable();
     Ok(listing)
+}
+
+/// Deletes every snapshot file older than `index` (the staged ones below
+/// it and the single file of the earlier formats); true if any was.
+pub(crate) fn remove_snapshots_before(dir: &Path, index: u64) -> Result<bool, StorageError> {
+    let listing = list_dir(dir)?;
+    let mut names: Vec<String> = listing
+        .staged
+        .iter()
+        .filter(|&&i| i < index)
+        .map(|&i| snapshot_file_name(i))
+        .collect();
+    if listing.snapshot {
+        names.push(SNAPSHOT_FILE.to_string());
+    }
+    let mut removed = false;
+    for name in names {
+        let path = dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => removed = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+    }
+    Ok(removed)
 }
 
 /// Deletes every segment but `keep`; true if any was deleted.

@@ -21,8 +21,14 @@
 //! - `log.<n>` (`n` = 1, 2, …, written zero-padded to 8 digits): log
 //!   segments. Only the highest-numbered one is live; older ones exist only
 //!   for the instant of a rotation and are deleted once it is durable.
-//! - `snapshot`: the latest service snapshot. `snapshot.tmp` is its
-//!   replacement being written; a leftover one is deleted at open.
+//! - `snapshot.<index>` (20 digits): snapshot files, written as streams by
+//!   a [`SnapshotWriter`] (the service's snapshot, on a thread of the
+//!   driver's; or one arriving from a leader) and *staged*: the one a
+//!   durable log record names is the node's snapshot. `snapshot.<index>.<tag>.tmp`
+//!   is one being written; leftovers, and staged files the log does not
+//!   name, are deleted at open.
+//! - `snapshot`: the single snapshot file of formats 1 and 2, still read
+//!   (and deleted once a newer snapshot is the node's).
 //! - `owner` (only with [`Storage::open_owned`]): the node and cluster the
 //!   directory belongs to.
 //!
@@ -59,7 +65,17 @@
 //!
 //! # Snapshot file format
 //!
-//! `magic "RKVSNAP\0" | u32 version ([`SNAPSHOT_FORMAT_VERSION`], 2) | u32 header length | u32 crc32 of
+//! Written (version 3, [`SNAPSHOT_FORMAT_VERSION`]): `magic "RKVSNAP\0" |
+//! u32 version | u32 meta length | meta | u64 data length | u32 crc32 of
+//! data | u32 crc32 of everything before | data`, the meta being the
+//! postcard encoding of the `SnapshotMeta`. The [`SnapshotWriter`] streams
+//! the data, then fills in the length and the crcs, fsyncs the file,
+//! renames it from its temporary name and fsyncs the directory. A
+//! [`SnapshotReader`] streams the data back and fails at its end on a crc
+//! mismatch.
+//!
+//! Read (versions 2 and 1, the single `snapshot` file):
+//! `magic "RKVSNAP\0" | u32 version (2) | u32 header length | u32 crc32 of
 //! header | header | data`, the header being the postcard encoding of
 //! `{ meta: SnapshotMeta, hard_state: Option<HardState>, truncate_from:
 //! Option<Index>, data_len: u64, data_crc: u32 }`. Besides the meta, the
@@ -78,16 +94,15 @@
 //! - [`Storage::sync`] writes the buffered records to the live segment in one
 //!   `write`, then makes them durable with one `fdatasync` (group commit:
 //!   append N, sync once: one write and one fsync for the whole group).
-//! - [`Storage::append`] of a `Persist` with a snapshot, in this order:
-//!   1. fdatasync the live segment (so every earlier write is durable before
-//!      the new snapshot can be seen);
-//!   2. write `snapshot.tmp` (header and data), fsync it, rename it to
-//!      `snapshot`, fsync the directory;
-//!   3. append the `Write` record (hard state, snapshot meta, truncation,
-//!      entries) to the live segment (written, not yet fsynced);
-//!   4. rotate: create `log.<n+1>` holding the header and a `Checkpoint` of
+//! - [`Storage::append`] of a `Persist` with a snapshot (whose file must
+//!   already be staged, durably: it is refused otherwise), in this order:
+//!   1. append the `Write` record (hard state, snapshot meta, truncation,
+//!      entries), write everything buffered and fdatasync the live segment:
+//!      from here the staged file is the node's snapshot;
+//!   2. rotate: create `log.<n+1>` holding the header and a `Checkpoint` of
 //!      the whole current state, fsync it, fsync the directory, delete the
-//!      older segments, fsync the directory.
+//!      older segments, fsync the directory;
+//!   3. delete the older snapshot files, fsync the directory.
 //!
 //!   When it returns, the whole `Persist` and everything before it is
 //!   durable.
@@ -99,7 +114,7 @@
 //!
 //! # Recovery ([`Storage::open`])
 //!
-//! 1. Delete a leftover `snapshot.tmp`.
+//! 1. Delete leftover temporary snapshot files.
 //! 2. Pick the newest segment. If its start is torn (the file is shorter
 //!    than the header, or is all zeros; or, for `log.<n>` with n > 1, the
 //!    opening checkpoint is missing, cut short, or fails its crc at the end
@@ -126,9 +141,12 @@
 //!    out of place or with non-consecutive entries, a `Write` whose entries
 //!    do not continue the log. A bad segment header (wrong magic or
 //!    version) is `Corrupt` at offset 0 or 8.
-//! 4. Load `snapshot`, checking its header and crcs (any mismatch is
-//!    `Corrupt`). If its meta equals the replayed state's, it is the
-//!    snapshot's bytes. If it is newer (or the log names no snapshot), a
+//! 4. If the replayed state names a snapshot and its staged file exists,
+//!    open it, checking its header (a mismatch is `Corrupt`; the data's crc
+//!    is checked as it is read) and that its meta is the state's; delete
+//!    every other staged file. Otherwise, for a directory of the earlier
+//!    formats, load `snapshot`, checking its header. If its meta equals
+//!    the replayed state's, it is the snapshot. If it is newer (or the log names no snapshot), a
 //!    crash happened between the rename and the durable log record: its
 //!    `Persist` is completed by applying the header's hard state, the
 //!    snapshot meta and `truncate_from` (the entries of that `Persist`
@@ -166,7 +184,8 @@ pub use segment::{
     UNRECORDED_CONFIG_FORMAT_VERSION,
 };
 pub use snapshot_file::{
-    LEGACY_SNAPSHOT_FORMAT_VERSION, SNAPSHOT_FILE, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC,
+    snapshot_file_name, SnapshotReader, SnapshotWriter, LEGACY_SNAPSHOT_FORMAT_VERSION,
+    SINGLE_FILE_SNAPSHOT_FORMAT_VERSION, SNAPSHOT_FILE, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC,
     SNAPSHOT_TMP_FILE,
 };
 pub use store::{Committed, Storage};

@@ -10,7 +10,7 @@ use raft_core::{DurableState, DurableWrite, SnapshotMeta};
 use crate::error::io_err;
 use crate::fsutil::{list_dir, remove_segments_except, sync_dir, write_new_file};
 use crate::segment::{push_segment_header, scan_segment, segment_file_name, Scan, FORMAT_VERSION};
-use crate::snapshot_file::{read_snapshot_file, SNAPSHOT_FILE, SNAPSHOT_TMP_FILE};
+use crate::snapshot_file::{snapshot_file_name, SnapshotReader, SNAPSHOT_FILE};
 use crate::{Storage, StorageError};
 
 /// What [`Storage::open`] found on disk.
@@ -18,8 +18,9 @@ use crate::{Storage, StorageError};
 pub struct Recovered {
     /// The durable state, for `RaftNode::recover`.
     pub state: DurableState,
-    /// The snapshot bytes, present exactly when `state.snapshot` is.
-    pub snapshot: Option<Vec<u8>>,
+    /// The snapshot's file, open for streaming its data (checked against its
+    /// crc as it is read), present exactly when `state.snapshot` is.
+    pub snapshot: Option<SnapshotReader>,
     /// The size of the live log segment (see [`Storage::raft_state_bytes`]).
     pub raft_state_bytes: usize,
     /// The segment and offset where a torn final record was cut off.
@@ -56,8 +57,8 @@ impl Storage {
         let lock = lock_dir(dir)?;
         let listing = list_dir(dir)?;
         let mut dir_changed = false;
-        if listing.snapshot_tmp {
-            let tmp = dir.join(SNAPSHOT_TMP_FILE);
+        for name in &listing.snapshot_tmps {
+            let tmp = dir.join(name);
             fs::remove_file(&tmp).map_err(io_err(&tmp))?;
             dir_changed = true;
         }
@@ -106,6 +107,12 @@ impl Storage {
                         reason: "a snapshot file but no log segment".into(),
                     });
                 }
+                if let Some(&index) = listing.staged.last() {
+                    return Err(StorageError::Inconsistent {
+                        path: dir.join(snapshot_file_name(index)),
+                        reason: "a snapshot file but no log segment".into(),
+                    });
+                }
                 let path = dir.join(segment_file_name(1));
                 let mut header = Vec::new();
                 push_segment_header(&mut header);
@@ -134,65 +141,90 @@ impl Storage {
             sync_dir(dir)?;
         }
 
-        // The snapshot file.
-        let snapshot_file = if listing.snapshot {
-            Some(read_snapshot_file(&snapshot_path)?)
-        } else {
-            None
-        };
+        // The snapshot: the staged file the log names; or the single file
+        // of the earlier formats.
+        let named = state.snapshot.as_ref().map(|m| m.index);
         let mut rotate = legacy;
-        match (&snapshot_file, state.snapshot.clone()) {
-            (None, None) => {}
-            (None, Some(meta)) => {
+        let mut snapshot = None;
+        if let Some(index) = named.filter(|i| listing.staged.contains(i)) {
+            let path = dir.join(snapshot_file_name(index));
+            let reader = SnapshotReader::open(&path)?;
+            let (file, log) = (reader.meta(), state.snapshot.as_ref().expect("named"));
+            if (file.index, file.term) != (log.index, log.term) {
                 return Err(StorageError::Inconsistent {
-                    path: snapshot_path,
+                    path,
                     reason: format!(
-                        "the log names a snapshot through index {} (term {}) but the snapshot file is missing",
-                        meta.index, meta.term
+                        "the snapshot file ends at index {} (term {}) but the log names index {} (term {})",
+                        file.index, file.term, log.index, log.term
                     ),
-                })
+                });
             }
-            (Some(f), current) => {
-                let meta = f.header.meta.clone();
-                let position = |m: &SnapshotMeta| (m.index, m.term);
-                if current.as_ref().map(position) == Some(position(&meta)) {
-                    // The usual case: the log recorded this snapshot. (A log
-                    // written before boundaries recorded configurations
-                    // takes the file's.)
-                    if let Some(c) = state.snapshot.as_mut() {
-                        if c.membership.voters.is_empty() {
-                            c.membership = meta.membership.clone();
-                        }
+            snapshot = Some(reader);
+        } else if listing.snapshot {
+            let reader = SnapshotReader::open(&snapshot_path)?;
+            let meta = reader.meta().clone();
+            let current = state.snapshot.clone();
+            let position = |m: &SnapshotMeta| (m.index, m.term);
+            if current.as_ref().map(position) == Some(position(&meta)) {
+                // The usual case: the log recorded this snapshot. (A log
+                // written before boundaries recorded configurations
+                // takes the file's.)
+                if let Some(c) = state.snapshot.as_mut() {
+                    if c.membership.voters.is_empty() {
+                        c.membership = meta.membership.clone();
                     }
-                } else if current.is_none() || current.as_ref().is_some_and(|c| meta.index > c.index) {
-                    tracing::warn!(
-                        index = meta.index,
-                        "the snapshot file is newer than the log: completing its write"
-                    );
-                    let write = DurableWrite {
-                        hard_state: f.header.hard_state,
-                        snapshot: Some(meta),
-                        truncate_from: f.header.truncate_from,
-                        entries: Cow::Borrowed(&[]),
-                    };
-                    state.try_apply(write).map_err(|e| StorageError::Inconsistent {
+                }
+            } else if current.is_none() || current.as_ref().is_some_and(|c| meta.index > c.index) {
+                tracing::warn!(
+                    index = meta.index,
+                    "the snapshot file is newer than the log: completing its write"
+                );
+                let write = DurableWrite {
+                    hard_state: reader.hard_state,
+                    snapshot: Some(meta),
+                    truncate_from: reader.truncate_from,
+                    entries: Cow::Borrowed(&[]),
+                };
+                state
+                    .try_apply(write)
+                    .map_err(|e| StorageError::Inconsistent {
                         path: snapshot_path.clone(),
                         reason: format!("completing the snapshot's write: {e}"),
                     })?;
-                    rotate = true;
-                } else {
-                    let c = current.unwrap_or_default();
-                    return Err(StorageError::Inconsistent {
-                        path: snapshot_path,
-                        reason: format!(
-                            "the snapshot file ends at index {} (term {}) but the log names index {} (term {})",
-                            meta.index, meta.term, c.index, c.term
-                        ),
-                    });
-                }
+                rotate = true;
+            } else {
+                let c = current.unwrap_or_default();
+                return Err(StorageError::Inconsistent {
+                    path: snapshot_path,
+                    reason: format!(
+                        "the snapshot file ends at index {} (term {}) but the log names index {} (term {})",
+                        meta.index, meta.term, c.index, c.term
+                    ),
+                });
+            }
+            snapshot = Some(reader);
+        } else if let Some(meta) = &state.snapshot {
+            return Err(StorageError::Inconsistent {
+                path: dir.join(snapshot_file_name(meta.index)),
+                reason: format!(
+                    "the log names a snapshot through index {} (term {}) but the snapshot file is missing",
+                    meta.index, meta.term
+                ),
+            });
+        }
+        // Staged files the log does not name: a crash before their write
+        // was durable, or older ones not yet deleted.
+        let keep = snapshot.as_ref().map(|r| r.path().to_path_buf());
+        for &index in &listing.staged {
+            let path = dir.join(snapshot_file_name(index));
+            if Some(&path) != keep.as_ref() {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                dir_changed = true;
             }
         }
-        let snapshot = snapshot_file.map(|f| f.data);
+        if dir_changed {
+            sync_dir(dir)?;
+        }
 
         let mut storage = Storage {
             dir: dir.to_path_buf(),

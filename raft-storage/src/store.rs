@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use raft_core::{DurableState, Message, NodeId, Persist};
 
 use crate::error::io_err;
-use crate::fsutil::{remove_segments_except, sync_dir, write_new_file};
+use crate::fsutil::{remove_segments_except, remove_snapshots_before, sync_dir, write_new_file};
 use crate::record::{encode_record, RecordRef};
 use crate::segment::{push_segment_header, segment_file_name};
-use crate::snapshot_file::write_snapshot_file;
+use crate::snapshot_file::snapshot_file_name;
 use crate::StorageError;
 
 /// The durable storage of one node. See the crate documentation for the
@@ -49,13 +49,24 @@ pub struct Committed {
 impl Storage {
     /// Appends the durable content of one `Persist`. Without a snapshot it is
     /// not fsynced (call [`Storage::sync`]); with one, it and everything
-    /// before it are durable on return (see the crate documentation).
+    /// before it are durable on return (see the crate documentation). The
+    /// snapshot it names must be staged ([`crate::SnapshotWriter`]); it is
+    /// refused otherwise, with nothing written.
     pub fn append(&mut self, persist: &Persist) -> Result<(), StorageError> {
         self.usable()?;
         if persist.is_barrier() {
             return Ok(());
         }
-        let snapshot_meta = persist.snapshot.as_ref().map(|s| s.meta.clone());
+        let snapshot_meta = persist.snapshot.clone();
+        if let Some(meta) = &snapshot_meta {
+            let staged = self.snapshot_path(meta.index);
+            if !staged.exists() {
+                return Err(StorageError::Inconsistent {
+                    path: staged,
+                    reason: format!("a write names the snapshot at {}, never staged", meta.index),
+                });
+            }
+        }
         let mut frame = Vec::new();
         encode_record(
             &mut frame,
@@ -149,23 +160,24 @@ impl Storage {
     }
 
     fn append_frame(&mut self, persist: &Persist, frame: Vec<u8>) -> Result<(), StorageError> {
-        if let Some(snapshot) = &persist.snapshot {
-            self.sync_log()?;
-            write_snapshot_file(
-                &self.dir,
-                snapshot,
-                persist.hard_state,
-                persist.truncate_from,
-            )?;
-        }
         self.unwritten.extend_from_slice(&frame);
         self.len += frame.len() as u64;
         self.dirty = true;
-        if persist.snapshot.is_some() {
-            self.write_unwritten()?;
+        if let Some(meta) = &persist.snapshot {
+            // Durable in the log: the staged file is the snapshot now.
+            self.sync_log()?;
             self.rotate()?;
+            if remove_snapshots_before(&self.dir, meta.index)? {
+                sync_dir(&self.dir)?;
+            }
         }
         Ok(())
+    }
+
+    /// The path of the staged snapshot file through `index` (the node's
+    /// snapshot once a durable write names it).
+    pub fn snapshot_path(&self, index: raft_core::Index) -> PathBuf {
+        self.dir.join(snapshot_file_name(index))
     }
 
     /// Hands the buffered records to the file (not yet durable).
