@@ -7,6 +7,8 @@
 //!   `raft-wire` (frames and handshake, shared with every TCP transport).
 //! - [`transport`]: the connections between peers and to clients.
 //! - [`book`]: the peer addresses a node keeps in its data directory.
+//! - [`snapshot`]: snapshots written off the event loop, and streamed
+//!   between nodes.
 //!
 //! The log and snapshots on disk are `raft-storage`'s.
 //!
@@ -17,6 +19,7 @@
 pub mod book;
 pub mod client;
 pub mod node;
+pub mod snapshot;
 pub mod transport;
 pub mod wire;
 

@@ -27,6 +27,17 @@
 //! address book, so a joining node learns the initial members' peer
 //! addresses even before they are recorded.
 //!
+//! Snapshots ([`crate::snapshot`]): kv-core asks for one with
+//! `TakeSnapshot` and a constant-time image of the store; a thread encodes
+//! it into a staged file and the loop reports `SnapshotTaken` when it is
+//! durable, so the loop never stalls on a snapshot. `SendSnapshot` starts a
+//! task streaming the file to the follower on a connection of its own (at
+//! most one per follower: the core asks for no more), aborted when this
+//! node stops leading that term; its end is reported as `SnapshotSendEnded`.
+//! A snapshot that arrives is staged by the peer listener and handed to the
+//! loop with its header (`KvServer::install_snapshot`, which restores the
+//! store from the file as a stream).
+//!
 //! Reads: a [`ClientRequest::Read`] becomes `ServerEvent::ReadReceived`,
 //! which kv-core serves without a log entry whatever the read policy, so it
 //! causes no `Persist` (ReadIndex rounds and forwarded reads are plain
@@ -36,8 +47,8 @@
 //! request, which must create the session).
 
 use kv_core::{KvServer, MemberAddrs, ReadPolicy, Reply, ServerAction, ServerConfig, ServerEvent};
-use raft_core::{Message, NodeId, Persist, Role};
-use raft_storage::{Storage, StorageError};
+use raft_core::{InstallSnapshot, Message, NodeId, Persist, Role, Term};
+use raft_storage::{SnapshotReader, Storage, StorageError};
 use raft_wire::{seed_from_entropy, Clock};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -168,6 +179,33 @@ pub enum Input {
     },
     /// Storage failed: the node must stop.
     StorageFailed(StorageError),
+    /// The snapshot asked for by `TakeSnapshot` is staged (or failed).
+    SnapshotWritten {
+        /// Its index.
+        index: u64,
+        /// What was written.
+        result: Result<crate::snapshot::Written, StorageError>,
+    },
+    /// A leader's snapshot arrived whole and is staged at `path`.
+    SnapshotReceived {
+        /// The leader.
+        from: NodeId,
+        /// Its `InstallSnapshot`.
+        header: InstallSnapshot,
+        /// The staged file.
+        path: PathBuf,
+        /// Told once the loop has stepped it.
+        done: oneshot::Sender<()>,
+    },
+    /// A transfer this node started ended.
+    SnapshotSent {
+        /// The follower.
+        to: NodeId,
+        /// The transfer's number.
+        id: u64,
+        /// The bytes sent, or why it failed.
+        result: Result<u64, crate::snapshot::SendError>,
+    },
 }
 
 /// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
@@ -260,7 +298,10 @@ pub async fn start_node_with(
     });
     server_config.read_policy = config.read_policy;
     server_config.follower_reads = config.follower_reads;
-    let server = KvServer::recover(server_config, seed, recovered.state, recovered.snapshot)?;
+    let mut snapshot = recovered.snapshot;
+    let reader = snapshot.as_mut().map(|r| r as &mut dyn std::io::Read);
+    let server = KvServer::recover(server_config, seed, recovered.state, reader)?;
+    drop(snapshot);
     info!(
         id = config.id,
         term = server.raft().term(),
@@ -279,6 +320,7 @@ pub async fn start_node_with(
         peer_listener,
         config.id,
         config.cluster_id,
+        config.data_dir.clone(),
         input_tx.clone(),
     ));
     tasks.spawn(run_client_listener(
@@ -313,6 +355,10 @@ pub async fn start_node_with(
         next_request: 0,
         read_policy: config.read_policy,
         follower_reads: config.follower_reads,
+        inputs: input_tx.clone(),
+        transfers: BTreeMap::new(),
+        next_transfer: 0,
+        deferred: std::collections::VecDeque::new(),
     };
     event_loop.follow_membership()?;
     tasks.spawn(async move {
@@ -496,6 +542,22 @@ struct EventLoop {
     /// As configured, for status answers.
     read_policy: ReadPolicy,
     follower_reads: bool,
+    /// The loop's own input queue, for the tasks it starts.
+    inputs: mpsc::Sender<Input>,
+    /// Snapshot transfers under way, by follower.
+    transfers: BTreeMap<NodeId, Transfer>,
+    next_transfer: u64,
+    /// Events for the server that arose while executing a step's actions,
+    /// stepped once they are all done (actions run in order).
+    deferred: std::collections::VecDeque<ServerEvent>,
+}
+
+/// A snapshot transfer under way.
+struct Transfer {
+    id: u64,
+    term: Term,
+    index: u64,
+    task: tokio::task::AbortHandle,
 }
 
 impl EventLoop {
@@ -584,11 +646,81 @@ impl EventLoop {
                 })
             }
             Input::StorageFailed(why) => Err(NodeError::Storage(why)),
+            Input::SnapshotWritten { index, result } => {
+                let written = result?;
+                info!(
+                    index,
+                    bytes = written.bytes,
+                    ms = written.took.as_millis() as u64,
+                    "snapshot written"
+                );
+                self.step(ServerEvent::SnapshotTaken { index })
+            }
+            Input::SnapshotReceived {
+                from,
+                header,
+                path,
+                done,
+            } => {
+                let result = self.install(from, header, &path);
+                let _ = done.send(());
+                result
+            }
+            Input::SnapshotSent { to, id, result } => {
+                let Some(t) = self.transfers.get(&to).filter(|t| t.id == id) else {
+                    return Ok(()); // aborted, and reported, already
+                };
+                let (term, index) = (t.term, t.index);
+                self.transfers.remove(&to);
+                match result {
+                    Ok(bytes) => info!(peer = to, index, bytes, "snapshot sent"),
+                    Err(e) => warn!(peer = to, index, error = %e, "snapshot transfer failed"),
+                }
+                self.step(ServerEvent::SnapshotSendEnded { to, term, index })
+            }
         }
     }
 
     fn step(&mut self, event: ServerEvent) -> Result<(), NodeError> {
         let actions = self.server.step(self.clock.now(), event)?;
+        self.execute(actions)
+    }
+
+    /// A leader's snapshot, staged at `path`, goes to the server with its
+    /// header; the store is restored from the file if Raft installs it.
+    fn install(
+        &mut self,
+        from: NodeId,
+        header: InstallSnapshot,
+        path: &std::path::Path,
+    ) -> Result<(), NodeError> {
+        let mut file = match SnapshotReader::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "cannot read a received snapshot; dropped");
+                return Ok(());
+            }
+        };
+        let index = header.last_included_index;
+        let started = std::time::Instant::now();
+        let actions = self
+            .server
+            .install_snapshot(self.clock.now(), from, header, &mut file)?;
+        let installed = actions.iter().any(|a| {
+            matches!(a, ServerAction::Persist(p) if p.snapshot.as_ref().is_some_and(|m| m.index == index))
+        });
+        if installed {
+            info!(
+                from,
+                index,
+                ms = started.elapsed().as_millis() as u64,
+                "installed a snapshot"
+            );
+        }
+        self.execute(actions)
+    }
+
+    fn execute(&mut self, actions: Vec<ServerAction>) -> Result<(), NodeError> {
         for action in actions {
             match action {
                 ServerAction::Send { to, message } => self.send(to, message),
@@ -599,10 +731,95 @@ impl EventLoop {
                     self.deadline = Some(TokioInstant::from_std(self.clock.deadline(deadline)));
                 }
                 ServerAction::Reply { id, reply } => self.reply(id, reply),
+                ServerAction::TakeSnapshot { index, image } => {
+                    let meta = self
+                        .server
+                        .raft()
+                        .snapshot_meta_at(index)
+                        .expect("kv-core snapshots an index the log holds");
+                    crate::snapshot::write_local(
+                        self.data_dir.clone(),
+                        meta,
+                        image,
+                        self.inputs.clone(),
+                    );
+                }
+                ServerAction::SendSnapshot { to, message } => self.send_snapshot(to, message),
             }
         }
+        self.abort_stale_transfers();
         self.register();
-        self.follow_membership()
+        self.follow_membership()?;
+        while let Some(event) = self.deferred.pop_front() {
+            self.step(event)?;
+        }
+        Ok(())
+    }
+
+    /// Starts streaming our snapshot at `message.last_included_index` to
+    /// `to`. The file is opened here, before anything can delete it (an
+    /// open file stays readable after a newer snapshot replaces it).
+    fn send_snapshot(&mut self, to: NodeId, message: InstallSnapshot) {
+        let (term, index) = (message.term, message.last_included_index);
+        let ended = ServerEvent::SnapshotSendEnded { to, term, index };
+        let path = self.data_dir.join(raft_storage::snapshot_file_name(index));
+        let (Some(&addr), Ok(file)) = (self.book.peers.get(&to), SnapshotReader::open(&path))
+        else {
+            warn!(peer = to, index, "cannot send a snapshot (no address, or no file)");
+            self.deferred.push_back(ended);
+            return;
+        };
+        if let Some(old) = self.transfers.remove(&to) {
+            // The core asks for one at a time; never leave one unreported.
+            old.task.abort();
+            self.deferred.push_back(ServerEvent::SnapshotSendEnded {
+                to,
+                term: old.term,
+                index: old.index,
+            });
+        }
+        self.next_transfer += 1;
+        let id = self.next_transfer;
+        info!(peer = to, index, bytes = file.data_len(), "sending a snapshot");
+        let (me, cluster_id, inputs) = (self.me, self.cluster_id, self.inputs.clone());
+        let task = tokio::spawn(async move {
+            let result = crate::snapshot::send(me, cluster_id, addr, message, file).await;
+            let _ = inputs.send(Input::SnapshotSent { to, id, result }).await;
+        });
+        let task = task.abort_handle();
+        self.transfers.insert(
+            to,
+            Transfer {
+                id,
+                term,
+                index,
+                task,
+            },
+        );
+    }
+
+    /// A leader change mid-stream aborts the transfers of the old term.
+    fn abort_stale_transfers(&mut self) {
+        if self.transfers.is_empty() {
+            return;
+        }
+        let (leader, term) = (self.server.raft().is_leader(), self.server.raft().term());
+        let stale: Vec<NodeId> = self
+            .transfers
+            .iter()
+            .filter(|(_, t)| !leader || t.term != term)
+            .map(|(&to, _)| to)
+            .collect();
+        for to in stale {
+            let t = self.transfers.remove(&to).expect("listed");
+            t.task.abort();
+            info!(peer = to, index = t.index, "snapshot transfer aborted: no longer leading its term");
+            self.deferred.push_back(ServerEvent::SnapshotSendEnded {
+                to,
+                term: t.term,
+                index: t.index,
+            });
+        }
     }
 
     fn send(&mut self, to: NodeId, message: Message) {

@@ -89,11 +89,13 @@ pub async fn run_outgoing(
     }
 }
 
-/// Accepts peers on `listener`, forwarding their messages to the node.
+/// Accepts peers on `listener`, forwarding their messages to the node (and
+/// receiving the snapshots they stream into `data_dir`).
 pub async fn run_peer_listener(
     listener: TcpListener,
     me: NodeId,
     cluster_id: u64,
+    data_dir: std::path::PathBuf,
     node: mpsc::Sender<Input>,
 ) {
     let mut conns = JoinSet::new();
@@ -107,8 +109,9 @@ pub async fn run_peer_listener(
             }
         };
         let node = node.clone();
+        let dir = data_dir.clone();
         conns.spawn(async move {
-            if let Err(reason) = serve_peer(stream, me, cluster_id, node).await {
+            if let Err(reason) = serve_peer(stream, me, cluster_id, &dir, node).await {
                 warn!(%addr, %reason, "closed peer connection");
             }
         });
@@ -120,14 +123,23 @@ async fn serve_peer(
     stream: TcpStream,
     me: NodeId,
     cluster_id: u64,
+    data_dir: &std::path::Path,
     node: mpsc::Sender<Input>,
 ) -> Result<(), ConnectionError> {
     let _ = stream.set_nodelay(true);
-    let mut r = BufReader::new(stream);
+    let (r, w) = stream.into_split();
+    let mut r = BufReader::new(r);
     let hello = read_hello(&mut r).await?;
     // Any node of our cluster but ourselves: the membership changes, and
     // the core drops what a non-member sends.
     let from = hello.accept_peer(cluster_id, me, |_| true)?;
+    if let Hello::PeerSnapshot { .. } = hello {
+        if let Err(why) = crate::snapshot::receive(r, BufWriter::new(w), from, data_dir, node).await
+        {
+            warn!(from, reason = %why, "refused a snapshot stream");
+        }
+        return Ok(());
+    }
     loop {
         let message: Message = read_frame(&mut r).await?;
         if node.send(Input::Peer { from, message }).await.is_err() {

@@ -231,6 +231,18 @@ impl RaftNode {
     pub fn log(&self) -> &RaftLog {
         &self.shared.log
     }
+    /// The boundary of a snapshot through `index`: its term and the
+    /// configuration in force there (what a driver writes in the snapshot
+    /// file's header). `None` unless the log holds `index` (the snapshot's
+    /// own last index counts).
+    pub fn snapshot_meta_at(&self, index: Index) -> Option<crate::SnapshotMeta> {
+        let term = self.shared.log.term_at(index)?;
+        Some(crate::SnapshotMeta {
+            index,
+            term,
+            membership: self.shared.configs.at(index).clone(),
+        })
+    }
     /// The highest log index known to be durable locally.
     pub fn durable_index(&self) -> Index {
         self.shared.durable_index

@@ -195,6 +195,13 @@ impl SnapshotWriter {
         Ok(dst)
     }
 
+    /// Gives up: deletes the temporary file (a transfer that broke).
+    pub fn abandon(self) {
+        let tmp = self.tmp.clone();
+        drop(self);
+        let _ = fs::remove_file(tmp);
+    }
+
     /// The index of the snapshot being written.
     pub fn index(&self) -> Index {
         self.index

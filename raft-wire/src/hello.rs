@@ -10,13 +10,15 @@
 use raft_core::NodeId;
 use serde::{Deserialize, Serialize};
 
-/// The protocol version this crate speaks: 3 since reads without the log
+/// The protocol version this crate speaks: 4 since streamed snapshots
+/// (`InstallSnapshot` is a header, its bytes follow on a connection of their
+/// own opened with [`Hello::PeerSnapshot`]); 3 was reads without the log
 /// (`ReadRound`/`ReadIndex` messages, `RequestVote::transfer`, sessionless
 /// client reads); 2 was membership change (entries carry configurations,
 /// `InstallSnapshot` the configuration at its index, clients send admin
 /// requests and get member lists in status). A peer or client of another
 /// version is refused at the hello.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest frame accepted before the hello: the one frame a stranger can
 /// send, and a hello is a few varints.
@@ -43,6 +45,17 @@ pub enum Hello {
         version: u32,
         /// The cluster it wants.
         cluster_id: u64,
+    },
+    /// A Raft peer (a leader) streaming one snapshot on a connection of its
+    /// own, beside its message connection: the driver's snapshot frames
+    /// follow, and the acceptor answers when it has them all.
+    PeerSnapshot {
+        /// Protocol version.
+        version: u32,
+        /// The cluster it belongs to.
+        cluster_id: u64,
+        /// Its node id.
+        node_id: NodeId,
     },
 }
 
@@ -113,6 +126,15 @@ impl Hello {
         }
     }
 
+    /// A peer's hello for a snapshot stream, in this protocol version.
+    pub fn peer_snapshot(cluster_id: u64, node_id: NodeId) -> Hello {
+        Hello::PeerSnapshot {
+            version: PROTOCOL_VERSION,
+            cluster_id,
+            node_id,
+        }
+    }
+
     /// A client's hello in this protocol version.
     pub fn client(cluster_id: u64) -> Hello {
         Hello::Client {
@@ -124,24 +146,30 @@ impl Hello {
     /// What kind of caller sent it.
     pub fn caller(&self) -> Caller {
         match self {
-            Hello::Peer { .. } => Caller::Peer,
+            Hello::Peer { .. } | Hello::PeerSnapshot { .. } => Caller::Peer,
             Hello::Client { .. } => Caller::Client,
         }
     }
 
-    /// Checks a hello on a peer port: a peer of our version and cluster,
-    /// whose id is a member (`is_member`) other than us. Returns its id.
+    /// Checks a hello on a peer port: a peer (for messages or a snapshot
+    /// stream) of our version and cluster, whose id is a member
+    /// (`is_member`) other than us. Returns its id.
     pub fn accept_peer(
         &self,
         cluster_id: u64,
         me: NodeId,
         is_member: impl Fn(NodeId) -> bool,
     ) -> Result<NodeId, HelloError> {
-        let Hello::Peer {
+        let (Hello::Peer {
             version,
             cluster_id: theirs,
             node_id,
-        } = *self
+        }
+        | Hello::PeerSnapshot {
+            version,
+            cluster_id: theirs,
+            node_id,
+        }) = *self
         else {
             return Err(HelloError::WrongCaller {
                 expected: Caller::Peer,
@@ -191,15 +219,19 @@ mod tests {
     #[test]
     fn the_encoding_is_the_deployed_one() {
         // The hello's layout is unchanged since driver-tokio's version 1:
-        // variant index, then varints (the version, now 3, first).
-        assert_eq!(PROTOCOL_VERSION, 3);
+        // variant index, then varints (the version, now 4, first).
+        assert_eq!(PROTOCOL_VERSION, 4);
         assert_eq!(
             postcard::to_allocvec(&Hello::peer(7, 2)).unwrap(),
-            [0, 3, 7, 2]
+            [0, 4, 7, 2]
         );
         assert_eq!(
             postcard::to_allocvec(&Hello::client(300)).unwrap(),
-            [1, 3, 0xAC, 0x02]
+            [1, 4, 0xAC, 0x02]
+        );
+        assert_eq!(
+            postcard::to_allocvec(&Hello::peer_snapshot(7, 2)).unwrap(),
+            [2, 4, 7, 2]
         );
         let longest = Hello::Peer {
             version: u32::MAX,
