@@ -1673,6 +1673,77 @@ fn an_accepted_heartbeat_during_the_transfer_ends_the_snapshot_state() {
 }
 
 #[test]
+fn a_newer_snapshot_waits_for_the_end_of_the_transfer_in_flight() {
+    // Follower 2 answers a heartbeat through the snapshot at 3 before the
+    // driver reports that transfer's end; it then needs the leader's newer
+    // snapshot (at 5). One transfer at a time: the leader waits for the end
+    // of the first, whose probe then asks for the second.
+    let (mut n, t) = leader_streaming_a_snapshot_to_2();
+    let hb = t + Duration::from_millis(100);
+    step(&mut n, hb, Event::TimerFired);
+    recv(&mut n, hb, 2, accepted(2, 3));
+    recv(&mut n, hb, 2, accepted(2, 3));
+    recv(&mut n, hb, 3, accepted(2, 3));
+    for peer in [2, 3] {
+        assert_eq!(n.progress(peer).unwrap().state, ProgressState::Replicate);
+    }
+    for id in 0..2 {
+        let command = vec![id as u8];
+        let a = step(&mut n, hb, Event::ProposalReceived { id, command });
+        persist_all(&mut n, hb, &a);
+    }
+    recv(&mut n, hb, 3, accepted(2, 4));
+    recv(&mut n, hb, 3, accepted(2, 5));
+    assert_eq!(n.last_applied(), 5);
+    step(&mut n, hb, Event::SnapshotTaken { index: 5 });
+    assert_eq!(position(n.log().snapshot()), (5, 2));
+    // Follower 2 lost its log (it crashed before installing durably).
+    let actions = recv(&mut n, hb, 2, rejected(2, 3, None, 1));
+    assert_eq!(actions, vec![]);
+    assert_eq!(
+        n.progress(2).unwrap().state,
+        ProgressState::Snapshot { index: 3 }
+    );
+    // Heartbeats meanwhile, from the leader's snapshot.
+    let hb2 = hb + Duration::from_millis(100);
+    let actions = step(&mut n, hb2, Event::TimerFired);
+    assert!(snapshot_sends(&actions).is_empty());
+    assert!(sends(&actions).contains(&(2, ae(2, 5, 2, vec![], 5))));
+    // The first transfer ends: a probe after the newer snapshot, and its
+    // rejection asks for the newer one.
+    let ended = Event::SnapshotSendEnded {
+        to: 2,
+        term: 2,
+        index: 3,
+    };
+    assert_eq!(
+        step(&mut n, hb2, ended),
+        vec![Action::Send {
+            to: 2,
+            message: ae(2, 5, 2, vec![], 5)
+        }]
+    );
+    let actions = recv(&mut n, hb2, 2, rejected(2, 5, None, 1));
+    let sent: Vec<(NodeId, Index, Term)> = snapshot_sends(&actions)
+        .into_iter()
+        .map(|(to, m)| (to, m.last_included_index, m.last_included_term))
+        .collect();
+    assert_eq!(sent, vec![(2, 5, 2)]);
+    assert_eq!(actions.len(), 1);
+    assert_eq!(
+        n.progress(2).unwrap().state,
+        ProgressState::Snapshot { index: 5 }
+    );
+    // A late answer to the first transfer does not end the wait for the
+    // second, and asks for nothing.
+    assert_eq!(recv(&mut n, hb2, 2, install_reply(2, 3)), vec![]);
+    assert_eq!(
+        n.progress(2).unwrap().state,
+        ProgressState::Snapshot { index: 5 }
+    );
+}
+
+#[test]
 fn a_stale_end_of_transfer_changes_nothing() {
     let (mut n, t) = leader_streaming_a_snapshot_to_2();
     let waiting = n.progress(2).unwrap().clone();
