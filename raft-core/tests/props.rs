@@ -10,6 +10,14 @@
 //!   one leader per term, and every index applied anywhere holds the same
 //!   entry everywhere.
 //!
+//! The harnesses are drivers: they hold the snapshot bytes, which the core
+//! never sees (`raft_testkit::Persister` stages them by index), and carry
+//! out `SendSnapshot` (the cluster's transfers travel with their bytes and
+//! report `SnapshotSendEnded` to their sender exactly once). They check the
+//! core's side of that contract too: it names only snapshots the driver
+//! holds, installs only the one delivered, never resends one on a heartbeat,
+//! and asks for one transfer per follower at a time.
+//!
 //! Failures print the shrunk input; every run is deterministic given it.
 
 use std::collections::{BTreeMap, VecDeque};
