@@ -127,6 +127,7 @@ impl RaftNode {
             transfer: None,
             reads: crate::read::Reads::default(),
             commit_told: BTreeMap::new(),
+            snapshots_in_flight: BTreeMap::new(),
         };
         s.timers.lead(
             s.now + s.config.heartbeat_interval,

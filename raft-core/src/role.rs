@@ -76,6 +76,11 @@ pub(crate) struct LeaderState {
     /// The commit index each follower was last told of by a commit
     /// notification (`Config::notify_commit`).
     pub(crate) commit_told: BTreeMap<NodeId, Index>,
+    /// The snapshot transfer to each follower that this term asked for
+    /// (`Action::SendSnapshot`) and the driver has not reported ended: the
+    /// index sent. At most one per follower, even once the follower has
+    /// answered and needs a newer snapshot (`snapshot.rs`).
+    pub(crate) snapshots_in_flight: BTreeMap<NodeId, Index>,
 }
 
 /// A leadership transfer in progress (`transfer.rs`).

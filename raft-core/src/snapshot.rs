@@ -79,16 +79,24 @@ impl Shared {
 impl LeaderState {
     /// Ask the driver to stream our snapshot to `peer`, and wait for the
     /// transfer's end (`SnapshotSendEnded`) or the follower's answer. It is
-    /// never resent while in flight.
+    /// never resent while in flight. If an earlier transfer to `peer` has
+    /// not ended yet (the follower answered before the driver reported its
+    /// end, and now needs a newer snapshot), wait for that end instead: it
+    /// probes the follower, whose rejection then asks for this one.
     pub(crate) fn send_snapshot(&mut self, s: &mut Shared, peer: NodeId) {
         let meta = s.snapshot_meta().clone();
         let pr = self
             .progress
             .get_mut(&peer)
             .expect("leader tracks every peer");
-        pr.state = ProgressState::Snapshot { index: meta.index };
         pr.paused = true;
         pr.inflight.clear();
+        if let Some(&index) = self.snapshots_in_flight.get(&peer) {
+            pr.state = ProgressState::Snapshot { index };
+            return;
+        }
+        pr.state = ProgressState::Snapshot { index: meta.index };
+        self.snapshots_in_flight.insert(peer, meta.index);
         let message = InstallSnapshot {
             term: s.hard.term,
             last_included_index: meta.index,
@@ -112,6 +120,9 @@ impl LeaderState {
     ) {
         if term != s.hard.term {
             return; // a transfer of an earlier term of ours
+        }
+        if self.snapshots_in_flight.get(&to) == Some(&index) {
+            self.snapshots_in_flight.remove(&to);
         }
         let Some(pr) = self.progress.get_mut(&to) else {
             return;

@@ -12,7 +12,7 @@ use core::time::Duration;
 use raft_core::{
     Action, AppendEntries, AppendEntriesReply, AppendOutcome, Config, DurableState, Entry, Error,
     Event, HardState, Index, InstallSnapshot, InstallSnapshotReply, Instant, Message, NodeId,
-    Persist, ProgressState, RaftNode, RejectReason, RequestVote, RequestVoteReply, Role, Snapshot,
+    Persist, ProgressState, RaftNode, RejectReason, RequestVote, RequestVoteReply, Role,
     SnapshotMeta, Term, TransferAbort, TransferOutcome,
 };
 use raft_core::{ConfigError, Membership, Payload};
@@ -44,13 +44,12 @@ fn recovered(
     terms: &[Term],
 ) -> RaftNode {
     let first = snapshot.as_ref().map_or(1, |s| s.index + 1);
-    let data = snapshot.as_ref().map(|_| b"snap".to_vec());
     let durable = DurableState {
         hard_state,
         snapshot,
         entries: entries_from(first, terms),
     };
-    RaftNode::recover(config(id, members), SEED, durable, data).expect("consistent state")
+    RaftNode::recover(config(id, members), SEED, durable).expect("consistent state")
 }
 
 /// A snapshot boundary's (index, term).
@@ -190,14 +189,29 @@ fn rejected(
     })
 }
 
-fn install(term: Term, index: Index, snap_term: Term, data: &[u8]) -> Message {
-    Message::InstallSnapshot(InstallSnapshot {
+/// An InstallSnapshot header, recording no configuration.
+fn snap_header(term: Term, index: Index, snap_term: Term) -> InstallSnapshot {
+    InstallSnapshot {
         term,
         last_included_index: index,
         last_included_term: snap_term,
         membership: Membership::default(),
-        data: data.to_vec(),
-    })
+    }
+}
+
+fn install(term: Term, index: Index, snap_term: Term) -> Message {
+    Message::InstallSnapshot(snap_header(term, index, snap_term))
+}
+
+/// The `SendSnapshot`s among `actions`, in order.
+fn snapshot_sends(actions: &[Action]) -> Vec<(NodeId, InstallSnapshot)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SendSnapshot { to, message } => Some((*to, message.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 fn install_reply(term: Term, index: Index) -> Message {
@@ -846,7 +860,7 @@ fn leader_inheriting_a_full_window_of_older_term_entries_can_still_make_progress
         snapshot: None,
         entries: entries_from(1, &[1, 1]),
     };
-    let mut n = RaftNode::recover(cfg, SEED, durable, None).unwrap();
+    let mut n = RaftNode::recover(cfg, SEED, durable).unwrap();
     let t = elect(&mut n);
     let last = n.log().last_index();
     ack_probes(&mut n, t, last);
@@ -972,7 +986,7 @@ fn appends_carry_at_most_max_entries_per_append() {
         snapshot: None,
         entries: entries_from(1, &[1, 1, 1, 1, 1]),
     };
-    let mut n = RaftNode::recover(cfg, SEED, durable, None).unwrap();
+    let mut n = RaftNode::recover(cfg, SEED, durable).unwrap();
     let t = elect(&mut n);
     let actions = recv(&mut n, t, 2, rejected(2, 5, None, 1));
     assert_eq!(
@@ -1450,20 +1464,10 @@ fn follower_with_three_applied() -> RaftNode {
 #[test]
 fn snapshot_taken_compacts_the_log_and_persists_the_snapshot() {
     let mut n = follower_with_three_applied();
-    let actions = step(
-        &mut n,
-        ms(10),
-        Event::SnapshotTaken {
-            index: 2,
-            data: b"s2".to_vec(),
-        },
-    );
-    let snapshot = Snapshot {
-        meta: SnapshotMeta {
-            membership: Membership::with_voters([1, 2, 3]),
-            ..SnapshotMeta::at(2, 1)
-        },
-        data: b"s2".to_vec(),
+    let actions = step(&mut n, ms(10), Event::SnapshotTaken { index: 2 });
+    let snapshot = SnapshotMeta {
+        membership: Membership::with_voters([1, 2, 3]),
+        ..SnapshotMeta::at(2, 1)
     };
     assert_eq!(
         actions,
@@ -1476,25 +1480,18 @@ fn snapshot_taken_compacts_the_log_and_persists_the_snapshot() {
     assert_eq!(n.log().entry(2), None);
     assert_eq!(n.log().term_at(2), Some(1));
     assert_eq!(n.log().entry(3), Some(&entry(3, 1)));
-    assert_eq!(n.snapshot_data(), Some(&b"s2"[..]));
     // An older snapshot is ignored.
     assert_eq!(
-        step(
-            &mut n,
-            ms(11),
-            Event::SnapshotTaken {
-                index: 1,
-                data: vec![]
-            }
-        ),
+        step(&mut n, ms(11), Event::SnapshotTaken { index: 1 }),
         vec![]
     );
     assert_eq!(n.log().snapshot().index, 2);
 }
 
-#[test]
-fn leader_sends_install_snapshot_to_a_follower_behind_its_snapshot() {
-    let snap = SnapshotMeta::at(3, 1);
+/// Node 1 leading term 2 from a snapshot at 3/1 (no entries after it),
+/// which has just asked to stream it to follower 2 (whose log is empty) and
+/// heard nothing from 3 yet. Returns the time it took office.
+fn leader_streaming_a_snapshot_to_2() -> (RaftNode, Instant) {
     let mut n = recovered(
         1,
         3,
@@ -1502,7 +1499,7 @@ fn leader_sends_install_snapshot_to_a_follower_behind_its_snapshot() {
             term: 1,
             voted_for: None,
         },
-        Some(snap),
+        Some(SnapshotMeta::at(3, 1)),
         &[],
     );
     assert_eq!(n.commit_index(), 3);
@@ -1511,36 +1508,23 @@ fn leader_sends_install_snapshot_to_a_follower_behind_its_snapshot() {
     let actions = recv(&mut n, t, 2, rejected(2, 3, None, 1));
     assert_eq!(
         actions,
-        vec![Action::Send {
+        vec![Action::SendSnapshot {
             to: 2,
-            message: install(2, 3, 1, b"snap")
+            message: snap_header(2, 3, 1)
         }]
     );
     assert_eq!(
         n.progress(2).unwrap().state,
         ProgressState::Snapshot { index: 3 }
     );
-    // Unanswered, it is resent with the next heartbeat.
-    let hb = t + Duration::from_millis(100);
-    let actions = step(&mut n, hb, Event::TimerFired);
-    assert_eq!(
-        actions,
-        vec![
-            Action::Send {
-                to: 2,
-                message: install(2, 3, 1, b"snap")
-            },
-            Action::Send {
-                to: 3,
-                message: ae(2, 3, 1, vec![], 3)
-            },
-            Action::SetTimer {
-                deadline: hb + Duration::from_millis(100)
-            },
-        ]
-    );
+    (n, t)
+}
+
+#[test]
+fn leader_sends_install_snapshot_to_a_follower_behind_its_snapshot() {
+    let (mut n, t) = leader_streaming_a_snapshot_to_2();
     // Once installed, replication resumes after it.
-    let actions = recv(&mut n, hb, 2, install_reply(2, 3));
+    let actions = recv(&mut n, t, 2, install_reply(2, 3));
     assert_eq!(
         actions,
         vec![Action::Send {
@@ -1553,6 +1537,253 @@ fn leader_sends_install_snapshot_to_a_follower_behind_its_snapshot() {
         (pr.state, pr.match_index, pr.next_index),
         (ProgressState::Probe, 3, 4)
     );
+    let actions = recv(&mut n, t, 2, accepted(2, 3));
+    assert!(snapshot_sends(&actions).is_empty());
+    assert_eq!(n.progress(2).unwrap().state, ProgressState::Replicate);
+}
+
+#[test]
+fn a_snapshot_in_flight_is_never_resent_heartbeats_go_from_the_snapshot() {
+    let (mut n, t) = leader_streaming_a_snapshot_to_2();
+    // Two heartbeats during the transfer: to 2 an empty append from the
+    // snapshot's index, like any other follower's, never the snapshot.
+    for k in 1..=2 {
+        let hb = t + Duration::from_millis(100 * k);
+        let actions = step(&mut n, hb, Event::TimerFired);
+        assert_eq!(
+            actions,
+            vec![
+                Action::Send {
+                    to: 2,
+                    message: ae(2, 3, 1, vec![], 3)
+                },
+                Action::Send {
+                    to: 3,
+                    message: ae(2, 3, 1, vec![], 3)
+                },
+                Action::SetTimer {
+                    deadline: hb + Duration::from_millis(100)
+                },
+            ]
+        );
+        assert_eq!(
+            n.progress(2).unwrap().state,
+            ProgressState::Snapshot { index: 3 }
+        );
+        // Follower 2 rejects it (it has not installed the snapshot yet):
+        // the transfer is already under way, so nothing is sent.
+        assert_eq!(recv(&mut n, hb, 2, rejected(2, 3, None, 1)), vec![]);
+        assert_eq!(
+            n.progress(2).unwrap().state,
+            ProgressState::Snapshot { index: 3 }
+        );
+    }
+}
+
+#[test]
+fn the_end_of_a_transfer_probes_the_follower_right_after_the_snapshot() {
+    let (mut n, t) = leader_streaming_a_snapshot_to_2();
+    let ended = Event::SnapshotSendEnded {
+        to: 2,
+        term: 2,
+        index: 3,
+    };
+    let actions = step(&mut n, t, ended.clone());
+    assert_eq!(
+        actions,
+        vec![Action::Send {
+            to: 2,
+            message: ae(2, 3, 1, vec![], 3)
+        }]
+    );
+    let pr = n.progress(2).unwrap();
+    assert_eq!(
+        (pr.state, pr.next_index, pr.paused),
+        (ProgressState::Probe, 4, true)
+    );
+    // Reported twice (a driver bug), the second changes nothing.
+    assert_eq!(step(&mut n, t, ended), vec![]);
+    // The follower never got it: it rejects the probe, and one new
+    // transfer starts.
+    let actions = recv(&mut n, t, 2, rejected(2, 3, None, 1));
+    assert_eq!(
+        actions,
+        vec![Action::SendSnapshot {
+            to: 2,
+            message: snap_header(2, 3, 1)
+        }]
+    );
+    assert_eq!(
+        n.progress(2).unwrap().state,
+        ProgressState::Snapshot { index: 3 }
+    );
+}
+
+#[test]
+fn the_end_of_a_transfer_the_follower_installed_leads_to_replicate() {
+    // Its InstallSnapshotReply was lost: the probe finds the logs agree.
+    let (mut n, t) = leader_streaming_a_snapshot_to_2();
+    let ended = Event::SnapshotSendEnded {
+        to: 2,
+        term: 2,
+        index: 3,
+    };
+    assert_eq!(
+        sends(&step(&mut n, t, ended)),
+        vec![(2, ae(2, 3, 1, vec![], 3))]
+    );
+    let actions = recv(&mut n, t, 2, accepted(2, 3));
+    assert_eq!(actions, vec![]);
+    let pr = n.progress(2).unwrap();
+    assert_eq!(
+        (pr.state, pr.match_index, pr.next_index),
+        (ProgressState::Replicate, 3, 4)
+    );
+}
+
+#[test]
+fn an_accepted_heartbeat_during_the_transfer_ends_the_snapshot_state() {
+    // The follower installed it, its reply was lost, and the driver has not
+    // reported the end yet: its answer to a heartbeat tells.
+    let (mut n, t) = leader_streaming_a_snapshot_to_2();
+    let hb = t + Duration::from_millis(100);
+    step(&mut n, hb, Event::TimerFired);
+    let actions = recv(&mut n, hb, 2, accepted(2, 3));
+    assert_eq!(
+        actions,
+        vec![Action::Send {
+            to: 2,
+            message: ae(2, 3, 1, vec![], 3)
+        }]
+    );
+    let pr = n.progress(2).unwrap();
+    assert_eq!(
+        (pr.state, pr.match_index, pr.next_index),
+        (ProgressState::Probe, 3, 4)
+    );
+    // The end of the transfer, reported late, changes nothing.
+    let ended = Event::SnapshotSendEnded {
+        to: 2,
+        term: 2,
+        index: 3,
+    };
+    let before = n.progress(2).unwrap().clone();
+    assert_eq!(step(&mut n, hb, ended), vec![]);
+    assert_eq!(n.progress(2).unwrap(), &before);
+}
+
+#[test]
+fn a_newer_snapshot_waits_for_the_end_of_the_transfer_in_flight() {
+    // Follower 2 answers a heartbeat through the snapshot at 3 before the
+    // driver reports that transfer's end; it then needs the leader's newer
+    // snapshot (at 5). One transfer at a time: the leader waits for the end
+    // of the first, whose probe then asks for the second.
+    let (mut n, t) = leader_streaming_a_snapshot_to_2();
+    let hb = t + Duration::from_millis(100);
+    step(&mut n, hb, Event::TimerFired);
+    recv(&mut n, hb, 2, accepted(2, 3));
+    recv(&mut n, hb, 2, accepted(2, 3));
+    recv(&mut n, hb, 3, accepted(2, 3));
+    for peer in [2, 3] {
+        assert_eq!(n.progress(peer).unwrap().state, ProgressState::Replicate);
+    }
+    for id in 0..2 {
+        let command = vec![id as u8];
+        let a = step(&mut n, hb, Event::ProposalReceived { id, command });
+        persist_all(&mut n, hb, &a);
+    }
+    recv(&mut n, hb, 3, accepted(2, 4));
+    recv(&mut n, hb, 3, accepted(2, 5));
+    assert_eq!(n.last_applied(), 5);
+    step(&mut n, hb, Event::SnapshotTaken { index: 5 });
+    assert_eq!(position(n.log().snapshot()), (5, 2));
+    // Follower 2 lost its log (it crashed before installing durably).
+    let actions = recv(&mut n, hb, 2, rejected(2, 3, None, 1));
+    assert_eq!(actions, vec![]);
+    assert_eq!(
+        n.progress(2).unwrap().state,
+        ProgressState::Snapshot { index: 3 }
+    );
+    // Heartbeats meanwhile, from the leader's snapshot.
+    let hb2 = hb + Duration::from_millis(100);
+    let actions = step(&mut n, hb2, Event::TimerFired);
+    assert!(snapshot_sends(&actions).is_empty());
+    assert!(sends(&actions).contains(&(2, ae(2, 5, 2, vec![], 5))));
+    // The first transfer ends: a probe after the newer snapshot, and its
+    // rejection asks for the newer one.
+    let ended = Event::SnapshotSendEnded {
+        to: 2,
+        term: 2,
+        index: 3,
+    };
+    assert_eq!(
+        step(&mut n, hb2, ended),
+        vec![Action::Send {
+            to: 2,
+            message: ae(2, 5, 2, vec![], 5)
+        }]
+    );
+    let actions = recv(&mut n, hb2, 2, rejected(2, 5, None, 1));
+    let sent: Vec<(NodeId, Index, Term)> = snapshot_sends(&actions)
+        .into_iter()
+        .map(|(to, m)| (to, m.last_included_index, m.last_included_term))
+        .collect();
+    assert_eq!(sent, vec![(2, 5, 2)]);
+    assert_eq!(actions.len(), 1);
+    assert_eq!(
+        n.progress(2).unwrap().state,
+        ProgressState::Snapshot { index: 5 }
+    );
+    // A late answer to the first transfer does not end the wait for the
+    // second, and asks for nothing.
+    assert_eq!(recv(&mut n, hb2, 2, install_reply(2, 3)), vec![]);
+    assert_eq!(
+        n.progress(2).unwrap().state,
+        ProgressState::Snapshot { index: 5 }
+    );
+}
+
+#[test]
+fn a_stale_end_of_transfer_changes_nothing() {
+    let (mut n, t) = leader_streaming_a_snapshot_to_2();
+    let waiting = n.progress(2).unwrap().clone();
+    for (to, term, index) in [
+        (2, 1, 3), // a transfer of an earlier term
+        (2, 3, 3), // of a term the leader has not reached
+        (2, 2, 2), // of another snapshot
+        (3, 2, 3), // to a follower not in Snapshot
+        (9, 2, 3), // to a node it does not track
+    ] {
+        let before3 = n.progress(3).unwrap().clone();
+        let event = Event::SnapshotSendEnded { to, term, index };
+        assert_eq!(step(&mut n, t, event), vec![], "({to}, {term}, {index})");
+        assert_eq!(n.progress(2).unwrap(), &waiting);
+        assert_eq!(n.progress(3).unwrap(), &before3);
+    }
+    assert_eq!((n.term(), n.role()), (2, Role::Leader));
+    // After the follower's answer, the transfer's end is stale too.
+    recv(&mut n, t, 2, install_reply(2, 3));
+    let answered = n.progress(2).unwrap().clone();
+    let ended = Event::SnapshotSendEnded {
+        to: 2,
+        term: 2,
+        index: 3,
+    };
+    assert_eq!(step(&mut n, t, ended), vec![]);
+    assert_eq!(n.progress(2).unwrap(), &answered);
+}
+
+#[test]
+fn an_end_of_transfer_at_a_follower_is_ignored() {
+    // A leader that lost office before its transfer ended.
+    let mut n = follower_with_three_applied();
+    let ended = Event::SnapshotSendEnded {
+        to: 3,
+        term: 1,
+        index: 2,
+    };
+    assert_eq!(step(&mut n, ms(10), ended), vec![]);
+    assert_eq!((n.role(), n.term()), (Role::Follower, 1));
 }
 
 #[test]
@@ -1571,8 +1802,7 @@ fn leader_compacting_past_a_followers_next_entry_switches_it_to_snapshot() {
     step(&mut n, t, Event::Persisted { upto: 4 });
     recv(&mut n, t, 2, accepted(1, 3));
     assert_eq!(n.last_applied(), 3);
-    let data = b"s3".to_vec();
-    step(&mut n, t, Event::SnapshotTaken { index: 3, data });
+    step(&mut n, t, Event::SnapshotTaken { index: 3 });
     assert_eq!(position(n.log().snapshot()), (3, 1));
     // Peer 3 lost all three appends; the heartbeat (prev 3) tells.
     let hb = t + Duration::from_millis(100);
@@ -1585,15 +1815,12 @@ fn leader_compacting_past_a_followers_next_entry_switches_it_to_snapshot() {
     let actions = recv(&mut n, hb, 3, rejected(1, 3, None, 1));
     assert_eq!(
         actions,
-        vec![Action::Send {
+        vec![Action::SendSnapshot {
             to: 3,
             // The snapshot records the configuration in force at its index.
-            message: match install(1, 3, 1, b"s3") {
-                Message::InstallSnapshot(m) => Message::InstallSnapshot(InstallSnapshot {
-                    membership: Membership::with_voters([1, 2, 3]),
-                    ..m
-                }),
-                _ => unreachable!(),
+            message: InstallSnapshot {
+                membership: Membership::with_voters([1, 2, 3]),
+                ..snap_header(1, 3, 1)
             }
         }]
     );
@@ -1625,11 +1852,8 @@ fn follower_installing_a_snapshot_discards_a_log_that_does_not_hold_it() {
         &[1, 1],
     );
     boot(&mut n);
-    let actions = recv(&mut n, ms(5), 1, install(2, 5, 2, b"five"));
-    let snapshot = Snapshot {
-        meta: SnapshotMeta::at(5, 2),
-        data: b"five".to_vec(),
-    };
+    let actions = recv(&mut n, ms(5), 1, install(2, 5, 2));
+    let snapshot = SnapshotMeta::at(5, 2);
     assert_eq!(
         actions,
         vec![
@@ -1643,7 +1867,7 @@ fn follower_installing_a_snapshot_discards_a_log_that_does_not_hold_it() {
                 then_send: vec![(1, install_reply(2, 5))],
                 ..write(1)
             }),
-            Action::ApplySnapshot { snapshot },
+            Action::ApplySnapshot { meta: snapshot },
             Action::SetTimer {
                 deadline: n.next_deadline().unwrap()
             },
@@ -1652,7 +1876,6 @@ fn follower_installing_a_snapshot_discards_a_log_that_does_not_hold_it() {
     assert_eq!((n.commit_index(), n.last_applied()), (5, 5));
     assert_eq!(n.log().last_index(), 5);
     assert_eq!(position(n.log().snapshot()), (5, 2));
-    assert_eq!(n.snapshot_data(), Some(&b"five"[..]));
     // The durable image agrees with memory.
     let start = DurableState {
         hard_state: HardState {
@@ -1684,11 +1907,8 @@ fn follower_installing_a_snapshot_keeps_the_entries_that_follow_it() {
         &[1, 1, 1, 1, 1],
     );
     boot(&mut n);
-    let actions = recv(&mut n, ms(5), 1, install(1, 3, 1, b"three"));
-    let snapshot = Snapshot {
-        meta: SnapshotMeta::at(3, 1),
-        data: b"three".to_vec(),
-    };
+    let actions = recv(&mut n, ms(5), 1, install(1, 3, 1));
+    let snapshot = SnapshotMeta::at(3, 1);
     assert_eq!(
         actions,
         vec![
@@ -1697,7 +1917,7 @@ fn follower_installing_a_snapshot_keeps_the_entries_that_follow_it() {
                 then_send: vec![(1, install_reply(1, 3))],
                 ..write(1)
             }),
-            Action::ApplySnapshot { snapshot },
+            Action::ApplySnapshot { meta: snapshot },
             Action::SetTimer {
                 deadline: n.next_deadline().unwrap()
             },
@@ -1711,7 +1931,7 @@ fn follower_installing_a_snapshot_keeps_the_entries_that_follow_it() {
 #[test]
 fn follower_answers_a_snapshot_it_already_covers_without_installing_it() {
     let mut n = follower_with_three_applied();
-    let actions = recv(&mut n, ms(10), 1, install(1, 2, 1, b"old"));
+    let actions = recv(&mut n, ms(10), 1, install(1, 2, 1));
     assert_eq!(
         actions,
         vec![
@@ -1760,28 +1980,14 @@ fn time_going_backwards_is_an_error_and_changes_nothing() {
 fn snapshot_beyond_applied_is_an_error_and_changes_nothing() {
     let mut n = follower_with_three_applied();
     assert_eq!(
-        n.step(
-            ms(10),
-            Event::SnapshotTaken {
-                index: 4,
-                data: vec![]
-            }
-        ),
+        n.step(ms(10), Event::SnapshotTaken { index: 4 }),
         Err(Error::SnapshotBeyondApplied {
             index: 4,
             applied: 3
         })
     );
     assert_eq!(n.log().snapshot().index, 0);
-    assert_eq!(n.snapshot_data(), None);
-    let actions = step(
-        &mut n,
-        ms(10),
-        Event::SnapshotTaken {
-            index: 3,
-            data: vec![1],
-        },
-    );
+    let actions = step(&mut n, ms(10), Event::SnapshotTaken { index: 3 });
     assert_eq!(
         persists(&actions)[0].id,
         2,
@@ -1855,7 +2061,7 @@ fn messages_from_itself_and_non_leader_messages_from_non_members_are_dropped() {
         rvr(5, true),
         ae(5, 0, 0, entries_from(1, &[5]), 1),
         accepted(5, 1),
-        install(5, 9, 5, b"x"),
+        install(5, 9, 5),
         install_reply(5, 9),
     ] {
         assert_eq!(recv(&mut n, ms(1), 1, m), vec![]);
@@ -1926,7 +2132,7 @@ fn stale_term_requests_get_our_term_and_stale_replies_are_dropped() {
     // carried the snapshot's index and counted as an install that never
     // happened).
     assert_eq!(
-        recv(&mut n, ms(1), 2, install(1, 9, 1, b"x")),
+        recv(&mut n, ms(1), 2, install(1, 9, 1)),
         vec![Action::Send {
             to: 2,
             message: install_reply(3, 0)
@@ -1994,7 +2200,7 @@ fn leader_drops_an_append_from_another_leader_of_its_term() {
         recv(&mut n, t, 2, ae(1, 0, 0, entries_from(1, &[1]), 1)),
         vec![]
     );
-    assert_eq!(recv(&mut n, t, 2, install(1, 4, 1, b"x")), vec![]);
+    assert_eq!(recv(&mut n, t, 2, install(1, 4, 1)), vec![]);
     assert!(n.is_leader());
     assert_eq!(n.log().last_index(), 0);
 }
@@ -2042,7 +2248,7 @@ fn install_snapshot_claiming_a_newer_term_than_the_message_does_not_panic() {
     // the "no entry from a future term" invariant fires.
     let mut n = fresh(2, 3);
     boot(&mut n);
-    let _ = recv(&mut n, ms(1), 1, install(1, 4, 9, b"x"));
+    let _ = recv(&mut n, ms(1), 1, install(1, 4, 9));
     assert!(n.log().last_term() <= n.term());
 }
 
@@ -2070,7 +2276,7 @@ fn recover_resumes_from_the_durable_state() {
         snapshot: Some(SnapshotMeta::at(4, 2)),
         entries: vec![entry(5, 2), entry(6, 3)],
     };
-    let mut n = RaftNode::recover(config(1, 3), SEED, durable, Some(b"s4".to_vec())).unwrap();
+    let mut n = RaftNode::recover(config(1, 3), SEED, durable).unwrap();
     assert_eq!(
         (n.term(), n.voted_for(), n.role()),
         (3, Some(2), Role::Follower)
@@ -2078,7 +2284,7 @@ fn recover_resumes_from_the_durable_state() {
     assert_eq!((n.commit_index(), n.last_applied()), (4, 4));
     assert_eq!((n.log().last_index(), n.log().last_term()), (6, 3));
     assert_eq!(n.durable_index(), 6);
-    assert_eq!(n.snapshot_data(), Some(&b"s4"[..]));
+    assert_eq!(position(n.log().snapshot()), (4, 2));
     assert_eq!(
         boot(&mut n),
         vec![Action::SetTimer {
@@ -2126,28 +2332,23 @@ fn recovered_node_campaigns_with_its_stored_log() {
 #[test]
 fn recover_rejects_inconsistent_state() {
     let hs = |term, voted_for| HardState { term, voted_for };
-    let try_recover =
-        |d: DurableState, data: Option<Vec<u8>>| RaftNode::recover(config(1, 3), SEED, d, data);
+    let try_recover = |d: DurableState| RaftNode::recover(config(1, 3), SEED, d);
     let invalid = |r: Result<RaftNode, Error>| matches!(r, Err(Error::InvalidDurableState(_)));
     let snap = Some(SnapshotMeta::at(2, 1));
-    // A snapshot without its bytes.
-    assert!(invalid(try_recover(
-        DurableState {
-            hard_state: hs(1, None),
-            snapshot: snap.clone(),
-            entries: vec![]
-        },
-        None
-    )));
+    // A snapshot and no entries after it is a whole log (the driver holds
+    // the snapshot's bytes; the core never asks for them).
+    let d = DurableState {
+        hard_state: hs(1, None),
+        snapshot: snap.clone(),
+        entries: vec![],
+    };
+    assert_eq!(try_recover(d).unwrap().log().last_index(), 2);
     // A vote for a node outside the initial configuration is fine (it may
     // have been added since).
-    assert!(try_recover(
-        DurableState {
-            hard_state: hs(1, Some(9)),
-            ..Default::default()
-        },
-        None
-    )
+    assert!(try_recover(DurableState {
+        hard_state: hs(1, Some(9)),
+        ..Default::default()
+    })
     .is_ok());
     // Entries that do not continue the snapshot.
     let d = DurableState {
@@ -2155,41 +2356,41 @@ fn recover_rejects_inconsistent_state() {
         snapshot: snap.clone(),
         entries: vec![entry(4, 1)],
     };
-    assert!(invalid(try_recover(d, Some(vec![]))));
+    assert!(invalid(try_recover(d)));
     // Entries with a gap.
     let d = DurableState {
         hard_state: hs(1, None),
         snapshot: None,
         entries: vec![entry(1, 1), entry(3, 1)],
     };
-    assert!(invalid(try_recover(d, None)));
+    assert!(invalid(try_recover(d)));
     // Terms going down along the log.
     let d = DurableState {
         hard_state: hs(2, None),
         snapshot: None,
         entries: vec![entry(1, 2), entry(2, 1)],
     };
-    assert!(invalid(try_recover(d, None)));
+    assert!(invalid(try_recover(d)));
     // A log newer than the current term.
     let d = DurableState {
         hard_state: hs(1, None),
         snapshot: None,
         entries: entries_from(1, &[1, 2]),
     };
-    assert!(invalid(try_recover(d, None)));
+    assert!(invalid(try_recover(d)));
     let d = DurableState {
         hard_state: hs(1, None),
         snapshot: Some(SnapshotMeta::at(2, 5)),
         entries: vec![],
     };
-    assert!(invalid(try_recover(d, Some(vec![]))));
+    assert!(invalid(try_recover(d)));
     // And the consistent version of the same is accepted.
     let d = DurableState {
         hard_state: hs(2, Some(1)),
         snapshot: snap.clone(),
         entries: entries_from(3, &[2]),
     };
-    assert!(try_recover(d, Some(vec![])).is_ok());
+    assert!(try_recover(d).is_ok());
 }
 
 #[test]
@@ -2232,15 +2433,8 @@ fn a_restart_replays_to_the_same_image_the_writes_describe() {
             message: ae(2, 1, 1, entries_from(2, &[2, 2]), 2),
         },
     );
-    record(
-        &mut n,
-        ms(4),
-        Event::SnapshotTaken {
-            index: 2,
-            data: b"two".to_vec(),
-        },
-    );
-    let r = RaftNode::recover(config(2, 3), SEED, image.clone(), Some(b"two".to_vec())).unwrap();
+    record(&mut n, ms(4), Event::SnapshotTaken { index: 2 });
+    let r = RaftNode::recover(config(2, 3), SEED, image.clone()).unwrap();
     assert_eq!(r.log(), n.log());
     assert_eq!((r.term(), r.voted_for()), (n.term(), n.voted_for()));
     assert_eq!((r.term(), r.voted_for()), (2, None));
@@ -2378,7 +2572,7 @@ fn recovered_pre_vote(id: NodeId, members: u64, hard_state: HardState, terms: &[
         snapshot: None,
         entries: entries_from(1, terms),
     };
-    RaftNode::recover(pre_vote_config(id, members), SEED, durable, None).expect("consistent state")
+    RaftNode::recover(pre_vote_config(id, members), SEED, durable).expect("consistent state")
 }
 
 fn pv(term: Term, last_log_index: Index, last_log_term: Term) -> Message {
@@ -3004,7 +3198,7 @@ fn a_demoted_leader_whose_demotion_is_uncommitted_still_stands() {
             },
         ],
     };
-    let mut n = RaftNode::recover(config(2, 2), SEED, durable, None).expect("consistent state");
+    let mut n = RaftNode::recover(config(2, 2), SEED, durable).expect("consistent state");
     assert_eq!(n.membership(), &demoted);
     assert!(!n.is_voter());
     let now = campaign(&mut n);

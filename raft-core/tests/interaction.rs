@@ -31,7 +31,8 @@
 //! command makes it durable (then its `then_send` messages join the queue and
 //! the node steps `Persisted`). A snapshot transfer (`SendSnapshot`) waits
 //! in the queue as its `MsgSnap` header; once delivered or dropped, the
-//! sender steps `SnapshotSendEnded`. A crashed node loses its unpersisted writes;
+//! sender steps `SnapshotSendEnded` (at once, or when `release-ends` says
+//! so after a `hold-ends`). A crashed node loses its unpersisted writes;
 //! messages to or from it are dropped on delivery; messages across a
 //! partition are dropped when sent and when delivered.
 //!
@@ -54,6 +55,8 @@
 //! | `deliver-msgs [<id>...]` | deliver the queued messages to these nodes (default all), in order; messages sent meanwhile wait |
 //! | `stabilize` | persist and deliver until nothing waits |
 //! | `compact <id> <index>` | the service of `<id>` snapshots through `<index>` |
+//! | `hold-ends` / `release-ends` | from now on, hold the senders' `SnapshotSendEnded` of the transfers that end (a driver reporting late) / step the held ones, in order, and stop holding |
+//! | `snapshot-send-ended <from> <to> term=<t> index=<i>` | step a hand-written `SnapshotSendEnded` at `<from>` (for a transfer that is not the one awaited) |
 //! | `crash <id>` / `restart <id>` | stop a node (unpersisted writes lost) / recover it from what is durable |
 //! | `partition <g> <g> ...` | groups of comma-separated ids that cannot reach each other; `isolate <id>`; `heal` |
 //! | `send <from> <to> <message>` | queue a hand-written message (see below) |
@@ -107,6 +110,11 @@ struct Cluster {
     /// Snapshot transfers under way, (from, to) → (term, index): their
     /// `MsgSnap` is in the queue.
     transfers: BTreeMap<(NodeId, NodeId), (Term, Index)>,
+    /// While true (`hold-ends`), ended transfers wait in `held_ends`.
+    hold_ends: bool,
+    /// Ended transfers whose senders have not been told: (from, to, term,
+    /// index), oldest first.
+    held_ends: Vec<(NodeId, NodeId, Term, Index)>,
     /// Which group each node is in while partitioned (none: all connected).
     groups: BTreeMap<NodeId, usize>,
     next_proposal: u64,
@@ -134,6 +142,8 @@ impl Cluster {
             now: Instant::ZERO,
             queue: VecDeque::new(),
             transfers: BTreeMap::new(),
+            hold_ends: false,
+            held_ends: Vec::new(),
             groups: BTreeMap::new(),
             next_proposal: 1,
         }
@@ -384,6 +394,11 @@ impl Cluster {
             return Ok(());
         }
         let event = Event::SnapshotSendEnded { to, term, index };
+        if self.hold_ends {
+            out.push(format!("{from}: {event} (held)"));
+            self.held_ends.push((from, to, term, index));
+            return Ok(());
+        }
         self.step(from, event.clone(), format!("{from}: {event}"), out)
     }
 
@@ -761,9 +776,38 @@ fn run_command(c: &mut Cluster, line: &str, out: &mut Out) -> Result<(), String>
             let event = Event::SnapshotTaken { index };
             c.step(id, event.clone(), format!("{id}: {event}"), out)?;
         }
+        "hold-ends" => {
+            c.hold_ends = true;
+            out.push("holding transfer ends".to_string());
+        }
+        "release-ends" => {
+            c.hold_ends = false;
+            let held: Vec<_> = c.held_ends.drain(..).collect();
+            if held.is_empty() {
+                out.push("no transfer ends held".to_string());
+            }
+            for (from, to, term, index) in held {
+                c.end_transfer(from, to, term, index, out)?;
+            }
+        }
+        "snapshot-send-ended" => {
+            let from = id_arg(arg(0)?)?;
+            let to = id_arg(arg(1)?)?;
+            let (keys, _) = keyed(&args[2..]);
+            let key = |k: &str| -> Result<u64, String> {
+                num(keys.get(k).ok_or_else(|| format!("{k}= missing"))?)
+            };
+            let event = Event::SnapshotSendEnded {
+                to,
+                term: key("term")?,
+                index: key("index")?,
+            };
+            c.step(from, event.clone(), format!("{from}: {event}"), out)?;
+        }
         "crash" => {
             let id = id_arg(arg(0)?)?;
             c.transfers.retain(|&(from, _), _| from != id);
+            c.held_ends.retain(|&(from, ..)| from != id);
             let node = c.node(id)?;
             node.raft = None;
             node.timer = None;
