@@ -153,11 +153,17 @@ impl LeaderState {
             return; // not a snapshot we could have sent
         }
         pr.acknowledge(m.last_included_index);
-        if let ProgressState::Snapshot { .. } = pr.state {
+        // Only an answer that ends the wait sends: after the driver's
+        // `SnapshotSendEnded`, the probe it sent is still out, and its
+        // answer goes on from there.
+        let ended = matches!(pr.state, ProgressState::Snapshot { .. });
+        if ended {
             pr.become_probe(pr.match_index + 1);
         }
         self.maybe_commit(s);
-        self.send_append(s, from, false);
+        if ended {
+            self.send_append(s, from, false);
+        }
     }
 }
 
