@@ -259,6 +259,18 @@ pub async fn send(
     }
 }
 
+/// Runs file work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StorageError::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })
+}
+
 /// Numbers the temporary files of concurrent receptions.
 static RECEPTIONS: AtomicU64 = AtomicU64::new(0);
 
@@ -333,11 +345,12 @@ async fn receive_file<R: AsyncRead + Unpin>(
         term: header.last_included_term,
         membership: header.membership.clone(),
     };
-    let tag = format!(
-        "from{from}-{}",
-        RECEPTIONS.fetch_add(1, Ordering::Relaxed)
-    );
-    let writer = tokio::task::block_in_place(|| SnapshotWriter::create(dir, &meta, &tag))
+    let tag = format!("from{from}-{}", RECEPTIONS.fetch_add(1, Ordering::Relaxed));
+    // File work runs on the blocking pool (the server's runtime may have a
+    // single thread), one chunk at a time.
+    let dir = dir.to_path_buf();
+    let writer = blocking(move || SnapshotWriter::create(&dir, &meta, &tag))
+        .await
         .map_err(|e| format!("creating the file: {e}"))?;
     let mut writer = Some(writer);
     let outcome = async {
@@ -347,31 +360,41 @@ async fn receive_file<R: AsyncRead + Unpin>(
                     .await
                     .map_err(|_| "stalled".to_string())?
                     .map_err(|e| format!("reading: {e}"))?;
-            let w = writer.as_mut().expect("open until the end");
+            let mut w = writer.take().expect("open until the end");
             match frame {
                 SnapshotFrame::Chunk(bytes) => {
                     if w.data_len() + bytes.len() as u64 > data_len {
+                        writer = Some(w);
                         return Err(format!("more than the {data_len} bytes announced"));
                     }
-                    tokio::task::block_in_place(|| w.write_all(&bytes))
-                        .map_err(|e| format!("writing: {e}"))?;
+                    let (w, written) = blocking(move || {
+                        let r = w.write_all(&bytes);
+                        Ok::<_, StorageError>((w, r))
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    writer = Some(w);
+                    written.map_err(|e| format!("writing: {e}"))?;
                 }
                 SnapshotFrame::End { crc } => {
                     if w.data_len() != data_len {
-                        return Err(format!(
-                            "ended after {} of {data_len} bytes",
-                            w.data_len()
-                        ));
+                        let got = w.data_len();
+                        writer = Some(w);
+                        return Err(format!("ended after {got} of {data_len} bytes"));
                     }
                     if w.data_crc() != crc {
+                        writer = Some(w);
                         return Err("data checksum mismatch".into());
                     }
-                    let w = writer.take().expect("open until the end");
-                    let path = tokio::task::block_in_place(|| w.finish())
+                    let path = blocking(move || w.finish())
+                        .await
                         .map_err(|e| format!("storing: {e}"))?;
                     return Ok(path);
                 }
-                SnapshotFrame::Begin { .. } => return Err("a second Begin".into()),
+                SnapshotFrame::Begin { .. } => {
+                    writer = Some(w);
+                    return Err("a second Begin".into());
+                }
             }
         }
     }
@@ -380,7 +403,7 @@ async fn receive_file<R: AsyncRead + Unpin>(
         Ok(path) => Ok((header, path, data_len)),
         Err(why) => {
             if let Some(w) = writer.take() {
-                w.abandon();
+                let _ = tokio::task::spawn_blocking(move || w.abandon()).await;
             }
             Err(why)
         }
