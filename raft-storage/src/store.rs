@@ -50,8 +50,10 @@ impl Storage {
     /// Appends the durable content of one `Persist`. Without a snapshot it is
     /// not fsynced (call [`Storage::sync`]); with one, it and everything
     /// before it are durable on return (see the crate documentation). The
-    /// snapshot it names must be staged ([`crate::SnapshotWriter`]); it is
-    /// refused otherwise, with nothing written.
+    /// snapshot it names must be staged ([`crate::SnapshotWriter`]), its
+    /// file's header sound and naming that index and term; it is refused
+    /// otherwise (`Inconsistent`, or `Corrupt` for a damaged header), with
+    /// nothing written.
     pub fn append(&mut self, persist: &Persist) -> Result<(), StorageError> {
         self.usable()?;
         if persist.is_barrier() {

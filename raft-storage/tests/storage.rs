@@ -599,9 +599,6 @@ fn a_torn_first_segment_header_starts_empty() {
     }
 }
 
-/// Writes before a snapshot, the saved `log.1` from before it, and the
-/// directory after the snapshot write (whose rotation produced `log.2`).
-
 /// Writes, then a snapshot write as an InstallSnapshot from a new leader
 /// would make it (new term, a snapshot inside the log whose term differs,
 /// the rest of the log dropped), whose rotation produced `log.2`.
@@ -846,29 +843,31 @@ fn a_crash_after_the_log_record_adopts_the_new_snapshot() {
     let new_segment = fs::read(&new_path).unwrap();
     let staged = fs::read(dir.join(snapshot_file_name(12))).unwrap();
 
-    let variants: [(&str, Option<&[u8]>, Option<&[u8]>, bool); 5] = [
-        ("before the rotation", Some(&old_segment), None, true),
+    // The old segment and the new one, as the crash left them.
+    type Segments<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+    let variants: [(&str, Segments, bool); 5] = [
+        ("before the rotation", (Some(&old_segment), None), true),
         (
             "during the rotation",
-            Some(&old_segment),
-            Some(&new_segment[..SEGMENT_HEADER_LEN + 5]),
+            (
+                Some(&old_segment),
+                Some(&new_segment[..SEGMENT_HEADER_LEN + 5]),
+            ),
             true,
         ),
         (
             "before the segment deletion",
-            Some(&old_segment),
-            Some(&new_segment),
+            (Some(&old_segment), Some(&new_segment)),
             true,
         ),
         (
             "before the snapshot deletion",
-            None,
-            Some(&new_segment),
+            (None, Some(&new_segment)),
             true,
         ),
-        ("done", None, Some(&new_segment), false),
+        ("done", (None, Some(&new_segment)), false),
     ];
-    for (what, old, new, old_snapshots) in variants {
+    for (what, (old, new), old_snapshots) in variants {
         let tmp = tempfile::tempdir().unwrap();
         let at = |p: &Path| tmp.path().join(p.file_name().unwrap());
         if let Some(bytes) = old {

@@ -942,10 +942,12 @@ fn the_storage_matches_the_model_across_reopens() {
 
 /// The same, with crashes in the middle of a group write (the segment cut
 /// at any byte of the group, or zero-filled after its last whole record)
-/// and at each stage of a snapshot write: recovery gives the model after a
-/// prefix of the writes (the last whole record; before, all or all but the
-/// entries of a snapshot write), never less than what was synced, and
-/// reports a torn tail exactly where it cut one.
+/// and at each stage of a snapshot write, staging included: recovery gives
+/// the model after a prefix of the writes (the last whole record; for a
+/// snapshot write, the state before it until its record is durable, the
+/// whole write after), never less than what was synced, with no snapshot
+/// file but the one it names, and reports a torn tail exactly where it cut
+/// one.
 fn prop_a_crash_recovers_a_prefix_of_the_writes(schedule: Schedule) -> TestResult {
     run_schedule(&schedule, true)
 }
