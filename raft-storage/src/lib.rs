@@ -95,7 +95,9 @@
 //!   `write`, then makes them durable with one `fdatasync` (group commit:
 //!   append N, sync once: one write and one fsync for the whole group).
 //! - [`Storage::append`] of a `Persist` with a snapshot (whose file must
-//!   already be staged, durably: it is refused otherwise), in this order:
+//!   already be staged, durably, with a sound header naming that snapshot's
+//!   index and term: it is refused otherwise, with nothing written), in
+//!   this order:
 //!   1. append the `Write` record (hard state, snapshot meta, truncation,
 //!      entries), write everything buffered and fdatasync the live segment:
 //!      from here the staged file is the node's snapshot;
@@ -144,7 +146,9 @@
 //! 4. If the replayed state names a snapshot and its staged file exists,
 //!    open it, checking its header (a mismatch is `Corrupt`; the data's crc
 //!    is checked as it is read) and that its meta is the state's; delete
-//!    every other staged file. Otherwise, for a directory of the earlier
+//!    every other staged file, and the single `snapshot` file if one is
+//!    left (a crash before step 3 of the write that adopted the staged
+//!    one). Otherwise, for a directory of the earlier
 //!    formats, load `snapshot`, checking its header. If its meta equals
 //!    the replayed state's, it is the snapshot. If it is newer (or the log names no snapshot), a
 //!    crash happened between the rename and the durable log record: its

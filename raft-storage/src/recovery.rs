@@ -160,6 +160,12 @@ impl Storage {
                 });
             }
             snapshot = Some(reader);
+            if listing.snapshot {
+                // The single file of the earlier formats, older: a crash
+                // before the write that adopted this one deleted it.
+                fs::remove_file(&snapshot_path).map_err(io_err(&snapshot_path))?;
+                dir_changed = true;
+            }
         } else if listing.snapshot {
             let reader = SnapshotReader::open(&snapshot_path)?;
             let meta = reader.meta().clone();

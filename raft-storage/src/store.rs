@@ -4,13 +4,13 @@ use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use raft_core::{DurableState, Message, NodeId, Persist};
+use raft_core::{DurableState, Message, NodeId, Persist, SnapshotMeta};
 
 use crate::error::io_err;
 use crate::fsutil::{remove_segments_except, remove_snapshots_before, sync_dir, write_new_file};
 use crate::record::{encode_record, RecordRef};
 use crate::segment::{push_segment_header, segment_file_name};
-use crate::snapshot_file::snapshot_file_name;
+use crate::snapshot_file::{snapshot_file_name, SnapshotReader};
 use crate::StorageError;
 
 /// The durable storage of one node. See the crate documentation for the
@@ -50,8 +50,10 @@ impl Storage {
     /// Appends the durable content of one `Persist`. Without a snapshot it is
     /// not fsynced (call [`Storage::sync`]); with one, it and everything
     /// before it are durable on return (see the crate documentation). The
-    /// snapshot it names must be staged ([`crate::SnapshotWriter`]); it is
-    /// refused otherwise, with nothing written.
+    /// snapshot it names must be staged ([`crate::SnapshotWriter`]), its
+    /// file's header sound and naming that index and term; it is refused
+    /// otherwise (`Inconsistent`, or `Corrupt` for a damaged header), with
+    /// nothing written.
     pub fn append(&mut self, persist: &Persist) -> Result<(), StorageError> {
         self.usable()?;
         if persist.is_barrier() {
@@ -59,13 +61,7 @@ impl Storage {
         }
         let snapshot_meta = persist.snapshot.clone();
         if let Some(meta) = &snapshot_meta {
-            let staged = self.snapshot_path(meta.index);
-            if !staged.exists() {
-                return Err(StorageError::Inconsistent {
-                    path: staged,
-                    reason: format!("a write names the snapshot at {}, never staged", meta.index),
-                });
-            }
+            self.check_staged(meta)?;
         }
         let mut frame = Vec::new();
         encode_record(
@@ -170,6 +166,32 @@ impl Storage {
             if remove_snapshots_before(&self.dir, meta.index)? {
                 sync_dir(&self.dir)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses a write naming a snapshot whose staged file is missing, has
+    /// a damaged header, or holds another snapshot (another term at that
+    /// index): accepted, the write would leave a directory that recovery
+    /// rejects ([`Storage::open`] checks the same).
+    fn check_staged(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        let staged = self.snapshot_path(meta.index);
+        if !staged.exists() {
+            return Err(StorageError::Inconsistent {
+                path: staged,
+                reason: format!("a write names the snapshot at {}, never staged", meta.index),
+            });
+        }
+        let reader = SnapshotReader::open(&staged)?;
+        let file = reader.meta();
+        if (file.index, file.term) != (meta.index, meta.term) {
+            return Err(StorageError::Inconsistent {
+                path: staged,
+                reason: format!(
+                    "a write names the snapshot at index {} (term {}) but the staged file holds index {} (term {})",
+                    meta.index, meta.term, file.index, file.term
+                ),
+            });
         }
         Ok(())
     }

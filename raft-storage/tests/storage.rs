@@ -1,16 +1,18 @@
 //! Durable storage: round trips against `DurableState::apply`, group commit,
-//! torn tails, corruption, crashes during a rotation, snapshot files.
+//! torn tails, corruption, crashes during a rotation, staged snapshot files
+//! and crashes at each step of their adoption, the single snapshot file of
+//! the earlier formats, snapshots streamed in and out.
 
 use std::fs;
+use std::io::{ErrorKind, Read, Write as _};
 use std::path::{Path, PathBuf};
 
-use raft_core::{
-    DurableState, Entry, HardState, Index, Persist, Snapshot, SnapshotMeta, SplitMix64,
-};
+use raft_core::{DurableState, Entry, HardState, Index, Persist, SnapshotMeta, SplitMix64};
 use raft_core::{Membership, Payload};
 use raft_storage::{
-    segment_file_name, Recovered, Storage, StorageError, MAX_RECORD_LEN, RECORD_HEADER_LEN,
-    SEGMENT_HEADER_LEN, SNAPSHOT_FILE, SNAPSHOT_TMP_FILE,
+    segment_file_name, snapshot_file_name, Recovered, SnapshotReader, SnapshotWriter, Storage,
+    StorageError, MAX_RECORD_LEN, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    SINGLE_FILE_SNAPSHOT_FORMAT_VERSION, SNAPSHOT_FILE, SNAPSHOT_MAGIC, SNAPSHOT_TMP_FILE,
 };
 
 fn entry(index: Index, term: u64, size: usize) -> Entry {
@@ -23,6 +25,14 @@ fn entry(index: Index, term: u64, size: usize) -> Entry {
     }
 }
 
+/// A write, and the bytes of the snapshot it names: a driver stages them
+/// (`SnapshotWriter`) before it appends the write.
+#[derive(Clone, Debug)]
+struct Step {
+    persist: Persist,
+    data: Option<Vec<u8>>,
+}
+
 /// A write: optional hard state, snapshot, truncation, entries `from..to`.
 fn write(
     hard_state: Option<(u64, Option<u64>)>,
@@ -30,38 +40,78 @@ fn write(
     truncate_from: Option<Index>,
     entries: std::ops::Range<Index>,
     term: u64,
-) -> Persist {
-    Persist {
-        id: 0,
-        hard_state: hard_state.map(|(term, voted_for)| HardState { term, voted_for }),
-        snapshot: snapshot.map(|(index, term, data)| Snapshot {
-            meta: SnapshotMeta::at(index, term),
-            data: data.to_vec(),
-        }),
-        truncate_from,
-        entries: entries.map(|i| entry(i, term, 8)).collect(),
-        then_send: Vec::new(),
+) -> Step {
+    Step {
+        persist: Persist {
+            id: 0,
+            hard_state: hard_state.map(|(term, voted_for)| HardState { term, voted_for }),
+            snapshot: snapshot.map(|(index, term, _)| SnapshotMeta::at(index, term)),
+            truncate_from,
+            entries: entries.map(|i| entry(i, term, 8)).collect(),
+            then_send: Vec::new(),
+        },
+        data: snapshot.map(|(_, _, data)| data.to_vec()),
     }
 }
 
+/// Stages `data` as the snapshot `meta` in `dir`, streamed in writes of at
+/// most 7 bytes; returns the staged file.
+fn stage(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> PathBuf {
+    let mut writer = SnapshotWriter::create(dir, meta, "test").expect("create a snapshot writer");
+    assert_eq!(writer.index(), meta.index);
+    for chunk in data.chunks(7) {
+        writer.write_all(chunk).expect("write snapshot data");
+    }
+    assert_eq!(writer.data_len(), data.len() as u64);
+    assert_eq!(writer.data_crc(), crc32fast::hash(data));
+    let path = writer.finish().expect("finish the snapshot");
+    assert_eq!(path, dir.join(snapshot_file_name(meta.index)));
+    path
+}
+
+/// What a driver does with a step: stage its snapshot, if it names one,
+/// then append it.
+fn append(storage: &mut Storage, step: &Step) {
+    if let (Some(meta), Some(data)) = (&step.persist.snapshot, &step.data) {
+        stage(storage.dir(), meta, data);
+    }
+    storage
+        .append(&step.persist)
+        .unwrap_or_else(|e| panic!("append failed: {e}"));
+}
+
 /// The reference: `DurableState::apply` plus the latest snapshot bytes.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 struct Reference {
     state: DurableState,
     snapshot: Option<Vec<u8>>,
 }
 
 impl Reference {
-    fn apply(&mut self, p: &Persist) {
-        if let Some(data) = self.state.apply(p) {
-            self.snapshot = Some(data);
+    fn apply(&mut self, step: &Step) {
+        self.state.apply(&step.persist);
+        if step.persist.snapshot.is_some() {
+            self.snapshot = step.data.clone();
         }
     }
 
-    fn check(&self, r: &Recovered) {
+    /// `r` recovered this state and this snapshot, whose stream (taken out
+    /// of `r`) it reads to its end, checked against its crc.
+    fn check(&self, r: &mut Recovered) {
         assert_eq!(r.state, self.state);
-        assert_eq!(r.snapshot, self.snapshot);
         assert_eq!(r.snapshot.is_some(), r.state.snapshot.is_some());
+        let reader = r.snapshot.take();
+        if let Some(reader) = &reader {
+            let named = r.state.snapshot.as_ref().expect("a snapshot in the state");
+            let meta = reader.meta();
+            assert_eq!((meta.index, meta.term), (named.index, named.term));
+        }
+        let data = reader.map(|s| s.read_all().expect("read the snapshot"));
+        assert_eq!(data, self.snapshot);
+    }
+
+    fn snapshot_index(&self) -> Option<Index> {
+        self.state.snapshot.as_ref().map(|s| s.index)
     }
 }
 
@@ -90,6 +140,24 @@ fn only_segment(dir: &Path) -> PathBuf {
     let segs = segments(dir);
     assert_eq!(segs.len(), 1, "segments: {segs:?}");
     segs.into_iter().next().unwrap()
+}
+
+/// The names of the snapshot files in `dir` (staged, single, temporary).
+fn snapshot_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("snapshot"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The only snapshot file left in `dir` is the staged one at `index`
+/// (none at all for `None`).
+fn assert_only_snapshot(dir: &Path, index: Option<Index>) {
+    let expected: Vec<String> = index.map(snapshot_file_name).into_iter().collect();
+    assert_eq!(snapshot_files(dir), expected);
 }
 
 /// The byte offsets of the records of a segment.
@@ -137,10 +205,17 @@ fn assert_corrupt(err: StorageError, path: &Path, offset: u64, reason_has: &str)
     }
 }
 
+fn assert_inconsistent(err: StorageError, path: &Path) {
+    match err {
+        StorageError::Inconsistent { path: p, .. } => assert_eq!(p, path),
+        other => panic!("expected Inconsistent, got {other:?}"),
+    }
+}
+
 /// A random write that continues `state`, shaped like the core's: hard
 /// state changes, appends, truncations, snapshots taken inside the log or
 /// installed beyond it.
-fn random_persist(rng: &mut SplitMix64, state: &DurableState, id: u64) -> Persist {
+fn random_persist(rng: &mut SplitMix64, state: &DurableState, id: u64) -> Step {
     let base = state.snapshot.as_ref().map_or(0, |s| s.index);
     let last = state.last_index();
     let term = state.hard_state.term;
@@ -152,6 +227,7 @@ fn random_persist(rng: &mut SplitMix64, state: &DurableState, id: u64) -> Persis
         entries: Vec::new(),
         then_send: Vec::new(),
     };
+    let mut data = None;
     if rng.chance(1, 4) {
         p.hard_state = Some(HardState {
             term: term + rng.below(2),
@@ -165,14 +241,11 @@ fn random_persist(rng: &mut SplitMix64, state: &DurableState, id: u64) -> Persis
         } else {
             (last + rng.range(1, 5), term)
         };
-        let data = (0..rng.below(300)).map(|_| rng.below(256) as u8).collect();
-        p.snapshot = Some(Snapshot {
-            meta: SnapshotMeta {
-                index,
-                term: snap_term,
-                membership: Membership::with_voters([1, 2, 3]),
-            },
-            data,
+        data = Some((0..rng.below(300)).map(|_| rng.below(256) as u8).collect());
+        p.snapshot = Some(SnapshotMeta {
+            index,
+            term: snap_term,
+            membership: Membership::with_voters([1, 2, 3]),
         });
     }
     let mut after = state.clone();
@@ -188,7 +261,7 @@ fn random_persist(rng: &mut SplitMix64, state: &DurableState, id: u64) -> Persis
     p.entries = (start..start + n)
         .map(|i| entry(i, term, rng.below(40) as usize))
         .collect();
-    p
+    Step { persist: p, data }
 }
 
 #[test]
@@ -197,7 +270,7 @@ fn a_new_directory_recovers_the_empty_state() {
     let dir = tmp.path().join("a/b");
     let (storage, r) = open(&dir);
     assert_eq!(r.state, DurableState::default());
-    assert_eq!(r.snapshot, None);
+    assert!(r.snapshot.is_none());
     assert_eq!(r.truncated_torn_tail, None);
     assert_eq!(r.raft_state_bytes, SEGMENT_HEADER_LEN);
     assert_eq!(storage.dir(), dir);
@@ -218,19 +291,22 @@ fn random_writes_round_trip_reopening_after_each_step() {
         let mut snapshots = 0;
         for id in 0..100 {
             let p = random_persist(&mut rng, &reference.state, id);
-            snapshots += usize::from(p.snapshot.is_some());
-            storage.append(&p).unwrap();
+            snapshots += usize::from(p.persist.snapshot.is_some());
+            append(&mut storage, &p);
             storage.sync().unwrap();
             reference.apply(&p);
             assert_eq!(storage.state(), &reference.state);
+            // Adopting a snapshot deleted the older one.
+            assert_only_snapshot(dir, reference.snapshot_index());
             let bytes = storage.raft_state_bytes();
             drop(storage);
-            let (s, r) = open(dir);
-            reference.check(&r);
+            let (s, mut r) = open(dir);
+            reference.check(&mut r);
             assert_eq!(r.truncated_torn_tail, None);
             assert_eq!(r.raft_state_bytes, bytes);
             assert_eq!(s.raft_state_bytes(), bytes);
             only_segment(dir);
+            assert_only_snapshot(dir, reference.snapshot_index());
             storage = s;
         }
         assert!(snapshots > 5, "seed {seed}: only {snapshots} snapshots");
@@ -247,14 +323,14 @@ fn a_group_of_appends_is_made_durable_by_one_sync() {
     for round in 0..10 {
         for id in 0..25 {
             let p = random_persist(&mut rng, &reference.state, round * 100 + id);
-            storage.append(&p).unwrap();
+            append(&mut storage, &p);
             reference.apply(&p);
         }
         storage.sync().unwrap();
         storage.sync().unwrap(); // nothing new: a no-op
         drop(storage);
-        let (s, r) = open(dir);
-        reference.check(&r);
+        let (s, mut r) = open(dir);
+        reference.check(&mut r);
         storage = s;
     }
 }
@@ -263,16 +339,16 @@ fn a_group_of_appends_is_made_durable_by_one_sync() {
 fn a_barrier_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut storage, _) = open(tmp.path());
-    storage.append(&write(None, None, None, 1..3, 1)).unwrap();
+    append(&mut storage, &write(None, None, None, 1..3, 1));
     let before = storage.raft_state_bytes();
-    storage.append(&write(None, None, None, 3..3, 1)).unwrap();
+    append(&mut storage, &write(None, None, None, 3..3, 1));
     storage.sync().unwrap();
     assert_eq!(storage.raft_state_bytes(), before);
 }
 
 /// A directory whose only segment is `log.1` (or `log.2` after a snapshot
-/// when `rotated`) holding several writes; returns the references before
-/// and after the last write.
+/// through 6 when `rotated`) holding several writes; returns the references
+/// before and after the last write.
 fn build(dir: &Path, rotated: bool) -> (Reference, Reference) {
     let (mut storage, _) = open(dir);
     let mut reference = Reference::default();
@@ -286,14 +362,14 @@ fn build(dir: &Path, rotated: bool) -> (Reference, Reference) {
         writes.push(write(Some((3, Some(2))), None, None, 10..12, 3));
     }
     for p in &writes {
-        storage.append(p).unwrap();
+        append(&mut storage, p);
         reference.apply(p);
     }
     // The last write replaces the last entry and adds two.
     let last = reference.state.last_index();
     let p = write(Some((4, Some(3))), None, Some(last), last..last + 3, 4);
     let before = reference.clone();
-    storage.append(&p).unwrap();
+    append(&mut storage, &p);
     reference.apply(&p);
     storage.sync().unwrap();
     let expected = if rotated { 2 } else { 1 };
@@ -315,13 +391,13 @@ fn a_torn_final_record_is_cut_off_at_every_byte() {
             copy_dir(src.path(), tmp.path());
             let path = tmp.path().join(&name);
             fs::write(&path, &bytes[..cut]).unwrap();
-            let (storage, r) = open(tmp.path());
+            let (storage, mut r) = open(tmp.path());
             if cut == bytes.len() {
-                after.check(&r);
+                after.check(&mut r);
                 assert_eq!(r.truncated_torn_tail, None);
                 continue;
             }
-            before.check(&r);
+            before.check(&mut r);
             if cut == last {
                 assert_eq!(r.truncated_torn_tail, None);
             } else {
@@ -330,8 +406,8 @@ fn a_torn_final_record_is_cut_off_at_every_byte() {
             assert_eq!(fs::metadata(&path).unwrap().len(), last as u64);
             assert_eq!(r.raft_state_bytes, last);
             drop(storage);
-            let (_, r) = open(tmp.path());
-            before.check(&r);
+            let (_, mut r) = open(tmp.path());
+            before.check(&mut r);
             assert_eq!(r.truncated_torn_tail, None);
         }
     }
@@ -348,16 +424,16 @@ fn a_final_record_with_a_bad_checksum_or_a_zero_filled_tail_is_torn() {
     let mut flipped = bytes.clone();
     *flipped.last_mut().unwrap() ^= 0x40;
     fs::write(&seg, &flipped).unwrap();
-    let (storage, r) = open(src.path());
-    before.check(&r);
+    let (storage, mut r) = open(src.path());
+    before.check(&mut r);
     assert_eq!(r.truncated_torn_tail, Some((seg.clone(), last as u64)));
     drop(storage);
 
     let mut zeros = bytes.clone();
     zeros.extend_from_slice(&[0; 4096]);
     fs::write(&seg, &zeros).unwrap();
-    let (storage, r) = open(src.path());
-    after.check(&r);
+    let (storage, mut r) = open(src.path());
+    after.check(&mut r);
     assert_eq!(
         r.truncated_torn_tail,
         Some((seg.clone(), bytes.len() as u64))
@@ -513,7 +589,9 @@ fn a_torn_first_segment_header_starts_empty() {
         fs::write(&path, &header[..len]).unwrap();
         let (mut storage, r) = open(tmp.path());
         assert_eq!(r.state, DurableState::default());
-        storage.append(&write(None, None, None, 1..3, 1)).unwrap();
+        storage
+            .append(&write(None, None, None, 1..3, 1).persist)
+            .unwrap();
         storage.sync().unwrap();
         drop(storage);
         let (_, r) = open(tmp.path());
@@ -521,49 +599,75 @@ fn a_torn_first_segment_header_starts_empty() {
     }
 }
 
-/// Writes before a snapshot, the saved `log.1` from before it, and the
-/// directory after the snapshot write (whose rotation produced `log.2`).
+/// Writes, then a snapshot write as an InstallSnapshot from a new leader
+/// would make it (new term, a snapshot inside the log whose term differs,
+/// the rest of the log dropped), whose rotation produced `log.2`.
 struct RotationCase {
     dir: tempfile::TempDir,
+    /// `log.1` before the snapshot write.
+    log1_before: Vec<u8>,
+    /// `log.1` once the write's record was durable in it, before the
+    /// rotation deleted it.
     log1: Vec<u8>,
     log2: Vec<u8>,
+    /// The staged snapshot file the write made the node's, and its bytes.
+    staged: String,
+    staged_bytes: Vec<u8>,
+    step: Step,
+    before: Reference,
     after: Reference,
 }
 
 fn rotation_case() -> RotationCase {
     let dir = tempfile::tempdir().unwrap();
+    let aside = tempfile::tempdir().unwrap();
     let (mut storage, _) = open(dir.path());
     let mut reference = Reference::default();
     for p in [
         write(Some((1, Some(1))), None, None, 1..8, 1),
         write(Some((2, Some(2))), None, None, 8..11, 2),
     ] {
-        storage.append(&p).unwrap();
+        append(&mut storage, &p);
         reference.apply(&p);
     }
     storage.sync().unwrap();
-    let log1 = fs::read(dir.path().join(segment_file_name(1))).unwrap();
-    // As an InstallSnapshot from a new leader would: new term, a snapshot
-    // inside the log whose term differs, the rest of the log dropped.
-    let p = write(
+    let log1_path = dir.path().join(segment_file_name(1));
+    let log1_before = fs::read(&log1_path).unwrap();
+    // A second name keeps log.1 as the write's record left it once the
+    // rotation has deleted it.
+    let saved = aside.path().join("log.1");
+    fs::hard_link(&log1_path, &saved).unwrap();
+    let before = reference.clone();
+    let step = write(
         Some((5, None)),
         Some((6, 4, b"snapshot six")),
         Some(7),
         7..7,
         0,
     );
-    storage.append(&p).unwrap();
-    reference.apply(&p);
+    append(&mut storage, &step);
+    reference.apply(&step);
     assert_eq!(reference.state.entries, vec![]);
     assert_eq!(
         only_segment(dir.path()),
         dir.path().join(segment_file_name(2))
     );
+    drop(storage);
+    let log1 = fs::read(&saved).unwrap();
+    assert!(log1.len() > log1_before.len());
+    assert_eq!(log1[..log1_before.len()], log1_before[..]);
     let log2 = fs::read(dir.path().join(segment_file_name(2))).unwrap();
+    let staged = snapshot_file_name(6);
+    let staged_bytes = fs::read(dir.path().join(&staged)).unwrap();
     RotationCase {
         dir,
+        log1_before,
         log1,
         log2,
+        staged,
+        staged_bytes,
+        step,
+        before,
         after: reference,
     }
 }
@@ -575,48 +679,46 @@ fn a_crash_during_rotation_falls_back_to_the_previous_segment() {
     let zeros = vec![0; case.log2.len()];
     let mut flipped = case.log2.clone();
     *flipped.last_mut().unwrap() ^= 1;
-    let variants: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
-        ("empty", case.log1.clone(), vec![]),
-        ("half header", case.log1.clone(), case.log2[..5].to_vec()),
-        (
-            "header only",
-            case.log1.clone(),
-            case.log2[..SEGMENT_HEADER_LEN].to_vec(),
-        ),
+    let variants: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", vec![]),
+        ("half header", case.log2[..5].to_vec()),
+        ("header only", case.log2[..SEGMENT_HEADER_LEN].to_vec()),
         (
             "half checkpoint",
-            case.log1.clone(),
             case.log2[..case.log2.len() / 2 + 6].to_vec(),
         ),
-        ("checkpoint crc", case.log1.clone(), flipped),
-        ("zeros", case.log1.clone(), zeros),
-        ("complete", case.log1.clone(), case.log2.clone()),
+        ("checkpoint crc", flipped),
+        ("zeros", zeros),
+        ("complete", case.log2.clone()),
     ];
-    for (what, log1, log2) in variants {
+    for (what, log2) in variants {
         let tmp = tempfile::tempdir().unwrap();
-        fs::copy(
-            case.dir.path().join(SNAPSHOT_FILE),
-            tmp.path().join(SNAPSHOT_FILE),
-        )
-        .unwrap();
-        fs::write(tmp.path().join(segment_file_name(1)), &log1).unwrap();
+        fs::write(tmp.path().join(&case.staged), &case.staged_bytes).unwrap();
+        fs::write(tmp.path().join(segment_file_name(1)), &case.log1).unwrap();
         fs::write(tmp.path().join(segment_file_name(2)), &log2).unwrap();
-        let (mut storage, r) = open(tmp.path());
-        case.after.check(&r);
+        let (mut storage, mut r) = open(tmp.path());
+        case.after.check(&mut r);
         assert_eq!(r.truncated_torn_tail, None, "{what}");
-        // The log now records the snapshot in a fresh log.2.
+        // The log already recorded the snapshot: a torn log.2 is deleted
+        // and log.1 stays live; a whole one replaces log.1.
+        let (live, bytes) = if what == "complete" {
+            (2, &case.log2)
+        } else {
+            (1, &case.log1)
+        };
         let seg = only_segment(tmp.path());
-        assert_eq!(seg, tmp.path().join(segment_file_name(2)), "{what}");
-        assert_eq!(fs::read(&seg).unwrap(), case.log2, "{what}");
-        // Later writes are not undone by the snapshot's write on reopen.
+        assert_eq!(seg, tmp.path().join(segment_file_name(live)), "{what}");
+        assert_eq!(&fs::read(&seg).unwrap(), bytes, "{what}");
+        assert_only_snapshot(tmp.path(), Some(6));
+        // Later writes are not undone on reopen.
         let mut reference = case.after.clone();
         let p = write(Some((6, Some(3))), None, None, 7..9, 6);
-        storage.append(&p).unwrap();
+        append(&mut storage, &p);
         storage.sync().unwrap();
         reference.apply(&p);
         drop(storage);
-        let (_, r) = open(tmp.path());
-        reference.check(&r);
+        let (_, mut r) = open(tmp.path());
+        reference.check(&mut r);
     }
 }
 
@@ -624,11 +726,7 @@ fn a_crash_during_rotation_falls_back_to_the_previous_segment() {
 fn a_torn_tail_in_the_previous_segment_is_cut_during_the_fallback() {
     let case = rotation_case();
     let tmp = tempfile::tempdir().unwrap();
-    fs::copy(
-        case.dir.path().join(SNAPSHOT_FILE),
-        tmp.path().join(SNAPSHOT_FILE),
-    )
-    .unwrap();
+    fs::write(tmp.path().join(&case.staged), &case.staged_bytes).unwrap();
     let mut log1 = case.log1.clone();
     log1.extend_from_slice(&[40, 0, 0]);
     fs::write(tmp.path().join(segment_file_name(1)), &log1).unwrap();
@@ -637,8 +735,8 @@ fn a_torn_tail_in_the_previous_segment_is_cut_during_the_fallback() {
         &case.log2[..SEGMENT_HEADER_LEN + 3],
     )
     .unwrap();
-    let (_, r) = open(tmp.path());
-    case.after.check(&r);
+    let (_, mut r) = open(tmp.path());
+    case.after.check(&mut r);
     assert_eq!(
         r.truncated_torn_tail,
         Some((
@@ -656,72 +754,216 @@ fn a_torn_segment_with_nothing_to_fall_back_to_is_corruption() {
     assert_corrupt(open_err(case.dir.path()), &seg, 0, "checkpoint");
 }
 
+/// (a) A crash after the snapshot was staged but before its write was
+/// durable in the log (none of the record, or a torn prefix of it): the
+/// node keeps its previous snapshot (here none), the staged file is
+/// deleted, and the same write can be made again.
 #[test]
-fn a_snapshot_newer_than_the_log_is_applied() {
+fn a_staged_snapshot_whose_write_never_reached_the_log_is_deleted() {
     let case = rotation_case();
-    let tmp = tempfile::tempdir().unwrap();
-    fs::copy(
-        case.dir.path().join(SNAPSHOT_FILE),
-        tmp.path().join(SNAPSHOT_FILE),
-    )
-    .unwrap();
-    // The snapshot was renamed into place, the log record never made it.
-    fs::write(tmp.path().join(segment_file_name(1)), &case.log1).unwrap();
-    let (_, r) = open(tmp.path());
-    case.after.check(&r);
-    assert_eq!(
-        only_segment(tmp.path()),
-        tmp.path().join(segment_file_name(2))
-    );
-
-    // And a second snapshot over a rotated log.
-    let (mut storage, _) = open(tmp.path());
-    let mut reference = case.after.clone();
-    let p = write(None, None, None, 7..12, 5);
-    storage.append(&p).unwrap();
-    storage.sync().unwrap();
-    reference.apply(&p);
-    let saved = fs::read(storage.segment_path()).unwrap();
-    let saved_path = storage.segment_path().to_path_buf();
-    let p = write(Some((7, Some(1))), Some((9, 5, b"nine")), None, 12..13, 7);
-    storage.append(&p).unwrap();
-    reference.apply(&p);
-    drop(storage);
-    for seg in segments(tmp.path()) {
-        fs::remove_file(seg).unwrap();
+    let old_len = case.log1_before.len();
+    let record_len = case.log1.len() - old_len;
+    for cut in [0, 1, RECORD_HEADER_LEN, record_len / 2, record_len - 1] {
+        let tmp = tempfile::tempdir().unwrap();
+        let log1 = tmp.path().join(segment_file_name(1));
+        fs::write(tmp.path().join(&case.staged), &case.staged_bytes).unwrap();
+        fs::write(&log1, &case.log1[..old_len + cut]).unwrap();
+        let (mut storage, mut r) = open(tmp.path());
+        case.before.check(&mut r);
+        let torn = (cut > 0).then(|| (log1.clone(), old_len as u64));
+        assert_eq!(r.truncated_torn_tail, torn, "cut {cut}");
+        assert_only_snapshot(tmp.path(), None);
+        assert_eq!(fs::read(&log1).unwrap(), case.log1_before, "cut {cut}");
+        // Still usable: stage and write the snapshot again.
+        append(&mut storage, &case.step);
+        drop(storage);
+        let (_, mut r) = open(tmp.path());
+        case.after.check(&mut r);
+        assert_only_snapshot(tmp.path(), Some(6));
     }
-    fs::write(&saved_path, &saved).unwrap();
-    let mut expected = reference.clone();
-    expected.state.entries.retain(|e| e.index < 12); // never acknowledged
-    let (_, r) = open(tmp.path());
-    expected.check(&r);
 }
 
+/// (a) again, with an older snapshot: it stays the node's.
 #[test]
-fn a_leftover_snapshot_tmp_is_ignored_and_deleted() {
+fn a_staged_snapshot_never_written_leaves_the_older_snapshot_in_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, after) = build(tmp.path(), true);
+    let term = after.state.term_at(12).unwrap();
+    stage(tmp.path(), &SnapshotMeta::at(12, term), b"never written");
+    assert_eq!(
+        snapshot_files(tmp.path()),
+        [snapshot_file_name(6), snapshot_file_name(12)]
+    );
+    let (_, mut r) = open(tmp.path());
+    after.check(&mut r);
+    assert_eq!(r.truncated_torn_tail, None);
+    assert_only_snapshot(tmp.path(), Some(6));
+}
+
+/// (b) A crash once the write's record was durable, at each later step:
+/// before the rotation started, during it, before the old segment was
+/// deleted, before the older snapshot files were. The new snapshot is the
+/// node's, with the whole write; every older snapshot file is deleted at
+/// open.
+#[test]
+fn a_crash_after_the_log_record_adopts_the_new_snapshot() {
+    let src = tempfile::tempdir().unwrap();
+    let aside = tempfile::tempdir().unwrap();
+    let dir = src.path();
+    let (_, mut reference) = build(dir, true);
+    let (mut storage, _) = open(dir);
+    // An older staged file that never became the node's.
+    stage(dir, &SnapshotMeta::at(4, 1), b"four");
+    let old_files: Vec<(String, Vec<u8>)> = snapshot_files(dir)
+        .into_iter()
+        .map(|n| {
+            let bytes = fs::read(dir.join(&n)).unwrap();
+            (n, bytes)
+        })
+        .collect();
+    assert_eq!(old_files.len(), 2);
+    let old_path = storage.segment_path().to_path_buf();
+    fs::hard_link(&old_path, aside.path().join("old")).unwrap();
+    let term = reference.state.term_at(12).unwrap();
+    let last = reference.state.last_index();
+    let step = write(
+        Some((5, Some(1))),
+        Some((12, term, b"twelve")),
+        None,
+        last + 1..last + 3,
+        4,
+    );
+    append(&mut storage, &step);
+    reference.apply(&step);
+    let new_path = storage.segment_path().to_path_buf();
+    assert_ne!(new_path, old_path);
+    drop(storage);
+    assert_only_snapshot(dir, Some(12));
+    let old_segment = fs::read(aside.path().join("old")).unwrap();
+    let new_segment = fs::read(&new_path).unwrap();
+    let staged = fs::read(dir.join(snapshot_file_name(12))).unwrap();
+
+    // The old segment and the new one, as the crash left them.
+    type Segments<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+    let variants: [(&str, Segments, bool); 5] = [
+        ("before the rotation", (Some(&old_segment), None), true),
+        (
+            "during the rotation",
+            (
+                Some(&old_segment),
+                Some(&new_segment[..SEGMENT_HEADER_LEN + 5]),
+            ),
+            true,
+        ),
+        (
+            "before the segment deletion",
+            (Some(&old_segment), Some(&new_segment)),
+            true,
+        ),
+        (
+            "before the snapshot deletion",
+            (None, Some(&new_segment)),
+            true,
+        ),
+        ("done", (None, Some(&new_segment)), false),
+    ];
+    for (what, (old, new), old_snapshots) in variants {
+        let tmp = tempfile::tempdir().unwrap();
+        let at = |p: &Path| tmp.path().join(p.file_name().unwrap());
+        if let Some(bytes) = old {
+            fs::write(at(&old_path), bytes).unwrap();
+        }
+        if let Some(bytes) = new {
+            fs::write(at(&new_path), bytes).unwrap();
+        }
+        fs::write(tmp.path().join(snapshot_file_name(12)), &staged).unwrap();
+        if old_snapshots {
+            for (name, bytes) in &old_files {
+                fs::write(tmp.path().join(name), bytes).unwrap();
+            }
+        }
+        let (_, mut r) = open(tmp.path());
+        reference.check(&mut r);
+        assert_eq!(r.truncated_torn_tail, None, "{what}");
+        assert_only_snapshot(tmp.path(), Some(12));
+        only_segment(tmp.path());
+        let (_, mut r) = open(tmp.path());
+        reference.check(&mut r);
+    }
+}
+
+/// (c) Temporary files of writers that never finished (the single-file
+/// format's `snapshot.tmp`, a staged file's `snapshot.<index>.<tag>.tmp`,
+/// and one left by a writer dropped halfway) are deleted at open and change
+/// nothing.
+#[test]
+fn leftover_temporary_snapshot_files_are_ignored_and_deleted() {
     let src = tempfile::tempdir().unwrap();
     let (_, after) = build(src.path(), true);
-    let tmp_file = src.path().join(SNAPSHOT_TMP_FILE);
-    fs::write(&tmp_file, b"half a snapshot").unwrap();
-    let (_, r) = open(src.path());
-    after.check(&r);
-    assert!(!tmp_file.exists());
+    fs::write(src.path().join(SNAPSHOT_TMP_FILE), b"half a snapshot").unwrap();
+    let tagged = format!("{}.other.tmp", snapshot_file_name(6));
+    fs::write(src.path().join(&tagged), b"half").unwrap();
+    let mut writer =
+        SnapshotWriter::create(src.path(), &SnapshotMeta::at(9, 3), "dropped").unwrap();
+    writer.write_all(&[7; 10_000]).unwrap();
+    drop(writer);
+    let leftovers = snapshot_files(src.path());
+    assert_eq!(leftovers.len(), 4, "{leftovers:?}");
+    assert!(leftovers.contains(&SNAPSHOT_TMP_FILE.to_string()));
+    assert!(leftovers.contains(&tagged));
+    assert!(leftovers.contains(&format!("{}.dropped.tmp", snapshot_file_name(9))));
+    let (_, mut r) = open(src.path());
+    after.check(&mut r);
+    assert_only_snapshot(src.path(), Some(6));
 }
 
+/// (d) A staged file with a damaged data byte opens (its header is fine),
+/// and reading its data fails at the end with `InvalidData`; damage to the
+/// header, or a file cut short, is `Corrupt` at open.
 #[test]
 fn a_damaged_snapshot_file_is_corruption() {
     let src = tempfile::tempdir().unwrap();
     build(src.path(), true);
-    let path = src.path().join(SNAPSHOT_FILE);
+    let path = src.path().join(snapshot_file_name(6));
     let bytes = fs::read(&path).unwrap();
     let data_at = bytes.len() - b"snap".len();
+    assert_eq!(&bytes[data_at..], b"snap");
 
-    let mut damaged = bytes.clone();
-    *damaged.last_mut().unwrap() ^= 1;
-    fs::write(&path, &damaged).unwrap();
-    assert_corrupt(open_err(src.path()), &path, data_at as u64, "checksum");
+    for at in data_at..bytes.len() {
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 1;
+        fs::write(&path, &damaged).unwrap();
+        let (_, r) = open(src.path());
+        let mut reader = r.snapshot.expect("the header is fine");
+        let mut buf = [0; 3];
+        let mut read = Vec::new();
+        let err = loop {
+            match reader.read(&mut buf) {
+                Ok(0) => panic!("damaged data read to its end without an error"),
+                Ok(n) => read.extend_from_slice(&buf[..n]),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), ErrorKind::InvalidData, "{err}");
+        assert!(err.to_string().contains("checksum"), "{err}");
+        // The error came at the end, after all of the data.
+        assert_eq!(read, &damaged[data_at..]);
+        // `read_all` reports it as an I/O error on the file.
+        let (_, r) = open(src.path());
+        match r.snapshot.unwrap().read_all() {
+            Err(StorageError::Io { path: p, source }) => {
+                assert_eq!(p, path);
+                assert_eq!(source.kind(), ErrorKind::InvalidData);
+            }
+            other => panic!("expected an InvalidData I/O error, got {other:?}"),
+        }
+    }
 
     fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+    assert_corrupt(open_err(src.path()), &path, data_at as u64, "header says");
+    let mut longer = bytes.clone();
+    longer.push(0);
+    fs::write(&path, &longer).unwrap();
     assert_corrupt(open_err(src.path()), &path, data_at as u64, "header says");
 
     let mut damaged = bytes.clone();
@@ -730,22 +972,427 @@ fn a_damaged_snapshot_file_is_corruption() {
     assert_corrupt(open_err(src.path()), &path, 0, "magic");
 
     let mut damaged = bytes.clone();
-    damaged[21] ^= 1;
+    damaged[8] = 9;
     fs::write(&path, &damaged).unwrap();
-    assert_corrupt(open_err(src.path()), &path, 20, "header checksum");
+    assert_corrupt(open_err(src.path()), &path, 8, "version");
+
+    // Every byte of the meta, the data length and the data crc is covered
+    // by the header crc (the crc itself, last, too).
+    for at in 16..data_at {
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 1;
+        fs::write(&path, &damaged).unwrap();
+        assert_corrupt(open_err(src.path()), &path, 16, "header checksum");
+        // Nothing was deleted or changed by the failed open.
+        assert_eq!(fs::read(&path).unwrap(), damaged);
+    }
 }
 
 #[test]
 fn a_missing_snapshot_file_is_inconsistent() {
     let src = tempfile::tempdir().unwrap();
     build(src.path(), true);
-    fs::remove_file(src.path().join(SNAPSHOT_FILE)).unwrap();
-    match open_err(src.path()) {
-        StorageError::Inconsistent { path, .. } => {
-            assert_eq!(path, src.path().join(SNAPSHOT_FILE))
-        }
-        other => panic!("expected Inconsistent, got {other:?}"),
+    let path = src.path().join(snapshot_file_name(6));
+    fs::remove_file(&path).unwrap();
+    assert_inconsistent(open_err(src.path()), &path);
+}
+
+/// A staged file whose header names another snapshot than the log's (same
+/// index, another term) does not fit the log.
+#[test]
+fn a_snapshot_file_of_another_term_is_inconsistent() {
+    let src = tempfile::tempdir().unwrap();
+    build(src.path(), true);
+    let path = src.path().join(snapshot_file_name(6));
+    fs::remove_file(&path).unwrap();
+    stage(src.path(), &SnapshotMeta::at(6, 1), b"snap");
+    assert_inconsistent(open_err(src.path()), &path);
+}
+
+/// (e) A write naming a snapshot that was never staged is refused with
+/// nothing written: same state, same bytes on disk, the same snapshot; the
+/// storage stays usable and the write succeeds once the snapshot is staged.
+#[test]
+fn a_write_naming_an_unstaged_snapshot_is_refused_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_, mut reference) = build(dir, true);
+    let (mut storage, _) = open(dir);
+    // Buffered, not yet synced: the refusal must not write it either.
+    let last = reference.state.last_index();
+    let pending = write(None, None, None, last + 1..last + 2, 4);
+    append(&mut storage, &pending);
+    let seg = storage.segment_path().to_path_buf();
+    let seg_bytes = fs::read(&seg).unwrap();
+    let size = storage.raft_state_bytes();
+    let mut expected = reference.clone();
+    expected.apply(&pending);
+    let term = reference.state.term_at(10).unwrap();
+    let step = write(Some((5, None)), Some((10, term, b"ten")), None, 0..0, 5);
+    let err = storage.append(&step.persist).unwrap_err();
+    let text = err.to_string();
+    assert_inconsistent(err, &dir.join(snapshot_file_name(10)));
+    assert!(text.contains("never staged"), "{text}");
+    assert_eq!(storage.state(), &expected.state);
+    assert_eq!(storage.raft_state_bytes(), size);
+    assert_eq!(fs::read(&seg).unwrap(), seg_bytes);
+    assert_eq!(only_segment(dir), seg);
+    assert_only_snapshot(dir, Some(6));
+
+    // Usable: the pending write syncs, and the snapshot once staged.
+    storage.sync().unwrap();
+    reference.apply(&pending);
+    append(&mut storage, &step);
+    reference.apply(&step);
+    drop(storage);
+    let (_, mut r) = open(dir);
+    reference.check(&mut r);
+    assert_only_snapshot(dir, Some(10));
+}
+
+/// A staged file that does not hold the snapshot the write names (another
+/// term at that index) or whose header is damaged is refused too: accepted,
+/// the write would leave a directory that no longer opens.
+#[test]
+fn a_write_naming_a_staged_file_that_does_not_fit_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_, mut reference) = build(dir, true);
+    let (mut storage, _) = open(dir);
+    let size = storage.raft_state_bytes();
+    let term = reference.state.term_at(10).unwrap();
+    let step = write(None, Some((10, term, b"ten")), None, 0..0, 4);
+    let path = stage(dir, &SnapshotMeta::at(10, term + 7), b"ten");
+    assert_inconsistent(storage.append(&step.persist).unwrap_err(), &path);
+    assert_eq!(storage.state(), &reference.state);
+    assert_eq!(storage.raft_state_bytes(), size);
+
+    stage(dir, &SnapshotMeta::at(10, term), b"ten");
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[16] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    assert_corrupt(
+        storage.append(&step.persist).unwrap_err(),
+        &path,
+        16,
+        "header checksum",
+    );
+    assert_eq!(storage.state(), &reference.state);
+    assert_eq!(storage.raft_state_bytes(), size);
+
+    append(&mut storage, &step);
+    reference.apply(&step);
+    drop(storage);
+    let (_, mut r) = open(dir);
+    reference.check(&mut r);
+}
+
+/// The single `snapshot` file of format 2, as the previous version wrote
+/// it (the layout in `snapshot_file`'s module docs): magic, version, header
+/// length, header crc, header (meta, hard state, truncation, data length
+/// and crc), data.
+fn single_file_snapshot(
+    meta: &SnapshotMeta,
+    hard_state: Option<HardState>,
+    truncate_from: Option<Index>,
+    data: &[u8],
+) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Header<'a> {
+        meta: &'a SnapshotMeta,
+        hard_state: Option<HardState>,
+        truncate_from: Option<Index>,
+        data_len: u64,
+        data_crc: u32,
     }
+    let header = postcard::to_allocvec(&Header {
+        meta,
+        hard_state,
+        truncate_from,
+        data_len: data.len() as u64,
+        data_crc: crc32fast::hash(data),
+    })
+    .unwrap();
+    let mut file = SNAPSHOT_MAGIC.to_vec();
+    file.extend_from_slice(&SINGLE_FILE_SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+    file.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    file.extend_from_slice(&crc32fast::hash(&header).to_le_bytes());
+    file.extend_from_slice(&header);
+    file.extend_from_slice(data);
+    file
+}
+
+/// `build(dir, true)` as the previous version left it: the log names the
+/// snapshot through 6, held in the single `snapshot` file (format 2).
+fn build_single_file(dir: &Path) -> Reference {
+    let (_, mut after) = build(dir, true);
+    let meta = after.state.snapshot.clone().unwrap();
+    fs::remove_file(dir.join(snapshot_file_name(6))).unwrap();
+    let data = b"single file";
+    fs::write(
+        dir.join(SNAPSHOT_FILE),
+        single_file_snapshot(&meta, None, None, data),
+    )
+    .unwrap();
+    after.snapshot = Some(data.to_vec());
+    after
+}
+
+/// (f) A directory of the previous format still opens, its snapshot read
+/// from the single file; once a newer snapshot is the node's, the single
+/// file is gone, also after a crash before its deletion.
+#[test]
+fn a_single_file_snapshot_directory_opens_and_the_file_goes_once_a_newer_one_is_adopted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut reference = build_single_file(dir);
+    let (mut storage, mut r) = open(dir);
+    let reader = r.snapshot.as_ref().unwrap();
+    assert_eq!(reader.path(), dir.join(SNAPSHOT_FILE));
+    reference.check(&mut r);
+    assert_eq!(snapshot_files(dir), [SNAPSHOT_FILE]);
+    drop(storage);
+    // Reopening changes nothing.
+    let (s, mut r) = open(dir);
+    reference.check(&mut r);
+    assert_eq!(snapshot_files(dir), [SNAPSHOT_FILE]);
+    storage = s;
+    let single = fs::read(dir.join(SNAPSHOT_FILE)).unwrap();
+
+    let term = reference.state.term_at(12).unwrap();
+    let last = reference.state.last_index();
+    let step = write(
+        None,
+        Some((12, term, b"twelve")),
+        None,
+        last + 1..last + 2,
+        4,
+    );
+    append(&mut storage, &step);
+    reference.apply(&step);
+    assert_only_snapshot(dir, Some(12));
+    drop(storage);
+    let (storage, mut r) = open(dir);
+    reference.check(&mut r);
+    assert_only_snapshot(dir, Some(12));
+    drop(storage);
+
+    // A crash before the single file was deleted: the log names the new
+    // snapshot, the single file goes at open.
+    fs::write(dir.join(SNAPSHOT_FILE), &single).unwrap();
+    let (_, mut r) = open(dir);
+    reference.check(&mut r);
+    assert_only_snapshot(dir, Some(12));
+}
+
+/// The single file's data is checked as it is streamed too.
+#[test]
+fn a_single_file_snapshot_with_a_damaged_data_byte_fails_at_the_end_of_its_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    build_single_file(dir);
+    let path = dir.join(SNAPSHOT_FILE);
+    let mut bytes = fs::read(&path).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    let (_, r) = open(dir);
+    match r.snapshot.unwrap().read_all() {
+        Err(StorageError::Io { path: p, source }) => {
+            assert_eq!(p, path);
+            assert_eq!(source.kind(), ErrorKind::InvalidData);
+        }
+        other => panic!("expected an InvalidData I/O error, got {other:?}"),
+    }
+    // A damaged header is corruption at open.
+    bytes[21] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    assert_corrupt(open_err(dir), &path, 20, "header checksum");
+}
+
+/// The previous format renamed the single file into place before the log
+/// recorded its write; a crash in between left a `snapshot` newer than the
+/// log. Its `Persist` is completed from the header's hard state and
+/// truncation (its entries were never acknowledged), the log is rotated to
+/// record it, and later writes survive.
+#[test]
+fn a_single_file_snapshot_newer_than_the_log_completes_its_write() {
+    let case = rotation_case();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let meta = case.step.persist.snapshot.clone().unwrap();
+    let data = b"snapshot six";
+    let hard_state = case.step.persist.hard_state;
+    fs::write(
+        dir.join(SNAPSHOT_FILE),
+        single_file_snapshot(&meta, hard_state, Some(7), data),
+    )
+    .unwrap();
+    fs::write(dir.join(segment_file_name(1)), &case.log1_before).unwrap();
+    let (mut storage, mut r) = open(dir);
+    case.after.check(&mut r);
+    assert_eq!(only_segment(dir), dir.join(segment_file_name(2)));
+
+    // Later writes, then a second such crash over the rotated log.
+    let mut reference = case.after.clone();
+    let p = write(None, None, None, 7..12, 5);
+    append(&mut storage, &p);
+    storage.sync().unwrap();
+    reference.apply(&p);
+    drop(storage);
+    let (storage, mut r) = open(dir);
+    reference.check(&mut r);
+    drop(storage);
+    let nine = SnapshotMeta::at(9, 5);
+    let hard_state = HardState {
+        term: 7,
+        voted_for: Some(1),
+    };
+    fs::write(
+        dir.join(SNAPSHOT_FILE),
+        single_file_snapshot(&nine, Some(hard_state), None, b"nine"),
+    )
+    .unwrap();
+    // The entries of that write (12 on) were never acknowledged.
+    let completed = write(Some((7, Some(1))), Some((9, 5, b"nine")), None, 12..12, 7);
+    reference.apply(&completed);
+    let (_, mut r) = open(dir);
+    reference.check(&mut r);
+    assert_eq!(only_segment(dir), dir.join(segment_file_name(3)));
+}
+
+/// (g) Two writers of one index with different tags write different
+/// temporary files; the later `finish` wins, whole. A writer dropped
+/// unfinished leaves the other's staged file intact.
+#[test]
+fn two_writers_of_one_index_with_different_tags_do_not_collide() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (mut storage, _) = open(dir);
+    let mut reference = Reference::default();
+    let p = write(Some((1, None)), None, None, 1..8, 1);
+    append(&mut storage, &p);
+    reference.apply(&p);
+
+    let meta = SnapshotMeta::at(4, 1);
+    let mut a = SnapshotWriter::create(dir, &meta, "a").unwrap();
+    let mut b = SnapshotWriter::create(dir, &meta, "b").unwrap();
+    let (mut data_a, mut data_b) = (Vec::new(), Vec::new());
+    for round in 0..50u32 {
+        let chunk_a = format!("a{round};").repeat(100).into_bytes();
+        let chunk_b = format!("bb{round},").repeat(77).into_bytes();
+        a.write_all(&chunk_a).unwrap();
+        b.write_all(&chunk_b).unwrap();
+        data_a.extend_from_slice(&chunk_a);
+        data_b.extend_from_slice(&chunk_b);
+    }
+    let tmp_name = |index, tag: &str| format!("{}.{tag}.tmp", snapshot_file_name(index));
+    assert_eq!(snapshot_files(dir), [tmp_name(4, "a"), tmp_name(4, "b")]);
+    let staged = a.finish().unwrap();
+    assert_eq!(
+        SnapshotReader::open(&staged).unwrap().read_all().unwrap(),
+        data_a
+    );
+    assert_eq!(b.finish().unwrap(), staged);
+    let reader = SnapshotReader::open(&staged).unwrap();
+    assert_eq!(reader.data_len(), data_b.len() as u64);
+    assert_eq!(reader.data_crc(), crc32fast::hash(&data_b));
+    assert_eq!(reader.read_all().unwrap(), data_b);
+    assert_only_snapshot(dir, Some(4));
+    let step = Step {
+        persist: write(None, Some((4, 1, b"")), None, 8..9, 1).persist,
+        data: Some(data_b),
+    };
+    storage.append(&step.persist).unwrap();
+    reference.apply(&step);
+
+    // One finishes, the other is dropped halfway (a crash of its thread).
+    let meta = SnapshotMeta::at(6, 1);
+    let mut c = SnapshotWriter::create(dir, &meta, "c").unwrap();
+    let mut d = SnapshotWriter::create(dir, &meta, "d").unwrap();
+    c.write_all(b"from c").unwrap();
+    d.write_all(b"from d, unfinished").unwrap();
+    c.finish().unwrap();
+    drop(d);
+    let step = Step {
+        persist: write(None, Some((6, 1, b"")), None, 9..9, 1).persist,
+        data: Some(b"from c".to_vec()),
+    };
+    storage.append(&step.persist).unwrap();
+    reference.apply(&step);
+    assert_eq!(
+        snapshot_files(dir),
+        [snapshot_file_name(6), tmp_name(6, "d")]
+    );
+    drop(storage);
+    let (_, mut r) = open(dir);
+    reference.check(&mut r);
+    assert_only_snapshot(dir, Some(6));
+}
+
+/// Fills `buf` with the bytes of a deterministic stream from offset `at`
+/// (each byte a function of its offset, so any chunking compares).
+fn pattern(at: u64, buf: &mut [u8]) {
+    for (k, b) in buf.iter_mut().enumerate() {
+        let offset = at + k as u64;
+        let word = SplitMix64::new(offset / 8).next_u64();
+        *b = word.to_le_bytes()[(offset % 8) as usize];
+    }
+}
+
+/// (h) A 50 MiB snapshot streamed in 1 MiB writes from a generator, made
+/// the node's, and streamed back through a 1000-byte buffer: every byte,
+/// the length and the crc match, and neither side held it whole.
+#[test]
+fn a_large_snapshot_streams_in_and_out() {
+    const MIB: usize = 1 << 20;
+    const LEN: u64 = 50 * MIB as u64;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (mut storage, _) = open(dir);
+    append(&mut storage, &write(Some((1, None)), None, None, 1..4, 1));
+    let meta = SnapshotMeta::at(3, 1);
+    let mut writer = SnapshotWriter::create(dir, &meta, "big").unwrap();
+    let mut crc = crc32fast::Hasher::new();
+    let mut chunk = vec![0; MIB];
+    for k in 0..50 {
+        pattern(k * MIB as u64, &mut chunk);
+        writer.write_all(&chunk).unwrap();
+        crc.update(&chunk);
+    }
+    let crc = crc.finalize();
+    assert_eq!(writer.data_len(), LEN);
+    assert_eq!(writer.data_crc(), crc);
+    let staged = writer.finish().unwrap();
+    assert!(fs::metadata(&staged).unwrap().len() > LEN);
+    storage
+        .append(&write(None, Some((3, 1, b"")), None, 0..0, 1).persist)
+        .unwrap();
+    drop(storage);
+
+    let (_, r) = open(dir);
+    let mut reader = r.snapshot.expect("the snapshot");
+    assert_eq!(reader.meta(), &meta);
+    assert_eq!(reader.data_len(), LEN);
+    assert_eq!(reader.data_crc(), crc);
+    let mut buf = [0; 1000];
+    let mut expected = [0; 1000];
+    let mut at = 0u64;
+    loop {
+        let n = reader.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        pattern(at, &mut expected[..n]);
+        assert!(
+            buf[..n] == expected[..n],
+            "data differs at {at}..{}",
+            at + n as u64
+        );
+        at += n as u64;
+    }
+    assert_eq!(at, LEN);
+    // The end stays the end.
+    assert_eq!(reader.read(&mut buf).unwrap(), 0);
 }
 
 #[test]
@@ -755,16 +1402,17 @@ fn raft_state_bytes_shrink_after_a_snapshot() {
     for i in 0..200 {
         let p = Persist {
             entries: vec![entry(i + 1, 1, 100)],
-            ..write(None, None, None, 0..0, 1)
+            ..write(None, None, None, 0..0, 1).persist
         };
         storage.append(&p).unwrap();
     }
     storage.sync().unwrap();
     let big = storage.raft_state_bytes();
     assert!(big > 200 * 100, "{big}");
-    storage
-        .append(&write(None, Some((195, 1, b"state")), None, 0..0, 1))
-        .unwrap();
+    append(
+        &mut storage,
+        &write(None, Some((195, 1, b"state")), None, 0..0, 1),
+    );
     let small = storage.raft_state_bytes();
     assert!(small < 5 * 150, "{small}");
     assert_eq!(storage.state().entries.len(), 5);
@@ -772,21 +1420,25 @@ fn raft_state_bytes_shrink_after_a_snapshot() {
     let (storage, r) = open(tmp.path());
     assert_eq!(r.raft_state_bytes, small);
     assert_eq!(storage.raft_state_bytes(), small);
-    assert_eq!(r.snapshot.as_deref(), Some(&b"state"[..]));
+    assert_eq!(r.snapshot.unwrap().read_all().unwrap(), b"state");
 }
 
 #[test]
 fn a_write_that_does_not_continue_the_log_is_refused_without_writing() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut storage, _) = open(tmp.path());
-    storage.append(&write(None, None, None, 1..4, 1)).unwrap();
+    storage
+        .append(&write(None, None, None, 1..4, 1).persist)
+        .unwrap();
     let bytes = storage.raft_state_bytes();
     let err = storage
-        .append(&write(None, None, None, 5..6, 1))
+        .append(&write(None, None, None, 5..6, 1).persist)
         .unwrap_err();
     assert!(matches!(err, StorageError::InvalidWrite(_)), "{err}");
     assert_eq!(storage.raft_state_bytes(), bytes);
-    storage.append(&write(None, None, None, 4..6, 1)).unwrap();
+    storage
+        .append(&write(None, None, None, 4..6, 1).persist)
+        .unwrap();
     storage.sync().unwrap();
     drop(storage);
     let (_, r) = open(tmp.path());
@@ -799,12 +1451,14 @@ fn a_record_over_the_maximum_is_refused_without_writing() {
     let (mut storage, _) = open(tmp.path());
     let p = Persist {
         entries: vec![entry(1, 1, MAX_RECORD_LEN + 1)],
-        ..write(None, None, None, 0..0, 1)
+        ..write(None, None, None, 0..0, 1).persist
     };
     let err = storage.append(&p).unwrap_err();
     assert!(matches!(err, StorageError::RecordTooLarge { .. }), "{err}");
     assert_eq!(storage.raft_state_bytes(), SEGMENT_HEADER_LEN);
-    storage.append(&write(None, None, None, 1..2, 1)).unwrap();
+    storage
+        .append(&write(None, None, None, 1..2, 1).persist)
+        .unwrap();
 }
 
 #[test]
@@ -924,7 +1578,9 @@ fn a_version_1_directory_is_read_and_continued_in_version_2() {
         storage.segment_path(),
         tmp.path().join(segment_file_name(1))
     );
-    storage.append(&write(None, None, None, 3..4, 2)).unwrap();
+    storage
+        .append(&write(None, None, None, 3..4, 2).persist)
+        .unwrap();
     storage.sync().unwrap();
     drop(storage);
     let (_, r) = open(tmp.path());

@@ -19,9 +19,17 @@
 //!   group write of a sync (the segment cut at any byte, or zero-filled from
 //!   any byte of the group on, length fields included) recovers
 //!   the model as of the last whole record, never less than the last sync; a
-//!   crash at any step of a snapshot write recovers the state before it, the
-//!   whole write, or the write without its entries (never acknowledged), as
-//!   documented.
+//!   crash at any step of a snapshot write (streaming the staged file,
+//!   staged but its record not durable, the record durable but the rotation
+//!   not done, the old segment or the older snapshot files not yet deleted)
+//!   recovers the state before it up to the record's fsync, the whole write
+//!   from there on, as documented.
+//!
+//! Snapshot bytes are staged with a `SnapshotWriter` before the write that
+//! names them is appended, as a driver does; some are staged and never
+//! named (a snapshot superseded before its write). After every open the
+//! only snapshot file left is the one the recovered state names, and its
+//! stream reads back the model's bytes.
 //!
 //! Segments rotate only when a snapshot is written (there is no size limit
 //! on a segment), so the snapshot operations are what exercise rotation.
@@ -30,13 +38,15 @@
 //! (apart from the temporary directory's name). `QUICKCHECK_TESTS`
 //! overrides the number of cases.
 
+use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 use raft_core::Payload;
-use raft_core::{DurableState, Entry, HardState, Index, Persist, Snapshot, SnapshotMeta};
-use raft_storage::{Recovered, Storage, StorageError, SNAPSHOT_FILE, SNAPSHOT_TMP_FILE};
+use raft_core::{DurableState, Entry, HardState, Index, Persist, SnapshotMeta};
+use raft_storage::{snapshot_file_name, Recovered, SnapshotWriter, Storage, StorageError};
 
 /// A runner with `tests` cases, unless `QUICKCHECK_TESTS` overrides it.
 fn qc(tests: u64) -> QuickCheck {
@@ -64,14 +74,20 @@ enum SnapshotKind {
 /// How far a snapshot write got before the crash.
 #[derive(Clone, Copy, Debug)]
 enum SnapshotCrash {
-    /// `snapshot.tmp` partly written (`cut` picks how much), not renamed.
-    BeforeRename { cut: u16 },
-    /// The snapshot renamed into place; of the log record nothing, all or a
-    /// prefix (`cut` picks it) reached the old segment; of the new segment
-    /// a torn prefix or nothing (`rotated` picks it).
-    AfterRename { cut: u16, rotated: u16 },
+    /// The writer had streamed a prefix of the file (`cut` picks how much)
+    /// under its temporary name: not staged.
+    Streaming { cut: u16 },
+    /// The file staged; of the write's record nothing or a torn prefix
+    /// (`cut` picks it) reached the old segment: the fsync that commits it
+    /// did not complete.
+    Staged { cut: u16 },
+    /// The record durable in the old segment; of the new segment a torn
+    /// prefix or nothing (`rotated` picks it).
+    Logged { rotated: u16 },
     /// The new segment durable, the old one not yet deleted.
     BeforeDeletion,
+    /// The rotation done, the older snapshot files not yet deleted.
+    BeforeSnapshotDeletion,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -95,6 +111,10 @@ enum Op {
         count: u8,
         data: u8,
     },
+    /// A snapshot staged and never named by a write (superseded): it must
+    /// change nothing, and go at the next open or once a newer snapshot is
+    /// the node's.
+    Abandon { kind: SnapshotKind, data: u8 },
     /// A `Persist` that changes nothing (an ordering barrier).
     Barrier,
     /// A write whose entries do not continue the log (they skip `gap`
@@ -136,13 +156,14 @@ impl Arbitrary for SnapshotKind {
 impl Arbitrary for SnapshotCrash {
     fn arbitrary(g: &mut Gen) -> Self {
         let cut = u16::arbitrary(g);
-        match u8::arbitrary(g) % 4 {
-            0 => SnapshotCrash::BeforeRename { cut },
-            1 => SnapshotCrash::BeforeDeletion,
-            _ => SnapshotCrash::AfterRename {
-                cut,
+        match u8::arbitrary(g) % 8 {
+            0 => SnapshotCrash::Streaming { cut },
+            1 | 2 => SnapshotCrash::Staged { cut },
+            3 | 4 => SnapshotCrash::Logged {
                 rotated: u16::arbitrary(g),
             },
+            5 => SnapshotCrash::BeforeDeletion,
+            _ => SnapshotCrash::BeforeSnapshotDeletion,
         }
     }
 }
@@ -169,7 +190,11 @@ impl Arbitrary for Op {
                 count,
                 data: u8::arbitrary(g),
             },
-            54..=55 => Op::Barrier,
+            54 => Op::Barrier,
+            55 => Op::Abandon {
+                kind: SnapshotKind::arbitrary(g),
+                data: u8::arbitrary(g),
+            },
             56..=58 => Op::Invalid {
                 gap: u8::arbitrary(g) % 3,
             },
@@ -218,16 +243,22 @@ struct Model {
 }
 
 impl Model {
-    fn apply(&mut self, p: &Persist) {
-        if let Some(data) = self.state.apply(p) {
-            self.snapshot = Some(data);
+    /// Applies `p`, whose snapshot, if it names one, holds `data`.
+    fn apply(&mut self, p: &Persist, data: &[u8]) {
+        self.state.apply(p);
+        if p.snapshot.is_some() {
+            self.snapshot = Some(data.to_vec());
         }
     }
 
-    fn applied(&self, p: &Persist) -> Model {
+    fn applied(&self, p: &Persist, data: &[u8]) -> Model {
         let mut m = self.clone();
-        m.apply(p);
+        m.apply(p, data);
         m
+    }
+
+    fn snapshot_index(&self) -> Option<Index> {
+        self.state.snapshot.as_ref().map(|s| s.index)
     }
 
     fn base(&self) -> Index {
@@ -259,7 +290,7 @@ fn entry(index: Index, term: u64, size: u8) -> Entry {
 fn persist(
     model: &Model,
     hard_state: Option<HardState>,
-    snapshot: Option<Snapshot>,
+    snapshot: Option<SnapshotMeta>,
     truncate_from: Option<Index>,
     count: u8,
     term: u64,
@@ -272,7 +303,7 @@ fn persist(
         entries: Vec::new(),
         then_send: Vec::new(),
     };
-    let start = model.applied(&p).last() + 1;
+    let start = model.applied(&p, &[]).last() + 1;
     p.entries = (start..start + u64::from(count))
         .map(|i| entry(i, term, 12))
         .collect();
@@ -280,9 +311,14 @@ fn persist(
 }
 
 /// The snapshot write `kind` on top of `model`, as the core emits it (the
-/// snapshot is always newer than the stored one); `None` when the log holds
-/// no entry to compact.
-fn snapshot_persist(model: &Model, kind: SnapshotKind, count: u8, data: u8) -> Option<Persist> {
+/// snapshot is always newer than the stored one), and the snapshot's bytes;
+/// `None` when the log holds no entry to compact.
+fn snapshot_persist(
+    model: &Model,
+    kind: SnapshotKind,
+    count: u8,
+    data: u8,
+) -> Option<(Persist, Vec<u8>)> {
     let (base, last) = (model.base(), model.last());
     let data: Vec<u8> = (0..data).map(|k| k.wrapping_mul(37)).collect();
     match kind {
@@ -292,18 +328,9 @@ fn snapshot_persist(model: &Model, kind: SnapshotKind, count: u8, data: u8) -> O
             }
             let index = base + 1 + u64::from(at) % (last - base);
             let term = model.state.term_at(index).expect("a stored entry");
-            let snapshot = Snapshot {
-                meta: SnapshotMeta::at(index, term),
-                data,
-            };
-            Some(persist(
-                model,
-                None,
-                Some(snapshot),
-                None,
-                count,
-                model.term(),
-            ))
+            let snapshot = SnapshotMeta::at(index, term);
+            let p = persist(model, None, Some(snapshot), None, count, model.term());
+            Some((p, data))
         }
         SnapshotKind::Install { at, beyond } => {
             let index = if beyond || last == base {
@@ -313,22 +340,20 @@ fn snapshot_persist(model: &Model, kind: SnapshotKind, count: u8, data: u8) -> O
             };
             // A new leader's term: the term stored at `index` (older) differs.
             let term = model.term() + 1;
-            let snapshot = Snapshot {
-                meta: SnapshotMeta::at(index, term),
-                data,
-            };
+            let snapshot = SnapshotMeta::at(index, term);
             let hard_state = HardState {
                 term,
                 voted_for: None,
             };
-            Some(persist(
+            let p = persist(
                 model,
                 Some(hard_state),
                 Some(snapshot),
                 Some(index + 1),
                 count,
                 term,
-            ))
+            );
+            Some((p, data))
         }
     }
 }
@@ -350,6 +375,8 @@ struct Run {
     /// The writes appended since: the segment length and model after each.
     pending: Vec<(u64, Model)>,
     next_id: u64,
+    /// Snapshots staged and never named by a write, not yet deleted.
+    strays: BTreeSet<Index>,
     /// What the run did, to tell a failure's context.
     trace: Vec<String>,
 }
@@ -370,6 +397,32 @@ fn open(dir: &Path) -> Result<(Storage, Recovered), String> {
 
 fn io<T>(what: &str, r: std::io::Result<T>) -> Result<T, String> {
     r.map_err(|e| format!("{what}: {e}"))
+}
+
+/// The names of the snapshot files in `dir` (staged, temporary, single).
+fn snapshot_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .expect("list the directory")
+        .map(|e| e.expect("a directory entry").file_name())
+        .filter_map(|n| n.into_string().ok())
+        .filter(|n| n.starts_with("snapshot"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Streams `data` into a staged snapshot file for `meta`, in writes of at
+/// most 16 bytes.
+fn stage(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> Check {
+    let mut writer =
+        SnapshotWriter::create(dir, meta, "prop").map_err(|e| format!("create a writer: {e}"))?;
+    for chunk in data.chunks(16) {
+        io("write snapshot data", writer.write_all(chunk))?;
+    }
+    writer
+        .finish()
+        .map_err(|e| format!("finish the snapshot: {e}"))?;
+    Ok(())
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
@@ -402,9 +455,11 @@ impl Run {
             durable_len: 0,
             pending: Vec::new(),
             next_id: 0,
+            strays: BTreeSet::new(),
             trace: Vec::new(),
         };
-        run.check_recovered(&recovered, &Model::default(), None)?;
+        let mut recovered = recovered;
+        run.check_recovered(&mut recovered, &Model::default(), None)?;
         run.durable_len = run.storage().raft_state_bytes() as u64;
         Ok(run)
     }
@@ -413,24 +468,36 @@ impl Run {
         self.storage.as_mut().expect("the storage is open")
     }
 
-    /// Appends `p` and records it in the model; the storage's state must
-    /// follow.
-    fn append(&mut self, mut p: Persist) -> Check {
+    /// Stages the snapshot `p` names, if any (holding `data`), appends `p`
+    /// and records it in the model; the storage's state must follow.
+    fn append(&mut self, mut p: Persist, data: &[u8]) -> Check {
         p.id = self.next_id;
         self.next_id += 1;
         self.trace.push(format!("append {}", describe(&p)));
+        if let Some(meta) = &p.snapshot {
+            stage(&self.dir, meta, data)?;
+        }
         self.storage()
             .append(&p)
             .map_err(|e| format!("append refused: {e}"))?;
-        self.model.apply(&p);
-        if p.snapshot.is_some() {
+        self.model.apply(&p, data);
+        if let Some(meta) = &p.snapshot {
             // Durable on return, and the log rotated: the older segment is
-            // gone.
+            // gone, and so are the older snapshot files.
             self.mark_durable();
             let segs = segments(&self.dir);
             let live = self.storage().segment_path().to_path_buf();
             ensure(segs == [live], || {
                 format!("after a snapshot write the segments are {segs:?}")
+            })?;
+            self.strays.retain(|&i| i > meta.index);
+            let mut expected: Vec<String> =
+                self.strays.iter().map(|&i| snapshot_file_name(i)).collect();
+            expected.push(snapshot_file_name(meta.index));
+            expected.sort();
+            let files = snapshot_files(&self.dir);
+            ensure(files == expected, || {
+                format!("after a snapshot write the snapshot files are {files:?}, expected {expected:?}")
             })?;
         } else if !p.is_barrier() {
             let len = self.storage().raft_state_bytes() as u64;
@@ -478,17 +545,21 @@ impl Run {
     /// what it recovers must be `expected`, with a torn tail cut at `torn`.
     fn reopen(&mut self, expected: Model, torn: Option<(PathBuf, u64)>) -> Check {
         self.storage = None;
-        let (storage, recovered) = open(&self.dir)?;
+        let (storage, mut recovered) = open(&self.dir)?;
         self.storage = Some(storage);
-        self.check_recovered(&recovered, &expected, torn)?;
+        self.strays.clear();
+        self.check_recovered(&mut recovered, &expected, torn)?;
         self.model = expected;
         self.mark_durable();
         Ok(())
     }
 
+    /// `r` is `expected`, its snapshot's stream (taken out of `r`) reading
+    /// back the model's bytes; the directory holds one segment and no
+    /// snapshot file but the one the state names.
     fn check_recovered(
         &self,
-        r: &Recovered,
+        r: &mut Recovered,
         expected: &Model,
         torn: Option<(PathBuf, u64)>,
     ) -> Check {
@@ -498,14 +569,38 @@ impl Run {
                 r.state, expected.state
             )
         })?;
-        ensure(r.snapshot == expected.snapshot, || {
-            format!(
-                "recovered the snapshot {:?}, expected {:?}",
-                r.snapshot, expected.snapshot
-            )
-        })?;
         ensure(r.snapshot.is_some() == r.state.snapshot.is_some(), || {
             "snapshot bytes without a snapshot in the state, or the reverse".into()
+        })?;
+        let reader = r.snapshot.take();
+        if let (Some(reader), Some(named)) = (&reader, &r.state.snapshot) {
+            let meta = reader.meta();
+            ensure((meta.index, meta.term) == (named.index, named.term), || {
+                format!("the snapshot file holds {meta:?}, the state names {named:?}")
+            })?;
+        }
+        let data = match reader {
+            Some(reader) => Some(
+                reader
+                    .read_all()
+                    .map_err(|e| format!("reading the snapshot: {e}"))?,
+            ),
+            None => None,
+        };
+        ensure(data == expected.snapshot, || {
+            format!(
+                "recovered the snapshot {data:?}, expected {:?}",
+                expected.snapshot
+            )
+        })?;
+        let files = snapshot_files(&self.dir);
+        let named: Vec<String> = expected
+            .snapshot_index()
+            .map(snapshot_file_name)
+            .into_iter()
+            .collect();
+        ensure(files == named, || {
+            format!("after open the snapshot files are {files:?}, expected {named:?}")
         })?;
         ensure(r.truncated_torn_tail == torn, || {
             format!(
@@ -516,9 +611,6 @@ impl Run {
         let segs = segments(&self.dir);
         ensure(segs.len() == 1, || {
             format!("after open the segments are {segs:?}")
-        })?;
-        ensure(!self.dir.join(SNAPSHOT_TMP_FILE).exists(), || {
-            "a snapshot.tmp survived the open".into()
         })?;
         let storage = self.storage.as_ref().expect("open");
         ensure(storage.state() == &r.state, || {
@@ -550,11 +642,11 @@ impl Run {
                 p.entries = (start..start + u64::from(count))
                     .map(|i| entry(i, term, size))
                     .collect();
-                self.append(p)
+                self.append(p, &[])
             }
             Op::Conflict { at, count } => {
                 let from = m.base() + 1 + u64::from(at) % (m.last() - m.base() + 2);
-                self.append(persist(&m, None, None, Some(from), count, term))
+                self.append(persist(&m, None, None, Some(from), count, term), &[])
             }
             Op::Vote {
                 new_term,
@@ -565,15 +657,26 @@ impl Run {
                     term: term + u64::from(new_term),
                     voted_for: vote.map(u64::from),
                 };
-                self.append(persist(&m, Some(hs), None, None, count, hs.term))
+                self.append(persist(&m, Some(hs), None, None, count, hs.term), &[])
             }
             Op::Snapshot { kind, count, data } => match snapshot_persist(&m, kind, count, data) {
-                Some(p) => self.append(p),
+                Some((p, data)) => self.append(p, &data),
+                None => Ok(()),
+            },
+            Op::Abandon { kind, data } => match snapshot_persist(&m, kind, 0, data) {
+                Some((p, data)) => {
+                    let meta = p.snapshot.expect("a snapshot write");
+                    self.trace
+                        .push(format!("stage {}@{}, never written", meta.index, meta.term));
+                    stage(&self.dir, &meta, &data)?;
+                    self.strays.insert(meta.index);
+                    self.check_state()
+                }
                 None => Ok(()),
             },
             Op::Barrier => {
                 let before = self.storage().raft_state_bytes();
-                self.append(persist(&m, None, None, None, 0, term))?;
+                self.append(persist(&m, None, None, None, 0, term), &[])?;
                 let after = self.storage().raft_state_bytes();
                 ensure(before == after, || {
                     format!("a barrier wrote {before} -> {after}")
@@ -671,10 +774,11 @@ impl Run {
         self.reopen(expected, torn)
     }
 
-    /// Runs a snapshot write to the end, then rebuilds the directory as a
-    /// crash at the stage `when` would have left it, and reopens.
+    /// Runs a snapshot write to the end (staging its file, then appending
+    /// the write), then rebuilds the directory as a crash at the stage
+    /// `when` would have left it, and reopens.
     fn crash_in_snapshot(&mut self, kind: SnapshotKind, count: u8, when: SnapshotCrash) -> Check {
-        let Some(mut p) = snapshot_persist(&self.model, kind, count, 40) else {
+        let Some((mut p, data)) = snapshot_persist(&self.model, kind, count, 40) else {
             return Ok(());
         };
         self.sync()?; // what the write's first step does anyway
@@ -682,22 +786,26 @@ impl Run {
         self.next_id += 1;
         self.trace
             .push(format!("crash {when:?} in the write {}", describe(&p)));
+        let meta = p.snapshot.clone().expect("a snapshot write");
         let before = self.model.clone();
-        let full = before.applied(&p);
-        let without_entries = before.applied(&Persist {
-            entries: Vec::new(),
-            ..p.clone()
-        });
+        let full = before.applied(&p, &data);
 
         let old_path = self.storage().segment_path().to_path_buf();
         let old_len = self.durable_len;
-        let snapshot_path = self.dir.join(SNAPSHOT_FILE);
-        let old_snapshot = fs::read(&snapshot_path).ok();
+        // The snapshot files before the write: the node's and any strays.
+        let mut old_files = Vec::new();
+        for name in snapshot_files(&self.dir) {
+            let bytes = io("read", fs::read(self.dir.join(&name)))?;
+            old_files.push((name, bytes));
+        }
         // A second name for the old segment keeps the record the write
         // appends to it before the rotation deletes it.
         let saved = self.aside.join("old-segment");
         let _ = fs::remove_file(&saved);
         io("hard_link", fs::hard_link(&old_path, &saved))?;
+        stage(&self.dir, &meta, &data)?;
+        let staged_path = self.dir.join(snapshot_file_name(meta.index));
+        let staged = io("read", fs::read(&staged_path))?;
         self.storage()
             .append(&p)
             .map_err(|e| format!("append refused: {e}"))?;
@@ -705,7 +813,6 @@ impl Run {
         self.storage = None;
         let old_segment = io("read", fs::read(&saved))?;
         let new_segment = io("read", fs::read(&new_path))?;
-        let new_snapshot = io("read", fs::read(&snapshot_path))?;
         let old_len = usize::try_from(old_len).expect("a small segment");
         if old_segment.len() <= old_len || new_path == old_path {
             return Err("the snapshot write neither appended nor rotated".into());
@@ -715,41 +822,52 @@ impl Run {
         for seg in segments(&self.dir) {
             io("remove", fs::remove_file(seg))?;
         }
+        for name in snapshot_files(&self.dir) {
+            io("remove", fs::remove_file(self.dir.join(name)))?;
+        }
         let write = |path: &Path, bytes: &[u8]| io("write", fs::write(path, bytes));
+        // Every stage comes before the older snapshot files are deleted;
+        // every stage but the first has the staged file (written after
+        // them: it replaces a stray of its index).
+        for (name, bytes) in &old_files {
+            write(&self.dir.join(name), bytes)?;
+        }
         let (expected, torn) = match when {
-            SnapshotCrash::BeforeRename { cut } => {
+            SnapshotCrash::Streaming { cut } => {
                 write(&old_path, &old_segment[..old_len])?;
-                match &old_snapshot {
-                    Some(bytes) => write(&snapshot_path, bytes)?,
-                    None => io("remove", fs::remove_file(&snapshot_path))?,
-                }
-                let cut = usize::from(cut) % (new_snapshot.len() + 1);
-                write(&self.dir.join(SNAPSHOT_TMP_FILE), &new_snapshot[..cut])?;
+                let cut = usize::from(cut) % (staged.len() + 1);
+                let tmp = format!("{}.prop.tmp", snapshot_file_name(meta.index));
+                write(&self.dir.join(tmp), &staged[..cut])?;
                 (before, None)
             }
-            SnapshotCrash::AfterRename { cut, rotated } => {
-                let cut = match cut % 4 {
-                    0 => 0,
-                    1 => record_len,
-                    _ => usize::from(cut / 4) % (record_len + 1),
-                };
+            SnapshotCrash::Staged { cut } => {
+                let cut = usize::from(cut) % record_len;
                 write(&old_path, &old_segment[..old_len + cut])?;
+                write(&staged_path, &staged)?;
+                (
+                    before,
+                    (cut > 0).then(|| (old_path.clone(), old_len as u64)),
+                )
+            }
+            SnapshotCrash::Logged { rotated } => {
+                write(&old_path, &old_segment)?;
                 // A torn start of the new segment, or none at all.
                 if rotated % 4 != 0 {
                     let keep = usize::from(rotated / 4) % new_segment.len();
                     write(&new_path, &new_segment[..keep])?;
                 }
-                let torn =
-                    (cut > 0 && cut < record_len).then(|| (old_path.clone(), old_len as u64));
-                if cut == record_len {
-                    (full, torn)
-                } else {
-                    (without_entries, torn)
-                }
+                write(&staged_path, &staged)?;
+                (full, None)
             }
             SnapshotCrash::BeforeDeletion => {
                 write(&old_path, &old_segment)?;
                 write(&new_path, &new_segment)?;
+                write(&staged_path, &staged)?;
+                (full, None)
+            }
+            SnapshotCrash::BeforeSnapshotDeletion => {
+                write(&new_path, &new_segment)?;
+                write(&staged_path, &staged)?;
                 (full, None)
             }
         };
@@ -764,7 +882,7 @@ fn describe(p: &Persist) -> String {
         s += &format!(" hs={}/{:?}", hs.term, hs.voted_for);
     }
     if let Some(snap) = &p.snapshot {
-        s += &format!(" snap={}@{}", snap.meta.index, snap.meta.term);
+        s += &format!(" snap={}@{}", snap.index, snap.term);
     }
     if let Some(t) = p.truncate_from {
         s += &format!(" trunc={t}");
@@ -824,10 +942,12 @@ fn the_storage_matches_the_model_across_reopens() {
 
 /// The same, with crashes in the middle of a group write (the segment cut
 /// at any byte of the group, or zero-filled after its last whole record)
-/// and at each stage of a snapshot write: recovery gives the model after a
-/// prefix of the writes (the last whole record; before, all or all but the
-/// entries of a snapshot write), never less than what was synced, and
-/// reports a torn tail exactly where it cut one.
+/// and at each stage of a snapshot write, staging included: recovery gives
+/// the model after a prefix of the writes (the last whole record; for a
+/// snapshot write, the state before it until its record is durable, the
+/// whole write after), never less than what was synced, with no snapshot
+/// file but the one it names, and reports a torn tail exactly where it cut
+/// one.
 fn prop_a_crash_recovers_a_prefix_of_the_writes(schedule: Schedule) -> TestResult {
     run_schedule(&schedule, true)
 }
@@ -861,7 +981,32 @@ fn the_harness_runs_a_fixed_schedule() {
                 beyond: false,
             },
             count: 2,
-            when: SnapshotCrash::AfterRename { cut: 7, rotated: 5 },
+            when: SnapshotCrash::Staged { cut: 7 },
+        },
+        Op::Abandon {
+            kind: SnapshotKind::Install {
+                at: 0,
+                beyond: true,
+            },
+            data: 3,
+        },
+        Op::Append { count: 3, size: 1 },
+        Op::CrashInSnapshot {
+            kind: SnapshotKind::Compact { at: 2 },
+            count: 1,
+            when: SnapshotCrash::Logged { rotated: 5 },
+        },
+        Op::Abandon {
+            kind: SnapshotKind::Install {
+                at: 1,
+                beyond: true,
+            },
+            data: 3,
+        },
+        Op::CrashInSnapshot {
+            kind: SnapshotKind::Compact { at: 0 },
+            count: 0,
+            when: SnapshotCrash::BeforeSnapshotDeletion,
         },
         Op::Reopen,
     ];
