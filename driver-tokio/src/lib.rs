@@ -7,6 +7,7 @@
 //!   `raft-wire` (frames and handshake, shared with every TCP transport).
 //! - [`transport`]: the connections between peers and to clients.
 //! - [`book`]: the peer addresses a node keeps in its data directory.
+//! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 //!
 //! The log and snapshots on disk are `raft-storage`'s.
 //!
@@ -16,6 +17,7 @@
 
 pub mod book;
 pub mod client;
+pub mod metrics;
 pub mod node;
 pub mod transport;
 pub mod wire;
