@@ -401,7 +401,7 @@ impl Metrics {
             .iter()
             .filter_map(|p| p.snapshot.as_ref())
             .map(|s| s.data.len())
-            .last();
+            .next_back();
         let started = Instant::now();
         let result = storage.commit(batch);
         let elapsed = started.elapsed();
