@@ -94,6 +94,20 @@ pub async fn run_outgoing(
     }
 }
 
+/// The next connection on `listener`; a failed accept (out of file
+/// descriptors, say) is logged and retried after a pause.
+pub(crate) async fn accept(listener: &TcpListener, what: &str) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(x) => return x,
+            Err(e) => {
+                warn!(error = %e, "{what} accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Accepts peers on `listener`, forwarding their messages to the node.
 pub async fn run_peer_listener(
     listener: TcpListener,
@@ -103,14 +117,7 @@ pub async fn run_peer_listener(
 ) {
     let mut conns = JoinSet::new();
     loop {
-        let (stream, addr) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "peer accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, addr) = accept(&listener, "peer").await;
         let node = node.clone();
         conns.spawn(async move {
             if let Err(reason) = serve_peer(stream, me, cluster_id, node).await {
@@ -158,14 +165,7 @@ pub async fn run_client_listener(
 ) {
     let mut conns = JoinSet::new();
     loop {
-        let (stream, addr) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "client accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, addr) = accept(&listener, "client").await;
         let node = node.clone();
         let open = ClientConnection::open(&connections);
         conns.spawn(async move {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::Metrics;
 use crate::node::{Input, NodeError};
@@ -45,14 +45,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, NodeError> {
 /// Serves `GET /metrics` on `listener` until the task is aborted.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, node: mpsc::Sender<Input>) {
     loop {
-        let (stream, addr) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, addr) = crate::transport::accept(&listener, "metrics").await;
         let served = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &metrics, &node)).await;
         match served {
             Ok(Ok(())) => {}
