@@ -9,6 +9,7 @@
 //! - [`book`]: the peer addresses a node keeps in its data directory.
 //! - [`snapshot`]: snapshots written off the event loop, and streamed
 //!   between nodes.
+//! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 //!
 //! The log and snapshots on disk are `raft-storage`'s.
 //!
@@ -18,6 +19,7 @@
 
 pub mod book;
 pub mod client;
+pub mod metrics;
 pub mod node;
 pub mod snapshot;
 pub mod transport;

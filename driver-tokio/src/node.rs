@@ -54,6 +54,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -62,6 +63,7 @@ use tokio::time::Instant as TokioInstant;
 use tracing::{debug, error, info, warn};
 
 use crate::book::{AddressBook, BookError};
+use crate::metrics::{LinkMetric, Metrics, Request};
 use crate::transport::{run_client_listener, run_outgoing, run_peer_listener, PEER_QUEUE};
 use crate::wire::{ClientRequest, ClientResponse, NodeStatus};
 
@@ -95,6 +97,8 @@ pub struct NodeConfig {
     /// Serve linearizable reads as a follower too (the read index is asked
     /// of the leader), instead of sending the client to the leader.
     pub follower_reads: bool,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None`: nowhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The name of a read policy as `rkv serve --read-policy` takes it.
@@ -316,6 +320,15 @@ pub async fn start_node_with(
 
     let (input_tx, input_rx) = mpsc::channel::<Input>(8192);
     let mut tasks = JoinSet::new();
+    let metrics = Arc::new(Metrics::new());
+    if let Some(addr) = config.metrics_addr {
+        let listener = crate::metrics::http::bind(addr).await?;
+        tasks.spawn(crate::metrics::http::serve(
+            listener,
+            metrics.clone(),
+            input_tx.clone(),
+        ));
+    }
     tasks.spawn(run_peer_listener(
         peer_listener,
         config.id,
@@ -327,14 +340,24 @@ pub async fn start_node_with(
         client_listener,
         config.cluster_id,
         input_tx.clone(),
+        metrics.client_connections(),
     ));
 
     let (storage_tx, storage_rx) = std_mpsc::channel::<Persist>();
     let storage_thread = {
         let input_tx = input_tx.clone();
+        let metrics = metrics.clone();
         std::thread::Builder::new()
             .name(format!("rkv-storage-{}", config.id))
-            .spawn(move || storage_loop(storage, storage_rx, input_tx, recovered.raft_state_bytes))
+            .spawn(move || {
+                storage_loop(
+                    storage,
+                    storage_rx,
+                    input_tx,
+                    recovered.raft_state_bytes,
+                    metrics,
+                )
+            })
             .expect("spawn the storage thread")
     };
 
@@ -359,6 +382,7 @@ pub async fn start_node_with(
         transfers: BTreeMap::new(),
         next_transfer: 0,
         deferred: std::collections::VecDeque::new(),
+        metrics,
     };
     event_loop.follow_membership()?;
     tasks.spawn(async move {
@@ -481,13 +505,14 @@ fn storage_loop(
     rx: std_mpsc::Receiver<Persist>,
     node: mpsc::Sender<Input>,
     _initial_bytes: usize,
+    metrics: Arc<Metrics>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        let input = match storage.commit(batch) {
+        let input = match metrics.commit(&mut storage, batch) {
             Ok(Some(committed)) => Input::Persisted {
                 upto: committed.upto,
                 then_send: committed.then_send,
@@ -513,6 +538,7 @@ struct Link {
     addr: SocketAddr,
     queue: mpsc::Sender<Message>,
     task: tokio::task::AbortHandle,
+    _connected: LinkMetric,
 }
 
 impl Drop for Link {
@@ -537,11 +563,12 @@ struct EventLoop {
     registering: Option<(TokioInstant, tokio::task::JoinHandle<()>)>,
     storage: std_mpsc::Sender<Persist>,
     /// Client requests waiting for the core's reply: our id → (their id, queue).
-    waiting: BTreeMap<u64, (u64, mpsc::Sender<ClientResponse>)>,
+    waiting: BTreeMap<u64, (u64, mpsc::Sender<ClientResponse>, Request)>,
     next_request: u64,
     /// As configured, for status answers.
     read_policy: ReadPolicy,
     follower_reads: bool,
+    metrics: Arc<Metrics>,
     /// The loop's own input queue, for the tasks it starts.
     inputs: mpsc::Sender<Input>,
     /// Snapshot transfers under way, by follower.
@@ -594,7 +621,7 @@ impl EventLoop {
             } => {
                 self.next_request += 1;
                 let ours = self.next_request;
-                self.waiting.insert(ours, (id, respond));
+                self.waiting.insert(ours, (id, respond, Request::Proposal));
                 self.step(ServerEvent::RequestReceived { id: ours, command })
             }
             Input::Client {
@@ -608,7 +635,7 @@ impl EventLoop {
             } => {
                 self.next_request += 1;
                 let ours = self.next_request;
-                self.waiting.insert(ours, (id, respond));
+                self.waiting.insert(ours, (id, respond, Request::Read));
                 self.step(ServerEvent::ReadReceived {
                     id: ours,
                     key,
@@ -621,7 +648,7 @@ impl EventLoop {
             } => {
                 self.next_request += 1;
                 let ours = self.next_request;
-                self.waiting.insert(ours, (id, respond));
+                self.waiting.insert(ours, (id, respond, Request::Admin));
                 self.step(ServerEvent::AdminReceived { id: ours, request })
             }
             Input::Client {
@@ -648,6 +675,7 @@ impl EventLoop {
             Input::StorageFailed(why) => Err(NodeError::Storage(why)),
             Input::SnapshotWritten { index, result } => {
                 let written = result?;
+                self.metrics.snapshot_written(written.took, written.bytes);
                 info!(
                     index,
                     bytes = written.bytes,
@@ -710,6 +738,8 @@ impl EventLoop {
             matches!(a, ServerAction::Persist(p) if p.snapshot.as_ref().is_some_and(|m| m.index == index))
         });
         if installed {
+            self.metrics
+                .snapshot_written(started.elapsed(), file.data_len());
             info!(
                 from,
                 index,
@@ -721,6 +751,7 @@ impl EventLoop {
     }
 
     fn execute(&mut self, actions: Vec<ServerAction>) -> Result<(), NodeError> {
+        self.metrics.observe_leader(self.server.raft());
         for action in actions {
             match action {
                 ServerAction::Send { to, message } => self.send(to, message),
@@ -835,6 +866,7 @@ impl EventLoop {
     }
 
     fn send(&mut self, to: NodeId, message: Message) {
+        self.metrics.message_sent(&message);
         if !self.links.contains_key(&to) {
             // Not a member we know of (a joining node answering the leader
             // before it has the configuration): link if we have an address.
@@ -851,12 +883,21 @@ impl EventLoop {
 
     fn link(&mut self, to: NodeId, addr: SocketAddr) {
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        let task = tokio::spawn(run_outgoing(self.me, self.cluster_id, to, addr, rx));
+        let connected = self.metrics.link(to);
+        let task = tokio::spawn(run_outgoing(
+            self.me,
+            self.cluster_id,
+            to,
+            addr,
+            rx,
+            connected.gauge(),
+        ));
         info!(peer = to, %addr, "linking to peer");
         let link = Link {
             addr,
             queue: tx,
             task: task.abort_handle(),
+            _connected: connected,
         };
         self.links.insert(to, link);
     }
@@ -951,7 +992,8 @@ impl EventLoop {
     }
 
     fn reply(&mut self, id: u64, reply: Reply) {
-        if let Some((their_id, respond)) = self.waiting.remove(&id) {
+        if let Some((their_id, respond, request)) = self.waiting.remove(&id) {
+            self.metrics.replied(request, &reply);
             let _ = respond.try_send(ClientResponse::Reply {
                 id: their_id,
                 reply,

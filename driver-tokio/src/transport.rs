@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use raft_core::{Message, NodeId};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use raft_wire::ConnectionError;
 
+use crate::metrics::ClientConnection;
 use crate::node::Input;
 use crate::wire::{
     read_frame, read_frame_within, write_frame, ClientRequest, ClientResponse, Hello,
@@ -45,6 +47,7 @@ pub async fn run_outgoing(
     peer: NodeId,
     addr: SocketAddr,
     mut rx: mpsc::Receiver<Message>,
+    connected: Gauge,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -67,6 +70,7 @@ pub async fn run_outgoing(
             continue;
         }
         info!(peer, %addr, "connected to peer");
+        connected.set(1);
         backoff = Duration::from_millis(50);
         loop {
             let Some(msg) = rx.recv().await else { return };
@@ -85,7 +89,22 @@ pub async fn run_outgoing(
                 break;
             }
         }
+        connected.set(0);
         warn!(peer, %addr, "connection to peer lost; redialling");
+    }
+}
+
+/// The next connection on `listener`; a failed accept (out of file
+/// descriptors, say) is logged and retried after a pause.
+pub(crate) async fn accept(listener: &TcpListener, what: &str) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(x) => return x,
+            Err(e) => {
+                warn!(error = %e, "{what} accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 
@@ -100,14 +119,7 @@ pub async fn run_peer_listener(
 ) {
     let mut conns = JoinSet::new();
     loop {
-        let (stream, addr) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "peer accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, addr) = accept(&listener, "peer").await;
         let node = node.clone();
         let dir = data_dir.clone();
         conns.spawn(async move {
@@ -161,19 +173,15 @@ pub async fn run_client_listener(
     listener: TcpListener,
     cluster_id: u64,
     node: mpsc::Sender<Input>,
+    connections: Gauge,
 ) {
     let mut conns = JoinSet::new();
     loop {
-        let (stream, addr) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "client accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, addr) = accept(&listener, "client").await;
         let node = node.clone();
+        let open = ClientConnection::open(&connections);
         conns.spawn(async move {
+            let _open = open;
             if let Err(reason) = serve_client(stream, cluster_id, node).await {
                 debug!(%addr, %reason, "closed client connection");
             }

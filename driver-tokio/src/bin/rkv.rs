@@ -3,7 +3,7 @@
 //! ```text
 //! rkv serve --id 0 --cluster-id 7 --peers 0=127.0.0.1:7000,1=127.0.0.1:7001,2=127.0.0.1:7002 \
 //!           --client-addr 127.0.0.1:7100 --data-dir data/0 [--max-raft-state 1048576]
-//!           [--read-policy read-index|lease|log] [--follower-reads]
+//!           [--read-policy read-index|lease|log] [--follower-reads] [--metrics-addr 127.0.0.1:9100]
 //! rkv serve --id 3 --cluster-id 7 --join 127.0.0.1:7100 --peer-addr 127.0.0.1:7003 \
 //!           --client-addr 127.0.0.1:7103 --data-dir data/3
 //! rkv serve --id 3 --cluster-id 7 --peer-addr 127.0.0.1:7003 --client-addr 127.0.0.1:7103 \
@@ -219,6 +219,9 @@ struct ServeArgs {
     /// clients spread reads over every member.
     #[arg(long)]
     follower_reads: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (default: off).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// The TOML form of `serve`'s settings.
@@ -235,6 +238,7 @@ struct FileConfig {
     max_raft_state: Option<usize>,
     read_policy: Option<String>,
     follower_reads: Option<bool>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 fn node_config(args: ServeArgs) -> Result<NodeConfig, String> {
@@ -311,6 +315,7 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, String> {
         max_raft_state: (max > 0).then_some(max),
         read_policy,
         follower_reads: args.follower_reads || file.follower_reads.unwrap_or(false),
+        metrics_addr: args.metrics_addr.or(file.metrics_addr),
     })
 }
 

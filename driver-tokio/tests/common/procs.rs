@@ -23,6 +23,8 @@ pub struct ProcCluster {
     procs: Vec<Option<Child>>,
     /// The flags every server gets after the ones that place it.
     serve_args: Vec<String>,
+    /// Flags for one server only (by index), after `serve_args`.
+    node_args: Vec<Vec<String>>,
 }
 
 impl ProcCluster {
@@ -33,6 +35,16 @@ impl ProcCluster {
 
     /// `n` servers, each also given `serve_args`.
     pub fn with_args(cluster_id: u64, n: usize, serve_args: &[&str]) -> ProcCluster {
+        Self::with_node_args(cluster_id, n, serve_args, Vec::new())
+    }
+
+    /// `n` servers, each given `serve_args` and then its own `node_args[i]`.
+    pub fn with_node_args(
+        cluster_id: u64,
+        n: usize,
+        serve_args: &[&str],
+        node_args: Vec<Vec<String>>,
+    ) -> ProcCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut addrs = free_addrs(2 * n);
         let clients = addrs.split_off(n);
@@ -44,6 +56,7 @@ impl ProcCluster {
             clients,
             procs: (0..n).map(|_| None).collect(),
             serve_args: serve_args.iter().map(|a| a.to_string()).collect(),
+            node_args,
         };
         for i in 0..n {
             c.start(i);
@@ -79,6 +92,7 @@ impl ProcCluster {
             .arg("--data-dir")
             .arg(self.data_dir(i))
             .args(&self.serve_args)
+            .args(self.node_args.get(i).into_iter().flatten())
             .env(
                 "RKV_LOG",
                 std::env::var("RKV_TEST_LOG").unwrap_or("info".into()),
