@@ -42,6 +42,8 @@ impl Cluster {
             max_raft_state: Some(64 << 10),
             read_policy: driver_tokio::ReadPolicy::ReadIndex,
             follower_reads: false,
+            election_timeout: None,
+            heartbeat_interval: None,
         }
     }
 
