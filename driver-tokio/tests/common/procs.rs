@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use driver_tokio::Client;
@@ -23,6 +23,9 @@ pub struct ProcCluster {
     procs: Vec<Option<Child>>,
     /// The flags every server gets after the ones that place it.
     serve_args: Vec<String>,
+    /// Where each server binds (peer, client), when not at `peers[i]` and
+    /// `clients[i]`, the addresses it is known by: behind proxies.
+    listen: Vec<(SocketAddr, SocketAddr)>,
 }
 
 impl ProcCluster {
@@ -33,17 +36,32 @@ impl ProcCluster {
 
     /// `n` servers, each also given `serve_args`.
     pub fn with_args(cluster_id: u64, n: usize, serve_args: &[&str]) -> ProcCluster {
-        let dir = tempfile::tempdir().expect("tempdir");
         let mut addrs = free_addrs(2 * n);
         let clients = addrs.split_off(n);
-        let peers = addrs;
+        Self::behind(cluster_id, serve_args, addrs, clients, Vec::new())
+    }
+
+    /// Servers known to each other by `peers` and to clients by `clients`,
+    /// each also given `serve_args`; server `i` binds its listeners at
+    /// `listen[i]` (peer, client) if given (`--peer-listen`,
+    /// `--client-listen`), so that something else, a proxy, can stand at
+    /// the addresses it is known by.
+    pub fn behind(
+        cluster_id: u64,
+        serve_args: &[&str],
+        peers: Vec<SocketAddr>,
+        clients: Vec<SocketAddr>,
+        listen: Vec<(SocketAddr, SocketAddr)>,
+    ) -> ProcCluster {
+        let n = peers.len();
         let mut c = ProcCluster {
-            dir,
+            dir: tempfile::tempdir().expect("tempdir"),
             cluster_id,
             peers,
             clients,
             procs: (0..n).map(|_| None).collect(),
             serve_args: serve_args.iter().map(|a| a.to_string()).collect(),
+            listen,
         };
         for i in 0..n {
             c.start(i);
@@ -85,6 +103,10 @@ impl ProcCluster {
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null());
+        if let Some((peer, client)) = self.listen.get(i) {
+            cmd.args(["--peer-listen", &peer.to_string()])
+                .args(["--client-listen", &client.to_string()]);
+        }
         cmd
     }
 
@@ -108,6 +130,24 @@ impl ProcCluster {
             c.kill().expect("kill");
             c.wait().expect("wait");
         }
+    }
+
+    /// Sends SIGTERM (with `kill -TERM`).
+    pub fn terminate(&mut self, i: usize) {
+        let child = self.procs[i].as_ref().expect("a running server");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// The exit status of server `i` if it has exited (it is then no
+    /// longer running; `None` while it runs).
+    pub fn exited(&mut self, i: usize) -> Option<ExitStatus> {
+        let status = self.procs[i].as_mut()?.try_wait().expect("try_wait")?;
+        self.procs[i] = None;
+        Some(status)
     }
 
     pub fn kill_all(&mut self) {
