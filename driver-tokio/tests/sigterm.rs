@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use driver_tokio::Client;
+
 #[allow(dead_code)] // this file needs only `run`
 mod common;
 #[path = "common/procs.rs"]
@@ -24,22 +26,30 @@ fn sigterm_during_a_put_load_exits_0_and_keeps_every_acknowledged_put() {
     run(Duration::from_secs(180), async {
         cluster.leader().await;
         let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
+        let signalled = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
         for cli in 0..4 {
-            let (acked, stop) = (acked.clone(), stop.clone());
-            let mut c = cluster.client().await;
-            c.op_timeout = Duration::from_secs(3);
+            let (acked, signalled) = (acked.clone(), signalled.clone());
+            let servers = cluster.clients.clone();
+            let session = move || {
+                let servers = servers.clone();
+                async move {
+                    let mut c = Client::connect(CLUSTER_ID, servers).await.expect("client");
+                    c.op_timeout = Duration::from_secs(5);
+                    c
+                }
+            };
+            let mut c = session().await;
             workers.push(tokio::spawn(async move {
                 for j in 0.. {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
                     let (key, value) = (format!("c{cli}-{j}"), format!("v{j}"));
                     match c.put(&key, &value).await {
                         Ok(()) => acked.lock().unwrap().push((key, value)),
                         // The servers are going: its outcome is unknown.
-                        Err(_) => break,
+                        Err(_) if signalled.load(Ordering::Relaxed) => break,
+                        // A stall on a loaded machine: its outcome is
+                        // unknown, go on in a new session.
+                        Err(_) => c = session().await,
                     }
                 }
             }));
@@ -48,6 +58,7 @@ fn sigterm_during_a_put_load_exits_0_and_keeps_every_acknowledged_put() {
         while acked.lock().unwrap().len() < 200 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        signalled.store(true, Ordering::Relaxed);
         for i in 0..3 {
             cluster.terminate(i);
         }
@@ -69,7 +80,6 @@ fn sigterm_during_a_put_load_exits_0_and_keeps_every_acknowledged_put() {
             running = still;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        stop.store(true, Ordering::Relaxed);
         for w in workers {
             w.await.expect("worker");
         }
