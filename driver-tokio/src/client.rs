@@ -906,3 +906,88 @@ async fn read_responses(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_core::Command;
+    use tokio::net::TcpListener;
+
+    #[test]
+    fn each_timed_out_attempt_doubles_the_wait_up_to_the_deadline() {
+        let deadline = Instant::now() + Duration::from_secs(100);
+        let mut attempts = Attempts::new(Duration::from_secs(1), deadline);
+        assert_eq!(attempts.wait(), Duration::from_secs(1));
+        attempts.timed_out();
+        assert_eq!(attempts.wait(), Duration::from_secs(2));
+        for _ in 0..6 {
+            attempts.timed_out();
+        }
+        // 128 s, but only what is left until the deadline.
+        assert!(attempts.wait() <= Duration::from_secs(100));
+        assert!(attempts.wait() > Duration::from_secs(90));
+    }
+
+    /// A server that answers an operation's first attempt only once its
+    /// retry has arrived: the retry takes that answer.
+    #[tokio::test]
+    async fn a_late_answer_to_a_timed_out_attempt_answers_the_operation() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            let accept = || async {
+                let (stream, _) = listener.accept().await.expect("accept");
+                let (r, w) = stream.into_split();
+                let mut r = BufReader::new(r);
+                let _: Hello = read_frame(&mut r).await.expect("hello");
+                let request: ClientRequest = read_frame(&mut r).await.expect("request");
+                (request, r, w)
+            };
+            let (first, _r1, mut w1) = accept().await;
+            let retry = accept().await;
+            let ClientRequest::Command { id, .. } = first else {
+                panic!("not a command: {first:?}");
+            };
+            let answer = ClientResponse::Reply {
+                id,
+                reply: Reply::Applied(Outcome::Done),
+            };
+            write_frame(&mut w1, &answer).await.expect("answer");
+            w1.flush().await.expect("flush");
+            // Keep both connections open, the retry unanswered.
+            (retry, _r1, w1)
+        });
+        let mut c = Client::connect(1, vec![addr]).await.expect("client");
+        let wait = Duration::from_secs(3);
+        let mut attempts = Attempts::new(wait, Instant::now() + Duration::from_secs(60));
+        let command = || ClientRequest::Command {
+            id: 0,
+            command: Command {
+                client: 9,
+                seq: 1,
+                op: Op::Put {
+                    key: "k".into(),
+                    value: "v".into(),
+                },
+            },
+        };
+        let first = c.attempt(addr, command(), &mut attempts).await;
+        assert!(matches!(first, Err(CallFailure::TimedOut)));
+        assert_eq!(c.lingering.len(), 1, "the timed-out connection is kept");
+        let (from, response) = match c.attempt(addr, command(), &mut attempts).await {
+            Ok(answer) => answer,
+            Err(e) => panic!("no answer: {}", e.reason()),
+        };
+        assert_eq!(from, addr);
+        let first_id = *attempts.sent.keys().next().expect("two attempts");
+        assert_eq!(attempts.sent.len(), 2);
+        assert_eq!(
+            response,
+            ClientResponse::Reply {
+                id: first_id,
+                reply: Reply::Applied(Outcome::Done)
+            }
+        );
+        drop(server.await.expect("the server"));
+    }
+}

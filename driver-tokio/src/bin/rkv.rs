@@ -378,6 +378,7 @@ async fn start(config: NodeConfig, listen: Listen) -> Result<NodeHandle, NodeErr
     };
     let peer_addr = config
         .peer_addr
+        .or_else(|| config.peers.get(&config.id).copied())
         .ok_or_else(|| NodeError::Config("no peer address: give --peer-addr".into()))?;
     let peer = bind(listen.peer.unwrap_or(peer_addr)).await?;
     let client = bind(listen.client.unwrap_or(config.client_addr)).await?;
