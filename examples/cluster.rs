@@ -43,6 +43,8 @@ impl Cluster {
             read_policy: driver_tokio::ReadPolicy::ReadIndex,
             follower_reads: false,
             metrics_addr: None,
+            election_timeout: None,
+            heartbeat_interval: None,
         }
     }
 

@@ -33,6 +33,20 @@
 //! members again and starts over, until `op_timeout`. If a server reports
 //! `--read-policy log`, linearizable and lease Gets go through the log as
 //! session commands instead, as that policy asks.
+//!
+//! Slow commits. An attempt (one request to one server) waits
+//! `attempt_timeout` for its answer at first; every attempt of an
+//! operation that times out doubles the wait of the next ones, up to what
+//! is left of `op_timeout`. And an attempt that timed out is not given up:
+//! its connection is kept until the operation ends, and an `Applied`
+//! answer to it, or to any attempt of the operation, arriving while a later
+//! one waits, is the operation's answer (every attempt carries the same
+//! command, session and request number, which the servers apply once and
+//! answer from their session table; or the same read, started after the
+//! call). So when a commit takes longer than `attempt_timeout` (a slow
+//! disk, a WAN), operations still complete, each exactly once. Each
+//! connection has a reader task that hands its responses to the client's
+//! one inbox, so a connection can be listened to while another is written.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -45,6 +59,8 @@ use kv_core::{
 use raft_core::NodeId;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::wire::{read_frame, write_frame, ClientRequest, ClientResponse, Hello, NodeStatus};
 
@@ -52,6 +68,9 @@ use crate::wire::{read_frame, write_frame, ClientRequest, ClientResponse, Hello,
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// The pause before retrying an admin request the leader refused for now.
 const ADMIN_RETRY: Duration = Duration::from_millis(200);
+/// Responses the connections' readers queue for the client; a full inbox
+/// holds the readers back (and, through TCP, the servers).
+const INBOX: usize = 256;
 
 /// Why an operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -88,8 +107,69 @@ pub enum ClientError {
 }
 
 struct Conn {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
     writer: tokio::net::tcp::OwnedWriteHalf,
+    /// Tells this connection's arrivals from those of an earlier one to
+    /// the same server.
+    serial: u64,
+    /// The task reading its responses into the client's inbox.
+    reader: tokio::task::AbortHandle,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// What a connection's reader hands the client: a response, or why the
+/// connection ended.
+struct Arrival {
+    serial: u64,
+    what: Result<ClientResponse, String>,
+}
+
+/// Why a request got no answer.
+enum CallFailure {
+    TimedOut,
+    Failed(String),
+}
+
+impl CallFailure {
+    fn reason(&self) -> String {
+        match self {
+            CallFailure::TimedOut => "no answer in time".to_string(),
+            CallFailure::Failed(why) => why.clone(),
+        }
+    }
+}
+
+/// The attempts of one operation (see the module doc): the requests sent so
+/// far, by id, with the server each went to, and how long the next attempt
+/// waits.
+struct Attempts {
+    sent: BTreeMap<u64, SocketAddr>,
+    wait: Duration,
+    deadline: Instant,
+}
+
+impl Attempts {
+    fn new(first_wait: Duration, deadline: Instant) -> Attempts {
+        Attempts {
+            sent: BTreeMap::new(),
+            wait: first_wait,
+            deadline,
+        }
+    }
+
+    /// How long the next attempt waits: never past the deadline.
+    fn wait(&self) -> Duration {
+        self.wait
+            .min(self.deadline.saturating_duration_since(Instant::now()))
+    }
+
+    fn timed_out(&mut self) {
+        self.wait = self.wait.saturating_mul(2);
+    }
 }
 
 /// A session with a cluster.
@@ -100,6 +180,13 @@ pub struct Client {
     /// The client address of every server whose node id is known.
     addrs: BTreeMap<NodeId, SocketAddr>,
     conns: BTreeMap<SocketAddr, Conn>,
+    /// The connections of attempts that timed out in the current operation,
+    /// kept for their late answers; dropped when it ends.
+    lingering: Vec<Conn>,
+    /// Where every connection's reader puts what arrives.
+    inbox: mpsc::Receiver<Arrival>,
+    inbox_tx: mpsc::Sender<Arrival>,
+    next_serial: u64,
     /// Built on the first request, once some server's id is known.
     clerk: Option<Clerk>,
     id: u64,
@@ -113,7 +200,10 @@ pub struct Client {
     log_reads: bool,
     /// Where successive reads start their round-robin.
     read_turn: usize,
-    /// How long to wait for one server's answer before trying the next.
+    /// How long an operation's first attempt waits for one server's answer
+    /// before it also tries the next; each attempt that times out doubles
+    /// the wait of the later ones, and keeps listening (see the module doc).
+    /// A status or admin request waits this long.
     pub attempt_timeout: Duration,
     /// How long an operation may take in all before failing with `Timeout`.
     pub op_timeout: Duration,
@@ -151,11 +241,16 @@ impl Client {
             return Err(ClientError::NoServers);
         }
         let id = raft_wire::seed_from_entropy(0x6b76);
+        let (inbox_tx, inbox) = mpsc::channel(INBOX);
         Ok(Client {
             cluster_id,
             seeds: servers,
             addrs: BTreeMap::new(),
             conns: BTreeMap::new(),
+            lingering: Vec::new(),
+            inbox,
+            inbox_tx,
+            next_serial: 0,
             clerk: None,
             id,
             next_id: 0,
@@ -201,18 +296,32 @@ impl Client {
         key: &str,
         consistency: ReadConsistency,
     ) -> Result<String, ClientError> {
-        let started = tokio::time::Instant::now();
+        let started = Instant::now();
         if consistency != ReadConsistency::Local {
             self.await_servers(started).await?;
             if self.log_reads {
                 return self.get_in_session(key).await;
             }
         }
+        self.lingering.clear();
+        let result = self.read(key, consistency, started).await;
+        self.lingering.clear();
+        result
+    }
+
+    /// The attempts of [`Client::get_with`] once the servers are known.
+    async fn read(
+        &mut self,
+        key: &str,
+        consistency: ReadConsistency,
+        started: Instant,
+    ) -> Result<String, ClientError> {
         self.read_turn = self.read_turn.wrapping_add(1);
         let mut order = self.read_order(consistency);
         let mut turn = 0;
         let mut hinted: Option<SocketAddr> = None;
         let mut failures = 0usize;
+        let mut attempts = Attempts::new(self.attempt_timeout, started + self.op_timeout);
         loop {
             if started.elapsed() > self.op_timeout {
                 return Err(ClientError::Timeout(self.op_timeout));
@@ -226,19 +335,25 @@ impl Client {
                 key: key.to_string(),
                 consistency,
             };
-            match self.call(addr, request).await {
-                Ok(ClientResponse::Reply {
-                    reply: Reply::Applied(Outcome::Value(value)),
-                    ..
-                }) => {
-                    self.read_answered(addr, consistency);
+            match self.attempt(addr, request, &mut attempts).await {
+                Ok((
+                    from,
+                    ClientResponse::Reply {
+                        reply: Reply::Applied(Outcome::Value(value)),
+                        ..
+                    },
+                )) => {
+                    self.read_answered(from, consistency);
                     return Ok(value);
                 }
-                Ok(ClientResponse::Reply {
-                    reply: Reply::WrongLeader { leader_hint },
-                    ..
-                }) => hinted = self.follow_hint(addr, leader_hint).await,
-                Ok(other) => {
+                Ok((
+                    _,
+                    ClientResponse::Reply {
+                        reply: Reply::WrongLeader { leader_hint },
+                        ..
+                    },
+                )) => hinted = self.follow_hint(addr, leader_hint, attempts.wait()).await,
+                Ok((_, other)) => {
                     return Err(ClientError::Unexpected {
                         addr,
                         what: format!("{other:?}"),
@@ -251,7 +366,7 @@ impl Client {
                 // A whole round failed: no leader yet, or the membership
                 // moved. Start over from what the servers say now.
                 tokio::time::sleep(kv_core::ROUND_BACKOFF).await;
-                self.discover().await;
+                self.discover(attempts.wait()).await;
                 order = self.read_order(consistency);
                 (turn, hinted) = (0, None);
             }
@@ -327,7 +442,7 @@ impl Client {
     /// progress, a leader not ready yet) until `op_timeout`. A member list
     /// is only taken from the leader.
     pub async fn admin(&mut self, request: AdminRequest) -> Result<AdminReply, ClientError> {
-        let started = tokio::time::Instant::now();
+        let started = Instant::now();
         let mut target: Option<NodeId> = None;
         let mut last_refusal = None;
         loop {
@@ -336,7 +451,7 @@ impl Client {
                     .map_or(ClientError::Timeout(self.op_timeout), ClientError::Refused));
             }
             if self.addrs.is_empty() || target.is_some_and(|t| !self.addrs.contains_key(&t)) {
-                self.discover().await;
+                self.discover(self.attempt_timeout).await;
             }
             let candidates: Vec<(NodeId, SocketAddr)> = match target {
                 Some(t) if self.addrs.contains_key(&t) => vec![(t, self.addrs[&t])],
@@ -382,7 +497,7 @@ impl Client {
                 tokio::time::sleep(ADMIN_RETRY).await;
             }
             if target.is_none() {
-                self.discover().await;
+                self.discover(self.attempt_timeout).await;
             }
         }
     }
@@ -392,14 +507,15 @@ impl Client {
         self.next_id
     }
 
-    /// Asks every server it knows of for its status: learns their node ids
-    /// and, from the most up-to-date view, the members' client addresses.
-    async fn discover(&mut self) {
+    /// Asks every server it knows of for its status, waiting up to `wait`
+    /// for the answers: learns their node ids and, from the most up-to-date
+    /// view, the members' client addresses.
+    async fn discover(&mut self, wait: Duration) {
         let mut targets: BTreeSet<SocketAddr> = self.seeds.iter().copied().collect();
         targets.extend(self.addrs.values().copied());
         let mut asks = tokio::task::JoinSet::new();
         for addr in targets {
-            let (cluster_id, timeout) = (self.cluster_id, self.attempt_timeout);
+            let (cluster_id, timeout) = (self.cluster_id, wait);
             asks.spawn(async move {
                 let mut c = Client::connect(cluster_id, vec![addr]).await.ok()?;
                 c.attempt_timeout = timeout;
@@ -467,14 +583,17 @@ impl Client {
         self.addrs = addrs;
     }
 
-    /// Waits (within the operation's time) until some server's id is known.
-    async fn await_servers(&mut self, started: tokio::time::Instant) -> Result<(), ClientError> {
+    /// Waits (within the operation's time) until some server's id is known,
+    /// doubling the wait for answers after every round without one.
+    async fn await_servers(&mut self, started: Instant) -> Result<(), ClientError> {
+        let mut rounds = Attempts::new(self.attempt_timeout, started + self.op_timeout);
         while self.clerk.is_none() {
             if started.elapsed() > self.op_timeout {
                 return Err(ClientError::Timeout(self.op_timeout));
             }
-            self.discover().await;
+            self.discover(rounds.wait()).await;
             if self.clerk.is_none() {
+                rounds.timed_out();
                 tokio::time::sleep(kv_core::ROUND_BACKOFF).await;
             }
         }
@@ -522,14 +641,20 @@ impl Client {
     }
 
     /// `addr` answered `WrongLeader` with `hint`: where to send the read
-    /// next, if the hint names another server.
-    async fn follow_hint(&mut self, addr: SocketAddr, hint: Option<NodeId>) -> Option<SocketAddr> {
+    /// next, if the hint names another server (asking the servers, waiting
+    /// up to `wait`, if it names one not known).
+    async fn follow_hint(
+        &mut self,
+        addr: SocketAddr,
+        hint: Option<NodeId>,
+        wait: Duration,
+    ) -> Option<SocketAddr> {
         let Some(hint) = hint else {
             self.forget_leader_at(addr);
             return None;
         };
         if !self.addrs.contains_key(&hint) {
-            self.discover().await;
+            self.discover(wait).await;
         }
         let to = self.addrs.get(&hint).copied()?;
         self.leader = Some(hint);
@@ -547,9 +672,18 @@ impl Client {
     }
 
     async fn execute(&mut self, op: Op) -> Result<Outcome, ClientError> {
-        let started = tokio::time::Instant::now();
+        let started = Instant::now();
         self.await_servers(started).await?;
+        self.lingering.clear();
+        let result = self.command(op, started).await;
+        self.lingering.clear();
+        result
+    }
+
+    /// The attempts of one command, once the servers are known.
+    async fn command(&mut self, op: Op, started: Instant) -> Result<Outcome, ClientError> {
         let mut attempt = self.clerk.as_mut().expect("built").begin(op);
+        let mut attempts = Attempts::new(self.attempt_timeout, started + self.op_timeout);
         loop {
             if started.elapsed() > self.op_timeout {
                 // Leave the clerk usable: the request stays outstanding and
@@ -562,18 +696,22 @@ impl Client {
             if let Some(delay) = attempt.delay {
                 // A whole round failed: the membership may have moved.
                 tokio::time::sleep(delay).await;
-                self.discover().await;
+                self.discover(attempts.wait()).await;
             }
             let server = attempt.server;
             let reply = match self.addrs.get(&server).copied() {
                 Some(addr) => {
-                    let id = self.fresh_id();
                     let request = ClientRequest::Command {
-                        id,
+                        id: 0,
                         command: attempt.command.clone(),
                     };
-                    match self.call(addr, request).await {
-                        Ok(ClientResponse::Reply { reply, .. }) => Some(reply),
+                    match self.attempt(addr, request, &mut attempts).await {
+                        Ok((from, ClientResponse::Reply { reply, .. })) => {
+                            // An earlier attempt's answer comes from where
+                            // that attempt went.
+                            let by = self.addrs.iter().find(|(_, &a)| a == from);
+                            Some((by.map_or(server, |(&id, _)| id), reply))
+                        }
                         _ => None,
                     }
                 }
@@ -581,19 +719,19 @@ impl Client {
             };
             let hint_unknown = matches!(
                 &reply,
-                Some(Reply::WrongLeader { leader_hint: Some(h) }) if !self.addrs.contains_key(h)
+                Some((_, Reply::WrongLeader { leader_hint: Some(h) })) if !self.addrs.contains_key(h)
             );
             if hint_unknown {
-                self.discover().await;
+                self.discover(attempts.wait()).await;
             }
             let clerk = self.clerk.as_mut().expect("built");
             attempt = match reply {
-                Some(reply) => match clerk.on_reply(server, reply) {
+                Some((by, reply)) => match clerk.on_reply(by, reply) {
                     Progress::Done(Outcome::SessionExpired) => {
                         return Err(ClientError::SessionExpired)
                     }
                     Progress::Done(outcome) => {
-                        self.leader = Some(server);
+                        self.leader = Some(by);
                         return Ok(outcome);
                     }
                     Progress::Retry(next) => next,
@@ -603,45 +741,121 @@ impl Client {
         }
     }
 
-    /// One request to one server and the response with its id (`id` is
-    /// replaced by a fresh one), within one attempt timeout.
+    /// One request to one server and its response, within one attempt
+    /// timeout (a request that times out loses its connection).
     async fn call(
         &mut self,
         addr: SocketAddr,
-        mut request: ClientRequest,
+        request: ClientRequest,
     ) -> Result<ClientResponse, ClientError> {
         let id = self.fresh_id();
+        let wait = self.attempt_timeout;
+        match self
+            .exchange(addr, request, id, wait, &BTreeMap::new())
+            .await
+        {
+            Ok((_, response)) => Ok(response),
+            Err(failure) => {
+                self.conns.remove(&addr);
+                Err(ClientError::Unreachable {
+                    addr,
+                    reason: failure.reason(),
+                })
+            }
+        }
+    }
+
+    /// One attempt of an operation (see the module doc): `request` to
+    /// `addr`, waiting [`Attempts::wait`] for its answer or an `Applied`
+    /// answer to an earlier attempt. Returns who answered, and what. One
+    /// that times out keeps its connection until the operation ends, and
+    /// doubles the next attempt's wait.
+    async fn attempt(
+        &mut self,
+        addr: SocketAddr,
+        request: ClientRequest,
+        attempts: &mut Attempts,
+    ) -> Result<(SocketAddr, ClientResponse), CallFailure> {
+        let id = self.fresh_id();
+        attempts.sent.insert(id, addr);
+        let result = self
+            .exchange(addr, request, id, attempts.wait(), &attempts.sent)
+            .await;
+        match &result {
+            Ok(_) => {}
+            Err(CallFailure::TimedOut) => {
+                attempts.timed_out();
+                if let Some(conn) = self.conns.remove(&addr) {
+                    self.lingering.push(conn);
+                }
+            }
+            Err(CallFailure::Failed(_)) => {
+                self.conns.remove(&addr);
+            }
+        }
+        result
+    }
+
+    /// Sends `request` to `addr` under the id `id`, and waits up to `wait`
+    /// for the answer to it, or for an `Applied` answer to another request
+    /// in `sent` (id → where it went). Returns who answered, and what; a
+    /// response to anything else is dropped.
+    async fn exchange(
+        &mut self,
+        addr: SocketAddr,
+        mut request: ClientRequest,
+        id: u64,
+        wait: Duration,
+        sent: &BTreeMap<u64, SocketAddr>,
+    ) -> Result<(SocketAddr, ClientResponse), CallFailure> {
+        let deadline = Instant::now() + wait;
         match &mut request {
             ClientRequest::Command { id: rid, .. }
             | ClientRequest::Status { id: rid }
             | ClientRequest::Admin { id: rid, .. }
             | ClientRequest::Read { id: rid, .. } => *rid = id,
         }
-        let result = tokio::time::timeout(self.attempt_timeout, async {
+        let sending = async {
             let conn = self.conn(addr).await?;
             write_frame(&mut conn.writer, &request).await?;
             conn.writer.flush().await?;
-            loop {
-                let response = read_frame::<ClientResponse, _>(&mut conn.reader)
-                    .await
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                let rid = match &response {
-                    ClientResponse::Reply { id, .. } | ClientResponse::Status { id, .. } => *id,
-                };
-                if rid == id {
-                    return Ok::<_, std::io::Error>(response);
-                }
-                // An answer to a request we gave up on.
-            }
-        })
-        .await;
-        let reason = match result {
-            Ok(Ok(response)) => return Ok(response),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "no answer in time".to_string(),
+            Ok::<_, std::io::Error>(conn.serial)
         };
-        self.conns.remove(&addr);
-        Err(ClientError::Unreachable { addr, reason })
+        let serial = match tokio::time::timeout_at(deadline, sending).await {
+            Ok(Ok(serial)) => serial,
+            Ok(Err(e)) => return Err(CallFailure::Failed(e.to_string())),
+            Err(_) => return Err(CallFailure::TimedOut),
+        };
+        loop {
+            let Ok(arrival) = tokio::time::timeout_at(deadline, self.inbox.recv()).await else {
+                return Err(CallFailure::TimedOut);
+            };
+            let arrival = arrival.expect("the client holds a sender: the inbox stays open");
+            match arrival.what {
+                Ok(response) => {
+                    let rid = match &response {
+                        ClientResponse::Reply { id, .. } | ClientResponse::Status { id, .. } => *id,
+                    };
+                    let applied = matches!(
+                        response,
+                        ClientResponse::Reply {
+                            reply: Reply::Applied(_),
+                            ..
+                        }
+                    );
+                    if rid == id {
+                        return Ok((addr, response));
+                    }
+                    if let Some(&from) = sent.get(&rid).filter(|_| applied) {
+                        return Ok((from, response));
+                    }
+                    // An answer to a request given up on.
+                }
+                Err(reason) if arrival.serial == serial => return Err(CallFailure::Failed(reason)),
+                // An earlier connection ended.
+                Err(_) => {}
+            }
+        }
     }
 
     async fn conn(&mut self, addr: SocketAddr) -> std::io::Result<&mut Conn> {
@@ -655,14 +869,125 @@ impl Client {
             let (r, mut w) = stream.into_split();
             let hello = Hello::client(self.cluster_id);
             write_frame(&mut w, &hello).await?;
+            self.next_serial += 1;
+            let serial = self.next_serial;
+            let reader = tokio::spawn(read_responses(
+                serial,
+                BufReader::new(r),
+                self.inbox_tx.clone(),
+            ));
             self.conns.insert(
                 addr,
                 Conn {
-                    reader: BufReader::new(r),
                     writer: w,
+                    serial,
+                    reader: reader.abort_handle(),
                 },
             );
         }
         Ok(self.conns.get_mut(&addr).expect("just connected"))
+    }
+}
+
+/// A connection's reader: hands every response to the client's inbox, then
+/// why the connection ended.
+async fn read_responses(
+    serial: u64,
+    mut reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    inbox: mpsc::Sender<Arrival>,
+) {
+    loop {
+        let what = read_frame::<ClientResponse, _>(&mut reader)
+            .await
+            .map_err(|e| e.to_string());
+        let ended = what.is_err();
+        if inbox.send(Arrival { serial, what }).await.is_err() || ended {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_core::Command;
+    use tokio::net::TcpListener;
+
+    #[test]
+    fn each_timed_out_attempt_doubles_the_wait_up_to_the_deadline() {
+        let deadline = Instant::now() + Duration::from_secs(100);
+        let mut attempts = Attempts::new(Duration::from_secs(1), deadline);
+        assert_eq!(attempts.wait(), Duration::from_secs(1));
+        attempts.timed_out();
+        assert_eq!(attempts.wait(), Duration::from_secs(2));
+        for _ in 0..6 {
+            attempts.timed_out();
+        }
+        // 128 s, but only what is left until the deadline.
+        assert!(attempts.wait() <= Duration::from_secs(100));
+        assert!(attempts.wait() > Duration::from_secs(90));
+    }
+
+    /// A server that answers an operation's first attempt only once its
+    /// retry has arrived: the retry takes that answer.
+    #[tokio::test]
+    async fn a_late_answer_to_a_timed_out_attempt_answers_the_operation() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            let accept = || async {
+                let (stream, _) = listener.accept().await.expect("accept");
+                let (r, w) = stream.into_split();
+                let mut r = BufReader::new(r);
+                let _: Hello = read_frame(&mut r).await.expect("hello");
+                let request: ClientRequest = read_frame(&mut r).await.expect("request");
+                (request, r, w)
+            };
+            let (first, _r1, mut w1) = accept().await;
+            let retry = accept().await;
+            let ClientRequest::Command { id, .. } = first else {
+                panic!("not a command: {first:?}");
+            };
+            let answer = ClientResponse::Reply {
+                id,
+                reply: Reply::Applied(Outcome::Done),
+            };
+            write_frame(&mut w1, &answer).await.expect("answer");
+            w1.flush().await.expect("flush");
+            // Keep both connections open, the retry unanswered.
+            (retry, _r1, w1)
+        });
+        let mut c = Client::connect(1, vec![addr]).await.expect("client");
+        let wait = Duration::from_secs(3);
+        let mut attempts = Attempts::new(wait, Instant::now() + Duration::from_secs(60));
+        let command = || ClientRequest::Command {
+            id: 0,
+            command: Command {
+                client: 9,
+                seq: 1,
+                op: Op::Put {
+                    key: "k".into(),
+                    value: "v".into(),
+                },
+            },
+        };
+        let first = c.attempt(addr, command(), &mut attempts).await;
+        assert!(matches!(first, Err(CallFailure::TimedOut)));
+        assert_eq!(c.lingering.len(), 1, "the timed-out connection is kept");
+        let (from, response) = match c.attempt(addr, command(), &mut attempts).await {
+            Ok(answer) => answer,
+            Err(e) => panic!("no answer: {}", e.reason()),
+        };
+        assert_eq!(from, addr);
+        let first_id = *attempts.sent.keys().next().expect("two attempts");
+        assert_eq!(attempts.sent.len(), 2);
+        assert_eq!(
+            response,
+            ClientResponse::Reply {
+                id: first_id,
+                reply: Reply::Applied(Outcome::Done)
+            }
+        );
+        drop(server.await.expect("the server"));
     }
 }

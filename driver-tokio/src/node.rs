@@ -99,6 +99,13 @@ pub struct NodeConfig {
     pub follower_reads: bool,
     /// Where to serve Prometheus metrics (`GET /metrics`); `None`: nowhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// The lower bound of the randomized election timeout (the upper bound
+    /// is twice it); `None`: the core's 300 ms. It must exceed a round trip
+    /// between peers with room to spare, and be alike on every server.
+    pub election_timeout: Option<Duration>,
+    /// How often a leader sends heartbeats (less than the election
+    /// timeout); `None`: the core's 100 ms.
+    pub heartbeat_interval: Option<Duration>,
 }
 
 /// The name of a read policy as `rkv serve --read-policy` takes it.
@@ -212,7 +219,8 @@ pub enum Input {
     },
 }
 
-/// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
+/// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`]
+/// (which `rkv serve` does on SIGTERM or SIGINT).
 pub struct NodeHandle {
     tasks: JoinSet<()>,
     done: oneshot::Receiver<Result<(), NodeError>>,
@@ -220,8 +228,11 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    /// Stops every task and the storage thread (writes already handed to
-    /// storage finish first), releasing ports and files.
+    /// Stops every task, then the storage thread once every write handed to
+    /// it is durable (the fsync in progress finishes, and the writes queued
+    /// behind it are committed; none is torn), releasing ports and files.
+    /// Nothing is answered meanwhile: what was acknowledged was durable
+    /// already, and what was not may or may not be kept, as in a crash.
     pub async fn shutdown(mut self) {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
@@ -293,7 +304,14 @@ pub async fn start_node_with(
     let fresh = recovered.state == raft_core::DurableState::default();
     let book = initial_book(&config, fresh).await?;
     book.store(&config.data_dir)?;
-    let raft = raft_core::Config::new(config.id, book.bootstrap.clone());
+    let mut raft = raft_core::Config::new(config.id, book.bootstrap.clone());
+    if let Some(min) = config.election_timeout {
+        raft.election_timeout_min = min;
+        raft.election_timeout_max = min * 2;
+    }
+    if let Some(interval) = config.heartbeat_interval {
+        raft.heartbeat_interval = interval;
+    }
     let seed = seed_from_entropy(config.id);
     let mut server_config = ServerConfig::new(raft, config.max_raft_state);
     server_config.addresses = Some(MemberAddrs {
@@ -499,7 +517,8 @@ async fn initial_book(config: &NodeConfig, fresh: bool) -> Result<AddressBook, N
 
 /// Group commit: block for one write, take every other write already queued,
 /// append them all, fsync once, then report them durable (with the messages
-/// that waited for them).
+/// that waited for them). Once the event loop is gone (a shutdown), it
+/// commits what is still queued, reporting nothing, and returns.
 fn storage_loop(
     mut storage: Storage,
     rx: std_mpsc::Receiver<Persist>,
@@ -522,7 +541,10 @@ fn storage_loop(
             Err(e) => Input::StorageFailed(e),
         };
         let failed = matches!(input, Input::StorageFailed(_));
-        if node.blocking_send(input).is_err() || failed {
+        // A closed channel means the node is shutting down: what is queued
+        // still goes to disk, until the event loop's sender is gone too.
+        let _ = node.blocking_send(input);
+        if failed {
             return;
         }
     }

@@ -4,6 +4,8 @@
 //! rkv serve --id 0 --cluster-id 7 --peers 0=127.0.0.1:7000,1=127.0.0.1:7001,2=127.0.0.1:7002 \
 //!           --client-addr 127.0.0.1:7100 --data-dir data/0 [--max-raft-state 1048576]
 //!           [--read-policy read-index|lease|log] [--follower-reads] [--metrics-addr 127.0.0.1:9100]
+//!           [--election-timeout-ms 300] [--heartbeat-ms 100]
+//!           [--peer-listen HOST:PORT] [--client-listen HOST:PORT]
 //! rkv serve --id 3 --cluster-id 7 --join 127.0.0.1:7100 --peer-addr 127.0.0.1:7003 \
 //!           --client-addr 127.0.0.1:7103 --data-dir data/3
 //! rkv serve --id 3 --cluster-id 7 --peer-addr 127.0.0.1:7003 --client-addr 127.0.0.1:7103 \
@@ -19,6 +21,9 @@
 //! rkv member remove ID  --servers ...
 //! rkv transfer-leader [ID] --servers ...
 //! ```
+//!
+//! `rkv serve` stops on SIGTERM or SIGINT: the write being made durable
+//! (and any queued behind it) finishes, then it exits with status 0.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,7 +33,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use driver_tokio::{
-    parse_read_policy, start_node, Client, NodeConfig, ReadConsistency, ReadPolicy,
+    parse_read_policy, start_node, start_node_with, Client, NodeConfig, NodeError, NodeHandle,
+    ReadConsistency, ReadPolicy,
 };
 use kv_core::{AdminReply, AdminRequest, MemberAddrs};
 use serde::Deserialize;
@@ -222,6 +228,23 @@ struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (default: off).
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// The election timeout's lower bound in milliseconds (each wait is
+    /// drawn from [MS, 2·MS); default 300). Give every server the same, well
+    /// above the round trip between peers (slow links, a WAN).
+    #[arg(long)]
+    election_timeout_ms: Option<u64>,
+    /// How often the leader sends heartbeats, in milliseconds (default
+    /// 100; below the election timeout).
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Bind the peer listener here rather than at the peer address, which
+    /// stays what the other servers are told (a proxy or NAT in front).
+    #[arg(long)]
+    peer_listen: Option<SocketAddr>,
+    /// Bind the client listener here rather than at --client-addr, which
+    /// stays what clients are told.
+    #[arg(long)]
+    client_listen: Option<SocketAddr>,
 }
 
 /// The TOML form of `serve`'s settings.
@@ -239,9 +262,21 @@ struct FileConfig {
     read_policy: Option<String>,
     follower_reads: Option<bool>,
     metrics_addr: Option<SocketAddr>,
+    election_timeout_ms: Option<u64>,
+    heartbeat_ms: Option<u64>,
+    peer_listen: Option<SocketAddr>,
+    client_listen: Option<SocketAddr>,
 }
 
-fn node_config(args: ServeArgs) -> Result<NodeConfig, String> {
+/// Where `serve` binds its listeners, when not at the addresses it is known
+/// by.
+#[derive(Default)]
+struct Listen {
+    peer: Option<SocketAddr>,
+    client: Option<SocketAddr>,
+}
+
+fn node_config(args: ServeArgs) -> Result<(NodeConfig, Listen), String> {
     let file: FileConfig = match &args.config {
         Some(path) => {
             let text =
@@ -298,7 +333,21 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, String> {
         .max_raft_state
         .or(file.max_raft_state)
         .unwrap_or(64 << 20);
-    Ok(NodeConfig {
+    let election = args.election_timeout_ms.or(file.election_timeout_ms);
+    let heartbeat = args.heartbeat_ms.or(file.heartbeat_ms);
+    if election == Some(0) || heartbeat == Some(0) {
+        return Err("--election-timeout-ms and --heartbeat-ms must be above 0".into());
+    }
+    if heartbeat.unwrap_or(100) >= election.unwrap_or(300) {
+        return Err("--heartbeat-ms must be below --election-timeout-ms".into());
+    }
+    let listen = Listen {
+        peer: args.peer_listen.or(file.peer_listen),
+        client: args.client_listen.or(file.client_listen),
+    };
+    // Bound elsewhere, the node is told its peer address.
+    let peer_addr = peer_addr.or_else(|| listen.peer.and(peers.get(&id).copied()));
+    let config = NodeConfig {
         id,
         cluster_id: args.cluster_id.or(file.cluster_id).unwrap_or(1),
         peers,
@@ -316,18 +365,69 @@ fn node_config(args: ServeArgs) -> Result<NodeConfig, String> {
         read_policy,
         follower_reads: args.follower_reads || file.follower_reads.unwrap_or(false),
         metrics_addr: args.metrics_addr.or(file.metrics_addr),
+        election_timeout: election.map(Duration::from_millis),
+        heartbeat_interval: heartbeat.map(Duration::from_millis),
+    };
+    Ok((config, listen))
+}
+
+/// Starts the node, on listeners bound at `listen` where given.
+async fn start(config: NodeConfig, listen: Listen) -> Result<NodeHandle, NodeError> {
+    if listen.peer.is_none() && listen.client.is_none() {
+        return start_node(config).await;
+    }
+    let bind = |addr: SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| NodeError::Bind { addr, source })
+    };
+    let peer_addr = config
+        .peer_addr
+        .or_else(|| config.peers.get(&config.id).copied())
+        .ok_or_else(|| NodeError::Config("no peer address: give --peer-addr".into()))?;
+    let peer = bind(listen.peer.unwrap_or(peer_addr)).await?;
+    let client = bind(listen.client.unwrap_or(config.client_addr)).await?;
+    start_node_with(config, peer, client).await
+}
+
+/// Resolves on the first SIGTERM or SIGINT after the call (the handlers
+/// are installed at once, so none is missed in between), naming it.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        }
     })
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
-    let config = match node_config(args) {
+    let (config, listen) = match node_config(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("rkv serve: {e}");
             return ExitCode::from(2);
         }
     };
-    let mut node = match start_node(config).await {
+    let stop = match stop_signal() {
+        Ok(stop) => stop,
+        Err(e) => {
+            eprintln!("rkv serve: cannot handle signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::pin!(stop);
+    let started = tokio::select! {
+        started = start(config, listen) => started,
+        signal = &mut stop => {
+            tracing::info!(signal, "stopped while starting");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let mut node = match started {
         Ok(n) => n,
         Err(e) => {
             eprintln!("rkv serve: {e}");
@@ -342,11 +442,12 @@ async fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
-        _ = tokio::signal::ctrl_c() => {
-            tracing::info!("interrupted; shutting down");
+        signal = &mut stop => {
+            tracing::info!(signal, "shutting down: finishing the writes in progress");
         }
     }
     node.shutdown().await;
+    tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use driver_tokio::Client;
@@ -25,6 +25,9 @@ pub struct ProcCluster {
     serve_args: Vec<String>,
     /// Flags for one server only (by index), after `serve_args`.
     node_args: Vec<Vec<String>>,
+    /// Where each server binds (peer, client), when not at `peers[i]` and
+    /// `clients[i]`, the addresses it is known by: behind proxies.
+    listen: Vec<(SocketAddr, SocketAddr)>,
 }
 
 impl ProcCluster {
@@ -45,18 +48,51 @@ impl ProcCluster {
         serve_args: &[&str],
         node_args: Vec<Vec<String>>,
     ) -> ProcCluster {
-        let dir = tempfile::tempdir().expect("tempdir");
         let mut addrs = free_addrs(2 * n);
         let clients = addrs.split_off(n);
-        let peers = addrs;
+        Self::build(
+            cluster_id,
+            serve_args,
+            addrs,
+            clients,
+            Vec::new(),
+            node_args,
+        )
+    }
+
+    /// Servers known to each other by `peers` and to clients by `clients`,
+    /// each also given `serve_args`; server `i` binds its listeners at
+    /// `listen[i]` (peer, client) if given (`--peer-listen`,
+    /// `--client-listen`), so that something else, a proxy, can stand at
+    /// the addresses it is known by.
+    pub fn behind(
+        cluster_id: u64,
+        serve_args: &[&str],
+        peers: Vec<SocketAddr>,
+        clients: Vec<SocketAddr>,
+        listen: Vec<(SocketAddr, SocketAddr)>,
+    ) -> ProcCluster {
+        Self::build(cluster_id, serve_args, peers, clients, listen, Vec::new())
+    }
+
+    fn build(
+        cluster_id: u64,
+        serve_args: &[&str],
+        peers: Vec<SocketAddr>,
+        clients: Vec<SocketAddr>,
+        listen: Vec<(SocketAddr, SocketAddr)>,
+        node_args: Vec<Vec<String>>,
+    ) -> ProcCluster {
+        let n = peers.len();
         let mut c = ProcCluster {
-            dir,
+            dir: tempfile::tempdir().expect("tempdir"),
             cluster_id,
             peers,
             clients,
             procs: (0..n).map(|_| None).collect(),
             serve_args: serve_args.iter().map(|a| a.to_string()).collect(),
             node_args,
+            listen,
         };
         for i in 0..n {
             c.start(i);
@@ -99,6 +135,10 @@ impl ProcCluster {
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null());
+        if let Some((peer, client)) = self.listen.get(i) {
+            cmd.args(["--peer-listen", &peer.to_string()])
+                .args(["--client-listen", &client.to_string()]);
+        }
         cmd
     }
 
@@ -122,6 +162,24 @@ impl ProcCluster {
             c.kill().expect("kill");
             c.wait().expect("wait");
         }
+    }
+
+    /// Sends SIGTERM (with `kill -TERM`).
+    pub fn terminate(&mut self, i: usize) {
+        let child = self.procs[i].as_ref().expect("a running server");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// The exit status of server `i` if it has exited (it is then no
+    /// longer running; `None` while it runs).
+    pub fn exited(&mut self, i: usize) -> Option<ExitStatus> {
+        let status = self.procs[i].as_mut()?.try_wait().expect("try_wait")?;
+        self.procs[i] = None;
+        Some(status)
     }
 
     pub fn kill_all(&mut self) {
