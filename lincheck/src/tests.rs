@@ -8,7 +8,7 @@ use super::*;
 
 const BUDGET: Duration = Duration::from_secs(5);
 
-fn op<I, O>(client: u64, call: u64, ret: u64, input: I, output: O) -> Operation<I, O> {
+pub(crate) fn op<I, O>(client: u64, call: u64, ret: u64, input: I, output: O) -> Operation<I, O> {
     Operation {
         client,
         call,
@@ -18,10 +18,10 @@ fn op<I, O>(client: u64, call: u64, ret: u64, input: I, output: O) -> Operation<
     }
 }
 
-type KvOperation = Operation<KvInput, KvOutput>;
+pub(crate) type KvOperation = Operation<KvInput, KvOutput>;
 type RegOperation = Operation<RegisterInput, RegisterOutput>;
 
-fn put(client: u64, call: u64, ret: u64, key: &str, value: &str) -> KvOperation {
+pub(crate) fn put(client: u64, call: u64, ret: u64, key: &str, value: &str) -> KvOperation {
     op(
         client,
         call,
@@ -41,7 +41,7 @@ fn append(client: u64, call: u64, ret: u64, key: &str, value: &str) -> KvOperati
     )
 }
 
-fn get(client: u64, call: u64, ret: u64, key: &str, value: &str) -> KvOperation {
+pub(crate) fn get(client: u64, call: u64, ret: u64, key: &str, value: &str) -> KvOperation {
     op(
         client,
         call,
@@ -102,7 +102,7 @@ fn cas(
     op(client, call, ret, RegisterInput::Cas { from, to }, output)
 }
 
-fn kv_verdict(history: &[KvOperation]) -> Verdict<KvModel> {
+pub(crate) fn kv_verdict(history: &[KvOperation]) -> Verdict<KvModel> {
     check(&KvModel, history, BUDGET)
 }
 
@@ -110,7 +110,7 @@ fn reg_verdict(history: &[RegOperation]) -> Verdict<RegisterModel> {
     check(&RegisterModel, history, BUDGET)
 }
 
-fn assert_kv(history: &[KvOperation], linearizable: bool) {
+pub(crate) fn assert_kv(history: &[KvOperation], linearizable: bool) {
     let verdict = kv_verdict(history);
     assert_eq!(
         verdict.is_linearizable(),
@@ -174,7 +174,7 @@ fn violation_reports_the_longest_prefix_and_the_stuck_operations() {
     assert_eq!(v.partition, 0);
     assert_eq!(v.history_ids, vec![0, 1, 2, 3]);
     assert_eq!(v.longest_prefix, vec![0, 1]);
-    assert!(v.state_after_prefix.eq_str("b"));
+    assert!(v.state_after_prefix.as_ref().is_some_and(|s| s.eq_str("b")));
     assert_eq!(v.rejected, vec![2]);
     let text = v.describe(&KvModel);
     assert!(text.contains("get(\"k\") -> \"a\""), "{text}");
@@ -541,7 +541,7 @@ fn parses_kv_edn() {
 }
 
 /// A small deterministic generator for the random histories.
-struct SplitMix(u64);
+pub(crate) struct SplitMix(pub(crate) u64);
 
 impl SplitMix {
     fn next(&mut self) -> u64 {
@@ -549,7 +549,7 @@ impl SplitMix {
         bitset::mix64(self.0)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }
@@ -557,7 +557,7 @@ impl SplitMix {
 /// Linearizability by brute force: some order of all completed operations
 /// and any of the open ones, respecting real time (a before b whenever a
 /// returns strictly before b is called), that the model accepts.
-fn brute_force<M: Model>(model: &M, ops: &[Operation<M::Input, M::Output>]) -> bool {
+pub(crate) fn brute_force<M: Model>(model: &M, ops: &[Operation<M::Input, M::Output>]) -> bool {
     fn go<M: Model>(
         model: &M,
         ops: &[Operation<M::Input, M::Output>],
@@ -591,7 +591,7 @@ fn brute_force<M: Model>(model: &M, ops: &[Operation<M::Input, M::Output>]) -> b
 }
 
 /// Random intervals on a coarse clock (so ties happen); one op in five open.
-fn random_times(rng: &mut SplitMix) -> (u64, u64) {
+pub(crate) fn random_times(rng: &mut SplitMix) -> (u64, u64) {
     let call = rng.below(8);
     if rng.below(5) == 0 {
         (call, UNKNOWN_RETURN)
@@ -602,7 +602,7 @@ fn random_times(rng: &mut SplitMix) -> (u64, u64) {
 
 /// Checks that a violation is self-consistent: the prefix replays to the
 /// reported state and every rejected operation is rejected there.
-fn assert_violation_consistent<M: Model>(model: &M, v: &Violation<M>) {
+pub(crate) fn assert_violation_consistent<M: Model>(model: &M, v: &Violation<M>) {
     let mut state = model.init();
     for &i in &v.longest_prefix {
         state = model
