@@ -252,7 +252,7 @@ fn restart_all_recovers_from_disk() {
         for i in (0..300).step_by(5) {
             assert!(c.delete(&format!("key{i}")).await.unwrap());
         }
-        for i in (1..300).step_by(3).filter(|i| i % 5 != 0) {
+        for i in (1..300).step_by(3).filter(|i: &usize| !i.is_multiple_of(5)) {
             let (key, old, new) = (
                 format!("key{i}"),
                 format!("value{i}"),
@@ -275,7 +275,7 @@ fn restart_all_recovers_from_disk() {
         cluster.leader().await;
         let mut c = cluster.client().await;
         let expected = |i: usize| match i {
-            _ if i % 5 == 0 => String::new(),
+            _ if i.is_multiple_of(5) => String::new(),
             _ if i % 3 == 1 => format!("swapped{i}"),
             _ => format!("value{i}"),
         };

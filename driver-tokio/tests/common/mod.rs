@@ -107,7 +107,8 @@ pub async fn workload_op(
             (KvInput::get(key), got)
         }
         5 | 13 => {
-            let expected = (j >= 8 && (j / 8) % 3 != 0).then(|| format!("x {cli} {} y", j - 8));
+            let expected =
+                (j >= 8 && !(j / 8).is_multiple_of(3)).then(|| format!("x {cli} {} y", j - 8));
             let expected = expected.as_deref();
             let swap = c.compare_and_swap(&shared, expected, &value).await;
             let output = swap.map(|s| match s {
