@@ -102,7 +102,7 @@ fn cas(
     op(client, call, ret, RegisterInput::Cas { from, to }, output)
 }
 
-pub(crate) fn kv_verdict(history: &[KvOperation]) -> Verdict<KvModel> {
+fn kv_verdict(history: &[KvOperation]) -> Verdict<KvModel> {
     check(&KvModel, history, BUDGET)
 }
 
@@ -557,7 +557,7 @@ impl SplitMix {
 /// Linearizability by brute force: some order of all completed operations
 /// and any of the open ones, respecting real time (a before b whenever a
 /// returns strictly before b is called), that the model accepts.
-pub(crate) fn brute_force<M: Model>(model: &M, ops: &[Operation<M::Input, M::Output>]) -> bool {
+fn brute_force<M: Model>(model: &M, ops: &[Operation<M::Input, M::Output>]) -> bool {
     fn go<M: Model>(
         model: &M,
         ops: &[Operation<M::Input, M::Output>],
@@ -602,7 +602,7 @@ pub(crate) fn random_times(rng: &mut SplitMix) -> (u64, u64) {
 
 /// Checks that a violation is self-consistent: the prefix replays to the
 /// reported state and every rejected operation is rejected there.
-pub(crate) fn assert_violation_consistent<M: Model>(model: &M, v: &Violation<M>) {
+fn assert_violation_consistent<M: Model>(model: &M, v: &Violation<M>) {
     let mut state = model.init();
     for &i in &v.longest_prefix {
         state = model
@@ -618,16 +618,45 @@ pub(crate) fn assert_violation_consistent<M: Model>(model: &M, v: &Violation<M>)
     }
 }
 
-#[test]
-fn agrees_with_brute_force_on_random_kv_histories() {
-    let mut rng = SplitMix(7);
-    let values = ["", "a", "b", "ab", "ba", "aa"];
+/// The search agrees with brute force on 3000 random small histories that
+/// `history` draws from a generator seeded with `seed`, of which more than
+/// 300 are linearizable and more than 300 not; each violation is
+/// self-consistent.
+pub(crate) fn agrees_with_brute_force<M: Model>(
+    model: &M,
+    seed: u64,
+    mut history: impl FnMut(&mut SplitMix) -> Vec<Operation<M::Input, M::Output>>,
+) {
+    let mut rng = SplitMix(seed);
     let (mut legal, mut illegal) = (0, 0);
     for _ in 0..3000 {
+        let history = history(&mut rng);
+        let expected = brute_force(model, &history);
+        let verdict = check(model, &history, BUDGET);
+        assert_eq!(verdict.is_linearizable(), expected, "{history:#?}");
+        match verdict {
+            Verdict::Linearizable => legal += 1,
+            Verdict::NotLinearizable(v) => {
+                assert_violation_consistent(model, &v);
+                illegal += 1;
+            }
+            Verdict::Unknown => panic!("tiny history ran out of budget"),
+        }
+    }
+    assert!(
+        legal > 300 && illegal > 300,
+        "{legal} legal, {illegal} illegal"
+    );
+}
+
+#[test]
+fn agrees_with_brute_force_on_random_kv_histories() {
+    let values = ["", "a", "b", "ab", "ba", "aa"];
+    agrees_with_brute_force(&KvModel, 7, |rng| {
         let n = 1 + rng.below(6) as usize;
-        let history: Vec<KvOperation> = (0..n)
+        (0..n)
             .map(|c| {
-                let (call, ret) = random_times(&mut rng);
+                let (call, ret) = random_times(rng);
                 let input = match rng.below(3) {
                     0 => KvInput::get("k"),
                     1 => KvInput::put("k", values[1 + rng.below(2) as usize]),
@@ -642,47 +671,30 @@ fn agrees_with_brute_force_on_random_kv_histories() {
                 };
                 op(c as u64, call, ret, input, output)
             })
-            .collect();
-        let expected = brute_force(&KvModel, &history);
-        let verdict = kv_verdict(&history);
-        assert_eq!(verdict.is_linearizable(), expected, "{history:#?}");
-        match verdict {
-            Verdict::Linearizable => legal += 1,
-            Verdict::NotLinearizable(v) => {
-                assert_violation_consistent(&KvModel, &v);
-                illegal += 1;
-            }
-            Verdict::Unknown => panic!("tiny history ran out of budget"),
-        }
-    }
-    assert!(
-        legal > 300 && illegal > 300,
-        "{legal} legal, {illegal} illegal"
-    );
+            .collect()
+    });
 }
 
 #[test]
 fn agrees_with_brute_force_on_random_register_histories() {
-    let mut rng = SplitMix(11);
-    let (mut legal, mut illegal) = (0, 0);
-    for _ in 0..3000 {
+    agrees_with_brute_force(&RegisterModel, 11, |rng| {
         let n = 1 + rng.below(7) as usize;
-        let history: Vec<RegOperation> = (0..n)
+        (0..n)
             .map(|c| {
-                let (call, ret) = random_times(&mut rng);
+                let (call, ret) = random_times(rng);
                 let value = |rng: &mut SplitMix| rng.below(3) as i64;
                 let input = match rng.below(3) {
                     0 => RegisterInput::Read,
-                    1 => RegisterInput::Write(value(&mut rng)),
+                    1 => RegisterInput::Write(value(rng)),
                     _ => RegisterInput::Cas {
-                        from: value(&mut rng),
-                        to: value(&mut rng),
+                        from: value(rng),
+                        to: value(rng),
                     },
                 };
                 let output = match (ret == UNKNOWN_RETURN, input) {
                     (true, _) => RegisterOutput::Unknown,
                     (false, RegisterInput::Read) => {
-                        RegisterOutput::Read(Some(value(&mut rng)).filter(|_| rng.below(4) != 0))
+                        RegisterOutput::Read(Some(value(rng)).filter(|_| rng.below(4) != 0))
                     }
                     (false, RegisterInput::Write(_)) => RegisterOutput::Ok,
                     (false, RegisterInput::Cas { .. }) => {
@@ -695,21 +707,6 @@ fn agrees_with_brute_force_on_random_register_histories() {
                 };
                 op(c as u64, call, ret, input, output)
             })
-            .collect();
-        let expected = brute_force(&RegisterModel, &history);
-        let verdict = reg_verdict(&history);
-        assert_eq!(verdict.is_linearizable(), expected, "{history:#?}");
-        match verdict {
-            Verdict::Linearizable => legal += 1,
-            Verdict::NotLinearizable(v) => {
-                assert_violation_consistent(&RegisterModel, &v);
-                illegal += 1;
-            }
-            Verdict::Unknown => panic!("tiny history ran out of budget"),
-        }
-    }
-    assert!(
-        legal > 300 && illegal > 300,
-        "{legal} legal, {illegal} illegal"
-    );
+            .collect()
+    });
 }

@@ -5,8 +5,7 @@
 //! histories that mix them with gets and puts.
 
 use super::tests::{
-    assert_kv, assert_violation_consistent, brute_force, get, kv_verdict, op, put, random_times,
-    KvOperation, SplitMix,
+    agrees_with_brute_force, assert_kv, get, op, put, random_times, KvOperation, SplitMix,
 };
 use super::*;
 
@@ -159,32 +158,30 @@ fn descriptions_name_deletes_and_swaps() {
 
 #[test]
 fn agrees_with_brute_force_on_random_histories_with_deletes_and_swaps() {
-    let mut rng = SplitMix(11);
     let values = ["", "a", "b"];
     let pick = |rng: &mut SplitMix| -> Option<&str> {
         let i = rng.below(values.len() as u64 + 1) as usize;
         values.get(i).copied()
     };
-    let (mut legal, mut illegal) = (0, 0);
-    for _ in 0..3000 {
+    agrees_with_brute_force(&KvModel, 13, |rng| {
         let n = 1 + rng.below(6) as usize;
-        let history: Vec<KvOperation> = (0..n)
+        (0..n)
             .map(|c| {
-                let (call, ret) = random_times(&mut rng);
+                let (call, ret) = random_times(rng);
                 let (input, output) = match rng.below(4) {
                     0 => {
-                        let read = pick(&mut rng).unwrap_or("a");
+                        let read = pick(rng).unwrap_or("a");
                         (KvInput::get("k"), KvOutput::Value(read.into()))
                     }
                     1 => {
-                        let value = pick(&mut rng).unwrap_or("b");
+                        let value = pick(rng).unwrap_or("b");
                         (KvInput::put("k", value), KvOutput::Value(String::new()))
                     }
                     2 => (KvInput::delete("k"), KvOutput::Existed(rng.below(2) == 0)),
                     _ => {
-                        let expected = pick(&mut rng);
+                        let expected = pick(rng);
                         let input = KvInput::compare_and_swap("k", expected, "b");
-                        let output = match pick(&mut rng) {
+                        let output = match pick(rng) {
                             Some("") => KvOutput::Swapped,
                             current => KvOutput::NotSwapped(current.map(str::to_string)),
                         };
@@ -198,21 +195,6 @@ fn agrees_with_brute_force_on_random_histories_with_deletes_and_swaps() {
                 };
                 op(c as u64, call, ret, input, output)
             })
-            .collect();
-        let expected = brute_force(&KvModel, &history);
-        let verdict = kv_verdict(&history);
-        assert_eq!(verdict.is_linearizable(), expected, "{history:#?}");
-        match verdict {
-            Verdict::Linearizable => legal += 1,
-            Verdict::NotLinearizable(v) => {
-                assert_violation_consistent(&KvModel, &v);
-                illegal += 1;
-            }
-            Verdict::Unknown => panic!("tiny history ran out of budget"),
-        }
-    }
-    assert!(
-        legal > 300 && illegal > 300,
-        "{legal} legal, {illegal} illegal"
-    );
+            .collect()
+    });
 }
