@@ -37,6 +37,15 @@
 //! zero in the others, whose clocks are perfect, so each lease runs at the
 //! very edge of its assumption (with [`ChaosOptions::beyond`], beyond it).
 //!
+//! Writes ([`ChaosOptions::swaps`], on by default): besides appending to
+//! its own key and reading, every clerk deletes, puts and compares and
+//! swaps the shared keys [`SHARED_KEYS`], each swap expecting the value the
+//! clerk last saw there (unset at first), so that clerks race for them and
+//! swaps both succeed and fail. The history checks every answer: whether a
+//! delete found the key, whether a swap swapped, and the value it found if
+//! not. Without it, the clerks only append and read, as chaos ran before
+//! deletes and swaps existed (every seed pinned before then replays so).
+//!
 //! Checked after every step of every node: at most one leader per term,
 //! log matching, leader completeness, state machine safety (the same entry at
 //! every committed index on every node), persist-before-send against the
@@ -119,6 +128,9 @@ pub struct FaultMix {
     /// (`raft_core::Config::max_clock_drift_ppm`) on a lease seed: the
     /// bound the clocks were drawn within, zero when they are perfect.
     pub assumed_drift_ppm: u32,
+    /// Whether clerks also delete, put and swap the shared keys (the
+    /// options' [`ChaosOptions::swaps`], not a draw).
+    pub swaps: bool,
 }
 
 /// How one seed's cluster serves Gets (every server alike).
@@ -209,6 +221,10 @@ pub struct ChaosOptions {
     pub beyond: Option<u64>,
     /// How seeds serve reads ([`Reads::Drawn`] by default).
     pub reads: Reads,
+    /// Whether clerks also delete, put and compare-and-swap the shared
+    /// keys (on by default; off, each seed runs as it did before deletes
+    /// and swaps existed). See the module documentation.
+    pub swaps: bool,
 }
 
 impl Default for ChaosOptions {
@@ -224,6 +240,7 @@ impl ChaosOptions {
         drift: ClockDrift::CHAOS,
         beyond: None,
         reads: Reads::Drawn,
+        swaps: true,
     };
 
     /// Perfect clocks in every seed (chaos as it was before clocks drifted).
@@ -231,6 +248,7 @@ impl ChaosOptions {
         drift: ClockDrift::NONE,
         beyond: None,
         reads: Reads::Drawn,
+        swaps: true,
     };
 
     /// For a lease canary: in one seed of three, every clock's rate beyond
@@ -240,12 +258,18 @@ impl ChaosOptions {
             drift: ClockDrift::CHAOS,
             beyond: Some(factor),
             reads: Reads::Drawn,
+            swaps: true,
         }
     }
 
     /// These options with every seed's reads as `reads` says.
     pub const fn with_reads(self, reads: Reads) -> ChaosOptions {
         ChaosOptions { reads, ..self }
+    }
+
+    /// These options with the clerks' deletes and swaps on or off.
+    pub const fn with_swaps(self, swaps: bool) -> ChaosOptions {
+        ChaosOptions { swaps, ..self }
     }
 }
 
@@ -287,6 +311,7 @@ impl FaultMix {
             reads: ReadSetup::ReadIndex,
             readers: 1,
             assumed_drift_ppm: 0,
+            swaps: options.swaps,
         });
         if with_rng(|r| r.chance(1, 2)) {
             mix.slow_disk = Some(with_rng(|r| r.below(mix.nodes as u64)) as usize);
@@ -350,6 +375,31 @@ pub struct ChaosReport {
     pub changes: usize,
     /// What the reads did.
     pub reads: ReadTally,
+    /// What the deletes and swaps did.
+    pub swaps: SwapTally,
+}
+
+/// What a seed's deletes and compare-and-swaps did (acknowledged ones).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwapTally {
+    /// Swaps that found the expected value.
+    pub swapped: u64,
+    /// Swaps that found another value.
+    pub not_swapped: u64,
+    /// Deletes that found the key set.
+    pub deleted: u64,
+    /// Deletes that found it unset.
+    pub absent: u64,
+}
+
+impl SwapTally {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &SwapTally) {
+        self.swapped += other.swapped;
+        self.not_swapped += other.not_swapped;
+        self.deleted += other.deleted;
+        self.absent += other.absent;
+    }
 }
 
 /// What a seed's reads did.
@@ -388,6 +438,9 @@ const READ_ATTEMPTS: usize = 3;
 /// History client ids: readers from here; the final reads of
 /// [`Chaos::check_reads_served`] just below.
 const READER_BASE: u64 = 100;
+/// The keys every clerk deletes, puts and swaps ([`ChaosOptions::swaps`]);
+/// the appends go to keys of their own, `k0`, `k1`, ….
+pub const SHARED_KEYS: [&str; 2] = ["s0", "s1"];
 const FINAL_READER: u64 = 98;
 
 struct Node {
@@ -440,9 +493,10 @@ struct World {
     safety: SafetyChecker,
     calls: BTreeMap<u64, Call>,
     next_call: u64,
-    history: Vec<(u64, u64, u64, KvInput, String)>,
+    history: Vec<(u64, u64, u64, KvInput, KvOutput)>,
     last_stamp: u64,
     reads: ReadTally,
+    swaps: SwapTally,
 }
 
 #[derive(Clone)]
@@ -488,6 +542,7 @@ pub fn run_seed_with(seed: u64, options: ChaosOptions) -> ChaosReport {
                 history: Vec::new(),
                 last_stamp: 0,
                 reads: ReadTally::default(),
+                swaps: SwapTally::default(),
                 mix: mix.clone(),
             })),
         };
@@ -535,9 +590,9 @@ pub fn run_seed_with(seed: u64, options: ChaosOptions) -> ChaosReport {
         liveness.set(false);
         retirer.await;
         chaos.check_linearizable();
-        let (ops, changes, reads) = {
+        let (ops, changes, reads, swaps) = {
             let w = chaos.w.borrow();
-            (w.history.len(), w.changes, w.reads)
+            (w.history.len(), w.changes, w.reads, w.swaps)
         };
         ChaosReport {
             mix,
@@ -546,8 +601,24 @@ pub fn run_seed_with(seed: u64, options: ChaosOptions) -> ChaosReport {
             acked: acked.iter().map(Vec::len).sum(),
             changes,
             reads,
+            swaps,
         }
     })
+}
+
+/// A clerk operation as the KV model of the history sees it.
+fn history_input(op: &Op) -> KvInput {
+    match op {
+        Op::Get { key } => KvInput::get(key.clone()),
+        Op::Put { key, value } => KvInput::put(key.clone(), value.clone()),
+        Op::Append { key, value } => KvInput::append(key.clone(), value.clone()),
+        Op::Delete { key } => KvInput::delete(key.clone()),
+        Op::CompareAndSwap {
+            key,
+            expected,
+            value,
+        } => KvInput::compare_and_swap(key.clone(), expected.as_deref(), value.clone()),
+    }
 }
 
 impl Chaos {
@@ -1192,8 +1263,8 @@ impl Chaos {
                 let ret = self.stamp();
                 let mut w = self.w.borrow_mut();
                 w.reads.served += 1;
-                w.history
-                    .push((client, call, ret, KvInput::get(key.to_string()), value));
+                let (input, output) = (KvInput::get(key.to_string()), KvOutput::Value(value));
+                w.history.push((client, call, ret, input, output));
                 ReadAttempt::Served
             }
             Some(Reply::WrongLeader { leader_hint }) => {
@@ -1285,64 +1356,118 @@ impl Chaos {
         t
     }
 
-    async fn record(&self, clerk: &mut Clerk, client: u64, op: Op) -> String {
-        let input = match &op {
-            Op::Get { key } => KvInput::get(key.clone()),
-            Op::Put { key, value } => KvInput::put(key.clone(), value.clone()),
-            Op::Append { key, value } => KvInput::append(key.clone(), value.clone()),
-        };
+    /// Runs `op` through `clerk` as client `client` and records it in the
+    /// history.
+    async fn record(&self, clerk: &mut Clerk, client: u64, op: Op) -> Outcome {
+        let input = history_input(&op);
         let call = self.stamp();
-        let out = match self.execute(clerk, op).await {
-            Outcome::Value(v) => v,
-            Outcome::Done => String::new(),
-            Outcome::SessionExpired => panic!("session expired"),
-        };
+        let outcome = self.execute(clerk, op).await;
         let ret = self.stamp();
-        self.w
-            .borrow_mut()
-            .history
-            .push((client, call, ret, input, out.clone()));
-        out
+        let output = match &outcome {
+            Outcome::Value(v) => KvOutput::Value(v.clone()),
+            Outcome::Done => KvOutput::Value(String::new()),
+            Outcome::SessionExpired => panic!("session expired"),
+            Outcome::Deleted { existed } => KvOutput::Existed(*existed),
+            Outcome::Swapped => KvOutput::Swapped,
+            Outcome::NotSwapped { current } => KvOutput::NotSwapped(current.clone()),
+        };
+        let mut w = self.w.borrow_mut();
+        let tally = &mut w.swaps;
+        match &outcome {
+            Outcome::Deleted { existed: true } => tally.deleted += 1,
+            Outcome::Deleted { existed: false } => tally.absent += 1,
+            Outcome::Swapped => tally.swapped += 1,
+            Outcome::NotSwapped { .. } => tally.not_swapped += 1,
+            _ => {}
+        }
+        w.history.push((client, call, ret, input, output));
+        outcome
+    }
+
+    /// A Get's value through `clerk`, recorded.
+    async fn record_get(&self, clerk: &mut Clerk, client: u64, key: String) -> String {
+        match self.record(clerk, client, Op::Get { key }).await {
+            Outcome::Value(v) => v,
+            other => panic!("a Get was answered {other:?}"),
+        }
     }
 
     /// Appends to its own key and reads keys at random until told to stop;
-    /// returns the appends acknowledged, in order.
+    /// with [`ChaosOptions::swaps`], also writes the shared keys (see
+    /// [`Chaos::shared_write`]). Returns the appends acknowledged, in order.
     async fn client(self, c: u64, done: Rc<std::cell::Cell<bool>>) -> Vec<String> {
         let n = self.w.borrow().nodes.len();
+        let swaps = self.w.borrow().mix.swaps;
         let mut clerk = Clerk::new(
             with_rng(|r| r.next_u64()),
             (0..n as u64).collect(),
             c as usize,
         );
         let mut acked = Vec::new();
+        // The value last seen in each shared key (`None`: unset).
+        let mut seen: BTreeMap<String, Option<String>> = BTreeMap::new();
         let mut j = 0;
         while !done.get() {
-            if with_rng(|r| r.chance(1, 2)) {
+            if swaps && with_rng(|r| r.chance(1, 3)) {
+                self.shared_write(&mut clerk, c, j, &mut seen).await;
+                j += 1;
+            } else if with_rng(|r| r.chance(1, 2)) {
                 let v = format!("{c}.{j};");
-                self.record(
-                    &mut clerk,
-                    c,
-                    Op::Append {
-                        key: format!("k{c}"),
-                        value: v.clone(),
-                    },
-                )
-                .await;
+                let key = format!("k{c}");
+                let append = Op::Append {
+                    key,
+                    value: v.clone(),
+                };
+                self.record(&mut clerk, c, append).await;
                 acked.push(v);
                 j += 1;
             } else {
                 let k = with_rng(|r| r.below(4));
-                self.record(
-                    &mut clerk,
-                    c,
-                    Op::Get {
-                        key: format!("k{k}"),
-                    },
-                )
-                .await;
+                self.record_get(&mut clerk, c, format!("k{k}")).await;
             }
         }
         acked
+    }
+
+    /// One write of a random shared key by client `c` (its `j`th
+    /// operation): half the time a compare-and-swap from the value it last
+    /// saw there to a value of its own, otherwise a delete, a put or a get.
+    /// What the answer shows of the key goes into `seen`.
+    async fn shared_write(
+        &self,
+        clerk: &mut Clerk,
+        c: u64,
+        j: u64,
+        seen: &mut BTreeMap<String, Option<String>>,
+    ) {
+        let key = SHARED_KEYS[with_rng(|r| r.below(SHARED_KEYS.len() as u64)) as usize];
+        let last = seen.entry(key.to_string()).or_default();
+        let value = format!("{c}.{j}");
+        let op = match with_rng(|r| r.below(6)) {
+            0..=2 => Op::CompareAndSwap {
+                key: key.to_string(),
+                expected: last.clone(),
+                value: value.clone(),
+            },
+            3 => Op::Delete {
+                key: key.to_string(),
+            },
+            4 => Op::Put {
+                key: key.to_string(),
+                value: value.clone(),
+            },
+            _ => Op::Get {
+                key: key.to_string(),
+            },
+        };
+        // A Get cannot tell unset from "", but no client writes "".
+        *last = match self.record(clerk, c, op).await {
+            Outcome::Swapped | Outcome::Done => Some(value),
+            Outcome::NotSwapped { current } => current,
+            Outcome::Deleted { .. } => None,
+            Outcome::Value(v) => Some(v).filter(|v| !v.is_empty()),
+            Outcome::SessionExpired => unreachable!("record panics first"),
+        };
     }
 
     // ----- end checks -----------------------------------------------------------
@@ -1406,15 +1531,7 @@ impl Chaos {
         let n = self.w.borrow().nodes.len();
         let mut clerk = Clerk::new(with_rng(|r| r.next_u64()), (0..n as u64).collect(), 0);
         for (c, values) in acked.iter().enumerate() {
-            let v = self
-                .record(
-                    &mut clerk,
-                    99,
-                    Op::Get {
-                        key: format!("k{c}"),
-                    },
-                )
-                .await;
+            let v = self.record_get(&mut clerk, 99, format!("k{c}")).await;
             let mut last = 0;
             for value in values {
                 let off = v
@@ -1467,7 +1584,7 @@ impl Chaos {
                 call: *call,
                 ret: *ret,
                 input: input.clone(),
-                output: KvOutput::Value(out.clone()),
+                output: out.clone(),
             })
             .collect();
         match check(&KvModel, &ops, Duration::from_secs(10)) {

@@ -410,6 +410,49 @@ impl Client {
         .map(drop)
     }
 
+    /// Removes `key`; answers whether it was set. Exactly once, like every
+    /// write: a retry is answered as the first attempt was.
+    pub async fn delete(&mut self, key: &str) -> Result<bool, ClientError> {
+        let op = Op::Delete {
+            key: key.to_string(),
+        };
+        match self.execute(op).await? {
+            Outcome::Deleted { existed } => Ok(existed),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Sets `key` to `value` if and only if it holds `expected` (`None`:
+    /// if it is unset; a key set to "" is set), atomically and exactly
+    /// once; otherwise changes nothing and answers the value found.
+    pub async fn compare_and_swap(
+        &mut self,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> Result<Swap, ClientError> {
+        let op = Op::CompareAndSwap {
+            key: key.to_string(),
+            expected: expected.map(str::to_string),
+            value: value.to_string(),
+        };
+        match self.execute(op).await? {
+            Outcome::Swapped => Ok(Swap::Swapped),
+            Outcome::NotSwapped { current } => Ok(Swap::NotSwapped { current }),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// The error for an outcome that does not answer the request sent
+    /// (named after the server that answered, the leader now).
+    fn unexpected(&self, outcome: Outcome) -> ClientError {
+        let addr = self.leader.and_then(|l| self.addrs.get(&l).copied());
+        ClientError::Unexpected {
+            addr: addr.unwrap_or(self.seeds[0]),
+            what: format!("{outcome:?}"),
+        }
+    }
+
     /// Asks server `index` (in the order given to `connect`) for its state.
     pub async fn status(&mut self, index: usize) -> Result<NodeStatus, ClientError> {
         self.status_at(self.seeds[index]).await
@@ -905,6 +948,18 @@ async fn read_responses(
             return;
         }
     }
+}
+
+/// What [`Client::compare_and_swap`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Swap {
+    /// The key held the expected value; it holds the new one now.
+    Swapped,
+    /// The key held `current` (`None`: it was unset); nothing changed.
+    NotSwapped {
+        /// The value found.
+        current: Option<String>,
+    },
 }
 
 #[cfg(test)]

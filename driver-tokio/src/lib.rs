@@ -25,7 +25,7 @@ pub mod snapshot;
 pub mod transport;
 pub mod wire;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, Swap};
 pub use kv_core::{ReadConsistency, ReadPolicy};
 pub use node::{
     parse_read_policy, read_policy_name, start_node, start_node_with, NodeConfig, NodeError,

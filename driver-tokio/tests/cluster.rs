@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use driver_tokio::wire::{encode_frame, Hello, PROTOCOL_VERSION};
-use driver_tokio::Client;
+use driver_tokio::{Client, Swap};
 use raft_storage::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,7 +18,9 @@ mod common;
 #[path = "common/procs.rs"]
 mod procs;
 
-use common::{check_acked_appends, check_linearizable, run, workload_op, Record};
+use common::{
+    check_acked_appends, check_linearizable, check_shared_keys_used, run, workload_op, Record,
+};
 use procs::ProcCluster;
 
 const CLUSTER_ID: u64 = 77;
@@ -70,6 +72,34 @@ fn cluster_basic_ops() {
         assert_eq!(c.get("b").await.unwrap(), "x");
         c.put("a", "3").await.unwrap();
         assert_eq!(c.get("a").await.unwrap(), "3");
+        // Deletes and swaps: unset is not "".
+        let not_swapped = |current: Option<&str>| Swap::NotSwapped {
+            current: current.map(str::to_string),
+        };
+        assert!(c.delete("b").await.unwrap());
+        assert!(!c.delete("b").await.unwrap());
+        assert_eq!(c.get("b").await.unwrap(), "");
+        assert_eq!(
+            c.compare_and_swap("a", Some("4"), "5").await.unwrap(),
+            not_swapped(Some("3"))
+        );
+        assert_eq!(
+            c.compare_and_swap("a", Some("3"), "").await.unwrap(),
+            Swap::Swapped
+        );
+        assert_eq!(
+            c.compare_and_swap("a", None, "6").await.unwrap(),
+            not_swapped(Some(""))
+        );
+        assert_eq!(
+            c.compare_and_swap("b", Some(""), "7").await.unwrap(),
+            not_swapped(None)
+        );
+        assert_eq!(
+            c.compare_and_swap("b", None, "7").await.unwrap(),
+            Swap::Swapped
+        );
+        assert_eq!(c.get("b").await.unwrap(), "7");
         // Every node catches up, and exactly one leads.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -79,7 +109,7 @@ fn cluster_basic_ops() {
             }
             let leaders = statuses.iter().filter(|s| s.role == "leader").count();
             let applied: Vec<u64> = statuses.iter().map(|s| s.last_applied).collect();
-            if leaders == 1 && applied.iter().all(|&a| a == applied[0]) && applied[0] >= 7 {
+            if leaders == 1 && applied.iter().all(|&a| a == applied[0]) && applied[0] >= 13 {
                 break;
             }
             assert!(
@@ -88,6 +118,60 @@ fn cluster_basic_ops() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    });
+}
+
+/// Runs `rkv` with `args` against `cluster`: exit status and standard
+/// output.
+fn rkv(cluster: &ProcCluster, args: &[&str]) -> (Option<i32>, String) {
+    let servers: Vec<String> = cluster.clients.iter().map(ToString::to_string).collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rkv"))
+        .args(args)
+        .args(["--servers", &servers.join(","), "--cluster-id"])
+        .arg(CLUSTER_ID.to_string())
+        .env("RKV_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run rkv");
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    (out.status.code(), stdout)
+}
+
+#[test]
+fn cli_deletes_and_compares_and_swaps() {
+    run(Duration::from_secs(60), async {
+        let cluster = ProcCluster::new(CLUSTER_ID, 3);
+        cluster.leader().await;
+        let ok = |out: &str| (Some(0), format!("{out}\n"));
+        let not_swapped = |out: &str| (Some(3), format!("not swapped: {out}\n"));
+        assert_eq!(
+            rkv(&cluster, &["cas", "k", "--expect-absent", ""]),
+            ok("swapped")
+        );
+        assert_eq!(
+            rkv(&cluster, &["cas", "k", "--expect-absent", "a"]),
+            not_swapped(r#"current value """#)
+        );
+        assert_eq!(rkv(&cluster, &["cas", "k", "", "a b"]), ok("swapped"));
+        assert_eq!(
+            rkv(&cluster, &["cas", "k", "a", "c"]),
+            not_swapped(r#"current value "a b""#)
+        );
+        assert_eq!(rkv(&cluster, &["get", "k"]), ok("a b"));
+        assert_eq!(rkv(&cluster, &["del", "k"]), ok("deleted"));
+        assert_eq!(rkv(&cluster, &["del", "k"]), ok("not found"));
+        assert_eq!(rkv(&cluster, &["cas", "k", "", "x"]), not_swapped("unset"));
+        // Usage errors: exit status 2, nothing written.
+        assert_eq!(rkv(&cluster, &["cas", "k", "x"]).0, Some(2));
+        assert_eq!(
+            rkv(&cluster, &["cas", "k", "x", "y", "--expect-absent"]).0,
+            Some(2)
+        );
+        assert_eq!(rkv(&cluster, &["get", "k"]), ok(""));
+        assert_eq!(
+            rkv(&cluster, &["cas", "k", "--expect-absent", "x"]),
+            ok("swapped")
+        );
     });
 }
 
@@ -142,10 +226,12 @@ fn kill_leader_under_load_loses_nothing() {
             total > 50,
             "the workload must actually run ({total} acknowledged appends)"
         );
-        // The whole history is linearizable.
-        let n = check_linearizable(&history.lock().unwrap(), Duration::from_secs(10));
+        // The whole history is linearizable, swaps and deletes included.
+        let history = history.lock().unwrap();
+        let (swapped, not_swapped, deleted) = check_shared_keys_used(&history);
+        let n = check_linearizable(&history, Duration::from_secs(10));
         println!(
-            "{n} operations, {total} acknowledged appends, leader {leader} killed and restarted"
+            "{n} operations ({swapped} swaps, {not_swapped} refused, {deleted} deletes of a set key), {total} acknowledged appends, leader {leader} killed and restarted"
         );
     });
 }
@@ -161,19 +247,47 @@ fn restart_all_recovers_from_disk() {
                 .await
                 .unwrap();
         }
+        // Every fifth key deleted, every third of the others swapped (and
+        // key1 swapped from "unset", which it is not).
+        for i in (0..300).step_by(5) {
+            assert!(c.delete(&format!("key{i}")).await.unwrap());
+        }
+        for i in (1..300).step_by(3).filter(|i: &usize| !i.is_multiple_of(5)) {
+            let (key, old, new) = (
+                format!("key{i}"),
+                format!("value{i}"),
+                format!("swapped{i}"),
+            );
+            let swap = c.compare_and_swap(&key, Some(&old), &new).await;
+            assert_eq!(swap.unwrap(), Swap::Swapped);
+        }
+        let swap = c.compare_and_swap("key1", None, "x").await.unwrap();
+        assert_eq!(
+            swap,
+            Swap::NotSwapped {
+                current: Some("swapped1".into())
+            }
+        );
         cluster.kill_all();
         for i in 0..3 {
             cluster.start(i);
         }
         cluster.leader().await;
         let mut c = cluster.client().await;
+        let expected = |i: usize| match i {
+            _ if i.is_multiple_of(5) => String::new(),
+            _ if i % 3 == 1 => format!("swapped{i}"),
+            _ => format!("value{i}"),
+        };
         for i in (0..300).step_by(7) {
-            assert_eq!(
-                c.get(&format!("key{i}")).await.unwrap(),
-                format!("value{i}")
-            );
+            assert_eq!(c.get(&format!("key{i}")).await.unwrap(), expected(i));
         }
         assert_eq!(c.get("key299").await.unwrap(), "value299");
+        // A deleted key came back unset (not set to ""), the others set.
+        assert!(!c.delete("key295").await.unwrap());
+        let swap = c.compare_and_swap("key290", None, "new").await.unwrap();
+        assert_eq!(swap, Swap::Swapped);
+        assert!(c.delete("key298").await.unwrap());
     });
 }
 

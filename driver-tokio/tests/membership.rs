@@ -18,7 +18,9 @@ use raft_wire::test_util::free_addrs;
 
 mod common;
 
-use common::{check_acked_appends, check_linearizable, run, workload_op, Record};
+use common::{
+    check_acked_appends, check_linearizable, check_shared_keys_used, run, workload_op, Record,
+};
 
 const CLUSTER_ID: u64 = 78;
 
@@ -308,7 +310,9 @@ impl Load {
             total >= at_least,
             "the workload must actually run ({total} acknowledged appends)"
         );
-        let n = check_linearizable(&self.history.lock().unwrap(), Duration::from_secs(20));
+        let history = self.history.lock().unwrap();
+        check_shared_keys_used(&history);
+        let n = check_linearizable(&history, Duration::from_secs(20));
         println!(
             "{n} operations, {total} acknowledged appends in {:?}",
             self.t0.elapsed()

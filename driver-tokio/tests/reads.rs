@@ -25,7 +25,9 @@ mod common;
 #[path = "common/procs.rs"]
 mod procs;
 
-use common::{check_acked_appends, check_linearizable, run, workload_op, Record};
+use common::{
+    check_acked_appends, check_linearizable, check_shared_keys_used, run, workload_op, Record,
+};
 use procs::ProcCluster;
 
 const CLUSTER_ID: u64 = 79;
@@ -369,7 +371,9 @@ fn follower_reads_serve_linearizable_gets_on_every_member() {
             acked.push(w.await.expect("worker"));
         }
         let total = check_acked_appends(&mut c, &acked).await;
-        let n = check_linearizable(&history.lock().unwrap(), Duration::from_secs(10));
+        let history = history.lock().unwrap();
+        check_shared_keys_used(&history);
+        let n = check_linearizable(&history, Duration::from_secs(10));
         println!("{n} operations ({total} acknowledged appends) linearizable with follower reads");
     });
 }

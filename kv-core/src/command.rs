@@ -10,7 +10,12 @@ use crate::admin::{AdminReply, MemberAddrs};
 pub type ClientId = u64;
 
 /// One operation on the store.
+///
+/// It encodes as the log's op (see [`Logged`]): Get, Put and Append as
+/// variants 0 to 2, Delete and CompareAndSwap as 4 and 5 (3 is the log's
+/// member record, which no `Op` decodes to).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "LoggedOp", try_from = "LoggedOp")]
 pub enum Op {
     /// Read a key ("" if missing).
     Get {
@@ -31,13 +36,33 @@ pub enum Op {
         /// What to append.
         value: String,
     },
+    /// Remove a key; answered [`Outcome::Deleted`] (whether it was set).
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Set a key to `value` if and only if its value is `expected`, where
+    /// `None` means the key is not set (a key set to "" is set); answered
+    /// [`Outcome::Swapped`] or [`Outcome::NotSwapped`] with the value found.
+    CompareAndSwap {
+        /// The key.
+        key: String,
+        /// The value the key must have, or `None`: it must be unset.
+        expected: Option<String>,
+        /// The new value.
+        value: String,
+    },
 }
 
 impl Op {
     /// The key the operation touches.
     pub fn key(&self) -> &str {
         match self {
-            Op::Get { key } | Op::Put { key, .. } | Op::Append { key, .. } => key,
+            Op::Get { key }
+            | Op::Put { key, .. }
+            | Op::Append { key, .. }
+            | Op::Delete { key }
+            | Op::CompareAndSwap { key, .. } => key,
         }
     }
 }
@@ -55,6 +80,10 @@ pub struct Command {
 }
 
 /// The outcome of an applied command.
+///
+/// Outcomes are kept in the session table, so they are part of snapshots:
+/// new variants go at the end, leaving the encoding of the older ones as it
+/// was.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// A Get's value ("" for a missing key).
@@ -64,6 +93,20 @@ pub enum Outcome {
     /// The client's session was evicted and this request cannot be told
     /// apart from one already applied; it was not applied.
     SessionExpired,
+    /// A Delete took effect; `existed` says whether the key was set (the
+    /// old value is not returned, so that the session table, which keeps
+    /// every client's last outcome, holds no copy of it).
+    Deleted {
+        /// The key was set before.
+        existed: bool,
+    },
+    /// A CompareAndSwap found the expected value and set the new one.
+    Swapped,
+    /// A CompareAndSwap found another value and changed nothing.
+    NotSwapped {
+        /// The key's value at that point, `None` if it was not set.
+        current: Option<String>,
+    },
 }
 
 /// A server's answer to a client request.
@@ -86,11 +129,13 @@ pub enum Reply {
 /// record the service writes itself (a member's addresses, see
 /// [`crate::admin`]).
 ///
-/// The first three op variants are [`Op`]'s, in the same order with the same
-/// fields, so a client's command encodes exactly as a [`Command`] does (the
-/// log of a cluster that never records an address is byte for byte what it
-/// was before records existed); a record uses a fourth variant, which no
-/// [`Command`] decodes to.
+/// The op variants are, in order: Get, Put, Append (as they were before
+/// records existed, so the log of a cluster that never records an address
+/// is byte for byte what it was then), the record, then Delete and
+/// CompareAndSwap, which came later. A variant is never reordered, so old
+/// logs and snapshots decode unchanged. [`Op`] encodes as this enum, so a
+/// client's command encodes the same as a [`Command`] and as a `Logged`,
+/// and a record decodes as no [`Command`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Logged {
     pub(crate) client: ClientId,
@@ -100,10 +145,29 @@ pub(crate) struct Logged {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum LoggedOp {
-    Get { key: String },
-    Put { key: String, value: String },
-    Append { key: String, value: String },
-    RecordMember { node: NodeId, addrs: MemberAddrs },
+    Get {
+        key: String,
+    },
+    Put {
+        key: String,
+        value: String,
+    },
+    Append {
+        key: String,
+        value: String,
+    },
+    RecordMember {
+        node: NodeId,
+        addrs: MemberAddrs,
+    },
+    Delete {
+        key: String,
+    },
+    CompareAndSwap {
+        key: String,
+        expected: Option<String>,
+        value: String,
+    },
 }
 
 /// A decoded command entry.
@@ -126,13 +190,54 @@ impl Logged {
     /// Decodes a command entry's bytes (`None` if they are not one).
     pub(crate) fn decode(bytes: &[u8]) -> Option<Decoded> {
         let Logged { client, seq, op } = postcard::from_bytes(bytes).ok()?;
-        let op = match op {
+        if let LoggedOp::RecordMember { node, addrs } = op {
+            return Some(Decoded::Record { node, addrs });
+        }
+        let op = Op::try_from(op).ok()?;
+        Some(Decoded::Client(Command { client, seq, op }))
+    }
+}
+
+impl From<Op> for LoggedOp {
+    fn from(op: Op) -> Self {
+        match op {
+            Op::Get { key } => LoggedOp::Get { key },
+            Op::Put { key, value } => LoggedOp::Put { key, value },
+            Op::Append { key, value } => LoggedOp::Append { key, value },
+            Op::Delete { key } => LoggedOp::Delete { key },
+            Op::CompareAndSwap {
+                key,
+                expected,
+                value,
+            } => LoggedOp::CompareAndSwap {
+                key,
+                expected,
+                value,
+            },
+        }
+    }
+}
+
+impl TryFrom<LoggedOp> for Op {
+    type Error = &'static str;
+
+    fn try_from(op: LoggedOp) -> Result<Self, Self::Error> {
+        Ok(match op {
             LoggedOp::Get { key } => Op::Get { key },
             LoggedOp::Put { key, value } => Op::Put { key, value },
             LoggedOp::Append { key, value } => Op::Append { key, value },
-            LoggedOp::RecordMember { node, addrs } => return Some(Decoded::Record { node, addrs }),
-        };
-        Some(Decoded::Client(Command { client, seq, op }))
+            LoggedOp::Delete { key } => Op::Delete { key },
+            LoggedOp::CompareAndSwap {
+                key,
+                expected,
+                value,
+            } => Op::CompareAndSwap {
+                key,
+                expected,
+                value,
+            },
+            LoggedOp::RecordMember { .. } => return Err("a member record is not a client op"),
+        })
     }
 }
 
@@ -140,49 +245,99 @@ impl Logged {
 mod tests {
     use super::*;
 
-    /// The log of a cluster without records is unchanged: a client command
-    /// encodes the same as a `Command` and as a `Logged`.
+    fn command(seq: u64, op: Op) -> Command {
+        Command { client: 7, seq, op }
+    }
+
+    fn kv(key: &str, value: &str) -> (String, String) {
+        (key.into(), value.into())
+    }
+
+    /// The log of a cluster without records, deletes or swaps is unchanged:
+    /// a Get, Put or Append entry is the same bytes as before either
+    /// existed (pinned here byte for byte), and the same as its `Command`.
     #[test]
     fn client_commands_encode_as_before() {
-        let ops = [
-            Op::Get { key: "k".into() },
-            Op::Put {
-                key: "k".into(),
-                value: "v".into(),
-            },
-            Op::Append {
-                key: "key".into(),
-                value: "value".into(),
-            },
+        let (k, v) = kv("k", "v");
+        let cases: [(Op, &[u8]); 3] = [
+            (Op::Get { key: k.clone() }, &[7, 1, 0, 1, b'k']),
+            (Op::Put { key: k, value: v }, &[7, 2, 1, 1, b'k', 1, b'v']),
+            (
+                Op::Append {
+                    key: "key".into(),
+                    value: "value".into(),
+                },
+                b"\x07\x03\x02\x03key\x05value",
+            ),
         ];
-        for (i, op) in ops.into_iter().enumerate() {
-            let command = Command {
-                client: 1 << 40,
-                seq: i as u64 + 1,
-                op,
-            };
+        for (i, (op, pinned)) in cases.into_iter().enumerate() {
+            let command = command(i as u64 + 1, op);
             let bytes = postcard::to_allocvec(&command).unwrap();
-            let logged_op = match command.op.clone() {
-                Op::Get { key } => LoggedOp::Get { key },
-                Op::Put { key, value } => LoggedOp::Put { key, value },
-                Op::Append { key, value } => LoggedOp::Append { key, value },
-            };
-            let logged = Logged {
-                client: command.client,
-                seq: command.seq,
-                op: logged_op,
-            };
-            assert_eq!(postcard::to_allocvec(&logged).unwrap(), bytes);
+            assert_eq!(bytes, pinned, "{command:?}");
             assert!(matches!(Logged::decode(&bytes), Some(Decoded::Client(c)) if c == command));
         }
         let addrs = MemberAddrs {
-            peer: "127.0.0.1:1".into(),
-            client: "127.0.0.1:2".into(),
+            peer: "p".into(),
+            client: "c".into(),
         };
         let record = Logged::record(3, addrs.clone());
+        assert_eq!(record, [0, 0, 3, 3, 1, b'p', 1, b'c']);
         assert!(postcard::from_bytes::<Command>(&record).is_err());
         assert!(
             matches!(Logged::decode(&record), Some(Decoded::Record { node: 3, addrs: a }) if a == addrs)
         );
+    }
+
+    /// Delete and CompareAndSwap take the log's fifth and sixth variants,
+    /// after the record's: a Command encodes as its log entry, never reads
+    /// as a record, and round-trips.
+    #[test]
+    fn deletes_and_swaps_are_logged_after_the_record_variant() {
+        let delete = command(4, Op::Delete { key: "k".into() });
+        let swap = |expected: Option<&str>| {
+            command(
+                5,
+                Op::CompareAndSwap {
+                    key: "k".into(),
+                    expected: expected.map(Into::into),
+                    value: "n".into(),
+                },
+            )
+        };
+        let cases: [(Command, &[u8]); 3] = [
+            (delete, &[7, 4, 4, 1, b'k']),
+            (swap(None), &[7, 5, 5, 1, b'k', 0, 1, b'n']),
+            (swap(Some("o")), &[7, 5, 5, 1, b'k', 1, 1, b'o', 1, b'n']),
+        ];
+        for (command, pinned) in cases {
+            let bytes = postcard::to_allocvec(&command).unwrap();
+            assert_eq!(bytes, pinned, "{command:?}");
+            assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), command);
+            assert!(matches!(Logged::decode(&bytes), Some(Decoded::Client(c)) if c == command));
+        }
+    }
+
+    /// Outcomes live in the session table of every snapshot: the old ones
+    /// encode as before, the new ones after them.
+    #[test]
+    fn outcomes_encode_as_before_and_new_ones_after() {
+        let cases: [(Outcome, &[u8]); 7] = [
+            (Outcome::Value("x".into()), &[0, 1, b'x']),
+            (Outcome::Done, &[1]),
+            (Outcome::SessionExpired, &[2]),
+            (Outcome::Deleted { existed: true }, &[3, 1]),
+            (Outcome::Swapped, &[4]),
+            (Outcome::NotSwapped { current: None }, &[5, 0]),
+            (
+                Outcome::NotSwapped {
+                    current: Some("v".into()),
+                },
+                &[5, 1, 1, b'v'],
+            ),
+        ];
+        for (outcome, pinned) in cases {
+            assert_eq!(postcard::to_allocvec(&outcome).unwrap(), pinned);
+            assert_eq!(postcard::from_bytes::<Outcome>(pinned).unwrap(), outcome);
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! The replicated key/value service's logic, free of I/O:
 //!
-//! - [`KvStore`]: Get / Put / Append on string keys, with client sessions so
-//!   that a retried request is never applied twice; snapshot and restore.
+//! - [`KvStore`]: Get / Put / Append / Delete / CompareAndSwap on string
+//!   keys, with client sessions so that a retried request is never applied
+//!   twice; snapshot and restore.
 //! - [`KvServer`]: the sans-IO server node, a `RaftNode` plus a `KvStore`
 //!   plus the requests waiting to be applied; it decides when to snapshot.
 //! - [`Clerk`]: the sans-IO client (request numbers, leader guess, retries).

@@ -287,7 +287,27 @@ impl KvStore {
                 self.data.entry(key.clone()).or_default().push_str(value);
                 Outcome::Done
             }
+            Op::Delete { key } => Outcome::Deleted {
+                existed: self.data.remove(key).is_some(),
+            },
+            Op::CompareAndSwap {
+                key,
+                expected,
+                value,
+            } => self.compare_and_swap(key, expected.as_deref(), value),
         }
+    }
+
+    /// Sets `key` to `value` if its value is `expected` (`None`: unset).
+    fn compare_and_swap(&mut self, key: &str, expected: Option<&str>, value: &str) -> Outcome {
+        let current = self.data.get(key);
+        if current.map(String::as_str) != expected {
+            return Outcome::NotSwapped {
+                current: current.cloned(),
+            };
+        }
+        self.data.insert(key.to_string(), value.to_string());
+        Outcome::Swapped
     }
 
     /// A key's value, if set.
@@ -540,6 +560,68 @@ mod tests {
         }
     }
 
+    fn cas(key: &str, expected: Option<&str>, value: &str) -> Op {
+        Op::CompareAndSwap {
+            key: key.into(),
+            expected: expected.map(Into::into),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn deletes_and_swaps_tell_unset_from_empty() {
+        let mut s = KvStore::default();
+        let del = |seq| cmd(1, seq, Op::Delete { key: "k".into() });
+        assert_eq!(s.apply(1, &del(1)), Outcome::Deleted { existed: false });
+        assert_eq!(s.apply(2, &cmd(1, 2, cas("k", Some(""), "a"))), {
+            Outcome::NotSwapped { current: None }
+        });
+        assert_eq!(s.get("k"), None, "a failed swap sets nothing");
+        assert_eq!(s.apply(3, &cmd(1, 3, cas("k", None, ""))), Outcome::Swapped);
+        assert_eq!(s.get("k"), Some(""));
+        assert_eq!(s.apply(4, &cmd(1, 4, cas("k", None, "b"))), {
+            Outcome::NotSwapped {
+                current: Some(String::new()),
+            }
+        });
+        assert_eq!(
+            s.apply(5, &cmd(1, 5, cas("k", Some(""), "b"))),
+            Outcome::Swapped
+        );
+        assert_eq!(s.get("k"), Some("b"));
+        assert_eq!(s.apply(6, &del(6)), Outcome::Deleted { existed: true });
+        assert_eq!(s.get("k"), None);
+        assert!(s.is_empty());
+        let get = cmd(1, 7, Op::Get { key: "k".into() });
+        assert_eq!(s.apply(7, &get), Outcome::Value(String::new()));
+    }
+
+    /// A retried swap or delete is answered as the first time, even after
+    /// another client changed the key, and is not applied again.
+    #[test]
+    fn retried_deletes_and_swaps_are_answered_from_the_session() {
+        let mut s = KvStore::default();
+        let swap = cmd(1, 1, cas("k", None, "a"));
+        assert_eq!(s.apply(1, &swap), Outcome::Swapped);
+        let put = Op::Put {
+            key: "k".into(),
+            value: "b".into(),
+        };
+        s.apply(2, &cmd(2, 1, put));
+        assert_eq!(s.apply(3, &swap), Outcome::Swapped);
+        assert_eq!(s.get("k"), Some("b"), "the retry did not swap again");
+        let del = cmd(1, 2, Op::Delete { key: "k".into() });
+        assert_eq!(s.apply(4, &del), Outcome::Deleted { existed: true });
+        s.apply(5, &cmd(2, 2, cas("k", None, "c")));
+        assert_eq!(s.apply(6, &del), Outcome::Deleted { existed: true });
+        assert_eq!(s.get("k"), Some("c"), "the retry did not delete again");
+        // The session's last outcome survives a snapshot.
+        let mut t = KvStore::default();
+        t.restore(&s.snapshot()).unwrap();
+        assert_eq!(t.apply(7, &del), Outcome::Deleted { existed: true });
+        assert_eq!(t.get("k"), Some("c"));
+    }
+
     /// Found by the property tests: `[0, 0, 0, 0]` decoded to a store with a
     /// bound of 0, whose next `apply` panicked. Every snapshot this store
     /// could not have built is refused.
@@ -778,25 +860,50 @@ mod tests {
     }
 
     quickcheck! {
-        /// Against a HashMap model: applying a random stream with random
-        /// duplicate deliveries gives the model's state and answers.
-        fn matches_a_hashmap_model(ops: Vec<(u8, u8, bool, bool)>) -> bool {
+        /// Against a HashMap model: applying a random stream of puts,
+        /// appends, deletes and swaps (expecting the current value, a
+        /// stale one, or an unset key) with random duplicate deliveries
+        /// gives the model's state and answers.
+        fn matches_a_hashmap_model(ops: Vec<(u8, u8, u8, bool)>) -> bool {
             let mut store = KvStore::default();
             let mut model: HashMap<String, String> = HashMap::new();
             let mut seqs: HashMap<u64, u64> = HashMap::new();
             let mut index = 0;
-            for (client, key, is_put, dup) in ops {
+            for (client, key, kind, dup) in ops {
                 let client = u64::from(client % 4);
                 let key = format!("k{}", key % 3);
                 let seq = { let s = seqs.entry(client).or_insert(0); *s += 1; *s };
                 let value = format!("{client}.{seq};");
-                let op = if is_put { Op::Put { key: key.clone(), value: value.clone() } }
-                         else { Op::Append { key: key.clone(), value: value.clone() } };
+                let current = model.get(&key).cloned();
+                let (op, expected) = match kind % 6 {
+                    0 => (Op::Put { key: key.clone(), value: value.clone() }, Outcome::Done),
+                    1 => (Op::Append { key: key.clone(), value: value.clone() }, Outcome::Done),
+                    2 => (Op::Delete { key: key.clone() }, Outcome::Deleted { existed: current.is_some() }),
+                    3 => (cas(&key, current.as_deref(), &value), Outcome::Swapped),
+                    4 => (cas(&key, None, &value), if current.is_none() {
+                        Outcome::Swapped
+                    } else {
+                        Outcome::NotSwapped { current: current.clone() }
+                    }),
+                    _ => (cas(&key, Some("stale"), &value), Outcome::NotSwapped { current: current.clone() }),
+                };
                 let c = cmd(client, seq, op);
                 index += 1;
-                store.apply(index, &c);
-                if dup { index += 1; store.apply(index, &c); }
-                if is_put { model.insert(key, value); } else { model.entry(key).or_default().push_str(&value); }
+                if store.apply(index, &c) != expected {
+                    return false;
+                }
+                if dup {
+                    index += 1;
+                    if store.apply(index, &c) != expected {
+                        return false;
+                    }
+                }
+                match (&c.op, &expected) {
+                    (Op::Put { .. }, _) | (_, Outcome::Swapped) => { model.insert(key, value); }
+                    (Op::Append { .. }, _) => model.entry(key).or_default().push_str(&value),
+                    (Op::Delete { .. }, _) => { model.remove(&key); }
+                    _ => {}
+                }
             }
             model.iter().all(|(k, v)| store.get(k) == Some(v.as_str())) && model.len() == store.len()
         }

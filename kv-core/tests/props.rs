@@ -19,6 +19,11 @@
 //!   except after the documented limit (a copy of a client's first request
 //!   arriving after its session was evicted).
 //!
+//! The requests are gets, puts, appends, deletes and compare-and-swaps (from
+//! an unset key, from the value the client itself wrote last, or from a value
+//! another client may have written), so that the answers the session table
+//! keeps include every outcome, swaps that succeed and swaps that do not.
+//!
 //! Failures print the shrunk schedule; every run is deterministic given it.
 //! `QUICKCHECK_TESTS` overrides the number of cases.
 
@@ -46,21 +51,26 @@ const CLIENT_IDS: [ClientId; 6] = [0x9e37_79b9_7f4a_7c15, 0, u64::MAX, 7, 1 << 4
 /// The keys: few, so that clients touch each other's keys.
 const KEYS: [&str; 3] = ["a", "b", ""];
 
-/// One request a client makes, on key `KEYS[key % 3]`.
+/// One request a client makes, on key `KEYS[key % 3]`; a swap's second
+/// number picks what it expects (see [`command`]).
 #[derive(Clone, Copy, Debug)]
 enum Request {
     Get(u8),
     Put(u8),
     Append(u8),
+    Delete(u8),
+    Swap(u8, u8),
 }
 
 impl Arbitrary for Request {
     fn arbitrary(g: &mut Gen) -> Self {
         let key = u8::arbitrary(g) % 3;
-        match u8::arbitrary(g) % 3 {
+        match u8::arbitrary(g) % 6 {
             0 => Request::Get(key),
             1 => Request::Put(key),
-            _ => Request::Append(key),
+            2 => Request::Append(key),
+            3 => Request::Delete(key),
+            _ => Request::Swap(key, u8::arbitrary(g) % 3),
         }
     }
 }
@@ -163,8 +173,11 @@ enum Event {
     Snapshot,
 }
 
-/// The command for request `seq` (from 1) of client `c`: appends and puts
-/// write a value unique to the request, so a second application shows.
+/// The command for request `seq` (from 1) of client `c`: appends, puts and
+/// swaps write a value unique to the request, so a second application
+/// shows. A swap expects the key unset (`from` 0), the value of the
+/// client's previous request (1: what it wrote last, if it wrote), or that
+/// of the next client's request of the same number (2).
 fn command(c: usize, seq: u64, request: Request) -> Command {
     let client = CLIENT_IDS[c];
     let value = format!("{c}.{seq};");
@@ -173,6 +186,16 @@ fn command(c: usize, seq: u64, request: Request) -> Command {
         Request::Get(k) => Op::Get { key: key(k) },
         Request::Put(k) => Op::Put { key: key(k), value },
         Request::Append(k) => Op::Append { key: key(k), value },
+        Request::Delete(k) => Op::Delete { key: key(k) },
+        Request::Swap(k, from) => Op::CompareAndSwap {
+            key: key(k),
+            expected: match from {
+                0 => None,
+                1 => Some(format!("{c}.{};", seq - 1)),
+                _ => Some(format!("{}.{seq};", (c + 1) % CLIENT_IDS.len())),
+            },
+            value,
+        },
     };
     Command { client, seq, op }
 }
@@ -545,5 +568,21 @@ fn execute(data: &mut BTreeMap<String, String>, op: &Op) -> Outcome {
             data.entry(key.clone()).or_default().push_str(value);
             Outcome::Done
         }
+        Op::Delete { key } => Outcome::Deleted {
+            existed: data.remove(key).is_some(),
+        },
+        Op::CompareAndSwap {
+            key,
+            expected,
+            value,
+        } => match data.get(key) {
+            current if current == expected.as_ref() => {
+                data.insert(key.clone(), value.clone());
+                Outcome::Swapped
+            }
+            current => Outcome::NotSwapped {
+                current: current.cloned(),
+            },
+        },
     }
 }

@@ -80,6 +80,9 @@ impl History {
             Op::Get { key } => ("get", key.clone(), String::new()),
             Op::Put { key, value } => ("put", key.clone(), value.clone()),
             Op::Append { key, value } => ("append", key.clone(), value.clone()),
+            Op::Delete { .. } | Op::CompareAndSwap { .. } => {
+                unreachable!("the lab's clerks only get, put and append: {op:?}")
+            }
         };
         PendingOp {
             client,
@@ -97,6 +100,7 @@ impl History {
             Outcome::Value(v) => v,
             Outcome::Done => String::new(),
             Outcome::SessionExpired => panic!("clerk session expired"),
+            other => unreachable!("a get, put or append answered {other:?}"),
         };
         let ret = self.stamp(now);
         let out = if pending.op == "get" {

@@ -7,9 +7,9 @@
 //! [`Verdict::Unknown`] with an [`UnknownReason`], and an HTML timeline of a
 //! violation ([`write_violation_html`]).
 //!
-//! Two models come with it: [`KvModel`], the lab's key/value store
-//! (partitioned by key), and [`RegisterModel`], a read / write /
-//! compare-and-set register for Jepsen's etcd histories. [`parse_etcd_log`]
+//! Two models come with it: [`KvModel`], the lab's key/value store with
+//! delete and compare-and-swap added (partitioned by key), and
+//! [`RegisterModel`], a read / write / compare-and-set register for Jepsen's etcd histories. [`parse_etcd_log`]
 //! and [`parse_kv_edn`] read the reference histories of
 //! `../shared/linearizability/`, [`parse_history_jsonl`] the histories the
 //! lab tests export; the `lincheck` binary checks such files.
@@ -46,6 +46,8 @@ pub mod register;
 mod search;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_delete_cas;
 #[cfg(test)]
 mod tests_limits;
 pub mod value;

@@ -301,7 +301,12 @@ pub fn parse_kv_edn(text: &str) -> Result<KvHistory, ParseError> {
         };
         match kind {
             EventType::Invoke => {
-                let input = KvInput { op, key, value };
+                let input = KvInput {
+                    op,
+                    key,
+                    value,
+                    expected: None,
+                };
                 pairing.invoke(line, process, input, KvOutput::Unknown)?;
             }
             EventType::Ok | EventType::Fail | EventType::Info => {

@@ -1,5 +1,5 @@
 //! Runs chaos seeds: `chaos [--seeds N] [--from FIRST] [--seed ONE]
-//! [--drift-ppm BOUND] [--drift-beyond FACTOR] [--reads SETUP]`; built with
+//! [--drift-ppm BOUND] [--drift-beyond FACTOR] [--reads SETUP] [--no-swaps]`; built with
 //! `--features canaries`, also `--canary NAME` (plant one bug for the run)
 //! and `--canaries SEEDS` (hunt each planted bug in turn).
 //!
@@ -7,6 +7,11 @@
 //! read setup (`driver_sim::chaos::ReadSetup`); `--reads drawn` (the
 //! default) lets each seed draw its own. A seed run with the setup it would
 //! draw runs exactly as when drawing.
+//!
+//! Writes: `--no-swaps` runs clerks that only append and read, without the
+//! deletes, puts and compare-and-swaps of the shared keys
+//! (`driver_sim::chaos::ChaosOptions::swaps`): each seed as it ran before
+//! those existed.
 //!
 //! Clocks: in one seed of three (those divisible by 3) every node's clock
 //! drifts within `--drift-ppm` parts per million (default 50000, ±5%; 0
@@ -23,14 +28,16 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use driver_sim::chaos::{mix_of, run_seed_with, ChaosOptions, ReadSetup, ReadTally, Reads};
+use driver_sim::chaos::{
+    mix_of, run_seed_with, ChaosOptions, ReadSetup, ReadTally, Reads, SwapTally,
+};
 use driver_sim::ClockDrift;
 
 fn usage() -> ExitCode {
     eprintln!("usage: chaos [--seeds N (default 1000)] [--from FIRST (default 1)] [--seed ONE]");
     eprintln!("             [--drift-ppm BOUND (default 50000; 0: perfect clocks)] [--drift-beyond FACTOR (>= 2)]");
     eprintln!(
-        "             [--reads log|read-index|follower|lease|drawn (default: drawn per seed)]"
+        "             [--reads log|read-index|follower|lease|drawn (default: drawn per seed)] [--no-swaps]"
     );
     eprintln!("       chaos --canaries SEEDS   (built with --features canaries): each planted bug in turn");
     eprintln!("       chaos --canary NAME ...  (built with --features canaries): run with one planted bug");
@@ -59,6 +66,10 @@ fn main() -> ExitCode {
             };
             Planted::set(Some(c));
             planted = format!(" --features canaries --bin chaos -- --canary {c}");
+            continue;
+        }
+        if flag == "--no-swaps" {
+            options.swaps = false;
             continue;
         }
         if flag == "--reads" {
@@ -104,6 +115,9 @@ fn main() -> ExitCode {
     if let Reads::Only(setup) = options.reads {
         clocks += &format!(" --reads {setup}");
     }
+    if !options.swaps {
+        clocks += " --no-swaps";
+    }
     // Failures are reported here, with their seed; keep panics quiet.
     std::panic::set_hook(Box::new(|_| {}));
     let started = Instant::now();
@@ -113,6 +127,7 @@ fn main() -> ExitCode {
     // their reads did.
     let mut by_setup = [0u64; ReadSetup::ALL.len()];
     let mut reads = ReadTally::default();
+    let mut swaps = SwapTally::default();
     for (k, seed) in (from..from + count).enumerate() {
         match catch_unwind(AssertUnwindSafe(|| run_seed_with(seed, options))) {
             Ok(report) => {
@@ -122,6 +137,7 @@ fn main() -> ExitCode {
                 drifting += u64::from(!report.mix.clocks.is_empty());
                 by_setup[report.mix.reads.position()] += 1;
                 reads.add(&report.reads);
+                swaps.add(&report.swaps);
                 if count == 1 {
                     eprintln!(
                         "\rseed {seed}: reads {}, {} nodes, {} clients, {} readers, {:?}",
@@ -201,8 +217,18 @@ fn main() -> ExitCode {
         reads.unanswered,
         reads.at_once
     );
+    // Named only when on, so that a run without prints the line chaos
+    // printed before deletes and swaps existed.
+    let swaps_note = if options.swaps {
+        format!(
+            "; swaps: {} swapped, {} not, deletes: {} found the key, {} did not",
+            swaps.swapped, swaps.not_swapped, swaps.deleted, swaps.absent
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "chaos: {} seeds from {from}: {} passed, {} failed; {events} events, {ops} client operations checked, {changes} membership changes{clocks_note}{reads_note}, {:.1} s",
+        "chaos: {} seeds from {from}: {} passed, {} failed; {events} events, {ops} client operations checked, {changes} membership changes{clocks_note}{reads_note}{swaps_note}, {:.1} s",
         count,
         count as usize - failed.len(),
         failed.len(),

@@ -14,6 +14,9 @@
 //! rkv put KEY VALUE  --servers 127.0.0.1:7100,127.0.0.1:7101,127.0.0.1:7102 [--cluster-id 7]
 //! rkv get KEY        --servers ... [--consistency linearizable|lease|local]
 //! rkv append KEY VALUE --servers ...
+//! rkv del KEY          --servers ...     (prints deleted / not found; exit 0 either way)
+//! rkv cas KEY EXPECTED NEW --servers ... (exit 0 swapped, 3 not swapped, 1 error)
+//! rkv cas KEY --expect-absent NEW --servers ...
 //! rkv status         --servers ...
 //! rkv member list    --servers ...
 //! rkv member add-learner ID PEER_ADDR CLIENT_ADDR --servers ...
@@ -34,7 +37,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use driver_tokio::{
     parse_read_policy, start_node, start_node_with, Client, NodeConfig, NodeError, NodeHandle,
-    ReadConsistency, ReadPolicy,
+    ReadConsistency, ReadPolicy, Swap,
 };
 use kv_core::{AdminReply, AdminRequest, MemberAddrs};
 use serde::Deserialize;
@@ -90,6 +93,23 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Remove KEY. Prints "deleted" if it was set, "not found" if not;
+    /// exit status 0 either way (1 on an error: then the delete may or may
+    /// not have taken effect).
+    Del {
+        /// The key.
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Set KEY to NEW if and only if it holds EXPECTED, atomically and
+    /// exactly once; with --expect-absent, if and only if KEY is unset (a
+    /// key set to "" is set; `rkv get` prints "" for both). Prints
+    /// "swapped", or "not swapped: unset" / "not swapped: current value
+    /// \"...\"" (quoted with escapes) and changes nothing. Exit status: 0
+    /// swapped, 3 not swapped, 1 error (then the swap may or may not have
+    /// taken effect), 2 bad usage.
+    Cas(CasArgs),
     /// Show each server's role, term, commit and applied index, its part in
     /// the configuration, (from the leader) its match index, and how it
     /// serves reads (its --read-policy, and +follower with --follower-reads).
@@ -109,6 +129,61 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+}
+
+/// `rkv cas`.
+#[derive(Args)]
+struct CasArgs {
+    /// The key.
+    key: String,
+    /// EXPECTED NEW, or only NEW with --expect-absent.
+    #[arg(value_name = "EXPECTED NEW", num_args = 1..=2, required = true)]
+    values: Vec<String>,
+    /// Swap only if KEY is unset (give only NEW).
+    #[arg(long)]
+    expect_absent: bool,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// `rkv cas`'s exit status when the key did not hold the expected value.
+const NOT_SWAPPED_EXIT: u8 = 3;
+/// The exit status of a command line that does not parse (clap's).
+const USAGE_EXIT: u8 = 2;
+
+/// Runs `rkv cas`: the exit status, or why it failed.
+async fn cas(args: CasArgs) -> Result<ExitCode, String> {
+    let (expected, new) = match (args.expect_absent, args.values.as_slice()) {
+        (false, [expected, new]) => (Some(expected.as_str()), new),
+        (true, [new]) => (None, new),
+        (absent, _) => {
+            let usage = if absent {
+                "with --expect-absent, give only NEW"
+            } else {
+                "give EXPECTED and NEW (or --expect-absent NEW)"
+            };
+            eprintln!("rkv cas: {usage}");
+            return Ok(ExitCode::from(USAGE_EXIT));
+        }
+    };
+    let swap = client(&args.target)
+        .await?
+        .compare_and_swap(&args.key, expected, new)
+        .await
+        .map_err(|e| e.to_string())?;
+    match swap {
+        Swap::Swapped => {
+            println!("swapped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Swap::NotSwapped { current } => {
+            match current {
+                Some(v) => println!("not swapped: current value {v:?}"),
+                None => println!("not swapped: unset"),
+            }
+            Ok(ExitCode::from(NOT_SWAPPED_EXIT))
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -485,6 +560,16 @@ async fn run_client_command(command: Command) -> Result<(), String> {
             println!("{v}");
             Ok(())
         }
+        Command::Del { key, target } => {
+            let existed = client(&target)
+                .await?
+                .delete(&key)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{}", if existed { "deleted" } else { "not found" });
+            Ok(())
+        }
+        Command::Cas(_) => unreachable!("handled by main"),
         Command::Status { target } => status(&target).await,
         Command::Member { command } => member(command).await,
         Command::TransferLeader { id, target } => {
@@ -665,13 +750,16 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,
-            other => match run_client_command(other).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
+            other => {
+                let result = match other {
+                    Command::Cas(args) => cas(args).await,
+                    other => run_client_command(other).await.map(|()| ExitCode::SUCCESS),
+                };
+                result.unwrap_or_else(|e| {
                     eprintln!("rkv: {e}");
                     ExitCode::FAILURE
-                }
-            },
+                })
+            }
         }
     })
 }

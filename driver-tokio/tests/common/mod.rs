@@ -1,11 +1,12 @@
 //! What the real-process tests share: the runtime with a time limit, the
-//! record of one client operation, and the two end-of-run checks (every
-//! acknowledged append present exactly once and in order; the history
-//! linearizable).
+//! record of one client operation, the workload (appends, gets, and on
+//! shared keys compare-and-swaps and deletes), and the two end-of-run checks
+//! (every acknowledged append present exactly once and in order; the
+//! history linearizable, every answer of every kind checked).
 
 use std::time::Duration;
 
-use driver_tokio::Client;
+use driver_tokio::{Client, Swap};
 use lincheck::{check, KvInput, KvModel, KvOutput, Operation, Verdict, UNKNOWN_RETURN};
 
 /// Runs `f` on a 2-thread runtime, failing if it takes longer than `limit`.
@@ -30,7 +31,8 @@ pub struct Record {
     /// When it returned; `None` if its outcome is unknown.
     pub ret: Option<u64>,
     pub input: KvInput,
-    pub output: Option<String>,
+    /// What it answered; `None` if its outcome is unknown.
+    pub output: Option<KvOutput>,
 }
 
 /// Every acknowledged append of client `cli` (`acked[cli]`, in the order
@@ -68,7 +70,7 @@ pub fn check_linearizable(history: &[Record], budget: Duration) -> usize {
             call: r.call,
             ret: r.ret.unwrap_or(UNKNOWN_RETURN),
             input: r.input.clone(),
-            output: r.output.clone().map_or(KvOutput::Unknown, KvOutput::Value),
+            output: r.output.clone().unwrap_or(KvOutput::Unknown),
         })
         .collect();
     let n = ops.len();
@@ -79,11 +81,15 @@ pub fn check_linearizable(history: &[Record], budget: Duration) -> usize {
     n
 }
 
-/// Client `cli`'s `j`th operation of the shared workload: an append of a
-/// value unique to (`cli`, `j`) to its key `k{cli}`, every fourth a get of
-/// that key instead, timed from `t0`. An acknowledged append's value is
-/// pushed to `acked`. Returns the record and whether the call failed (its
-/// outcome unknown: the caller should go on with a fresh session).
+/// Client `cli`'s `j`th operation of the shared workload, timed from `t0`:
+/// mostly an append of a value unique to (`cli`, `j`) to its own key
+/// `k{cli}`, with every fourth a get of that key instead; and on the key
+/// `s{cli % 2}`, which it shares with other clients, every eighth a
+/// compare-and-swap to a value unique to (`cli`, `j`), expecting its own
+/// previous swap's value there (or, every third time, the key unset), and
+/// every sixteenth a delete. An acknowledged append's value is pushed to
+/// `acked`. Returns the record and whether the call failed (its outcome
+/// unknown: the caller should go on with a fresh session).
 pub async fn workload_op(
     c: &mut Client,
     cli: u64,
@@ -92,30 +98,68 @@ pub async fn workload_op(
     acked: &mut Vec<String>,
 ) -> (Record, bool) {
     let key = format!("k{cli}");
+    let shared = format!("s{}", cli % 2);
     let value = format!("x {cli} {j} y");
-    let is_get = j % 4 == 3;
-    let input = if is_get {
-        KvInput::get(key.clone())
-    } else {
-        KvInput::append(key.clone(), value.clone())
-    };
     let call = t0.elapsed().as_nanos() as u64;
-    let result = if is_get {
-        c.get(&key).await.map(Some)
-    } else {
-        c.append(&key, &value).await.map(|()| None)
+    let (input, result) = match j % 16 {
+        3 | 7 | 11 | 15 => {
+            let got = c.get(&key).await.map(KvOutput::Value);
+            (KvInput::get(key), got)
+        }
+        5 | 13 => {
+            let expected =
+                (j >= 8 && !(j / 8).is_multiple_of(3)).then(|| format!("x {cli} {} y", j - 8));
+            let expected = expected.as_deref();
+            let swap = c.compare_and_swap(&shared, expected, &value).await;
+            let output = swap.map(|s| match s {
+                Swap::Swapped => KvOutput::Swapped,
+                Swap::NotSwapped { current } => KvOutput::NotSwapped(current),
+            });
+            (KvInput::compare_and_swap(shared, expected, value), output)
+        }
+        9 => {
+            let existed = c.delete(&shared).await.map(KvOutput::Existed);
+            (KvInput::delete(shared), existed)
+        }
+        _ => {
+            let appended = c.append(&key, &value).await;
+            if appended.is_ok() {
+                acked.push(value.clone());
+            }
+            let output = appended.map(|()| KvOutput::Value(String::new()));
+            (KvInput::append(key, value), output)
+        }
     };
     let ret = t0.elapsed().as_nanos() as u64;
     let failed = result.is_err();
-    if result.is_ok() && !is_get {
-        acked.push(value);
-    }
     let record = Record {
         client: cli,
         call,
         ret: result.is_ok().then_some(ret),
         input,
-        output: result.ok().map(Option::unwrap_or_default),
+        output: result.ok(),
     };
     (record, failed)
+}
+
+/// The workload's shared-key operations ran both ways: some acknowledged
+/// swaps swapped and some did not, and some acknowledged delete found its
+/// key set (each client's own sequence of them does so even alone, within
+/// 30 operations). Returns those three counts.
+#[allow(dead_code)] // not every test binary checks shared keys
+pub fn check_shared_keys_used(history: &[Record]) -> (usize, usize, usize) {
+    let count = |f: fn(&KvOutput) -> bool| {
+        history
+            .iter()
+            .filter(|r| r.output.as_ref().is_some_and(f))
+            .count()
+    };
+    let swapped = count(|o| *o == KvOutput::Swapped);
+    let not_swapped = count(|o| matches!(o, KvOutput::NotSwapped(_)));
+    let deleted = count(|o| *o == KvOutput::Existed(true));
+    assert!(
+        swapped > 0 && not_swapped > 0 && deleted > 0,
+        "the shared-key operations must run both ways: {swapped} swapped, {not_swapped} not, {deleted} deletes of a set key"
+    );
+    (swapped, not_swapped, deleted)
 }
