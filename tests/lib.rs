@@ -33,6 +33,11 @@ pub mod membership;
 #[path = "suites/reads.rs"]
 pub mod reads;
 
+/// Streamed-snapshot scenarios (issue 14): no transfer to an unreachable
+/// follower, catching up with one or a few.
+#[path = "suites/snapshots.rs"]
+pub mod snapshots;
+
 /// Read scenarios on bare Raft nodes with exact timing (issue 13): own-term
 /// commit, delayed round replies, leases under drift and without sticky
 /// votes.

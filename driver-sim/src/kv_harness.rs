@@ -97,6 +97,8 @@ struct World {
     members: Vec<Vec<NodeId>>,
     /// InstallSnapshot requests delivered to each server.
     snapshots_received: Vec<u64>,
+    /// Snapshot transfers to each server that a leader started.
+    snapshots_sent: Vec<u64>,
     gens: Vec<u64>,
     /// Each server's machine clock: kept across restarts (and running while
     /// the server is down), so its local time never goes backwards.
@@ -342,6 +344,7 @@ impl KvCfg {
             slots: (0..n).map(|_| None).collect(),
             members: vec![(0..n as NodeId).collect(); n],
             snapshots_received: vec![0; n],
+            snapshots_sent: vec![0; n],
             gens: vec![0; n],
             clocks: with_rng(|r| crate::clock::draw_clocks(n, now(), drift, r)),
             clock_epochs: vec![0; n],
@@ -467,6 +470,7 @@ impl KvCfg {
             w.slots.push(None);
             w.members.push(Vec::new());
             w.snapshots_received.push(0);
+            w.snapshots_sent.push(0);
             w.gens.push(0);
             let clock = with_rng(|r| draw_clock(now(), w.drift, r));
             w.clocks.push(clock);
@@ -655,6 +659,18 @@ impl KvCfg {
         self.world.borrow().snapshots_received[i]
     }
 
+    /// Running server `i`'s applied index; `None` if it is down.
+    pub fn applied_index(&self, i: usize) -> Option<raft_core::Index> {
+        let w = self.world.borrow();
+        Some(w.slots[i].as_ref()?.server.raft().last_applied())
+    }
+
+    /// Snapshot transfers to server `i` that a leader started so far
+    /// (delivered or not).
+    pub fn snapshots_sent(&self, i: usize) -> u64 {
+        self.world.borrow().snapshots_sent[i]
+    }
+
     // ----- driving servers ----------------------------------------------------
 
     fn step(&self, i: usize, event: ServerEvent, caller: Option<(usize, u64)>) {
@@ -730,10 +746,14 @@ impl KvCfg {
                 }
                 ServerAction::SendSnapshot { to, message } => {
                     let index = message.last_included_index;
-                    let data = self.world.borrow().persisters[i]
-                        .snapshot_at(index)
-                        .expect("a leader holds the snapshot it sends")
-                        .to_vec();
+                    let data = {
+                        let mut w = self.world.borrow_mut();
+                        w.snapshots_sent[to as usize] += 1;
+                        w.persisters[i]
+                            .snapshot_at(index)
+                            .expect("a leader holds the snapshot it sends")
+                            .to_vec()
+                    };
                     let header = Message::InstallSnapshot(message);
                     self.send(i, to as usize, &header, Some(data), caller);
                 }

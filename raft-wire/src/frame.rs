@@ -17,8 +17,9 @@ use serde::Serialize;
 /// The length of a frame's prefix.
 pub const FRAME_HEADER_LEN: usize = 4;
 
-/// The largest frame body sent or accepted by default (snapshots travel
-/// whole in one frame).
+/// The largest frame body sent or accepted by default (an AppendEntries
+/// batch, a client request; snapshots are streamed in chunks by the
+/// drivers, never one frame).
 pub const MAX_FRAME: usize = 64 << 20;
 
 /// How much buffer a blocking reader reserves ahead of the bytes that arrive.

@@ -18,12 +18,15 @@
 //! The crate is sans-IO (no sockets, no runtime): it depends on the standard
 //! library, serde, postcard, thiserror and raft-core's types only.
 //!
-//! # Version 1 on the wire
+//! # On the wire
 //!
 //! ```text
-//! frame  = len:u32le body[len]            body = postcard(value), len <= limit
-//! peer   : Hello::Peer { version, cluster_id, node_id }, then Message*
-//! client : Hello::Client { version, cluster_id }, then requests (responses back)
+//! frame    = len:u32le body[len]            body = postcard(value), len <= limit
+//! peer     : Hello::Peer { version, cluster_id, node_id }, then Message*
+//! client   : Hello::Client { version, cluster_id }, then requests (responses back)
+//! snapshot : Hello::PeerSnapshot { version, cluster_id, node_id }, then the
+//!            driver's snapshot frames (driver-tokio: Begin, Chunk*, End; one
+//!            ack back)
 //! ```
 //!
 //! The hello frame's limit is [`MAX_HELLO_FRAME`]; later frames' is the
