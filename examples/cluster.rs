@@ -42,6 +42,7 @@ impl Cluster {
             max_raft_state: Some(64 << 10),
             read_policy: driver_tokio::ReadPolicy::ReadIndex,
             follower_reads: false,
+            tls: None,
         }
     }
 

@@ -33,6 +33,15 @@
 //! members again and starts over, until `op_timeout`. If a server reports
 //! `--read-policy log`, linearizable and lease Gets go through the log as
 //! session commands instead, as that policy asks.
+//!
+//! Connections are plaintext, or TLS with [`Client::with_tls`] (the servers'
+//! certificates verified against a CA and the address dialled, and a client
+//! certificate presented if the servers demand one; see [`crate::tls`]). A
+//! server that refuses the connection (another cluster id or protocol
+//! version, TLS expected, a certificate refused) is a configuration error,
+//! not a failure to wait out: once every server has refused, an operation
+//! fails at once with [`ClientError::HelloRefused`] or [`ClientError::Tls`]
+//! naming the reason.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -43,9 +52,11 @@ use kv_core::{
     Reply,
 };
 use raft_core::NodeId;
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use raft_wire::HelloError;
+use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 
+use crate::tls::{ClientTls, Stream};
+use crate::transport::{dial, DialError};
 use crate::wire::{read_frame, write_frame, ClientRequest, ClientResponse, Hello, NodeStatus};
 
 /// How long to wait for a connection to a server.
@@ -85,11 +96,51 @@ pub enum ClientError {
         /// What came.
         what: String,
     },
+    /// A server refused the connection at the hello, naming why (another
+    /// cluster id or protocol version, or TLS expected).
+    #[error("{addr} refused the connection: {reason}")]
+    HelloRefused {
+        /// The server.
+        addr: SocketAddr,
+        /// Why.
+        reason: HelloError,
+    },
+    /// The TLS handshake with a server failed: its certificate, or ours,
+    /// was refused (or it does not speak TLS).
+    #[error("TLS with {addr} failed: {reason}")]
+    Tls {
+        /// The server.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// The server turned the connection away ([`ClientError::HelloRefused`],
+    /// [`ClientError::Tls`]): trying again will not help.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ClientError::HelloRefused { .. } | ClientError::Tls { .. }
+        )
+    }
+
+    fn dialling(addr: SocketAddr, e: DialError) -> ClientError {
+        match e {
+            DialError::Refused(reason) => ClientError::HelloRefused { addr, reason },
+            DialError::Tls(reason) => ClientError::Tls { addr, reason },
+            other => ClientError::Unreachable {
+                addr,
+                reason: other.to_string(),
+            },
+        }
+    }
 }
 
 struct Conn {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
+    reader: BufReader<ReadHalf<Stream>>,
+    writer: WriteHalf<Stream>,
 }
 
 /// A session with a cluster.
@@ -113,6 +164,8 @@ pub struct Client {
     log_reads: bool,
     /// Where successive reads start their round-robin.
     read_turn: usize,
+    /// TLS on every connection, if given.
+    tls: Option<ClientTls>,
     /// How long to wait for one server's answer before trying the next.
     pub attempt_timeout: Duration,
     /// How long an operation may take in all before failing with `Timeout`.
@@ -124,9 +177,10 @@ pub struct Client {
 pub async fn admin_once(
     cluster_id: u64,
     addr: SocketAddr,
+    tls: Option<ClientTls>,
     request: AdminRequest,
 ) -> Result<AdminReply, ClientError> {
-    let mut c = Client::connect(cluster_id, vec![addr]).await?;
+    let mut c = Client::connect(cluster_id, vec![addr]).await?.with_tls(tls);
     match c
         .call(addr, ClientRequest::Admin { id: 0, request })
         .await?
@@ -164,9 +218,17 @@ impl Client {
             log_reads: false,
             // Clients started together start their reads in different places.
             read_turn: (id % 1024) as usize,
+            tls: None,
             attempt_timeout: Duration::from_secs(1),
             op_timeout: Duration::from_secs(30),
         })
+    }
+
+    /// The same client, its connections over TLS (`Some`) or plaintext.
+    pub fn with_tls(mut self, tls: Option<ClientTls>) -> Client {
+        self.tls = tls;
+        self.conns.clear();
+        self
     }
 
     /// The client address of every server whose node id it knows.
@@ -394,18 +456,21 @@ impl Client {
 
     /// Asks every server it knows of for its status: learns their node ids
     /// and, from the most up-to-date view, the members' client addresses.
-    async fn discover(&mut self) {
+    /// Returns a refusal if no server answered and some refused.
+    async fn discover(&mut self) -> Option<ClientError> {
         let mut targets: BTreeSet<SocketAddr> = self.seeds.iter().copied().collect();
         targets.extend(self.addrs.values().copied());
         let mut asks = tokio::task::JoinSet::new();
         for addr in targets {
             let (cluster_id, timeout) = (self.cluster_id, self.attempt_timeout);
+            let tls = self.tls.clone();
             asks.spawn(async move {
-                let mut c = Client::connect(cluster_id, vec![addr]).await.ok()?;
+                let mut c = Client::connect(cluster_id, vec![addr]).await?.with_tls(tls);
                 c.attempt_timeout = timeout;
-                c.status_at(addr).await.ok().map(|s| (addr, s))
+                c.status_at(addr).await.map(|s| (addr, s))
             });
         }
+        let mut refusal = None;
         let mut direct = BTreeMap::new();
         let mut best: Option<MemberList> = None;
         let mut serving = BTreeSet::new();
@@ -413,8 +478,13 @@ impl Client {
         // The self-declared leader of the highest term.
         let mut leading: Option<(u64, NodeId)> = None;
         while let Some(result) = asks.join_next().await {
-            let Ok(Some((addr, status))) = result else {
-                continue;
+            let (addr, status) = match result {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(e)) if e.is_refusal() => {
+                    refusal = Some(e);
+                    continue;
+                }
+                _ => continue,
             };
             direct.insert(status.node_id, addr);
             if status.follower_reads {
@@ -431,7 +501,7 @@ impl Client {
                 best = Some(status.members);
             }
         }
-        let Some(view) = best else { return };
+        let Some(view) = best else { return refusal };
         let mut addrs = BTreeMap::new();
         for m in &view.members {
             let recorded = m.addrs.as_ref().and_then(|a| a.client.parse().ok());
@@ -445,7 +515,7 @@ impl Client {
             addrs = direct;
         }
         if addrs.is_empty() {
-            return;
+            return None;
         }
         let ids: Vec<NodeId> = addrs.keys().copied().collect();
         match &mut self.clerk {
@@ -465,6 +535,7 @@ impl Client {
             .or(self.leader)
             .filter(|id| addrs.contains_key(id));
         self.addrs = addrs;
+        None
     }
 
     /// Waits (within the operation's time) until some server's id is known.
@@ -473,8 +544,11 @@ impl Client {
             if started.elapsed() > self.op_timeout {
                 return Err(ClientError::Timeout(self.op_timeout));
             }
-            self.discover().await;
+            let refusal = self.discover().await;
             if self.clerk.is_none() {
+                if let Some(refusal) = refusal {
+                    return Err(refusal);
+                }
                 tokio::time::sleep(kv_core::ROUND_BACKOFF).await;
             }
         }
@@ -629,32 +703,29 @@ impl Client {
                     ClientResponse::Reply { id, .. } | ClientResponse::Status { id, .. } => *id,
                 };
                 if rid == id {
-                    return Ok::<_, std::io::Error>(response);
+                    return Ok::<_, DialError>(response);
                 }
                 // An answer to a request we gave up on.
             }
         })
         .await;
-        let reason = match result {
+        let error = match result {
             Ok(Ok(response)) => return Ok(response),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "no answer in time".to_string(),
+            Ok(Err(e)) => ClientError::dialling(addr, e),
+            Err(_) => ClientError::Unreachable {
+                addr,
+                reason: "no answer in time".to_string(),
+            },
         };
         self.conns.remove(&addr);
-        Err(ClientError::Unreachable { addr, reason })
+        Err(error)
     }
 
-    async fn conn(&mut self, addr: SocketAddr) -> std::io::Result<&mut Conn> {
+    async fn conn(&mut self, addr: SocketAddr) -> Result<&mut Conn, DialError> {
         if !self.conns.contains_key(&addr) {
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-                })??;
-            stream.set_nodelay(true)?;
-            let (r, mut w) = stream.into_split();
             let hello = Hello::client(self.cluster_id);
-            write_frame(&mut w, &hello).await?;
+            let stream = dial(addr, self.tls.as_ref(), &hello, CONNECT_TIMEOUT).await?;
+            let (r, w) = tokio::io::split(stream);
             self.conns.insert(
                 addr,
                 Conn {

@@ -51,6 +51,7 @@ use tokio::time::Instant as TokioInstant;
 use tracing::{debug, error, info, warn};
 
 use crate::book::{AddressBook, BookError};
+use crate::tls::{NodeTls, TlsError, TlsFiles};
 use crate::transport::{run_client_listener, run_outgoing, run_peer_listener, PEER_QUEUE};
 use crate::wire::{ClientRequest, ClientResponse, NodeStatus};
 
@@ -84,6 +85,8 @@ pub struct NodeConfig {
     /// Serve linearizable reads as a follower too (the read index is asked
     /// of the leader), instead of sending the client to the leader.
     pub follower_reads: bool,
+    /// TLS on every link ([`crate::tls`]); `None`: plaintext.
+    pub tls: Option<TlsFiles>,
 }
 
 /// The name of a read policy as `rkv serve --read-policy` takes it.
@@ -138,6 +141,9 @@ pub enum NodeError {
     /// The cluster to join could not be asked for its members.
     #[error("cannot join: {0}")]
     Join(String),
+    /// The TLS files could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// What the event loop reacts to.
@@ -244,12 +250,14 @@ pub async fn start_node_with(
             )));
         }
     }
+    let tls = config.tls.as_ref().map(NodeTls::load).transpose()?;
+    crate::tls::log_link_security(config.tls.as_ref(), &[peer_addr, config.client_addr]);
     let (storage, recovered) = Storage::open(&config.data_dir)?;
     if let Some((path, offset)) = &recovered.truncated_torn_tail {
         warn!(path = %path.display(), offset, "truncated a torn record at the end of the log");
     }
     let fresh = recovered.state == raft_core::DurableState::default();
-    let book = initial_book(&config, fresh).await?;
+    let book = initial_book(&config, fresh, tls.as_ref()).await?;
     book.store(&config.data_dir)?;
     let raft = raft_core::Config::new(config.id, book.bootstrap.clone());
     let seed = seed_from_entropy(config.id);
@@ -279,11 +287,13 @@ pub async fn start_node_with(
         peer_listener,
         config.id,
         config.cluster_id,
+        tls.clone(),
         input_tx.clone(),
     ));
     tasks.spawn(run_client_listener(
         client_listener,
         config.cluster_id,
+        tls.clone(),
         input_tx.clone(),
     ));
 
@@ -313,6 +323,7 @@ pub async fn start_node_with(
         next_request: 0,
         read_policy: config.read_policy,
         follower_reads: config.follower_reads,
+        tls,
     };
     event_loop.follow_membership()?;
     tasks.spawn(async move {
@@ -331,7 +342,11 @@ pub async fn start_node_with(
 
 /// What the node starts from: its data directory's book, or (a new data
 /// directory) the bootstrap peers, or the members of the cluster it joins.
-async fn initial_book(config: &NodeConfig, fresh: bool) -> Result<AddressBook, NodeError> {
+async fn initial_book(
+    config: &NodeConfig,
+    fresh: bool,
+    tls: Option<&NodeTls>,
+) -> Result<AddressBook, NodeError> {
     if let Some(mut book) = AddressBook::load(&config.data_dir)? {
         if !config.peers.is_empty() {
             let given: Vec<NodeId> = config.peers.keys().copied().collect();
@@ -372,7 +387,8 @@ async fn initial_book(config: &NodeConfig, fresh: bool) -> Result<AddressBook, N
     // recorded).
     let mut client = crate::Client::connect(config.cluster_id, config.join.clone())
         .await
-        .map_err(|e| NodeError::Join(e.to_string()))?;
+        .map_err(|e| NodeError::Join(e.to_string()))?
+        .with_tls(tls.map(|t| t.dialler().clone()));
     let deadline = TokioInstant::now() + Duration::from_secs(30);
     let (view, mut peers) = loop {
         let mut best: Option<kv_core::MemberList> = None;
@@ -496,6 +512,7 @@ struct EventLoop {
     /// As configured, for status answers.
     read_policy: ReadPolicy,
     follower_reads: bool,
+    tls: Option<NodeTls>,
 }
 
 impl EventLoop {
@@ -622,7 +639,8 @@ impl EventLoop {
 
     fn link(&mut self, to: NodeId, addr: SocketAddr) {
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        let task = tokio::spawn(run_outgoing(self.me, self.cluster_id, to, addr, rx));
+        let tls = self.tls.as_ref().map(|t| t.dialler().clone());
+        let task = tokio::spawn(run_outgoing(self.me, self.cluster_id, to, addr, tls, rx));
         info!(peer = to, %addr, "linking to peer");
         let link = Link {
             addr,
@@ -707,11 +725,12 @@ impl EventLoop {
             return;
         };
         let cluster_id = self.cluster_id;
+        let tls = self.tls.as_ref().map(|t| t.dialler().clone());
         let started = TokioInstant::now();
         self.registering = Some((
             started,
             tokio::spawn(async move {
-                match crate::client::admin_once(cluster_id, addr, request).await {
+                match crate::client::admin_once(cluster_id, addr, tls, request).await {
                     Ok(reply) => debug!(?reply, "asked the leader to record our addresses"),
                     Err(e) => {
                         debug!(error = %e, "could not ask the leader to record our addresses")
