@@ -91,14 +91,23 @@ pub async fn dial(
         Some(tls) => tls.connect(addr, tcp).await.map_err(DialError::from_io)?,
         None => Stream::Plain(tcp),
     };
-    write_frame(&mut stream, hello)
-        .await
-        .map_err(DialError::from_io)?;
-    stream.flush().await.map_err(DialError::from_io)?;
-    match read_frame_within::<HelloReply, _>(&mut stream, MAX_HELLO_FRAME).await {
-        Ok(reply) => reply.into_result().map_err(DialError::Refused)?,
-        Err(FrameError::Io(e)) => return Err(DialError::from_io(e)),
-        Err(e) => return Err(DialError::BadReply(e)),
+    let sent = match write_frame(&mut stream, hello).await {
+        Ok(()) => stream.flush().await,
+        Err(e) => Err(e),
+    };
+    // Read the answer even if the hello did not go out: an acceptor that
+    // refused us (a TLS alert) and closed first still said why.
+    let reply = read_frame_within::<HelloReply, _>(&mut stream, MAX_HELLO_FRAME).await;
+    match (reply, sent) {
+        (Ok(reply), _) => reply.into_result().map_err(DialError::Refused)?,
+        (Err(FrameError::Io(e)), sent) => {
+            let error = DialError::from_io(e);
+            return Err(match (error, sent) {
+                (DialError::Io(_), Err(unsent)) => DialError::from_io(unsent),
+                (error, _) => error,
+            });
+        }
+        (Err(e), _) => return Err(DialError::BadReply(e)),
     }
     Ok(stream)
 }

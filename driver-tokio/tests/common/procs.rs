@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use driver_tokio::Client;
+use driver_tokio::{Client, ClientTls};
 use raft_wire::test_util::free_addrs;
 
 /// `n` `rkv serve` processes of one cluster, bootstrapped together.
@@ -21,8 +21,10 @@ pub struct ProcCluster {
     pub peers: Vec<SocketAddr>,
     pub clients: Vec<SocketAddr>,
     procs: Vec<Option<Child>>,
-    /// The flags every server gets after the ones that place it.
-    serve_args: Vec<String>,
+    /// The flags each server gets after the ones that place it.
+    serve_args: Vec<Vec<String>>,
+    /// How [`ProcCluster::client`] connects (plaintext if `None`).
+    pub client_tls: Option<ClientTls>,
 }
 
 impl ProcCluster {
@@ -33,7 +35,19 @@ impl ProcCluster {
 
     /// `n` servers, each also given `serve_args`.
     pub fn with_args(cluster_id: u64, n: usize, serve_args: &[&str]) -> ProcCluster {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let args: Vec<String> = serve_args.iter().map(|a| a.to_string()).collect();
+        Self::in_dir(tempfile::tempdir().expect("tempdir"), cluster_id, n, |_| {
+            args.clone()
+        })
+    }
+
+    /// `n` servers in `dir`, server `i` also given `serve_args(i)`.
+    pub fn in_dir(
+        dir: tempfile::TempDir,
+        cluster_id: u64,
+        n: usize,
+        serve_args: impl Fn(usize) -> Vec<String>,
+    ) -> ProcCluster {
         let mut addrs = free_addrs(2 * n);
         let clients = addrs.split_off(n);
         let peers = addrs;
@@ -43,7 +57,8 @@ impl ProcCluster {
             peers,
             clients,
             procs: (0..n).map(|_| None).collect(),
-            serve_args: serve_args.iter().map(|a| a.to_string()).collect(),
+            serve_args: (0..n).map(serve_args).collect(),
+            client_tls: None,
         };
         for i in 0..n {
             c.start(i);
@@ -78,7 +93,7 @@ impl ProcCluster {
             .args(["--client-addr", &self.clients[i].to_string()])
             .arg("--data-dir")
             .arg(self.data_dir(i))
-            .args(&self.serve_args)
+            .args(&self.serve_args[i])
             .env(
                 "RKV_LOG",
                 std::env::var("RKV_TEST_LOG").unwrap_or("info".into()),
@@ -119,7 +134,8 @@ impl ProcCluster {
     pub async fn client(&self) -> Client {
         let mut c = Client::connect(self.cluster_id, self.clients.clone())
             .await
-            .expect("client");
+            .expect("client")
+            .with_tls(self.client_tls.clone());
         c.op_timeout = Duration::from_secs(20);
         c
     }
