@@ -23,8 +23,9 @@
 //! port tells a caller that speaks the other way what is wrong from the
 //! connection's first two bytes ([`raft_wire::looks_like_tls`]): a TLS port
 //! answers a plaintext hello with a plaintext `Refused(TlsRequired)`, and a
-//! plaintext port logs a TLS handshake (a TLS client cannot read a
-//! plaintext answer, and reports the handshake's failure instead).
+//! plaintext port a TLS handshake with `Refused(PlaintextOnly)`, which the
+//! TLS client reads as a corrupt record and reports as a TLS failure ("does
+//! the server speak TLS?").
 
 use std::io;
 use std::net::SocketAddr;

@@ -12,7 +12,8 @@
 //! - Incoming: with TLS, the handshake first (a peer must present a
 //!   certificate from the cluster's CA, a client too under
 //!   `--client-cert-auth`; a plaintext hello is answered
-//!   `Refused(TlsRequired)`). Then the first frame must be a [`Hello`] with
+//!   `Refused(TlsRequired)`, and on a plaintext port a TLS handshake
+//!   `Refused(PlaintextOnly)`). Then the first frame must be a [`Hello`] with
 //!   our cluster id (and, for peers, a node id other than ours; the core
 //!   drops what non-members send), answered `Accepted` or `Refused` with the
 //!   reason; a refusal (a failed handshake included) is logged with its
@@ -26,7 +27,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use raft_core::{Message, NodeId};
-use tokio::io::{AsyncRead, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -192,8 +193,7 @@ impl Closed {
     fn is_refusal(&self) -> bool {
         matches!(
             self,
-            Closed::Handshake(_)
-                | Closed::Wire(ConnectionError::Refused(_) | ConnectionError::UnexpectedTls)
+            Closed::Handshake(_) | Closed::Wire(ConnectionError::Refused(_))
         )
     }
 }
@@ -220,7 +220,14 @@ async fn secure(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> Result<Stream, Clo
         .map_err(|e| ConnectionError::BadHello(e.into()))?;
     match (tls, opening) {
         (None, Opening::Plain) => Ok(Stream::Plain(tcp)),
-        (None, Opening::Tls) => Err(ConnectionError::UnexpectedTls.into()),
+        (None, Opening::Tls) => {
+            // Take the client's hello first, so that closing does not reset
+            // the connection under our answer.
+            let mut tcp = tcp;
+            let mut hello = [0u8; 4096];
+            let _ = tokio::time::timeout(HELLO_TIMEOUT, tcp.read(&mut hello)).await;
+            refuse(&mut tcp, HelloError::PlaintextOnly).await
+        }
         (Some(acceptor), Opening::Tls) => {
             match tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => Ok(Stream::Tls(Box::new(stream.into()))),
@@ -233,11 +240,15 @@ async fn secure(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> Result<Stream, Clo
         (Some(_), Opening::Plain) => {
             let mut tcp = tcp;
             read_hello(&mut tcp).await?;
-            let refusal = HelloError::TlsRequired;
-            answer(&mut tcp, &Err::<(), _>(refusal.clone())).await?;
-            Err(refusal.into())
+            refuse(&mut tcp, HelloError::TlsRequired).await
         }
     }
+}
+
+/// Answers `Refused(refusal)` in plaintext, and closes.
+async fn refuse(tcp: &mut TcpStream, refusal: HelloError) -> Result<Stream, Closed> {
+    answer(tcp, &Err::<(), _>(refusal.clone())).await?;
+    Err(refusal.into())
 }
 
 /// Writes the reply to a hello's outcome.

@@ -327,11 +327,31 @@ fn client_cert_auth_refuses_a_client_without_a_certificate() {
 }
 
 #[test]
-fn the_cli_prints_the_refusal_of_a_wrong_cluster_id() {
+fn the_cli_prints_the_refusal_of_a_wrong_cluster_id_and_of_tls_to_plaintext() {
     let mut cluster = ProcCluster::new(54, 1);
     run(Duration::from_secs(60), async {
         cluster.leader().await;
     });
+    // A TLS client of a plaintext server fails at once, saying so.
+    let ca = Ca::new(cluster.dir.path(), "ca");
+    let started = Instant::now();
+    let tls_ca = vec!["--tls-ca".to_string(), path(&ca.cert_path())];
+    let out = cli(&cluster, &["get", "k", "--cluster-id", "54"], &tls_ca);
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a TLS get of a plaintext server: {stderr}"
+    );
+    assert!(
+        stderr.contains("TLS with") && stderr.contains("does the server speak TLS?"),
+        "names the reason: {stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "fails at once");
+    wait_for_log_line(
+        &cluster,
+        &[0],
+        &["refused a client", "takes plaintext connections only"],
+    );
     for command in [&["get", "k"][..], &["put", "k", "v"], &["status"]] {
         let started = Instant::now();
         let mut args = command.to_vec();

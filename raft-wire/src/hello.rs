@@ -122,6 +122,11 @@ pub enum HelloError {
     /// outside TLS.)
     #[error("this port takes TLS connections only")]
     TlsRequired,
+    /// The caller opened a TLS handshake on a port that takes plaintext
+    /// only. (A TLS caller cannot read the plaintext refusal; its TLS
+    /// library reports a corrupt message.)
+    #[error("this port takes plaintext connections only")]
+    PlaintextOnly,
 }
 
 /// The acceptor's answer to a hello, the first frame it writes. Its
@@ -336,6 +341,10 @@ mod tests {
         };
         assert_eq!(bytes(HelloReply::Refused(wrong_caller)), [1, 3, 0, 1]);
         assert_eq!(bytes(HelloReply::Refused(HelloError::TlsRequired)), [1, 4]);
+        assert_eq!(
+            bytes(HelloReply::Refused(HelloError::PlaintextOnly)),
+            [1, 5]
+        );
         let longest = HelloReply::Refused(HelloError::WrongCluster {
             cluster_id: u64::MAX,
             ours: u64::MAX,

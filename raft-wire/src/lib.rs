@@ -38,9 +38,10 @@
 //!
 //! A driver may carry a connection inside TLS (driver-tokio does, with
 //! `--tls-*`): the frames inside are the same. A plaintext hello on a port
-//! that takes TLS only is answered, in plaintext, `Refused(TlsRequired)`;
-//! [`looks_like_tls`] tells the two apart from a connection's first two
-//! bytes. Versions 1 to 3 never answered a hello (a refusal was a close).
+//! that takes TLS only is answered, in plaintext, `Refused(TlsRequired)`,
+//! and a TLS handshake on a plaintext port `Refused(PlaintextOnly)` (which a
+//! TLS caller reads as a corrupt record); [`looks_like_tls`] tells the two
+//! apart from a connection's first two bytes. Versions 1 to 3 never answered a hello (a refusal was a close).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -72,9 +73,6 @@ pub enum ConnectionError {
     /// The hello was refused.
     #[error("refused hello: {0}")]
     Refused(#[from] HelloError),
-    /// A TLS handshake came to a plaintext port.
-    #[error("a TLS handshake on a plaintext port")]
-    UnexpectedTls,
     /// A later frame could not be read (or the connection failed).
     #[error(transparent)]
     Frame(#[from] FrameError),
