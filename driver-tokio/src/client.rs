@@ -313,7 +313,9 @@ impl Client {
                 // A whole round failed: no leader yet, or the membership
                 // moved. Start over from what the servers say now.
                 tokio::time::sleep(kv_core::ROUND_BACKOFF).await;
-                self.discover().await;
+                if let Some(refusal) = self.discover().await {
+                    return Err(refusal);
+                }
                 order = self.read_order(consistency);
                 (turn, hinted) = (0, None);
             }
@@ -398,7 +400,9 @@ impl Client {
                     .map_or(ClientError::Timeout(self.op_timeout), ClientError::Refused));
             }
             if self.addrs.is_empty() || target.is_some_and(|t| !self.addrs.contains_key(&t)) {
-                self.discover().await;
+                if let Some(refusal) = self.discover().await {
+                    return Err(refusal);
+                }
             }
             let candidates: Vec<(NodeId, SocketAddr)> = match target {
                 Some(t) if self.addrs.contains_key(&t) => vec![(t, self.addrs[&t])],

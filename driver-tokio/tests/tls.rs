@@ -352,7 +352,14 @@ fn the_cli_prints_the_refusal_of_a_wrong_cluster_id_and_of_tls_to_plaintext() {
         &[0],
         &["refused a client", "takes plaintext connections only"],
     );
-    for command in [&["get", "k"][..], &["put", "k", "v"], &["status"]] {
+    let commands = [
+        &["get", "k"][..],
+        &["get", "k", "--consistency", "local"],
+        &["put", "k", "v"],
+        &["status"],
+        &["member", "list"],
+    ];
+    for command in commands {
         let started = Instant::now();
         let mut args = command.to_vec();
         args.extend(["--cluster-id", "55"]);
