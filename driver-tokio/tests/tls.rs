@@ -110,6 +110,26 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).to_string()
 }
 
+/// Runs an `rkv` client command that the servers must refuse: it fails at
+/// once (well within its 20 s timeout), non-zero, and its error contains
+/// every one of `words`.
+fn refused_cli(cluster: &ProcCluster, args: &[&str], extra: &[String], words: &[&str]) {
+    let started = Instant::now();
+    let out = cli(cluster, args, extra);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded: {stderr}");
+    for word in words {
+        assert!(
+            stderr.contains(word),
+            "{args:?} names the reason ({word}): {stderr}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{args:?} fails at once"
+    );
+}
+
 /// Waits (up to 20 s) for a line of one of the cluster's logs that
 /// contains every one of `words`; returns it.
 fn wait_for_log_line(cluster: &ProcCluster, nodes: &[usize], words: &[&str]) -> String {
@@ -176,12 +196,11 @@ fn a_tls_cluster_serves_the_cli_and_the_async_client_and_refuses_plaintext() {
     );
 
     // A plaintext client is told that the port takes TLS only.
-    let plain = cli(&cluster, &["get", "b", cluster_id[0], cluster_id[1]], &[]);
-    assert!(!plain.status.success(), "a plaintext get succeeded");
-    assert!(
-        text(&plain.stderr).contains("takes TLS connections only"),
-        "the refusal's reason: {}",
-        text(&plain.stderr)
+    refused_cli(
+        &cluster,
+        &["get", "b", cluster_id[0], cluster_id[1]],
+        &[],
+        &["refused the connection: this port takes TLS connections only"],
     );
     run(Duration::from_secs(30), async {
         let mut c = Client::connect(51, cluster.clients.clone())
@@ -287,24 +306,11 @@ fn client_cert_auth_refuses_a_client_without_a_certificate() {
     });
 
     let without = vec!["--tls-ca".to_string(), path(&ca.cert_path())];
-    let started = Instant::now();
-    let get = cli(
+    refused_cli(
         &cluster,
         &["get", "k", cluster_id[0], cluster_id[1]],
         &without,
-    );
-    assert!(
-        !get.status.success(),
-        "a get without a certificate succeeded"
-    );
-    let stderr = text(&get.stderr);
-    assert!(
-        stderr.contains("TLS with") && stderr.contains("client certificate"),
-        "the refusal's reason: {stderr}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "refused at once"
+        &["TLS with", "client certificate"],
     );
     run(Duration::from_secs(30), async {
         let mut c = Client::connect(53, cluster.clients.clone())
@@ -334,19 +340,13 @@ fn the_cli_prints_the_refusal_of_a_wrong_cluster_id_and_of_tls_to_plaintext() {
     });
     // A TLS client of a plaintext server fails at once, saying so.
     let ca = Ca::new(cluster.dir.path(), "ca");
-    let started = Instant::now();
     let tls_ca = vec!["--tls-ca".to_string(), path(&ca.cert_path())];
-    let out = cli(&cluster, &["get", "k", "--cluster-id", "54"], &tls_ca);
-    let stderr = text(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "a TLS get of a plaintext server: {stderr}"
+    refused_cli(
+        &cluster,
+        &["get", "k", "--cluster-id", "54"],
+        &tls_ca,
+        &["TLS with", "does the server speak TLS?"],
     );
-    assert!(
-        stderr.contains("TLS with") && stderr.contains("does the server speak TLS?"),
-        "names the reason: {stderr}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(10), "fails at once");
     wait_for_log_line(
         &cluster,
         &[0],
@@ -360,19 +360,13 @@ fn the_cli_prints_the_refusal_of_a_wrong_cluster_id_and_of_tls_to_plaintext() {
         &["member", "list"],
     ];
     for command in commands {
-        let started = Instant::now();
         let mut args = command.to_vec();
         args.extend(["--cluster-id", "55"]);
-        let out = cli(&cluster, &args, &[]);
-        let stderr = text(&out.stderr);
-        assert!(!out.status.success(), "{command:?} succeeded: {stderr}");
-        assert!(
-            stderr.contains("refused the connection: cluster id 55 is not ours (54)"),
-            "{command:?} names the reason: {stderr}"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{command:?} fails at once"
+        refused_cli(
+            &cluster,
+            &args,
+            &[],
+            &["refused the connection: cluster id 55 is not ours (54)"],
         );
     }
     wait_for_log_line(&cluster, &[0], &["links are plaintext"]);
