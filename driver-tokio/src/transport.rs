@@ -231,9 +231,12 @@ async fn secure(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> Result<Stream, Clo
         (Some(acceptor), Opening::Tls) => {
             match tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => Ok(Stream::Tls(Box::new(stream.into()))),
-                Ok(Err(e)) => Err(Closed::Handshake(
-                    tls::tls_error(&e).map_or_else(|| e.to_string(), ToString::to_string),
-                )),
+                // A TLS error is a refusal (a certificate, most likely); a
+                // caller that went away mid-handshake is not.
+                Ok(Err(e)) => Err(match tls::tls_error(&e) {
+                    Some(refusal) => Closed::Handshake(refusal.to_string()),
+                    None => FrameError::Io(e).into(),
+                }),
                 Err(_) => Err(ConnectionError::HelloTimeout(HELLO_TIMEOUT).into()),
             }
         }
