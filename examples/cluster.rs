@@ -45,6 +45,7 @@ impl Cluster {
             metrics_addr: None,
             election_timeout: None,
             heartbeat_interval: None,
+            tls: None,
         }
     }
 

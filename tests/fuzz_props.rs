@@ -66,7 +66,9 @@ use raft_core::{
     SnapshotMeta, Term,
 };
 use raft_testkit::{contract, ContractChecker, SafetyChecker};
-use raft_wire::{encode_frame, FrameDecoder, FrameError, Hello, MAX_FRAME, MAX_HELLO_FRAME};
+use raft_wire::{
+    encode_frame, FrameDecoder, FrameError, Hello, HelloReply, MAX_FRAME, MAX_HELLO_FRAME,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -152,6 +154,7 @@ pub fn decode_wire(data: &[u8], meter: AllocMeter) {
         1 => while read_one::<ClientResponse>(&mut stream, MAX_FRAME, meter).is_some() {},
         _ => {
             decode_unframed::<Hello>(stream);
+            decode_unframed::<HelloReply>(stream);
             decode_unframed::<ClientRequest>(stream);
             decode_unframed::<ClientResponse>(stream);
             decode_unframed::<Message>(stream);

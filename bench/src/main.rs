@@ -148,6 +148,10 @@ struct TargetArgs {
     /// Cluster id passed to our client (ignored for etcd).
     #[arg(long, default_value_t = 1)]
     cluster_id: u64,
+    /// Ours only: connect over TLS, the servers' certificates checked
+    /// against this CA (PEM) (servers run with `rkv serve --tls-*`).
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -600,9 +604,14 @@ async fn run(
             System::Ours => {
                 #[cfg(feature = "ours")]
                 {
-                    let target =
-                        targets::OursTarget::connect(&t.endpoints, t.cluster_id, n, cfg.op_timeout)
-                            .await?;
+                    let target = targets::OursTarget::connect(
+                        &t.endpoints,
+                        t.cluster_id,
+                        t.tls_ca.as_deref(),
+                        n,
+                        cfg.op_timeout,
+                    )
+                    .await?;
                     let connect_secs = t_connect.elapsed().as_secs_f64();
                     (
                         run_point(Arc::new(target), n, &cfg, value_size).await?,
@@ -699,7 +708,7 @@ async fn wait(t: TargetArgs, timeout: Duration) -> Result<()> {
             System::Ours => {
                 #[cfg(feature = "ours")]
                 {
-                    targets::ours_ready(&t.endpoints, t.cluster_id).await
+                    targets::ours_ready(&t.endpoints, t.cluster_id, t.tls_ca.as_deref()).await
                 }
                 #[cfg(not(feature = "ours"))]
                 bail!("built without the `ours` feature; rebuild with default features")
@@ -788,6 +797,7 @@ async fn main() -> Result<()> {
                         let target = targets::OursTarget::connect(
                             &t.endpoints,
                             t.cluster_id,
+                            t.tls_ca.as_deref(),
                             concurrency,
                             op_timeout,
                         )

@@ -142,18 +142,22 @@ impl OursTarget {
     pub async fn connect(
         endpoints: &[String],
         cluster_id: u64,
+        tls_ca: Option<&std::path::Path>,
         clients: usize,
         op_timeout: Duration,
     ) -> Result<Self> {
         let addrs = parse_addrs(endpoints)?;
+        let tls = ours_tls(tls_ca)?;
         let mut set = tokio::task::JoinSet::new();
         for i in 0..clients {
             let addrs = addrs.clone();
+            let tls = tls.clone();
             set.spawn(async move {
                 #[allow(unused_mut)]
                 let mut c = driver_tokio::client::Client::connect(cluster_id, addrs)
                     .await
-                    .map_err(|e| anyhow!("connecting client {i}: {e:?}"))?;
+                    .map_err(|e| anyhow!("connecting client {i}: {e:?}"))?
+                    .with_tls(tls);
                 // The client's own overall deadline for one operation (it
                 // retries across servers within it), so the load generator's
                 // outer timeout never cancels an operation half-way.
@@ -206,14 +210,28 @@ impl Target for OursTarget {
     }
 }
 
+/// Our client's TLS: the servers' certificates checked against `ca`.
 #[cfg(feature = "ours")]
-pub async fn ours_ready(endpoints: &[String], cluster_id: u64) -> Result<()> {
+fn ours_tls(ca: Option<&std::path::Path>) -> Result<Option<driver_tokio::ClientTls>> {
+    ca.map(|ca| driver_tokio::ClientTls::load(ca, None))
+        .transpose()
+        .map_err(|e| anyhow!("TLS: {e}"))
+}
+
+#[cfg(feature = "ours")]
+pub async fn ours_ready(
+    endpoints: &[String],
+    cluster_id: u64,
+    tls_ca: Option<&std::path::Path>,
+) -> Result<()> {
     let addrs = parse_addrs(endpoints)?;
+    let tls = ours_tls(tls_ca)?;
     let probe = async {
         #[allow(unused_mut)]
         let mut c = driver_tokio::client::Client::connect(cluster_id, addrs)
             .await
-            .map_err(|e| anyhow!("connect: {e:?}"))?;
+            .map_err(|e| anyhow!("connect: {e:?}"))?
+            .with_tls(tls);
         c.op_timeout = Duration::from_secs(4);
         c.put("__bench_probe", "ok")
             .await

@@ -953,8 +953,12 @@ impl Chaos {
                     Input::Raft(event) => node.server.step_raft_event(local_now, event),
                     Input::Snapshot { from, header, data } => {
                         let index = header.last_included_index;
-                        w.disks[i].stage(index, data.clone());
-                        staged = Some(index);
+                        // One held already at that index (our own, being
+                        // written) stays ours.
+                        if w.disks[i].snapshot_at(index).is_none() {
+                            w.disks[i].stage(index, data.clone());
+                            staged = Some(index);
+                        }
                         node.server
                             .install_snapshot(local_now, from, header, &mut &data[..])
                     }

@@ -712,19 +712,28 @@ impl KvCfg {
             let Some(slot) = w.slots[i].as_mut() else {
                 return;
             };
-            w.persisters[i].stage(index, data.clone());
+            // A snapshot held already at that index (our own, being
+            // written) stays ours: the delivered bytes are only staged in
+            // its absence, and only then dropped after.
+            let staged_here = w.persisters[i].snapshot_at(index).is_none();
+            if staged_here {
+                w.persisters[i].stage(index, data.clone());
+            }
             let actions = slot
                 .server
                 .install_snapshot(local_now, from as u64, header, &mut &data[..])
                 .expect("the harness uses the server correctly");
             w.safety.after_step(slot.server.raft());
-            actions
+            (actions, staged_here)
         };
+        let (actions, staged_here) = actions;
         let mut queue = VecDeque::new();
         let caller = Some((from, from_gen));
         self.execute(i, actions, caller, &mut queue);
         // Installed (now stored) or not wanted: no longer staged.
-        self.world.borrow_mut().persisters[i].unstage(index);
+        if staged_here {
+            self.world.borrow_mut().persisters[i].unstage(index);
+        }
         while let Some(event) = queue.pop_front() {
             self.step(i, event, caller);
         }

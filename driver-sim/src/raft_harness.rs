@@ -871,6 +871,7 @@ impl<const PRE_VOTE: bool, const DRIFT_PPM: u64> SimCfg<PRE_VOTE, DRIFT_PPM> {
             }
             _ => None,
         };
+        let mut staged = false;
         let delivered = {
             let mut w = self.world.borrow_mut();
             // The server was replaced meanwhile: the old instance handles it
@@ -882,7 +883,11 @@ impl<const PRE_VOTE: bool, const DRIFT_PPM: u64> SimCfg<PRE_VOTE, DRIFT_PPM> {
             } else {
                 server.rpc_count += 1;
                 if let (Some((_, index)), Some(data)) = (transfer, snapshot) {
-                    server.persister.stage(index, data);
+                    // One held already at that index stays.
+                    if server.persister.snapshot_at(index).is_none() {
+                        server.persister.stage(index, data);
+                        staged = true;
+                    }
                 }
                 w.trace = fnv1a(w.trace, &now().as_nanos().to_le_bytes());
                 w.trace = fnv1a(w.trace, &[from as u8, to as u8]);
@@ -901,7 +906,7 @@ impl<const PRE_VOTE: bool, const DRIFT_PPM: u64> SimCfg<PRE_VOTE, DRIFT_PPM> {
             );
         }
         if let Some((term, index)) = transfer {
-            if delivered {
+            if staged {
                 // Installed (now stored) or not wanted: no longer staged.
                 self.world.borrow_mut().server(to).persister.unstage(index);
             }

@@ -14,13 +14,15 @@
 //! `rkv` speaks it too): every frame is a little-endian `u32` length
 //! followed by that many bytes of postcard. The first frame on a connection
 //! is a [`Hello::Peer`]: protocol version, cluster id and the sender's node
-//! id. Every later frame is one [`raft_core::Message`]. Only the dialling
-//! side writes: a connection carries messages one way, and the acceptor
-//! never answers.
+//! id. Every later frame is one [`raft_core::Message`]. A connection
+//! carries messages one way: the acceptor writes one frame only, its
+//! [`HelloReply`] to the hello, which the dialler does not wait for (its
+//! messages queue behind the hello) but reads, to log a refusal's reason.
 //!
-//! The acceptor refuses (closes, with a line on stderr) a hello of another
-//! version or cluster, or from an id that is not a peer
-//! ([`Hello::accept_peer`]), and any frame longer than its limit
+//! The acceptor refuses (answers `Refused` naming the reason, closes, and
+//! logs a line on stderr) a hello of another version or cluster, or from an
+//! id that is not a peer ([`Hello::accept_peer`]); it closes the connection
+//! on any frame longer than its limit
 //! ([`MAX_HELLO_FRAME`] before the hello, [`TcpConfig::max_frame_bytes`]
 //! after) — checked on the length prefix, before anything is allocated
 //! ([`FrameDecoder`]), and the read buffer grows only with the bytes that
@@ -36,7 +38,8 @@
 //! dropped until a back-off (50 ms doubling to 1 s) has passed, when the next
 //! message dials again. The back-off starts over only once a connection has
 //! stayed up for a second, so a peer that refuses our hello (and closes at
-//! once) is not redialled in a tight loop; failures are logged on the first,
+//! once) is not redialled in a tight loop; failures (a refusal with its
+//! reason) are logged on the first,
 //! second, fourth, eighth... in a row. Each connection has a bounded write buffer
 //! ([`TcpConfig::max_buffered_bytes`]); a message that does not fit is
 //! dropped, since Raft retransmits what matters. Writes are non-blocking and
@@ -55,7 +58,7 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use raft_core::{Message, NodeId};
-use raft_wire::{ConnectionError, FrameDecoder};
+use raft_wire::{ConnectionError, FrameDecoder, HelloReply};
 pub use raft_wire::{Hello, MAX_HELLO_FRAME};
 
 /// The default [`TcpConfig::max_frame_bytes`] (snapshots travel whole).
@@ -71,8 +74,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// A connection up this long counts as a success: the back-off starts over.
-/// (The acceptor never answers, so a refused hello shows only as a close
-/// soon after connecting.)
+/// (The dialler does not wait for the acceptor's answer, so a refused hello
+/// shows as a refusal and a close soon after connecting.)
 const STABLE_AFTER: Duration = Duration::from_secs(1);
 /// How often timeouts are checked when nothing happens.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
@@ -278,6 +281,9 @@ struct Peer {
     /// Failures since the connection was last stable (the first, second,
     /// fourth, ... are logged).
     failures: u32,
+    /// The acceptor's answer to our hello as it arrives; `None` once it
+    /// accepted.
+    reply: Option<FrameDecoder>,
 }
 
 impl Peer {
@@ -291,6 +297,7 @@ impl Peer {
             write_interest: false,
             backoff: BACKOFF_MIN,
             failures: 0,
+            reply: None,
         }
     }
 }
@@ -448,6 +455,7 @@ where
                         peer.out.clear();
                         peer.out.push(&hello);
                         peer.out.push(&frame);
+                        peer.reply = Some(FrameDecoder::new());
                         peer.link = Link::Connecting {
                             stream,
                             since: Instant::now(),
@@ -522,17 +530,30 @@ where
                 Err(e) => fail(me, registry, peer, &format!("connect: {e}")),
             },
             Link::Up { stream, .. } => {
-                // The acceptor never writes: readable means closed (or junk).
-                match drain_reads(stream) {
-                    Ok(true) => fail(
+                // The acceptor writes its answer to our hello, then nothing:
+                // readable after the answer means closed (or junk).
+                let read = drain_reads(stream, peer.reply.as_mut());
+                let refusal = match peer.reply.as_mut().map(|r| r.next(MAX_HELLO_FRAME)) {
+                    Some(Ok(Some(HelloReply::Accepted))) => {
+                        peer.reply = None;
+                        None
+                    }
+                    Some(Ok(Some(HelloReply::Refused(why)))) => {
+                        Some(format!("refused our hello: {why}"))
+                    }
+                    Some(Err(e)) => Some(format!("an unreadable answer to our hello: {e}")),
+                    Some(Ok(None)) | None => None,
+                };
+                match (refusal, read) {
+                    (Some(why), _) => fail(me, registry, peer, &why),
+                    (None, Ok(true)) => fail(
                         me,
                         registry,
                         peer,
-                        "closed by the peer (it stopped or restarted, or refused our \
-                         hello: check --cluster-id and --peers on both sides)",
+                        "closed by the peer (it stopped or restarted)",
                     ),
-                    Ok(false) => self.flush_peer(id),
-                    Err(e) => fail(me, registry, peer, &format!("read: {e}")),
+                    (None, Ok(false)) => self.flush_peer(id),
+                    (None, Err(e)) => fail(me, registry, peer, &format!("read: {e}")),
                 }
             }
         }
@@ -631,9 +652,16 @@ where
                         Err(e) => return Err(ConnectionError::BadHello(e)),
                     };
                     let peers = &self.config.peers;
-                    let from = hello.accept_peer(self.config.cluster_id, self.config.id, |id| {
+                    let outcome = hello.accept_peer(self.config.cluster_id, self.config.id, |id| {
                         peers.contains_key(&id)
-                    })?;
+                    });
+                    let reply = raft_wire::encode_frame(&HelloReply::answering(&outcome))
+                        .expect("a reply fits its frame");
+                    // A few bytes on a new socket fit its buffer; were they
+                    // to block, the dialler, which does not wait for them,
+                    // would only miss a refusal's reason.
+                    let _ = conn.stream.write_all(&reply);
+                    let from = outcome?;
                     conn.from = Some(from);
                     identified = Some(from);
                 }
@@ -750,13 +778,18 @@ fn connect_result(stream: &TcpStream) -> io::Result<bool> {
     }
 }
 
-/// Reads and discards until the socket would block; true if it closed.
-fn drain_reads(stream: &mut TcpStream) -> io::Result<bool> {
+/// Reads until the socket would block, into `keep` if given (discarded
+/// otherwise); true if it closed.
+fn drain_reads(stream: &mut TcpStream, mut keep: Option<&mut FrameDecoder>) -> io::Result<bool> {
     let mut scratch = [0u8; 512];
     loop {
         match stream.read(&mut scratch) {
             Ok(0) => return Ok(true),
-            Ok(_) => {}
+            Ok(n) => {
+                if let Some(keep) = keep.as_mut() {
+                    keep.push(&scratch[..n]);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -809,20 +842,28 @@ mod tests {
             assert_eq!(got, (0, vote(term)), "in order, from node 0");
         }
 
-        // A stranger from cluster 8 claiming to be node 0 is refused, as is
-        // a frame announcing more than the hello limit.
-        for bytes in [
-            raft_wire::encode_frame(&Hello::peer(8, 0)).unwrap(),
-            u32::MAX.to_le_bytes().to_vec(),
+        // A stranger from cluster 8 claiming to be node 0 is refused with
+        // the reason, and a frame announcing more than the hello limit
+        // without a word.
+        let wrong_cluster = HelloReply::Refused(raft_wire::HelloError::WrongCluster {
+            cluster_id: 8,
+            ours: 7,
+        });
+        for (bytes, answer) in [
+            (
+                raft_wire::encode_frame(&Hello::peer(8, 0)).unwrap(),
+                raft_wire::encode_frame(&wrong_cluster).unwrap(),
+            ),
+            (u32::MAX.to_le_bytes().to_vec(), Vec::new()),
         ] {
             let mut s = std::net::TcpStream::connect(peers[&1]).unwrap();
             s.write_all(&bytes).unwrap();
-            s.write_all(&raft_wire::encode_frame(&vote(999)).unwrap())
-                .unwrap();
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut got = vec![0u8; answer.len()];
+            s.read_exact(&mut got).unwrap();
+            assert_eq!(got, answer);
+            // Then closed by the acceptor.
             let mut buf = [0u8; 1];
-            // Closed by the acceptor: an end of file, or a reset when it
-            // closed with our second frame unread.
             match s.read(&mut buf) {
                 Ok(0) => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}

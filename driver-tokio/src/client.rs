@@ -47,6 +47,15 @@
 //! disk, a WAN), operations still complete, each exactly once. Each
 //! connection has a reader task that hands its responses to the client's
 //! one inbox, so a connection can be listened to while another is written.
+//!
+//! Connections are plaintext, or TLS with [`Client::with_tls`] (the servers'
+//! certificates verified against a CA and the address dialled, and a client
+//! certificate presented if the servers demand one; see [`crate::tls`]). A
+//! server that refuses the connection (another cluster id or protocol
+//! version, TLS expected, a certificate refused) is a configuration error,
+//! not a failure to wait out: once every server has refused, an operation
+//! fails at once with [`ClientError::HelloRefused`] or [`ClientError::Tls`]
+//! naming the reason.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -57,11 +66,13 @@ use kv_core::{
     Reply,
 };
 use raft_core::NodeId;
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use raft_wire::HelloError;
+use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::tls::{ClientTls, Stream};
+use crate::transport::{dial, DialError};
 use crate::wire::{read_frame, write_frame, ClientRequest, ClientResponse, Hello, NodeStatus};
 
 /// How long to wait for a connection to a server.
@@ -104,10 +115,50 @@ pub enum ClientError {
         /// What came.
         what: String,
     },
+    /// A server refused the connection at the hello, naming why (another
+    /// cluster id or protocol version, or TLS expected).
+    #[error("{addr} refused the connection: {reason}")]
+    HelloRefused {
+        /// The server.
+        addr: SocketAddr,
+        /// Why.
+        reason: HelloError,
+    },
+    /// The TLS handshake with a server failed: its certificate, or ours,
+    /// was refused (or it does not speak TLS).
+    #[error("TLS with {addr} failed: {reason}")]
+    Tls {
+        /// The server.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// The server turned the connection away ([`ClientError::HelloRefused`],
+    /// [`ClientError::Tls`]): trying again will not help.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ClientError::HelloRefused { .. } | ClientError::Tls { .. }
+        )
+    }
+
+    fn dialling(addr: SocketAddr, e: DialError) -> ClientError {
+        match e {
+            DialError::Refused(reason) => ClientError::HelloRefused { addr, reason },
+            DialError::Tls(reason) => ClientError::Tls { addr, reason },
+            other => ClientError::Unreachable {
+                addr,
+                reason: other.to_string(),
+            },
+        }
+    }
 }
 
 struct Conn {
-    writer: tokio::net::tcp::OwnedWriteHalf,
+    writer: WriteHalf<Stream>,
     /// Tells this connection's arrivals from those of an earlier one to
     /// the same server.
     serial: u64,
@@ -132,6 +183,8 @@ struct Arrival {
 enum CallFailure {
     TimedOut,
     Failed(String),
+    /// The server turned us away ([`ClientError::is_refusal`]).
+    Refused(ClientError),
 }
 
 impl CallFailure {
@@ -139,6 +192,7 @@ impl CallFailure {
         match self {
             CallFailure::TimedOut => "no answer in time".to_string(),
             CallFailure::Failed(why) => why.clone(),
+            CallFailure::Refused(e) => e.to_string(),
         }
     }
 }
@@ -200,6 +254,8 @@ pub struct Client {
     log_reads: bool,
     /// Where successive reads start their round-robin.
     read_turn: usize,
+    /// TLS on every connection, if given.
+    tls: Option<ClientTls>,
     /// How long an operation's first attempt waits for one server's answer
     /// before it also tries the next; each attempt that times out doubles
     /// the wait of the later ones, and keeps listening (see the module doc).
@@ -215,8 +271,9 @@ pub async fn admin_once(
     cluster_id: u64,
     addr: SocketAddr,
     request: AdminRequest,
+    tls: Option<ClientTls>,
 ) -> Result<AdminReply, ClientError> {
-    let mut c = Client::connect(cluster_id, vec![addr]).await?;
+    let mut c = Client::connect(cluster_id, vec![addr]).await?.with_tls(tls);
     match c
         .call(addr, ClientRequest::Admin { id: 0, request })
         .await?
@@ -259,9 +316,17 @@ impl Client {
             log_reads: false,
             // Clients started together start their reads in different places.
             read_turn: (id % 1024) as usize,
+            tls: None,
             attempt_timeout: Duration::from_secs(1),
             op_timeout: Duration::from_secs(30),
         })
+    }
+
+    /// The same client, its connections over TLS (`Some`) or plaintext.
+    pub fn with_tls(mut self, tls: Option<ClientTls>) -> Client {
+        self.tls = tls;
+        self.conns.clear();
+        self
     }
 
     /// The client address of every server whose node id it knows.
@@ -366,7 +431,9 @@ impl Client {
                 // A whole round failed: no leader yet, or the membership
                 // moved. Start over from what the servers say now.
                 tokio::time::sleep(kv_core::ROUND_BACKOFF).await;
-                self.discover(attempts.wait()).await;
+                if let Some(refusal) = self.discover(attempts.wait()).await {
+                    return Err(refusal);
+                }
                 order = self.read_order(consistency);
                 (turn, hinted) = (0, None);
             }
@@ -494,7 +561,9 @@ impl Client {
                     .map_or(ClientError::Timeout(self.op_timeout), ClientError::Refused));
             }
             if self.addrs.is_empty() || target.is_some_and(|t| !self.addrs.contains_key(&t)) {
-                self.discover(self.attempt_timeout).await;
+                if let Some(refusal) = self.discover(self.attempt_timeout).await {
+                    return Err(refusal);
+                }
             }
             let candidates: Vec<(NodeId, SocketAddr)> = match target {
                 Some(t) if self.addrs.contains_key(&t) => vec![(t, self.addrs[&t])],
@@ -553,16 +622,18 @@ impl Client {
     /// Asks every server it knows of for its status, waiting up to `wait`
     /// for the answers: learns their node ids and, from the most up-to-date
     /// view, the members' client addresses.
-    async fn discover(&mut self, wait: Duration) {
+    /// Returns a refusal if no server answered and some refused.
+    async fn discover(&mut self, wait: Duration) -> Option<ClientError> {
         let mut targets: BTreeSet<SocketAddr> = self.seeds.iter().copied().collect();
         targets.extend(self.addrs.values().copied());
         let mut asks = tokio::task::JoinSet::new();
         for addr in targets {
             let (cluster_id, timeout) = (self.cluster_id, wait);
+            let tls = self.tls.clone();
             asks.spawn(async move {
-                let mut c = Client::connect(cluster_id, vec![addr]).await.ok()?;
+                let mut c = Client::connect(cluster_id, vec![addr]).await?.with_tls(tls);
                 c.attempt_timeout = timeout;
-                c.status_at(addr).await.ok().map(|s| (addr, s))
+                c.status_at(addr).await.map(|s| (addr, s))
             });
         }
         let mut direct = BTreeMap::new();
@@ -571,9 +642,15 @@ impl Client {
         let mut log_reads = false;
         // The self-declared leader of the highest term.
         let mut leading: Option<(u64, NodeId)> = None;
+        let mut refusal = None;
         while let Some(result) = asks.join_next().await {
-            let Ok(Some((addr, status))) = result else {
-                continue;
+            let (addr, status) = match result {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(e)) if e.is_refusal() => {
+                    refusal = Some(e);
+                    continue;
+                }
+                _ => continue,
             };
             direct.insert(status.node_id, addr);
             if status.follower_reads {
@@ -590,7 +667,7 @@ impl Client {
                 best = Some(status.members);
             }
         }
-        let Some(view) = best else { return };
+        let Some(view) = best else { return refusal };
         let mut addrs = BTreeMap::new();
         for m in &view.members {
             let recorded = m.addrs.as_ref().and_then(|a| a.client.parse().ok());
@@ -604,7 +681,7 @@ impl Client {
             addrs = direct;
         }
         if addrs.is_empty() {
-            return;
+            return None;
         }
         let ids: Vec<NodeId> = addrs.keys().copied().collect();
         match &mut self.clerk {
@@ -624,6 +701,7 @@ impl Client {
             .or(self.leader)
             .filter(|id| addrs.contains_key(id));
         self.addrs = addrs;
+        None
     }
 
     /// Waits (within the operation's time) until some server's id is known,
@@ -634,8 +712,11 @@ impl Client {
             if started.elapsed() > self.op_timeout {
                 return Err(ClientError::Timeout(self.op_timeout));
             }
-            self.discover(rounds.wait()).await;
+            let refusal = self.discover(rounds.wait()).await;
             if self.clerk.is_none() {
+                if let Some(refusal) = refusal {
+                    return Err(refusal);
+                }
                 rounds.timed_out();
                 tokio::time::sleep(kv_core::ROUND_BACKOFF).await;
             }
@@ -798,6 +879,10 @@ impl Client {
             .await
         {
             Ok((_, response)) => Ok(response),
+            Err(CallFailure::Refused(e)) => {
+                self.conns.remove(&addr);
+                Err(e)
+            }
             Err(failure) => {
                 self.conns.remove(&addr);
                 Err(ClientError::Unreachable {
@@ -832,7 +917,7 @@ impl Client {
                     self.lingering.push(conn);
                 }
             }
-            Err(CallFailure::Failed(_)) => {
+            Err(CallFailure::Failed(_) | CallFailure::Refused(_)) => {
                 self.conns.remove(&addr);
             }
         }
@@ -859,14 +944,22 @@ impl Client {
             | ClientRequest::Read { id: rid, .. } => *rid = id,
         }
         let sending = async {
-            let conn = self.conn(addr).await?;
-            write_frame(&mut conn.writer, &request).await?;
-            conn.writer.flush().await?;
-            Ok::<_, std::io::Error>(conn.serial)
+            let conn = self.conn(addr).await.map_err(|e| match e {
+                e @ (DialError::Refused(_) | DialError::Tls(_)) => {
+                    CallFailure::Refused(ClientError::dialling(addr, e))
+                }
+                e => CallFailure::Failed(e.to_string()),
+            })?;
+            let sent = async {
+                write_frame(&mut conn.writer, &request).await?;
+                conn.writer.flush().await
+            };
+            sent.await.map_err(|e| CallFailure::Failed(e.to_string()))?;
+            Ok::<_, CallFailure>(conn.serial)
         };
         let serial = match tokio::time::timeout_at(deadline, sending).await {
             Ok(Ok(serial)) => serial,
-            Ok(Err(e)) => return Err(CallFailure::Failed(e.to_string())),
+            Ok(Err(failure)) => return Err(failure),
             Err(_) => return Err(CallFailure::TimedOut),
         };
         loop {
@@ -901,17 +994,11 @@ impl Client {
         }
     }
 
-    async fn conn(&mut self, addr: SocketAddr) -> std::io::Result<&mut Conn> {
+    async fn conn(&mut self, addr: SocketAddr) -> Result<&mut Conn, DialError> {
         if !self.conns.contains_key(&addr) {
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-                })??;
-            stream.set_nodelay(true)?;
-            let (r, mut w) = stream.into_split();
             let hello = Hello::client(self.cluster_id);
-            write_frame(&mut w, &hello).await?;
+            let stream = dial(addr, self.tls.as_ref(), &hello, CONNECT_TIMEOUT).await?;
+            let (r, w) = tokio::io::split(stream);
             self.next_serial += 1;
             let serial = self.next_serial;
             let reader = tokio::spawn(read_responses(
@@ -936,7 +1023,7 @@ impl Client {
 /// why the connection ended.
 async fn read_responses(
     serial: u64,
-    mut reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    mut reader: BufReader<ReadHalf<Stream>>,
     inbox: mpsc::Sender<Arrival>,
 ) {
     loop {
@@ -995,6 +1082,10 @@ mod tests {
                 let (r, w) = stream.into_split();
                 let mut r = BufReader::new(r);
                 let _: Hello = read_frame(&mut r).await.expect("hello");
+                let mut w = w;
+                let accepted = raft_wire::HelloReply::answering(&Ok::<(), HelloError>(()));
+                write_frame(&mut w, &accepted).await.expect("hello answer");
+                w.flush().await.expect("flush");
                 let request: ClientRequest = read_frame(&mut r).await.expect("request");
                 (request, r, w)
             };

@@ -64,6 +64,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::book::{AddressBook, BookError};
 use crate::metrics::{LinkMetric, Metrics, Request};
+use crate::tls::{NodeTls, TlsError, TlsFiles};
 use crate::transport::{run_client_listener, run_outgoing, run_peer_listener, PEER_QUEUE};
 use crate::wire::{ClientRequest, ClientResponse, NodeStatus};
 
@@ -106,6 +107,8 @@ pub struct NodeConfig {
     /// How often a leader sends heartbeats (less than the election
     /// timeout); `None`: the core's 100 ms.
     pub heartbeat_interval: Option<Duration>,
+    /// TLS on every link ([`crate::tls`]); `None`: plaintext.
+    pub tls: Option<TlsFiles>,
 }
 
 /// The name of a read policy as `rkv serve --read-policy` takes it.
@@ -160,6 +163,9 @@ pub enum NodeError {
     /// The cluster to join could not be asked for its members.
     #[error("cannot join: {0}")]
     Join(String),
+    /// The TLS files could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// What the event loop reacts to.
@@ -297,12 +303,14 @@ pub async fn start_node_with(
             )));
         }
     }
+    let tls = config.tls.as_ref().map(NodeTls::load).transpose()?;
+    crate::tls::log_link_security(config.tls.as_ref(), &[peer_addr, config.client_addr]);
     let (storage, recovered) = Storage::open(&config.data_dir)?;
     if let Some((path, offset)) = &recovered.truncated_torn_tail {
         warn!(path = %path.display(), offset, "truncated a torn record at the end of the log");
     }
     let fresh = recovered.state == raft_core::DurableState::default();
-    let book = initial_book(&config, fresh).await?;
+    let book = initial_book(&config, fresh, tls.as_ref()).await?;
     book.store(&config.data_dir)?;
     let mut raft = raft_core::Config::new(config.id, book.bootstrap.clone());
     if let Some(min) = config.election_timeout {
@@ -352,11 +360,13 @@ pub async fn start_node_with(
         config.id,
         config.cluster_id,
         config.data_dir.clone(),
+        tls.clone(),
         input_tx.clone(),
     ));
     tasks.spawn(run_client_listener(
         client_listener,
         config.cluster_id,
+        tls.clone(),
         input_tx.clone(),
         metrics.client_connections(),
     ));
@@ -401,6 +411,7 @@ pub async fn start_node_with(
         next_transfer: 0,
         deferred: std::collections::VecDeque::new(),
         metrics,
+        tls,
     };
     event_loop.follow_membership()?;
     tasks.spawn(async move {
@@ -419,7 +430,11 @@ pub async fn start_node_with(
 
 /// What the node starts from: its data directory's book, or (a new data
 /// directory) the bootstrap peers, or the members of the cluster it joins.
-async fn initial_book(config: &NodeConfig, fresh: bool) -> Result<AddressBook, NodeError> {
+async fn initial_book(
+    config: &NodeConfig,
+    fresh: bool,
+    tls: Option<&NodeTls>,
+) -> Result<AddressBook, NodeError> {
     if let Some(mut book) = AddressBook::load(&config.data_dir)? {
         if !config.peers.is_empty() {
             let given: Vec<NodeId> = config.peers.keys().copied().collect();
@@ -460,7 +475,8 @@ async fn initial_book(config: &NodeConfig, fresh: bool) -> Result<AddressBook, N
     // recorded).
     let mut client = crate::Client::connect(config.cluster_id, config.join.clone())
         .await
-        .map_err(|e| NodeError::Join(e.to_string()))?;
+        .map_err(|e| NodeError::Join(e.to_string()))?
+        .with_tls(tls.map(|t| t.dialler().clone()));
     let deadline = TokioInstant::now() + Duration::from_secs(30);
     let (view, mut peers) = loop {
         let mut best: Option<kv_core::MemberList> = None;
@@ -599,6 +615,7 @@ struct EventLoop {
     /// Events for the server that arose while executing a step's actions,
     /// stepped once they are all done (actions run in order).
     deferred: std::collections::VecDeque<ServerEvent>,
+    tls: Option<NodeTls>,
 }
 
 /// A snapshot transfer under way.
@@ -843,8 +860,9 @@ impl EventLoop {
             "sending a snapshot"
         );
         let (me, cluster_id, inputs) = (self.me, self.cluster_id, self.inputs.clone());
+        let tls = self.tls.as_ref().map(|t| t.dialler().clone());
         let task = tokio::spawn(async move {
-            let result = crate::snapshot::send(me, cluster_id, addr, message, file).await;
+            let result = crate::snapshot::send(me, cluster_id, addr, tls, message, file).await;
             let _ = inputs.send(Input::SnapshotSent { to, id, result }).await;
         });
         let task = task.abort_handle();
@@ -906,11 +924,13 @@ impl EventLoop {
     fn link(&mut self, to: NodeId, addr: SocketAddr) {
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
         let connected = self.metrics.link(to);
+        let tls = self.tls.as_ref().map(|t| t.dialler().clone());
         let task = tokio::spawn(run_outgoing(
             self.me,
             self.cluster_id,
             to,
             addr,
+            tls,
             rx,
             connected.gauge(),
         ));
@@ -999,11 +1019,12 @@ impl EventLoop {
             return;
         };
         let cluster_id = self.cluster_id;
+        let tls = self.tls.as_ref().map(|t| t.dialler().clone());
         let started = TokioInstant::now();
         self.registering = Some((
             started,
             tokio::spawn(async move {
-                match crate::client::admin_once(cluster_id, addr, request).await {
+                match crate::client::admin_once(cluster_id, addr, request, tls).await {
                     Ok(reply) => debug!(?reply, "asked the leader to record our addresses"),
                     Err(e) => {
                         debug!(error = %e, "could not ask the leader to record our addresses")

@@ -34,7 +34,6 @@ use raft_core::{InstallSnapshot, NodeId, SnapshotMeta};
 use raft_storage::{SnapshotReader, SnapshotWriter, StorageError};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -167,20 +166,25 @@ fn link<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> SendError
     move |e| SendError::Link(format!("{what}: {e}"))
 }
 
-/// Streams the snapshot `file` (already open) to the peer at `addr`.
+/// Streams the snapshot `file` (already open) to the peer at `addr`
+/// (over TLS with `tls`, as the peer links).
 pub async fn send(
     me: NodeId,
     cluster_id: u64,
     addr: std::net::SocketAddr,
+    tls: Option<crate::tls::ClientTls>,
     header: InstallSnapshot,
     file: SnapshotReader,
 ) -> Result<u64, SendError> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(link("connect"))?
-        .map_err(link("connect"))?;
-    let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
+    let hello = Hello::peer_snapshot(cluster_id, me);
+    let stream = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        crate::transport::dial(addr, tls.as_ref(), &hello, CONNECT_TIMEOUT),
+    )
+    .await
+    .map_err(link("connect"))?
+    .map_err(link("connect"))?;
+    let (r, w) = tokio::io::split(stream);
     let mut r = BufReader::new(r);
     let mut w = BufWriter::with_capacity(CHUNK + 64, w);
     let data_len = file.data_len();
@@ -192,8 +196,6 @@ pub async fn send(
             Err(_) => Err(SendError::Link(format!("{what}: stalled"))),
         }
     };
-    let hello = Hello::peer_snapshot(cluster_id, me);
-    timed("hello")(tokio::time::timeout(STALL_TIMEOUT, write_frame(&mut w, &hello)).await)?;
     let begin = SnapshotFrame::Begin { header, data_len };
     timed("begin")(tokio::time::timeout(STALL_TIMEOUT, write_frame(&mut w, &begin)).await)?;
     // A blocking reader two chunks ahead: the file is read at the pace the

@@ -19,7 +19,8 @@
 
 use kv_core::{AdminRequest, Command, MemberList, ReadConsistency, Reply};
 pub use raft_wire::{
-    encode_frame, FrameError, Hello, HelloError, MAX_FRAME, MAX_HELLO_FRAME, PROTOCOL_VERSION,
+    encode_frame, FrameError, Hello, HelloError, HelloReply, MAX_FRAME, MAX_HELLO_FRAME,
+    PROTOCOL_VERSION,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};

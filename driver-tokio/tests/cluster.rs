@@ -8,9 +8,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use driver_tokio::wire::{encode_frame, Hello, PROTOCOL_VERSION};
+use driver_tokio::wire::{encode_frame, Hello, HelloError, PROTOCOL_VERSION};
 use driver_tokio::{Client, Swap};
 use raft_storage::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use raft_wire::HelloReply;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -374,7 +375,15 @@ fn rejects_malformed_frames() {
     run(Duration::from_secs(60), async {
         let cluster = ProcCluster::new(CLUSTER_ID, 3);
         cluster.leader().await;
-        // Each of these must make the node close the connection.
+        // Each of these must make the node close the connection, after
+        // answering the hello if there was one (a refusal naming why).
+        let refused = |reason| encode_frame(&HelloReply::Refused(reason)).unwrap();
+        let wrong_client = refused(HelloError::WrongCluster {
+            cluster_id: CLUSTER_ID + 1,
+            ours: CLUSTER_ID,
+        });
+        let wrong_peer = wrong_client.clone();
+        let accepted = encode_frame(&HelloReply::Accepted).unwrap();
         let garbage = vec![0xFFu8; 64];
         let oversized = u32::MAX.to_le_bytes().to_vec();
         let wrong_cluster = encode_frame(&Hello::Client {
@@ -395,48 +404,53 @@ fn rejects_malformed_frames() {
         .unwrap();
         bad_after_hello.extend_from_slice(&5u32.to_le_bytes());
         bad_after_hello.extend_from_slice(&[0xFF; 5]);
+        let (client, peer) = (cluster.clients[0], cluster.peers[0]);
         let cases = [
             (
-                cluster.clients[0],
+                client,
                 garbage.clone(),
+                vec![],
                 "garbage to the client port",
             ),
             (
-                cluster.clients[0],
+                client,
                 oversized.clone(),
+                vec![],
                 "oversized length to the client port",
             ),
             (
-                cluster.clients[0],
+                client,
                 wrong_cluster,
+                wrong_client,
                 "wrong cluster id to the client port",
             ),
             (
-                cluster.clients[0],
+                client,
                 bad_after_hello,
+                accepted,
                 "an undecodable request after a good hello",
             ),
-            (cluster.peers[0], garbage, "garbage to the peer port"),
+            (peer, garbage, vec![], "garbage to the peer port"),
+            (peer, oversized, vec![], "oversized length to the peer port"),
             (
-                cluster.peers[0],
-                oversized,
-                "oversized length to the peer port",
-            ),
-            (
-                cluster.peers[0],
+                peer,
                 wrong_peer_cluster,
+                wrong_peer,
                 "wrong cluster id to the peer port",
             ),
         ];
-        for (addr, bytes, what) in cases {
+        for (addr, bytes, answer, what) in cases {
             let mut s = TcpStream::connect(addr).await.expect("connect");
             s.write_all(&bytes).await.expect("write");
-            let mut buf = [0u8; 16];
-            let closed = tokio::time::timeout(Duration::from_secs(6), s.read(&mut buf)).await;
-            assert!(
-                matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
-                "{what}: connection not closed"
-            );
+            let mut got = Vec::new();
+            let closed =
+                tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut got)).await;
+            match closed {
+                Ok(Ok(_)) => assert_eq!(got, answer, "{what}: the answer"),
+                // A reset when the node closed with our bytes unread.
+                Ok(Err(_)) => assert!(answer.is_empty(), "{what}: reset before the answer"),
+                Err(_) => panic!("{what}: connection not closed"),
+            }
         }
         // The node still serves.
         let mut c = cluster.client().await;

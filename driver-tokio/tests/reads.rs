@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use driver_tokio::wire::NodeStatus;
-use driver_tokio::wire::{read_frame, write_frame, ClientRequest, ClientResponse, Hello};
+use driver_tokio::wire::{
+    read_frame, write_frame, ClientRequest, ClientResponse, Hello, HelloReply,
+};
 use driver_tokio::{Client, ClientError, ReadConsistency};
 use kv_core::{Outcome, Reply};
 use raft_wire::test_util::free_addrs;
@@ -98,7 +100,13 @@ async fn raw_read(addr: SocketAddr, key: &str, consistency: ReadConsistency) -> 
         };
         write_frame(&mut w, &request).await.expect("request");
         w.flush().await.expect("flush");
-        match read_frame::<ClientResponse, _>(&mut BufReader::new(r)).await {
+        let mut r = BufReader::new(r);
+        let answer = read_frame::<HelloReply, _>(&mut r).await;
+        assert_eq!(
+            answer.expect("an answer to the hello"),
+            HelloReply::Accepted
+        );
+        match read_frame::<ClientResponse, _>(&mut r).await {
             Ok(ClientResponse::Reply { id: 9, reply }) => reply,
             other => panic!("not an answer to the read: {other:?}"),
         }

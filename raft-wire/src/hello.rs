@@ -1,18 +1,30 @@
 //! The handshake: the first frame on every connection is a [`Hello`] that
 //! names the protocol version, the cluster and, for a Raft peer, the
 //! sender's node id. The acceptor checks it ([`Hello::accept_peer`],
-//! [`Hello::accept_client`]) and closes the connection on a refusal
-//! ([`HelloError`]); it never answers. After a peer's hello, every frame is
-//! one `raft_core::Message`, in one direction only (the dialler writes,
-//! the acceptor reads); after a client's, the service's requests (and its
-//! responses the other way).
+//! [`Hello::accept_client`]) and answers with one [`HelloReply`] frame:
+//! `Accepted`, or `Refused` naming the reason ([`HelloError`]), after which
+//! it closes the connection. After a peer's hello, every frame is one
+//! `raft_core::Message`, in one direction only (the dialler writes, the
+//! acceptor reads; the reply is the one frame the acceptor ever writes);
+//! after a client's, the service's requests (and its responses the other
+//! way, after the reply). A caller may send frames after its hello before
+//! the reply comes: a refused connection's are never read.
+//!
+//! The reply's layout is frozen across versions, so that a caller of any
+//! version can read why it was refused (a wrong version is a refusal too):
+//! [`HelloReply`]'s and [`HelloError`]'s variants are only ever appended,
+//! never reordered or changed. A variant a caller does not know fails to
+//! decode, and the caller reports an unreadable refusal.
 
 use raft_core::NodeId;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this crate speaks: 4 since streamed snapshots
 /// (`InstallSnapshot` is a header, its bytes follow on a connection of their
-/// own opened with [`Hello::PeerSnapshot`]); 3 was reads without the log
+/// own opened with [`Hello::PeerSnapshot`]) and since the acceptor answers
+/// every hello ([`HelloReply`]: accepted, or refused naming the reason,
+/// where 3 closed the connection without a word; a driver may carry the
+/// frames inside TLS); 3 was reads without the log
 /// (`ReadRound`/`ReadIndex` messages, `RequestVote::transfer`, sessionless
 /// client reads); 2 was membership change (entries carry configurations,
 /// `InstallSnapshot` the configuration at its index, clients send admin
@@ -21,7 +33,8 @@ use serde::{Deserialize, Serialize};
 pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest frame accepted before the hello: the one frame a stranger can
-/// send, and a hello is a few varints.
+/// send, and a hello is a few varints. Also the limit on the acceptor's
+/// [`HelloReply`].
 pub const MAX_HELLO_FRAME: usize = 256;
 
 /// The first frame on every connection. Its encoding is postcard's: a
@@ -60,7 +73,7 @@ pub enum Hello {
 }
 
 /// Which kind of connection a port takes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Caller {
     /// A Raft peer.
@@ -78,15 +91,18 @@ impl std::fmt::Display for Caller {
     }
 }
 
-/// Why an acceptor refused a hello.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// Why an acceptor refused a hello. Sent in a [`HelloReply::Refused`], so
+/// its variants are only ever appended (see the module doc).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum HelloError {
     /// The caller speaks another protocol version.
-    #[error("protocol version {version}, we speak {PROTOCOL_VERSION}")]
+    #[error("protocol version {version}, the acceptor speaks {ours}")]
     Version {
         /// The caller's version.
         version: u32,
+        /// The acceptor's.
+        ours: u32,
     },
     /// The caller belongs to another cluster.
     #[error("cluster id {cluster_id} is not ours ({ours})")]
@@ -114,6 +130,56 @@ pub enum HelloError {
         /// What called.
         found: Caller,
     },
+    /// The caller spoke plaintext to a port that takes TLS only. (The
+    /// refusal goes back in plaintext, the one frame such a port writes
+    /// outside TLS.)
+    #[error("this port takes TLS connections only")]
+    TlsRequired,
+    /// The caller opened a TLS handshake on a port that takes plaintext
+    /// only. (A TLS caller cannot read the plaintext refusal; its TLS
+    /// library reports a corrupt message.)
+    #[error("this port takes plaintext connections only")]
+    PlaintextOnly,
+}
+
+/// The acceptor's answer to a hello, the first frame it writes. Its
+/// encoding is postcard's: 0 for `Accepted`; 1, then the [`HelloError`]'s
+/// variant index and fields, for `Refused`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloReply {
+    /// The hello was accepted: the connection is open.
+    Accepted,
+    /// The hello was refused: the acceptor closes the connection.
+    Refused(HelloError),
+}
+
+impl HelloReply {
+    /// The reply to the outcome of [`Hello::accept_peer`] or
+    /// [`Hello::accept_client`].
+    pub fn answering<T>(outcome: &Result<T, HelloError>) -> HelloReply {
+        match outcome {
+            Ok(_) => HelloReply::Accepted,
+            Err(refusal) => HelloReply::Refused(refusal.clone()),
+        }
+    }
+
+    /// The reply as the caller acts on it.
+    pub fn into_result(self) -> Result<(), HelloError> {
+        match self {
+            HelloReply::Accepted => Ok(()),
+            HelloReply::Refused(refusal) => Err(refusal),
+        }
+    }
+}
+
+/// Whether the first two bytes of a connection open a TLS handshake (a
+/// handshake record, major version 3) rather than a plaintext hello frame,
+/// whose length prefix (at most [`MAX_HELLO_FRAME`]) has 0 as its second
+/// whose length prefix (at most [`MAX_HELLO_FRAME`], 256) has at most 1 as
+/// its second byte. Lets a port tell a caller that speaks the other way
+/// what is wrong.
+pub fn looks_like_tls(first: [u8; 2]) -> bool {
+    first == [0x16, 0x03]
 }
 
 impl Hello {
@@ -201,7 +267,10 @@ impl Hello {
 
 fn check_version_and_cluster(version: u32, theirs: u64, ours: u64) -> Result<(), HelloError> {
     if version != PROTOCOL_VERSION {
-        return Err(HelloError::Version { version });
+        return Err(HelloError::Version {
+            version,
+            ours: PROTOCOL_VERSION,
+        });
     }
     if theirs != ours {
         return Err(HelloError::WrongCluster {
@@ -267,7 +336,10 @@ mod tests {
         };
         assert_eq!(
             old.accept_peer(7, 0, members),
-            Err(HelloError::Version { version: 0 })
+            Err(HelloError::Version {
+                version: 0,
+                ours: PROTOCOL_VERSION
+            })
         );
         assert!(matches!(
             Hello::client(7).accept_peer(7, 0, members),
@@ -276,5 +348,72 @@ mod tests {
         assert_eq!(Hello::client(7).accept_client(7), Ok(()));
         assert!(Hello::client(8).accept_client(7).is_err());
         assert!(Hello::peer(7, 1).accept_client(7).is_err());
+    }
+
+    #[test]
+    fn the_reply_layout_is_frozen() {
+        // Callers of every version read these bytes: they must not change.
+        let bytes = |r: HelloReply| postcard::to_allocvec(&r).unwrap();
+        assert_eq!(bytes(HelloReply::Accepted), [0]);
+        let version = HelloError::Version {
+            version: 9,
+            ours: 4,
+        };
+        assert_eq!(bytes(HelloReply::Refused(version)), [1, 0, 9, 4]);
+        let cluster = HelloError::WrongCluster {
+            cluster_id: 8,
+            ours: 7,
+        };
+        assert_eq!(bytes(HelloReply::Refused(cluster)), [1, 1, 8, 7]);
+        let not_a_peer = HelloError::NotAPeer { node_id: 5, me: 0 };
+        assert_eq!(bytes(HelloReply::Refused(not_a_peer)), [1, 2, 5, 0]);
+        let wrong_caller = HelloError::WrongCaller {
+            expected: Caller::Peer,
+            found: Caller::Client,
+        };
+        assert_eq!(bytes(HelloReply::Refused(wrong_caller)), [1, 3, 0, 1]);
+        assert_eq!(bytes(HelloReply::Refused(HelloError::TlsRequired)), [1, 4]);
+        assert_eq!(
+            bytes(HelloReply::Refused(HelloError::PlaintextOnly)),
+            [1, 5]
+        );
+        let longest = HelloReply::Refused(HelloError::WrongCluster {
+            cluster_id: u64::MAX,
+            ours: u64::MAX,
+        });
+        assert!(bytes(longest).len() <= MAX_HELLO_FRAME);
+        // A refusal of a later version (an unknown reason) fails to decode
+        // rather than passing for another.
+        assert!(postcard::from_bytes::<HelloReply>(&[1, 200]).is_err());
+    }
+
+    #[test]
+    fn replies_follow_the_outcome() {
+        let accepted = Hello::client(7).accept_client(7);
+        assert_eq!(HelloReply::answering(&accepted), HelloReply::Accepted);
+        assert_eq!(HelloReply::answering(&accepted).into_result(), Ok(()));
+        let refused = Hello::client(8).accept_client(7);
+        let reply = HelloReply::answering(&refused);
+        assert_eq!(reply.clone().into_result(), refused);
+        assert!(matches!(
+            reply,
+            HelloReply::Refused(HelloError::WrongCluster { .. })
+        ));
+    }
+
+    #[test]
+    fn tls_is_told_from_a_plaintext_hello() {
+        assert!(looks_like_tls([0x16, 0x03]));
+        for hello in [
+            Hello::peer(u64::MAX, u64::MAX),
+            Hello::client(0),
+            Hello::peer(0x16, 3),
+        ] {
+            let frame = crate::encode_frame(&hello).unwrap();
+            assert!(!looks_like_tls([frame[0], frame[1]]), "{hello:?}");
+        }
+        // Any frame within the hello limit: its second byte is 0 or 1.
+        let most = (MAX_HELLO_FRAME as u32).to_le_bytes();
+        assert!(!looks_like_tls([most[0], most[1]]));
     }
 }

@@ -42,9 +42,9 @@ async fn cut_off_follower(unreliable: bool, max_transfers: u64) {
     // The others compacted well past what the cut-off follower holds.
     let lagging_applied = cfg.applied_index(lagging).unwrap_or(0);
     assert!(
-        others
-            .iter()
-            .all(|&i| cfg.snapshot_index(i).is_some_and(|s| s > lagging_applied + 50)),
+        others.iter().all(|&i| cfg
+            .snapshot_index(i)
+            .is_some_and(|s| s > lagging_applied + 50)),
         "the connected servers never snapshotted past the cut-off one\n{}",
         cfg.status()
     );

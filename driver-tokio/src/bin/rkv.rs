@@ -11,6 +11,7 @@
 //! rkv serve --id 3 --cluster-id 7 --peer-addr 127.0.0.1:7003 --client-addr 127.0.0.1:7103 \
 //!           --data-dir data/3                  (a restart: the data directory knows the rest)
 //! rkv serve --config node0.toml
+//! rkv serve ... --tls-cert node0.pem --tls-key node0.key --tls-ca ca.pem [--client-cert-auth]
 //! rkv put KEY VALUE  --servers 127.0.0.1:7100,127.0.0.1:7101,127.0.0.1:7102 [--cluster-id 7]
 //! rkv get KEY        --servers ... [--consistency linearizable|lease|local]
 //! rkv append KEY VALUE --servers ...
@@ -23,6 +24,7 @@
 //! rkv member promote ID --servers ...
 //! rkv member remove ID  --servers ...
 //! rkv transfer-leader [ID] --servers ...
+//!   (every client command also takes --tls-ca ca.pem [--tls-cert client.pem --tls-key client.key])
 //! ```
 //!
 //! `rkv serve` stops on SIGTERM or SIGINT: the write being made durable
@@ -36,8 +38,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use driver_tokio::{
-    parse_read_policy, start_node, start_node_with, Client, NodeConfig, NodeError, NodeHandle,
-    ReadConsistency, ReadPolicy, Swap,
+    parse_read_policy, start_node, start_node_with, Client, ClientTls, NodeConfig, NodeError,
+    NodeHandle, ReadConsistency, ReadPolicy, Swap, TlsFiles,
 };
 use kv_core::{AdminReply, AdminRequest, MemberAddrs};
 use serde::Deserialize;
@@ -254,6 +256,36 @@ struct Target {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 30)]
     timeout_secs: u64,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
+}
+
+/// A client's TLS (for servers run with --tls-cert).
+#[derive(Args)]
+struct ClientTlsArgs {
+    /// Connect over TLS: the CA certificate(s) (PEM) that the servers'
+    /// certificates must chain to (each must name the address dialled).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) to present, for servers run with
+    /// --client-cert-auth.
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    fn load(&self) -> Result<Option<ClientTls>, String> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+        ClientTls::load(ca, identity)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Args, Default)]
@@ -320,6 +352,23 @@ struct ServeArgs {
     /// stays what clients are told.
     #[arg(long)]
     client_listen: Option<SocketAddr>,
+    /// TLS on every link: this node's certificate chain (PEM), naming its
+    /// peer and client addresses' IPs, usable as server and client
+    /// certificate. Needs --tls-key and --tls-ca. Without it, every link is
+    /// plaintext (fine on loopback only).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// The cluster's CA certificate(s) (PEM): peers must present a
+    /// certificate from it, and the servers dialled must too.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Demand a client certificate from the CA on the client port too
+    /// (with --tls-cert).
+    #[arg(long)]
+    client_cert_auth: bool,
 }
 
 /// The TOML form of `serve`'s settings.
@@ -341,6 +390,31 @@ struct FileConfig {
     heartbeat_ms: Option<u64>,
     peer_listen: Option<SocketAddr>,
     client_listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    client_cert_auth: Option<bool>,
+}
+
+/// `--tls-cert`, `--tls-key` and `--tls-ca` (or the file's), all or none.
+fn tls_files(args: &ServeArgs, file: &FileConfig) -> Result<Option<TlsFiles>, String> {
+    let cert = args.tls_cert.clone().or(file.tls_cert.clone());
+    let key = args.tls_key.clone().or(file.tls_key.clone());
+    let ca = args.tls_ca.clone().or(file.tls_ca.clone());
+    let client_cert_auth = args.client_cert_auth || file.client_cert_auth.unwrap_or(false);
+    match (cert, key, ca) {
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles {
+            cert,
+            key,
+            ca,
+            client_cert_auth,
+        })),
+        (None, None, None) if client_cert_auth => {
+            Err("--client-cert-auth needs TLS: give --tls-cert, --tls-key and --tls-ca".into())
+        }
+        (None, None, None) => Ok(None),
+        _ => Err("TLS needs all of --tls-cert, --tls-key and --tls-ca".into()),
+    }
 }
 
 /// Where `serve` binds its listeners, when not at the addresses it is known
@@ -360,6 +434,7 @@ fn node_config(args: ServeArgs) -> Result<(NodeConfig, Listen), String> {
         }
         None => FileConfig::default(),
     };
+    let tls = tls_files(&args, &file)?;
     let mut peers = BTreeMap::new();
     for (id, addr) in file.peers.unwrap_or_default() {
         let id: u64 = id
@@ -442,6 +517,7 @@ fn node_config(args: ServeArgs) -> Result<(NodeConfig, Listen), String> {
         metrics_addr: args.metrics_addr.or(file.metrics_addr),
         election_timeout: election.map(Duration::from_millis),
         heartbeat_interval: heartbeat.map(Duration::from_millis),
+        tls,
     };
     Ok((config, listen))
 }
@@ -529,7 +605,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
 async fn client(target: &Target) -> Result<Client, String> {
     let mut c = Client::connect(target.cluster_id, target.servers.clone())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .with_tls(target.tls.load()?);
     c.op_timeout = Duration::from_secs(target.timeout_secs);
     Ok(c)
 }
@@ -659,11 +736,18 @@ async fn status(target: &Target) -> Result<(), String> {
     let mut addrs: Vec<SocketAddr> = target.servers.clone();
     let mut rows = Vec::new();
     let mut leader_view: Option<kv_core::MemberList> = None;
+    let mut refusal = None;
     let mut i = 0;
     while i < addrs.len() {
         let addr = addrs[i];
         i += 1;
         let result = c.status_at(addr).await;
+        match &result {
+            Err(e) if e.is_refusal() => {
+                refusal.get_or_insert_with(|| e.to_string());
+            }
+            _ => {}
+        }
         if let Ok(s) = &result {
             for m in &s.members.members {
                 let recorded = m.addrs.as_ref().and_then(|a| a.client.parse().ok());
@@ -727,7 +811,8 @@ async fn status(target: &Target) -> Result<(), String> {
             Err(e) => println!("{:<5} {:<22} unreachable ({e})", "?", addr.to_string()),
         }
     }
-    Ok(())
+    // A server that turns us away is misconfiguration, not an outage.
+    refusal.map_or(Ok(()), Err)
 }
 
 fn main() -> ExitCode {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use driver_tokio::Client;
+use driver_tokio::{Client, ClientTls};
 use raft_wire::test_util::free_addrs;
 
 /// `n` `rkv serve` processes of one cluster, bootstrapped together.
@@ -21,13 +21,13 @@ pub struct ProcCluster {
     pub peers: Vec<SocketAddr>,
     pub clients: Vec<SocketAddr>,
     procs: Vec<Option<Child>>,
-    /// The flags every server gets after the ones that place it.
-    serve_args: Vec<String>,
-    /// Flags for one server only (by index), after `serve_args`.
-    node_args: Vec<Vec<String>>,
+    /// The flags each server gets after the ones that place it.
+    serve_args: Vec<Vec<String>>,
     /// Where each server binds (peer, client), when not at `peers[i]` and
     /// `clients[i]`, the addresses it is known by: behind proxies.
     listen: Vec<(SocketAddr, SocketAddr)>,
+    /// How [`ProcCluster::client`] connects (plaintext if `None`).
+    pub client_tls: Option<ClientTls>,
 }
 
 impl ProcCluster {
@@ -48,16 +48,25 @@ impl ProcCluster {
         serve_args: &[&str],
         node_args: Vec<Vec<String>>,
     ) -> ProcCluster {
+        let args: Vec<String> = serve_args.iter().map(|a| a.to_string()).collect();
+        Self::in_dir(tempfile::tempdir().expect("tempdir"), cluster_id, n, |i| {
+            let mut a = args.clone();
+            a.extend(node_args.get(i).into_iter().flatten().cloned());
+            a
+        })
+    }
+
+    /// `n` servers in `dir`, server `i` also given `serve_args(i)`.
+    pub fn in_dir(
+        dir: tempfile::TempDir,
+        cluster_id: u64,
+        n: usize,
+        serve_args: impl Fn(usize) -> Vec<String>,
+    ) -> ProcCluster {
         let mut addrs = free_addrs(2 * n);
         let clients = addrs.split_off(n);
-        Self::build(
-            cluster_id,
-            serve_args,
-            addrs,
-            clients,
-            Vec::new(),
-            node_args,
-        )
+        let args = (0..n).map(serve_args).collect();
+        Self::build(dir, cluster_id, args, addrs, clients, Vec::new())
     }
 
     /// Servers known to each other by `peers` and to clients by `clients`,
@@ -72,27 +81,30 @@ impl ProcCluster {
         clients: Vec<SocketAddr>,
         listen: Vec<(SocketAddr, SocketAddr)>,
     ) -> ProcCluster {
-        Self::build(cluster_id, serve_args, peers, clients, listen, Vec::new())
+        let args: Vec<String> = serve_args.iter().map(|a| a.to_string()).collect();
+        let args = vec![args; peers.len()];
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::build(dir, cluster_id, args, peers, clients, listen)
     }
 
     fn build(
+        dir: tempfile::TempDir,
         cluster_id: u64,
-        serve_args: &[&str],
+        serve_args: Vec<Vec<String>>,
         peers: Vec<SocketAddr>,
         clients: Vec<SocketAddr>,
         listen: Vec<(SocketAddr, SocketAddr)>,
-        node_args: Vec<Vec<String>>,
     ) -> ProcCluster {
         let n = peers.len();
         let mut c = ProcCluster {
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir,
             cluster_id,
             peers,
             clients,
             procs: (0..n).map(|_| None).collect(),
-            serve_args: serve_args.iter().map(|a| a.to_string()).collect(),
-            node_args,
+            serve_args,
             listen,
+            client_tls: None,
         };
         for i in 0..n {
             c.start(i);
@@ -127,8 +139,7 @@ impl ProcCluster {
             .args(["--client-addr", &self.clients[i].to_string()])
             .arg("--data-dir")
             .arg(self.data_dir(i))
-            .args(&self.serve_args)
-            .args(self.node_args.get(i).into_iter().flatten())
+            .args(&self.serve_args[i])
             .env(
                 "RKV_LOG",
                 std::env::var("RKV_TEST_LOG").unwrap_or("info".into()),
@@ -191,7 +202,8 @@ impl ProcCluster {
     pub async fn client(&self) -> Client {
         let mut c = Client::connect(self.cluster_id, self.clients.clone())
             .await
-            .expect("client");
+            .expect("client")
+            .with_tls(self.client_tls.clone());
         c.op_timeout = Duration::from_secs(20);
         c
     }
