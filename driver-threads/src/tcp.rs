@@ -1021,6 +1021,117 @@ mod tests {
         t1.shutdown();
     }
 
+    fn header(term: u64, index: u64) -> InstallSnapshot {
+        InstallSnapshot {
+            term,
+            last_included_index: index,
+            last_included_term: term,
+            membership: raft_core::Membership::default(),
+        }
+    }
+
+    /// Collects what `deliver` is given, on a channel.
+    fn collector() -> (
+        impl FnMut(Arrival) -> Delivery + Send + 'static,
+        mpsc::Receiver<Arrival>,
+    ) {
+        let (tx, rx) = mpsc::channel();
+        let deliver = move |arrival| {
+            let _ = tx.send(arrival);
+            Delivery::Continue
+        };
+        (deliver, rx)
+    }
+
+    #[test]
+    fn a_snapshot_arrives_with_its_bytes_and_its_end_is_reported_once() {
+        let (peers, [a, b]) = two_nodes();
+        let (deliver1, rx1) = collector();
+        let t1 =
+            TcpTransport::start_with(TcpConfig::new(1, 7, peers.clone()), b, deliver1).unwrap();
+        let (deliver0, rx0) = collector();
+        let t0 =
+            TcpTransport::start_with(TcpConfig::new(0, 7, peers.clone()), a, deliver0).unwrap();
+        // Larger than a read chunk, so that it arrives in pieces; messages
+        // before and after keep their places around it.
+        let data: Vec<u8> = (0..3 * READ_CHUNK + 17).map(|i| (i % 251) as u8).collect();
+        let out = t0.outbox();
+        out.send(1, vote(1));
+        assert!(out.send_snapshot(1, header(2, 40), data.clone()));
+        out.send(1, vote(3));
+        let wait = Duration::from_secs(10);
+        let got: Vec<Arrival> = (0..3).map(|_| rx1.recv_timeout(wait).unwrap()).collect();
+        assert_eq!(
+            got,
+            vec![
+                Arrival::Message {
+                    from: 0,
+                    message: vote(1)
+                },
+                Arrival::Snapshot {
+                    from: 0,
+                    header: header(2, 40),
+                    data
+                },
+                Arrival::Message {
+                    from: 0,
+                    message: vote(3)
+                },
+            ]
+        );
+        let ended = Arrival::SnapshotSendEnded {
+            to: 1,
+            term: 2,
+            index: 40,
+        };
+        assert_eq!(rx0.recv_timeout(wait).unwrap(), ended);
+        assert!(rx0.recv_timeout(Duration::from_millis(300)).is_err());
+        // An InstallSnapshot without its bytes never leaves (a receiver
+        // would take the next frame for them).
+        out.send(1, Message::InstallSnapshot(header(2, 41)));
+        out.send(1, vote(4));
+        let next = rx1.recv_timeout(wait).unwrap();
+        assert_eq!(
+            next,
+            Arrival::Message {
+                from: 0,
+                message: vote(4)
+            }
+        );
+        t0.shutdown();
+        t1.shutdown();
+    }
+
+    #[test]
+    fn a_snapshot_to_an_unreachable_peer_ends_once() {
+        let (peers, [a, b]) = two_nodes();
+        drop(b); // nobody listens for node 1
+        let (deliver0, rx0) = collector();
+        let t0 =
+            TcpTransport::start_with(TcpConfig::new(0, 7, peers.clone()), a, deliver0).unwrap();
+        let out = t0.outbox();
+        // Dialled and refused, or dropped while backing off: each ends once.
+        for index in 1..=3 {
+            assert!(out.send_snapshot(1, header(1, index), vec![7; 100]));
+        }
+        let wait = Duration::from_secs(10);
+        let mut ended: Vec<Arrival> = (0..3).map(|_| rx0.recv_timeout(wait).unwrap()).collect();
+        ended.sort_by_key(|a| match a {
+            Arrival::SnapshotSendEnded { index, .. } => *index,
+            _ => 0,
+        });
+        let expected: Vec<Arrival> = (1..=3)
+            .map(|index| Arrival::SnapshotSendEnded {
+                to: 1,
+                term: 1,
+                index,
+            })
+            .collect();
+        assert_eq!(ended, expected);
+        assert!(rx0.recv_timeout(Duration::from_millis(300)).is_err());
+        t0.shutdown();
+    }
+
     #[test]
     fn reconnects_after_the_peer_restarts() {
         let (peers, [a, b]) = two_nodes();
