@@ -255,7 +255,9 @@ impl TcpNode {
                 path.display()
             );
         }
+        let mut recovered_file = None;
         if let (Some(meta), Some(mut data)) = (&recovered.state.snapshot, recovered.snapshot) {
+            recovered_file = Some((meta.index, data.path().to_path_buf()));
             service
                 .restore(meta, &mut data)
                 .map_err(NodeError::Service)?;
@@ -289,6 +291,7 @@ impl TcpNode {
         .map_err(NodeError::Network)?;
         let node = NodeLoop {
             inbox: inbox.clone(),
+            recovered_file,
             writing: None,
             followups: VecDeque::new(),
             role: (raft.role(), raft.term(), raft.leader_hint()),
@@ -348,6 +351,9 @@ impl TcpNode {
 struct NodeLoop<S> {
     /// The node's own inbox, for the snapshot writer's report.
     inbox: SyncSender<Input>,
+    /// The snapshot file recovery opened, by index (a directory of the
+    /// earlier formats keeps it under another name than the staged files').
+    recovered_file: Option<(Index, PathBuf)>,
     /// The index of the service snapshot being written, if one is.
     writing: Option<Index>,
     /// Events the node owes its core (a transfer that could not even be
@@ -589,7 +595,12 @@ impl<S: Service> NodeLoop<S> {
     /// with the header. If it cannot go, the transfer has ended at once.
     fn send_snapshot(&mut self, to: NodeId, header: InstallSnapshot) -> Result<(), NodeError> {
         let (term, index) = (header.term, header.last_included_index);
-        let path = self.storage.snapshot_path(index);
+        let mut path = self.storage.snapshot_path(index);
+        if !path.exists() {
+            if let Some((_, old)) = self.recovered_file.as_ref().filter(|(i, _)| *i == index) {
+                path = old.clone();
+            }
+        }
         let data = SnapshotReader::open(&path).and_then(SnapshotReader::read_all)?;
         // Messages queued before it leave before it.
         self.outbox.send_all(self.unsent.drain(..));
