@@ -70,7 +70,7 @@ fn apply(
             let data = persister
                 .snapshot_at(meta.index)
                 .expect("a delivered snapshot is staged or stored");
-            lock(appliers).apply_snapshot(id, &data, meta.index);
+            lock(appliers).apply_snapshot(id, data, meta.index);
             None
         }
         Action::Send { .. }
