@@ -413,6 +413,8 @@ struct Cell<M: Machine, S: Storage> {
     hooks: Box<dyn Hooks<M, S>>,
     timer: Option<Instant>,
     stopped: bool,
+    /// The index of the service snapshot a writer thread is staging.
+    writing: Option<Index>,
 }
 
 struct NodeShared<M: Machine, S: Storage> {
@@ -456,6 +458,7 @@ impl<M: Machine, S: Storage> Node<M, S> {
                 hooks: spec.hooks,
                 timer: None,
                 stopped: false,
+                writing: None,
             }),
             storage: spec.storage,
             net: net.clone(),
@@ -594,6 +597,7 @@ impl<M: Machine, S: Storage> NodeShared<M, S> {
                     self.step(event, None, false);
                 }
                 Some(Delivery::SnapshotTaken { index }) => {
+                    lock(&self.cell).writing = None;
                     self.step(M::snapshot_taken_event(index), None, false);
                 }
                 Some(Delivery::Call { id, bytes }) => {
@@ -660,8 +664,9 @@ impl<M: Machine, S: Storage> NodeShared<M, S> {
     /// A leader's snapshot arrived whole: stage it, hand it to the machine
     /// with its bytes, execute what follows, and unstage it unless a write
     /// made it the node's snapshot. A snapshot the node holds already at
-    /// that index (its own, being written or stored) is left as it is: the
-    /// leader's is the same state, and the core will not install it.
+    /// that index (its own: staged, stored, or being written) is left as it
+    /// is: the leader's is the same state, and the core will not install it
+    /// (it installs only beyond its commit index).
     fn install(&self, from: usize, from_gen: u64, header: InstallSnapshot, data: Vec<u8>) {
         let mut guard = lock(&self.cell);
         let cell = &mut *guard;
@@ -671,7 +676,8 @@ impl<M: Machine, S: Storage> NodeShared<M, S> {
         let index = header.last_included_index;
         let staged = {
             let mut storage = lock(&self.storage);
-            let fresh = storage.snapshot_at(index).is_none();
+            // The writer may be about to stage the node's own one there.
+            let fresh = storage.snapshot_at(index).is_none() && cell.writing != Some(index);
             if fresh {
                 storage.stage(index, data.clone());
             }
@@ -721,7 +727,10 @@ impl<M: Machine, S: Storage> NodeShared<M, S> {
                 };
                 self.net.send_snapshot(self.id, self.gen, to, message, data);
             }
-            Effect::TakeSnapshot { index, encode } => self.write_snapshot(index, encode),
+            Effect::TakeSnapshot { index, encode } => {
+                cell.writing = Some(index);
+                self.write_snapshot(index, encode);
+            }
             Effect::Persist(p) => {
                 let size = {
                     let mut storage = lock(&self.storage);
