@@ -765,10 +765,7 @@ impl EventLoop {
         let path = self.data_dir.join(raft_storage::snapshot_file_name(index));
         let (Some(&addr), Ok(file)) = (self.book.peers.get(&to), SnapshotReader::open(&path))
         else {
-            warn!(
-                peer = to,
-                index, "cannot send a snapshot (no address, or no file)"
-            );
+            warn!(peer = to, index, "cannot send a snapshot (no address, or no file)");
             self.deferred.push_back(ended);
             return;
         };
@@ -783,12 +780,7 @@ impl EventLoop {
         }
         self.next_transfer += 1;
         let id = self.next_transfer;
-        info!(
-            peer = to,
-            index,
-            bytes = file.data_len(),
-            "sending a snapshot"
-        );
+        info!(peer = to, index, bytes = file.data_len(), "sending a snapshot");
         let (me, cluster_id, inputs) = (self.me, self.cluster_id, self.inputs.clone());
         let task = tokio::spawn(async move {
             let result = crate::snapshot::send(me, cluster_id, addr, message, file).await;
@@ -821,11 +813,7 @@ impl EventLoop {
         for to in stale {
             let t = self.transfers.remove(&to).expect("listed");
             t.task.abort();
-            info!(
-                peer = to,
-                index = t.index,
-                "snapshot transfer aborted: no longer leading its term"
-            );
+            info!(peer = to, index = t.index, "snapshot transfer aborted: no longer leading its term");
             self.deferred.push_back(ServerEvent::SnapshotSendEnded {
                 to,
                 term: t.term,

@@ -333,7 +333,10 @@ async fn receive_file<R: AsyncRead + Unpin>(
         term: header.last_included_term,
         membership: header.membership.clone(),
     };
-    let tag = format!("from{from}-{}", RECEPTIONS.fetch_add(1, Ordering::Relaxed));
+    let tag = format!(
+        "from{from}-{}",
+        RECEPTIONS.fetch_add(1, Ordering::Relaxed)
+    );
     let writer = tokio::task::block_in_place(|| SnapshotWriter::create(dir, &meta, &tag))
         .map_err(|e| format!("creating the file: {e}"))?;
     let mut writer = Some(writer);
@@ -355,7 +358,10 @@ async fn receive_file<R: AsyncRead + Unpin>(
                 }
                 SnapshotFrame::End { crc } => {
                     if w.data_len() != data_len {
-                        return Err(format!("ended after {} of {data_len} bytes", w.data_len()));
+                        return Err(format!(
+                            "ended after {} of {data_len} bytes",
+                            w.data_len()
+                        ));
                     }
                     if w.data_crc() != crc {
                         return Err("data checksum mismatch".into());
