@@ -25,7 +25,7 @@ fn node(id: NodeId, peers: Vec<Sender<Input>>, inbox: Receiver<Input>, out: Send
     let epoch = Instant::now(); // this node's clock starts with its thread
     let mut raft = RaftNode::new(Config::new(id, vec![0, 1, 2]), 7 + id).expect("valid config");
     // The "disk": a real driver writes and fsyncs a file, and after a crash
-    // rebuilds the node with `RaftNode::recover(config, seed, disk, snapshot)`.
+    // rebuilds the node with `RaftNode::recover(config, seed, disk)`.
     let mut disk = DurableState::default();
     let send = |to: NodeId, m: Message| drop(peers[to as usize].send(Input::Peer(id, m)));
     let mut timer = epoch; // the deadline of the core's last SetTimer
@@ -57,7 +57,15 @@ fn node(id: NodeId, peers: Vec<Sender<Input>>, inbox: Receiver<Input>, out: Send
                         let _ = out.send((id, command));
                     }
                 }
-                Action::ApplySnapshot { .. } => unreachable!("nobody snapshots here"),
+                // Nobody snapshots here, so the log is never compacted and
+                // no follower needs a snapshot. A driver that snapshots keeps
+                // the bytes by index, sends them beside the header on
+                // `SendSnapshot` (reporting the end with
+                // `Event::SnapshotSendEnded`), and loads the delivered ones
+                // on `ApplySnapshot`.
+                Action::ApplySnapshot { .. } | Action::SendSnapshot { .. } => {
+                    unreachable!("nobody snapshots here")
+                }
                 // One timer; the last one set wins.
                 Action::SetTimer { deadline } => {
                     timer = epoch + Duration::from_nanos(deadline.as_nanos());

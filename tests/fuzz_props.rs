@@ -33,7 +33,13 @@
 //!   leader's read only while it leads the term it was asked in, at an
 //!   index of that term no lower than its commit index when asked; pending
 //!   reads fail on losing leadership, a forwarded one on a term change or
-//!   after an election timeout).
+//!   after an election timeout). The harness is a driver that holds the
+//!   snapshot bytes: it stages the service's and the peers' snapshots by
+//!   index, a `Persist` must name only a staged one, an `ApplySnapshot`
+//!   only the one delivered in that step, and a `SendSnapshot` only one it
+//!   holds, from a leader, at most one outstanding per follower and term;
+//!   it reports the end of each transfer once (and stale ends, which
+//!   change nothing).
 //! - [`step_cluster`]: 1 to 5 honest nodes, configured alike (read options
 //!   drawn, lease reads always with sticky votes, perfect clocks: time is
 //!   the fuzzer's and the same for all), the fuzzer routing, dropping and
@@ -47,7 +53,12 @@
 //!   safety: a `ReadReady { index }` is at least the highest commit index
 //!   any node had when the read was asked (else a write acknowledged before
 //!   the read began could be missing from it), and a forwarded read is made
-//!   ready only by the reply of the node it was forwarded to.
+//!   ready only by the reply of the node it was forwarded to. Snapshot
+//!   transfers travel the network as one item with their bytes, are
+//!   delivered with them (installing restores the sender's service state),
+//!   and their end is reported to the sending incarnation exactly once when
+//!   the item leaves the network (delivered, lost, or pushed out); the
+//!   contract checks of `step_events` hold for every node.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, VecDeque};
@@ -583,7 +594,7 @@ impl FuzzMessage {
                 term,
                 last_included_index,
                 last_included_term,
-                len,
+                len: _,
             } => {
                 let index = last_included_index.at(node.commit_index());
                 Message::InstallSnapshot(InstallSnapshot {
@@ -591,7 +602,6 @@ impl FuzzMessage {
                     last_included_index: index,
                     last_included_term: last_included_term.at(term_here(index)),
                     membership: raft_core::Membership::default(),
-                    data: vec![*len; usize::from(*len % 16)],
                 })
             }
             FuzzMessage::InstallSnapshotReply {
@@ -703,7 +713,13 @@ impl Setup {
             snapshot,
             entries: fuzz_entries(&s.entries, meta.index, meta.term),
         };
-        Some((durable, s.with_data.then(|| b"stored".to_vec())))
+        // A driver without the bytes of the snapshot its state names boots
+        // empty (the core cannot tell: it never sees snapshot bytes).
+        if durable.snapshot.is_some() && !s.with_data {
+            return Some((DurableState::default(), None));
+        }
+        let data = durable.snapshot.as_ref().map(|_| b"stored".to_vec());
+        Some((durable, data))
     }
 }
 
@@ -718,7 +734,16 @@ struct Server {
     restarts: u64,
     node: RaftNode,
     durable: DurableState,
+    /// The stored snapshot's bytes.
     durable_snapshot: Option<Vec<u8>>,
+    /// Snapshots staged (the service's, or delivered by a leader) and not
+    /// yet stored, by index: kept while a pending write names them.
+    staged: BTreeMap<Index, Vec<u8>>,
+    /// The index of the snapshot being delivered in the current step.
+    delivering: Option<Index>,
+    /// Transfers this incarnation asked for whose end is not reported yet:
+    /// (follower, term) -> index.
+    transfers: BTreeMap<(NodeId, Term), Index>,
     pending: VecDeque<Persist>,
     /// This incarnation's side of the core/driver contract (persist ids,
     /// applies, answers, where the service is).
@@ -794,7 +819,6 @@ struct Observable {
     applied: Index,
     durable: Index,
     log: RaftLog,
-    snapshot: Option<Vec<u8>>,
 }
 
 fn observe(n: &RaftNode) -> Observable {
@@ -809,7 +833,6 @@ fn observe(n: &RaftNode) -> Observable {
         applied: n.last_applied(),
         durable: n.durable_index(),
         log: n.log().clone(),
-        snapshot: n.snapshot_data().map(<[u8]>::to_vec),
     }
 }
 
@@ -821,13 +844,8 @@ impl Server {
         durable_snapshot: Option<Vec<u8>>,
         honest: bool,
     ) -> Self {
-        let node = RaftNode::recover(
-            config.clone(),
-            seed,
-            durable.clone(),
-            durable_snapshot.clone(),
-        )
-        .expect("a node recovers from its own storage");
+        let node = RaftNode::recover(config.clone(), seed, durable.clone())
+            .expect("a node recovers from its own storage");
         let contract = ContractChecker::new(&node, &durable);
         let mut s = Server {
             config,
@@ -836,6 +854,9 @@ impl Server {
             node,
             durable,
             durable_snapshot,
+            staged: BTreeMap::new(),
+            delivering: None,
+            transfers: BTreeMap::new(),
             pending: VecDeque::new(),
             contract,
             deadline: None,
@@ -881,13 +902,15 @@ impl Server {
         self.restarts += 1;
         self.pending.clear();
         self.deadline = None;
-        // The new incarnation owes no answer to the old one's reads.
+        // The new incarnation owes no answer to the old one's reads, and is
+        // told of no transfer the old one started; staged snapshots are lost.
         self.reads.clear();
+        self.transfers.clear();
+        self.staged.clear();
         self.node = RaftNode::recover(
             self.config.clone(),
             self.seed.wrapping_add(self.restarts),
             self.durable.clone(),
-            self.durable_snapshot.clone(),
         )
         .unwrap_or_else(|e| panic!("node {} cannot recover its own storage: {e}", self.id()));
         self.restore_service();
@@ -901,7 +924,7 @@ impl Server {
             Event::Persisted { upto } if upto > self.contract.last_issued() => {
                 Some(Misuse::UnknownPersist)
             }
-            Event::SnapshotTaken { index, .. } if index > self.contract.applied_to() => {
+            Event::SnapshotTaken { index } if index > self.contract.applied_to() => {
                 Some(Misuse::SnapshotBeyondApplied)
             }
             _ => None,
@@ -952,6 +975,7 @@ impl Server {
                     Some(&observe(&self.node)),
                     "a refused step changed the node"
                 );
+                self.unstage_unnamed();
                 Err(e)
             }
             Ok(actions) => {
@@ -962,7 +986,11 @@ impl Server {
                 );
                 self.contract
                     .accepted(now, &self.node, proposal, &actions, &self.durable);
+                if let Event::SnapshotSendEnded { to, term, .. } = desc {
+                    self.transfers.remove(&(to, term));
+                }
                 self.execute(&actions);
+                self.unstage_unnamed();
                 self.check_state();
                 self.check_reads(now, &desc, before, &actions);
                 Ok(actions)
@@ -985,14 +1013,45 @@ impl Server {
                         }
                     }
                 }
-                Action::ApplySnapshot { snapshot } => {
+                Action::ApplySnapshot { meta } => {
+                    assert_eq!(
+                        self.delivering,
+                        Some(meta.index),
+                        "node {}: installs a snapshot it was not delivered in this step",
+                        self.id()
+                    );
+                    let data = self
+                        .staged
+                        .get(&meta.index)
+                        .expect("a delivered snapshot is staged");
                     self.service = 0;
                     if self.honest {
                         let (index, hash) =
-                            decode_service(&snapshot.data).expect("a snapshot some service took");
-                        assert_eq!(index, snapshot.meta.index, "snapshot bytes and meta agree");
+                            decode_service(data).expect("a snapshot some service took");
+                        assert_eq!(index, meta.index, "snapshot bytes and meta agree");
                         self.service = hash;
                         self.journal.push((index, None, hash));
+                    }
+                }
+                Action::SendSnapshot { to, message } => {
+                    assert!(
+                        self.node.is_leader(),
+                        "node {}: SendSnapshot from a non-leader",
+                        self.id()
+                    );
+                    let index = message.last_included_index;
+                    assert!(
+                        self.snapshot_at(index).is_some(),
+                        "node {}: asked to send the snapshot at {index}, which its driver does not hold",
+                        self.id()
+                    );
+                    let key = (*to, message.term);
+                    if let Some(other) = self.transfers.insert(key, index) {
+                        panic!(
+                            "node {}: a second transfer to {to} in term {} (at {index}) while the one at {other} has not ended",
+                            self.id(),
+                            message.term
+                        );
                     }
                 }
                 Action::SetTimer { deadline } => self.deadline = Some(*deadline),
@@ -1007,6 +1066,63 @@ impl Server {
                 | Action::RejectRead { .. } => {}
             }
         }
+    }
+
+    /// The bytes of the snapshot through `index` this driver holds: staged
+    /// or stored.
+    fn snapshot_at(&self, index: Index) -> Option<&[u8]> {
+        if let Some(data) = self.staged.get(&index) {
+            return Some(data);
+        }
+        let stored = self.durable.snapshot.as_ref().map(|m| m.index);
+        (stored == Some(index))
+            .then_some(self.durable_snapshot.as_deref())
+            .flatten()
+    }
+
+    /// Drops the staged snapshots no pending write names (the core did not
+    /// take them, or took a newer one).
+    fn unstage_unnamed(&mut self) {
+        let pending = &self.pending;
+        self.staged.retain(|&index, _| {
+            pending
+                .iter()
+                .any(|p| p.snapshot.as_ref().is_some_and(|m| m.index == index))
+        });
+    }
+
+    /// A leader's snapshot arrives with its bytes: staged, the header
+    /// stepped (an `ApplySnapshot` may name only this one).
+    fn install(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        header: InstallSnapshot,
+        data: Vec<u8>,
+    ) -> Result<Vec<Action>, Error> {
+        let index = header.last_included_index;
+        // A snapshot this driver holds there already is the same state.
+        if self.snapshot_at(index).is_none() {
+            self.staged.insert(index, data);
+        }
+        self.delivering = Some(index);
+        let message = Message::InstallSnapshot(header);
+        let r = self.step(now, Event::MessageReceived { from, message });
+        self.delivering = None;
+        r
+    }
+
+    /// The service's snapshot through `index`: staged, then reported.
+    fn snapshot_taken(
+        &mut self,
+        now: Instant,
+        index: Index,
+        data: Vec<u8>,
+    ) -> Result<Vec<Action>, Error> {
+        if self.snapshot_at(index).is_none() {
+            self.staged.insert(index, data);
+        }
+        self.step(now, Event::SnapshotTaken { index })
     }
 
     /// Storage against memory: the image the writes build is the node's
@@ -1032,8 +1148,16 @@ impl Server {
         if upto <= self.contract.last_issued() {
             while self.pending.front().is_some_and(|p| p.id <= upto) {
                 let p = self.pending.pop_front().expect("checked");
-                if let Some(data) = self.durable.apply(&p) {
-                    self.durable_snapshot = Some(data);
+                self.durable.apply(&p);
+                if let Some(meta) = &p.snapshot {
+                    let data = self.staged.remove(&meta.index);
+                    self.durable_snapshot = Some(data.unwrap_or_else(|| {
+                        panic!(
+                            "node {}: a write names the snapshot at {}, never staged",
+                            self.config.id, meta.index
+                        )
+                    }));
+                    self.staged.retain(|&i, _| i > meta.index);
                 }
                 released.extend(p.then_send);
             }
@@ -1417,6 +1541,12 @@ enum PeerOp {
     /// The caller asks for a leadership transfer to a peer, a non-member or
     /// the node itself, or (`None`) to the most up-to-date voter.
     Transfer { to: Option<u8> },
+    /// The driver reports the end of one of the snapshot transfers the
+    /// node asked for and that has not ended.
+    SnapshotEnded { pick: u8 },
+    /// `SnapshotSendEnded` for no outstanding transfer (a peer, a
+    /// non-member or the node itself; terms and indices near its own).
+    SnapshotEndedStale { to: u8, term: Num, index: Num },
 }
 
 struct Single {
@@ -1432,8 +1562,14 @@ struct Single {
 impl Single {
     fn absorb(&mut self, actions: Result<Vec<Action>, Error>) {
         for action in actions.into_iter().flatten() {
-            if let Action::Send { to, message } = action {
-                self.post(to, message);
+            match action {
+                Action::Send { to, message } => self.post(to, message),
+                // The peer may answer the header (`Answer`); the end is
+                // reported by `SnapshotEnded`.
+                Action::SendSnapshot { to, message } => {
+                    self.post(to, Message::InstallSnapshot(message))
+                }
+                _ => {}
             }
         }
     }
@@ -1466,9 +1602,48 @@ impl Single {
             PeerOp::Deliver { from, message } => {
                 let from = self.sender(from);
                 let message = message.resolve(&self.server.node, from, self.hints);
+                let r = match message {
+                    // A snapshot arrives with its bytes.
+                    Message::InstallSnapshot(header) => {
+                        let len = header.last_included_index % 16;
+                        let data = vec![header.last_included_term as u8; len as usize];
+                        self.server.install(now, from, header, data)
+                    }
+                    message => self
+                        .server
+                        .step(now, Event::MessageReceived { from, message }),
+                };
+                self.absorb(r);
+            }
+            PeerOp::SnapshotEnded { pick } => {
+                // The driver reports the end of one outstanding transfer.
+                let transfers: Vec<((NodeId, Term), Index)> = self
+                    .server
+                    .transfers
+                    .iter()
+                    .map(|(&k, &i)| (k, i))
+                    .collect();
+                if transfers.is_empty() {
+                    return;
+                }
+                let ((to, term), index) = transfers[usize::from(pick) % transfers.len()];
                 let r = self
                     .server
-                    .step(now, Event::MessageReceived { from, message });
+                    .step(now, Event::SnapshotSendEnded { to, term, index });
+                self.absorb(r);
+            }
+            PeerOp::SnapshotEndedStale { to, term, index } => {
+                // An end the node never asked for (or reported already):
+                // accepted, and nothing but a probe may follow.
+                let to = self.sender(to);
+                let term = term.at(self.server.node.term());
+                let index = index.at(self.server.node.log().snapshot().index);
+                if self.server.transfers.contains_key(&(to, term)) {
+                    return; // that one is outstanding: not stale
+                }
+                let r = self
+                    .server
+                    .step(now, Event::SnapshotSendEnded { to, term, index });
                 self.absorb(r);
             }
             PeerOp::Answer { pick, agree } => {
@@ -1570,7 +1745,7 @@ impl Single {
             PeerOp::Snapshot { index, len } => {
                 let index = index.at(self.server.node.last_applied());
                 let data = vec![len; usize::from(len % 16)];
-                let r = self.server.step(now, Event::SnapshotTaken { index, data });
+                let r = self.server.snapshot_taken(now, index, data);
                 self.absorb(r);
             }
             PeerOp::Backwards { millis } => {
@@ -1631,12 +1806,7 @@ pub fn step_events(data: &[u8]) {
     };
     let (durable, snapshot) = match setup.stored() {
         Some((durable, snapshot)) => {
-            match RaftNode::recover(
-                config.clone(),
-                setup.seed,
-                durable.clone(),
-                snapshot.clone(),
-            ) {
+            match RaftNode::recover(config.clone(), setup.seed, durable.clone()) {
                 Ok(_) => (durable, snapshot),
                 Err(Error::InvalidDurableState(_)) => (DurableState::default(), None),
                 Err(e) => panic!("recover refused a stored state with {e:?}"),
@@ -1698,9 +1868,22 @@ enum NetOp {
     Transfer(u8, u8),
 }
 
+/// What the cluster's network carries.
+#[derive(Clone, Debug)]
+enum Packet {
+    Message(Message),
+    /// A snapshot transfer: the header with the bytes, from the sender's
+    /// incarnation `gen` (its restart count), whose end it is told of.
+    Snapshot {
+        header: InstallSnapshot,
+        data: Vec<u8>,
+        gen: u64,
+    },
+}
+
 struct Cluster {
     servers: Vec<Server>,
-    net: VecDeque<(NodeId, NodeId, Message)>,
+    net: VecDeque<(NodeId, NodeId, Packet)>,
     now: Instant,
     proposals: u64,
     /// Election safety, log matching, leader completeness, state machine
@@ -1712,6 +1895,37 @@ struct Cluster {
     /// now on must see it.
     max_commit: Index,
     reads: u64,
+}
+
+/// How the cluster's snapshot transfers went, over this thread's inputs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TransferCounts {
+    /// `SendSnapshot`s executed.
+    pub sent: u64,
+    /// Delivered with their bytes.
+    pub delivered: u64,
+    /// Of those, installed (an `ApplySnapshot` followed).
+    pub installed: u64,
+    /// Ends reported to the sender.
+    pub ended: u64,
+}
+
+thread_local! {
+    static TRANSFER_COUNTS: std::cell::Cell<TransferCounts> =
+        const { std::cell::Cell::new(TransferCounts { sent: 0, delivered: 0, installed: 0, ended: 0 }) };
+}
+
+/// The transfer counts of this thread so far.
+pub fn transfer_counts() -> TransferCounts {
+    TRANSFER_COUNTS.with(std::cell::Cell::get)
+}
+
+fn count_transfer(f: impl FnOnce(&mut TransferCounts)) {
+    TRANSFER_COUNTS.with(|c| {
+        let mut v = c.get();
+        f(&mut v);
+        c.set(v);
+    });
 }
 
 impl Cluster {
@@ -1753,25 +1967,80 @@ impl Cluster {
             }
         }
         for action in actions {
-            if let Action::Send { to, message } = action {
-                self.send(id, to, message);
+            match action {
+                Action::Send { to, message } => self.send(id, to, message),
+                Action::SendSnapshot { to, message } => {
+                    // The sender's driver holds the bytes (checked in
+                    // `Server::execute`): they travel with the header.
+                    let s = &self.servers[id as usize - 1];
+                    let data = s
+                        .snapshot_at(message.last_included_index)
+                        .expect("checked when executed")
+                        .to_vec();
+                    let gen = s.restarts;
+                    let header = Message::InstallSnapshot(message.clone());
+                    self.safety.check_send(id, to, &header, &s.durable);
+                    count_transfer(|c| c.sent += 1);
+                    self.post(
+                        id,
+                        to,
+                        Packet::Snapshot {
+                            header: message,
+                            data,
+                            gen,
+                        },
+                    );
+                }
+                _ => {}
             }
         }
         self.drain_journal(id);
+    }
+
+    /// A transfer's item left the network: its sender is told, if the
+    /// incarnation that sent it still runs.
+    fn transfer_ended(&mut self, from: NodeId, to: NodeId, header: &InstallSnapshot, gen: u64) {
+        if self.server(from).restarts != gen {
+            return;
+        }
+        count_transfer(|c| c.ended += 1);
+        let (term, index) = (header.term, header.last_included_index);
+        self.step(from, Event::SnapshotSendEnded { to, term, index });
+    }
+
+    /// Delivers a transfer's header and bytes to `to`.
+    fn install(&mut self, from: NodeId, to: NodeId, header: InstallSnapshot, data: Vec<u8>) {
+        let now = self.now;
+        count_transfer(|c| c.delivered += 1);
+        let actions = self
+            .server(to)
+            .install(now, from, header, data)
+            .unwrap_or_else(|e| panic!("node {to} refused a snapshot: {e}"));
+        if actions
+            .iter()
+            .any(|a| matches!(a, Action::ApplySnapshot { .. }))
+        {
+            count_transfer(|c| c.installed += 1);
+        }
+        self.route(to, actions);
     }
 
     /// Persist before send, checked against what node `from` has stored.
     fn send(&mut self, from: NodeId, to: NodeId, message: Message) {
         let durable = &self.servers[from as usize - 1].durable;
         self.safety.check_send(from, to, &message, durable);
-        self.post(from, to, message);
+        self.post(from, to, Packet::Message(message));
     }
 
-    fn post(&mut self, from: NodeId, to: NodeId, message: Message) {
-        if self.net.len() >= 256 {
-            self.net.pop_front();
+    /// Puts a packet on the network; a full network loses its oldest (a
+    /// transfer lost so has ended).
+    fn post(&mut self, from: NodeId, to: NodeId, packet: Packet) {
+        self.net.push_back((from, to, packet));
+        if self.net.len() > 256 {
+            if let Some((f, t, Packet::Snapshot { header, gen, .. })) = self.net.pop_front() {
+                self.transfer_ended(f, t, &header, gen);
+            }
         }
-        self.net.push_back((from, to, message));
     }
 
     /// What node `id` applied since the last call, against what every other
@@ -1813,12 +2082,25 @@ impl Cluster {
                     return;
                 }
                 let at = usize::from(k) % self.net.len();
-                let (from, to, message) = match op {
+                let (from, to, packet) = match op {
                     NetOp::Duplicate(_) => self.net[at].clone(),
                     _ => self.net.remove(at).expect("in range"),
                 };
-                if !matches!(op, NetOp::Drop(_)) {
-                    self.step(to, Event::MessageReceived { from, message });
+                match packet {
+                    Packet::Message(message) => {
+                        if !matches!(op, NetOp::Drop(_)) {
+                            self.step(to, Event::MessageReceived { from, message });
+                        }
+                    }
+                    Packet::Snapshot { header, data, gen } => {
+                        if !matches!(op, NetOp::Drop(_)) {
+                            self.install(from, to, header.clone(), data);
+                        }
+                        // A copy delivered leaves the original in flight.
+                        if !matches!(op, NetOp::Duplicate(_)) {
+                            self.transfer_ended(from, to, &header, gen);
+                        }
+                    }
                 }
             }
             NetOp::Persist(k, count) => {
@@ -1872,7 +2154,12 @@ impl Cluster {
                         s.contract.applied_to(),
                         encode_service(s.contract.applied_to(), s.service),
                     );
-                    self.step(id, Event::SnapshotTaken { index, data });
+                    let now = self.now;
+                    let actions = self
+                        .server(id)
+                        .snapshot_taken(now, index, data)
+                        .unwrap_or_else(|e| panic!("node {id} refused its snapshot: {e}"));
+                    self.route(id, actions);
                 }
             }
             NetOp::Restart(k) => {

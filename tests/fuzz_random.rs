@@ -142,6 +142,7 @@ fn main() -> ExitCode {
         failures.len()
     );
     println!("reads: {:?}", fuzz_props::read_counts());
+    println!("snapshot transfers: {:?}", fuzz_props::transfer_counts());
     if failures.is_empty() {
         ExitCode::SUCCESS
     } else {

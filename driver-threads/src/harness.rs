@@ -107,14 +107,16 @@ impl<M: Machine> Servers<M> {
     }
 
     /// Stops server `i`'s incarnation, if running, and detaches its
-    /// persister: the next incarnation gets a copy.
+    /// persister: the next incarnation gets a copy, without the staged
+    /// snapshots.
     pub(crate) fn kill(&self, i: usize) {
         let node = self.nodes.borrow_mut()[i].take();
         if let Some(mut node) = node {
             node.stop();
         }
         let mut persisters = self.persisters.borrow_mut();
-        let copy = lock(&persisters[i]).clone();
+        // Snapshots staged but never named by a write do not survive.
+        let copy = lock(&persisters[i]).after_crash();
         persisters[i] = Arc::new(Mutex::new(copy));
     }
 
@@ -128,7 +130,7 @@ impl<M: Machine> Servers<M> {
     /// Runs `machine` as server `i`'s new incarnation, writing to `storage`
     /// (from [`Servers::load`]), on its own thread, with the safety checker
     /// around every step. `output` gets the actions the thread does not
-    /// execute itself ([`Hooks::output`]) and the checker.
+    /// execute itself ([`Hooks::output`]), the checker and the persister.
     pub(crate) fn spawn<F>(
         &self,
         i: usize,
@@ -137,7 +139,7 @@ impl<M: Machine> Servers<M> {
         output: F,
         measure_raft_state: bool,
     ) where
-        F: FnMut(&Safety, usize, M::Action) -> Option<M::Event> + Send + 'static,
+        F: FnMut(&Safety, usize, M::Action, &mut Persister) -> Option<M::Event> + Send + 'static,
     {
         let hooks = LabHooks {
             safety: self.safety.clone(),
@@ -223,7 +225,7 @@ struct LabHooks<F> {
 impl<M, F> Hooks<M, Persister> for LabHooks<F>
 where
     M: Machine,
-    F: FnMut(&Safety, usize, M::Action) -> Option<M::Event> + Send + 'static,
+    F: FnMut(&Safety, usize, M::Action, &mut Persister) -> Option<M::Event> + Send + 'static,
 {
     fn stepped(&mut self, _id: usize, machine: &M) {
         lock(&self.safety.checker).after_step(machine.raft());
@@ -237,8 +239,14 @@ where
         lock(&self.safety.checker).check_send(id as u64, to as u64, message, storage.state());
     }
 
-    fn output(&mut self, id: usize, _machine: &M, action: M::Action) -> Option<M::Event> {
-        (self.output)(&self.safety, id, action)
+    fn output(
+        &mut self,
+        id: usize,
+        _machine: &M,
+        action: M::Action,
+        storage: &mut Persister,
+    ) -> Option<M::Event> {
+        (self.output)(&self.safety, id, action, storage)
     }
 }
 

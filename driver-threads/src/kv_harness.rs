@@ -125,10 +125,13 @@ impl KvHarness for ThreadKvCfg {
         let members: Vec<u64> = (0..self.n() as u64).collect();
         let config = ServerConfig::new(Config::new(i as u64, members), self.inner.max_raft_state);
         let seed = with_rng(|r| r.next_u64());
-        let server = KvServer::recover(config, seed, state, snapshot)
+        let mut data = snapshot.as_deref();
+        let reader = data.as_mut().map(|d| d as &mut dyn std::io::Read);
+        let server = KvServer::recover(config, seed, state, reader)
             .expect("a server recovers from what it persisted");
-        // A KV server applies internally: no outputs to handle.
-        let output = |_: &Safety, _, _| None;
+        // A KV server applies internally (and its snapshots are the node
+        // thread's): no outputs to handle.
+        let output = |_: &Safety, _, _, _: &mut raft_testkit::Persister| None;
         // Sizing re-encodes the state: only when it matters.
         let measure = self.inner.max_raft_state.is_some();
         self.inner

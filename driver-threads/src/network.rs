@@ -23,7 +23,12 @@
 //!   end is disabled while it is pending fails at the next 100 ms check.
 //!
 //! Peer traffic is one-way Raft messages, so a failed request is simply lost
-//! (nobody blocks on it). Deliveries go into the receiving node's inbox (a
+//! (nobody blocks on it). A snapshot transfer ([`Network::send_snapshot`])
+//! is a request carrying the header and the snapshot's bytes in one
+//! delivery, with the same fate as any request; whatever its fate, its end
+//! is reported once to the incarnation that sent it
+//! ([`Delivery::SnapshotSendEnded`]): when it is refused at send, lost, or
+//! pushed into the receiver's inbox. Deliveries go into the receiving node's inbox (a
 //! `std::sync::mpsc` channel); delayed ones are scheduled on the network's
 //! own thread (a timer queue and a condition variable). A delivery due now
 //! is pushed at once from the sending thread.
@@ -35,7 +40,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use lab::net::{Faults, ReplyFate};
-use raft_core::{Message, SplitMix64};
+use raft_core::{Index, InstallSnapshot, Message, SplitMix64, Term};
 
 use crate::rt::{lock, oneshot, OneshotReceiver, OneshotSender};
 
@@ -53,6 +58,35 @@ pub enum Delivery {
         from_gen: u64,
         /// The postcard-encoded `raft_core::Message`.
         bytes: Vec<u8>,
+    },
+    /// A leader's snapshot, whole: the `InstallSnapshot` header and the
+    /// snapshot's bytes, delivered together.
+    Snapshot {
+        /// The sending server.
+        from: usize,
+        /// The sender's incarnation, to address the reply.
+        from_gen: u64,
+        /// The header.
+        header: InstallSnapshot,
+        /// The snapshot's bytes.
+        data: Vec<u8>,
+    },
+    /// A snapshot transfer this incarnation started
+    /// ([`Network::send_snapshot`]) has ended, delivered or not: reported
+    /// exactly once per transfer (unless the network shut down first).
+    SnapshotSendEnded {
+        /// The follower.
+        to: usize,
+        /// The header's term.
+        term: Term,
+        /// The header's `last_included_index`.
+        index: Index,
+    },
+    /// Not from the network: the node's own snapshot writer has staged the
+    /// service's snapshot through `index`.
+    SnapshotTaken {
+        /// The snapshot's last index.
+        index: Index,
     },
     /// A client's call, to be answered with [`Network::reply`].
     Call {
@@ -166,6 +200,14 @@ impl State {
         if let Some(server) = &self.servers[to] {
             // A node that stopped has dropped its receiver: nothing to do.
             let _ = server.inbox.send(delivery);
+        }
+    }
+
+    /// Pushes into incarnation `gen` of server `i`'s inbox, if it is the
+    /// one present.
+    fn push_if_current(&self, i: usize, gen: u64, delivery: Delivery) {
+        if self.is_current(i, gen) {
+            self.push(i, delivery);
         }
     }
 
@@ -391,6 +433,60 @@ impl Network {
                 );
             }
         }
+    }
+
+    /// Incarnation `from_gen` of server `from` sends `to` a snapshot: the
+    /// header and `data` travel as one request (counted as one, with both
+    /// lengths in the bytes) and arrive together. The end of the transfer is
+    /// reported to the sender exactly once ([`Delivery::SnapshotSendEnded`],
+    /// if that incarnation is still present then): at once if the request
+    /// cannot leave, else when it is lost or delivered.
+    pub fn send_snapshot(
+        &self,
+        from: usize,
+        from_gen: u64,
+        to: usize,
+        header: InstallSnapshot,
+        data: Vec<u8>,
+    ) {
+        let header_len = postcard::to_allocvec(&Message::InstallSnapshot(header.clone()))
+            .expect("messages encode")
+            .len();
+        let mut guard = self.state();
+        let s = &mut *guard;
+        s.rpc_total += 1;
+        s.bytes_total += (header_len + data.len()) as u64;
+        let ended = Delivery::SnapshotSendEnded {
+            to,
+            term: header.term,
+            index: header.last_included_index,
+        };
+        let enabled = s.links[from][to] && s.is_current(from, from_gen) && s.servers[to].is_some();
+        if !enabled {
+            s.push_if_current(from, from_gen, ended);
+            return;
+        }
+        let to_gen = s.gens[to];
+        let delay = s.faults.request_delay(&mut s.rng);
+        self.after(
+            s,
+            delay,
+            Box::new(move |_, s| {
+                if !s.faults.drop_request_now(&mut s.rng) && s.is_current(to, to_gen) {
+                    s.rpc_count[to] += 1;
+                    s.push(
+                        to,
+                        Delivery::Snapshot {
+                            from,
+                            from_gen,
+                            header,
+                            data,
+                        },
+                    );
+                }
+                s.push_if_current(from, from_gen, ended);
+            }),
+        );
     }
 
     // ----- client calls -----------------------------------------------------------

@@ -7,7 +7,21 @@
 //! written synchronously to its [`Storage`] and then `Persisted` fed back,
 //! `SetTimer` kept for the next wait, and everything else (applies, proposal
 //! answers) handed to the driver's [`Hooks`], which may feed an event back
-//! (the service's snapshot).
+//! (the service's snapshot, staged in the storage first).
+//!
+//! Snapshots, whose bytes the core never holds:
+//!
+//! - `SendSnapshot`: the bytes of the snapshot at the header's index (staged
+//!   or stored in the node's [`Storage`]) leave with the header as one
+//!   transfer ([`Network::send_snapshot`]); the network reports its end
+//!   once, and the thread steps `SnapshotSendEnded`.
+//! - A transfer that arrives is staged under its index (unless the node
+//!   holds a snapshot there already), handed to the machine with its bytes
+//!   ([`Machine::install`]), and unstaged afterwards unless a `Persist` made
+//!   it the node's snapshot.
+//! - A KV server's `TakeSnapshot`: a writer thread encodes the image,
+//!   stages the bytes and tells the node thread, which steps
+//!   `SnapshotTaken` (the server goes on meanwhile).
 //!
 //! The machine lives behind the node's mutex, held for the whole of a step
 //! and its actions (like the Go lab's mutex-protected Raft), so other
@@ -30,7 +44,9 @@ use std::thread;
 use std::time::Duration;
 
 use kv_core::{KvServer, ServerAction, ServerEvent};
-use raft_core::{Action, Event, Instant, Message, NodeId, Persist, RaftNode};
+use raft_core::{
+    Action, Event, Index, InstallSnapshot, Instant, Message, NodeId, Persist, RaftNode, Term,
+};
 
 use crate::network::{Delivery, Network};
 use crate::persister::Storage;
@@ -69,9 +85,11 @@ impl Clock {
     }
 }
 
+/// Encodes a service's snapshot (on a writer thread).
+pub type EncodeSnapshot = Box<dyn FnOnce() -> Vec<u8> + Send>;
+
 /// What a node's I/O action asks of its thread, once the machine's own action
 /// type is taken apart.
-#[derive(Debug)]
 pub enum Effect<A> {
     /// Send to a peer now.
     Send {
@@ -80,8 +98,24 @@ pub enum Effect<A> {
         /// The message.
         message: Message,
     },
+    /// Send the snapshot at `message.last_included_index` (which the
+    /// storage holds) beside its header, and report the transfer's end.
+    SendSnapshot {
+        /// The follower.
+        to: NodeId,
+        /// The header.
+        message: InstallSnapshot,
+    },
     /// Write durably, then send `then_send` and report `Persisted`.
     Persist(Persist),
+    /// Encode the service's snapshot through `index` off the node's
+    /// thread, stage it, then report it taken.
+    TakeSnapshot {
+        /// The last index it covers.
+        index: Index,
+        /// Produces its bytes.
+        encode: EncodeSnapshot,
+    },
     /// Arm the node's one timer (the last one set wins).
     SetTimer {
         /// When to fire.
@@ -107,6 +141,15 @@ pub trait Machine: Send + 'static {
     type Action: Clone + Send + 'static;
     /// Steps one event. A misuse error is a bug in the driver: it panics.
     fn step(&mut self, now: Instant, event: Self::Event) -> Vec<Self::Action>;
+    /// Steps a leader's `InstallSnapshot` that arrived with all of the
+    /// snapshot's bytes (`data`, also staged in the node's storage).
+    fn install(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        header: InstallSnapshot,
+        data: &[u8],
+    ) -> Vec<Self::Action>;
     /// The Raft node inside (for status and the safety checker).
     fn raft(&self) -> &RaftNode;
     /// The event for a peer's message.
@@ -116,6 +159,10 @@ pub trait Machine: Send + 'static {
     /// The event for writes through `upto` being durable; `raft_state_bytes`
     /// is the encoded Raft state's size when measured (else 0).
     fn persisted_event(upto: u64, raft_state_bytes: usize) -> Self::Event;
+    /// The event for the service's snapshot through `index` being staged.
+    fn snapshot_taken_event(index: Index) -> Self::Event;
+    /// The event for the end of a transfer `Effect::SendSnapshot` started.
+    fn snapshot_send_ended_event(to: NodeId, term: Term, index: Index) -> Self::Event;
     /// The event for a client call, or `None` if this machine takes none
     /// (or the request does not decode: it is dropped).
     fn call_event(id: u64, request: &[u8]) -> Option<Self::Event>;
@@ -129,6 +176,18 @@ impl Machine for RaftNode {
 
     fn step(&mut self, now: Instant, event: Event) -> Vec<Action> {
         RaftNode::step(self, now, event).expect("the driver uses the node correctly")
+    }
+
+    fn install(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        header: InstallSnapshot,
+        _data: &[u8],
+    ) -> Vec<Action> {
+        // The service reads the bytes from the storage on `ApplySnapshot`.
+        let message = Message::InstallSnapshot(header);
+        Machine::step(self, now, Event::MessageReceived { from, message })
     }
 
     fn raft(&self) -> &RaftNode {
@@ -147,6 +206,14 @@ impl Machine for RaftNode {
         Event::Persisted { upto }
     }
 
+    fn snapshot_taken_event(index: Index) -> Event {
+        Event::SnapshotTaken { index }
+    }
+
+    fn snapshot_send_ended_event(to: NodeId, term: Term, index: Index) -> Event {
+        Event::SnapshotSendEnded { to, term, index }
+    }
+
     fn call_event(_id: u64, _request: &[u8]) -> Option<Event> {
         None
     }
@@ -154,6 +221,7 @@ impl Machine for RaftNode {
     fn effect(action: Action) -> Effect<Action> {
         match action {
             Action::Send { to, message } => Effect::Send { to, message },
+            Action::SendSnapshot { to, message } => Effect::SendSnapshot { to, message },
             Action::Persist(p) => Effect::Persist(p),
             Action::SetTimer { deadline } => Effect::SetTimer { deadline },
             other => Effect::Other(other),
@@ -167,6 +235,17 @@ impl Machine for KvServer {
 
     fn step(&mut self, now: Instant, event: ServerEvent) -> Vec<ServerAction> {
         KvServer::step(self, now, event).expect("the driver uses the server correctly")
+    }
+
+    fn install(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        header: InstallSnapshot,
+        mut data: &[u8],
+    ) -> Vec<ServerAction> {
+        KvServer::install_snapshot(self, now, from, header, &mut data)
+            .expect("the driver uses the server correctly")
     }
 
     fn raft(&self) -> &RaftNode {
@@ -188,6 +267,14 @@ impl Machine for KvServer {
         }
     }
 
+    fn snapshot_taken_event(index: Index) -> ServerEvent {
+        ServerEvent::SnapshotTaken { index }
+    }
+
+    fn snapshot_send_ended_event(to: NodeId, term: Term, index: Index) -> ServerEvent {
+        ServerEvent::SnapshotSendEnded { to, term, index }
+    }
+
     fn call_event(id: u64, request: &[u8]) -> Option<ServerEvent> {
         let command = postcard::from_bytes(request).ok()?;
         Some(ServerEvent::RequestReceived { id, command })
@@ -196,6 +283,17 @@ impl Machine for KvServer {
     fn effect(action: ServerAction) -> Effect<ServerAction> {
         match action {
             ServerAction::Send { to, message } => Effect::Send { to, message },
+            ServerAction::SendSnapshot { to, message } => Effect::SendSnapshot { to, message },
+            ServerAction::TakeSnapshot { index, image } => Effect::TakeSnapshot {
+                index,
+                encode: Box::new(move || {
+                    let mut data = Vec::new();
+                    image
+                        .write_to(&mut data)
+                        .expect("writing into a Vec cannot fail");
+                    data
+                }),
+            },
             ServerAction::Persist(p) => Effect::Persist(p),
             ServerAction::SetTimer { deadline } => Effect::SetTimer { deadline },
             ServerAction::Reply { id, reply } => Effect::Reply {
@@ -222,10 +320,18 @@ pub trait Hooks<M: Machine, S: Storage>: Send + 'static {
         let _ = (id, to, message, storage);
     }
     /// An action the thread does not execute itself (for a `RaftNode`:
-    /// `Apply`, `ApplySnapshot`, proposal answers). May return an event to
-    /// step next (the service's `SnapshotTaken`).
-    fn output(&mut self, id: usize, machine: &M, action: M::Action) -> Option<M::Event> {
-        let _ = (id, machine, action);
+    /// `Apply`, `ApplySnapshot`, proposal answers), with the node's storage
+    /// (where the snapshot an `ApplySnapshot` names is, and where the
+    /// service's own snapshot is staged). May return an event to step next
+    /// (the service's `SnapshotTaken`, once staged).
+    fn output(
+        &mut self,
+        id: usize,
+        machine: &M,
+        action: M::Action,
+        storage: &mut S,
+    ) -> Option<M::Event> {
+        let _ = (id, machine, action, storage);
         None
     }
 }
@@ -307,11 +413,15 @@ struct Cell<M: Machine, S: Storage> {
     hooks: Box<dyn Hooks<M, S>>,
     timer: Option<Instant>,
     stopped: bool,
+    /// The index of the service snapshot a writer thread is staging.
+    writing: Option<Index>,
 }
 
 struct NodeShared<M: Machine, S: Storage> {
     id: usize,
     gen: u64,
+    /// The node's own inbox, for its snapshot writer's report.
+    inbox: Sender<Delivery>,
     cell: Mutex<Cell<M, S>>,
     storage: Arc<Mutex<S>>,
     net: Network,
@@ -342,11 +452,13 @@ impl<M: Machine, S: Storage> Node<M, S> {
         let shared = Arc::new(NodeShared {
             id: spec.id,
             gen,
+            inbox: tx.clone(),
             cell: Mutex::new(Cell {
                 machine: spec.machine,
                 hooks: spec.hooks,
                 timer: None,
                 stopped: false,
+                writing: None,
             }),
             storage: spec.storage,
             net: net.clone(),
@@ -474,6 +586,20 @@ impl<M: Machine, S: Storage> NodeShared<M, S> {
                     let caller = message.is_request().then_some((from, from_gen));
                     self.step(M::message_event(from as NodeId, message), caller, false);
                 }
+                Some(Delivery::Snapshot {
+                    from,
+                    from_gen,
+                    header,
+                    data,
+                }) => self.install(from, from_gen, header, data),
+                Some(Delivery::SnapshotSendEnded { to, term, index }) => {
+                    let event = M::snapshot_send_ended_event(to as NodeId, term, index);
+                    self.step(event, None, false);
+                }
+                Some(Delivery::SnapshotTaken { index }) => {
+                    lock(&self.cell).writing = None;
+                    self.step(M::snapshot_taken_event(index), None, false);
+                }
                 Some(Delivery::Call { id, bytes }) => {
                     if let Some(event) = M::call_event(id, &bytes) {
                         self.step(event, None, false);
@@ -535,6 +661,51 @@ impl<M: Machine, S: Storage> NodeShared<M, S> {
         Some(first.unwrap_or_default())
     }
 
+    /// A leader's snapshot arrived whole: stage it, hand it to the machine
+    /// with its bytes, execute what follows, and unstage it unless a write
+    /// made it the node's snapshot. A snapshot the node holds already at
+    /// that index (its own: staged, stored, or being written) is left as it
+    /// is: the leader's is the same state, and the core will not install it
+    /// (it installs only beyond its commit index).
+    fn install(&self, from: usize, from_gen: u64, header: InstallSnapshot, data: Vec<u8>) {
+        let mut guard = lock(&self.cell);
+        let cell = &mut *guard;
+        if cell.stopped {
+            return;
+        }
+        let index = header.last_included_index;
+        let staged = {
+            let mut storage = lock(&self.storage);
+            // The writer may be about to stage the node's own one there.
+            let fresh = storage.snapshot_at(index).is_none() && cell.writing != Some(index);
+            if fresh {
+                storage.stage(index, data.clone());
+            }
+            fresh
+        };
+        let now = self.clock.now();
+        let actions = cell.machine.install(now, from as NodeId, header, &data);
+        drop(data);
+        cell.hooks.stepped(self.id, &cell.machine);
+        let caller = Some((from, from_gen));
+        let mut queue = VecDeque::new();
+        for action in actions {
+            self.execute(cell, action, caller, &mut queue);
+        }
+        if staged {
+            // Installed (now stored, no longer staged) or not wanted.
+            lock(&self.storage).unstage(index);
+        }
+        while let Some(event) = queue.pop_front() {
+            let now = self.clock.now();
+            let actions = cell.machine.step(now, event);
+            cell.hooks.stepped(self.id, &cell.machine);
+            for action in actions {
+                self.execute(cell, action, caller, &mut queue);
+            }
+        }
+    }
+
     fn execute(
         &self,
         cell: &mut Cell<M, S>,
@@ -544,6 +715,22 @@ impl<M: Machine, S: Storage> NodeShared<M, S> {
     ) {
         match M::effect(action) {
             Effect::Send { to, message } => self.send(cell, to as usize, &message, caller),
+            Effect::SendSnapshot { to, message } => {
+                let to = to as usize;
+                let data = {
+                    let storage = lock(&self.storage);
+                    let header = Message::InstallSnapshot(message.clone());
+                    cell.hooks.sending(self.id, to, &header, &storage);
+                    storage
+                        .snapshot_at(message.last_included_index)
+                        .expect("a leader holds the snapshot it sends")
+                };
+                self.net.send_snapshot(self.id, self.gen, to, message, data);
+            }
+            Effect::TakeSnapshot { index, encode } => {
+                cell.writing = Some(index);
+                self.write_snapshot(index, encode);
+            }
             Effect::Persist(p) => {
                 let size = {
                     let mut storage = lock(&self.storage);
@@ -563,11 +750,31 @@ impl<M: Machine, S: Storage> NodeShared<M, S> {
             Effect::SetTimer { deadline } => cell.timer = Some(deadline),
             Effect::Reply { id, bytes } => self.net.reply(id, bytes),
             Effect::Other(action) => {
-                if let Some(event) = cell.hooks.output(self.id, &cell.machine, action) {
+                let mut storage = lock(&self.storage);
+                let event = cell
+                    .hooks
+                    .output(self.id, &cell.machine, action, &mut storage);
+                if let Some(event) = event {
                     queue.push_back(event);
                 }
             }
         }
+    }
+
+    /// The service's snapshot, on a writer thread of its own: encoded,
+    /// staged, then reported to the node thread, which steps `SnapshotTaken`
+    /// (this incarnation only: a stopped one's inbox is gone, and what it
+    /// stages lands in storage the next incarnation does not load).
+    fn write_snapshot(&self, index: Index, encode: EncodeSnapshot) {
+        let storage = self.storage.clone();
+        let inbox = self.inbox.clone();
+        let name = format!("snapshot-{}.{}.{}", self.net.instance(), self.id, self.gen);
+        let spawned = thread::Builder::new().name(name).spawn(move || {
+            let data = encode();
+            lock(&storage).stage(index, data);
+            let _ = inbox.send(Delivery::SnapshotTaken { index });
+        });
+        spawned.expect("spawn a snapshot writer");
     }
 
     fn send(

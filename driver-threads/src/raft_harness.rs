@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use lab::{Appliers, Cmd, Harness, RaftCounters, RaftHarness, Runtime, TestRun};
 use raft_core::{Action, Config, Event, Index, RaftNode, Term};
+use raft_testkit::Persister;
 
 use crate::harness::{RealTime, Safety, Servers};
 use crate::rt::{lock, with_rng};
@@ -48,19 +49,32 @@ pub struct ThreadCfg {
 }
 
 /// The appliers, on the node threads: what node `id` gives its service.
-/// Returns the tester's snapshot to step next, if it takes one.
-fn apply(appliers: &Mutex<Appliers>, safety: &Safety, id: usize, action: Action) -> Option<Event> {
+/// Stages the tester's snapshot, if it takes one, and returns its
+/// `SnapshotTaken` to step next. A snapshot to apply is the one the node
+/// thread staged with the `InstallSnapshot` it delivered.
+fn apply(
+    appliers: &Mutex<Appliers>,
+    safety: &Safety,
+    id: usize,
+    action: Action,
+    persister: &mut Persister,
+) -> Option<Event> {
     match action {
         Action::Apply { entries } => {
             safety.applied(id, &entries);
-            let snapshot = lock(appliers).apply_entries(id, &entries);
-            snapshot.map(|(index, data)| Event::SnapshotTaken { index, data })
+            let (index, data) = lock(appliers).apply_entries(id, &entries)?;
+            persister.stage(index, data);
+            Some(Event::SnapshotTaken { index })
         }
-        Action::ApplySnapshot { snapshot } => {
-            lock(appliers).apply_snapshot(id, &snapshot.data, snapshot.meta.index);
+        Action::ApplySnapshot { meta } => {
+            let data = persister
+                .snapshot_at(meta.index)
+                .expect("a delivered snapshot is staged or stored");
+            lock(appliers).apply_snapshot(id, data, meta.index);
             None
         }
         Action::Send { .. }
+        | Action::SendSnapshot { .. }
         | Action::Persist(_)
         | Action::SetTimer { .. }
         | Action::AcceptProposal { .. }
@@ -123,10 +137,12 @@ impl RaftHarness for ThreadCfg {
         let members: Vec<u64> = (0..self.n() as u64).collect();
         let config = Config::new(i as u64, members);
         let seed = with_rng(|r| r.next_u64());
-        let node = RaftNode::recover(config, seed, state, snapshot)
-            .expect("a node recovers from what it persisted");
+        let node =
+            RaftNode::recover(config, seed, state).expect("a node recovers from what it persisted");
         let appliers = self.inner.appliers.clone();
-        let output = move |safety: &Safety, id, action| apply(&appliers, safety, id, action);
+        let output = move |safety: &Safety, id, action, persister: &mut Persister| {
+            apply(&appliers, safety, id, action, persister)
+        };
         self.inner.servers.spawn(i, node, storage, output, false);
     }
 

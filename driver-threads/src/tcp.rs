@@ -14,10 +14,25 @@
 //! `rkv` speaks it too): every frame is a little-endian `u32` length
 //! followed by that many bytes of postcard. The first frame on a connection
 //! is a [`Hello::Peer`]: protocol version, cluster id and the sender's node
-//! id. Every later frame is one [`raft_core::Message`]. A connection
-//! carries messages one way: the acceptor writes one frame only, its
-//! [`HelloReply`] to the hello, which the dialler does not wait for (its
-//! messages queue behind the hello) but reads, to log a refusal's reason.
+//! id. Every later frame is one [`raft_core::Message`], except that an
+//! `InstallSnapshot` (a header) is always followed by one frame holding the
+//! snapshot's bytes, raw (this transport's way of sending a snapshot beside
+//! its header: whole, on the message connection; driver-tokio streams it on
+//! a connection of its own). A connection carries messages one way: the
+//! acceptor writes one frame only, its [`HelloReply`] to the hello, which
+//! the dialler does not wait for (its messages queue behind the hello) but
+//! reads, to log a refusal's reason.
+//!
+//! # Snapshot transfers
+//!
+//! [`Outbox::send_snapshot`] queues the header and the bytes as one unit,
+//! kept or dropped whole. The receiving side delivers the header only with
+//! all of its bytes ([`Arrival::Snapshot`]). The sending side reports the
+//! end of every transfer exactly once ([`Arrival::SnapshotSendEnded`]): when
+//! its last byte has been written to the socket, or when it is dropped (no
+//! connection, backing off, buffer full, too large) or its connection fails
+//! before that. A transfer written to the socket may still be lost with the
+//! connection; the core's probe after the end finds out.
 //!
 //! The acceptor refuses (answers `Refused` naming the reason, closes, and
 //! logs a line on stderr) a hello of another version or cluster, or from an
@@ -57,7 +72,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use raft_core::{Message, NodeId};
+use raft_core::{Index, InstallSnapshot, Message, NodeId, Term};
 use raft_wire::{ConnectionError, FrameDecoder, HelloReply};
 pub use raft_wire::{Hello, MAX_HELLO_FRAME};
 
@@ -118,6 +133,37 @@ impl TcpConfig {
     }
 }
 
+/// What the network thread hands to `deliver`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// A peer's message (never an `InstallSnapshot`: see `Snapshot`).
+    Message {
+        /// The peer.
+        from: NodeId,
+        /// Its message.
+        message: Message,
+    },
+    /// A peer's snapshot, header and bytes, all arrived.
+    Snapshot {
+        /// The peer (its leader).
+        from: NodeId,
+        /// The header.
+        header: InstallSnapshot,
+        /// The snapshot's bytes.
+        data: Vec<u8>,
+    },
+    /// A transfer queued with [`Outbox::send_snapshot`] ended, written out
+    /// or dropped (reported once per transfer).
+    SnapshotSendEnded {
+        /// The follower.
+        to: NodeId,
+        /// The header's term.
+        term: Term,
+        /// The header's `last_included_index`.
+        index: Index,
+    },
+}
+
 /// What `deliver` tells the network thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {
@@ -129,6 +175,7 @@ pub enum Delivery {
 
 enum Command {
     Send(NodeId, Message),
+    SendSnapshot(NodeId, InstallSnapshot, Vec<u8>),
     Stop,
 }
 
@@ -162,6 +209,20 @@ impl Outbox {
     pub fn send(&self, to: NodeId, message: Message) {
         self.send_all([(to, message)]);
     }
+
+    /// Queues a snapshot transfer to `to`: the header, then the snapshot's
+    /// bytes. Its end is reported to `deliver` ([`Arrival::SnapshotSendEnded`])
+    /// if this returns true; false if it could not even be queued (the
+    /// network thread is behind or gone): the caller reports the end itself.
+    pub fn send_snapshot(&self, to: NodeId, header: InstallSnapshot, data: Vec<u8>) -> bool {
+        match self.tx.try_send(Command::SendSnapshot(to, header, data)) {
+            Ok(()) => {
+                let _ = self.waker.wake();
+                true
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        }
+    }
 }
 
 /// A running network thread. Dropping it leaves the thread running; call
@@ -174,11 +235,12 @@ pub struct TcpTransport {
 
 impl TcpTransport {
     /// Binds this node's address (from `config.peers`) and starts the
-    /// network thread. Messages from peers go to `deliver`, on that thread,
-    /// in the order each peer sent them.
+    /// network thread. Messages and snapshots from peers go to `deliver`,
+    /// on that thread, in the order each peer sent them, and so do the ends
+    /// of our snapshot transfers.
     pub fn start<F>(config: TcpConfig, deliver: F) -> io::Result<TcpTransport>
     where
-        F: FnMut(NodeId, Message) -> Delivery + Send + 'static,
+        F: FnMut(Arrival) -> Delivery + Send + 'static,
     {
         let addr = *config.peers.get(&config.id).ok_or_else(|| {
             io::Error::new(
@@ -198,7 +260,7 @@ impl TcpTransport {
         deliver: F,
     ) -> io::Result<TcpTransport>
     where
-        F: FnMut(NodeId, Message) -> Delivery + Send + 'static,
+        F: FnMut(Arrival) -> Delivery + Send + 'static,
     {
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
@@ -220,6 +282,7 @@ impl TcpTransport {
             listener,
             commands: rx,
             peers,
+            ended: Vec::new(),
             incoming: BTreeMap::new(),
             next_incoming: FIRST_INCOMING,
             deliver,
@@ -284,6 +347,9 @@ struct Peer {
     /// The acceptor's answer to our hello as it arrives; `None` once it
     /// accepted.
     reply: Option<FrameDecoder>,
+    /// Snapshot transfers in `out`, in order: where each ends (in
+    /// [`OutBuf::pushed`] counts), its term and index.
+    transfers: std::collections::VecDeque<(u64, Term, Index)>,
 }
 
 impl Peer {
@@ -298,6 +364,19 @@ impl Peer {
             backoff: BACKOFF_MIN,
             failures: 0,
             reply: None,
+            transfers: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The transfers whose last byte the socket has taken, and with
+    /// `all`, every other one too (the buffer is gone): they have ended.
+    fn ended_transfers(&mut self, all: bool, ended: &mut Vec<(NodeId, Term, Index)>) {
+        while let Some(&(end, term, index)) = self.transfers.front() {
+            if !all && end > self.out.written {
+                break;
+            }
+            self.transfers.pop_front();
+            ended.push((self.id, term, index));
         }
     }
 }
@@ -307,6 +386,9 @@ impl Peer {
 struct OutBuf {
     bytes: Vec<u8>,
     start: usize,
+    /// Bytes ever pushed, and ever written (or dropped with the buffer).
+    pushed: u64,
+    written: u64,
 }
 
 impl OutBuf {
@@ -320,6 +402,7 @@ impl OutBuf {
             self.bytes.clear();
         }
         self.start = 0;
+        self.written = self.pushed;
     }
     fn push(&mut self, frame: &[u8]) {
         if self.start > 0 && self.start >= self.bytes.len() / 2 {
@@ -327,13 +410,17 @@ impl OutBuf {
             self.start = 0;
         }
         self.bytes.extend_from_slice(frame);
+        self.pushed += frame.len() as u64;
     }
     /// Writes until the buffer is empty or the socket would block.
     fn write_to(&mut self, stream: &mut TcpStream) -> io::Result<()> {
         while self.len() > 0 {
             match stream.write(&self.bytes[self.start..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.start += n,
+                Ok(n) => {
+                    self.start += n;
+                    self.written += n as u64;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -352,6 +439,8 @@ struct Incoming {
     from: Option<NodeId>,
     /// Bytes received and not yet parsed: at most one partial frame.
     frames: FrameDecoder,
+    /// A snapshot's header, waiting for the frame of its bytes.
+    snapshot_header: Option<InstallSnapshot>,
     opened: Instant,
 }
 
@@ -362,6 +451,8 @@ struct Network<F> {
     listener: TcpListener,
     commands: Receiver<Command>,
     peers: BTreeMap<NodeId, Peer>,
+    /// Transfers that ended and are not yet reported: (to, term, index).
+    ended: Vec<(NodeId, Term, Index)>,
     incoming: BTreeMap<Token, Incoming>,
     next_incoming: usize,
     deliver: F,
@@ -375,7 +466,7 @@ fn log(id: NodeId, what: std::fmt::Arguments<'_>) {
 
 impl<F> Network<F>
 where
-    F: FnMut(NodeId, Message) -> Delivery,
+    F: FnMut(Arrival) -> Delivery,
 {
     fn run(mut self) {
         let mut events = Events::with_capacity(256);
@@ -408,7 +499,25 @@ where
                 return;
             }
             self.check_timeouts();
+            if !self.report_ended() {
+                return;
+            }
         }
+    }
+
+    /// Reports the transfers that ended; false once `deliver` asks to stop.
+    fn report_ended(&mut self) -> bool {
+        for peer in self.peers.values_mut() {
+            let all = matches!(peer.link, Link::Down { .. });
+            peer.ended_transfers(all, &mut self.ended);
+        }
+        for (to, term, index) in std::mem::take(&mut self.ended) {
+            let ended = Arrival::SnapshotSendEnded { to, term, index };
+            if (self.deliver)(ended) == Delivery::Stop {
+                return false;
+            }
+        }
+        true
     }
 
     /// Takes every queued command; false once told to stop.
@@ -416,6 +525,9 @@ where
         loop {
             match self.commands.try_recv() {
                 Ok(Command::Send(to, message)) => self.send(to, &message),
+                Ok(Command::SendSnapshot(to, header, data)) => {
+                    self.send_snapshot(to, header, &data)
+                }
                 Ok(Command::Stop) | Err(mpsc::TryRecvError::Disconnected) => return false,
                 Err(mpsc::TryRecvError::Empty) => return true,
             }
@@ -423,6 +535,15 @@ where
     }
 
     fn send(&mut self, to: NodeId, message: &Message) {
+        if matches!(message, Message::InstallSnapshot(_)) {
+            // Never without its bytes: a receiver would take the next
+            // message for them.
+            log(
+                self.config.id,
+                format_args!("dropped an InstallSnapshot to {to} sent without its bytes"),
+            );
+            return;
+        }
         let frame = match raft_wire::encode_frame_within(message, self.config.max_frame_bytes) {
             Ok(frame) => frame,
             Err(e) => {
@@ -433,45 +554,95 @@ where
                 return;
             }
         };
+        self.send_frame(to, &frame, None);
+    }
+
+    /// Queues a snapshot transfer: the header's frame and the bytes' frame,
+    /// as one unit; its end is reported whatever happens to it.
+    fn send_snapshot(&mut self, to: NodeId, header: InstallSnapshot, data: &[u8]) {
+        let (term, index) = (header.term, header.last_included_index);
+        let limit = self.config.max_frame_bytes;
+        let message = Message::InstallSnapshot(header);
+        let frames = raft_wire::encode_frame_within(&message, limit).and_then(|mut frames| {
+            let len = u32::try_from(data.len())
+                .ok()
+                .filter(|&len| len as usize <= limit)
+                .ok_or(raft_wire::FrameError::TooLarge {
+                    len: data.len(),
+                    limit,
+                })?;
+            frames.extend_from_slice(&len.to_le_bytes());
+            frames.extend_from_slice(data);
+            Ok(frames)
+        });
+        let queued = match frames {
+            Ok(frames) => self.send_frame(to, &frames, Some((term, index))),
+            Err(e) => {
+                log(
+                    self.config.id,
+                    format_args!("dropped a snapshot to {to}: {e}"),
+                );
+                false
+            }
+        };
+        if !queued {
+            self.ended.push((to, term, index));
+        }
+    }
+
+    /// Queues `frame` for `to`, dialling if needed; a snapshot `transfer`
+    /// is tracked until it is written out. False if it was dropped.
+    fn send_frame(&mut self, to: NodeId, frame: &[u8], transfer: Option<(Term, Index)>) -> bool {
         let hello = raft_wire::encode_frame(&self.hello).expect("a hello fits its frame");
         let max_buffered = self.config.max_buffered_bytes;
         let registry = self.poll.registry();
         let Some(peer) = self.peers.get_mut(&to) else {
-            return; // not a peer: drop
+            return false; // not a peer: drop
         };
         match &mut peer.link {
             Link::Down { retry_at } => {
                 if retry_at.is_some_and(|t| Instant::now() < t) {
-                    return; // backing off: drop
+                    return false; // backing off: drop
                 }
                 match TcpStream::connect(peer.addr) {
                     Ok(mut stream) => {
                         let interest = Interest::READABLE | Interest::WRITABLE;
                         if let Err(e) = registry.register(&mut stream, peer.token, interest) {
                             fail(self.config.id, registry, peer, &e.to_string());
-                            return;
+                            return false;
                         }
                         peer.write_interest = true;
                         peer.out.clear();
                         peer.out.push(&hello);
-                        peer.out.push(&frame);
+                        peer.out.push(frame);
                         peer.reply = Some(FrameDecoder::new());
+                        if let Some((term, index)) = transfer {
+                            peer.transfers.push_back((peer.out.pushed, term, index));
+                        }
                         peer.link = Link::Connecting {
                             stream,
                             since: Instant::now(),
                         };
+                        true
                     }
-                    Err(e) => fail(self.config.id, registry, peer, &format!("dial: {e}")),
+                    Err(e) => {
+                        fail(self.config.id, registry, peer, &format!("dial: {e}"));
+                        false
+                    }
                 }
             }
             Link::Connecting { .. } | Link::Up { .. } => {
                 if peer.out.len() > 0 && peer.out.len() + frame.len() > max_buffered {
-                    return; // the peer is not keeping up: drop
+                    return false; // the peer is not keeping up: drop
                 }
-                peer.out.push(&frame);
+                peer.out.push(frame);
+                if let Some((term, index)) = transfer {
+                    peer.transfers.push_back((peer.out.pushed, term, index));
+                }
                 if matches!(peer.link, Link::Up { .. }) && !peer.write_interest {
                     self.flush_peer(to);
                 }
+                true
             }
         }
     }
@@ -502,6 +673,7 @@ where
         if let Err(e) = result {
             fail(self.config.id, registry, peer, &format!("write: {e}"));
         }
+        peer.ended_transfers(false, &mut self.ended);
     }
 
     fn on_outgoing_event(&mut self, token: Token) {
@@ -591,6 +763,7 @@ where
                             addr,
                             from: None,
                             frames: FrameDecoder::new(),
+                            snapshot_header: None,
                             opened: Instant::now(),
                         },
                     );
@@ -666,11 +839,25 @@ where
                     identified = Some(from);
                 }
                 Some(from) => {
-                    let Some(message) = conn.frames.next::<Message>(self.config.max_frame_bytes)?
-                    else {
-                        break;
+                    let limit = self.config.max_frame_bytes;
+                    let arrival = if conn.snapshot_header.is_some() {
+                        let Some(data) = conn.frames.next_frame(limit)? else {
+                            break;
+                        };
+                        let data = data.to_vec();
+                        let header = conn.snapshot_header.take().expect("checked");
+                        Arrival::Snapshot { from, header, data }
+                    } else {
+                        let Some(message) = conn.frames.next::<Message>(limit)? else {
+                            break;
+                        };
+                        if let Message::InstallSnapshot(header) = message {
+                            conn.snapshot_header = Some(header);
+                            continue; // its bytes follow
+                        }
+                        Arrival::Message { from, message }
                     };
-                    if (self.deliver)(from, message) == Delivery::Stop {
+                    if (self.deliver)(arrival) == Delivery::Stop {
                         return Ok(Delivery::Stop);
                     }
                 }
@@ -824,13 +1011,14 @@ mod tests {
     fn messages_cross_and_wrong_cluster_is_refused() {
         let (peers, [a, b]) = two_nodes();
         let (tx, rx) = mpsc::channel();
-        let t1 =
-            TcpTransport::start_with(TcpConfig::new(1, 7, peers.clone()), b, move |from, m| {
-                let _ = tx.send((from, m));
-                Delivery::Continue
-            })
-            .unwrap();
-        let t0 = TcpTransport::start_with(TcpConfig::new(0, 7, peers.clone()), a, |_, _| {
+        let t1 = TcpTransport::start_with(TcpConfig::new(1, 7, peers.clone()), b, move |arrival| {
+            if let Arrival::Message { from, message } = arrival {
+                let _ = tx.send((from, message));
+            }
+            Delivery::Continue
+        })
+        .unwrap();
+        let t0 = TcpTransport::start_with(TcpConfig::new(0, 7, peers.clone()), a, |_| {
             Delivery::Continue
         })
         .unwrap();
@@ -875,18 +1063,131 @@ mod tests {
         t1.shutdown();
     }
 
+    fn header(term: u64, index: u64) -> InstallSnapshot {
+        InstallSnapshot {
+            term,
+            last_included_index: index,
+            last_included_term: term,
+            membership: raft_core::Membership::default(),
+        }
+    }
+
+    /// Collects what `deliver` is given, on a channel.
+    fn collector() -> (
+        impl FnMut(Arrival) -> Delivery + Send + 'static,
+        mpsc::Receiver<Arrival>,
+    ) {
+        let (tx, rx) = mpsc::channel();
+        let deliver = move |arrival| {
+            let _ = tx.send(arrival);
+            Delivery::Continue
+        };
+        (deliver, rx)
+    }
+
+    #[test]
+    fn a_snapshot_arrives_with_its_bytes_and_its_end_is_reported_once() {
+        let (peers, [a, b]) = two_nodes();
+        let (deliver1, rx1) = collector();
+        let t1 =
+            TcpTransport::start_with(TcpConfig::new(1, 7, peers.clone()), b, deliver1).unwrap();
+        let (deliver0, rx0) = collector();
+        let t0 =
+            TcpTransport::start_with(TcpConfig::new(0, 7, peers.clone()), a, deliver0).unwrap();
+        // Larger than a read chunk, so that it arrives in pieces; messages
+        // before and after keep their places around it.
+        let data: Vec<u8> = (0..3 * READ_CHUNK + 17).map(|i| (i % 251) as u8).collect();
+        let out = t0.outbox();
+        out.send(1, vote(1));
+        assert!(out.send_snapshot(1, header(2, 40), data.clone()));
+        out.send(1, vote(3));
+        let wait = Duration::from_secs(10);
+        let got: Vec<Arrival> = (0..3).map(|_| rx1.recv_timeout(wait).unwrap()).collect();
+        assert_eq!(
+            got,
+            vec![
+                Arrival::Message {
+                    from: 0,
+                    message: vote(1)
+                },
+                Arrival::Snapshot {
+                    from: 0,
+                    header: header(2, 40),
+                    data
+                },
+                Arrival::Message {
+                    from: 0,
+                    message: vote(3)
+                },
+            ]
+        );
+        let ended = Arrival::SnapshotSendEnded {
+            to: 1,
+            term: 2,
+            index: 40,
+        };
+        assert_eq!(rx0.recv_timeout(wait).unwrap(), ended);
+        assert!(rx0.recv_timeout(Duration::from_millis(300)).is_err());
+        // An InstallSnapshot without its bytes never leaves (a receiver
+        // would take the next frame for them).
+        out.send(1, Message::InstallSnapshot(header(2, 41)));
+        out.send(1, vote(4));
+        let next = rx1.recv_timeout(wait).unwrap();
+        assert_eq!(
+            next,
+            Arrival::Message {
+                from: 0,
+                message: vote(4)
+            }
+        );
+        t0.shutdown();
+        t1.shutdown();
+    }
+
+    #[test]
+    fn a_snapshot_to_an_unreachable_peer_ends_once() {
+        let (peers, [a, b]) = two_nodes();
+        drop(b); // nobody listens for node 1
+        let (deliver0, rx0) = collector();
+        let t0 =
+            TcpTransport::start_with(TcpConfig::new(0, 7, peers.clone()), a, deliver0).unwrap();
+        let out = t0.outbox();
+        // Dialled and refused, or dropped while backing off: each ends once.
+        for index in 1..=3 {
+            assert!(out.send_snapshot(1, header(1, index), vec![7; 100]));
+        }
+        let wait = Duration::from_secs(10);
+        let mut ended: Vec<Arrival> = (0..3).map(|_| rx0.recv_timeout(wait).unwrap()).collect();
+        ended.sort_by_key(|a| match a {
+            Arrival::SnapshotSendEnded { index, .. } => *index,
+            _ => 0,
+        });
+        let expected: Vec<Arrival> = (1..=3)
+            .map(|index| Arrival::SnapshotSendEnded {
+                to: 1,
+                term: 1,
+                index,
+            })
+            .collect();
+        assert_eq!(ended, expected);
+        assert!(rx0.recv_timeout(Duration::from_millis(300)).is_err());
+        t0.shutdown();
+    }
+
     #[test]
     fn reconnects_after_the_peer_restarts() {
         let (peers, [a, b]) = two_nodes();
-        let t0 = TcpTransport::start_with(TcpConfig::new(0, 7, peers.clone()), a, |_, _| {
+        let t0 = TcpTransport::start_with(TcpConfig::new(0, 7, peers.clone()), a, |_| {
             Delivery::Continue
         })
         .unwrap();
         let receive_on = |listener: TcpListener| {
             let (tx, rx) = mpsc::channel();
             let t = TcpTransport::start_with(TcpConfig::new(1, 7, peers.clone()), listener, {
-                move |from, m| {
-                    let _ = tx.send((from, m));
+                move |arrival| {
+                    if let Arrival::Message { from, message } = arrival {
+                        let _ = tx.send((from, message));
+                    }
                     Delivery::Continue
                 }
             })

@@ -22,23 +22,44 @@
 //! order; after an apply, the node snapshots the service every
 //! [`NodeOptions::snapshot_every`] entries.
 //!
+//! # Snapshots
+//!
+//! The core never holds snapshot bytes; they live in `raft-storage`'s
+//! staged snapshot files, by index:
+//!
+//! - Taking one: the service's bytes ([`Service::snapshot`]) go to a writer
+//!   thread, which writes and fsyncs a staged file ([`SnapshotWriter`]) and
+//!   tells the node thread, which then steps `SnapshotTaken` (its `Persist`
+//!   makes the file the node's snapshot). One is written at a time.
+//! - Sending one (`SendSnapshot`): the file at the header's index is read
+//!   and handed to the network thread with the header, which sends both and
+//!   reports the end of the transfer ([`crate::tcp`]), stepped as
+//!   `SnapshotSendEnded`.
+//! - Receiving one: if it goes beyond the commit index (else the core only
+//!   answers it), the bytes are staged in a file first; the header is
+//!   stepped; `ApplySnapshot` restores the service from that file
+//!   ([`SnapshotReader`]); a staged file the core did not install is
+//!   deleted.
+//! - At start, the service is restored from the snapshot recovery opened.
+//!
 //! A storage error stops the node: it cannot promise anything any more.
 #![warn(missing_docs)]
 
 use raft_core::{
-    Action, Config, Entry, Event, Message, NodeId, Persist, RaftNode, RejectReason, Role,
-    SnapshotMeta, Term,
+    Action, Config, Entry, Event, Index, InstallSnapshot, Message, NodeId, Persist, RaftNode,
+    RejectReason, Role, SnapshotMeta, Term,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 
-use raft_storage::{Owner, Storage, StorageError};
+use raft_storage::{Owner, SnapshotReader, SnapshotWriter, Storage, StorageError};
 use raft_wire::{seed_from_entropy, Clock};
 
-use crate::tcp::{Delivery, Outbox, TcpConfig, TcpTransport};
+use crate::tcp::{Arrival, Delivery, Outbox, TcpConfig, TcpTransport};
 
 /// How many inputs queue for the node thread before peer messages are
 /// dropped (Raft retransmits).
@@ -51,12 +72,14 @@ pub trait Service: Send + 'static {
     /// A committed entry, in index order with no gaps (entries with an empty
     /// command are the leaders' no-ops: they carry no request).
     fn apply(&mut self, entry: &Entry);
-    /// The service's state through the last applied entry.
+    /// The service's state through the last applied entry (written to disk
+    /// off the node thread).
     fn snapshot(&self) -> Vec<u8>;
-    /// Replace the state with a snapshot through `meta.index`: the node's
+    /// Replace the state with a snapshot through `meta.index`, read from
+    /// `data` (a file, checked against its crc as it is read): the node's
     /// own at startup, or one its leader sent. Bytes that [`Service::snapshot`]
-    /// did not produce are an error (and stop the node).
-    fn restore(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), String>;
+    /// did not produce, or a failed read, are an error (and stop the node).
+    fn restore(&mut self, meta: &SnapshotMeta, data: &mut dyn Read) -> Result<(), String>;
     /// The node's role, term or known leader changed.
     fn role_changed(&mut self, _role: Role, _term: Term, _leader: Option<NodeId>) {}
 }
@@ -155,6 +178,22 @@ enum Input {
         from: NodeId,
         message: Message,
     },
+    Snapshot {
+        from: NodeId,
+        header: InstallSnapshot,
+        data: Vec<u8>,
+    },
+    SnapshotSendEnded {
+        to: NodeId,
+        term: Term,
+        index: Index,
+    },
+    /// The writer thread staged the service's snapshot through `index` (or
+    /// failed to).
+    SnapshotWritten {
+        index: Index,
+        result: Result<(), StorageError>,
+    },
     Propose {
         command: Vec<u8>,
         reply: SyncSender<Proposal>,
@@ -216,27 +255,45 @@ impl TcpNode {
                 path.display()
             );
         }
-        if let (Some(meta), Some(data)) = (&recovered.state.snapshot, &recovered.snapshot) {
-            service.restore(meta, data).map_err(NodeError::Service)?;
+        let mut recovered_file = None;
+        if let (Some(meta), Some(mut data)) = (&recovered.state.snapshot, recovered.snapshot) {
+            recovered_file = Some((meta.index, data.path().to_path_buf()));
+            service
+                .restore(meta, &mut data)
+                .map_err(NodeError::Service)?;
         }
-        let raft = RaftNode::recover(
-            options.raft.clone(),
-            options.seed,
-            recovered.state,
-            recovered.snapshot,
-        )?;
+        let raft = RaftNode::recover(options.raft.clone(), options.seed, recovered.state)?;
 
         let (inbox, inputs) = mpsc::sync_channel(INBOX_CAPACITY);
         let to_node = inbox.clone();
         let transport = TcpTransport::start(
             TcpConfig::new(options.id, options.cluster_id, options.peers.clone()),
-            move |from, message| match to_node.try_send(Input::Peer { from, message }) {
-                Ok(()) | Err(TrySendError::Full(_)) => Delivery::Continue,
-                Err(TrySendError::Disconnected(_)) => Delivery::Stop,
+            move |arrival| {
+                let input = match arrival {
+                    Arrival::Message { from, message } => Input::Peer { from, message },
+                    Arrival::Snapshot { from, header, data } => {
+                        Input::Snapshot { from, header, data }
+                    }
+                    Arrival::SnapshotSendEnded { to, term, index } => {
+                        // Never dropped: the core waits for it.
+                        return match to_node.send(Input::SnapshotSendEnded { to, term, index }) {
+                            Ok(()) => Delivery::Continue,
+                            Err(_) => Delivery::Stop,
+                        };
+                    }
+                };
+                match to_node.try_send(input) {
+                    Ok(()) | Err(TrySendError::Full(_)) => Delivery::Continue,
+                    Err(TrySendError::Disconnected(_)) => Delivery::Stop,
+                }
             },
         )
         .map_err(NodeError::Network)?;
         let node = NodeLoop {
+            inbox: inbox.clone(),
+            recovered_file,
+            writing: None,
+            followups: VecDeque::new(),
             role: (raft.role(), raft.term(), raft.leader_hint()),
             raft,
             service,
@@ -292,6 +349,16 @@ impl TcpNode {
 }
 
 struct NodeLoop<S> {
+    /// The node's own inbox, for the snapshot writer's report.
+    inbox: SyncSender<Input>,
+    /// The snapshot file recovery opened, by index (a directory of the
+    /// earlier formats keeps it under another name than the staged files').
+    recovered_file: Option<(Index, PathBuf)>,
+    /// The index of the service snapshot being written, if one is.
+    writing: Option<Index>,
+    /// Events the node owes its core (a transfer that could not even be
+    /// queued has ended), stepped after the current step.
+    followups: VecDeque<Event>,
     raft: RaftNode,
     service: S,
     storage: Storage,
@@ -355,6 +422,15 @@ impl<S: Service> NodeLoop<S> {
     fn handle(&mut self, input: Input) -> Result<bool, NodeError> {
         match input {
             Input::Peer { from, message } => self.step(Event::MessageReceived { from, message })?,
+            Input::Snapshot { from, header, data } => self.receive_snapshot(from, header, &data)?,
+            Input::SnapshotSendEnded { to, term, index } => {
+                self.step(Event::SnapshotSendEnded { to, term, index })?;
+            }
+            Input::SnapshotWritten { index, result } => {
+                result?;
+                self.writing = None;
+                self.step(Event::SnapshotTaken { index })?;
+            }
             Input::Propose { command, reply } => {
                 self.next_proposal += 1;
                 let id = self.next_proposal;
@@ -382,24 +458,21 @@ impl<S: Service> NodeLoop<S> {
         }
     }
 
-    /// Steps the core and executes its actions in order; snapshots when due.
+    /// Steps the core and executes its actions in order (and the events
+    /// they lead to); starts a snapshot when one is due.
     fn step(&mut self, event: Event) -> Result<(), NodeError> {
         let actions = self.raft.step(self.clock.now(), event)?;
         self.execute(actions)?;
+        while let Some(event) = self.followups.pop_front() {
+            let actions = self.raft.step(self.clock.now(), event)?;
+            self.execute(actions)?;
+        }
         let applied = self.raft.last_applied();
         let due = self
             .snapshot_every
             .is_some_and(|every| applied >= self.raft.log().snapshot().index + every);
-        if due {
-            let data = self.service.snapshot();
-            let actions = self.raft.step(
-                self.clock.now(),
-                Event::SnapshotTaken {
-                    index: applied,
-                    data,
-                },
-            )?;
-            self.execute(actions)?;
+        if due && self.writing.is_none() {
+            self.write_snapshot(applied)?;
         }
         let role = (self.raft.role(), self.raft.term(), self.raft.leader_hint());
         if role != self.role {
@@ -409,20 +482,88 @@ impl<S: Service> NodeLoop<S> {
         Ok(())
     }
 
+    /// The service's snapshot through `index` (the last applied entry),
+    /// written and fsynced as a staged file on a writer thread, which
+    /// reports back (`Input::SnapshotWritten`).
+    fn write_snapshot(&mut self, index: Index) -> Result<(), NodeError> {
+        let meta = self
+            .raft
+            .snapshot_meta_at(index)
+            .expect("the log holds the last applied entry");
+        let data = self.service.snapshot();
+        let dir = self.storage.dir().to_path_buf();
+        let inbox = self.inbox.clone();
+        self.writing = Some(index);
+        let writer = move || {
+            let result = SnapshotWriter::create(&dir, &meta, "own").and_then(|mut w| {
+                w.write_all(&data).map_err(|source| StorageError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+                w.finish().map(|_| ())
+            });
+            // A node that stopped meanwhile no longer listens.
+            let _ = inbox.send(Input::SnapshotWritten { index, result });
+        };
+        std::thread::Builder::new()
+            .name(format!("raft-snapshot-{}", self.raft.id()))
+            .spawn(writer)
+            .map_err(NodeError::Network)?;
+        Ok(())
+    }
+
+    /// A leader's snapshot arrived whole. One that goes beyond the commit
+    /// index is staged on disk first (the core installs only those); then
+    /// the header is stepped, and the staged file is deleted if the core
+    /// did not make it the node's snapshot.
+    fn receive_snapshot(
+        &mut self,
+        from: NodeId,
+        header: InstallSnapshot,
+        data: &[u8],
+    ) -> Result<(), NodeError> {
+        let index = header.last_included_index;
+        let staged = index > self.raft.commit_index();
+        if staged {
+            let meta = SnapshotMeta {
+                index,
+                term: header.last_included_term,
+                membership: header.membership.clone(),
+            };
+            let dir = self.storage.dir().to_path_buf();
+            let mut writer = SnapshotWriter::create(&dir, &meta, "received")?;
+            writer
+                .write_all(data)
+                .map_err(|source| StorageError::Io { path: dir, source })?;
+            writer.finish()?;
+        }
+        let message = Message::InstallSnapshot(header);
+        self.step(Event::MessageReceived { from, message })?;
+        if staged && self.raft.log().snapshot().index != index {
+            let _ = std::fs::remove_file(self.storage.snapshot_path(index));
+        }
+        Ok(())
+    }
+
     fn execute(&mut self, actions: Vec<Action>) -> Result<(), NodeError> {
         for action in actions {
             match action {
                 Action::Send { to, message } => self.unsent.push((to, message)),
+                Action::SendSnapshot { to, message } => self.send_snapshot(to, message)?,
                 Action::Persist(persist) => self.unwritten.push(persist),
                 Action::Apply { entries } => {
                     for entry in &entries {
                         self.service.apply(entry);
                     }
                 }
-                Action::ApplySnapshot { snapshot } => self
-                    .service
-                    .restore(&snapshot.meta, &snapshot.data)
-                    .map_err(NodeError::Service)?,
+                Action::ApplySnapshot { meta } => {
+                    // Staged by `receive_snapshot` before the header was
+                    // stepped.
+                    let mut data = SnapshotReader::open(&self.storage.snapshot_path(meta.index))?;
+                    self.service
+                        .restore(&meta, &mut data)
+                        .map_err(NodeError::Service)?;
+                }
                 Action::SetTimer { deadline } => {
                     self.deadline = Some(self.clock.deadline(deadline));
                 }
@@ -445,6 +586,27 @@ impl<S: Service> NodeLoop<S> {
                 | Action::ReadReady { .. }
                 | Action::RejectRead { .. } => {}
             }
+        }
+        Ok(())
+    }
+
+    /// Reads the snapshot file at the header's index (this node's own, or a
+    /// newer one being made its own) and hands it to the network thread
+    /// with the header. If it cannot go, the transfer has ended at once.
+    fn send_snapshot(&mut self, to: NodeId, header: InstallSnapshot) -> Result<(), NodeError> {
+        let (term, index) = (header.term, header.last_included_index);
+        let mut path = self.storage.snapshot_path(index);
+        if !path.exists() {
+            if let Some((_, old)) = self.recovered_file.as_ref().filter(|(i, _)| *i == index) {
+                path = old.clone();
+            }
+        }
+        let data = SnapshotReader::open(&path).and_then(SnapshotReader::read_all)?;
+        // Messages queued before it leave before it.
+        self.outbox.send_all(self.unsent.drain(..));
+        if !self.outbox.send_snapshot(to, header, data) {
+            self.followups
+                .push_back(Event::SnapshotSendEnded { to, term, index });
         }
         Ok(())
     }

@@ -125,7 +125,7 @@ impl Slot {
         durable: DurableState,
         pre_vote: bool,
     ) -> Result<Slot, Violation> {
-        let node = RaftNode::recover(config(id, pre_vote), seed, durable.clone(), None)
+        let node = RaftNode::recover(config(id, pre_vote), seed, durable.clone())
             .map_err(|e| Violation::new(format!("node {id} cannot recover its image: {e}")))?;
         let incarnation = Incarnation {
             seed,
@@ -141,8 +141,8 @@ impl Slot {
         let inc = &self.incarnation;
         let id = usize::try_from(self.node.id()).expect("small id");
         let config = config(id, inc.pre_vote);
-        let mut node = RaftNode::recover(config, inc.seed, inc.durable.clone(), None)
-            .expect("it recovered before");
+        let mut node =
+            RaftNode::recover(config, inc.seed, inc.durable.clone()).expect("it recovered before");
         for (now, event) in &inc.events {
             let _ = node.step(*now, event.clone()).expect("it stepped before");
         }
@@ -549,6 +549,13 @@ impl World {
             Action::ApplySnapshot { .. } => {
                 return Err(Violation::new(format!(
                     "node {n} was told to install a snapshot, but nobody snapshots in this model"
+                )))
+            }
+            // Only a compacted log is sent as a snapshot: none is here, so a
+            // transfer (and its `SnapshotSendEnded`) never happens.
+            Action::SendSnapshot { to, .. } => {
+                return Err(Violation::new(format!(
+                    "node {n} was asked to send node {to} a snapshot, but nobody snapshots in this model"
                 )))
             }
             Action::SetTimer { deadline } => self.deadline[n] = Some(deadline),

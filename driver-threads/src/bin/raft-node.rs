@@ -28,7 +28,7 @@
 //! Diagnostics (connections, errors) go to standard error.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -131,7 +131,11 @@ impl Service for DigestLog {
         [self.index.to_le_bytes(), self.digest.to_le_bytes()].concat()
     }
 
-    fn restore(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, meta: &SnapshotMeta, data: &mut dyn Read) -> Result<(), String> {
+        let mut bytes = Vec::new();
+        data.read_to_end(&mut bytes)
+            .map_err(|e| format!("reading the snapshot through {}: {e}", meta.index))?;
+        let data = &bytes[..];
         let words: Vec<u64> = data
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
