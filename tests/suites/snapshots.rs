@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use driver_sim::{ms, now, sleep, KvCfg};
-use lab::{Harness, KvHarness};
+use lab::KvHarness;
 
 /// Server `lagging`, a follower, is cut off while the others take many
 /// snapshots; meanwhile no transfer to it starts, however many heartbeats
@@ -27,7 +27,12 @@ async fn cut_off_follower(unreliable: bool, max_transfers: u64) {
     ));
     let ck = cfg.make_client(&cfg.all());
     cfg.put(&ck, "a", "", 0).await;
-    let leader = cfg.check_one_leader().await;
+    let leader = loop {
+        if let Some(l) = cfg.leader() {
+            break l;
+        }
+        sleep(ms(10)).await;
+    };
     let lagging = (leader + 1) % n;
     let others: Vec<usize> = cfg.all().into_iter().filter(|&i| i != lagging).collect();
     cfg.disconnect(lagging, &cfg.all());

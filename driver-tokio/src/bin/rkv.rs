@@ -58,7 +58,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one server of a cluster.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Set KEY to VALUE.
     Put {
         /// The key.
@@ -834,7 +834,7 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             other => {
                 let result = match other {
                     Command::Cas(args) => cas(args).await,
