@@ -290,7 +290,6 @@ struct AdminWaiting {
 pub struct KvServer {
     raft: RaftNode,
     store: KvStore,
-    max_raft_state: Option<usize>,
     raft_state_bytes: usize,
     waiting: BTreeMap<Index, Waiting>,
     proposals: BTreeMap<u64, Proposal>,
@@ -323,6 +322,13 @@ pub struct KvServer {
     reads_ready: BTreeMap<Index, Vec<(u64, String)>>,
     /// The index of the snapshot the driver is writing, if any.
     snapshotting: Option<Index>,
+    /// The id of the latest `Persist` that compacted the log: a size
+    /// reported for earlier writes is that of the log before it.
+    compacted_by: u64,
+    /// This server's snapshot threshold: `max_raft_state` less up to an
+    /// eighth, drawn from its seed, so that the servers of a cluster do not
+    /// all snapshot at the same index and slow a quorum at once.
+    snapshot_at_bytes: Option<usize>,
 }
 
 impl KvServer {
@@ -357,7 +363,6 @@ impl KvServer {
         Ok(KvServer {
             raft,
             store,
-            max_raft_state: config.max_raft_state,
             raft_state_bytes: 0,
             waiting: BTreeMap::new(),
             proposals: BTreeMap::new(),
@@ -376,6 +381,12 @@ impl KvServer {
             reads: BTreeMap::new(),
             reads_ready: BTreeMap::new(),
             snapshotting: None,
+            compacted_by: 0,
+            snapshot_at_bytes: config.max_raft_state.map(|max| {
+                let eighth = (max / 8) as u64;
+                let spread = if eighth == 0 { 0 } else { seed % (eighth + 1) };
+                max - spread as usize
+            }),
         })
     }
 
@@ -560,7 +571,11 @@ impl KvServer {
                 upto,
                 raft_state_bytes,
             } => {
-                self.raft_state_bytes = raft_state_bytes;
+                // A size from before the latest compaction would start a
+                // second snapshot at once.
+                if upto >= self.compacted_by {
+                    self.raft_state_bytes = raft_state_bytes;
+                }
                 Some(Event::Persisted { upto })
             }
             ServerEvent::ReadReceived {
@@ -769,7 +784,12 @@ impl KvServer {
             for action in self.raft.step(now, event)? {
                 match action {
                     Action::Send { to, message } => out.push(ServerAction::Send { to, message }),
-                    Action::Persist(p) => out.push(ServerAction::Persist(p)),
+                    Action::Persist(p) => {
+                        if p.snapshot.is_some() {
+                            self.compacted_by = p.id;
+                        }
+                        out.push(ServerAction::Persist(p))
+                    }
                     Action::SetTimer { deadline } => out.push(ServerAction::SetTimer { deadline }),
                     Action::Apply { entries } => {
                         for entry in entries {
@@ -1093,7 +1113,7 @@ impl KvServer {
     /// something was applied since the last snapshot, and no snapshot is
     /// being written.
     fn snapshot_if_due(&mut self, out: &mut Vec<ServerAction>) {
-        let Some(max) = self.max_raft_state else {
+        let Some(max) = self.snapshot_at_bytes else {
             return;
         };
         let applied = self.raft.last_applied();

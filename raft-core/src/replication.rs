@@ -108,8 +108,25 @@ impl LeaderState {
             }
             return;
         }
-        if next - 1 < s.snapshot_meta().index {
-            self.send_snapshot(s, peer);
+        let snap = s.snapshot_meta().index;
+        if next - 1 < snap {
+            // A snapshot only for a follower that answered since our last
+            // message to it (a probe answered, a rejection): one that does
+            // not answer gets probes from our snapshot on heartbeats, not a
+            // transfer per compaction.
+            let answered = state == ProgressState::Probe && !paused;
+            if answered {
+                self.send_snapshot(s, peer);
+            } else {
+                // Probe from our snapshot, so that the answer (a
+                // rejection, until it installs one) is not taken as stale.
+                let pr = self.progress.get_mut(&peer).expect("a progress per peer");
+                pr.become_probe(snap + 1);
+                pr.paused = true;
+                if heartbeat {
+                    s.send_append_from(peer, snap + 1, false);
+                }
+            }
             return;
         }
         let pr = self.progress.get_mut(&peer).expect("a progress per peer");
