@@ -327,7 +327,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "snapshot_write",
-            "Duration of the group commit that wrote a snapshot (taken here or installed from the leader)",
+            "Time to make a snapshot durable: encoding and fsyncing one taken here (the writer thread), or restoring one installed from the leader",
             Unit::Seconds,
             m.snapshot_seconds.clone(),
         );
