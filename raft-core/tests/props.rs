@@ -1611,11 +1611,14 @@ fn three_node_cluster_recovers_once_faults_stop() {
 
 #[test]
 fn random_schedules_exercise_commits_snapshots_and_limits() {
-    // Guards the random property against vacuity.
+    // Guards the random property against vacuity. 400 schedules (the same
+    // bounds per schedule as over 100 before): since a leader sends a
+    // snapshot only to a follower that answered, few transfers are doomed,
+    // and 100 schedules lost one only once.
     let mut g = Gen::from_size_and_seed(100, 1);
     let (mut with_commits, mut with_snapshots, mut with_installs, mut with_limits) = (0, 0, 0, 0);
     let (mut with_delivered, mut with_lost, mut with_heartbeats) = (0, 0, 0);
-    for _ in 0..100 {
+    for _ in 0..400 {
         let c = run_schedule(&Schedule::arbitrary(&mut g), 3).unwrap_or_else(|e| panic!("{e}"));
         let actions = || c.trace.iter().flat_map(|(_, a)| a);
         with_commits += usize::from(!c.applied.is_empty());
@@ -1639,32 +1642,32 @@ fn random_schedules_exercise_commits_snapshots_and_limits() {
         }));
     }
     assert!(
-        with_commits > 50,
-        "only {with_commits}/100 schedules committed anything"
+        with_commits > 200,
+        "only {with_commits}/400 schedules committed anything"
     );
     assert!(
-        with_snapshots > 20,
-        "only {with_snapshots}/100 schedules persisted a snapshot"
+        with_snapshots > 80,
+        "only {with_snapshots}/400 schedules persisted a snapshot"
     );
     assert!(
-        with_installs > 5,
-        "only {with_installs}/100 schedules installed a leader's snapshot"
+        with_installs > 20,
+        "only {with_installs}/400 schedules installed a leader's snapshot"
     );
     assert!(
-        with_limits > 5,
-        "only {with_limits}/100 schedules hit the uncommitted limit"
+        with_limits > 20,
+        "only {with_limits}/400 schedules hit the uncommitted limit"
     );
     assert!(
-        with_delivered > 10,
-        "only {with_delivered}/100 schedules delivered a snapshot transfer"
+        with_delivered > 40,
+        "only {with_delivered}/400 schedules delivered a snapshot transfer"
     );
     assert!(
-        with_lost > 1,
-        "only {with_lost}/100 schedules lost a snapshot transfer"
+        with_lost > 4,
+        "only {with_lost}/400 schedules lost a snapshot transfer"
     );
     assert!(
-        with_heartbeats > 2,
-        "only {with_heartbeats}/100 schedules fired a leader's timer during a transfer"
+        with_heartbeats > 8,
+        "only {with_heartbeats}/400 schedules fired a leader's timer during a transfer"
     );
 }
 
