@@ -38,6 +38,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 
 use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
@@ -64,11 +65,12 @@ struct Session {
 /// B-trees whose nodes are shared between clones): [`KvStore::image`] is a
 /// constant-time copy that a snapshot writer encodes on another thread
 /// while this store goes on changing; a change copies only the nodes it
-/// touches that the image still shares. Keys are kept sorted, so a
-/// snapshot is written in key order without sorting.
+/// touches that the image still shares. Keys and values are reference
+/// counted, so copying a shared node copies pointers, not strings. Keys are
+/// kept sorted, so a snapshot is written in key order without sorting.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvStore {
-    data: OrdMap<String, String>,
+    data: OrdMap<Arc<str>, Arc<String>>,
     sessions: OrdMap<ClientId, Session>,
     /// Sessions by last use, for eviction: (last index, client). Derived
     /// from `sessions`; not in snapshots.
@@ -88,7 +90,7 @@ impl Default for KvStore {
 /// ([`KvStore::image`]), encoded with [`KvImage::write_to`], on any thread.
 #[derive(Clone, Debug)]
 pub struct KvImage {
-    data: OrdMap<String, String>,
+    data: OrdMap<Arc<str>, Arc<String>>,
     sessions: OrdMap<ClientId, Session>,
     members: BTreeMap<NodeId, MemberAddrs>,
     max_sessions: usize,
@@ -141,8 +143,8 @@ impl KvImage {
             sessions: sessions as u64,
             members: self.members.len() as u64,
         })?;
-        for pair in &self.data {
-            out.record(&pair)?;
+        for (key, value) in &self.data {
+            out.record(&(&**key, value.as_str()))?;
         }
         if !leave_out {
             for pair in &self.sessions {
@@ -184,6 +186,12 @@ struct RecordReader<R> {
 
 impl<R: Read> RecordReader<R> {
     fn record<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, SnapshotError> {
+        self.fill()?;
+        postcard::from_bytes(&self.buf).map_err(SnapshotError::Decode)
+    }
+
+    /// Reads the next record's bytes into `buf`.
+    fn fill(&mut self) -> Result<(), SnapshotError> {
         let mut len = [0; 4];
         self.r.read_exact(&mut len).map_err(read_error)?;
         let len = u64::from(u32::from_le_bytes(len));
@@ -196,6 +204,12 @@ impl<R: Read> RecordReader<R> {
         if self.buf.len() as u64 != len {
             return Err(SnapshotError::Truncated);
         }
+        Ok(())
+    }
+
+    /// [`RecordReader::record`] for a type borrowing from the record.
+    fn record_borrowed<'a, T: serde::Deserialize<'a>>(&'a mut self) -> Result<T, SnapshotError> {
+        self.fill()?;
         postcard::from_bytes(&self.buf).map_err(SnapshotError::Decode)
     }
 }
@@ -278,17 +292,30 @@ impl KvStore {
 
     fn execute(&mut self, op: &Op) -> Outcome {
         match op {
-            Op::Get { key } => Outcome::Value(self.data.get(key).cloned().unwrap_or_default()),
+            Op::Get { key } => Outcome::Value(
+                self.data
+                    .get(key.as_str())
+                    .map(|v| String::clone(v))
+                    .unwrap_or_default(),
+            ),
             Op::Put { key, value } => {
-                self.data.insert(key.clone(), value.clone());
+                self.data
+                    .insert(Arc::from(key.as_str()), Arc::new(value.clone()));
                 Outcome::Done
             }
             Op::Append { key, value } => {
-                self.data.entry(key.clone()).or_default().push_str(value);
+                match self.data.get_mut(key.as_str()) {
+                    // Copied only if a snapshot image still shares it.
+                    Some(current) => Arc::make_mut(current).push_str(value),
+                    None => {
+                        self.data
+                            .insert(Arc::from(key.as_str()), Arc::new(value.clone()));
+                    }
+                }
                 Outcome::Done
             }
             Op::Delete { key } => Outcome::Deleted {
-                existed: self.data.remove(key).is_some(),
+                existed: self.data.remove(key.as_str()).is_some(),
             },
             Op::CompareAndSwap {
                 key,
@@ -300,19 +327,19 @@ impl KvStore {
 
     /// Sets `key` to `value` if its value is `expected` (`None`: unset).
     fn compare_and_swap(&mut self, key: &str, expected: Option<&str>, value: &str) -> Outcome {
-        let current = self.data.get(key);
-        if current.map(String::as_str) != expected {
+        let current = self.data.get(key).map(|v| v.as_str());
+        if current != expected {
             return Outcome::NotSwapped {
-                current: current.cloned(),
+                current: current.map(str::to_string),
             };
         }
-        self.data.insert(key.to_string(), value.to_string());
+        self.data.insert(Arc::from(key), Arc::new(value.to_string()));
         Outcome::Swapped
     }
 
     /// A key's value, if set.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.data.get(key).map(String::as_str)
+        self.data.get(key).map(|v| v.as_str())
     }
 
     /// Number of keys.
@@ -400,11 +427,13 @@ impl KvStore {
         }
         let mut store = KvStore::new(max_sessions);
         for _ in 0..header.keys {
-            let (key, value): (String, String) = records.record()?;
-            if store.data.get_max().is_some_and(|(last, _)| *last >= key) {
+            let (key, value): (&str, &str) = records.record_borrowed()?;
+            if store.data.get_max().is_some_and(|(last, _)| **last >= *key) {
                 return Err(SnapshotError::Unsorted);
             }
-            store.data.insert(key, value);
+            store
+                .data
+                .insert(Arc::from(key), Arc::new(value.to_string()));
         }
         for _ in 0..header.sessions {
             let (client, session): (ClientId, Session) = records.record()?;
@@ -475,7 +504,11 @@ impl KvStore {
             return Err(E::UseOrder);
         }
         Ok(KvStore {
-            data: old.data.into_iter().collect(),
+            data: old
+                .data
+                .into_iter()
+                .map(|(k, v)| (Arc::from(k), Arc::new(v)))
+                .collect(),
             sessions: old.sessions.into_iter().collect(),
             by_use: old.by_use,
             max_sessions: old.max_sessions,
@@ -804,6 +837,32 @@ mod tests {
         // Same contents and the same session history: the same bytes.
         assert_eq!(a.snapshot(), b.snapshot());
         assert_eq!(c.snapshot(), a.snapshot());
+    }
+
+    /// The snapshot encoding, byte for byte: a change of representation in
+    /// memory must not change what is on disk or on the wire.
+    #[test]
+    fn snapshot_bytes_are_pinned() {
+        let mut s = KvStore::new(10);
+        let ops = [
+            Op::Put {
+                key: "k".into(),
+                value: "v1".into(),
+            },
+            Op::Append {
+                key: "k".into(),
+                value: "+2".into(),
+            },
+            Op::Append {
+                key: "a".into(),
+                value: "x".into(),
+            },
+        ];
+        for (i, op) in ops.into_iter().enumerate() {
+            s.apply(i as u64 + 1, &cmd(3, i as u64 + 1, op));
+        }
+        let hex: String = s.snapshot().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "ffffffffffffffffffff726b762d6b7605000000020a020100040000000161017807000000016b0476312b320400000003030103");
     }
 
     #[test]
