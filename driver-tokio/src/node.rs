@@ -542,6 +542,28 @@ fn storage_loop(
     _initial_bytes: usize,
     metrics: Arc<Metrics>,
 ) {
+    // A snapshot's deletions (the old segment, the older snapshot file: an
+    // unlink of tens of MB and a directory fsync) run on a thread of their
+    // own, not inside a group commit that every write waits for.
+    storage.defer_cleanup();
+    let (cleanups, cleanup_rx) = std_mpsc::channel::<raft_storage::Cleanup>();
+    let cleaner = std::thread::Builder::new()
+        .name("rkv-cleanup".into())
+        .spawn(move || {
+            while let Ok(cleanup) = cleanup_rx.recv() {
+                if let Err(e) = cleanup.run() {
+                    // Left for the next start, which deletes them.
+                    warn!(error = %e, "cannot delete obsolete log or snapshot files");
+                }
+            }
+        });
+    let cleanups = match cleaner {
+        Ok(_) => Some(cleanups),
+        Err(e) => {
+            warn!(error = %e, "cannot start the cleanup thread: deleting in the storage thread");
+            None
+        }
+    };
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -556,6 +578,18 @@ fn storage_loop(
             Ok(None) => unreachable!("the batch holds at least one write"),
             Err(e) => Input::StorageFailed(e),
         };
+        if let Some(cleanup) = storage.take_cleanup() {
+            match &cleanups {
+                Some(tx) => {
+                    let _ = tx.send(cleanup);
+                }
+                None => {
+                    if let Err(e) = cleanup.run() {
+                        warn!(error = %e, "cannot delete obsolete log or snapshot files");
+                    }
+                }
+            }
+        }
         let failed = matches!(input, Input::StorageFailed(_));
         // A closed channel means the node is shutting down: what is queued
         // still goes to disk, until the event loop's sender is gone too.

@@ -333,7 +333,8 @@ impl KvStore {
                 current: current.map(str::to_string),
             };
         }
-        self.data.insert(Arc::from(key), Arc::new(value.to_string()));
+        self.data
+            .insert(Arc::from(key), Arc::new(value.to_string()));
         Outcome::Swapped
     }
 

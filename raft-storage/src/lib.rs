@@ -192,7 +192,7 @@ pub use snapshot_file::{
     SINGLE_FILE_SNAPSHOT_FORMAT_VERSION, SNAPSHOT_FILE, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC,
     SNAPSHOT_TMP_FILE,
 };
-pub use store::{Committed, Storage};
+pub use store::{Cleanup, Committed, Storage};
 
 #[cfg(doc)]
 use raft_core::DurableState;

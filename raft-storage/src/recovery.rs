@@ -242,6 +242,10 @@ impl Storage {
             unwritten: Vec::new(),
             mirror: state,
             poisoned: false,
+            defer_cleanup: false,
+            dir_dirty: false,
+            unsynced_cleanup: None,
+            ready_cleanup: None,
             _lock: lock,
         };
         if rotate {

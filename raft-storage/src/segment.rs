@@ -78,22 +78,25 @@ pub(crate) fn scan_segment(
         offset: offset as u64,
         reason,
     };
+    // A header cut short, in any format (a crash while creating it): a
+    // prefix of a header, then nothing or only zeros (the file's size
+    // reached the disk, not all of its data).
+    let torn_header = [
+        FORMAT_VERSION,
+        UNRECORDED_CONFIG_FORMAT_VERSION,
+        LEGACY_FORMAT_VERSION,
+    ]
+    .iter()
+    .any(|v| {
+        let mut header = SEGMENT_MAGIC.to_vec();
+        header.extend_from_slice(&v.to_le_bytes());
+        let k = header.iter().zip(bytes).take_while(|(a, b)| a == b).count();
+        k < SEGMENT_HEADER_LEN && all_zero(&bytes[k..])
+    });
+    if torn_header {
+        return Ok(Scan::TornStart);
+    }
     if bytes.len() < SEGMENT_HEADER_LEN {
-        // A header cut short, in either format (a crash while creating it).
-        let torn_header = [
-            FORMAT_VERSION,
-            UNRECORDED_CONFIG_FORMAT_VERSION,
-            LEGACY_FORMAT_VERSION,
-        ]
-        .iter()
-        .any(|v| {
-            let mut header = SEGMENT_MAGIC.to_vec();
-            header.extend_from_slice(&v.to_le_bytes());
-            header.starts_with(bytes)
-        });
-        if torn_header || all_zero(bytes) {
-            return Ok(Scan::TornStart);
-        }
         return Err(corrupt(0, "bad segment header".into()));
     }
     if all_zero(bytes) {

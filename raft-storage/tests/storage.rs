@@ -1613,3 +1613,74 @@ fn a_second_open_of_a_data_directory_in_use_is_refused() {
     drop(first);
     Storage::open(tmp.path()).expect("reopens once the first is gone");
 }
+
+/// With `defer_cleanup`, a snapshot write deletes nothing: its record is
+/// durable on return, the new segment and its checkpoint with the next
+/// sync, and only then are the deletions handed out, to run on any thread.
+/// A crash before that sync recovers the write from the older segment; one
+/// before the deletions ran leaves files that the next open deletes.
+#[test]
+fn deferred_deletions_wait_for_the_new_segment_and_run_on_any_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (mut storage, _) = open(dir);
+    storage.defer_cleanup();
+    let mut reference = Reference::default();
+    let steps = [
+        write(Some((1, Some(1))), None, None, 1..6, 1),
+        write(None, Some((3, 1, b"first")), None, 6..8, 1),
+    ];
+    for step in &steps {
+        append(&mut storage, step);
+        reference.apply(step);
+    }
+    // The snapshot's record is durable; the new segment is not yet.
+    assert_eq!(segments(dir).len(), 2);
+    assert!(storage.take_cleanup().is_none());
+    let crashed = tempfile::tempdir().unwrap();
+    copy_dir(dir, crashed.path());
+    storage.sync().unwrap();
+    let cleanup = storage
+        .take_cleanup()
+        .expect("deletions once the segment is durable");
+    assert!(storage.take_cleanup().is_none(), "handed out once");
+    assert_eq!(segments(dir).len(), 2, "nothing deleted inside the write");
+
+    // A second snapshot before the first one's deletions ran.
+    let third = write(None, Some((7, 1, b"second")), None, 8..9, 1);
+    append(&mut storage, &third);
+    reference.apply(&third);
+    storage.sync().unwrap();
+    let newer = storage
+        .take_cleanup()
+        .expect("the second snapshot's deletions");
+    assert_eq!(segments(dir).len(), 3);
+    assert_eq!(snapshot_files(dir).len(), 2);
+    // The newer deletions first, on another thread; then the older ones,
+    // which find nothing of theirs left and touch nothing newer.
+    std::thread::spawn(move || newer.run())
+        .join()
+        .unwrap()
+        .unwrap();
+    cleanup.run().unwrap();
+    assert_eq!(segments(dir), vec![storage.segment_path().to_path_buf()]);
+    assert_only_snapshot(dir, Some(7));
+    drop(storage);
+    let (_, mut r) = open(dir);
+    reference.check(&mut r);
+
+    // The copy taken before the first sync: the new segment never reached
+    // the disk, so the older one, ending with the snapshot's record, is
+    // replayed; the empty segment and the older files go at open.
+    let mut before_sync = Reference::default();
+    for step in &steps {
+        before_sync.apply(step);
+    }
+    let (storage, mut r) = open(crashed.path());
+    before_sync.check(&mut r);
+    assert_eq!(
+        segments(crashed.path()),
+        vec![storage.segment_path().to_path_buf()]
+    );
+    assert_only_snapshot(crashed.path(), Some(3));
+}

@@ -379,6 +379,15 @@ struct Run {
     strays: BTreeSet<Index>,
     /// What the run did, to tell a failure's context.
     trace: Vec<String>,
+    /// The storage hands a snapshot's deletions out (`defer_cleanup`); the
+    /// run does them at each sync.
+    defer: bool,
+    /// With `defer`: the index of the latest snapshot written whose
+    /// deletions have not run.
+    cleanup_bound: Option<Index>,
+    /// With `defer`: the live segment was started by a snapshot write and
+    /// never synced since; the length of its header and checkpoint.
+    fresh_segment: Option<u64>,
 }
 
 type Check = Result<(), String>;
@@ -439,12 +448,15 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 }
 
 impl Run {
-    fn new() -> Result<Run, String> {
+    fn new(defer: bool) -> Result<Run, String> {
         let root = io("tempdir", tempfile::tempdir())?;
         let dir = root.path().join("data");
         let aside = root.path().join("aside");
         io("mkdir", fs::create_dir(&aside))?;
-        let (storage, recovered) = open(&dir)?;
+        let (mut storage, recovered) = open(&dir)?;
+        if defer {
+            storage.defer_cleanup();
+        }
         let mut run = Run {
             dir,
             aside,
@@ -457,6 +469,9 @@ impl Run {
             next_id: 0,
             strays: BTreeSet::new(),
             trace: Vec::new(),
+            defer,
+            cleanup_bound: None,
+            fresh_segment: None,
         };
         let mut recovered = recovered;
         run.check_recovered(&mut recovered, &Model::default(), None)?;
@@ -481,7 +496,33 @@ impl Run {
             .append(&p)
             .map_err(|e| format!("append refused: {e}"))?;
         self.model.apply(&p, data);
-        if let Some(meta) = &p.snapshot {
+        if let (Some(meta), true) = (&p.snapshot, self.defer) {
+            // Durable on return, and a new segment started; nothing is
+            // deleted until the new segment is durable.
+            self.mark_durable();
+            self.fresh_segment = Some(self.durable_len);
+            // The write synced the segment an earlier snapshot started: its
+            // deletions (only those) may be handed out now.
+            let earlier = self.cleanup_bound.replace(meta.index);
+            if let Some(cleanup) = self.storage().take_cleanup() {
+                let Some(bound) = earlier else {
+                    return Err("deletions handed out with no snapshot awaiting them".into());
+                };
+                cleanup
+                    .run()
+                    .map_err(|e| format!("the deletions failed: {e}"))?;
+                self.strays.retain(|&i| i > bound);
+            }
+            let segs = segments(&self.dir);
+            let live = self.storage().segment_path().to_path_buf();
+            ensure(segs.len() >= 2 && segs.last() == Some(&live), || {
+                format!("after a snapshot write the segments are {segs:?}, the live one {live:?}")
+            })?;
+            let files = snapshot_files(&self.dir);
+            ensure(files.contains(&snapshot_file_name(meta.index)), || {
+                format!("after a snapshot write the snapshot files are {files:?}")
+            })?;
+        } else if let Some(meta) = &p.snapshot {
             // Durable on return, and the log rotated: the older segment is
             // gone, and so are the older snapshot files.
             self.mark_durable();
@@ -519,6 +560,36 @@ impl Run {
             .map_err(|e| format!("sync failed: {e}"))?;
         self.mark_durable();
         self.check_state()?;
+        if self.defer {
+            self.fresh_segment = None;
+            let cleanup = self.storage().take_cleanup();
+            ensure(cleanup.is_some() == self.cleanup_bound.is_some(), || {
+                format!(
+                    "after a sync the deletions are {cleanup:?}, a snapshot awaiting them: {:?}",
+                    self.cleanup_bound
+                )
+            })?;
+            if let (Some(cleanup), Some(bound)) = (cleanup, self.cleanup_bound.take()) {
+                cleanup
+                    .run()
+                    .map_err(|e| format!("the deletions failed: {e}"))?;
+                self.strays.retain(|&i| i > bound);
+            }
+            // Everything older is gone.
+            let segs = segments(&self.dir);
+            let live = self.storage().segment_path().to_path_buf();
+            ensure(segs == [live], || {
+                format!("after a sync and its deletions the segments are {segs:?}")
+            })?;
+            let mut expected: Vec<String> =
+                self.strays.iter().map(|&i| snapshot_file_name(i)).collect();
+            expected.extend(self.model.snapshot_index().map(snapshot_file_name));
+            expected.sort();
+            let files = snapshot_files(&self.dir);
+            ensure(files == expected, || {
+                format!("after a sync and its deletions the snapshot files are {files:?}, expected {expected:?}")
+            })?;
+        }
         // The live segment holds exactly what the storage counts.
         let storage = self.storage.as_ref().expect("open");
         let on_disk = io("stat", fs::metadata(storage.segment_path()))?.len();
@@ -545,9 +616,14 @@ impl Run {
     /// what it recovers must be `expected`, with a torn tail cut at `torn`.
     fn reopen(&mut self, expected: Model, torn: Option<(PathBuf, u64)>) -> Check {
         self.storage = None;
-        let (storage, mut recovered) = open(&self.dir)?;
+        let (mut storage, mut recovered) = open(&self.dir)?;
+        if self.defer {
+            storage.defer_cleanup();
+        }
         self.storage = Some(storage);
         self.strays.clear();
+        self.cleanup_bound = None;
+        self.fresh_segment = None;
         self.check_recovered(&mut recovered, &expected, torn)?;
         self.model = expected;
         self.mark_durable();
@@ -733,7 +809,11 @@ impl Run {
     /// left whole (zeros written over zeros change nothing).
     fn torn_crash(&mut self, cut: u16, zeros: bool) -> Check {
         let path = self.storage().segment_path().to_path_buf();
-        let start = self.durable_len;
+        // A segment a snapshot write started and no sync made durable can
+        // be cut anywhere, in its header and checkpoint too: recovery then
+        // replays the older segment, which ends with the snapshot's record.
+        let fresh = self.fresh_segment.take();
+        let start = if fresh.is_some() { 0 } else { self.durable_len };
         let pending = std::mem::take(&mut self.pending);
         self.storage()
             .sync()
@@ -770,7 +850,16 @@ impl Run {
         }
         drop(file);
         let file_len = if zeros { end } else { len };
-        let torn = (file_len != whole).then(|| (path.clone(), whole));
+        let mut torn = (file_len != whole).then(|| (path.clone(), whole));
+        if let Some(checkpoint_end) = fresh {
+            if changed < checkpoint_end {
+                // The new segment's start is torn: it is dropped whole.
+                torn = None;
+            } else if whole < checkpoint_end {
+                // Only records after the checkpoint are torn.
+                torn = (file_len != checkpoint_end).then(|| (path.clone(), checkpoint_end));
+            }
+        }
         self.reopen(expected, torn)
     }
 
@@ -809,6 +898,12 @@ impl Run {
         self.storage()
             .append(&p)
             .map_err(|e| format!("append refused: {e}"))?;
+        if self.defer {
+            // The new segment's checkpoint is written by the next sync.
+            self.storage()
+                .sync()
+                .map_err(|e| format!("sync failed: {e}"))?;
+        }
         let new_path = self.storage().segment_path().to_path_buf();
         self.storage = None;
         let old_segment = io("read", fs::read(&saved))?;
@@ -897,7 +992,11 @@ fn describe(p: &Persist) -> String {
 /// more; without `crashes`, the torn and mid-snapshot crashes become plain
 /// crashes (closing without a sync).
 fn run_schedule(schedule: &Schedule, crashes: bool) -> TestResult {
-    let mut run = match Run::new() {
+    run_schedule_with(schedule, crashes, false)
+}
+
+fn run_schedule_with(schedule: &Schedule, crashes: bool, defer: bool) -> TestResult {
+    let mut run = match Run::new(defer) {
         Ok(run) => run,
         Err(why) => return TestResult::error(why),
     };
@@ -955,6 +1054,30 @@ fn prop_a_crash_recovers_a_prefix_of_the_writes(schedule: Schedule) -> TestResul
 #[test]
 fn a_crash_recovers_a_prefix_of_the_writes() {
     qc(100).quickcheck(prop_a_crash_recovers_a_prefix_of_the_writes as fn(Schedule) -> TestResult);
+}
+
+/// Both properties again with the deletions a snapshot makes possible
+/// handed out (`defer_cleanup`, as driver-tokio runs it) and done at each
+/// sync: nothing is deleted before the new segment is durable, everything
+/// obsolete is once the deletions ran, and a crash or a torn new segment
+/// (its checkpoint included, which shares the next records' fsync) recovers
+/// as before.
+fn prop_deferred_deletions_match_the_model(schedule: Schedule) -> TestResult {
+    run_schedule_with(&schedule, false, true)
+}
+
+#[test]
+fn deferred_deletions_match_the_model_across_reopens() {
+    qc(100).quickcheck(prop_deferred_deletions_match_the_model as fn(Schedule) -> TestResult);
+}
+
+fn prop_deferred_deletions_recover_a_prefix(schedule: Schedule) -> TestResult {
+    run_schedule_with(&schedule, true, true)
+}
+
+#[test]
+fn deferred_deletions_recover_a_prefix_of_the_writes() {
+    qc(100).quickcheck(prop_deferred_deletions_recover_a_prefix as fn(Schedule) -> TestResult);
 }
 
 /// The model, the storage and the write helpers agree on a short fixed
