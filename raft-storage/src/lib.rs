@@ -190,7 +190,7 @@ pub use segment::{
 pub use snapshot_file::{
     snapshot_file_name, SnapshotReader, SnapshotWriter, LEGACY_SNAPSHOT_FORMAT_VERSION,
     SINGLE_FILE_SNAPSHOT_FORMAT_VERSION, SNAPSHOT_FILE, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC,
-    SNAPSHOT_TMP_FILE,
+    SNAPSHOT_SYNC_EVERY, SNAPSHOT_TMP_FILE,
 };
 pub use store::{Cleanup, Committed, Storage};
 

@@ -118,8 +118,18 @@ pub struct SnapshotWriter {
     prefix: Vec<u8>,
     crc: crc32fast::Hasher,
     len: u64,
+    /// Bytes handed to the file since its last `fdatasync`.
+    unsynced: u64,
     index: Index,
 }
+
+/// How much a [`SnapshotWriter`] writes between two `fdatasync`s of its
+/// file. Without them the whole snapshot would sit in the page cache until
+/// `finish`, and on a journaling file system (ext4's ordered mode) every
+/// fsync of the log that commits the journal meanwhile waits for all of
+/// that data to reach the disk: tens of MB in front of a write a client
+/// waits for. Flushed as it goes, a log fsync waits for at most this much.
+pub const SNAPSHOT_SYNC_EVERY: u64 = 1 << 20;
 
 impl SnapshotWriter {
     /// Starts the staged file for the snapshot `meta` in `dir`, under a
@@ -149,6 +159,7 @@ impl SnapshotWriter {
             dir: dir.to_path_buf(),
             crc: crc32fast::Hasher::new(),
             len: 0,
+            unsynced: 0,
             index: meta.index,
         })
     }
@@ -213,6 +224,12 @@ impl Write for SnapshotWriter {
         let n = self.file.write(buf)?;
         self.crc.update(&buf[..n]);
         self.len += n as u64;
+        self.unsynced += n as u64;
+        if self.unsynced >= SNAPSHOT_SYNC_EVERY {
+            self.file.flush()?;
+            self.file.get_ref().sync_data()?;
+            self.unsynced = 0;
+        }
         Ok(n)
     }
 
