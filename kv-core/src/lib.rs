@@ -17,6 +17,7 @@ pub mod canary;
 mod clerk;
 mod command;
 mod server;
+mod shards;
 mod store;
 
 pub use admin::{

@@ -1094,10 +1094,10 @@ impl KvServer {
             }
             None => None,
         };
-        let outcome = command.as_ref().map(|c| self.store.apply(index, c));
+        let applied = command.map(|c| ((c.client, c.seq), self.store.apply_owned(index, c)));
         if let Some(w) = self.waiting.remove(&index) {
-            match (command, outcome) {
-                (Some(c), Some(outcome)) if c.client == w.client && c.seq == w.seq => {
+            match applied {
+                Some(((client, seq), outcome)) if client == w.client && seq == w.seq => {
                     out.push(ServerAction::Reply {
                         id: w.id,
                         reply: Reply::Applied(outcome),

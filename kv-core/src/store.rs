@@ -47,6 +47,7 @@ use raft_core::NodeId;
 
 use crate::admin::MemberAddrs;
 use crate::command::{ClientId, Command, Op, Outcome};
+use crate::shards::{KeyHasher, ShardedMap};
 use crate::SnapshotError;
 
 /// The default bound on the session table.
@@ -59,18 +60,21 @@ struct Session {
     last_index: u64,
 }
 
+type Data = ShardedMap;
+
 /// The key/value store with its session table.
 ///
-/// The keys and the sessions are held in persistent maps (`imbl::OrdMap`,
-/// B-trees whose nodes are shared between clones): [`KvStore::image`] is a
-/// constant-time copy that a snapshot writer encodes on another thread
-/// while this store goes on changing; a change copies only the nodes it
-/// touches that the image still shares. Keys and values are reference
-/// counted, so copying a shared node copies pointers, not strings. Keys are
-/// kept sorted, so a snapshot is written in key order without sorting.
+/// The keys live in a hash map cut into shards behind `Arc`s
+/// ([`crate::shards`]), the sessions in a persistent B-tree
+/// (`imbl::OrdMap`): [`KvStore::image`] is a copy that a snapshot writer
+/// encodes on another thread while this store goes on changing, made by
+/// copying pointers (the shards', and the B-tree's root); a change copies
+/// only the shard or nodes it touches that the image still holds. Keys and
+/// values are reference counted, so copying a shard copies pointers, not
+/// strings. The snapshot writer sorts the keys.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvStore {
-    data: OrdMap<Arc<str>, Arc<String>>,
+    data: Data,
     sessions: OrdMap<ClientId, Session>,
     /// Sessions by last use, for eviction: (last index, client). Derived
     /// from `sessions`; not in snapshots.
@@ -90,7 +94,7 @@ impl Default for KvStore {
 /// ([`KvStore::image`]), encoded with [`KvImage::write_to`], on any thread.
 #[derive(Clone, Debug)]
 pub struct KvImage {
-    data: OrdMap<Arc<str>, Arc<String>>,
+    data: Data,
     sessions: OrdMap<ClientId, Session>,
     members: BTreeMap<NodeId, MemberAddrs>,
     max_sessions: usize,
@@ -125,7 +129,8 @@ impl KvImage {
     /// header (the session bound and the record counts), every (key,
     /// value) in key order, every (client, session) in client order, every
     /// (node, addresses) in node order. The same contents give the same
-    /// bytes. Returns the number of bytes written.
+    /// bytes. Returns the number of bytes written. Sorting the keys takes
+    /// two pointers per key on the calling thread.
     pub fn write_to(&self, w: &mut dyn Write) -> io::Result<u64> {
         let leave_out = crate::canary::on(crate::canary::Canary::SessionsLeftOutOfSnapshot);
         let sessions = if leave_out { 0 } else { self.sessions.len() };
@@ -143,7 +148,7 @@ impl KvImage {
             sessions: sessions as u64,
             members: self.members.len() as u64,
         })?;
-        for (key, value) in &self.data {
+        for (key, value) in self.data.sorted() {
             out.record(&(&**key, value.as_str()))?;
         }
         if !leave_out {
@@ -233,11 +238,19 @@ struct LegacyStore {
 }
 
 impl KvStore {
-    /// An empty store keeping at most `max_sessions` client sessions.
+    /// An empty store keeping at most `max_sessions` client sessions, its
+    /// keys hashed with seed 0 ([`KvStore::with_seed`]).
     pub fn new(max_sessions: usize) -> Self {
+        Self::with_seed(max_sessions, 0)
+    }
+
+    /// An empty store keeping at most `max_sessions` client sessions, its
+    /// keys hashed with a hasher keyed by `seed` (a secret in production,
+    /// so that clients cannot choose colliding keys).
+    pub fn with_seed(max_sessions: usize, seed: u64) -> Self {
         assert!(max_sessions > 0, "max_sessions must be positive");
         KvStore {
-            data: OrdMap::new(),
+            data: Data::with_hasher(KeyHasher { seed }),
             sessions: OrdMap::new(),
             by_use: BTreeMap::new(),
             max_sessions,
@@ -257,31 +270,41 @@ impl KvStore {
 
     /// Applies the command at log `index`, exactly once per (client, seq).
     pub fn apply(&mut self, index: u64, command: &Command) -> Outcome {
-        if let Some(s) = self.sessions.get(&command.client) {
-            if command.seq == s.last_seq {
-                return s.last_outcome.clone();
-            }
-            if command.seq < s.last_seq {
-                // An older retry: its answer was already received.
-                return Outcome::Done;
-            }
-        } else if command.seq > 1 {
-            return Outcome::SessionExpired;
-        }
-        let outcome = self.execute(&command.op);
-        if let Some(old) = self.sessions.get(&command.client) {
-            self.by_use.remove(&(old.last_index, command.client));
-        } else if self.sessions.len() >= self.max_sessions {
-            let ((_, evict), ()) = self.by_use.pop_first().expect("a full table has a session");
-            self.sessions.remove(&evict);
-        }
-        self.by_use.insert((index, command.client), ());
-        let session = Session {
-            last_seq: command.seq,
-            last_outcome: outcome.clone(),
-            last_index: index,
+        self.apply_owned(index, command.clone())
+    }
+
+    /// [`KvStore::apply`] of a command it may take apart: the key and value
+    /// move into the store instead of being copied.
+    pub fn apply_owned(&mut self, index: u64, command: Command) -> Outcome {
+        let Command { client, seq, op } = command;
+        let known = match self.sessions.get(&client) {
+            Some(s) if seq == s.last_seq => return s.last_outcome.clone(),
+            // An older retry: its answer was already received.
+            Some(s) if seq < s.last_seq => return Outcome::Done,
+            Some(_) => true,
+            None if seq > 1 => return Outcome::SessionExpired,
+            None => false,
         };
-        self.sessions.insert(command.client, session);
+        let outcome = self.execute(op);
+        if known {
+            let s = self.sessions.get_mut(&client).expect("looked up above");
+            self.by_use.remove(&(s.last_index, client));
+            s.last_seq = seq;
+            s.last_outcome = outcome.clone();
+            s.last_index = index;
+        } else {
+            if self.sessions.len() >= self.max_sessions {
+                let ((_, evict), ()) = self.by_use.pop_first().expect("a full table has a session");
+                self.sessions.remove(&evict);
+            }
+            let session = Session {
+                last_seq: seq,
+                last_outcome: outcome.clone(),
+                last_index: index,
+            };
+            self.sessions.insert(client, session);
+        }
+        self.by_use.insert((index, client), ());
         outcome
     }
 
@@ -290,7 +313,7 @@ impl KvStore {
         self.sessions.contains_key(&client)
     }
 
-    fn execute(&mut self, op: &Op) -> Outcome {
+    fn execute(&mut self, op: Op) -> Outcome {
         match op {
             Op::Get { key } => Outcome::Value(
                 self.data
@@ -299,17 +322,20 @@ impl KvStore {
                     .unwrap_or_default(),
             ),
             Op::Put { key, value } => {
-                self.data
-                    .insert(Arc::from(key.as_str()), Arc::new(value.clone()));
+                match self.data.get_mut(key.as_str()) {
+                    Some(current) => *current = Arc::new(value),
+                    None => {
+                        self.data.insert(Arc::from(key), Arc::new(value));
+                    }
+                }
                 Outcome::Done
             }
             Op::Append { key, value } => {
                 match self.data.get_mut(key.as_str()) {
                     // Copied only if a snapshot image still shares it.
-                    Some(current) => Arc::make_mut(current).push_str(value),
+                    Some(current) => Arc::make_mut(current).push_str(&value),
                     None => {
-                        self.data
-                            .insert(Arc::from(key.as_str()), Arc::new(value.clone()));
+                        self.data.insert(Arc::from(key), Arc::new(value));
                     }
                 }
                 Outcome::Done
@@ -326,15 +352,19 @@ impl KvStore {
     }
 
     /// Sets `key` to `value` if its value is `expected` (`None`: unset).
-    fn compare_and_swap(&mut self, key: &str, expected: Option<&str>, value: &str) -> Outcome {
-        let current = self.data.get(key).map(|v| v.as_str());
-        if current != expected {
+    fn compare_and_swap(&mut self, key: String, expected: Option<&str>, value: String) -> Outcome {
+        let current = self.data.get_mut(key.as_str());
+        if current.as_deref().map(|v| v.as_str()) != expected {
             return Outcome::NotSwapped {
-                current: current.map(str::to_string),
+                current: current.map(|v| String::clone(v)),
             };
         }
-        self.data
-            .insert(Arc::from(key), Arc::new(value.to_string()));
+        match current {
+            Some(current) => *current = Arc::new(value),
+            None => {
+                self.data.insert(Arc::from(key), Arc::new(value));
+            }
+        }
         Outcome::Swapped
     }
 
@@ -350,7 +380,7 @@ impl KvStore {
 
     /// True if no key is set.
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.data.len() == 0
     }
 
     /// Number of client sessions held.
@@ -402,18 +432,22 @@ impl KvStore {
                 Err(e) => return Err(read_error(e).into()),
             }
         }
-        let store = if got == magic.len() && magic == SNAPSHOT_MAGIC {
-            Self::decode_records(&mut r)?
+        let hasher = self.data.hasher();
+        let mut store = if got == magic.len() && magic == SNAPSHOT_MAGIC {
+            Self::decode_records(&mut r, hasher.seed)?
         } else {
             let mut bytes = magic[..got].to_vec();
             r.read_to_end(&mut bytes).map_err(read_error)?;
             Self::decode_legacy(&bytes)?
         };
+        if store.data.hasher() != hasher {
+            store.data = store.data.rehashed(hasher);
+        }
         *self = store;
         Ok(())
     }
 
-    fn decode_records(r: &mut impl Read) -> Result<KvStore, SnapshotError> {
+    fn decode_records(r: &mut impl Read, seed: u64) -> Result<KvStore, SnapshotError> {
         let mut records = RecordReader { r, buf: Vec::new() };
         let header: SnapshotHeader = records.record()?;
         if header.version != SNAPSHOT_VERSION {
@@ -426,15 +460,16 @@ impl KvStore {
                 bound: max_sessions,
             });
         }
-        let mut store = KvStore::new(max_sessions);
+        let mut store = KvStore::with_seed(max_sessions, seed);
+        let mut last: Option<Arc<str>> = None;
         for _ in 0..header.keys {
             let (key, value): (&str, &str) = records.record_borrowed()?;
-            if store.data.get_max().is_some_and(|(last, _)| **last >= *key) {
+            if last.as_deref().is_some_and(|last| last >= key) {
                 return Err(SnapshotError::Unsorted);
             }
-            store
-                .data
-                .insert(Arc::from(key), Arc::new(value.to_string()));
+            let key: Arc<str> = Arc::from(key);
+            last = Some(key.clone());
+            store.data.insert(key, Arc::new(value.to_string()));
         }
         for _ in 0..header.sessions {
             let (client, session): (ClientId, Session) = records.record()?;

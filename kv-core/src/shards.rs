@@ -1,0 +1,204 @@
+//! The keys and values of the store: a hash map cut into shards, each
+//! behind an `Arc`, so that a snapshot's copy of the whole map is a copy of
+//! the shard pointers, and a change copies only the shard it touches, once
+//! per snapshot, and only while a snapshot still holds it.
+//!
+//! Why not a persistent map (a HAMT or a B-tree whose nodes are shared)?
+//! They pay for sharing on every change, shared or not: a B-tree of string
+//! keys cost 1.3–1.6 µs per put against 0.63 µs for a plain hash map, a
+//! HAMT 0.95 µs (100 000 keys, 256-byte values); here a change to a shard
+//! nobody else holds costs a reference-count check on top of the hash
+//! map's own work.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, DefaultHasher, Hasher};
+use std::sync::Arc;
+
+/// Shards per map: enough that copying one (on the first change to it
+/// while a snapshot holds it) is short (a few hundred entries per shard at
+/// 100 000 keys: pointer copies), few enough that copying the shard
+/// pointers for a snapshot is too.
+pub(crate) const SHARDS: usize = 256;
+
+/// The keys' hasher: SipHash keyed by a secret prefix, the store's seed (a
+/// server's seed comes from entropy in production and from the run's seed
+/// in the simulator), so that no client can choose keys that collide.
+/// Nothing observable depends on the hash order: a snapshot is written in
+/// key order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct KeyHasher {
+    pub(crate) seed: u64,
+}
+
+impl BuildHasher for KeyHasher {
+    type Hasher = DefaultHasher;
+
+    fn build_hasher(&self) -> DefaultHasher {
+        let mut h = DefaultHasher::new();
+        h.write_u64(self.seed);
+        h
+    }
+}
+
+type Shard = HashMap<Arc<str>, Arc<String>, KeyHasher>;
+
+/// A string-keyed map of string values, cheap to copy (see the module
+/// docs).
+#[derive(Clone, Debug)]
+pub(crate) struct ShardedMap {
+    shards: Vec<Arc<Shard>>,
+    hasher: KeyHasher,
+    len: usize,
+}
+
+impl ShardedMap {
+    pub(crate) fn with_hasher(hasher: KeyHasher) -> Self {
+        ShardedMap {
+            shards: (0..SHARDS)
+                .map(|_| Arc::new(Shard::with_hasher(hasher)))
+                .collect(),
+            hasher,
+            len: 0,
+        }
+    }
+
+    pub(crate) fn hasher(&self) -> KeyHasher {
+        self.hasher
+    }
+
+    fn shard_of(&self, key: &str) -> usize {
+        // Middle bits: a shard's own table (hashbrown, with this hasher)
+        // takes its bucket from the low bits and its tag from the top
+        // seven; keys sharing either would all collide in their shard.
+        (self.hasher.hash_one(key) >> 32) as usize % SHARDS
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&Arc<String>> {
+        self.shards[self.shard_of(key)].get(key)
+    }
+
+    /// The value of `key`, to change in place: the key's shard is copied
+    /// first if a snapshot still holds it (even if the key is not there:
+    /// the insert that usually follows would copy it anyway).
+    pub(crate) fn get_mut(&mut self, key: &str) -> Option<&mut Arc<String>> {
+        let i = self.shard_of(key);
+        Arc::make_mut(&mut self.shards[i]).get_mut(key)
+    }
+
+    pub(crate) fn insert(&mut self, key: Arc<str>, value: Arc<String>) -> Option<Arc<String>> {
+        let i = self.shard_of(&key);
+        let old = Arc::make_mut(&mut self.shards[i]).insert(key, value);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    pub(crate) fn remove(&mut self, key: &str) -> Option<Arc<String>> {
+        let i = self.shard_of(key);
+        if !self.shards[i].contains_key(key) {
+            return None;
+        }
+        let old = Arc::make_mut(&mut self.shards[i]).remove(key);
+        self.len -= usize::from(old.is_some());
+        old
+    }
+
+    /// Every entry, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<String>)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+
+    /// Every entry, in key order (two pointers per key, sorted).
+    pub(crate) fn sorted(&self) -> Vec<(&Arc<str>, &Arc<String>)> {
+        let mut pairs: Vec<_> = self.iter().collect();
+        pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        pairs
+    }
+
+    /// The same entries in a map hashed with `hasher`.
+    pub(crate) fn rehashed(&self, hasher: KeyHasher) -> ShardedMap {
+        let mut map = ShardedMap::with_hasher(hasher);
+        for (k, v) in self.iter() {
+            map.insert(k.clone(), v.clone());
+        }
+        map
+    }
+}
+
+impl PartialEq for ShardedMap {
+    /// The same entries (whatever the hashers).
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().all(|(k, v)| other.get(k) == Some(v))
+    }
+}
+
+impl Eq for ShardedMap {}
+
+impl FromIterator<(Arc<str>, Arc<String>)> for ShardedMap {
+    fn from_iter<I: IntoIterator<Item = (Arc<str>, Arc<String>)>>(iter: I) -> Self {
+        let mut map = ShardedMap::with_hasher(KeyHasher::default());
+        for (k, v) in iter {
+            map.insert(k, v);
+        }
+        map
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> Arc<String> {
+        Arc::new(v.to_string())
+    }
+
+    #[test]
+    fn a_copy_does_not_see_later_changes_and_shares_untouched_shards() {
+        let mut m = ShardedMap::with_hasher(KeyHasher { seed: 7 });
+        for i in 0..2000 {
+            m.insert(Arc::from(format!("k{i}")), s("old"));
+        }
+        let copy = m.clone();
+        *m.get_mut("k1").unwrap() = s("new");
+        m.insert(Arc::from("fresh"), s("x"));
+        assert_eq!(m.remove("k2").as_deref().map(String::as_str), Some("old"));
+        assert_eq!(m.remove("missing"), None);
+        assert_eq!(m.get_mut("missing"), None);
+        assert_eq!(copy.get("k1").unwrap().as_str(), "old");
+        assert_eq!(copy.get("k2").unwrap().as_str(), "old");
+        assert!(copy.get("fresh").is_none());
+        assert_eq!((m.len(), copy.len()), (2000, 2000));
+        // At most the four touched shards were copied (a get_mut copies its shard, found or not).
+        let shared = m
+            .shards
+            .iter()
+            .zip(&copy.shards)
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count();
+        assert!(shared >= SHARDS - 4, "{shared} shards still shared");
+        assert_ne!(m, copy);
+    }
+
+    #[test]
+    fn equality_and_order_do_not_depend_on_the_hasher() {
+        let mut a = ShardedMap::with_hasher(KeyHasher { seed: 1 });
+        for k in ["b", "a", "c"] {
+            a.insert(Arc::from(k), s(k));
+        }
+        let b = a.rehashed(KeyHasher { seed: 2 });
+        assert_eq!(a, b);
+        let keys = |m: &ShardedMap| {
+            m.sorted()
+                .iter()
+                .map(|(k, _)| k.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&a), ["a", "b", "c"]);
+        assert_eq!(keys(&b), keys(&a));
+    }
+}
