@@ -44,9 +44,11 @@
 //! command, session and request number, which the servers apply once and
 //! answer from their session table; or the same read, started after the
 //! call). So when a commit takes longer than `attempt_timeout` (a slow
-//! disk, a WAN), operations still complete, each exactly once. Each
-//! connection has a reader task that hands its responses to the client's
-//! one inbox, so a connection can be listened to while another is written.
+//! disk, a WAN), operations still complete, each exactly once. The client
+//! reads the connection it waits on itself; a connection kept after its
+//! attempt timed out gets a reader task that hands its responses to the
+//! client's one inbox, listened to at the same time (no task or channel
+//! sits between the socket and the caller in the usual case).
 //!
 //! Connections are plaintext, or TLS with [`Client::with_tls`] (the servers'
 //! certificates verified against a CA and the address dialled, and a client
@@ -66,14 +68,14 @@ use kv_core::{
     Reply,
 };
 use raft_core::NodeId;
-use raft_wire::HelloError;
-use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use raft_wire::{FrameDecoder, HelloError, MAX_FRAME};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::tls::{ClientTls, Stream};
+use crate::tls::{ClientTls, StreamRead, StreamWrite};
 use crate::transport::{dial, DialError};
-use crate::wire::{read_frame, write_frame, ClientRequest, ClientResponse, Hello, NodeStatus};
+use crate::wire::{write_frame, ClientRequest, ClientResponse, Hello, NodeStatus};
 
 /// How long to wait for a connection to a server.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -158,24 +160,54 @@ impl ClientError {
 }
 
 struct Conn {
-    writer: WriteHalf<Stream>,
-    /// Tells this connection's arrivals from those of an earlier one to
-    /// the same server.
-    serial: u64,
-    /// The task reading its responses into the client's inbox.
-    reader: tokio::task::AbortHandle,
+    writer: StreamWrite,
+    reader: ConnReader,
+}
+
+/// Who reads a connection's responses.
+enum ConnReader {
+    /// The client itself, while it waits for an answer on it (the usual
+    /// case: no task and no channel between the socket and the caller).
+    /// Reads go through the decoder, so a wait cut short (a timeout, an
+    /// answer on another connection) loses nothing.
+    Inline {
+        read: StreamRead,
+        frames: FrameDecoder,
+    },
+    /// A task that hands them to the client's inbox: a connection kept for
+    /// a late answer after its attempt timed out.
+    Task(tokio::task::AbortHandle),
+    /// Being handed from one to the other.
+    Moving,
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.reader.abort();
+        if let ConnReader::Task(task) = &self.reader {
+            task.abort();
+        }
     }
 }
 
-/// What a connection's reader hands the client: a response, or why the
-/// connection ended.
+impl Conn {
+    /// From now on a task reads this connection into `inbox`, starting
+    /// with what the client had read and not yet taken.
+    fn hand_to_task(&mut self, inbox: mpsc::Sender<Arrival>) {
+        if let ConnReader::Inline { read, frames } =
+            std::mem::replace(&mut self.reader, ConnReader::Moving)
+        {
+            let task = tokio::spawn(read_responses(read, frames, inbox));
+            self.reader = ConnReader::Task(task.abort_handle());
+        }
+    }
+}
+
+/// How much the client reads from a connection at a time.
+const READ_CHUNK: usize = 16 << 10;
+
+/// What a lingering connection's reader hands the client: a response, or
+/// why the connection ended.
 struct Arrival {
-    serial: u64,
     what: Result<ClientResponse, String>,
 }
 
@@ -240,7 +272,6 @@ pub struct Client {
     /// Where every connection's reader puts what arrives.
     inbox: mpsc::Receiver<Arrival>,
     inbox_tx: mpsc::Sender<Arrival>,
-    next_serial: u64,
     /// Built on the first request, once some server's id is known.
     clerk: Option<Clerk>,
     id: u64,
@@ -307,7 +338,6 @@ impl Client {
             lingering: Vec::new(),
             inbox,
             inbox_tx,
-            next_serial: 0,
             clerk: None,
             id,
             next_id: 0,
@@ -913,7 +943,8 @@ impl Client {
             Ok(_) => {}
             Err(CallFailure::TimedOut) => {
                 attempts.timed_out();
-                if let Some(conn) = self.conns.remove(&addr) {
+                if let Some(mut conn) = self.conns.remove(&addr) {
+                    conn.hand_to_task(self.inbox_tx.clone());
                     self.lingering.push(conn);
                 }
             }
@@ -955,42 +986,60 @@ impl Client {
                 conn.writer.flush().await
             };
             sent.await.map_err(|e| CallFailure::Failed(e.to_string()))?;
-            Ok::<_, CallFailure>(conn.serial)
+            Ok::<_, CallFailure>(())
         };
-        let serial = match tokio::time::timeout_at(deadline, sending).await {
-            Ok(Ok(serial)) => serial,
+        match tokio::time::timeout_at(deadline, sending).await {
+            Ok(Ok(_)) => {}
             Ok(Err(failure)) => return Err(failure),
             Err(_) => return Err(CallFailure::TimedOut),
+        }
+        let conn = self.conns.get_mut(&addr).expect("just used");
+        let ConnReader::Inline { read, frames } = &mut conn.reader else {
+            unreachable!("a connection in use is read inline");
         };
+        let inbox = &mut self.inbox;
+        let mut chunk = vec![0u8; READ_CHUNK];
         loop {
-            let Ok(arrival) = tokio::time::timeout_at(deadline, self.inbox.recv()).await else {
-                return Err(CallFailure::TimedOut);
-            };
-            let arrival = arrival.expect("the client holds a sender: the inbox stays open");
-            match arrival.what {
-                Ok(response) => {
-                    let rid = match &response {
-                        ClientResponse::Reply { id, .. } | ClientResponse::Status { id, .. } => *id,
-                    };
-                    let applied = matches!(
-                        response,
-                        ClientResponse::Reply {
-                            reply: Reply::Applied(_),
-                            ..
+            // What this connection already brought, then whichever comes
+            // first: more of it, a late answer on a lingering connection,
+            // or the deadline. Each of those waits is cancel-safe.
+            let response = match frames.next::<ClientResponse>(MAX_FRAME) {
+                Ok(Some(response)) => response,
+                Err(e) => return Err(CallFailure::Failed(e.to_string())),
+                Ok(None) => {
+                    tokio::select! {
+                        biased;
+                        got = read.read(&mut chunk) => match got {
+                            Ok(0) => return Err(CallFailure::Failed("the server closed the connection".into())),
+                            Ok(n) => {
+                                frames.push(&chunk[..n]);
+                                continue;
+                            }
+                            Err(e) => return Err(CallFailure::Failed(e.to_string())),
+                        },
+                        arrival = inbox.recv() => {
+                            let arrival = arrival.expect("the client holds a sender: the inbox stays open");
+                            match arrival.what {
+                                // Only Applied answers to earlier attempts count.
+                                Ok(response) => match late_answer(&response, sent) {
+                                    Some(from) => return Ok((from, response)),
+                                    None => continue,
+                                },
+                                // A lingering connection ended.
+                                Err(_) => continue,
+                            }
                         }
-                    );
-                    if rid == id {
-                        return Ok((addr, response));
+                        () = tokio::time::sleep_until(deadline) => return Err(CallFailure::TimedOut),
                     }
-                    if let Some(&from) = sent.get(&rid).filter(|_| applied) {
-                        return Ok((from, response));
-                    }
-                    // An answer to a request given up on.
                 }
-                Err(reason) if arrival.serial == serial => return Err(CallFailure::Failed(reason)),
-                // An earlier connection ended.
-                Err(_) => {}
+            };
+            if answer_id(&response) == id {
+                return Ok((addr, response));
             }
+            if let Some(from) = late_answer(&response, sent) {
+                return Ok((from, response));
+            }
+            // An answer to a request given up on.
         }
     }
 
@@ -998,20 +1047,15 @@ impl Client {
         if !self.conns.contains_key(&addr) {
             let hello = Hello::client(self.cluster_id);
             let stream = dial(addr, self.tls.as_ref(), &hello, CONNECT_TIMEOUT).await?;
-            let (r, w) = tokio::io::split(stream);
-            self.next_serial += 1;
-            let serial = self.next_serial;
-            let reader = tokio::spawn(read_responses(
-                serial,
-                BufReader::new(r),
-                self.inbox_tx.clone(),
-            ));
+            let (r, w) = stream.split();
             self.conns.insert(
                 addr,
                 Conn {
                     writer: w,
-                    serial,
-                    reader: reader.abort_handle(),
+                    reader: ConnReader::Inline {
+                        read: r,
+                        frames: FrameDecoder::new(),
+                    },
                 },
             );
         }
@@ -1019,19 +1063,51 @@ impl Client {
     }
 }
 
-/// A connection's reader: hands every response to the client's inbox, then
-/// why the connection ended.
+/// The id a response answers.
+fn answer_id(response: &ClientResponse) -> u64 {
+    match response {
+        ClientResponse::Reply { id, .. } | ClientResponse::Status { id, .. } => *id,
+    }
+}
+
+/// Where the request `response` answers went, if it is an `Applied`
+/// answer to one of `sent` (an attempt of the same operation): such an
+/// answer ends the operation, whichever attempt it answers.
+fn late_answer(response: &ClientResponse, sent: &BTreeMap<u64, SocketAddr>) -> Option<SocketAddr> {
+    let applied = matches!(
+        response,
+        ClientResponse::Reply {
+            reply: Reply::Applied(_),
+            ..
+        }
+    );
+    sent.get(&answer_id(response)).copied().filter(|_| applied)
+}
+
+/// A lingering connection's reader: hands every response to the client's
+/// inbox (first those the client had read and not taken), then why the
+/// connection ended.
 async fn read_responses(
-    serial: u64,
-    mut reader: BufReader<ReadHalf<Stream>>,
+    mut read: StreamRead,
+    mut frames: FrameDecoder,
     inbox: mpsc::Sender<Arrival>,
 ) {
+    let mut chunk = vec![0u8; READ_CHUNK];
     loop {
-        let what = read_frame::<ClientResponse, _>(&mut reader)
-            .await
-            .map_err(|e| e.to_string());
+        let what = match frames.next::<ClientResponse>(MAX_FRAME) {
+            Ok(Some(response)) => Ok(response),
+            Err(e) => Err(e.to_string()),
+            Ok(None) => match read.read(&mut chunk).await {
+                Ok(0) => Err("the server closed the connection".to_string()),
+                Ok(n) => {
+                    frames.push(&chunk[..n]);
+                    continue;
+                }
+                Err(e) => Err(e.to_string()),
+            },
+        };
         let ended = what.is_err();
-        if inbox.send(Arrival { serial, what }).await.is_err() || ended {
+        if inbox.send(Arrival { what }).await.is_err() || ended {
             return;
         }
     }
@@ -1052,7 +1128,9 @@ pub enum Swap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::read_frame;
     use kv_core::Command;
+    use tokio::io::BufReader;
     use tokio::net::TcpListener;
 
     #[test]

@@ -283,6 +283,83 @@ impl AsyncWrite for Stream {
     }
 }
 
+impl Stream {
+    /// Its read and write halves, to use from two tasks. A plaintext
+    /// connection splits into the socket's own halves (no lock between
+    /// them); a TLS one, whose session state both halves share, behind
+    /// `tokio::io::split`'s lock.
+    pub fn split(self) -> (StreamRead, StreamWrite) {
+        match self {
+            Stream::Plain(s) => {
+                let (r, w) = s.into_split();
+                (StreamRead::Plain(r), StreamWrite::Plain(w))
+            }
+            Stream::Tls(s) => {
+                let (r, w) = tokio::io::split(*s);
+                (StreamRead::Tls(r), StreamWrite::Tls(w))
+            }
+        }
+    }
+}
+
+type TlsHalves = tokio_rustls::TlsStream<TcpStream>;
+
+/// The read half of a [`Stream`] ([`Stream::split`]).
+pub enum StreamRead {
+    /// Plaintext.
+    Plain(tokio::net::tcp::OwnedReadHalf),
+    /// TLS.
+    Tls(tokio::io::ReadHalf<TlsHalves>),
+}
+
+/// The write half of a [`Stream`] ([`Stream::split`]).
+pub enum StreamWrite {
+    /// Plaintext.
+    Plain(tokio::net::tcp::OwnedWriteHalf),
+    /// TLS.
+    Tls(tokio::io::WriteHalf<TlsHalves>),
+}
+
+impl AsyncRead for StreamRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            StreamRead::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            StreamRead::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for StreamWrite {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            StreamWrite::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            StreamWrite::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            StreamWrite::Plain(s) => Pin::new(s).poll_flush(cx),
+            StreamWrite::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            StreamWrite::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            StreamWrite::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// What the first bytes of an accepted connection say it speaks.
 pub enum Opening {
     /// A TLS handshake.

@@ -385,7 +385,7 @@ async fn serve_client(
     cluster_id: u64,
     node: mpsc::Sender<Input>,
 ) -> Result<(), Closed> {
-    let (r, mut w) = tokio::io::split(secure(stream, tls).await?);
+    let (r, mut w) = secure(stream, tls).await?.split();
     let mut r = BufReader::new(r);
     let hello = read_hello(&mut r).await?;
     let outcome = hello.accept_client(cluster_id);

@@ -345,7 +345,9 @@ impl KvServer {
         durable: DurableState,
         snapshot: Option<&mut dyn Read>,
     ) -> Result<Self, Error> {
-        let mut store = KvStore::new(config.max_sessions);
+        // The keys' hasher is keyed by the server's seed (a secret in
+        // production), mixed so that it is not the Raft node's own draw.
+        let mut store = KvStore::with_seed(config.max_sessions, seed ^ 0x6b76_2d6b_6579_7321);
         match (snapshot, &durable.snapshot) {
             (Some(r), Some(_)) => store.restore_from(r)?,
             (None, Some(_)) => return Err(Error::SnapshotDataMissing),

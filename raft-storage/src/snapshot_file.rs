@@ -125,10 +125,12 @@ pub struct SnapshotWriter {
 
 /// How much a [`SnapshotWriter`] writes between two `fdatasync`s of its
 /// file. Without them the whole snapshot would sit in the page cache until
-/// `finish`, and on a journaling file system (ext4's ordered mode) every
-/// fsync of the log that commits the journal meanwhile waits for all of
-/// that data to reach the disk: tens of MB in front of a write a client
-/// waits for. Flushed as it goes, a log fsync waits for at most this much.
+/// `finish` and then go to the disk at once, and every fsync of the log
+/// meanwhile waits behind it: the log's writes queue behind tens of MB of
+/// writeback, and its flush of the disk's write cache covers that data too
+/// (on ext4 with a journal, the journal commit an fsync forces can also
+/// wait for the data of every file in it). Flushed as it goes, a log fsync
+/// finds at most this much in front of it.
 pub const SNAPSHOT_SYNC_EVERY: u64 = 1 << 20;
 
 impl SnapshotWriter {
