@@ -173,6 +173,8 @@ enum ConnReader {
     Inline {
         read: StreamRead,
         frames: FrameDecoder,
+        /// What each read reads into (allocated once per connection).
+        chunk: Box<[u8]>,
     },
     /// A task that hands them to the client's inbox: a connection kept for
     /// a late answer after its attempt timed out.
@@ -193,10 +195,13 @@ impl Conn {
     /// From now on a task reads this connection into `inbox`, starting
     /// with what the client had read and not yet taken.
     fn hand_to_task(&mut self, inbox: mpsc::Sender<Arrival>) {
-        if let ConnReader::Inline { read, frames } =
-            std::mem::replace(&mut self.reader, ConnReader::Moving)
+        if let ConnReader::Inline {
+            read,
+            frames,
+            chunk,
+        } = std::mem::replace(&mut self.reader, ConnReader::Moving)
         {
-            let task = tokio::spawn(read_responses(read, frames, inbox));
+            let task = tokio::spawn(read_responses(read, frames, chunk, inbox));
             self.reader = ConnReader::Task(task.abort_handle());
         }
     }
@@ -994,11 +999,15 @@ impl Client {
             Err(_) => return Err(CallFailure::TimedOut),
         }
         let conn = self.conns.get_mut(&addr).expect("just used");
-        let ConnReader::Inline { read, frames } = &mut conn.reader else {
+        let ConnReader::Inline {
+            read,
+            frames,
+            chunk,
+        } = &mut conn.reader
+        else {
             unreachable!("a connection in use is read inline");
         };
         let inbox = &mut self.inbox;
-        let mut chunk = vec![0u8; READ_CHUNK];
         loop {
             // What this connection already brought, then whichever comes
             // first: more of it, a late answer on a lingering connection,
@@ -1009,7 +1018,7 @@ impl Client {
                 Ok(None) => {
                     tokio::select! {
                         biased;
-                        got = read.read(&mut chunk) => match got {
+                        got = read.read(chunk) => match got {
                             Ok(0) => return Err(CallFailure::Failed("the server closed the connection".into())),
                             Ok(n) => {
                                 frames.push(&chunk[..n]);
@@ -1055,6 +1064,7 @@ impl Client {
                     reader: ConnReader::Inline {
                         read: r,
                         frames: FrameDecoder::new(),
+                        chunk: vec![0; READ_CHUNK].into_boxed_slice(),
                     },
                 },
             );
@@ -1090,9 +1100,9 @@ fn late_answer(response: &ClientResponse, sent: &BTreeMap<u64, SocketAddr>) -> O
 async fn read_responses(
     mut read: StreamRead,
     mut frames: FrameDecoder,
+    mut chunk: Box<[u8]>,
     inbox: mpsc::Sender<Arrival>,
 ) {
-    let mut chunk = vec![0u8; READ_CHUNK];
     loop {
         let what = match frames.next::<ClientResponse>(MAX_FRAME) {
             Ok(Some(response)) => Ok(response),
