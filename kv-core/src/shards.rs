@@ -113,11 +113,19 @@ impl ShardedMap {
         self.shards.iter().flat_map(|s| s.iter())
     }
 
-    /// Every entry, in key order (two pointers per key, sorted).
+    /// Every entry, in key order (40 bytes per key, sorted). Each key's
+    /// first 16 bytes are sorted inline, so that comparing two keys reads
+    /// neither unless those are equal: comparing through the pointers
+    /// missed the cache on every comparison, and sorting 100 000 keys so
+    /// took several times as long as encoding them.
     pub(crate) fn sorted(&self) -> Vec<(&Arc<str>, &Arc<String>)> {
-        let mut pairs: Vec<_> = self.iter().collect();
-        pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        pairs
+        let mut keyed: Vec<([u8; 16], &Arc<str>, &Arc<String>)> =
+            self.iter().map(|(k, v)| (prefix(k), k, v)).collect();
+        // Zero-padded prefixes order as the keys do, or tie (a key shorter
+        // than 16 bytes against one that continues with zeros, or two that
+        // share their first 16 bytes): the full comparison decides those.
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+        keyed.into_iter().map(|(_, k, v)| (k, v)).collect()
     }
 
     /// The same entries in a map hashed with `hasher`.
@@ -128,6 +136,14 @@ impl ShardedMap {
         }
         map
     }
+}
+
+/// A key's first 16 bytes, zero-padded.
+fn prefix(key: &str) -> [u8; 16] {
+    let mut p = [0; 16];
+    let n = key.len().min(16);
+    p[..n].copy_from_slice(&key.as_bytes()[..n]);
+    p
 }
 
 impl PartialEq for ShardedMap {
@@ -182,6 +198,33 @@ mod tests {
             .count();
         assert!(shared >= SHARDS - 4, "{shared} shards still shared");
         assert_ne!(m, copy);
+    }
+
+    #[test]
+    fn sorted_is_key_order_around_the_inline_prefix() {
+        let mut m = ShardedMap::with_hasher(KeyHasher { seed: 3 });
+        let keys = [
+            "",
+            "a",
+            "a\0",
+            "a\0\0",
+            "a\u{1}",
+            "b",
+            "0123456789abcdef",
+            "0123456789abcdef\0",
+            "0123456789abcdefg",
+            "0123456789abcdeg",
+            "0123456789abcde",
+            "\u{ff}",
+            "zz",
+        ];
+        for k in keys {
+            m.insert(Arc::from(k), s(k));
+        }
+        let mut want: Vec<&str> = keys.to_vec();
+        want.sort();
+        let got: Vec<&str> = m.sorted().iter().map(|(k, _)| &***k).collect();
+        assert_eq!(got, want);
     }
 
     #[test]
