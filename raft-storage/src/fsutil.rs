@@ -96,25 +96,18 @@ pub(crate) fn remove_snapshots_before(dir: &Path, index: u64) -> Result<bool, St
 
 /// Deletes every segment numbered below `first`; true if any was deleted.
 pub(crate) fn remove_segments_before(dir: &Path, first: u64) -> Result<bool, StorageError> {
-    let mut removed = false;
-    for seq in list_dir(dir)?.segments {
-        if seq < first {
-            let path = dir.join(segment_file_name(seq));
-            match fs::remove_file(&path) {
-                Ok(()) => removed = true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&path)(e)),
-            }
-        }
-    }
-    Ok(removed)
+    remove_segments_where(dir, |seq| seq < first)
 }
 
 /// Deletes every segment but `keep`; true if any was deleted.
 pub(crate) fn remove_segments_except(dir: &Path, keep: u64) -> Result<bool, StorageError> {
+    remove_segments_where(dir, |seq| seq != keep)
+}
+
+fn remove_segments_where(dir: &Path, doomed: impl Fn(u64) -> bool) -> Result<bool, StorageError> {
     let mut removed = false;
     for seq in list_dir(dir)?.segments {
-        if seq != keep {
+        if doomed(seq) {
             let path = dir.join(segment_file_name(seq));
             match fs::remove_file(&path) {
                 Ok(()) => removed = true,

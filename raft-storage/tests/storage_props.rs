@@ -508,10 +508,7 @@ impl Run {
                 let Some(bound) = earlier else {
                     return Err("deletions handed out with no snapshot awaiting them".into());
                 };
-                cleanup
-                    .run()
-                    .map_err(|e| format!("the deletions failed: {e}"))?;
-                self.strays.retain(|&i| i > bound);
+                self.run_cleanup(cleanup, bound)?;
             }
             let segs = segments(&self.dir);
             let live = self.storage().segment_path().to_path_buf();
@@ -547,6 +544,16 @@ impl Run {
         self.check_state()
     }
 
+    /// Runs the deletions of the snapshots up to index `bound`: the strays
+    /// below it go too.
+    fn run_cleanup(&mut self, cleanup: raft_storage::Cleanup, bound: Index) -> Check {
+        cleanup
+            .run()
+            .map_err(|e| format!("the deletions failed: {e}"))?;
+        self.strays.retain(|&i| i > bound);
+        Ok(())
+    }
+
     fn mark_durable(&mut self) {
         self.durable = self.model.clone();
         self.durable_len = self.storage().raft_state_bytes() as u64;
@@ -570,10 +577,7 @@ impl Run {
                 )
             })?;
             if let (Some(cleanup), Some(bound)) = (cleanup, self.cleanup_bound.take()) {
-                cleanup
-                    .run()
-                    .map_err(|e| format!("the deletions failed: {e}"))?;
-                self.strays.retain(|&i| i > bound);
+                self.run_cleanup(cleanup, bound)?;
             }
             // Everything older is gone.
             let segs = segments(&self.dir);
