@@ -195,15 +195,19 @@ impl Conn {
     /// From now on a task reads this connection into `inbox`, starting
     /// with what the client had read and not yet taken.
     fn hand_to_task(&mut self, inbox: mpsc::Sender<Arrival>) {
-        if let ConnReader::Inline {
-            read,
-            frames,
-            chunk,
-        } = std::mem::replace(&mut self.reader, ConnReader::Moving)
-        {
-            let task = tokio::spawn(read_responses(read, frames, chunk, inbox));
-            self.reader = ConnReader::Task(task.abort_handle());
-        }
+        self.reader = match std::mem::replace(&mut self.reader, ConnReader::Moving) {
+            ConnReader::Inline {
+                read,
+                frames,
+                chunk,
+            } => {
+                let task = tokio::spawn(read_responses(read, frames, chunk, inbox));
+                ConnReader::Task(task.abort_handle())
+            }
+            // Already read by a task: it stays (and is aborted with the
+            // connection).
+            other => other,
+        };
     }
 }
 
