@@ -242,7 +242,8 @@ impl CallFailure {
 /// far, by id, with the server each went to, and how long the next attempt
 /// waits.
 struct Attempts {
-    sent: BTreeMap<u64, SocketAddr>,
+    /// (id, server) in the order sent: a handful at most, searched in line.
+    sent: Vec<(u64, SocketAddr)>,
     wait: Duration,
     deadline: Instant,
 }
@@ -250,7 +251,7 @@ struct Attempts {
 impl Attempts {
     fn new(first_wait: Duration, deadline: Instant) -> Attempts {
         Attempts {
-            sent: BTreeMap::new(),
+            sent: Vec::new(),
             wait: first_wait,
             deadline,
         }
@@ -407,9 +408,9 @@ impl Client {
                 return self.get_in_session(key).await;
             }
         }
-        self.lingering.clear();
+        self.drop_lingering();
         let result = self.read(key, consistency, started).await;
-        self.lingering.clear();
+        self.drop_lingering();
         result
     }
 
@@ -837,9 +838,9 @@ impl Client {
     async fn execute(&mut self, op: Op) -> Result<Outcome, ClientError> {
         let started = Instant::now();
         self.await_servers(started).await?;
-        self.lingering.clear();
+        self.drop_lingering();
         let result = self.command(op, started).await;
-        self.lingering.clear();
+        self.drop_lingering();
         result
     }
 
@@ -913,10 +914,7 @@ impl Client {
     ) -> Result<ClientResponse, ClientError> {
         let id = self.fresh_id();
         let wait = self.attempt_timeout;
-        match self
-            .exchange(addr, request, id, wait, &BTreeMap::new())
-            .await
-        {
+        match self.exchange(addr, request, id, wait, &[]).await {
             Ok((_, response)) => Ok(response),
             Err(CallFailure::Refused(e)) => {
                 self.conns.remove(&addr);
@@ -944,7 +942,7 @@ impl Client {
         attempts: &mut Attempts,
     ) -> Result<(SocketAddr, ClientResponse), CallFailure> {
         let id = self.fresh_id();
-        attempts.sent.insert(id, addr);
+        attempts.sent.push((id, addr));
         let result = self
             .exchange(addr, request, id, attempts.wait(), &attempts.sent)
             .await;
@@ -974,9 +972,11 @@ impl Client {
         mut request: ClientRequest,
         id: u64,
         wait: Duration,
-        sent: &BTreeMap<u64, SocketAddr>,
+        sent: &[(u64, SocketAddr)],
     ) -> Result<(SocketAddr, ClientResponse), CallFailure> {
-        let deadline = Instant::now() + wait;
+        // One timer for the whole exchange, sending and waiting.
+        let timer = tokio::time::sleep(wait);
+        tokio::pin!(timer);
         match &mut request {
             ClientRequest::Command { id: rid, .. }
             | ClientRequest::Status { id: rid }
@@ -997,10 +997,10 @@ impl Client {
             sent.await.map_err(|e| CallFailure::Failed(e.to_string()))?;
             Ok::<_, CallFailure>(())
         };
-        match tokio::time::timeout_at(deadline, sending).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(failure)) => return Err(failure),
-            Err(_) => return Err(CallFailure::TimedOut),
+        tokio::select! {
+            biased;
+            sent = sending => sent?,
+            () = &mut timer => return Err(CallFailure::TimedOut),
         }
         let conn = self.conns.get_mut(&addr).expect("just used");
         let ConnReader::Inline {
@@ -1012,6 +1012,8 @@ impl Client {
             unreachable!("a connection in use is read inline");
         };
         let inbox = &mut self.inbox;
+        // Only a lingering connection's reader task puts anything there.
+        let lingering = !self.lingering.is_empty();
         loop {
             // What this connection already brought, then whichever comes
             // first: more of it, a late answer on a lingering connection,
@@ -1030,7 +1032,7 @@ impl Client {
                             }
                             Err(e) => return Err(CallFailure::Failed(e.to_string())),
                         },
-                        arrival = inbox.recv() => {
+                        arrival = inbox.recv(), if lingering => {
                             let arrival = arrival.expect("the client holds a sender: the inbox stays open");
                             match arrival.what {
                                 // Only Applied answers to earlier attempts count.
@@ -1042,7 +1044,7 @@ impl Client {
                                 Err(_) => continue,
                             }
                         }
-                        () = tokio::time::sleep_until(deadline) => return Err(CallFailure::TimedOut),
+                        () = &mut timer => return Err(CallFailure::TimedOut),
                     }
                 }
             };
@@ -1054,6 +1056,13 @@ impl Client {
             }
             // An answer to a request given up on.
         }
+    }
+
+    /// Drops the connections kept for late answers, and whatever their
+    /// readers queued: an answer to an operation that ended.
+    fn drop_lingering(&mut self) {
+        self.lingering.clear();
+        while self.inbox.try_recv().is_ok() {}
     }
 
     async fn conn(&mut self, addr: SocketAddr) -> Result<&mut Conn, DialError> {
@@ -1087,7 +1096,7 @@ fn answer_id(response: &ClientResponse) -> u64 {
 /// Where the request `response` answers went, if it is an `Applied`
 /// answer to one of `sent` (an attempt of the same operation): such an
 /// answer ends the operation, whichever attempt it answers.
-fn late_answer(response: &ClientResponse, sent: &BTreeMap<u64, SocketAddr>) -> Option<SocketAddr> {
+fn late_answer(response: &ClientResponse, sent: &[(u64, SocketAddr)]) -> Option<SocketAddr> {
     let applied = matches!(
         response,
         ClientResponse::Reply {
@@ -1095,7 +1104,11 @@ fn late_answer(response: &ClientResponse, sent: &BTreeMap<u64, SocketAddr>) -> O
             ..
         }
     );
-    sent.get(&answer_id(response)).copied().filter(|_| applied)
+    let id = answer_id(response);
+    sent.iter()
+        .find(|&&(sent_id, _)| sent_id == id)
+        .map(|&(_, addr)| addr)
+        .filter(|_| applied)
 }
 
 /// A lingering connection's reader: hands every response to the client's
@@ -1217,7 +1230,7 @@ mod tests {
             Err(e) => panic!("no answer: {}", e.reason()),
         };
         assert_eq!(from, addr);
-        let first_id = *attempts.sent.keys().next().expect("two attempts");
+        let first_id = attempts.sent.first().expect("two attempts").0;
         assert_eq!(attempts.sent.len(), 2);
         assert_eq!(
             response,
