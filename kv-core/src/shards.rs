@@ -41,7 +41,7 @@ impl BuildHasher for KeyHasher {
 }
 
 /// A value: one allocation (counts and bytes together), so that reading or
-/// dropping one misses the cache once, not twice as an `Value` does.
+/// dropping one misses the cache once, not twice as an `Arc<String>` did.
 pub(crate) type Value = Arc<str>;
 
 type Shard = HashMap<Arc<str>, Value, KeyHasher>;
