@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use crate::reads_report::median;
 use crate::svg::{self, Series};
 
 #[derive(Clone, Debug)]
@@ -192,6 +193,119 @@ pub(crate) fn fmt_f(x: Option<f64>, prec: usize) -> String {
     }
 }
 
+/// The medians over repetitions of one (system, clients, connections) point.
+#[derive(Clone, Debug)]
+pub struct Cell {
+    pub conns: usize,
+    pub reps: usize,
+    pub errors: u64,
+    pub ops_per_sec: f64,
+    pub ops_min: f64,
+    pub ops_max: f64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub gen_cpu: f64,
+    pub server_cpu: f64,
+    pub other_cpu: f64,
+}
+
+impl Cell {
+    fn of(rows: &[&Row]) -> Cell {
+        let col = |f: fn(&Row) -> f64| median(rows.iter().map(|r| f(r)).collect());
+        Cell {
+            conns: rows[0].conns,
+            reps: rows.len(),
+            errors: rows.iter().map(|r| r.errors).sum(),
+            ops_per_sec: col(|r| r.ops_per_sec),
+            ops_min: rows
+                .iter()
+                .map(|r| r.ops_per_sec)
+                .fold(f64::INFINITY, f64::min),
+            ops_max: rows.iter().map(|r| r.ops_per_sec).fold(0.0, f64::max),
+            mean_ms: col(|r| r.mean_ms),
+            p50_ms: col(|r| r.p50_ms),
+            p90_ms: col(|r| r.p90_ms),
+            p99_ms: col(|r| r.p99_ms),
+            p999_ms: col(|r| r.p999_ms),
+            max_ms: col(|r| r.max_ms),
+            gen_cpu: col(|r| r.gen_cpu),
+            server_cpu: col(|r| r.server_cpu),
+            other_cpu: col(|r| r.other_cpu),
+        }
+    }
+
+    /// "1/client" or "K shared".
+    pub fn model(&self, clients: usize) -> String {
+        if self.conns >= clients {
+            "1/client".into()
+        } else {
+            format!("{} shared", self.conns)
+        }
+    }
+}
+
+/// Every put point: (system, clients) -> one cell per client model.
+pub struct Points {
+    cells: BTreeMap<(String, usize), Vec<Cell>>,
+}
+
+impl Points {
+    pub fn new(rows: &[Row]) -> Points {
+        let mut groups: BTreeMap<(String, usize, usize), Vec<&Row>> = BTreeMap::new();
+        for r in rows {
+            groups
+                .entry((r.target.clone(), r.clients, r.conns.min(r.clients)))
+                .or_default()
+                .push(r);
+        }
+        let mut cells: BTreeMap<(String, usize), Vec<Cell>> = BTreeMap::new();
+        for ((t, c, _), rs) in groups {
+            cells.entry((t, c)).or_default().push(Cell::of(&rs));
+        }
+        Points { cells }
+    }
+
+    pub fn models(&self, target: &str, clients: usize) -> &[Cell] {
+        self.cells
+            .get(&(target.to_string(), clients))
+            .map_or(&[], |v| v.as_slice())
+    }
+
+    /// The model with the highest median throughput.
+    pub fn best(&self, target: &str, clients: usize) -> Option<&Cell> {
+        self.models(target, clients)
+            .iter()
+            .max_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec))
+    }
+
+    /// The lowest median of `f` over the models.
+    pub fn lowest(&self, target: &str, clients: usize, f: fn(&Cell) -> f64) -> Option<&Cell> {
+        self.models(target, clients)
+            .iter()
+            .filter(|c| f(c).is_finite())
+            .min_by(|a, b| f(a).total_cmp(&f(b)))
+    }
+
+    pub fn clients(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self.cells.keys().map(|(_, c)| *c).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+fn hit(ok: bool) -> &'static str {
+    if ok {
+        "**HIT**"
+    } else {
+        "**MISS**"
+    }
+}
+
 pub fn report(
     csv: &Path,
     md: &Path,
@@ -208,18 +322,12 @@ pub fn report(
     if rows.is_empty() {
         bail!("{} has no put rows", csv.display());
     }
-    // (target, clients) -> row; a later row replaces an earlier one.
-    let mut by: BTreeMap<(String, usize), Row> = BTreeMap::new();
-    for r in &rows {
-        by.insert((r.target.clone(), r.clients), r.clone());
-    }
-    let mut clients: Vec<usize> = by.keys().map(|(_, c)| *c).collect();
-    clients.sort_unstable();
-    clients.dedup();
-    let get = |t: &str, c: usize| by.get(&(t.to_string(), c));
+    let points = Points::new(&rows);
+    let clients = points.clients();
+    let reps = rows.iter().map(|r| r.rep).max().unwrap_or(1);
 
     let mut out = String::new();
-    writeln!(out, "# Put throughput and latency: ours (rkv) vs etcd\n")?;
+    writeln!(out, "# Put throughput and latency: ours (rkv) vs etcd at its best\n")?;
     writeln!(
         out,
         "Produced by `scripts/bench-vs-etcd`; raw numbers in `results.csv`, plot in `bench.svg`.\n"
@@ -235,57 +343,94 @@ pub fn report(
         "- each point: {} s measured after {} s warm-up; every logical client does sequential puts (one outstanding request), {}-byte ASCII values, {} keys",
         first.seconds, first.warmup, first.value_size, first.keys
     )?;
-    writeln!(out, "- ops/s counts puts completed in the measured window; latency is per put, start to acknowledgement; percentiles are nearest-rank over every put")?;
+    writeln!(out, "- ops/s counts puts completed in the measured window; latency is per put, start to acknowledgement; percentiles are nearest-rank over every put; every figure is the median over {reps} repetition(s) (the systems alternate which goes first)")?;
     writeln!(out, "- both clusters: 3 members on 127.0.0.1 of this one machine, durable writes (fsync), the load generator on the same cores; each system is measured alone (the other cluster is stopped)")?;
-    if let Some(c) = clients.iter().find_map(|&c| get("etcd", c)) {
-        if c.conns == c.clients {
-            writeln!(out, "- etcd client: one `etcd_client::Client` (gRPC channel balanced over all 3 endpoints) per logical client")?;
-        } else {
-            writeln!(out, "- etcd client: logical clients share `etcd_client::Client`s round-robin (see the conns column in results.csv)")?;
-        }
-    }
-    writeln!(out, "- ours: one `driver_tokio::client::Client` (own session) per logical client, given all 3 members' client addresses")?;
+    writeln!(out, "- client models: `1/client` is one connection per logical client (etcd: one `etcd_client::Client`, a gRPC channel balanced over the 3 endpoints; ours: one `driver_tokio::client::Client`, each its own session and connections); `K shared` is K connections shared round-robin by the logical clients (etcd: K `etcd_client::Client`s, as etcd's own `benchmark --conns K --clients N` does; ours: K `driver_tokio::client::SharedConns` pools, each logical client still its own session)")?;
+    writeln!(out, "- each system's figure at a point is its client model with the highest median throughput (named in the model column); the other models are in the table under it")?;
     for n in notes {
         writeln!(out, "- {n}")?;
     }
 
     writeln!(out, "\n## Results\n")?;
-    writeln!(out, "| clients | ours ops/s | ours p50 ms | ours p99 ms | etcd ops/s | etcd p50 ms | etcd p99 ms | throughput ratio (ours/etcd) |")?;
-    writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(out, "| clients | ours ops/s | model | p50 ms | p99 ms | p99.9 ms | etcd ops/s (best) | model | p50 ms | p99 ms | p99.9 ms | ours / etcd |")?;
+    writeln!(out, "|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|")?;
     for &c in &clients {
-        let o = get("ours", c);
-        let e = get("etcd", c);
+        let o = points.best("ours", c);
+        let e = points.best("etcd", c);
         let ratio = match (o, e) {
             (Some(o), Some(e)) if e.ops_per_sec > 0.0 => {
-                format!("{:.2}×", o.ops_per_sec / e.ops_per_sec)
+                format!("**{:.2}×**", o.ops_per_sec / e.ops_per_sec)
             }
             _ => "–".into(),
         };
         writeln!(
             out,
-            "| {c} | {} | {} | {} | {} | {} | {} | {ratio} |",
+            "| {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {ratio} |",
             fmt_f(o.map(|r| r.ops_per_sec), 0),
+            o.map_or("–".into(), |r| r.model(c)),
             fmt_f(o.map(|r| r.p50_ms), 2),
             fmt_f(o.map(|r| r.p99_ms), 2),
+            fmt_f(o.map(|r| r.p999_ms), 2),
             fmt_f(e.map(|r| r.ops_per_sec), 0),
+            e.map_or("–".into(), |r| r.model(c)),
             fmt_f(e.map(|r| r.p50_ms), 2),
             fmt_f(e.map(|r| r.p99_ms), 2),
+            fmt_f(e.map(|r| r.p999_ms), 2),
         )?;
     }
 
-    writeln!(out, "\n### All percentiles\n")?;
-    writeln!(out, "| system | clients | ops | errors | ops/s | mean ms | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |")?;
+    // The issue 15 targets, where the points exist.
+    writeln!(out, "\n### Targets\n")?;
+    let top = clients.iter().copied().max().unwrap_or(0);
+    if let (Some(o), Some(e)) = (points.best("ours", top), points.best("etcd", top)) {
+        let r = o.ops_per_sec / e.ops_per_sec;
+        writeln!(
+            out,
+            "- puts/s at {top} clients ≥ 10× etcd at its best: {:.0} against {:.0} ({}), **{r:.2}×**: {}",
+            o.ops_per_sec,
+            e.ops_per_sec,
+            e.model(top),
+            hit(r >= 10.0)
+        )?;
+        if let Some(el) = points.lowest("etcd", top, |c| c.p99_ms) {
+            writeln!(
+                out,
+                "- p99.9 at {top} clients below etcd's p99 (its lowest over the models, {}): {:.2} ms against {:.2} ms: {}",
+                el.model(top),
+                o.p999_ms,
+                el.p99_ms,
+                hit(o.p999_ms < el.p99_ms)
+            )?;
+        }
+    }
+    if let (Some(o), Some(e)) = (
+        points.lowest("ours", 1, |c| c.p50_ms),
+        points.lowest("etcd", 1, |c| c.p50_ms),
+    ) {
+        let r = o.p50_ms / e.p50_ms;
+        writeln!(
+            out,
+            "- 1-client put p50 ≤ 0.4× etcd's: {:.3} ms against {:.3} ms, **{r:.2}×**: {}",
+            o.p50_ms,
+            e.p50_ms,
+            hit(r <= 0.4)
+        )?;
+    }
+
+    writeln!(out, "\n### Every client model (medians over repetitions)\n")?;
+    writeln!(out, "| system | clients | model | reps | errors | ops/s | ops/s min–max | mean ms | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | CPU gen / servers / other (cores) |")?;
     writeln!(
         out,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"
     )?;
     for t in ["ours", "etcd"] {
         for &c in &clients {
-            if let Some(r) = get(t, c) {
+            for r in points.models(t, c) {
                 writeln!(
                     out,
-                    "| {t} | {c} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
-                    r.ops, r.errors, r.ops_per_sec, r.mean_ms, r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms
+                    "| {t} | {c} | {} | {} | {} | {:.0} | {:.0}–{:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} / {} / {} |",
+                    r.model(c), r.reps, r.errors, r.ops_per_sec, r.ops_min, r.ops_max, r.mean_ms, r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms,
+                    fmt_f(Some(r.gen_cpu), 2), fmt_f(Some(r.server_cpu), 2), fmt_f(Some(r.other_cpu), 2),
                 )?;
             }
         }
@@ -294,28 +439,34 @@ pub fn report(
     if errs > 0 {
         writeln!(out, "\n**Warning:** {errs} puts failed or timed out in the measured windows (see the errors column).")?;
     }
-    writeln!(out, "\n![throughput and p99 latency vs clients](bench.svg)")?;
+    writeln!(out, "\n![throughput and p99 latency vs clients, each system at its best client model per point](bench.svg)")?;
 
     std::fs::write(md, &out).with_context(|| format!("writing {}", md.display()))?;
     print!("{out}");
 
-    let series: Vec<Series> = [("ours", "#1f77b4"), ("etcd", "#d62728")]
-        .iter()
-        .filter_map(|&(t, color)| {
-            let pts: Vec<&Row> = clients.iter().filter_map(|&c| get(t, c)).collect();
-            if pts.is_empty() {
-                return None;
-            }
-            Some(Series {
-                name: t.to_string(),
-                color: color.to_string(),
-                clients: pts.iter().map(|r| r.clients as f64).collect(),
-                ops_per_sec: pts.iter().map(|r| r.ops_per_sec).collect(),
-                p50_ms: pts.iter().map(|r| r.p50_ms).collect(),
-                p99_ms: pts.iter().map(|r| r.p99_ms).collect(),
-            })
+    let series: Vec<Series> = [
+        ("ours", "ours (best model)", "#1f77b4"),
+        ("etcd", "etcd (best model)", "#d62728"),
+    ]
+    .iter()
+    .filter_map(|&(t, name, color)| {
+        let pts: Vec<(usize, &Cell)> = clients
+            .iter()
+            .filter_map(|&c| points.best(t, c).map(|b| (c, b)))
+            .collect();
+        if pts.is_empty() {
+            return None;
+        }
+        Some(Series {
+            name: name.to_string(),
+            color: color.to_string(),
+            clients: pts.iter().map(|(c, _)| *c as f64).collect(),
+            ops_per_sec: pts.iter().map(|(_, r)| r.ops_per_sec).collect(),
+            p50_ms: pts.iter().map(|(_, r)| r.p50_ms).collect(),
+            p99_ms: pts.iter().map(|(_, r)| r.p99_ms).collect(),
         })
-        .collect();
+    })
+    .collect();
     let title = format!(
         "3-member clusters on one {}-core machine, {}-byte puts",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -333,13 +484,13 @@ mod tests {
     #[test]
     fn csv_roundtrip_and_report() {
         let csv = format!(
-            "{}\netcd,1,3,1,256,random,1,300,0,100.0,10.0,9.0,12.0,20.0,30.0,31.0\netcd,16,3,1,256,random,16,3000,0,1000.0,16.0,15.0,18.0,25.0,40.0,41.0\nours,1,3,1,256,random,1,600,0,200.0,5.0,4.5,6.0,8.0,9.0,9.5\n",
+            "{}\netcd,1,3,1,256,random,1,300,0,100.0,10.0,9.0,12.0,20.0,30.0,31.0\netcd,16,3,1,256,random,16,3000,0,1000.0,16.0,15.0,18.0,25.0,40.0,41.0\netcd,16,3,1,256,random,4,3600,0,1200.0,13.0,12.0,14.0,21.0,33.0,35.0\nours,1,3,1,256,random,1,600,0,200.0,5.0,4.5,6.0,8.0,9.0,9.5\n",
             // The header of CSVs written before the read workloads: still
             // read, as puts.
             "target,clients,seconds,warmup_s,value_size,keys,etcd_conns,ops,errors,ops_per_sec,mean_ms,p50_ms,p90_ms,p99_ms,p999_ms,max_ms"
         );
         let rows = parse_csv(&csv).unwrap();
-        assert_eq!(rows.len(), 3);
+        assert_eq!(rows.len(), 4);
         assert_eq!(rows[1].clients, 16);
         let dir = std::env::temp_dir().join(format!("rkv-bench-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -348,10 +499,15 @@ mod tests {
         report(&c, &dir.join("r.md"), &dir.join("r.svg"), "3.4.23", &[]).unwrap();
         let md = std::fs::read_to_string(dir.join("r.md")).unwrap();
         assert!(
-            md.contains("| 1 | 200 | 4.50 | 8.00 | 100 | 9.00 | 20.00 | 2.00× |"),
+            md.contains("| 1 | 200 | 1/client | 4.50 | 8.00 | 9.00 | 100 | 1/client | 9.00 | 20.00 | 30.00 | **2.00×** |"),
             "{md}"
         );
-        assert!(md.contains("| 16 | – | – | – | 1000 |"), "{md}");
+        // etcd's best model at 16 clients is the faster shared one.
+        assert!(
+            md.contains("| 16 | – | – | – | – | – | 1200 | 4 shared | 12.00 | 21.00 | 33.00 | – |"),
+            "{md}"
+        );
+        assert!(md.contains("| etcd | 16 | 1/client | 1 | 0 | 1000 |"), "{md}");
         let svg = std::fs::read_to_string(dir.join("r.svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         std::fs::remove_dir_all(&dir).unwrap();

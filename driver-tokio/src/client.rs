@@ -73,6 +73,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+pub use crate::pool::SharedConns;
 use crate::tls::{ClientTls, StreamRead, StreamWrite};
 use crate::transport::{dial, DialError};
 use crate::wire::{write_frame, ClientRequest, ClientResponse, Hello, NodeStatus};
@@ -194,14 +195,14 @@ impl Drop for Conn {
 impl Conn {
     /// From now on a task reads this connection into `inbox`, starting
     /// with what the client had read and not yet taken.
-    fn hand_to_task(&mut self, inbox: mpsc::Sender<Arrival>) {
+    fn hand_to_task(&mut self, from: SocketAddr, inbox: mpsc::Sender<Arrival>) {
         self.reader = match std::mem::replace(&mut self.reader, ConnReader::Moving) {
             ConnReader::Inline {
                 read,
                 frames,
                 chunk,
             } => {
-                let task = tokio::spawn(read_responses(read, frames, chunk, inbox));
+                let task = tokio::spawn(read_responses(from, read, frames, chunk, inbox));
                 ConnReader::Task(task.abort_handle())
             }
             // Already read by a task: it stays (and is aborted with the
@@ -214,10 +215,12 @@ impl Conn {
 /// How much the client reads from a connection at a time.
 const READ_CHUNK: usize = 16 << 10;
 
-/// What a lingering connection's reader hands the client: a response, or
-/// why the connection ended.
-struct Arrival {
-    what: Result<ClientResponse, String>,
+/// What a lingering connection's reader (or a shared connection's,
+/// [`SharedConns`]) hands the client: a response, or why the connection
+/// ended, and the server it came from.
+pub(crate) struct Arrival {
+    pub(crate) from: SocketAddr,
+    pub(crate) what: Result<ClientResponse, String>,
 }
 
 /// Why a request got no answer.
@@ -297,6 +300,9 @@ pub struct Client {
     read_turn: usize,
     /// TLS on every connection, if given.
     tls: Option<ClientTls>,
+    /// The connections shared with other clients, and this client's slot
+    /// in them ([`Client::with_shared`]); `None`: its own connections.
+    shared: Option<(SharedConns, u32)>,
     /// How long an operation's first attempt waits for one server's answer
     /// before it also tries the next; each attempt that times out doubles
     /// the wait of the later ones, and keeps listening (see the module doc).
@@ -330,6 +336,14 @@ pub async fn admin_once(
     }
 }
 
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some((pool, slot)) = self.shared.take() {
+            pool.unregister(slot);
+        }
+    }
+}
+
 impl Client {
     /// A session with the cluster `cluster_id`, reached through `servers`
     /// (client addresses of some of its servers, in any order; the others
@@ -357,6 +371,7 @@ impl Client {
             // Clients started together start their reads in different places.
             read_turn: (id % 1024) as usize,
             tls: None,
+            shared: None,
             attempt_timeout: Duration::from_secs(1),
             op_timeout: Duration::from_secs(30),
         })
@@ -366,6 +381,24 @@ impl Client {
     pub fn with_tls(mut self, tls: Option<ClientTls>) -> Client {
         self.tls = tls;
         self.conns.clear();
+        self
+    }
+
+    /// The same client, its requests carried by `pool`'s connections, shared
+    /// with every other client given it (see [`SharedConns`]): one
+    /// connection per server for all of them, rather than one each. The
+    /// session is still this client's own. Status requests made while it
+    /// learns the members use connections of their own; TLS is the pool's.
+    pub fn with_shared(mut self, pool: SharedConns) -> Client {
+        if let Some((old, slot)) = self.shared.take() {
+            old.unregister(slot);
+        }
+        self.conns.clear();
+        self.cluster_id = pool.cluster_id();
+        // Its own status requests use the pool's TLS too.
+        self.tls = pool.tls();
+        let slot = pool.register(self.inbox_tx.clone());
+        self.shared = Some((pool, slot));
         self
     }
 
@@ -950,8 +983,10 @@ impl Client {
             Ok(_) => {}
             Err(CallFailure::TimedOut) => {
                 attempts.timed_out();
+                // (A shared connection stays: its late answers reach the
+                // inbox anyway.)
                 if let Some(mut conn) = self.conns.remove(&addr) {
-                    conn.hand_to_task(self.inbox_tx.clone());
+                    conn.hand_to_task(addr, self.inbox_tx.clone());
                     self.lingering.push(conn);
                 }
             }
@@ -974,15 +1009,13 @@ impl Client {
         wait: Duration,
         sent: &[(u64, SocketAddr)],
     ) -> Result<(SocketAddr, ClientResponse), CallFailure> {
+        if self.shared.is_some() {
+            return self.exchange_shared(addr, request, id, wait, sent).await;
+        }
         // One timer for the whole exchange, sending and waiting.
         let timer = tokio::time::sleep(wait);
         tokio::pin!(timer);
-        match &mut request {
-            ClientRequest::Command { id: rid, .. }
-            | ClientRequest::Status { id: rid }
-            | ClientRequest::Admin { id: rid, .. }
-            | ClientRequest::Read { id: rid, .. } => *rid = id,
-        }
+        set_request_id(&mut request, id);
         let sending = async {
             let conn = self.conn(addr).await.map_err(|e| match e {
                 e @ (DialError::Refused(_) | DialError::Tls(_)) => {
@@ -1058,6 +1091,55 @@ impl Client {
         }
     }
 
+    /// [`Client::exchange`] over the shared connections: the request goes
+    /// out under its wire id, and every answer arrives in the inbox.
+    async fn exchange_shared(
+        &mut self,
+        addr: SocketAddr,
+        mut request: ClientRequest,
+        id: u64,
+        wait: Duration,
+        sent: &[(u64, SocketAddr)],
+    ) -> Result<(SocketAddr, ClientResponse), CallFailure> {
+        let (pool, slot) = self.shared.as_ref().expect("shared");
+        let timer = tokio::time::sleep(wait);
+        tokio::pin!(timer);
+        set_request_id(&mut request, crate::pool::wire_id(*slot, id));
+        let local = id & ((1 << crate::pool::SLOT_SHIFT) - 1);
+        tokio::select! {
+            biased;
+            sent = pool.send(addr, request) => sent.map_err(|e| match e {
+                e @ (DialError::Refused(_) | DialError::Tls(_)) => {
+                    CallFailure::Refused(ClientError::dialling(addr, e))
+                }
+                e => CallFailure::Failed(e.to_string()),
+            })?,
+            () = &mut timer => return Err(CallFailure::TimedOut),
+        }
+        loop {
+            let arrival = tokio::select! {
+                biased;
+                arrival = self.inbox.recv() => arrival.expect("the client holds a sender: the inbox stays open"),
+                () = &mut timer => return Err(CallFailure::TimedOut),
+            };
+            match arrival.what {
+                Ok(response) => {
+                    if answer_id(&response) == local && arrival.from == addr {
+                        return Ok((addr, response));
+                    }
+                    // Only Applied answers to earlier attempts count (their
+                    // ids, like the answers', are the local bits).
+                    if let Some(from) = late_answer_masked(&response, sent) {
+                        return Ok((from, response));
+                    }
+                }
+                Err(why) if arrival.from == addr => return Err(CallFailure::Failed(why)),
+                // Another server's connection ended.
+                Err(_) => {}
+            }
+        }
+    }
+
     /// Drops the connections kept for late answers, and whatever their
     /// readers queued: an answer to an operation that ended.
     fn drop_lingering(&mut self) {
@@ -1084,6 +1166,24 @@ impl Client {
         }
         Ok(self.conns.get_mut(&addr).expect("just connected"))
     }
+}
+
+/// Gives `request` the id `id`.
+fn set_request_id(request: &mut ClientRequest, id: u64) {
+    match request {
+        ClientRequest::Command { id: rid, .. }
+        | ClientRequest::Status { id: rid }
+        | ClientRequest::Admin { id: rid, .. }
+        | ClientRequest::Read { id: rid, .. } => *rid = id,
+    }
+}
+
+/// [`late_answer`] for an answer that came over a shared connection, which
+/// carries only the low bits of the request's id.
+fn late_answer_masked(response: &ClientResponse, sent: &[(u64, SocketAddr)]) -> Option<SocketAddr> {
+    let mask = (1u64 << crate::pool::SLOT_SHIFT) - 1;
+    let masked: Vec<(u64, SocketAddr)> = sent.iter().map(|&(i, a)| (i & mask, a)).collect();
+    late_answer(response, &masked)
 }
 
 /// The id a response answers.
@@ -1115,6 +1215,7 @@ fn late_answer(response: &ClientResponse, sent: &[(u64, SocketAddr)]) -> Option<
 /// inbox (first those the client had read and not taken), then why the
 /// connection ended.
 async fn read_responses(
+    from: SocketAddr,
     mut read: StreamRead,
     mut frames: FrameDecoder,
     mut chunk: Box<[u8]>,
@@ -1134,7 +1235,7 @@ async fn read_responses(
             },
         };
         let ended = what.is_err();
-        if inbox.send(Arrival { what }).await.is_err() || ended {
+        if inbox.send(Arrival { from, what }).await.is_err() || ended {
             return;
         }
     }

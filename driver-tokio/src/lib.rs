@@ -3,7 +3,8 @@
 //! server binary and CLI.
 //!
 //! - [`node`]: one server (event loop, group-commit storage thread, TCP).
-//! - [`client`]: the async client over the sans-IO clerk.
+//! - [`client`]: the async client over the sans-IO clerk; many clients may
+//!   share connections ([`SharedConns`]).
 //! - [`wire`]: the client protocol and async frame adapters over
 //!   `raft-wire` (frames and handshake, shared with every TCP transport).
 //! - [`transport`]: the connections between peers and to clients.
@@ -23,12 +24,13 @@ pub mod book;
 pub mod client;
 pub mod metrics;
 pub mod node;
+mod pool;
 pub mod snapshot;
 pub mod tls;
 pub mod transport;
 pub mod wire;
 
-pub use client::{Client, ClientError, Swap};
+pub use client::{Client, ClientError, SharedConns, Swap};
 pub use kv_core::{ReadConsistency, ReadPolicy};
 pub use node::{
     parse_read_policy, read_policy_name, start_node, start_node_with, NodeConfig, NodeError,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use driver_tokio::wire::{encode_frame, Hello, HelloError, PROTOCOL_VERSION};
-use driver_tokio::{Client, Swap};
+use driver_tokio::{Client, SharedConns, Swap};
 use raft_storage::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use raft_wire::HelloReply;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -178,6 +178,18 @@ fn cli_deletes_and_compares_and_swaps() {
 
 #[test]
 fn kill_leader_under_load_loses_nothing() {
+    kill_leader_under_load(None, 4);
+}
+
+/// The same with the clients' sessions sharing connections: a lost
+/// connection fails every session on it at once, and each still completes
+/// exactly once.
+#[test]
+fn kill_leader_under_load_with_shared_connections_loses_nothing() {
+    kill_leader_under_load(Some(SharedConns::new(CLUSTER_ID, None)), 8);
+}
+
+fn kill_leader_under_load(pool: Option<SharedConns>, clients: u64) {
     run(Duration::from_secs(120), async {
         let mut cluster = ProcCluster::new(CLUSTER_ID, 3);
         cluster.leader().await;
@@ -185,23 +197,28 @@ fn kill_leader_under_load_loses_nothing() {
         let history: Arc<Mutex<Vec<Record>>> = Arc::default();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut workers = Vec::new();
-        for cli in 0..4u64 {
+        for cli in 0..clients {
             let (history, stop, servers) = (history.clone(), stop.clone(), cluster.clients.clone());
+            let pool = pool.clone();
             workers.push(tokio::spawn(async move {
-                let mut c = Client::connect(CLUSTER_ID, servers.clone())
-                    .await
-                    .expect("client");
-                c.op_timeout = Duration::from_secs(15);
+                let session = || async {
+                    let mut c = Client::connect(CLUSTER_ID, servers.clone())
+                        .await
+                        .expect("client");
+                    if let Some(pool) = &pool {
+                        c = c.with_shared(pool.clone());
+                    }
+                    c.op_timeout = Duration::from_secs(15);
+                    c
+                };
+                let mut c = session().await;
                 let mut acked = Vec::new();
                 let mut j = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let (record, failed) = workload_op(&mut c, cli, j, t0, &mut acked).await;
                     if failed {
                         // Outcome unknown: a fresh session for the next op.
-                        c = Client::connect(CLUSTER_ID, servers.clone())
-                            .await
-                            .expect("client");
-                        c.op_timeout = Duration::from_secs(15);
+                        c = session().await;
                     }
                     history.lock().unwrap().push(record);
                     j += 1;
@@ -232,7 +249,8 @@ fn kill_leader_under_load_loses_nothing() {
         let (swapped, not_swapped, deleted) = check_shared_keys_used(&history);
         let n = check_linearizable(&history, Duration::from_secs(10));
         println!(
-            "{n} operations ({swapped} swaps, {not_swapped} refused, {deleted} deletes of a set key), {total} acknowledged appends, leader {leader} killed and restarted"
+            "{n} operations ({swapped} swaps, {not_swapped} refused, {deleted} deletes of a set key), {total} acknowledged appends, leader {leader} killed and restarted, connections {}",
+            if pool.is_some() { "shared" } else { "per client" }
         );
     });
 }
