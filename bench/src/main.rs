@@ -177,11 +177,14 @@ enum Cmd {
         /// Number of distinct keys (random mode: shared; per-client: per client).
         #[arg(long, default_value_t = 100_000)]
         keyspace: u64,
-        /// etcd only: number of etcd_client::Client instances (each one a
-        /// balanced gRPC channel to all endpoints) shared round-robin by the
-        /// logical clients. 0 = one per logical client.
-        #[arg(long, default_value_t = 0)]
-        etcd_conns: usize,
+        /// Connections shared round-robin by the logical clients; 0 = one
+        /// per logical client. etcd: that many etcd_client::Client instances
+        /// (each a balanced gRPC channel to all endpoints), as etcd's
+        /// `benchmark --conns`; ours: that many driver_tokio::SharedConns
+        /// pools (each one connection per server), every logical client
+        /// still its own session.
+        #[arg(long, alias = "etcd-conns", default_value_t = 0)]
+        conns: usize,
         /// Per-op timeout in seconds; a timed-out op counts as an error.
         #[arg(long, default_value_t = 10.0)]
         op_timeout: f64,
@@ -609,6 +612,7 @@ async fn run(
                         t.cluster_id,
                         t.tls_ca.as_deref(),
                         n,
+                        etcd_conns,
                         cfg.op_timeout,
                     )
                     .await?;
@@ -647,10 +651,10 @@ async fn run(
         if let Some(e) = &point.first_error {
             eprintln!("      first error: {e}");
         }
-        let conns = match t.target {
-            System::Etcd if etcd_conns == 0 => n,
-            System::Etcd => etcd_conns.min(n),
-            System::Ours => n,
+        let conns = if etcd_conns == 0 {
+            n
+        } else {
+            etcd_conns.min(n)
         };
         writeln!(
             out,
@@ -748,7 +752,7 @@ async fn main() -> Result<()> {
             value_size,
             keys,
             keyspace,
-            etcd_conns,
+            conns: etcd_conns,
             op_timeout,
             workload,
             consistency,
@@ -799,6 +803,7 @@ async fn main() -> Result<()> {
                             t.cluster_id,
                             t.tls_ca.as_deref(),
                             concurrency,
+                            0,
                             op_timeout,
                         )
                         .await?;

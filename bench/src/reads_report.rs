@@ -558,6 +558,7 @@ pub fn report(
 mod tests {
     use super::*;
 
+    #[allow(clippy::too_many_arguments)]
     fn row(
         t: &str,
         w: &str,

@@ -199,6 +199,8 @@ pub struct Cell {
     pub conns: usize,
     pub reps: usize,
     pub errors: u64,
+    /// Puts in the measured window (median).
+    pub ops: f64,
     pub ops_per_sec: f64,
     pub ops_min: f64,
     pub ops_max: f64,
@@ -220,6 +222,7 @@ impl Cell {
             conns: rows[0].conns,
             reps: rows.len(),
             errors: rows.iter().map(|r| r.errors).sum(),
+            ops: col(|r| r.ops as f64),
             ops_per_sec: col(|r| r.ops_per_sec),
             ops_min: rows
                 .iter()
@@ -418,18 +421,18 @@ pub fn report(
     }
 
     writeln!(out, "\n### Every client model (medians over repetitions)\n")?;
-    writeln!(out, "| system | clients | model | reps | errors | ops/s | ops/s min–max | mean ms | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | CPU gen / servers / other (cores) |")?;
+    writeln!(out, "| system | clients | model | reps | errors | puts | ops/s | ops/s min–max | mean ms | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | CPU gen / servers / other (cores) |")?;
     writeln!(
         out,
-        "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"
+        "|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"
     )?;
     for t in ["ours", "etcd"] {
         for &c in &clients {
             for r in points.models(t, c) {
                 writeln!(
                     out,
-                    "| {t} | {c} | {} | {} | {} | {:.0} | {:.0}–{:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} / {} / {} |",
-                    r.model(c), r.reps, r.errors, r.ops_per_sec, r.ops_min, r.ops_max, r.mean_ms, r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms,
+                    "| {t} | {c} | {} | {} | {} | {:.0} | {:.0} | {:.0}–{:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} / {} / {} |",
+                    r.model(c), r.reps, r.errors, r.ops, r.ops_per_sec, r.ops_min, r.ops_max, r.mean_ms, r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms,
                     fmt_f(Some(r.gen_cpu), 2), fmt_f(Some(r.server_cpu), 2), fmt_f(Some(r.other_cpu), 2),
                 )?;
             }
@@ -507,7 +510,7 @@ mod tests {
             md.contains("| 16 | – | – | – | – | – | 1200 | 4 shared | 12.00 | 21.00 | 33.00 | – |"),
             "{md}"
         );
-        assert!(md.contains("| etcd | 16 | 1/client | 1 | 0 | 1000 |"), "{md}");
+        assert!(md.contains("| etcd | 16 | 1/client | 1 | 0 | 3000 | 1000 |"), "{md}");
         let svg = std::fs::read_to_string(dir.join("r.svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         std::fs::remove_dir_all(&dir).unwrap();

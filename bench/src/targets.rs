@@ -130,6 +130,10 @@ fn parse_addrs(endpoints: &[String]) -> Result<Vec<std::net::SocketAddr>> {
 /// Gets are `Client::get_with`: linearizable to the leader (or round-robin
 /// over follower-read members when the servers run `--follower-reads`),
 /// lease to the leader, local round-robin over the given servers.
+/// With `--conns K` (K > 0) the sessions share K
+/// `driver_tokio::SharedConns` pools round-robin, each pool one connection
+/// per server (as etcd's K shared `Client`s are); each logical client is
+/// still its own session.
 /// The mutex is uncontended (one task per logical client); it only lets the
 /// same code work whether `put` takes `&self` or `&mut self`.
 #[cfg(feature = "ours")]
@@ -144,20 +148,32 @@ impl OursTarget {
         cluster_id: u64,
         tls_ca: Option<&std::path::Path>,
         clients: usize,
+        conns: usize,
         op_timeout: Duration,
     ) -> Result<Self> {
         let addrs = parse_addrs(endpoints)?;
         let tls = ours_tls(tls_ca)?;
+        let pools: Vec<driver_tokio::SharedConns> = if conns == 0 || conns >= clients {
+            Vec::new()
+        } else {
+            (0..conns)
+                .map(|_| driver_tokio::SharedConns::new(cluster_id, tls.clone()))
+                .collect()
+        };
         let mut set = tokio::task::JoinSet::new();
         for i in 0..clients {
             let addrs = addrs.clone();
             let tls = tls.clone();
+            let pool = (!pools.is_empty()).then(|| pools[i % pools.len()].clone());
             set.spawn(async move {
                 #[allow(unused_mut)]
                 let mut c = driver_tokio::client::Client::connect(cluster_id, addrs)
                     .await
                     .map_err(|e| anyhow!("connecting client {i}: {e:?}"))?
                     .with_tls(tls);
+                if let Some(pool) = pool {
+                    c = c.with_shared(pool);
+                }
                 // The client's own overall deadline for one operation (it
                 // retries across servers within it), so the load generator's
                 // outer timeout never cancels an operation half-way.

@@ -211,6 +211,9 @@ async fn write_requests(
 ) {
     let mut buf = Vec::with_capacity(16 << 10);
     while let Some(first) = rx.recv().await {
+        // Let the other clients woken with this one (by a batch of answers)
+        // queue their next requests first, so one write carries them all.
+        tokio::task::yield_now().await;
         buf.clear();
         let mut next = Some(first);
         while let Some(request) = next {
