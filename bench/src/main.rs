@@ -200,6 +200,12 @@ enum Cmd {
         /// medians over repetitions).
         #[arg(long, default_value_t = 1)]
         rep: u32,
+        /// Open loop: offer this many operations per second on a fixed
+        /// schedule, the clients taking them in turn, each latency measured
+        /// from when its operation was due (0: closed loop, each client
+        /// sending its next operation when the last one is answered).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
         /// Server process ids whose CPU time over each measured window is
         /// recorded (comma-separated; optional).
         #[arg(long, value_delimiter = ',')]
@@ -275,6 +281,8 @@ struct RunCfg {
     consistency: Consistency,
     seed: u64,
     server_pids: Vec<u32>,
+    /// Open loop: operations offered per second (0: closed loop).
+    rate: f64,
 }
 
 /// The outcome of one (system, N) point.
@@ -294,6 +302,10 @@ pub struct Point {
     /// Gets in the window that found no value (should be 0 after preload).
     pub get_empty: u64,
     pub cpu: cpu::WindowCpu,
+    /// Open loop: operations intended in the window that had not completed
+    /// by its end plus the grace period (counted in the latencies at that
+    /// lower bound).
+    pub unfinished: u64,
 }
 
 /// Count and percentiles of one operation kind.
@@ -503,6 +515,185 @@ async fn run_point<T: Target>(
         puts: KindStats::of(&puts),
         get_empty,
         cpu,
+        unfinished: 0,
+    })
+}
+
+/// One point, closed or open loop as `cfg.rate` says.
+async fn point_of<T: Target>(
+    target: Arc<T>,
+    n: usize,
+    cfg: &RunCfg,
+    value_size: usize,
+) -> Result<Point> {
+    if cfg.rate > 0.0 {
+        run_point_open(target, n, cfg, value_size).await
+    } else {
+        run_point(target, n, cfg, value_size).await
+    }
+}
+
+/// How long after the window an open-loop point waits for the operations
+/// still queued or in flight.
+const OPEN_GRACE: Duration = Duration::from_secs(2);
+
+/// One open-loop point: operations are offered at `cfg.rate` per second on
+/// a fixed schedule (operation k is due at start + k / rate), whatever the
+/// system does; `n` logical clients (sessions) take them in turn, one
+/// outstanding each. An operation's latency runs from when it was due, not
+/// from when a client got to send it, so a stall shows in the latencies of
+/// every operation that waited behind it (no coordinated omission).
+/// Operations due in the measured window count; one that has not completed
+/// by the window's end plus [`OPEN_GRACE`] is `unfinished` and counted at
+/// that lower bound.
+async fn run_point_open<T: Target>(
+    target: Arc<T>,
+    n: usize,
+    cfg: &RunCfg,
+    value_size: usize,
+) -> Result<Point> {
+    let begin = Instant::now();
+    let measure_start = begin + cfg.warmup;
+    let end = measure_start + cfg.seconds;
+    let give_up = end + OPEN_GRACE;
+    let cpu_task = tokio::spawn(cpu::sample_window(
+        cfg.server_pids.clone(),
+        measure_start,
+        end,
+    ));
+    let (tx, rx) = async_channel::unbounded::<(u64, Instant)>();
+    let rate = cfg.rate;
+    // The schedule: every millisecond, whatever has come due since.
+    let dispatcher = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut k = 0u64;
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            let due = ((now - begin).as_secs_f64() * rate) as u64;
+            while k < due {
+                let at = begin + Duration::from_secs_f64(k as f64 / rate);
+                if at >= end {
+                    return;
+                }
+                if tx.send((k, at)).await.is_err() {
+                    return;
+                }
+                k += 1;
+            }
+        }
+    });
+    let mut set = tokio::task::JoinSet::new();
+    for c in 0..n {
+        let target = target.clone();
+        let cfg = cfg.clone();
+        let rx = rx.clone();
+        let value = make_value(c, value_size);
+        set.spawn(async move {
+            let mut get_us: Vec<u32> = Vec::new();
+            let mut put_us: Vec<u32> = Vec::new();
+            let (mut errors, mut get_empty, mut unfinished) = (0u64, 0u64, 0u64);
+            let mut first_error = None;
+            let mut rng = Rng::new(cfg.seed.wrapping_mul(1_000_003) + c as u64 + 1);
+            let mut ops_rng = Rng::new(cfg.seed.wrapping_mul(7_000_001) + c as u64 + 0x5EED);
+            let lower_bound = |due: Instant| (give_up - due).as_micros().min(u32::MAX as u128) as u32;
+            while let Ok((k, due)) = rx.recv().await {
+                let counted = due >= measure_start;
+                let is_put = next_is_put(cfg.workload, &mut ops_rng);
+                let key = match cfg.keys {
+                    KeyMode::Random => shared_key(rng.next() % cfg.keyspace),
+                    KeyMode::PerClient => format!("c{c:04}-{:010}", k % cfg.keyspace),
+                };
+                if Instant::now() >= give_up {
+                    // Still queued at the end: never sent.
+                    if counted {
+                        unfinished += 1;
+                        if is_put { put_us.push(lower_bound(due)) } else { get_us.push(lower_bound(due)) }
+                    }
+                    continue;
+                }
+                let left = give_up.saturating_duration_since(Instant::now());
+                let r = if is_put {
+                    tokio::time::timeout(left, async {
+                        target.put(c, key, value.clone()).await.map(|()| true)
+                    })
+                    .await
+                } else {
+                    tokio::time::timeout(left, target.get(c, key, cfg.consistency)).await
+                };
+                let done = Instant::now();
+                let us = (done - due).as_micros().min(u32::MAX as u128) as u32;
+                match r {
+                    Ok(Ok(found)) => {
+                        if counted {
+                            get_empty += u64::from(!found);
+                            if is_put { put_us.push(us) } else { get_us.push(us) }
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        if counted {
+                            errors += 1;
+                        }
+                        first_error.get_or_insert(format!("{e:#}"));
+                    }
+                    Err(_) => {
+                        if counted {
+                            unfinished += 1;
+                            if is_put { put_us.push(lower_bound(due)) } else { get_us.push(lower_bound(due)) }
+                        }
+                    }
+                }
+            }
+            (get_us, put_us, errors, get_empty, unfinished, first_error)
+        });
+    }
+    drop(rx);
+    dispatcher.await.context("dispatcher panicked")?;
+    let mut gets: Vec<u32> = Vec::new();
+    let mut puts: Vec<u32> = Vec::new();
+    let (mut errors, mut get_empty, mut unfinished) = (0, 0, 0);
+    let mut first_error = None;
+    while let Some(r) = set.join_next().await {
+        let (g, p, e, ge, u, fe) = r.context("client task panicked")?;
+        gets.extend_from_slice(&g);
+        puts.extend_from_slice(&p);
+        errors += e;
+        get_empty += ge;
+        unfinished += u;
+        if first_error.is_none() {
+            first_error = fe;
+        }
+    }
+    let cpu = cpu_task.await.context("cpu sampler panicked")?;
+    gets.sort_unstable();
+    puts.sort_unstable();
+    let mut all = Vec::with_capacity(gets.len() + puts.len());
+    all.extend_from_slice(&gets);
+    all.extend_from_slice(&puts);
+    all.sort_unstable();
+    let ops = all.len() as u64 - unfinished;
+    let mean_ms = if all.is_empty() {
+        f64::NAN
+    } else {
+        all.iter().map(|&u| u as f64).sum::<f64>() / all.len() as f64 / 1000.0
+    };
+    Ok(Point {
+        ops,
+        errors,
+        ops_per_sec: ops as f64 / cfg.seconds.as_secs_f64(),
+        mean_ms,
+        p50_ms: percentile(&all, 0.50),
+        p90_ms: percentile(&all, 0.90),
+        p99_ms: percentile(&all, 0.99),
+        p999_ms: percentile(&all, 0.999),
+        max_ms: all.last().map_or(f64::NAN, |&u| u as f64 / 1000.0),
+        first_error,
+        gets: KindStats::of(&gets),
+        puts: KindStats::of(&puts),
+        get_empty,
+        cpu,
+        unfinished,
     })
 }
 
@@ -549,7 +740,7 @@ async fn preload<T: Target>(
     Ok(())
 }
 
-pub const CSV_HEADER: &str = "target,clients,seconds,warmup_s,value_size,keys,etcd_conns,ops,errors,ops_per_sec,mean_ms,p50_ms,p90_ms,p99_ms,p999_ms,max_ms,workload,consistency,rep,get_ops,get_p50_ms,get_p99_ms,put_ops,put_p50_ms,put_p99_ms,get_empty,gen_cpu,server_cpu,other_cpu";
+pub const CSV_HEADER: &str = "target,clients,seconds,warmup_s,value_size,keys,etcd_conns,ops,errors,ops_per_sec,mean_ms,p50_ms,p90_ms,p99_ms,p999_ms,max_ms,workload,consistency,rep,get_ops,get_p50_ms,get_p99_ms,put_ops,put_p50_ms,put_p99_ms,get_empty,gen_cpu,server_cpu,other_cpu,offered_rate,unfinished";
 
 #[allow(clippy::too_many_arguments)]
 async fn run(
@@ -600,7 +791,7 @@ async fn run(
                         .await?;
                 let connect_secs = t_connect.elapsed().as_secs_f64();
                 (
-                    run_point(Arc::new(target), n, &cfg, value_size).await?,
+                    point_of(Arc::new(target), n, &cfg, value_size).await?,
                     connect_secs,
                 )
             }
@@ -618,7 +809,7 @@ async fn run(
                     .await?;
                     let connect_secs = t_connect.elapsed().as_secs_f64();
                     (
-                        run_point(Arc::new(target), n, &cfg, value_size).await?,
+                        point_of(Arc::new(target), n, &cfg, value_size).await?,
                         connect_secs,
                     )
                 }
@@ -631,17 +822,20 @@ async fn run(
             _ => cfg.consistency.name(),
         };
         eprintln!(
-            "{:>4} {:<7} {:<12} conns={:<4} clients={:<4} ops/s={:>9.1}  p50={:>8.3} ms  p99={:>8.3} ms  max={:>8.3} ms  errors={} empty={}  cpu gen/srv/other={:.2}/{:.2}/{:.2}  (connect {:.2} s)",
+            "{:>4} {:<7} {:<12} conns={:<4} clients={:<4} {}ops/s={:>9.1}  p50={:>8.3} ms  p99={:>8.3} ms  p99.9={:>8.3} ms  max={:>8.3} ms  errors={} {}empty={}  cpu gen/srv/other={:.2}/{:.2}/{:.2}  (connect {:.2} s)",
             t.target.name(),
             cfg.workload.name(),
             consistency,
             etcd_conns,
             n,
+            if cfg.rate > 0.0 { format!("offered={:.0}/s ", cfg.rate) } else { String::new() },
             point.ops_per_sec,
             point.p50_ms,
             point.p99_ms,
+            point.p999_ms,
             point.max_ms,
             point.errors,
+            if cfg.rate > 0.0 { format!("unfinished={} ", point.unfinished) } else { String::new() },
             point.get_empty,
             point.cpu.gen_cores,
             point.cpu.server_cores,
@@ -658,7 +852,7 @@ async fn run(
         };
         writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{:.1},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{:.3},{:.3},{},{:.3},{:.3},{},{:.3},{:.3},{:.3}",
+            "{},{},{},{},{},{},{},{},{},{:.1},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{:.3},{:.3},{},{:.3},{:.3},{},{:.3},{:.3},{:.3},{},{}",
             t.target.name(),
             n,
             cfg.seconds.as_secs_f64(),
@@ -688,6 +882,8 @@ async fn run(
             point.cpu.gen_cores,
             point.cpu.server_cores,
             point.cpu.other_cores,
+            cfg.rate,
+            point.unfinished,
         )?;
         out.flush()?;
         if point.ops == 0 {
@@ -758,6 +954,7 @@ async fn main() -> Result<()> {
             consistency,
             seed,
             rep,
+            rate,
             server_pids,
             csv,
         } => {
@@ -771,6 +968,7 @@ async fn main() -> Result<()> {
                 consistency,
                 seed,
                 server_pids,
+                rate,
             };
             if cfg.seconds.is_zero() {
                 bail!("--seconds must be positive");

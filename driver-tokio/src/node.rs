@@ -826,7 +826,9 @@ impl EventLoop {
         if self.writes.is_empty() {
             return Ok(());
         }
-        let writes = std::mem::take(&mut self.writes);
+        // The next batch starts at this one's size, not grown from empty.
+        let next = Vec::with_capacity(self.writes.len());
+        let writes = std::mem::replace(&mut self.writes, next);
         self.storage
             .send(writes)
             .map_err(|_| NodeError::StorageGone)

@@ -2,7 +2,6 @@
 //! from the built binary, on loopback, talking over real TCP and writing real
 //! files. Each test is bounded in time.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -320,11 +319,18 @@ fn recovers_torn_tail() {
             c.put(&format!("t{i}"), &i.to_string()).await.unwrap();
         }
         cluster.kill_all();
-        // A write cut short: a record header promising 1000 bytes, then 10.
+        // A write cut short: a record header promising 1000 bytes, then 10,
+        // where the next record would have gone (after the last one, over
+        // the segment's preallocated zeros).
         let seg = newest_segment(&cluster.data_dir(0));
-        let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
-        f.write_all(&1000u32.to_le_bytes()).unwrap();
-        f.write_all(&[0xAB; 14]).unwrap();
+        let end = record_payloads(&std::fs::read(&seg).unwrap())
+            .last()
+            .expect("records")
+            .end;
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        let mut torn = 1000u32.to_le_bytes().to_vec();
+        torn.extend_from_slice(&[0xAB; 14]);
+        std::os::unix::fs::FileExt::write_all_at(&f, &torn, end as u64).unwrap();
         drop(f);
         for i in 0..3 {
             cluster.start(i);

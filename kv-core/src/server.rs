@@ -598,7 +598,7 @@ impl KvServer {
                     Some(self.read_event(id, key.clone(), mode))
                 }
                 _ => {
-                    let bytes = postcard::to_allocvec(&command).expect("commands encode");
+                    let bytes = command.encode();
                     Some(self.propose(Proposal::Client(id, command), bytes))
                 }
             },

@@ -79,7 +79,7 @@ impl RaftLog {
             return Vec::new();
         };
         let mut bytes = 0;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity((self.entries.len() - first).min(max_count));
         for e in self.entries[first..].iter().take(max_count) {
             bytes += e.size_hint();
             if !out.is_empty() && bytes > max_bytes {

@@ -52,6 +52,12 @@
 //!     configuration): the durable
 //!     content of one `Persist` (the snapshot bytes are not in the log);
 //!   - `Checkpoint(DurableState)`: the whole durable state.
+//! - After the records, zeros to the end of the file: the live segment's
+//!   file is grown ahead of its records ([`PREALLOCATE`] at a time, a
+//!   sparse extension), so that a group commit writes inside the file and
+//!   its `fdatasync` has no file size to write. Zeros from a record
+//!   boundary to the end of the file are where the records end (not a torn
+//!   record); records are written there, over them.
 //! - A payload is never empty and never longer than [`MAX_RECORD_LEN`]
 //!   (64 MiB); a longer write is refused with [`StorageError::RecordTooLarge`].
 //! - `log.1` starts from the empty state: its records are `Write`s. Every
@@ -133,8 +139,9 @@
 //!    record that ends exactly at the end of the file; a crc mismatch on a
 //!    record that the file's zero-filled tail starts inside (header
 //!    included): the file's size reached the disk but not all of its last
-//!    group write, which leaves zeros from any byte of it on; or a zero
-//!    length with nothing but zeros up to the end of the file. Any
+//!    group write, which leaves zeros from any byte of it on (zeros from
+//!    the record's first byte on are the records' end instead: nothing
+//!    torn, nothing cut). Any
 //!    other bad record is [`StorageError::Corrupt`] with the file and the
 //!    byte offset of the record: a crc mismatch followed by more data that
 //!    is not all zeros, a
@@ -192,7 +199,7 @@ pub use snapshot_file::{
     SINGLE_FILE_SNAPSHOT_FORMAT_VERSION, SNAPSHOT_FILE, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC,
     SNAPSHOT_SYNC_EVERY, SNAPSHOT_TMP_FILE,
 };
-pub use store::{Cleanup, Committed, Storage};
+pub use store::{Cleanup, Committed, Storage, PREALLOCATE};
 
 #[cfg(doc)]
 use raft_core::DurableState;

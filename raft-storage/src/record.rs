@@ -175,19 +175,25 @@ pub(crate) fn read_u32(bytes: &[u8], at: usize) -> u32 {
 /// The outcome of reading one record frame.
 pub(crate) enum Frame<'a> {
     Ok(&'a [u8]),
+    /// The records end here: zeros to the end of the file.
+    End,
     Torn,
     Bad(String),
 }
 
 pub(crate) fn read_record(rest: &[u8]) -> Frame<'_> {
+    // Nothing but zeros to the end of the file, from a record boundary: the
+    // segment's preallocated space (or a group write of which only the
+    // file's new size reached the disk; nothing acknowledged it). (A record
+    // never starts with a zero length, so only then is the tail scanned.)
     if rest.len() < RECORD_HEADER_LEN {
-        return Frame::Torn;
+        return if all_zero(rest) { Frame::End } else { Frame::Torn };
     }
     let len = read_u32(rest, 0) as usize;
     let crc = read_u32(rest, 4);
     if len == 0 {
-        if rest.iter().all(|&b| b == 0) {
-            return Frame::Torn; // a zero-filled tail
+        if all_zero(rest) {
+            return Frame::End;
         }
         return Frame::Bad("zero record length".into());
     }
@@ -281,7 +287,8 @@ mod tests {
         let state = DurableState::default();
         encode_record(&mut buf, &RecordRef::Checkpoint(&state)).unwrap();
         assert!(matches!(read_record(&buf), Frame::Ok(p) if p.len() + 8 == buf.len()));
-        for cut in 0..buf.len() {
+        assert!(matches!(read_record(&[]), Frame::End));
+        for cut in 1..buf.len() {
             assert!(matches!(read_record(&buf[..cut]), Frame::Torn), "cut {cut}");
         }
         let mut flipped = buf.clone();
@@ -289,7 +296,9 @@ mod tests {
         assert!(matches!(read_record(&flipped), Frame::Torn));
         flipped.push(0);
         assert!(matches!(read_record(&flipped), Frame::Bad(_)));
-        assert!(matches!(read_record(&[0; 100]), Frame::Torn));
+        // Zeros to the end: where the records end (preallocated space).
+        assert!(matches!(read_record(&[0; 100]), Frame::End));
+        assert!(matches!(read_record(&[0; 3]), Frame::End));
         let mut zero_len = vec![0; 100];
         zero_len[50] = 1;
         assert!(matches!(read_record(&zero_len), Frame::Bad(_)));

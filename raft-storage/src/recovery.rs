@@ -122,8 +122,10 @@ impl Storage {
             }
         };
 
+        // Written at explicit offsets (records go where the last one ended,
+        // over the preallocated zeros), so not in append mode.
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
         let truncated_torn_tail = match torn {
@@ -135,6 +137,8 @@ impl Storage {
             }
             None => None,
         };
+        // The file's size: past the records, the preallocated zeros.
+        let file_len = file.metadata().map_err(io_err(&path))?.len();
         // Older segments (an interrupted deletion) and a torn newer one.
         dir_changed |= remove_segments_except(dir, seq)?;
         if dir_changed {
@@ -238,6 +242,7 @@ impl Storage {
             path,
             file,
             len: truncated_torn_tail.as_ref().map_or(valid_len, |t| t.1),
+            allocated: file_len,
             dirty: false,
             unwritten: Vec::new(),
             mirror: state,

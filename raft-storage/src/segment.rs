@@ -57,7 +57,8 @@ pub(crate) enum Scan {
 
 pub(crate) struct Replay {
     pub(crate) state: DurableState,
-    /// The file length.
+    /// Where the records end (before a torn record, if any, and before
+    /// the zeros of the preallocated space).
     pub(crate) valid_len: u64,
     /// Where a torn final record starts, to be cut off.
     pub(crate) torn_at: Option<u64>,
@@ -126,6 +127,8 @@ pub(crate) fn scan_segment(
     while offset < bytes.len() {
         let payload = match read_record(&bytes[offset..]) {
             Frame::Ok(payload) => payload,
+            // The preallocated space after the last record.
+            Frame::End => break,
             Frame::Torn if first && needs_checkpoint => return Ok(Scan::TornStart),
             Frame::Torn => {
                 torn_at = Some(offset as u64);
@@ -178,7 +181,7 @@ pub(crate) fn scan_segment(
     }
     Ok(Scan::Valid(Replay {
         state,
-        valid_len: bytes.len() as u64,
+        valid_len: offset.min(bytes.len()) as u64,
         torn_at,
         version,
     }))

@@ -1,7 +1,7 @@
 //! The live store: appending writes, group commit, rotation after a snapshot.
 
 use std::fs::File;
-use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use raft_core::{DurableState, Message, NodeId, Persist, SnapshotMeta};
@@ -16,6 +16,11 @@ use crate::segment::{push_segment_header, segment_file_name};
 use crate::snapshot_file::{snapshot_file_name, SnapshotReader};
 use crate::StorageError;
 
+/// How much a live segment's file grows at a time, ahead of its records
+/// (as zeros: a sparse extension, which recovery reads as the end of the
+/// records).
+pub const PREALLOCATE: u64 = 4 << 20;
+
 /// The durable storage of one node. See the crate documentation for the
 /// format and the crash guarantees.
 #[derive(Debug)]
@@ -25,8 +30,11 @@ pub struct Storage {
     pub(crate) seq: u64,
     pub(crate) path: PathBuf,
     pub(crate) file: File,
-    /// The live segment's length in bytes.
+    /// The live segment's length in bytes: where its records end.
     pub(crate) len: u64,
+    /// The live segment file's size: `len` and the zeros preallocated after
+    /// it ([`PREALLOCATE`]).
+    pub(crate) allocated: u64,
     /// Bytes were written to the live segment since its last fsync.
     pub(crate) dirty: bool,
     /// Records appended but not yet written: the whole group goes to the
@@ -279,11 +287,22 @@ impl Storage {
         self.dir.join(snapshot_file_name(index))
     }
 
-    /// Hands the buffered records to the file (not yet durable).
+    /// Hands the buffered records to the file (not yet durable), where the
+    /// last record ended. The file is first grown, in steps of
+    /// [`PREALLOCATE`], past what the write needs: a write inside the file
+    /// leaves its size alone, so the group commit's fdatasync has no inode
+    /// to write (on this project's test disk, ext4: one 300-byte append
+    /// and fdatasync took 155 µs at the end of the file, 105 µs inside it).
     fn write_unwritten(&mut self) -> Result<(), StorageError> {
         if !self.unwritten.is_empty() {
+            let at = self.len - self.unwritten.len() as u64;
+            if self.len > self.allocated {
+                let size = self.len.div_ceil(PREALLOCATE) * PREALLOCATE;
+                self.file.set_len(size).map_err(io_err(&self.path))?;
+                self.allocated = size;
+            }
             self.file
-                .write_all(&self.unwritten)
+                .write_all_at(&self.unwritten, at)
                 .map_err(io_err(&self.path))?;
             self.unwritten.clear();
         }
@@ -329,6 +348,7 @@ impl Storage {
         self.path = path;
         self.file = file;
         self.len = bytes.len() as u64;
+        self.allocated = 0;
         debug_assert!(self.unwritten.is_empty(), "synced before the rotation");
         self.unwritten = bytes;
         self.dirty = true;
@@ -350,6 +370,7 @@ impl Storage {
         self.path = path;
         self.file = file;
         self.len = bytes.len() as u64;
+        self.allocated = self.len;
         self.dirty = false;
         if remove_segments_except(&self.dir, seq)? {
             sync_dir(&self.dir)?;

@@ -160,6 +160,26 @@ fn assert_only_snapshot(dir: &Path, index: Option<Index>) {
     assert_eq!(snapshot_files(dir), expected);
 }
 
+/// A file's bytes; a segment's only up to where its records end, without
+/// the zeros the store preallocates after them (`raft_storage::PREALLOCATE`).
+fn read_log(path: impl AsRef<Path>) -> std::io::Result<Vec<u8>> {
+    let mut bytes = fs::read(path)?;
+    if bytes.len() >= SEGMENT_HEADER_LEN && bytes.starts_with(&raft_storage::SEGMENT_MAGIC) {
+        let mut at = SEGMENT_HEADER_LEN;
+        while at + RECORD_HEADER_LEN <= bytes.len() {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            if len == 0 {
+                break;
+            }
+            at = (at + RECORD_HEADER_LEN + len).min(bytes.len());
+        }
+        if bytes[at..].iter().all(|&b| b == 0) {
+            bytes.truncate(at);
+        }
+    }
+    Ok(bytes)
+}
+
 /// The byte offsets of the records of a segment.
 fn record_offsets(bytes: &[u8]) -> Vec<usize> {
     let mut offsets = Vec::new();
@@ -384,7 +404,7 @@ fn a_torn_final_record_is_cut_off_at_every_byte() {
         let (before, after) = build(src.path(), rotated);
         let seg = only_segment(src.path());
         let name = seg.file_name().unwrap().to_owned();
-        let bytes = fs::read(&seg).unwrap();
+        let bytes = read_log(&seg).unwrap();
         let last = *record_offsets(&bytes).last().unwrap();
         for cut in last..=bytes.len() {
             let tmp = tempfile::tempdir().unwrap();
@@ -414,11 +434,11 @@ fn a_torn_final_record_is_cut_off_at_every_byte() {
 }
 
 #[test]
-fn a_final_record_with_a_bad_checksum_or_a_zero_filled_tail_is_torn() {
+fn a_final_record_with_a_bad_checksum_is_torn_and_a_zero_filled_tail_ends_the_records() {
     let src = tempfile::tempdir().unwrap();
     let (before, after) = build(src.path(), false);
     let seg = only_segment(src.path());
-    let bytes = fs::read(&seg).unwrap();
+    let bytes = read_log(&seg).unwrap();
     let last = *record_offsets(&bytes).last().unwrap();
 
     let mut flipped = bytes.clone();
@@ -429,17 +449,52 @@ fn a_final_record_with_a_bad_checksum_or_a_zero_filled_tail_is_torn() {
     assert_eq!(r.truncated_torn_tail, Some((seg.clone(), last as u64)));
     drop(storage);
 
+    // Zeros after the last whole record (the preallocated space, or a
+    // group write of which only the file's size reached the disk): the
+    // records end there; nothing is torn, and the file is left as it is.
     let mut zeros = bytes.clone();
     zeros.extend_from_slice(&[0; 4096]);
     fs::write(&seg, &zeros).unwrap();
     let (storage, mut r) = open(src.path());
     after.check(&mut r);
-    assert_eq!(
-        r.truncated_torn_tail,
-        Some((seg.clone(), bytes.len() as u64))
-    );
+    assert_eq!(r.truncated_torn_tail, None);
     drop(storage);
-    assert_eq!(fs::read(&seg).unwrap(), bytes);
+    assert_eq!(fs::read(&seg).unwrap(), zeros);
+}
+
+/// The live segment grows ahead of its records, in steps of
+/// `PREALLOCATE`, and a reopened store writes after its last record, over
+/// the zeros: every record survives any number of reopenings.
+#[test]
+fn the_segment_is_preallocated_and_reopening_continues_after_the_last_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut reference = Reference::default();
+    let mut index = 1;
+    for round in 0..3u64 {
+        let (mut storage, mut r) = open(dir.path());
+        reference.check(&mut r);
+        assert_eq!(r.truncated_torn_tail, None, "round {round}");
+        for _ in 0..20 {
+            let step = write(Some((round + 1, None)), None, None, index..index + 3, round + 1);
+            index += 3;
+            append(&mut storage, &step);
+            reference.apply(&step);
+        }
+        storage.sync().unwrap();
+        let seg = storage.segment_path().to_path_buf();
+        let size = fs::metadata(&seg).unwrap().len();
+        let records = storage.raft_state_bytes() as u64;
+        assert!(size >= records, "round {round}: {size} < {records}");
+        assert_eq!(size % raft_storage::PREALLOCATE, 0, "round {round}: {size}");
+        assert!(
+            fs::read(&seg).unwrap()[records as usize..].iter().all(|&b| b == 0),
+            "round {round}: only zeros after the records"
+        );
+        drop(storage);
+    }
+    let (_storage, mut r) = open(dir.path());
+    reference.check(&mut r);
+    assert_eq!(r.state.entries.len(), 180);
 }
 
 /// A crash that kept the file's size but not all of its last group write
@@ -452,7 +507,7 @@ fn zeros_from_inside_any_record_are_a_torn_tail() {
     build(src.path(), false);
     let seg = only_segment(src.path());
     let name = seg.file_name().unwrap().to_owned();
-    let bytes = fs::read(&seg).unwrap();
+    let bytes = read_log(&seg).unwrap();
     let offsets = record_offsets(&bytes);
     // The state after each whole record: replay the records before `at`.
     let state_before = |at: usize| {
@@ -483,7 +538,7 @@ fn zeros_from_inside_any_record_are_a_torn_tail() {
             assert_eq!(r.state, expected, "zeros from {zero_from} (record at {at})");
             assert_eq!(r.truncated_torn_tail, Some((path.clone(), at as u64)));
             drop(storage);
-            assert_eq!(fs::read(&path).unwrap(), &bytes[..at]);
+            assert_eq!(read_log(&path).unwrap(), &bytes[..at]);
         }
     }
 }
@@ -495,7 +550,7 @@ fn a_flipped_byte_in_an_earlier_record_is_corruption_at_its_offset() {
         build(src.path(), rotated);
         let seg = only_segment(src.path());
         let name = seg.file_name().unwrap().to_owned();
-        let bytes = fs::read(&seg).unwrap();
+        let bytes = read_log(&seg).unwrap();
         let offsets = record_offsets(&bytes);
         for &at in &offsets[..offsets.len() - 1] {
             for delta in [RECORD_HEADER_LEN, RECORD_HEADER_LEN + 3, 4] {
@@ -507,7 +562,7 @@ fn a_flipped_byte_in_an_earlier_record_is_corruption_at_its_offset() {
                 fs::write(&path, &damaged).unwrap();
                 assert_corrupt(open_err(tmp.path()), &path, at as u64, "checksum");
                 // Nothing was changed on disk.
-                assert_eq!(fs::read(&path).unwrap(), damaged);
+                assert_eq!(read_log(&path).unwrap(), damaged);
             }
         }
     }
@@ -518,7 +573,7 @@ fn an_oversized_length_is_corruption() {
     let src = tempfile::tempdir().unwrap();
     build(src.path(), false);
     let seg = only_segment(src.path());
-    let bytes = fs::read(&seg).unwrap();
+    let bytes = read_log(&seg).unwrap();
     let offsets = record_offsets(&bytes);
     for at in [offsets[1], *offsets.last().unwrap()] {
         let mut damaged = bytes.clone();
@@ -538,7 +593,7 @@ fn an_undecodable_record_with_a_good_checksum_is_corruption() {
     let src = tempfile::tempdir().unwrap();
     build(src.path(), false);
     let seg = only_segment(src.path());
-    let mut bytes = fs::read(&seg).unwrap();
+    let mut bytes = read_log(&seg).unwrap();
     let at = bytes.len();
     bytes.extend_from_slice(&frame(&[0xFF; 7]));
     fs::write(&seg, &bytes).unwrap();
@@ -550,7 +605,7 @@ fn a_record_that_does_not_continue_the_log_is_corruption() {
     let src = tempfile::tempdir().unwrap();
     build(src.path(), false);
     let seg = only_segment(src.path());
-    let mut bytes = fs::read(&seg).unwrap();
+    let mut bytes = read_log(&seg).unwrap();
     let offsets = record_offsets(&bytes);
     // Replay the second record (entries 4..6) again at the end.
     let second = bytes[offsets[1]..offsets[2]].to_vec();
@@ -565,7 +620,7 @@ fn a_bad_segment_header_is_corruption() {
     let src = tempfile::tempdir().unwrap();
     build(src.path(), false);
     let seg = only_segment(src.path());
-    let bytes = fs::read(&seg).unwrap();
+    let bytes = read_log(&seg).unwrap();
     let mut damaged = bytes.clone();
     damaged[0] = b'X';
     fs::write(&seg, &damaged).unwrap();
@@ -632,7 +687,7 @@ fn rotation_case() -> RotationCase {
     }
     storage.sync().unwrap();
     let log1_path = dir.path().join(segment_file_name(1));
-    let log1_before = fs::read(&log1_path).unwrap();
+    let log1_before = read_log(&log1_path).unwrap();
     // A second name keeps log.1 as the write's record left it once the
     // rotation has deleted it.
     let saved = aside.path().join("log.1");
@@ -653,12 +708,12 @@ fn rotation_case() -> RotationCase {
         dir.path().join(segment_file_name(2))
     );
     drop(storage);
-    let log1 = fs::read(&saved).unwrap();
+    let log1 = read_log(&saved).unwrap();
     assert!(log1.len() > log1_before.len());
     assert_eq!(log1[..log1_before.len()], log1_before[..]);
-    let log2 = fs::read(dir.path().join(segment_file_name(2))).unwrap();
+    let log2 = read_log(dir.path().join(segment_file_name(2))).unwrap();
     let staged = snapshot_file_name(6);
-    let staged_bytes = fs::read(dir.path().join(&staged)).unwrap();
+    let staged_bytes = read_log(dir.path().join(&staged)).unwrap();
     RotationCase {
         dir,
         log1_before,
@@ -708,7 +763,7 @@ fn a_crash_during_rotation_falls_back_to_the_previous_segment() {
         };
         let seg = only_segment(tmp.path());
         assert_eq!(seg, tmp.path().join(segment_file_name(live)), "{what}");
-        assert_eq!(&fs::read(&seg).unwrap(), bytes, "{what}");
+        assert_eq!(&read_log(&seg).unwrap(), bytes, "{what}");
         assert_only_snapshot(tmp.path(), Some(6));
         // Later writes are not undone on reopen.
         let mut reference = case.after.clone();
@@ -773,7 +828,7 @@ fn a_staged_snapshot_whose_write_never_reached_the_log_is_deleted() {
         let torn = (cut > 0).then(|| (log1.clone(), old_len as u64));
         assert_eq!(r.truncated_torn_tail, torn, "cut {cut}");
         assert_only_snapshot(tmp.path(), None);
-        assert_eq!(fs::read(&log1).unwrap(), case.log1_before, "cut {cut}");
+        assert_eq!(read_log(&log1).unwrap(), case.log1_before, "cut {cut}");
         // Still usable: stage and write the snapshot again.
         append(&mut storage, &case.step);
         drop(storage);
@@ -817,7 +872,7 @@ fn a_crash_after_the_log_record_adopts_the_new_snapshot() {
     let old_files: Vec<(String, Vec<u8>)> = snapshot_files(dir)
         .into_iter()
         .map(|n| {
-            let bytes = fs::read(dir.join(&n)).unwrap();
+            let bytes = read_log(dir.join(&n)).unwrap();
             (n, bytes)
         })
         .collect();
@@ -839,9 +894,9 @@ fn a_crash_after_the_log_record_adopts_the_new_snapshot() {
     assert_ne!(new_path, old_path);
     drop(storage);
     assert_only_snapshot(dir, Some(12));
-    let old_segment = fs::read(aside.path().join("old")).unwrap();
-    let new_segment = fs::read(&new_path).unwrap();
-    let staged = fs::read(dir.join(snapshot_file_name(12))).unwrap();
+    let old_segment = read_log(aside.path().join("old")).unwrap();
+    let new_segment = read_log(&new_path).unwrap();
+    let staged = read_log(dir.join(snapshot_file_name(12))).unwrap();
 
     // The old segment and the new one, as the crash left them.
     type Segments<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
@@ -925,7 +980,7 @@ fn a_damaged_snapshot_file_is_corruption() {
     let src = tempfile::tempdir().unwrap();
     build(src.path(), true);
     let path = src.path().join(snapshot_file_name(6));
-    let bytes = fs::read(&path).unwrap();
+    let bytes = read_log(&path).unwrap();
     let data_at = bytes.len() - b"snap".len();
     assert_eq!(&bytes[data_at..], b"snap");
 
@@ -984,7 +1039,7 @@ fn a_damaged_snapshot_file_is_corruption() {
         fs::write(&path, &damaged).unwrap();
         assert_corrupt(open_err(src.path()), &path, 16, "header checksum");
         // Nothing was deleted or changed by the failed open.
-        assert_eq!(fs::read(&path).unwrap(), damaged);
+        assert_eq!(read_log(&path).unwrap(), damaged);
     }
 }
 
@@ -1023,7 +1078,7 @@ fn a_write_naming_an_unstaged_snapshot_is_refused_and_changes_nothing() {
     let pending = write(None, None, None, last + 1..last + 2, 4);
     append(&mut storage, &pending);
     let seg = storage.segment_path().to_path_buf();
-    let seg_bytes = fs::read(&seg).unwrap();
+    let seg_bytes = read_log(&seg).unwrap();
     let size = storage.raft_state_bytes();
     let mut expected = reference.clone();
     expected.apply(&pending);
@@ -1035,7 +1090,7 @@ fn a_write_naming_an_unstaged_snapshot_is_refused_and_changes_nothing() {
     assert!(text.contains("never staged"), "{text}");
     assert_eq!(storage.state(), &expected.state);
     assert_eq!(storage.raft_state_bytes(), size);
-    assert_eq!(fs::read(&seg).unwrap(), seg_bytes);
+    assert_eq!(read_log(&seg).unwrap(), seg_bytes);
     assert_eq!(only_segment(dir), seg);
     assert_only_snapshot(dir, Some(6));
 
@@ -1068,7 +1123,7 @@ fn a_write_naming_a_staged_file_that_does_not_fit_is_refused() {
     assert_eq!(storage.raft_state_bytes(), size);
 
     stage(dir, &SnapshotMeta::at(10, term), b"ten");
-    let mut bytes = fs::read(&path).unwrap();
+    let mut bytes = read_log(&path).unwrap();
     bytes[16] ^= 1;
     fs::write(&path, &bytes).unwrap();
     assert_corrupt(
@@ -1157,7 +1212,7 @@ fn a_single_file_snapshot_directory_opens_and_the_file_goes_once_a_newer_one_is_
     reference.check(&mut r);
     assert_eq!(snapshot_files(dir), [SNAPSHOT_FILE]);
     storage = s;
-    let single = fs::read(dir.join(SNAPSHOT_FILE)).unwrap();
+    let single = read_log(dir.join(SNAPSHOT_FILE)).unwrap();
 
     let term = reference.state.term_at(12).unwrap();
     let last = reference.state.last_index();
@@ -1192,7 +1247,7 @@ fn a_single_file_snapshot_with_a_damaged_data_byte_fails_at_the_end_of_its_data(
     let dir = tmp.path();
     build_single_file(dir);
     let path = dir.join(SNAPSHOT_FILE);
-    let mut bytes = fs::read(&path).unwrap();
+    let mut bytes = read_log(&path).unwrap();
     *bytes.last_mut().unwrap() ^= 1;
     fs::write(&path, &bytes).unwrap();
     let (_, r) = open(dir);
@@ -1568,7 +1623,7 @@ fn a_version_1_directory_is_read_and_continued_in_version_2() {
     ];
     assert_eq!(r.state.entries, expected);
     assert_eq!(r.state.hard_state.term, 2);
-    let live = fs::read(storage.segment_path()).unwrap();
+    let live = read_log(storage.segment_path()).unwrap();
     assert_eq!(
         live[8..12],
         raft_storage::FORMAT_VERSION.to_le_bytes(),

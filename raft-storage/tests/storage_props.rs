@@ -168,6 +168,19 @@ impl Arbitrary for SnapshotCrash {
     }
 }
 
+/// Where a segment's records end, walking them from the record boundary
+/// `from`: at the end of the file, or at the zeros preallocated after them.
+fn records_end(bytes: &[u8], mut from: usize) -> usize {
+    while from + raft_storage::RECORD_HEADER_LEN <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[from..from + 4].try_into().expect("4 bytes")) as usize;
+        if len == 0 {
+            break;
+        }
+        from += raft_storage::RECORD_HEADER_LEN + len;
+    }
+    from.min(bytes.len())
+}
+
 impl Arbitrary for Op {
     fn arbitrary(g: &mut Gen) -> Self {
         let count = u8::arbitrary(g) % 5;
@@ -594,14 +607,28 @@ impl Run {
                 format!("after a sync and its deletions the snapshot files are {files:?}, expected {expected:?}")
             })?;
         }
-        // The live segment holds exactly what the storage counts.
+        // The live segment holds exactly what the storage counts, then only
+        // zeros: its preallocated space (a multiple of PREALLOCATE, or what
+        // recovery found after the records).
         let storage = self.storage.as_ref().expect("open");
         let on_disk = io("stat", fs::metadata(storage.segment_path()))?.len();
-        ensure(on_disk == self.durable_len, || {
-            format!(
-                "after a sync the segment holds {on_disk} bytes, the storage counts {}",
-                self.durable_len
-            )
+        ensure(
+            on_disk >= self.durable_len,
+            || {
+                format!(
+                    "after a sync the segment holds {on_disk} bytes, the storage counts {}",
+                    self.durable_len
+                )
+            },
+        )?;
+        let mut after = vec![0u8; (on_disk - self.durable_len).min(4096) as usize];
+        let file = io("open", fs::File::open(storage.segment_path()))?;
+        io(
+            "read",
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut after, self.durable_len),
+        )?;
+        ensure(after.iter().all(|&b| b == 0), || {
+            "after a sync the segment's records are followed by more than zeros".into()
         })
     }
 
@@ -699,9 +726,15 @@ impl Run {
         ensure(storage.segment_path() == segs[0], || {
             "the live segment is not the one on disk".into()
         })?;
-        let on_disk = io("stat", fs::metadata(&segs[0]))?.len() as usize;
+        // The records' bytes: the file up to its preallocated zeros.
+        let file = io("read", fs::read(&segs[0]))?;
+        let zeros = file.iter().rev().take_while(|&&b| b == 0).count();
+        let on_disk = file.len() - zeros;
+        // (A record may itself end in zero bytes: the recovered length may
+        // exceed the last non-zero byte by a few.)
+        let counts = |n: usize| n >= on_disk && n <= file.len() && file[n..].iter().all(|&b| b == 0);
         ensure(
-            r.raft_state_bytes == on_disk && storage.raft_state_bytes() == on_disk,
+            r.raft_state_bytes == storage.raft_state_bytes() && counts(r.raft_state_bytes),
             || {
                 format!(
                     "raft_state_bytes {} (recovered) and {} (storage), the segment holds {on_disk}",
@@ -854,14 +887,19 @@ impl Run {
         }
         drop(file);
         let file_len = if zeros { end } else { len };
-        let mut torn = (file_len != whole).then(|| (path.clone(), whole));
+        // Nothing but zeros from a record boundary on ends the records
+        // there: nothing is torn.
+        let damaged = io("read", fs::read(&path))?;
+        let zeros_from = |at: u64| damaged[at as usize..].iter().all(|&b| b == 0);
+        let mut torn = (file_len != whole && !zeros_from(whole)).then(|| (path.clone(), whole));
         if let Some(checkpoint_end) = fresh {
             if changed < checkpoint_end {
                 // The new segment's start is torn: it is dropped whole.
                 torn = None;
             } else if whole < checkpoint_end {
                 // Only records after the checkpoint are torn.
-                torn = (file_len != checkpoint_end).then(|| (path.clone(), checkpoint_end));
+                torn = (file_len != checkpoint_end && !zeros_from(checkpoint_end))
+                    .then(|| (path.clone(), checkpoint_end));
             }
         }
         self.reopen(expected, torn)
@@ -910,9 +948,12 @@ impl Run {
         }
         let new_path = self.storage().segment_path().to_path_buf();
         self.storage = None;
-        let old_segment = io("read", fs::read(&saved))?;
-        let new_segment = io("read", fs::read(&new_path))?;
         let old_len = usize::try_from(old_len).expect("a small segment");
+        // Both without their preallocated zeros.
+        let mut old_segment = io("read", fs::read(&saved))?;
+        old_segment.truncate(records_end(&old_segment, old_len));
+        let mut new_segment = io("read", fs::read(&new_path))?;
+        new_segment.truncate(records_end(&new_segment, raft_storage::SEGMENT_HEADER_LEN));
         if old_segment.len() <= old_len || new_path == old_path {
             return Err("the snapshot write neither appended nor rotated".into());
         }
