@@ -19,6 +19,8 @@
 //! The same measuring loop drives both systems through the [`Target`] trait.
 
 mod cpu;
+mod floor;
+mod open_report;
 mod reads_report;
 mod report;
 mod svg;
@@ -229,6 +231,14 @@ enum Cmd {
         #[arg(long, default_value_t = 10.0)]
         op_timeout: f64,
     },
+    /// Measure what a put cannot go below here: a loopback hop, a
+    /// thread handoff, a group commit's fdatasync (see `floor.rs`). Prints
+    /// one `key=value` line on stdout.
+    Floor {
+        /// Where the fsyncs are measured (the data directories' disk).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Wait until the cluster serves writes.
     Wait {
         #[command(flatten)]
@@ -246,6 +256,20 @@ enum Cmd {
         #[arg(long)]
         svg: PathBuf,
         /// etcd version string, for the machine description.
+        #[arg(long, default_value = "")]
+        etcd_version: String,
+        /// Extra lines for the "setup" section (repeatable).
+        #[arg(long)]
+        note: Vec<String>,
+    },
+    /// Render the open-loop CSV into open-loop.md and open-loop.svg.
+    ReportOpen {
+        #[arg(long)]
+        csv: PathBuf,
+        #[arg(long)]
+        md: PathBuf,
+        #[arg(long)]
+        svg: PathBuf,
         #[arg(long, default_value = "")]
         etcd_version: String,
         /// Extra lines for the "setup" section (repeatable).
@@ -597,7 +621,8 @@ async fn run_point_open<T: Target>(
             let mut first_error = None;
             let mut rng = Rng::new(cfg.seed.wrapping_mul(1_000_003) + c as u64 + 1);
             let mut ops_rng = Rng::new(cfg.seed.wrapping_mul(7_000_001) + c as u64 + 0x5EED);
-            let lower_bound = |due: Instant| (give_up - due).as_micros().min(u32::MAX as u128) as u32;
+            let lower_bound =
+                |due: Instant| (give_up - due).as_micros().min(u32::MAX as u128) as u32;
             while let Ok((k, due)) = rx.recv().await {
                 let counted = due >= measure_start;
                 let is_put = next_is_put(cfg.workload, &mut ops_rng);
@@ -609,7 +634,11 @@ async fn run_point_open<T: Target>(
                     // Still queued at the end: never sent.
                     if counted {
                         unfinished += 1;
-                        if is_put { put_us.push(lower_bound(due)) } else { get_us.push(lower_bound(due)) }
+                        if is_put {
+                            put_us.push(lower_bound(due))
+                        } else {
+                            get_us.push(lower_bound(due))
+                        }
                     }
                     continue;
                 }
@@ -628,7 +657,11 @@ async fn run_point_open<T: Target>(
                     Ok(Ok(found)) => {
                         if counted {
                             get_empty += u64::from(!found);
-                            if is_put { put_us.push(us) } else { get_us.push(us) }
+                            if is_put {
+                                put_us.push(us)
+                            } else {
+                                get_us.push(us)
+                            }
                         }
                     }
                     Ok(Err(e)) => {
@@ -640,7 +673,11 @@ async fn run_point_open<T: Target>(
                     Err(_) => {
                         if counted {
                             unfinished += 1;
-                            if is_put { put_us.push(lower_bound(due)) } else { get_us.push(lower_bound(due)) }
+                            if is_put {
+                                put_us.push(lower_bound(due))
+                            } else {
+                                get_us.push(lower_bound(due))
+                            }
                         }
                     }
                 }
@@ -1013,6 +1050,9 @@ async fn main() -> Result<()> {
             }
         }
         Cmd::Wait { t, timeout } => wait(t, Duration::from_secs_f64(timeout)).await,
+        Cmd::Floor { dir } => tokio::task::spawn_blocking(move || floor::floor(&dir))
+            .await
+            .context("floor panicked")?,
         Cmd::Report {
             csv,
             md,
@@ -1020,6 +1060,13 @@ async fn main() -> Result<()> {
             etcd_version,
             note,
         } => report::report(&csv, &md, &svg, &etcd_version, &note),
+        Cmd::ReportOpen {
+            csv,
+            md,
+            svg,
+            etcd_version,
+            note,
+        } => open_report::report(&csv, &md, &svg, &etcd_version, &note),
         Cmd::ReportReads {
             csv,
             md,

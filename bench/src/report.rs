@@ -42,6 +42,10 @@ pub struct Row {
     pub gen_cpu: f64,
     pub server_cpu: f64,
     pub other_cpu: f64,
+    /// Open loop: the offered rate (0: closed loop, and in CSVs written
+    /// before the open loop).
+    pub offered_rate: f64,
+    pub unfinished: f64,
 }
 
 pub fn parse_csv(text: &str) -> Result<Vec<Row>> {
@@ -136,6 +140,22 @@ pub fn parse_csv(text: &str) -> Result<Vec<Row>> {
             gen_cpu: opt_num("gen_cpu")?,
             server_cpu: opt_num("server_cpu")?,
             other_cpu: opt_num("other_cpu")?,
+            offered_rate: {
+                let v = opt_num("offered_rate")?;
+                if v.is_finite() {
+                    v
+                } else {
+                    0.0
+                }
+            },
+            unfinished: {
+                let v = opt_num("unfinished")?;
+                if v.is_finite() {
+                    v
+                } else {
+                    0.0
+                }
+            },
         });
     }
     Ok(rows)
@@ -320,17 +340,20 @@ pub fn report(
         std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
     let rows: Vec<Row> = parse_csv(&text)?
         .into_iter()
-        .filter(|r| r.workload == "put")
+        .filter(|r| r.workload == "put" && r.offered_rate == 0.0)
         .collect();
     if rows.is_empty() {
-        bail!("{} has no put rows", csv.display());
+        bail!("{} has no closed-loop put rows", csv.display());
     }
     let points = Points::new(&rows);
     let clients = points.clients();
     let reps = rows.iter().map(|r| r.rep).max().unwrap_or(1);
 
     let mut out = String::new();
-    writeln!(out, "# Put throughput and latency: ours (rkv) vs etcd at its best\n")?;
+    writeln!(
+        out,
+        "# Put throughput and latency: ours (rkv) vs etcd at its best\n"
+    )?;
     writeln!(
         out,
         "Produced by `scripts/bench-vs-etcd`; raw numbers in `results.csv`, plot in `bench.svg`.\n"
@@ -356,7 +379,10 @@ pub fn report(
 
     writeln!(out, "\n## Results\n")?;
     writeln!(out, "| clients | ours ops/s | model | p50 ms | p99 ms | p99.9 ms | etcd ops/s (best) | model | p50 ms | p99 ms | p99.9 ms | ours / etcd |")?;
-    writeln!(out, "|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|")?;
+    writeln!(
+        out,
+        "|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+    )?;
     for &c in &clients {
         let o = points.best("ours", c);
         let e = points.best("etcd", c);
@@ -510,7 +536,10 @@ mod tests {
             md.contains("| 16 | – | – | – | – | – | 1200 | 4 shared | 12.00 | 21.00 | 33.00 | – |"),
             "{md}"
         );
-        assert!(md.contains("| etcd | 16 | 1/client | 1 | 0 | 3000 | 1000 |"), "{md}");
+        assert!(
+            md.contains("| etcd | 16 | 1/client | 1 | 0 | 3000 | 1000 |"),
+            "{md}"
+        );
         let svg = std::fs::read_to_string(dir.join("r.svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -106,7 +106,7 @@ fn markers(out: &mut String, pts: &[(f64, f64)], color: &str, hollow: bool) {
     }
 }
 
-fn frame(out: &mut String, x0: f64, title: &str, ylabel: &str) {
+fn frame(out: &mut String, x0: f64, title: &str, xlabel: &str, ylabel: &str) {
     let _ = writeln!(
         out,
         r##"<rect x="{x0}" y="{PLOT_TOP}" width="{PLOT_W}" height="{PLOT_H}" fill="none" stroke="#333"/>"##
@@ -120,9 +120,10 @@ fn frame(out: &mut String, x0: f64, title: &str, ylabel: &str) {
     );
     let _ = writeln!(
         out,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="13">concurrent clients (log scale)</text>"#,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="13">{}</text>"#,
         x0 + PLOT_W / 2.0,
-        PLOT_TOP + PLOT_H + 40.0
+        PLOT_TOP + PLOT_H + 40.0,
+        esc(xlabel)
     );
     let (lx, ly) = (x0 - 62.0, PLOT_TOP + PLOT_H / 2.0);
     let _ = writeln!(
@@ -160,6 +161,12 @@ fn legend_step(name: &str) -> f64 {
 
 /// As [`render`], with the throughput axis labelled `ylabel`.
 pub fn render_with(title: &str, ylabel: &str, series: &[Series]) -> String {
+    render_xy(title, "concurrent clients (log scale)", ylabel, series)
+}
+
+/// As [`render_with`], with the x axis (log scale; `Series::clients`)
+/// labelled `xlabel`: the open-loop plot puts the offered rate there.
+pub fn render_xy(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -208,7 +215,7 @@ pub fn render_with(title: &str, ylabel: &str, series: &[Series]) -> String {
         v += step;
     }
     x_ticks(&mut out, &sx, &xs);
-    frame(&mut out, x0, "Throughput", ylabel);
+    frame(&mut out, x0, "Throughput", xlabel, ylabel);
     for s in series {
         let pts: Vec<(f64, f64)> = s
             .clients
@@ -264,6 +271,7 @@ pub fn render_with(title: &str, ylabel: &str, series: &[Series]) -> String {
         &mut out,
         x0,
         "Latency: p99 (solid), p50 (dashed)",
+        xlabel,
         "latency (ms, log scale)",
     );
     for s in series {

@@ -187,7 +187,11 @@ pub(crate) fn read_record(rest: &[u8]) -> Frame<'_> {
     // file's new size reached the disk; nothing acknowledged it). (A record
     // never starts with a zero length, so only then is the tail scanned.)
     if rest.len() < RECORD_HEADER_LEN {
-        return if all_zero(rest) { Frame::End } else { Frame::Torn };
+        return if all_zero(rest) {
+            Frame::End
+        } else {
+            Frame::Torn
+        };
     }
     let len = read_u32(rest, 0) as usize;
     let crc = read_u32(rest, 4);

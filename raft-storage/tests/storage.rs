@@ -475,7 +475,13 @@ fn the_segment_is_preallocated_and_reopening_continues_after_the_last_record() {
         reference.check(&mut r);
         assert_eq!(r.truncated_torn_tail, None, "round {round}");
         for _ in 0..20 {
-            let step = write(Some((round + 1, None)), None, None, index..index + 3, round + 1);
+            let step = write(
+                Some((round + 1, None)),
+                None,
+                None,
+                index..index + 3,
+                round + 1,
+            );
             index += 3;
             append(&mut storage, &step);
             reference.apply(&step);
@@ -487,7 +493,9 @@ fn the_segment_is_preallocated_and_reopening_continues_after_the_last_record() {
         assert!(size >= records, "round {round}: {size} < {records}");
         assert_eq!(size % raft_storage::PREALLOCATE, 0, "round {round}: {size}");
         assert!(
-            fs::read(&seg).unwrap()[records as usize..].iter().all(|&b| b == 0),
+            fs::read(&seg).unwrap()[records as usize..]
+                .iter()
+                .all(|&b| b == 0),
             "round {round}: only zeros after the records"
         );
         drop(storage);

@@ -612,15 +612,12 @@ impl Run {
         // recovery found after the records).
         let storage = self.storage.as_ref().expect("open");
         let on_disk = io("stat", fs::metadata(storage.segment_path()))?.len();
-        ensure(
-            on_disk >= self.durable_len,
-            || {
-                format!(
-                    "after a sync the segment holds {on_disk} bytes, the storage counts {}",
-                    self.durable_len
-                )
-            },
-        )?;
+        ensure(on_disk >= self.durable_len, || {
+            format!(
+                "after a sync the segment holds {on_disk} bytes, the storage counts {}",
+                self.durable_len
+            )
+        })?;
         let mut after = vec![0u8; (on_disk - self.durable_len).min(4096) as usize];
         let file = io("open", fs::File::open(storage.segment_path()))?;
         io(
@@ -732,7 +729,8 @@ impl Run {
         let on_disk = file.len() - zeros;
         // (A record may itself end in zero bytes: the recovered length may
         // exceed the last non-zero byte by a few.)
-        let counts = |n: usize| n >= on_disk && n <= file.len() && file[n..].iter().all(|&b| b == 0);
+        let counts =
+            |n: usize| n >= on_disk && n <= file.len() && file[n..].iter().all(|&b| b == 0);
         ensure(
             r.raft_state_bytes == storage.raft_state_bytes() && counts(r.raft_state_bytes),
             || {
