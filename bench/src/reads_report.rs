@@ -569,7 +569,7 @@ mod tests {
         ops: f64,
         p50: f64,
     ) -> String {
-        format!("{t},{n},10,2,256,random,{conns},{},0,{ops},1.0,{p50},1.0,2.0,3.0,4.0,{w},{c},{rep},{},{p50},2.0,0,nan,nan,0,0.5,1.0,0.1", (ops * 10.0) as u64, (ops * 10.0) as u64)
+        format!("{t},{n},10,2,256,random,{conns},{},0,{ops},1.0,{p50},1.0,2.0,3.0,4.0,{w},{c},{rep},{},{p50},2.0,0,nan,nan,0,0.5,1.0,0.1,0,0", (ops * 10.0) as u64, (ops * 10.0) as u64)
     }
 
     #[test]
