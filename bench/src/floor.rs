@@ -16,12 +16,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
+use crate::reads_report::median;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Median one-way loopback hop, µs.
 fn hop_us(rounds: usize) -> Result<f64> {

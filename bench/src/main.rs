@@ -492,42 +492,68 @@ async fn run_point<T: Target>(
                     }
                 }
             }
-            (get_us, put_us, errors, get_empty, first_error)
+            Tally {
+                get_us,
+                put_us,
+                errors,
+                get_empty,
+                unfinished: 0,
+                first_error,
+            }
         });
     }
-    let mut gets: Vec<u32> = Vec::new();
-    let mut puts: Vec<u32> = Vec::new();
-    let mut errors = 0;
-    let mut get_empty = 0;
-    let mut first_error = None;
+    let mut tallies = Vec::with_capacity(n);
     while let Some(r) = set.join_next().await {
-        let (g, p, e, ge, fe) = r.context("client task panicked")?;
-        gets.extend_from_slice(&g);
-        puts.extend_from_slice(&p);
-        errors += e;
-        get_empty += ge;
-        if first_error.is_none() {
-            first_error = fe;
-        }
+        tallies.push(r.context("client task panicked")?);
     }
     let cpu = cpu_task.await.context("cpu sampler panicked")?;
+    Ok(point_from(tallies, cpu, cfg.seconds))
+}
+
+/// What one logical client's task measured in the window.
+struct Tally {
+    get_us: Vec<u32>,
+    put_us: Vec<u32>,
+    errors: u64,
+    get_empty: u64,
+    /// Open loop only: operations counted at their lower bound.
+    unfinished: u64,
+    first_error: Option<String>,
+}
+
+/// The point the clients' tallies make over a window of `seconds`.
+fn point_from(tallies: Vec<Tally>, cpu: cpu::WindowCpu, seconds: Duration) -> Point {
+    let mut gets: Vec<u32> = Vec::new();
+    let mut puts: Vec<u32> = Vec::new();
+    let (mut errors, mut get_empty, mut unfinished) = (0, 0, 0);
+    let mut first_error = None;
+    for t in tallies {
+        gets.extend_from_slice(&t.get_us);
+        puts.extend_from_slice(&t.put_us);
+        errors += t.errors;
+        get_empty += t.get_empty;
+        unfinished += t.unfinished;
+        if first_error.is_none() {
+            first_error = t.first_error;
+        }
+    }
     gets.sort_unstable();
     puts.sort_unstable();
     let mut all = Vec::with_capacity(gets.len() + puts.len());
     all.extend_from_slice(&gets);
     all.extend_from_slice(&puts);
     all.sort_unstable();
-    let ops = all.len() as u64;
-    let secs = cfg.seconds.as_secs_f64();
+    // Unfinished operations count in the latencies, not as done.
+    let ops = all.len() as u64 - unfinished;
     let mean_ms = if all.is_empty() {
         f64::NAN
     } else {
         all.iter().map(|&u| u as f64).sum::<f64>() / all.len() as f64 / 1000.0
     };
-    Ok(Point {
+    Point {
         ops,
         errors,
-        ops_per_sec: ops as f64 / secs,
+        ops_per_sec: ops as f64 / seconds.as_secs_f64(),
         mean_ms,
         p50_ms: percentile(&all, 0.50),
         p90_ms: percentile(&all, 0.90),
@@ -539,8 +565,8 @@ async fn run_point<T: Target>(
         puts: KindStats::of(&puts),
         get_empty,
         cpu,
-        unfinished: 0,
-    })
+        unfinished,
+    }
 }
 
 /// One point, closed or open loop as `cfg.rate` says.
@@ -682,56 +708,24 @@ async fn run_point_open<T: Target>(
                     }
                 }
             }
-            (get_us, put_us, errors, get_empty, unfinished, first_error)
+            Tally {
+                get_us,
+                put_us,
+                errors,
+                get_empty,
+                unfinished,
+                first_error,
+            }
         });
     }
     drop(rx);
     dispatcher.await.context("dispatcher panicked")?;
-    let mut gets: Vec<u32> = Vec::new();
-    let mut puts: Vec<u32> = Vec::new();
-    let (mut errors, mut get_empty, mut unfinished) = (0, 0, 0);
-    let mut first_error = None;
+    let mut tallies = Vec::with_capacity(n);
     while let Some(r) = set.join_next().await {
-        let (g, p, e, ge, u, fe) = r.context("client task panicked")?;
-        gets.extend_from_slice(&g);
-        puts.extend_from_slice(&p);
-        errors += e;
-        get_empty += ge;
-        unfinished += u;
-        if first_error.is_none() {
-            first_error = fe;
-        }
+        tallies.push(r.context("client task panicked")?);
     }
     let cpu = cpu_task.await.context("cpu sampler panicked")?;
-    gets.sort_unstable();
-    puts.sort_unstable();
-    let mut all = Vec::with_capacity(gets.len() + puts.len());
-    all.extend_from_slice(&gets);
-    all.extend_from_slice(&puts);
-    all.sort_unstable();
-    let ops = all.len() as u64 - unfinished;
-    let mean_ms = if all.is_empty() {
-        f64::NAN
-    } else {
-        all.iter().map(|&u| u as f64).sum::<f64>() / all.len() as f64 / 1000.0
-    };
-    Ok(Point {
-        ops,
-        errors,
-        ops_per_sec: ops as f64 / cfg.seconds.as_secs_f64(),
-        mean_ms,
-        p50_ms: percentile(&all, 0.50),
-        p90_ms: percentile(&all, 0.90),
-        p99_ms: percentile(&all, 0.99),
-        p999_ms: percentile(&all, 0.999),
-        max_ms: all.last().map_or(f64::NAN, |&u| u as f64 / 1000.0),
-        first_error,
-        gets: KindStats::of(&gets),
-        puts: KindStats::of(&puts),
-        get_empty,
-        cpu,
-        unfinished,
-    })
+    Ok(point_from(tallies, cpu, cfg.seconds))
 }
 
 /// Writes keys `shared_key(0..keyspace)` once each with `concurrency`

@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use crate::reads_report::median;
-use crate::report::{machine_lines, parse_csv, Row};
+use crate::report::{machine_lines, read_rows, Row};
 use crate::svg::{self, Series};
 
 struct Agg {
@@ -61,12 +61,7 @@ pub fn report(
     etcd_version: &str,
     notes: &[String],
 ) -> Result<()> {
-    let text =
-        std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
-    let rows: Vec<Row> = parse_csv(&text)?
-        .into_iter()
-        .filter(|r| r.offered_rate > 0.0)
-        .collect();
+    let rows = read_rows(csv, |r| r.offered_rate > 0.0)?;
     if rows.is_empty() {
         bail!("{} has no open-loop rows (offered_rate > 0)", csv.display());
     }

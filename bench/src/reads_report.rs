@@ -13,7 +13,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::report::{fmt_f, machine_lines, parse_csv, Row};
+use crate::report::{fmt_f, machine_lines, Row};
 use crate::svg::{self, Series};
 
 /// Issue 13's throughput target: ours linearizable ≥ this × etcd's
@@ -267,7 +267,7 @@ fn main_table(out: &mut String, m: &Matrix, w: &str) -> Result<()> {
     Ok(())
 }
 
-fn hit(ok: bool) -> &'static str {
+pub(crate) fn hit(ok: bool) -> &'static str {
     if ok {
         "**HIT**"
     } else {
@@ -528,9 +528,7 @@ pub fn report(
     etcd_version: &str,
     notes: &[String],
 ) -> Result<()> {
-    let text =
-        std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
-    let rows = parse_csv(&text)?;
+    let rows = crate::report::read_rows(csv, |_| true)?;
     let svg_name = svg_prefix
         .file_name()
         .map_or("reads".into(), |n| n.to_string_lossy().into_owned());
@@ -557,6 +555,7 @@ pub fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::parse_csv;
 
     #[allow(clippy::too_many_arguments)]
     fn row(

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::reads_report::median;
+use crate::reads_report::{hit, median};
 use crate::svg::{self, Series};
 
 #[derive(Clone, Debug)]
@@ -321,12 +321,11 @@ impl Points {
     }
 }
 
-fn hit(ok: bool) -> &'static str {
-    if ok {
-        "**HIT**"
-    } else {
-        "**MISS**"
-    }
+/// The rows of the CSV at `csv` that `keep` keeps.
+pub(crate) fn read_rows(csv: &Path, keep: impl Fn(&Row) -> bool) -> Result<Vec<Row>> {
+    let text =
+        std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
+    Ok(parse_csv(&text)?.into_iter().filter(|r| keep(r)).collect())
 }
 
 pub fn report(
@@ -336,12 +335,7 @@ pub fn report(
     etcd_version: &str,
     notes: &[String],
 ) -> Result<()> {
-    let text =
-        std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
-    let rows: Vec<Row> = parse_csv(&text)?
-        .into_iter()
-        .filter(|r| r.workload == "put" && r.offered_rate == 0.0)
-        .collect();
+    let rows = read_rows(csv, |r| r.workload == "put" && r.offered_rate == 0.0)?;
     if rows.is_empty() {
         bail!("{} has no closed-loop put rows", csv.display());
     }
