@@ -723,16 +723,15 @@ impl Run {
         ensure(storage.segment_path() == segs[0], || {
             "the live segment is not the one on disk".into()
         })?;
-        // The records' bytes: the file up to its preallocated zeros.
+        // The records' bytes: the file up to its preallocated zeros, found
+        // by walking the records; only zeros may follow them.
         let file = io("read", fs::read(&segs[0]))?;
-        let zeros = file.iter().rev().take_while(|&&b| b == 0).count();
-        let on_disk = file.len() - zeros;
-        // (A record may itself end in zero bytes: the recovered length may
-        // exceed the last non-zero byte by a few.)
-        let counts =
-            |n: usize| n >= on_disk && n <= file.len() && file[n..].iter().all(|&b| b == 0);
+        let on_disk = records_end(&file, raft_storage::SEGMENT_HEADER_LEN);
+        ensure(file[on_disk..].iter().all(|&b| b == 0), || {
+            "the segment's records are followed by more than zeros".into()
+        })?;
         ensure(
-            r.raft_state_bytes == storage.raft_state_bytes() && counts(r.raft_state_bytes),
+            r.raft_state_bytes == on_disk && storage.raft_state_bytes() == on_disk,
             || {
                 format!(
                     "raft_state_bytes {} (recovered) and {} (storage), the segment holds {on_disk}",
