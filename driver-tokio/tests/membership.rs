@@ -195,7 +195,7 @@ impl Procs {
     }
 
     /// Every running member's (term, leader), once they all agree on one
-    /// leader.
+    /// leader that is one of them.
     async fn settled_leader(&self, members: &[u64]) -> (u64, u64) {
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut c = self.client().await;
@@ -208,8 +208,13 @@ impl Procs {
                 }
             }
             if views.len() == members.len() && views.iter().all(|v| v == &views[0]) {
+                // A leader outside `members` is a stale view: a removed and
+                // killed leader is still named by its old followers until
+                // their election timeout.
                 if let (term, Some(leader)) = views[0] {
-                    return (term, leader);
+                    if members.contains(&leader) {
+                        return (term, leader);
+                    }
                 }
             }
             assert!(
