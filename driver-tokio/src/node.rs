@@ -345,6 +345,9 @@ pub async fn start_node_with(
     );
 
     let (input_tx, input_rx) = mpsc::channel::<Input>(8192);
+    // Peers' messages and the storage thread's reports: the replication
+    // round's own steps, taken before any client request (see `run`).
+    let (urgent_tx, urgent_rx) = mpsc::channel::<Input>(8192);
     let mut tasks = JoinSet::new();
     let metrics = Arc::new(Metrics::new());
     if let Some(addr) = config.metrics_addr {
@@ -361,7 +364,7 @@ pub async fn start_node_with(
         config.cluster_id,
         config.data_dir.clone(),
         tls.clone(),
-        input_tx.clone(),
+        urgent_tx.clone(),
     ));
     tasks.spawn(run_client_listener(
         client_listener,
@@ -373,7 +376,7 @@ pub async fn start_node_with(
 
     let (storage_tx, storage_rx) = std_mpsc::channel::<Vec<Persist>>();
     let storage_thread = {
-        let input_tx = input_tx.clone();
+        let input_tx = urgent_tx;
         let metrics = metrics.clone();
         std::thread::Builder::new()
             .name(format!("rkv-storage-{}", config.id))
@@ -413,10 +416,11 @@ pub async fn start_node_with(
         deferred: std::collections::VecDeque::new(),
         metrics,
         tls,
+        sent_to_peer: false,
     };
     event_loop.follow_membership()?;
     tasks.spawn(async move {
-        let result = event_loop.run(input_rx).await;
+        let result = event_loop.run(urgent_rx, input_rx).await;
         if let Err(e) = &result {
             error!(error = %e, "node stopping");
         }
@@ -659,6 +663,8 @@ struct EventLoop {
     /// stepped once they are all done (actions run in order).
     deferred: std::collections::VecDeque<ServerEvent>,
     tls: Option<NodeTls>,
+    /// A message for a peer was queued in this turn (see `run`).
+    sent_to_peer: bool,
 }
 
 /// A snapshot transfer under way.
@@ -670,8 +676,23 @@ struct Transfer {
 }
 
 impl EventLoop {
-    async fn run(mut self, mut inputs: mpsc::Receiver<Input>) -> Result<(), NodeError> {
+    /// The loop: `urgent` (peers' messages, the storage thread's reports)
+    /// before `inputs` (clients, snapshot tasks, metrics).
+    ///
+    /// A replication round waits on the urgent inputs only: a follower's
+    /// acknowledgement queued behind a turn's worth of client requests
+    /// delayed the commit, and the next AppendEntries, by that turn. And
+    /// once a turn has queued a message for a peer, the loop yields, so that
+    /// the link's writer sends it now rather than after the rest of the
+    /// queue (this runtime has one thread: a queued message waits for the
+    /// loop to yield).
+    async fn run(
+        mut self,
+        mut urgent: mpsc::Receiver<Input>,
+        mut inputs: mpsc::Receiver<Input>,
+    ) -> Result<(), NodeError> {
         self.step(ServerEvent::TimerFired)?;
+        let mut urgent_open = true;
         loop {
             let sleep = async {
                 match self.deadline {
@@ -680,6 +701,13 @@ impl EventLoop {
                 }
             };
             tokio::select! {
+                biased;
+                input = urgent.recv(), if urgent_open => match input {
+                    Some(input) => self.handle(input)?,
+                    // The storage thread and the peer listener are gone:
+                    // the node is stopping, the loop's own queue says when.
+                    None => urgent_open = false,
+                },
                 input = inputs.recv() => {
                     let Some(input) = input else { return self.hand_over() };
                     self.handle(input)?;
@@ -690,16 +718,29 @@ impl EventLoop {
                 }
             }
             // What else is queued, up to a bound (so that a timer is not
-            // starved), without a select per input.
+            // starved), without a select per input; urgent inputs first,
+            // and the turn ends once a message for a peer is queued.
             for _ in 1..MAX_INPUTS_PER_TURN {
-                match inputs.try_recv() {
-                    Ok(input) => self.handle(input)?,
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => return self.hand_over(),
+                if self.sent_to_peer {
+                    break;
                 }
+                let input = match urgent.try_recv() {
+                    Ok(input) => input,
+                    Err(_) => match inputs.try_recv() {
+                        Ok(input) => input,
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            return self.hand_over();
+                        }
+                    },
+                };
+                self.handle(input)?;
             }
-            if inputs.is_empty() {
+            if inputs.is_empty() && urgent.is_empty() {
                 self.hand_over()?;
+            }
+            if std::mem::take(&mut self.sent_to_peer) {
+                tokio::task::yield_now().await;
             }
         }
     }
@@ -1008,6 +1049,7 @@ impl EventLoop {
         if let Some(link) = self.links.get(&to) {
             // A full queue means the peer is slow or gone: drop, Raft retries.
             let _ = link.queue.try_send(message);
+            self.sent_to_peer = true;
         }
     }
 
