@@ -330,7 +330,8 @@ pub async fn start_node_with(
     server_config.follower_reads = config.follower_reads;
     let mut snapshot = recovered.snapshot;
     let reader = snapshot.as_mut().map(|r| r as &mut dyn std::io::Read);
-    let server = KvServer::recover(server_config, seed, recovered.state, reader)?;
+    let mut server = KvServer::recover(server_config, seed, recovered.state, reader)?;
+    server.defer_applies(true);
     drop(snapshot);
     info!(
         id = config.id,
@@ -677,7 +678,8 @@ struct Transfer {
 
 impl EventLoop {
     /// The loop: `urgent` (peers' messages, the storage thread's reports)
-    /// before `inputs` (clients, snapshot tasks, metrics).
+    /// before `inputs` (clients, snapshot tasks, metrics); the server
+    /// defers applies (`KvServer::defer_applies`), which a turn does last.
     ///
     /// A replication round waits on the urgent inputs only: a follower's
     /// acknowledgement queued behind a turn's worth of client requests
@@ -721,7 +723,7 @@ impl EventLoop {
             // starved), without a select per input; urgent inputs first,
             // and the turn ends once a message for a peer is queued.
             for _ in 1..MAX_INPUTS_PER_TURN {
-                if self.sent_to_peer {
+                if self.sent_to_peer || self.server.has_pending_applies() {
                     break;
                 }
                 let input = match urgent.try_recv() {
@@ -741,6 +743,11 @@ impl EventLoop {
             }
             if std::mem::take(&mut self.sent_to_peer) {
                 tokio::task::yield_now().await;
+            }
+            // Then the store's work on what committed, off the round's path.
+            if self.server.has_pending_applies() {
+                let actions = self.server.apply_pending(self.clock.now())?;
+                self.execute(actions)?;
             }
         }
     }

@@ -36,7 +36,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
 
 use raft_core::{
-    Action, ChangeRefusal, DurableState, Event, Index, InstallSnapshot, Instant, MembershipChange,
+    Action, ChangeRefusal, DurableState, Entry, Event, Index, InstallSnapshot, Instant, MembershipChange,
     Message, NodeId, Payload, Persist, RaftNode, ReadMode, ReadRefusal, RejectReason, Term,
     TransferAbort, TransferOutcome,
 };
@@ -322,6 +322,12 @@ pub struct KvServer {
     reads_ready: BTreeMap<Index, Vec<(u64, String)>>,
     /// The index of the snapshot the driver is writing, if any.
     snapshotting: Option<Index>,
+    /// Whether committed entries wait for [`KvServer::apply_pending`] (see
+    /// [`KvServer::defer_applies`]).
+    defer_applies: bool,
+    /// Committed entries Raft handed over that the store has not applied
+    /// yet (only while applies are deferred), in index order.
+    pending_apply: Vec<Entry>,
     /// The id of the latest `Persist` that compacted the log: a size
     /// reported for earlier writes is that of the log before it.
     compacted_by: u64,
@@ -383,6 +389,8 @@ impl KvServer {
             reads: BTreeMap::new(),
             reads_ready: BTreeMap::new(),
             snapshotting: None,
+            defer_applies: false,
+            pending_apply: Vec::new(),
             compacted_by: 0,
             snapshot_at_bytes: config.max_raft_state.map(|max| {
                 let eighth = (max / 8) as u64;
@@ -485,6 +493,49 @@ impl KvServer {
         self.follower_reads = on;
     }
 
+    /// With `on`, a step does not apply the entries it commits: they wait
+    /// until [`KvServer::apply_pending`], or until the next step, which
+    /// applies them before anything else (so no event ever meets a store
+    /// behind what Raft handed over). A driver so executes a step's sends
+    /// and writes before the store's work on its entries: a follower
+    /// starts its fsync, and a leader its next AppendEntries, without
+    /// waiting for the previous round's entries to be applied. Off by
+    /// default, when a step's actions hold its applies' replies.
+    pub fn defer_applies(&mut self, on: bool) {
+        self.defer_applies = on;
+    }
+
+    /// Whether committed entries wait for [`KvServer::apply_pending`].
+    pub fn has_pending_applies(&self) -> bool {
+        !self.pending_apply.is_empty()
+    }
+
+    /// Applies the committed entries a step left (see
+    /// [`KvServer::defer_applies`]); returns what to do, in order (the
+    /// replies, a snapshot due, and what stepping Raft for an applied
+    /// membership request asks).
+    #[must_use = "the actions must be executed"]
+    pub fn apply_pending(&mut self, now: Instant) -> Result<Vec<ServerAction>, Error> {
+        let mut out = Vec::new();
+        self.drain_pending(now, &mut out)?;
+        Ok(out)
+    }
+
+    /// Applies every pending entry, and whatever stepping Raft for their
+    /// admin events commits in turn.
+    fn drain_pending(&mut self, now: Instant, out: &mut Vec<ServerAction>) -> Result<(), Error> {
+        while !self.pending_apply.is_empty() {
+            let entries = std::mem::take(&mut self.pending_apply);
+            let mut events = VecDeque::new();
+            self.apply_entries(entries, out, &mut events);
+            for event in events {
+                self.step_raft(now, event, out, &mut None)?;
+                self.release_if_deposed(out);
+            }
+        }
+        Ok(())
+    }
+
     /// The planted stale read (`canary::Canary::LocalGetOnLeader`): a Get
     /// answered from the local store by whoever thinks it leads, skipping
     /// the log. `None` (always, without the `canaries` feature) lets the
@@ -549,10 +600,12 @@ impl KvServer {
         event: ServerEvent,
         mut snapshot: Option<&mut dyn Read>,
     ) -> Result<Vec<ServerAction>, Error> {
-        if let Some(planted) = self.canary_local_get(&event) {
-            return Ok(planted);
-        }
         let mut out = Vec::new();
+        self.drain_pending(now, &mut out)?;
+        if let Some(planted) = self.canary_local_get(&event) {
+            out.extend(planted);
+            return Ok(out);
+        }
         let raft_event = match event {
             ServerEvent::AdminReceived { id, request } => self.admin(id, request, &mut out),
             ServerEvent::MessageReceived { from, message } => {
@@ -655,6 +708,7 @@ impl KvServer {
             other => other,
         };
         let mut out = Vec::new();
+        self.drain_pending(now, &mut out)?;
         self.step_raft(now, event, &mut out, &mut None)?;
         self.release_if_deposed(&mut out);
         Ok(out)
@@ -794,25 +848,19 @@ impl KvServer {
                     }
                     Action::SetTimer { deadline } => out.push(ServerAction::SetTimer { deadline }),
                     Action::Apply { entries } => {
-                        for entry in entries {
-                            // A no-op or configuration entry carries no command.
-                            self.apply(entry.index, entry.command().unwrap_or_default(), out);
-                            if let Some(event) = self.admin_applied(entry.index, entry.term, out) {
-                                queue.push_back(event);
-                            }
-                            if let Payload::Membership(_) = entry.payload {
-                                self.peers_version += 1;
-                            }
+                        if self.defer_applies {
+                            self.pending_apply.extend(entries);
+                        } else {
+                            self.apply_entries(entries, out, &mut queue);
                         }
-                        // Confirmed reads waiting for the store to reach
-                        // their read index.
-                        self.serve_ready_reads(out);
-                        self.snapshot_if_due(out);
                     }
                     Action::SendSnapshot { to, message } => {
                         out.push(ServerAction::SendSnapshot { to, message })
                     }
                     Action::ApplySnapshot { meta } => {
+                        // The entries before it first, as Raft handed them over.
+                        let entries = std::mem::take(&mut self.pending_apply);
+                        self.apply_entries(entries, out, &mut queue);
                         let data = snapshot
                             .take()
                             .expect("only a delivered InstallSnapshot installs one");
@@ -1085,6 +1133,32 @@ impl KvServer {
         }
     }
 
+    /// Committed entries into the store, in order; the admin events their
+    /// application raises go to `queue`, for Raft.
+    fn apply_entries(
+        &mut self,
+        entries: Vec<Entry>,
+        out: &mut Vec<ServerAction>,
+        queue: &mut VecDeque<Event>,
+    ) {
+        if entries.is_empty() {
+            return;
+        }
+        for entry in entries {
+            // A no-op or configuration entry carries no command.
+            self.apply(entry.index, entry.command().unwrap_or_default(), out);
+            if let Some(event) = self.admin_applied(entry.index, entry.term, out) {
+                queue.push_back(event);
+            }
+            if let Payload::Membership(_) = entry.payload {
+                self.peers_version += 1;
+            }
+        }
+        // Confirmed reads waiting for the store to reach their read index.
+        self.serve_ready_reads(out);
+        self.snapshot_if_due(out);
+    }
+
     fn apply(&mut self, index: Index, bytes: &[u8], out: &mut Vec<ServerAction>) {
         self.applied = index;
         let command = match Logged::decode(bytes) {
@@ -1118,7 +1192,8 @@ impl KvServer {
         let Some(max) = self.snapshot_at_bytes else {
             return;
         };
-        let applied = self.raft.last_applied();
+        // The store's own index: Raft's runs ahead while applies wait.
+        let applied = self.applied;
         if self.snapshotting.is_some()
             || self.raft_state_bytes < max
             || applied <= self.raft.log().snapshot().index

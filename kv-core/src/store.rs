@@ -160,7 +160,7 @@ impl KvImage {
                 .fold(0u8, u8::wrapping_add);
             std::hint::black_box(touched);
             for (key, value) in chunk {
-                out.record(&(&***key, &***value))?;
+                out.record(&(key.as_str(), &***value))?;
             }
         }
         if !leave_out {
@@ -345,7 +345,7 @@ impl KvStore {
                 match self.data.get_mut(key.as_str()) {
                     Some(current) => *current = Arc::from(value),
                     None => {
-                        self.data.insert(Arc::from(key), Arc::from(value));
+                        self.data.insert(&key, Arc::from(value));
                     }
                 }
                 Outcome::Done
@@ -359,7 +359,7 @@ impl KvStore {
                         *current = Arc::from(appended);
                     }
                     None => {
-                        self.data.insert(Arc::from(key), Arc::from(value));
+                        self.data.insert(&key, Arc::from(value));
                     }
                 }
                 Outcome::Done
@@ -386,7 +386,7 @@ impl KvStore {
         match current {
             Some(current) => *current = Arc::from(value),
             None => {
-                self.data.insert(Arc::from(key), Arc::from(value));
+                self.data.insert(&key, Arc::from(value));
             }
         }
         Outcome::Swapped
@@ -485,15 +485,20 @@ impl KvStore {
             });
         }
         let mut store = KvStore::with_seed(max_sessions, seed);
-        let mut last: Option<Arc<str>> = None;
+        let mut last: Option<String> = None;
         for _ in 0..header.keys {
             let (key, value): (&str, &str) = records.record_borrowed()?;
             if last.as_deref().is_some_and(|last| last >= key) {
                 return Err(SnapshotError::Unsorted);
             }
-            let key: Arc<str> = Arc::from(key);
-            last = Some(key.clone());
             store.data.insert(key, Arc::from(value));
+            match &mut last {
+                Some(l) => {
+                    l.clear();
+                    l.push_str(key);
+                }
+                None => last = Some(key.to_string()),
+            }
         }
         for _ in 0..header.sessions {
             let (client, session): (ClientId, Session) = records.record()?;
@@ -566,8 +571,8 @@ impl KvStore {
         Ok(KvStore {
             data: old
                 .data
-                .into_iter()
-                .map(|(k, v)| (Arc::from(k), Arc::from(v)))
+                .iter()
+                .map(|(k, v)| (k.as_str(), Arc::from(v.as_str())))
                 .collect(),
             sessions: old.sessions.into_iter().collect(),
             by_use: old.by_use,
