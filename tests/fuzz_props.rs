@@ -369,7 +369,7 @@ fn fuzz_entries(spec: &[FuzzEntry], prev_index: Index, prev_term: Term) -> Vec<E
             // A zero length stands for a no-op (as an empty command did).
             let payload = match usize::from(e.len % 16) {
                 0 => Payload::Noop,
-                len => Payload::Command(vec![e.len; len]),
+                len => Payload::Command((vec![e.len; len]).into()),
             };
             Entry {
                 index,

@@ -36,9 +36,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
 
 use raft_core::{
-    Action, ChangeRefusal, DurableState, Entry, Event, Index, InstallSnapshot, Instant, MembershipChange,
-    Message, NodeId, Payload, Persist, RaftNode, ReadMode, ReadRefusal, RejectReason, Term,
-    TransferAbort, TransferOutcome,
+    Action, ChangeRefusal, DurableState, Entry, Event, Index, InstallSnapshot, Instant,
+    MembershipChange, Message, NodeId, Payload, Persist, RaftNode, ReadMode, ReadRefusal,
+    RejectReason, Term, TransferAbort, TransferOutcome,
 };
 
 use crate::admin::{

@@ -215,7 +215,10 @@ impl ShardedMap {
         let mut map = ShardedMap::with_hasher(hasher);
         for (k, v) in self.iter() {
             let i = map.shard_of(k);
-            if Arc::make_mut(&mut map.shards[i]).insert(k.clone(), v.clone()).is_none() {
+            if Arc::make_mut(&mut map.shards[i])
+                .insert(k.clone(), v.clone())
+                .is_none()
+            {
                 map.len += 1;
             }
         }
@@ -288,7 +291,13 @@ mod tests {
     #[test]
     fn keys_inline_or_shared_are_found_by_their_str() {
         let mut m = ShardedMap::with_hasher(KeyHasher { seed: 5 });
-        let keys = ["", "k", &"a".repeat(INLINE), &"b".repeat(INLINE + 1), &"é".repeat(40)];
+        let keys = [
+            "",
+            "k",
+            &"a".repeat(INLINE),
+            &"b".repeat(INLINE + 1),
+            &"é".repeat(40),
+        ];
         for k in keys {
             assert!(m.insert(k, s(k)).is_none());
         }

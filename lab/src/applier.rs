@@ -210,7 +210,7 @@ mod tests {
             .map(|(&c, index)| Entry {
                 index,
                 term: 1,
-                payload: raft_core::Payload::Command(Cmd::Int(c).encode()),
+                payload: raft_core::Payload::Command((Cmd::Int(c).encode()).into()),
             })
             .collect()
     }

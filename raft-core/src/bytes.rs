@@ -42,6 +42,29 @@ impl<'de> Visitor<'de> for BytesVisitor {
     }
 }
 
+/// Decodes [`crate::Bytes`]: one allocation, the bytes copied once.
+pub(crate) struct SharedVisitor;
+
+impl<'de> Visitor<'de> for SharedVisitor {
+    type Value = crate::Bytes;
+
+    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("bytes")
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<crate::Bytes, E> {
+        Ok(crate::Bytes::from(v))
+    }
+
+    fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<crate::Bytes, E> {
+        Ok(crate::Bytes::from(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<crate::Bytes, A::Error> {
+        BytesVisitor.visit_seq(seq).map(crate::Bytes::from)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::{Entry, InstallSnapshot, Message};
@@ -63,7 +86,7 @@ mod tests {
         let e = Entry {
             index: 7,
             term: 3,
-            payload: crate::Payload::Command(command.clone()),
+            payload: crate::Payload::Command(command.clone().into()),
         };
         let plain = Plain {
             index: 7,

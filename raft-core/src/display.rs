@@ -427,7 +427,7 @@ mod tests {
         Entry {
             index,
             term,
-            payload: Payload::Command(command.to_vec()),
+            payload: Payload::Command((command.to_vec()).into()),
         }
     }
 

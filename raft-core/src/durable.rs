@@ -188,7 +188,7 @@ mod tests {
         Entry {
             index,
             term,
-            payload: Payload::Command(index.to_le_bytes().to_vec()),
+            payload: Payload::Command((index.to_le_bytes().to_vec()).into()),
         }
     }
 

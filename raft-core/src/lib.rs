@@ -140,7 +140,7 @@ pub use quorum::{JointConfig, MajorityConfig, VoteResult};
 pub use rng::SplitMix64;
 pub use role::Role;
 pub use time::Instant;
-pub use types::{Entry, HardState, Index, NodeId, Payload, SnapshotMeta, Term};
+pub use types::{Bytes, Entry, HardState, Index, NodeId, Payload, SnapshotMeta, Term};
 
 /// What is wrong with a [`Config`] ([`Config::validate`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

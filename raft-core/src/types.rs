@@ -11,11 +11,81 @@ pub type NodeId = u64;
 
 use crate::membership::Membership;
 
+/// A command's bytes, shared: cloning an entry (into the log, a `Persist`,
+/// each follower's AppendEntries, an `Apply`) bumps a count instead of
+/// copying the bytes. Encodes as bytes, exactly like a `Vec<u8>`.
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Bytes(std::sync::Arc<[u8]>);
+
+impl Bytes {
+    /// The bytes as a slice.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Bytes {
+        Bytes(v.into())
+    }
+}
+
+impl From<&[u8]> for Bytes {
+    fn from(v: &[u8]) -> Bytes {
+        Bytes(v.into())
+    }
+}
+
+/// As the slice (so an entry's `Debug` reads as it did with a `Vec<u8>`).
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl PartialEq<[u8]> for Bytes {
+    fn eq(&self, other: &[u8]) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<Vec<u8>> for Bytes {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        d.deserialize_bytes(crate::bytes::SharedVisitor)
+    }
+}
+
 /// What a log entry carries.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Payload {
     /// A client command: the service's opaque bytes.
-    Command(#[serde(with = "crate::bytes")] Vec<u8>),
+    Command(Bytes),
     /// Nothing for the service: the entry a new leader appends so that
     /// entries of earlier terms commit (thesis §6.4, `Config::noop_on_election`).
     Noop,
@@ -36,11 +106,11 @@ pub struct Entry {
 
 impl Entry {
     /// A command entry.
-    pub fn new(index: Index, term: Term, command: Vec<u8>) -> Entry {
+    pub fn new(index: Index, term: Term, command: impl Into<Bytes>) -> Entry {
         Entry {
             index,
             term,
-            payload: Payload::Command(command),
+            payload: Payload::Command(command.into()),
         }
     }
 

@@ -63,7 +63,7 @@ fn entry(index: Index, term: Term) -> Entry {
     Entry {
         index,
         term,
-        payload: Payload::Command(format!("{index}@{term}").into_bytes()),
+        payload: Payload::Command((format!("{index}@{term}").into_bytes()).into()),
     }
 }
 
@@ -652,7 +652,7 @@ fn single_member_cluster_elects_itself_once_its_vote_is_durable_and_commits_on_i
     let e = Entry {
         index: 1,
         term: 1,
-        payload: Payload::Command(b"x".to_vec()),
+        payload: Payload::Command((b"x".to_vec()).into()),
     };
     assert_eq!(
         actions,
@@ -694,7 +694,7 @@ fn leader_proposal_is_accepted_persisted_and_sent_to_every_peer_at_once() {
     let e = Entry {
         index: 1,
         term: 1,
-        payload: Payload::Command(b"set x".to_vec()),
+        payload: Payload::Command((b"set x".to_vec()).into()),
     };
     let append = ae(1, 0, 0, vec![e.clone()], 0);
     assert_eq!(
@@ -739,7 +739,7 @@ fn proposal_waits_for_an_unanswered_probe_then_follows_its_answer() {
     let e = Entry {
         index: 1,
         term: 1,
-        payload: Payload::Command(b"a".to_vec()),
+        payload: Payload::Command((b"a".to_vec()).into()),
     };
     assert_eq!(
         actions,
@@ -1057,7 +1057,7 @@ fn figure_8_older_term_entry_commits_only_under_a_current_term_entry() {
     let e3 = Entry {
         index: 3,
         term: 3,
-        payload: Payload::Command(b"c".to_vec()),
+        payload: Payload::Command((b"c".to_vec()).into()),
     };
     assert_eq!(
         sends(&actions),
@@ -1110,7 +1110,7 @@ fn leader_counts_itself_toward_commit_only_once_persisted() {
             entries: vec![Entry {
                 index: 1,
                 term: 1,
-                payload: Payload::Command(b"a".to_vec())
+                payload: Payload::Command((b"a".to_vec()).into())
             }]
         }]
     );
@@ -1179,7 +1179,7 @@ fn leader_streams_at_most_max_inflight_appends_per_peer() {
                 vec![Entry {
                     index: 3,
                     term: 1,
-                    payload: Payload::Command(vec![2])
+                    payload: Payload::Command((vec![2]).into())
                 }],
                 0
             )

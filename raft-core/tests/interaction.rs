@@ -130,7 +130,7 @@ fn entry(index: Index, term: Term) -> Entry {
     Entry {
         index,
         term,
-        payload: Payload::Command(format!("{index}@{term}").into_bytes()),
+        payload: Payload::Command((format!("{index}@{term}").into_bytes()).into()),
     }
 }
 

@@ -61,7 +61,7 @@ fn entry(index: Index, term: Term) -> Entry {
     Entry {
         index,
         term,
-        payload: Payload::Command(command(index, term)),
+        payload: Payload::Command((command(index, term)).into()),
     }
 }
 
@@ -129,7 +129,7 @@ fn sized_entry(index: Index, term: Term) -> Entry {
     Entry {
         index,
         term,
-        payload: Payload::Command(vec![0; (index % 5) as usize * 4]),
+        payload: Payload::Command((vec![0; (index % 5) as usize * 4]).into()),
     }
 }
 

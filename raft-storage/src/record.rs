@@ -55,7 +55,7 @@ impl From<LegacyEntry> for Entry {
         let payload = if e.command.is_empty() {
             Payload::Noop
         } else {
-            Payload::Command(e.command)
+            Payload::Command(e.command.into())
         };
         Entry {
             index: e.index,
@@ -243,7 +243,7 @@ mod tests {
         Entry {
             index,
             term,
-            payload: Payload::Command(index.to_le_bytes().to_vec()),
+            payload: Payload::Command((index.to_le_bytes().to_vec()).into()),
         }
     }
 

@@ -21,7 +21,7 @@ fn entry(index: Index, term: u64, size: usize) -> Entry {
     Entry {
         index,
         term,
-        payload: Payload::Command(command),
+        payload: Payload::Command((command).into()),
     }
 }
 
@@ -1550,7 +1550,7 @@ fn commit_makes_a_batch_durable_and_hands_back_what_waited() {
             entries: vec![Entry {
                 index: id,
                 term: id,
-                payload: Payload::Command(vec![id as u8]),
+                payload: Payload::Command((vec![id as u8]).into()),
             }],
             then_send: vec![(id, vote(id))],
         })

@@ -294,7 +294,7 @@ fn entry(index: Index, term: u64, size: u8) -> Entry {
     Entry {
         index,
         term,
-        payload: Payload::Command(command),
+        payload: Payload::Command((command).into()),
     }
 }
 
