@@ -196,10 +196,63 @@ pub(crate) enum LoggedOp {
     },
 }
 
-/// A decoded command entry.
-pub(crate) enum Decoded {
-    Client(Command),
-    Record { node: NodeId, addrs: MemberAddrs },
+/// [`Logged`] borrowing its strings from the entry's bytes: what a store
+/// applies needs no copy of them (a value is copied once, into the store).
+#[derive(Deserialize)]
+pub(crate) struct LoggedRef<'a> {
+    pub(crate) client: ClientId,
+    pub(crate) seq: u64,
+    #[serde(borrow)]
+    pub(crate) op: OpRef<'a>,
+}
+
+/// [`LoggedOp`], borrowed: the same variants in the same order.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub(crate) enum OpRef<'a> {
+    Get {
+        key: &'a str,
+    },
+    Put {
+        key: &'a str,
+        value: &'a str,
+    },
+    Append {
+        key: &'a str,
+        value: &'a str,
+    },
+    RecordMember {
+        node: NodeId,
+        addrs: MemberAddrs,
+    },
+    Delete {
+        key: &'a str,
+    },
+    CompareAndSwap {
+        key: &'a str,
+        expected: Option<&'a str>,
+        value: &'a str,
+    },
+}
+
+impl<'a> OpRef<'a> {
+    /// `op`, borrowed.
+    pub(crate) fn of(op: &'a Op) -> OpRef<'a> {
+        match op {
+            Op::Get { key } => OpRef::Get { key },
+            Op::Put { key, value } => OpRef::Put { key, value },
+            Op::Append { key, value } => OpRef::Append { key, value },
+            Op::Delete { key } => OpRef::Delete { key },
+            Op::CompareAndSwap {
+                key,
+                expected,
+                value,
+            } => OpRef::CompareAndSwap {
+                key,
+                expected: expected.as_deref(),
+                value,
+            },
+        }
+    }
 }
 
 impl Logged {
@@ -211,16 +264,6 @@ impl Logged {
             op: LoggedOp::RecordMember { node, addrs },
         };
         postcard::to_allocvec(&logged).expect("records encode")
-    }
-
-    /// Decodes a command entry's bytes (`None` if they are not one).
-    pub(crate) fn decode(bytes: &[u8]) -> Option<Decoded> {
-        let Logged { client, seq, op } = postcard::from_bytes(bytes).ok()?;
-        if let LoggedOp::RecordMember { node, addrs } = op {
-            return Some(Decoded::Record { node, addrs });
-        }
-        let op = Op::try_from(op).ok()?;
-        Some(Decoded::Client(Command { client, seq, op }))
     }
 }
 
@@ -273,6 +316,15 @@ mod tests {
 
     fn command(seq: u64, op: Op) -> Command {
         Command { client: 7, seq, op }
+    }
+
+    /// Whether `bytes` decode, as the log's entry, to `command`.
+    fn logs_as(bytes: &[u8], command: &Command) -> bool {
+        matches!(
+            postcard::from_bytes::<LoggedRef<'_>>(bytes),
+            Ok(LoggedRef { client, seq, op })
+                if client == command.client && seq == command.seq && op == OpRef::of(&command.op)
+        )
     }
 
     fn kv(key: &str, value: &str) -> (String, String) {
@@ -336,7 +388,7 @@ mod tests {
             let command = command(i as u64 + 1, op);
             let bytes = postcard::to_allocvec(&command).unwrap();
             assert_eq!(bytes, pinned, "{command:?}");
-            assert!(matches!(Logged::decode(&bytes), Some(Decoded::Client(c)) if c == command));
+            assert!(logs_as(&bytes, &command));
         }
         let addrs = MemberAddrs {
             peer: "p".into(),
@@ -345,9 +397,10 @@ mod tests {
         let record = Logged::record(3, addrs.clone());
         assert_eq!(record, [0, 0, 3, 3, 1, b'p', 1, b'c']);
         assert!(postcard::from_bytes::<Command>(&record).is_err());
-        assert!(
-            matches!(Logged::decode(&record), Some(Decoded::Record { node: 3, addrs: a }) if a == addrs)
-        );
+        assert!(matches!(
+            postcard::from_bytes::<LoggedRef<'_>>(&record),
+            Ok(LoggedRef { op: OpRef::RecordMember { node: 3, addrs: a }, .. }) if a == addrs
+        ));
     }
 
     /// Delete and CompareAndSwap take the log's fifth and sixth variants,
@@ -375,7 +428,7 @@ mod tests {
             let bytes = postcard::to_allocvec(&command).unwrap();
             assert_eq!(bytes, pinned, "{command:?}");
             assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), command);
-            assert!(matches!(Logged::decode(&bytes), Some(Decoded::Client(c)) if c == command));
+            assert!(logs_as(&bytes, &command));
         }
     }
 

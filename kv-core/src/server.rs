@@ -44,7 +44,7 @@ use raft_core::{
 use crate::admin::{
     AdminReply, AdminRequest, MemberAddrs, MemberInfo, MemberList, MemberRole, Refusal,
 };
-use crate::command::{Command, Decoded, Logged, Reply};
+use crate::command::{Command, Logged, LoggedRef, OpRef, Reply};
 use crate::store::{KvImage, KvStore};
 use crate::Error;
 use serde::{Deserialize, Serialize};
@@ -1161,16 +1161,21 @@ impl KvServer {
 
     fn apply(&mut self, index: Index, bytes: &[u8], out: &mut Vec<ServerAction>) {
         self.applied = index;
-        let command = match Logged::decode(bytes) {
-            Some(Decoded::Client(c)) => Some(c),
-            Some(Decoded::Record { node, addrs }) => {
+        // Borrowed from the entry: the store copies what it keeps, once.
+        let applied = match postcard::from_bytes::<LoggedRef<'_>>(bytes) {
+            Ok(LoggedRef {
+                op: OpRef::RecordMember { node, addrs },
+                ..
+            }) => {
                 self.store.record_member(node, addrs);
                 self.peers_version += 1;
                 None
             }
-            None => None,
+            Ok(LoggedRef { client, seq, op }) => {
+                Some(((client, seq), self.store.apply_ref(index, client, seq, op)))
+            }
+            Err(_) => None,
         };
-        let applied = command.map(|c| ((c.client, c.seq), self.store.apply_owned(index, c)));
         if let Some(w) = self.waiting.remove(&index) {
             match applied {
                 Some(((client, seq), outcome)) if client == w.client && seq == w.seq => {

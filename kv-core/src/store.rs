@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use raft_core::NodeId;
 
 use crate::admin::MemberAddrs;
-use crate::command::{ClientId, Command, Op, Outcome};
+use crate::command::{ClientId, Command, OpRef, Outcome};
 use crate::shards::{KeyHasher, ShardedMap};
 use crate::SnapshotError;
 
@@ -296,7 +296,19 @@ impl KvStore {
     /// [`KvStore::apply`] of a command it may take apart: the key and value
     /// move into the store instead of being copied.
     pub fn apply_owned(&mut self, index: u64, command: Command) -> Outcome {
-        let Command { client, seq, op } = command;
+        let Command { client, seq, op } = &command;
+        self.apply_ref(index, *client, *seq, OpRef::of(op))
+    }
+
+    /// [`KvStore::apply`] of an op borrowed from the log's bytes (never a
+    /// member record: those are not a client's).
+    pub(crate) fn apply_ref(
+        &mut self,
+        index: u64,
+        client: ClientId,
+        seq: u64,
+        op: OpRef<'_>,
+    ) -> Outcome {
         let known = match self.sessions.get(&client) {
             Some(s) if seq == s.last_seq => return s.last_outcome.clone(),
             // An older retry: its answer was already received.
@@ -333,51 +345,52 @@ impl KvStore {
         self.sessions.contains_key(&client)
     }
 
-    fn execute(&mut self, op: Op) -> Outcome {
+    fn execute(&mut self, op: OpRef<'_>) -> Outcome {
         match op {
-            Op::Get { key } => Outcome::Value(
+            OpRef::Get { key } => Outcome::Value(
                 self.data
-                    .get(key.as_str())
+                    .get(key)
                     .map(|v| v.to_string())
                     .unwrap_or_default(),
             ),
-            Op::Put { key, value } => {
-                match self.data.get_mut(key.as_str()) {
+            OpRef::Put { key, value } => {
+                match self.data.get_mut(key) {
                     Some(current) => *current = Arc::from(value),
                     None => {
-                        self.data.insert(&key, Arc::from(value));
+                        self.data.insert(key, Arc::from(value));
                     }
                 }
                 Outcome::Done
             }
-            Op::Append { key, value } => {
-                match self.data.get_mut(key.as_str()) {
+            OpRef::Append { key, value } => {
+                match self.data.get_mut(key) {
                     Some(current) => {
                         let mut appended = String::with_capacity(current.len() + value.len());
                         appended.push_str(current);
-                        appended.push_str(&value);
+                        appended.push_str(value);
                         *current = Arc::from(appended);
                     }
                     None => {
-                        self.data.insert(&key, Arc::from(value));
+                        self.data.insert(key, Arc::from(value));
                     }
                 }
                 Outcome::Done
             }
-            Op::Delete { key } => Outcome::Deleted {
-                existed: self.data.remove(key.as_str()).is_some(),
+            OpRef::Delete { key } => Outcome::Deleted {
+                existed: self.data.remove(key).is_some(),
             },
-            Op::CompareAndSwap {
+            OpRef::CompareAndSwap {
                 key,
                 expected,
                 value,
-            } => self.compare_and_swap(key, expected.as_deref(), value),
+            } => self.compare_and_swap(key, expected, value),
+            OpRef::RecordMember { .. } => Outcome::Done,
         }
     }
 
     /// Sets `key` to `value` if its value is `expected` (`None`: unset).
-    fn compare_and_swap(&mut self, key: String, expected: Option<&str>, value: String) -> Outcome {
-        let current = self.data.get_mut(key.as_str());
+    fn compare_and_swap(&mut self, key: &str, expected: Option<&str>, value: &str) -> Outcome {
+        let current = self.data.get_mut(key);
         if current.as_deref().map(|v| &**v) != expected {
             return Outcome::NotSwapped {
                 current: current.map(|v| v.to_string()),
@@ -386,7 +399,7 @@ impl KvStore {
         match current {
             Some(current) => *current = Arc::from(value),
             None => {
-                self.data.insert(&key, Arc::from(value));
+                self.data.insert(key, Arc::from(value));
             }
         }
         Outcome::Swapped
@@ -585,6 +598,7 @@ impl KvStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::Op;
     use quickcheck::quickcheck;
     use std::collections::HashMap;
 
