@@ -305,7 +305,7 @@ impl ClerkEnds for ThreadEnds<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::tests::{driver_threads, SERIAL};
+    use crate::node::tests::{threads_left, SERIAL};
     use crate::rt::{lock, ms, run, sleep, spawn};
 
     #[test]
@@ -340,6 +340,6 @@ mod tests {
             cfg.end();
             instance
         });
-        assert_eq!(driver_threads(instance), Vec::<String>::new());
+        assert_eq!(threads_left(instance), Vec::<String>::new());
     }
 }

@@ -835,6 +835,23 @@ pub(crate) mod tests {
         names
     }
 
+    /// [`driver_threads`] once every thread of `instance` has left
+    /// `/proc`, or as they are after 10 s. A joined thread can still be
+    /// listed for a moment: `join` returns when the thread has cleared its
+    /// tid, which the kernel does before it removes the task, and a busy
+    /// machine may preempt the thread between the two (the CI saw `net-6`
+    /// listed right after its join).
+    pub(crate) fn threads_left(instance: u64) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left = driver_threads(instance);
+            if left.is_empty() || std::time::Instant::now() >= deadline {
+                return left;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// A one-member cluster: it elects itself and then only heartbeats.
     fn single(
         hooks: Box<dyn Hooks<RaftNode, Persister>>,
@@ -914,6 +931,6 @@ pub(crate) mod tests {
         assert_eq!(before, after, "steps after stop");
         assert!(failures.first().is_none());
         net.shutdown();
-        assert_eq!(driver_threads(net.instance()), Vec::<String>::new());
+        assert_eq!(threads_left(net.instance()), Vec::<String>::new());
     }
 }

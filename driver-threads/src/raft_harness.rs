@@ -279,7 +279,7 @@ impl ThreadCfg {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::tests::{driver_threads, SERIAL};
+    use crate::node::tests::{driver_threads, threads_left, SERIAL};
     use crate::rt::run;
 
     #[test]
@@ -305,6 +305,6 @@ mod tests {
             cfg.end();
             instance
         });
-        assert_eq!(driver_threads(instance), Vec::<String>::new());
+        assert_eq!(threads_left(instance), Vec::<String>::new());
     }
 }
