@@ -858,7 +858,10 @@ impl KvServer {
                         out.push(ServerAction::SendSnapshot { to, message })
                     }
                     Action::ApplySnapshot { meta } => {
-                        // The entries before it first, as Raft handed them over.
+                        // Nothing waits here (every step applies what waits
+                        // before its event, and Raft hands over a snapshot
+                        // before the entries of its own step); were anything
+                        // to, it goes first, as Raft handed it over.
                         let entries = std::mem::take(&mut self.pending_apply);
                         self.apply_entries(entries, out, &mut queue);
                         let data = snapshot
@@ -1142,7 +1145,7 @@ impl KvServer {
         queue: &mut VecDeque<Event>,
     ) {
         if entries.is_empty() {
-            return;
+            return; // an installed snapshot with nothing waiting before it
         }
         for entry in entries {
             // A no-op or configuration entry carries no command.

@@ -171,8 +171,11 @@ impl ShardedMap {
     }
 
     pub(crate) fn insert(&mut self, key: &str, value: Value) -> Option<Value> {
-        let i = self.shard_of(key);
-        let key = Key::from(key);
+        self.insert_key(Key::from(key), value)
+    }
+
+    fn insert_key(&mut self, key: Key, value: Value) -> Option<Value> {
+        let i = self.shard_of(&key);
         let old = Arc::make_mut(&mut self.shards[i]).insert(key, value);
         if old.is_none() {
             self.len += 1;
@@ -214,13 +217,7 @@ impl ShardedMap {
     pub(crate) fn rehashed(&self, hasher: KeyHasher) -> ShardedMap {
         let mut map = ShardedMap::with_hasher(hasher);
         for (k, v) in self.iter() {
-            let i = map.shard_of(k);
-            if Arc::make_mut(&mut map.shards[i])
-                .insert(k.clone(), v.clone())
-                .is_none()
-            {
-                map.len += 1;
-            }
+            map.insert_key(k.clone(), v.clone());
         }
         map
     }

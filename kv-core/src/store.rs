@@ -290,18 +290,11 @@ impl KvStore {
 
     /// Applies the command at log `index`, exactly once per (client, seq).
     pub fn apply(&mut self, index: u64, command: &Command) -> Outcome {
-        self.apply_owned(index, command.clone())
-    }
-
-    /// [`KvStore::apply`] of a command it may take apart: the key and value
-    /// move into the store instead of being copied.
-    pub fn apply_owned(&mut self, index: u64, command: Command) -> Outcome {
-        let Command { client, seq, op } = &command;
-        self.apply_ref(index, *client, *seq, OpRef::of(op))
+        self.apply_ref(index, command.client, command.seq, OpRef::of(&command.op))
     }
 
     /// [`KvStore::apply`] of an op borrowed from the log's bytes (never a
-    /// member record: those are not a client's).
+    /// member record: the server applies those itself).
     pub(crate) fn apply_ref(
         &mut self,
         index: u64,
@@ -384,7 +377,7 @@ impl KvStore {
                 expected,
                 value,
             } => self.compare_and_swap(key, expected, value),
-            OpRef::RecordMember { .. } => Outcome::Done,
+            OpRef::RecordMember { .. } => unreachable!("a member record is not a client's op"),
         }
     }
 
