@@ -48,6 +48,7 @@ use serde::Deserialize;
 /// of the event loop's CPU under load, and a snapshot thread freeing the
 /// store's old values (allocated by the loop) took the loop's arena lock
 /// for each one, stalling the loop for milliseconds per snapshot.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
