@@ -124,6 +124,12 @@ pub struct FaultMix {
     pub reads: ReadSetup,
     /// Tasks sending sessionless reads to random members (1 or 2).
     pub readers: usize,
+    /// Whether the servers defer their applies
+    /// (`KvServer::defer_applies`, as `rkv` runs them), each applying a
+    /// moment after its step unless another step comes first: the seed's
+    /// own choice ([`defers`], with [`ChaosOptions::defer`]), not a draw:
+    /// the seeds that do not defer run as they did before.
+    pub defer_applies: bool,
     /// The clock-rate bound lease reads assume
     /// (`raft_core::Config::max_clock_drift_ppm`) on a lease seed: the
     /// bound the clocks were drawn within, zero when they are perfect.
@@ -225,6 +231,11 @@ pub struct ChaosOptions {
     /// keys (on by default; off, each seed runs as it did before deletes
     /// and swaps existed). See the module documentation.
     pub swaps: bool,
+    /// Whether the odd seeds ([`defers`]) run servers that defer their
+    /// applies (`kv_core::KvServer::defer_applies`, as `rkv` runs them; on
+    /// by default; off, each seed runs as it did before deferred applies
+    /// existed).
+    pub defer: bool,
 }
 
 impl Default for ChaosOptions {
@@ -241,6 +252,7 @@ impl ChaosOptions {
         beyond: None,
         reads: Reads::Drawn,
         swaps: true,
+        defer: true,
     };
 
     /// Perfect clocks in every seed (chaos as it was before clocks drifted).
@@ -249,6 +261,7 @@ impl ChaosOptions {
         beyond: None,
         reads: Reads::Drawn,
         swaps: true,
+        defer: true,
     };
 
     /// For a lease canary: in one seed of three, every clock's rate beyond
@@ -259,6 +272,7 @@ impl ChaosOptions {
             beyond: Some(factor),
             reads: Reads::Drawn,
             swaps: true,
+            defer: true,
         }
     }
 
@@ -271,12 +285,22 @@ impl ChaosOptions {
     pub const fn with_swaps(self, swaps: bool) -> ChaosOptions {
         ChaosOptions { swaps, ..self }
     }
+
+    /// These options with deferred applies (in the odd seeds) on or off.
+    pub const fn with_defer(self, defer: bool) -> ChaosOptions {
+        ChaosOptions { defer, ..self }
+    }
 }
 
 /// Whether seed `seed` runs with drifting clocks (when the options give a
 /// bound): one seed of three, those divisible by three.
 pub fn drifts(seed: u64) -> bool {
     seed.is_multiple_of(3)
+}
+
+/// Whether seed `seed` runs servers that defer their applies: the odd ones.
+pub fn defers(seed: u64) -> bool {
+    seed % 2 == 1
 }
 
 /// Node ids beyond the initial ones that may join a seed's cluster.
@@ -311,6 +335,7 @@ impl FaultMix {
             reads: ReadSetup::ReadIndex,
             readers: 1,
             assumed_drift_ppm: 0,
+            defer_applies: options.defer && defers(crate::executor::seed()),
             swaps: options.swaps,
         });
         if with_rng(|r| r.chance(1, 2)) {
@@ -377,6 +402,25 @@ pub struct ChaosReport {
     pub reads: ReadTally,
     /// What the deletes and swaps did.
     pub swaps: SwapTally,
+    /// What deferred applies did (zero unless the seed defers).
+    pub deferred: DeferTally,
+}
+
+/// What a seed's deferred applies did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeferTally {
+    /// Steps that left committed entries to apply later.
+    pub left: u64,
+    /// Steps whose event found entries still waiting, and applied them first.
+    pub applied_first: u64,
+}
+
+impl DeferTally {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &DeferTally) {
+        self.left += other.left;
+        self.applied_first += other.applied_first;
+    }
 }
 
 /// What a seed's deletes and compare-and-swaps did (acknowledged ones).
@@ -472,6 +516,8 @@ enum Input {
         header: InstallSnapshot,
         data: Vec<u8>,
     },
+    /// The committed entries a deferring server left.
+    ApplyPending,
 }
 
 struct World {
@@ -497,6 +543,7 @@ struct World {
     last_stamp: u64,
     reads: ReadTally,
     swaps: SwapTally,
+    deferred: DeferTally,
 }
 
 #[derive(Clone)]
@@ -543,6 +590,7 @@ pub fn run_seed_with(seed: u64, options: ChaosOptions) -> ChaosReport {
                 last_stamp: 0,
                 reads: ReadTally::default(),
                 swaps: SwapTally::default(),
+                deferred: DeferTally::default(),
                 mix: mix.clone(),
             })),
         };
@@ -590,9 +638,9 @@ pub fn run_seed_with(seed: u64, options: ChaosOptions) -> ChaosReport {
         liveness.set(false);
         retirer.await;
         chaos.check_linearizable();
-        let (ops, changes, reads, swaps) = {
+        let (ops, changes, reads, swaps, deferred) = {
             let w = chaos.w.borrow();
-            (w.history.len(), w.changes, w.reads, w.swaps)
+            (w.history.len(), w.changes, w.reads, w.swaps, w.deferred)
         };
         ChaosReport {
             mix,
@@ -602,6 +650,7 @@ pub fn run_seed_with(seed: u64, options: ChaosOptions) -> ChaosReport {
             changes,
             reads,
             swaps,
+            deferred,
         }
     })
 }
@@ -648,8 +697,9 @@ impl Chaos {
             let seed = with_rng(|r| r.next_u64());
             let mut data = snapshot.as_deref();
             let reader = data.as_mut().map(|d| d as &mut dyn std::io::Read);
-            let server =
+            let mut server =
                 KvServer::recover(config, seed, state, reader).expect("recovers from its disk");
+            server.defer_applies(w.mix.defer_applies);
             let gen = w.gens[i];
             w.nodes[i] = Some(Node {
                 server,
@@ -948,6 +998,9 @@ impl Chaos {
                     return;
                 };
                 let mut staged = None;
+                if node.server.has_pending_applies() && !matches!(input, Input::ApplyPending) {
+                    w.deferred.applied_first += 1;
+                }
                 let actions = match input {
                     Input::Server(event) => node.server.step(local_now, event),
                     Input::Raft(event) => node.server.step_raft_event(local_now, event),
@@ -962,6 +1015,7 @@ impl Chaos {
                         node.server
                             .install_snapshot(local_now, from, header, &mut &data[..])
                     }
+                    Input::ApplyPending => node.server.apply_pending(local_now),
                 }
                 .expect("the harness uses the server correctly");
                 if let Some(index) = staged {
@@ -1010,6 +1064,30 @@ impl Chaos {
                 }
             }
         }
+        self.apply_later(i);
+    }
+
+    /// A server that deferred its applies does them 0–2 ms after its step,
+    /// unless a step comes first (which applies them before its event).
+    fn apply_later(&self, i: usize) {
+        let gen = {
+            let mut w = self.w.borrow_mut();
+            let gen = match w.nodes[i].as_ref() {
+                Some(node) if node.server.has_pending_applies() => node.gen,
+                _ => return,
+            };
+            w.deferred.left += 1;
+            gen
+        };
+        let me = self.clone();
+        schedule_after(ms(with_rng(|r| r.below(3))), move || {
+            let current = me.w.borrow().nodes[i]
+                .as_ref()
+                .is_some_and(|n| n.gen == gen);
+            if current {
+                me.step_with(i, Input::ApplyPending);
+            }
+        });
     }
 
     /// The disk writes everything queued after a delay (group commit); a

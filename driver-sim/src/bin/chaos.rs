@@ -1,5 +1,6 @@
 //! Runs chaos seeds: `chaos [--seeds N] [--from FIRST] [--seed ONE]
-//! [--drift-ppm BOUND] [--drift-beyond FACTOR] [--reads SETUP] [--no-swaps]`; built with
+//! [--drift-ppm BOUND] [--drift-beyond FACTOR] [--reads SETUP] [--no-swaps]
+//! [--no-defer]`; built with
 //! `--features canaries`, also `--canary NAME` (plant one bug for the run)
 //! and `--canaries SEEDS` (hunt each planted bug in turn).
 //!
@@ -12,6 +13,10 @@
 //! deletes, puts and compare-and-swaps of the shared keys
 //! (`driver_sim::chaos::ChaosOptions::swaps`): each seed as it ran before
 //! those existed.
+//!
+//! Applies: the odd seeds run servers that defer their applies
+//! (`driver_sim::chaos::ChaosOptions::defer`); `--no-defer` runs every
+//! seed as it ran before deferred applies existed.
 //!
 //! Clocks: in one seed of three (those divisible by 3) every node's clock
 //! drifts within `--drift-ppm` parts per million (default 50000, ±5%; 0
@@ -29,7 +34,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use driver_sim::chaos::{
-    mix_of, run_seed_with, ChaosOptions, ReadSetup, ReadTally, Reads, SwapTally,
+    mix_of, run_seed_with, ChaosOptions, DeferTally, ReadSetup, ReadTally, Reads, SwapTally,
 };
 use driver_sim::ClockDrift;
 
@@ -37,7 +42,7 @@ fn usage() -> ExitCode {
     eprintln!("usage: chaos [--seeds N (default 1000)] [--from FIRST (default 1)] [--seed ONE]");
     eprintln!("             [--drift-ppm BOUND (default 50000; 0: perfect clocks)] [--drift-beyond FACTOR (>= 2)]");
     eprintln!(
-        "             [--reads log|read-index|follower|lease|drawn (default: drawn per seed)] [--no-swaps]"
+        "             [--reads log|read-index|follower|lease|drawn (default: drawn per seed)] [--no-swaps] [--no-defer]"
     );
     eprintln!("       chaos --canaries SEEDS   (built with --features canaries): each planted bug in turn");
     eprintln!("       chaos --canary NAME ...  (built with --features canaries): run with one planted bug");
@@ -70,6 +75,10 @@ fn main() -> ExitCode {
         }
         if flag == "--no-swaps" {
             options.swaps = false;
+            continue;
+        }
+        if flag == "--no-defer" {
+            options.defer = false;
             continue;
         }
         if flag == "--reads" {
@@ -118,6 +127,9 @@ fn main() -> ExitCode {
     if !options.swaps {
         clocks += " --no-swaps";
     }
+    if !options.defer {
+        clocks += " --no-defer";
+    }
     // Failures are reported here, with their seed; keep panics quiet.
     std::panic::set_hook(Box::new(|_| {}));
     let started = Instant::now();
@@ -128,6 +140,7 @@ fn main() -> ExitCode {
     let mut by_setup = [0u64; ReadSetup::ALL.len()];
     let mut reads = ReadTally::default();
     let mut swaps = SwapTally::default();
+    let mut deferred = DeferTally::default();
     for (k, seed) in (from..from + count).enumerate() {
         match catch_unwind(AssertUnwindSafe(|| run_seed_with(seed, options))) {
             Ok(report) => {
@@ -138,6 +151,7 @@ fn main() -> ExitCode {
                 by_setup[report.mix.reads.position()] += 1;
                 reads.add(&report.reads);
                 swaps.add(&report.swaps);
+                deferred.add(&report.deferred);
                 if count == 1 {
                     eprintln!(
                         "\rseed {seed}: reads {}, {} nodes, {} clients, {} readers, {:?}",
@@ -219,6 +233,16 @@ fn main() -> ExitCode {
     );
     // Named only when on, so that a run without prints the line chaos
     // printed before deletes and swaps existed.
+    // Named only when on, so that a run without prints the line chaos
+    // printed before deferred applies existed.
+    let defer_note = if options.defer {
+        format!(
+            "; deferred applies: {} steps left entries to apply later, {} steps applied them before their event",
+            deferred.left, deferred.applied_first
+        )
+    } else {
+        String::new()
+    };
     let swaps_note = if options.swaps {
         format!(
             "; swaps: {} swapped, {} not, deletes: {} found the key, {} did not",
@@ -228,7 +252,7 @@ fn main() -> ExitCode {
         String::new()
     };
     println!(
-        "chaos: {} seeds from {from}: {} passed, {} failed; {events} events, {ops} client operations checked, {changes} membership changes{clocks_note}{reads_note}{swaps_note}, {:.1} s",
+        "chaos: {} seeds from {from}: {} passed, {} failed; {events} events, {ops} client operations checked, {changes} membership changes{clocks_note}{reads_note}{swaps_note}{defer_note}, {:.1} s",
         count,
         count as usize - failed.len(),
         failed.len(),
