@@ -376,20 +376,13 @@ pub async fn start_node_with(
     ));
 
     let (storage_tx, storage_rx) = std_mpsc::channel::<Vec<Persist>>();
+    let disk = Arc::new(std::sync::Mutex::new(Disk::new(storage, metrics.clone())));
     let storage_thread = {
         let input_tx = urgent_tx;
-        let metrics = metrics.clone();
+        let disk = disk.clone();
         std::thread::Builder::new()
             .name(format!("rkv-storage-{}", config.id))
-            .spawn(move || {
-                storage_loop(
-                    storage,
-                    storage_rx,
-                    input_tx,
-                    recovered.raft_state_bytes,
-                    metrics,
-                )
-            })
+            .spawn(move || storage_loop(disk, storage_rx, input_tx))
             .expect("spawn the storage thread")
     };
 
@@ -406,6 +399,9 @@ pub async fn start_node_with(
         seen_peers_version: None,
         registering: None,
         storage: storage_tx,
+        disk,
+        handed_upto: 0,
+        reported_upto: 0,
         writes: Vec::new(),
         waiting: BTreeMap::new(),
         next_request: 0,
@@ -537,54 +533,61 @@ async fn initial_book(
     })
 }
 
-/// Group commit: block for one write, take every other write already queued,
-/// append them all, fsync once, then report them durable (with the messages
-/// that waited for them). Once the event loop is gone (a shutdown), it
-/// commits what is still queued, reporting nothing, and returns.
-fn storage_loop(
-    mut storage: Storage,
-    rx: std_mpsc::Receiver<Vec<Persist>>,
-    node: mpsc::Sender<Input>,
-    _initial_bytes: usize,
+/// The log on disk, shared by the storage thread and (for a follower's
+/// inline commits, see `EventLoop::hand_over`) the event loop: whoever
+/// commits holds the lock, and the loop only takes it when the thread has
+/// nothing in hand, so the two never wait for each other.
+struct Disk {
+    storage: Storage,
+    /// Where a snapshot's deletions go (the old segment, the older snapshot
+    /// file: an unlink of tens of MB and a directory fsync), so that no
+    /// group commit waits for them; `None`: run inline.
+    cleanups: Option<std_mpsc::Sender<raft_storage::Cleanup>>,
     metrics: Arc<Metrics>,
-) {
-    // A snapshot's deletions (the old segment, the older snapshot file: an
-    // unlink of tens of MB and a directory fsync) run on a thread of their
-    // own, not inside a group commit that every write waits for.
-    storage.defer_cleanup();
-    let (cleanups, cleanup_rx) = std_mpsc::channel::<raft_storage::Cleanup>();
-    let cleaner = std::thread::Builder::new()
-        .name("rkv-cleanup".into())
-        .spawn(move || {
-            while let Ok(cleanup) = cleanup_rx.recv() {
-                if let Err(e) = cleanup.run() {
-                    // Left for the next start, which deletes them.
-                    warn!(error = %e, "cannot delete obsolete log or snapshot files");
+}
+
+impl Disk {
+    fn new(mut storage: Storage, metrics: Arc<Metrics>) -> Disk {
+        storage.defer_cleanup();
+        let (cleanups, cleanup_rx) = std_mpsc::channel::<raft_storage::Cleanup>();
+        let cleaner = std::thread::Builder::new()
+            .name("rkv-cleanup".into())
+            .spawn(move || {
+                while let Ok(cleanup) = cleanup_rx.recv() {
+                    if let Err(e) = cleanup.run() {
+                        // Left for the next start, which deletes them.
+                        warn!(error = %e, "cannot delete obsolete log or snapshot files");
+                    }
                 }
+            });
+        let cleanups = match cleaner {
+            Ok(_) => Some(cleanups),
+            Err(e) => {
+                warn!(error = %e, "cannot start the cleanup thread: deleting in the storage thread");
+                None
             }
-        });
-    let cleanups = match cleaner {
-        Ok(_) => Some(cleanups),
-        Err(e) => {
-            warn!(error = %e, "cannot start the cleanup thread: deleting in the storage thread");
-            None
+        };
+        Disk {
+            storage,
+            cleanups,
+            metrics,
         }
-    };
-    while let Ok(mut batch) = rx.recv() {
-        while let Ok(more) = rx.try_recv() {
-            batch.extend(more);
-        }
-        let input = match metrics.commit(&mut storage, batch) {
+    }
+
+    /// One group commit of `batch` (append it all, one fsync), reported as
+    /// the loop's input.
+    fn commit(&mut self, batch: Vec<Persist>) -> Input {
+        let input = match self.metrics.commit(&mut self.storage, batch) {
             Ok(Some(committed)) => Input::Persisted {
                 upto: committed.upto,
                 then_send: committed.then_send,
-                raft_state_bytes: storage.raft_state_bytes(),
+                raft_state_bytes: self.storage.raft_state_bytes(),
             },
             Ok(None) => unreachable!("the batch holds at least one write"),
             Err(e) => Input::StorageFailed(e),
         };
-        if let Some(cleanup) = storage.take_cleanup() {
-            match &cleanups {
+        if let Some(cleanup) = self.storage.take_cleanup() {
+            match &self.cleanups {
                 Some(tx) => {
                     let _ = tx.send(cleanup);
                 }
@@ -595,6 +598,24 @@ fn storage_loop(
                 }
             }
         }
+        input
+    }
+}
+
+/// Group commit: block for one write, take every other write already queued,
+/// append them all, fsync once, then report them durable (with the messages
+/// that waited for them). Once the event loop is gone (a shutdown), it
+/// commits what is still queued, reporting nothing, and returns.
+fn storage_loop(
+    disk: Arc<std::sync::Mutex<Disk>>,
+    rx: std_mpsc::Receiver<Vec<Persist>>,
+    node: mpsc::Sender<Input>,
+) {
+    while let Ok(mut batch) = rx.recv() {
+        while let Ok(more) = rx.try_recv() {
+            batch.extend(more);
+        }
+        let input = disk.lock().expect("disk lock").commit(batch);
         let failed = matches!(input, Input::StorageFailed(_));
         // A closed channel means the node is shutting down: what is queued
         // still goes to disk, until the event loop's sender is gone too.
@@ -646,6 +667,12 @@ struct EventLoop {
     /// The latest registration task and when it started.
     registering: Option<(TokioInstant, tokio::task::JoinHandle<()>)>,
     storage: std_mpsc::Sender<Vec<Persist>>,
+    /// The log, for a follower's inline commits (see `hand_over`).
+    disk: Arc<std::sync::Mutex<Disk>>,
+    /// The last persist id handed to the storage thread, and the highest
+    /// its reports said durable: equal when the thread has nothing in hand.
+    handed_upto: u64,
+    reported_upto: u64,
     /// Writes not yet handed to the storage thread (see `hand_over`).
     writes: Vec<Persist>,
     /// Client requests waiting for the core's reply: our id → (their id, queue).
@@ -711,7 +738,7 @@ impl EventLoop {
                     None => urgent_open = false,
                 },
                 input = inputs.recv() => {
-                    let Some(input) = input else { return self.hand_over() };
+                    let Some(input) = input else { return self.hand_over_now() };
                     self.handle(input)?;
                 }
                 () = sleep => {
@@ -732,14 +759,14 @@ impl EventLoop {
                         Ok(input) => input,
                         Err(mpsc::error::TryRecvError::Empty) => break,
                         Err(mpsc::error::TryRecvError::Disconnected) => {
-                            return self.hand_over();
+                            return self.hand_over_now();
                         }
                     },
                 };
                 self.handle(input)?;
             }
             if inputs.is_empty() && urgent.is_empty() {
-                self.hand_over()?;
+                self.hand_over_now()?;
             }
             if std::mem::take(&mut self.sent_to_peer) {
                 tokio::task::yield_now().await;
@@ -806,6 +833,7 @@ impl EventLoop {
                 then_send,
                 raft_state_bytes,
             } => {
+                self.reported_upto = self.reported_upto.max(upto);
                 for (to, message) in then_send {
                     self.send(to, message);
                 }
@@ -870,6 +898,15 @@ impl EventLoop {
     /// not durable yet, so nothing was acknowledged because of it, and
     /// holding it changes no order (writes stay FIFO, `then_send` still
     /// leaves after its write).
+    ///
+    /// A follower commits on the loop itself (`commit_inline`) when the
+    /// storage thread has nothing in hand: its writes are acknowledgements
+    /// that wait for the fsync anyway, and nothing else it does is urgent,
+    /// so the two thread handoffs of a round (loop to storage thread and
+    /// back, each a wakeup and, on a busy machine, a wait for a core) are
+    /// saved. The AppendEntries that arrive meanwhile wait in their socket
+    /// and make the next group commit. A leader keeps the thread: its
+    /// fsync runs while its AppendEntries travel.
     fn hand_over(&mut self) -> Result<(), NodeError> {
         if self.writes.is_empty() {
             return Ok(());
@@ -877,9 +914,53 @@ impl EventLoop {
         // The next batch starts at this one's size, not grown from empty.
         let next = Vec::with_capacity(self.writes.len());
         let writes = std::mem::replace(&mut self.writes, next);
+        let last = writes.last().map_or(0, |p| p.id);
+        if self.reported_upto >= self.handed_upto
+            && self.server.raft().role() == Role::Follower
+            && writes.iter().all(|p| p.snapshot.is_none())
+        {
+            return self.commit_inline(writes);
+        }
+        self.handed_upto = last;
         self.storage
             .send(writes)
             .map_err(|_| NodeError::StorageGone)
+    }
+
+    /// Commits `writes` here (see `hand_over`): their messages leave now,
+    /// and `Persisted` is stepped once the current step's actions are done.
+    fn commit_inline(&mut self, writes: Vec<Persist>) -> Result<(), NodeError> {
+        let input = self.disk.lock().expect("disk lock").commit(writes);
+        match input {
+            Input::Persisted {
+                upto,
+                then_send,
+                raft_state_bytes,
+            } => {
+                self.reported_upto = self.reported_upto.max(upto);
+                self.handed_upto = self.handed_upto.max(upto);
+                for (to, message) in then_send {
+                    self.send(to, message);
+                }
+                self.deferred.push_back(ServerEvent::Persisted {
+                    upto,
+                    raft_state_bytes,
+                });
+                Ok(())
+            }
+            Input::StorageFailed(why) => Err(NodeError::Storage(why)),
+            _ => unreachable!("a commit reports Persisted or StorageFailed"),
+        }
+    }
+
+    /// Hands the held writes over (see `hand_over`) outside a step, and
+    /// steps what an inline commit left.
+    fn hand_over_now(&mut self) -> Result<(), NodeError> {
+        self.hand_over()?;
+        while let Some(event) = self.deferred.pop_front() {
+            self.step(event)?;
+        }
+        Ok(())
     }
 
     /// A leader's snapshot, staged at `path`, goes to the server with its
