@@ -402,6 +402,7 @@ pub async fn start_node_with(
         disk,
         handed_upto: 0,
         reported_upto: 0,
+        zero_ahead_due: false,
         writes: Vec::new(),
         waiting: BTreeMap::new(),
         next_request: 0,
@@ -623,6 +624,12 @@ fn storage_loop(
         if failed {
             return;
         }
+        // Zeros ahead of the log, once per ZERO_AHEAD / 2 of records, after
+        // the report (so off this commit's path).
+        if let Err(e) = disk.lock().expect("disk lock").storage.zero_ahead() {
+            let _ = node.blocking_send(Input::StorageFailed(e));
+            return;
+        }
     }
 }
 
@@ -673,6 +680,8 @@ struct EventLoop {
     /// its reports said durable: equal when the thread has nothing in hand.
     handed_upto: u64,
     reported_upto: u64,
+    /// An inline commit happened since the loop last wrote zeros ahead.
+    zero_ahead_due: bool,
     /// Writes not yet handed to the storage thread (see `hand_over`).
     writes: Vec<Persist>,
     /// Client requests waiting for the core's reply: our id → (their id, queue).
@@ -775,6 +784,13 @@ impl EventLoop {
             if self.server.has_pending_applies() {
                 let actions = self.server.apply_pending(self.clock.now())?;
                 self.execute(actions)?;
+            }
+            // After an inline commit, and once its messages are out: the
+            // log's zeros ahead (see `Storage::zero_ahead`), while the
+            // storage thread has nothing in hand.
+            if self.zero_ahead_due && self.reported_upto >= self.handed_upto {
+                self.zero_ahead_due = false;
+                self.disk.lock().expect("disk lock").storage.zero_ahead()?;
             }
         }
     }
@@ -939,6 +955,7 @@ impl EventLoop {
             } => {
                 self.reported_upto = self.reported_upto.max(upto);
                 self.handed_upto = self.handed_upto.max(upto);
+                self.zero_ahead_due = true;
                 for (to, message) in then_send {
                     self.send(to, message);
                 }

@@ -199,7 +199,7 @@ pub use snapshot_file::{
     SINGLE_FILE_SNAPSHOT_FORMAT_VERSION, SNAPSHOT_FILE, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC,
     SNAPSHOT_SYNC_EVERY, SNAPSHOT_TMP_FILE,
 };
-pub use store::{Cleanup, Committed, Storage, PREALLOCATE};
+pub use store::{Cleanup, Committed, Storage, PREALLOCATE, ZERO_AHEAD};
 
 #[cfg(doc)]
 use raft_core::DurableState;

@@ -243,6 +243,7 @@ impl Storage {
             file,
             len: truncated_torn_tail.as_ref().map_or(valid_len, |t| t.1),
             allocated: file_len,
+            zeroed: 0,
             dirty: false,
             unwritten: Vec::new(),
             mirror: state,

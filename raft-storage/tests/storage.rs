@@ -1747,3 +1747,86 @@ fn deferred_deletions_wait_for_the_new_segment_and_run_on_any_thread() {
     );
     assert_only_snapshot(crashed.path(), Some(3));
 }
+
+/// `zero_ahead` writes zeros (data, not a hole) ahead of the records once
+/// fewer than half of `ZERO_AHEAD` are left, and nothing otherwise; records
+/// then go over them, and every reopening (after rotations by snapshots
+/// too) recovers what was written, the zeros read as the end of the records.
+#[test]
+fn zeros_written_ahead_hold_the_next_records_and_read_as_the_end() {
+    use std::os::unix::fs::MetadataExt as _;
+    for seed in 0..3 {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut rng = SplitMix64::new(seed + 40);
+        let mut reference = Reference::default();
+        let (mut storage, _) = open(dir);
+        let (mut wrote, mut skipped) = (0, 0);
+        for id in 0..100 {
+            let p = random_persist(&mut rng, &reference.state, id);
+            append(&mut storage, &p);
+            // Records appended but not written (a snapshot's write is
+            // synced by `append` itself): it waits.
+            if !p.persist.is_barrier() && p.persist.snapshot.is_none() {
+                assert!(!storage.zero_ahead().unwrap(), "seed {seed} step {id}");
+            }
+            storage.sync().unwrap();
+            reference.apply(&p);
+            let records = storage.raft_state_bytes() as u64;
+            if storage.zero_ahead().unwrap() {
+                wrote += 1;
+                let seg = storage.segment_path().to_path_buf();
+                let meta = fs::metadata(&seg).unwrap();
+                assert!(meta.len() >= records + raft_storage::ZERO_AHEAD);
+                // Allocated on disk: data blocks, not a hole.
+                assert!(meta.blocks() * 512 >= records + raft_storage::ZERO_AHEAD);
+                assert!(fs::read(&seg).unwrap()[records as usize..]
+                    .iter()
+                    .all(|&b| b == 0));
+                // Due again only after half of them are used.
+                assert!(!storage.zero_ahead().unwrap());
+            } else {
+                skipped += 1;
+            }
+            drop(storage);
+            let (s, mut r) = open(dir);
+            reference.check(&mut r);
+            assert_eq!(r.truncated_torn_tail, None);
+            assert_eq!(s.raft_state_bytes() as u64, records);
+            storage = s;
+        }
+        // A reopened store knows of no zeros ahead: the first call after
+        // each reopening writes them.
+        assert_eq!((wrote, skipped), (100, 0), "seed {seed}");
+    }
+    // Without reopening, the zeros are written once per half of ZERO_AHEAD.
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut storage, _) = open(tmp.path());
+    let mut reference = Reference::default();
+    let mut index = 1;
+    let mut wrote = 0;
+    for _ in 0..400 {
+        let step = Step {
+            persist: Persist {
+                entries: (index..index + 4).map(|i| entry(i, 1, 1000)).collect(),
+                ..write(Some((1, None)), None, None, 0..0, 1).persist
+            },
+            data: None,
+        };
+        index += 4;
+        append(&mut storage, &step);
+        storage.sync().unwrap();
+        reference.apply(&step);
+        wrote += usize::from(storage.zero_ahead().unwrap());
+    }
+    let records = storage.raft_state_bytes() as u64;
+    let expected = records / (raft_storage::ZERO_AHEAD / 2);
+    assert!(
+        (expected as usize..=expected as usize + 1).contains(&wrote),
+        "{wrote} zero fills for {records} bytes of records"
+    );
+    drop(storage);
+    let (_s, mut r) = open(tmp.path());
+    reference.check(&mut r);
+    assert_eq!(r.state.entries.len(), 1600);
+}
