@@ -849,14 +849,8 @@ impl EventLoop {
                 then_send,
                 raft_state_bytes,
             } => {
-                self.reported_upto = self.reported_upto.max(upto);
-                for (to, message) in then_send {
-                    self.send(to, message);
-                }
-                self.step(ServerEvent::Persisted {
-                    upto,
-                    raft_state_bytes,
-                })
+                let event = self.persisted(upto, then_send, raft_state_bytes);
+                self.step(event)
             }
             Input::StorageFailed(why) => Err(NodeError::Storage(why)),
             Input::SnapshotWritten { index, result } => {
@@ -930,14 +924,13 @@ impl EventLoop {
         // The next batch starts at this one's size, not grown from empty.
         let next = Vec::with_capacity(self.writes.len());
         let writes = std::mem::replace(&mut self.writes, next);
-        let last = writes.last().map_or(0, |p| p.id);
         if self.reported_upto >= self.handed_upto
             && self.server.raft().role() == Role::Follower
             && writes.iter().all(|p| p.snapshot.is_none())
         {
             return self.commit_inline(writes);
         }
-        self.handed_upto = last;
+        self.handed_upto = writes.last().map_or(self.handed_upto, |p| p.id);
         self.storage
             .send(writes)
             .map_err(|_| NodeError::StorageGone)
@@ -953,20 +946,31 @@ impl EventLoop {
                 then_send,
                 raft_state_bytes,
             } => {
-                self.reported_upto = self.reported_upto.max(upto);
-                self.handed_upto = self.handed_upto.max(upto);
                 self.zero_ahead_due = true;
-                for (to, message) in then_send {
-                    self.send(to, message);
-                }
-                self.deferred.push_back(ServerEvent::Persisted {
-                    upto,
-                    raft_state_bytes,
-                });
+                let event = self.persisted(upto, then_send, raft_state_bytes);
+                self.deferred.push_back(event);
                 Ok(())
             }
             Input::StorageFailed(why) => Err(NodeError::Storage(why)),
             _ => unreachable!("a commit reports Persisted or StorageFailed"),
+        }
+    }
+
+    /// Writes through `upto` are durable (the storage thread's report, or an
+    /// inline commit): their messages leave, and the event to step.
+    fn persisted(
+        &mut self,
+        upto: u64,
+        then_send: Vec<(NodeId, Message)>,
+        raft_state_bytes: usize,
+    ) -> ServerEvent {
+        self.reported_upto = self.reported_upto.max(upto);
+        for (to, message) in then_send {
+            self.send(to, message);
+        }
+        ServerEvent::Persisted {
+            upto,
+            raft_state_bytes,
         }
     }
 
